@@ -1,0 +1,3 @@
+from ddkit.cli import main
+
+raise SystemExit(main())
