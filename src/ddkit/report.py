@@ -1,0 +1,44 @@
+"""Reports: markdown tables and accuracy formatting shared by the demo, evaluator summaries and benches."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable, List, Sequence
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population std (ddof 0, as CIM reports) of a list of accuracies."""
+    vals = [float(v) for v in values]
+    if not vals:
+        return float("nan"), float("nan")
+    m = sum(vals) / len(vals)
+    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / len(vals))
+
+
+def fmt_acc(values: Sequence[float] | float, digits: int = 1) -> str:
+    """'48.7 ± 0.2' (percent) from fractions; a single value prints without ±."""
+    if isinstance(values, (int, float)):
+        return f"{100 * values:.{digits}f}"
+    m, s = mean_std(values)
+    if math.isnan(m):
+        return "–"
+    return f"{100 * m:.{digits}f} ± {100 * s:.{digits}f}" if len(values) > 1 else f"{100 * m:.{digits}f}"
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub-flavoured markdown table."""
+    lines = ["| " + " | ".join(str(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    for r in rows:
+        lines.append("| " + " | ".join(str(x) for x in r) + " |")
+    return "\n".join(lines)
+
+
+def write_markdown(path: str | Path, title: str, sections: List[tuple[str, str]]) -> Path:
+    """Write `# title` then `## heading` + body for each section."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parts = [f"# {title}", ""]
+    for head, body in sections:
+        parts += [f"## {head}", "", body, ""]
+    path.write_text("\n".join(parts))
+    return path
