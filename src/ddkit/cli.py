@@ -1,0 +1,281 @@
+"""`ddkit` command line: parse, then call library functions — no logic lives here.
+
+Stage flags are generated from the stage's frozen dataclass (`ddkit.config.add_dataclass_args`);
+`-c config.yaml` only sets defaults; the resolved config is printed and saved next to the outputs.
+User errors (DDKitError, unknown names, missing files, existing outputs) print one line and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from ddkit import __version__
+
+EXIT_USAGE = 2
+
+
+def _common(p: argparse.ArgumentParser, dataset: bool = True) -> None:
+    p.add_argument("-c", "--config", default=None, help="YAML file whose keys set flag defaults")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: auto)")
+    if dataset:
+        p.add_argument("--dataset", default="digits",
+                       help="dataset name (see `ddkit datasets`), folder:<path> or tar:<path> (default: digits)")
+        p.add_argument("--data-root", default=None, help="where the dataset files are (default: per dataset)")
+        p.add_argument("--download", action="store_true", help="download torchvision datasets when missing (needs internet)")
+        p.add_argument("--cache-dir", default=None, help="decoded-image cache (default: $DDKIT_CACHE or ~/.cache/ddkit)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _method_from_argv(argv: Sequence[str]) -> Optional[str]:
+    for i, a in enumerate(argv):
+        if a == "--method" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--method="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    from ddkit.config import add_dataclass_args
+
+    parser = argparse.ArgumentParser(prog="ddkit", description="Dataset distillation toolkit: condense, relabel, "
+                                     "evaluate under HL / SL / SL+KD beside a random subset.")
+    parser.add_argument("--version", action="version", version=f"ddkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    sub.add_parser("datasets", help="list datasets and their facts")
+    sub.add_parser("models", help="list model names")
+    sub.add_parser("methods", help="list condensation methods")
+    sub.add_parser("recipes", help="list evaluation recipes")
+
+    # teacher train ---------------------------------------------------------------------------
+    t = sub.add_parser("teacher", help="train a teacher: `ddkit teacher train --dataset … --model … --output …`")
+    tsub = t.add_subparsers(dest="teacher_command", metavar="ACTION")
+    tt = tsub.add_parser("train", help="train a teacher on the full train split and save safetensors + json")
+    _common(tt)
+    tt.add_argument("--model", dest="model_arch", default=None, help="architecture (alias of --arch; see `ddkit models`)")
+    tt.add_argument("--output", required=True, help="checkpoint path without extension (writes .safetensors + .json)")
+    tt.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
+    from ddkit.teachers import TeacherConfig
+    add_dataclass_args(tt, TeacherConfig, skip=("arch",))
+
+    # distill ---------------------------------------------------------------------------------
+    d = sub.add_parser("distill", help="condense a dataset with a method (`ddkit distill --method lic --help` "
+                                       "lists that method's options)")
+    _common(d)
+    d.add_argument("--method", default="random", help="condensation method (see `ddkit methods`; default: random)")
+    d.add_argument("--teacher", default=None, help="teacher checkpoint (see docs: ours, CIM/RDED .pth, SRe2L, "
+                                                   "DD-Ranking ckpt_best.pt, torchvision:<name>)")
+    d.add_argument("--teacher-arch", default=None, help="architecture of --teacher when the file does not say")
+    d.add_argument("--skip-teacher-check", action="store_true", help="skip the real-test-set sanity check of the teacher")
+    d.add_argument("--output", required=True, help="output folder of the distilled set")
+    d.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    from ddkit.methods import method_spec
+    mname = _method_from_argv(argv)
+    try:
+        spec = method_spec(mname or "random")
+    except KeyError:
+        spec = method_spec("random")  # the unknown name is reported by main() with the list of methods
+    add_dataclass_args(d, spec.config)
+
+    # evaluate --------------------------------------------------------------------------------
+    e = sub.add_parser("evaluate", help="train students on a distilled set and report test accuracy")
+    e.add_argument("distilled", help="distilled-set folder")
+    _common(e)
+    e.add_argument("--teacher", default=None, help="teacher checkpoint (needed for SL without stored labels and SL+KD)")
+    e.add_argument("--teacher-arch", default=None, help="architecture of --teacher when the file does not say")
+    e.add_argument("--output", required=True, help="output folder for metrics.jsonl, summary.json, results.md")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    e.add_argument("--with-random", action="store_true", help="also evaluate a random real subset of the same IPC")
+    e.add_argument("--students", default=None, help="comma-separated student models for a cross-architecture table")
+    try:
+        from ddkit.evaluate import EvalConfig
+        add_dataclass_args(e, EvalConfig)
+    except ImportError:  # evaluator not installed in this build
+        pass
+
+    # inspect / demo --------------------------------------------------------------------------
+    i = sub.add_parser("inspect", help="print a summary of a distilled set")
+    i.add_argument("path", help="distilled-set folder")
+    m = sub.add_parser("demo", help="offline end-to-end demo on digits (teacher, every method, evaluation, report)")
+    m.add_argument("--output", default="runs/demo", help="report folder (default: runs/demo)")
+    m.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    m.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def _dataset(args: argparse.Namespace, split: str):
+    from ddkit.data import create_dataset
+
+    return create_dataset(args.dataset, root=args.data_root, split=split, cache_dir=args.cache_dir,
+                          download=args.download, progress=not args.no_progress)
+
+
+def _teacher(args: argparse.Namespace, dataset, device):
+    if not args.teacher:
+        return None
+    from ddkit.teachers import load_teacher
+
+    return load_teacher(args.teacher, arch=args.teacher_arch, dataset=dataset, device=device)
+
+
+def _yaml(args: argparse.Namespace) -> Dict[str, Any]:
+    from ddkit.config import load_yaml
+
+    return load_yaml(getattr(args, "config", None))
+
+
+def _pick(cls: type, base: Dict[str, Any]) -> Dict[str, Any]:
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in base.items() if k in names}
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.command == "datasets":
+        from ddkit.data import dataset_info, list_datasets
+
+        for n in list_datasets():
+            try:
+                info = dataset_info(n)
+                print(f"{n:16s} {info.num_classes:5d} classes  {info.image_size:4d} px  {info.channels} ch  {info.how_to_get}")
+            except Exception:
+                print(n)
+        print("folder:<path>    any ImageFolder with train/ and val/ or test/;  tar:<path>  a .tar(.gz) of one")
+    elif args.command == "models":
+        from ddkit.models import list_models
+
+        print("\n".join(list_models()))
+        print("(+ any torchvision classification model by name; timm models when timm is installed)")
+    elif args.command == "methods":
+        from ddkit.methods import METHODS, list_methods
+
+        for n in list_methods():
+            spec = METHODS.get(n)
+            al = ", ".join(METHODS.aliases_of(n))
+            print(f"{n:12s} {'teacher' if spec.needs_teacher else '       '}  {spec.description}"
+                  + (f"  (aliases: {al})" if al else ""))
+    elif args.command == "recipes":
+        from ddkit.evaluate import list_recipes
+
+        print("\n".join(list_recipes()))
+    return 0
+
+
+def cmd_teacher(args: argparse.Namespace) -> int:
+    from ddkit.config import dump, from_args
+    from ddkit.teachers import TeacherConfig, save_teacher, train_teacher
+    from ddkit.utils import get_device
+
+    if args.teacher_command != "train":
+        print("usage: ddkit teacher train --dataset … --model … --output …", file=sys.stderr)
+        return EXIT_USAGE
+    out = Path(args.output)
+    if (Path(f"{out}.safetensors").exists() or Path(f"{out}.json").exists()) and not args.overwrite:
+        raise FileExistsError(f"teacher {out}.safetensors exists; pass --overwrite to replace it")
+    base = _pick(TeacherConfig, _yaml(args))
+    if args.model_arch:
+        base["arch"] = args.model_arch
+    cfg = from_args(TeacherConfig, args, base=base)
+    print(dump(cfg, title="teacher"))
+    device = get_device(args.device)
+    train, test = _dataset(args, "train"), _dataset(args, "test")
+    teacher, metrics = train_teacher(train, test, cfg, device=device, progress=not args.no_progress)
+    save_teacher(teacher, out)
+    print(f"test accuracy {metrics['test_acc']:.4f}  ({metrics['train_seconds']:.0f} s)  saved {out}.safetensors")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from ddkit.config import dump, from_args
+    from ddkit.methods import create_method, method_spec
+    from ddkit.utils import get_device
+
+    spec = method_spec(args.method)
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"output {out} exists; pass --overwrite to replace it")
+    cfg = from_args(spec.config, args, base=_pick(spec.config, _yaml(args)))
+    print(dump(cfg, title=f"method {spec.name}"))
+    device = get_device(args.device)
+    train = _dataset(args, "train")
+    teacher = _teacher(args, train, device)
+    if teacher is not None and not args.skip_teacher_check:
+        from ddkit.teachers import check_teacher
+
+        acc = check_teacher(teacher, _dataset(args, "test"), device=device)
+        print(f"teacher sanity check: {acc:.3f} accuracy on a sample of real test images")
+    method = create_method(spec.name, **{k: getattr(cfg, k) for k in cfg.__dataclass_fields__})
+    result = method(train, teacher, device=device, progress=not args.no_progress)
+    result.meta["dataset_root"] = args.data_root
+    result.save(out, overwrite=args.overwrite)
+    print(result.summary())
+    print(f"saved {out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ddkit.config import from_args
+    from ddkit.distilled import load_distilled
+    from ddkit.evaluate import EvalConfig, run_evaluation
+
+    cfg = from_args(EvalConfig, args, base=_pick(EvalConfig, _yaml(args)))
+    from ddkit.utils import get_device
+
+    device = get_device(args.device)
+    load_distilled(args.distilled)  # fail early with a clear message on a bad folder
+    test = _dataset(args, "test")
+    train = _dataset(args, "train")
+    teacher = _teacher(args, train, device)
+    students = tuple(s for s in args.students.split(",") if s) if args.students else None
+    run_evaluation(args.distilled, cfg, test=test, train=train, teacher=teacher, output=args.output,
+                   overwrite=args.overwrite, with_random=args.with_random, students=students, device=device,
+                   progress=not args.no_progress)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from ddkit.distilled import load_distilled
+
+    print(load_distilled(args.path).summary())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ddkit.demo import run_demo
+
+    run_demo(args.output, device=args.device, progress=not args.no_progress)
+    return 0
+
+
+COMMANDS = {"datasets": cmd_list, "models": cmd_list, "methods": cmd_list, "recipes": cmd_list,
+            "teacher": cmd_teacher, "distill": cmd_distill, "evaluate": cmd_evaluate, "inspect": cmd_inspect,
+            "demo": cmd_demo}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the `ddkit` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from ddkit.registry import UnknownNameError
+    from ddkit.utils import DDKitError
+
+    try:
+        parser = build_parser(argv)
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return EXIT_USAGE
+        return COMMANDS[args.command](args)
+    except (DDKitError, UnknownNameError, FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"ddkit: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("ddkit: interrupted (outputs are written atomically; nothing partial was kept)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
