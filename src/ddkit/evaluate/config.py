@@ -1,0 +1,75 @@
+"""`EvalConfig`: the flat, frozen configuration of `ddkit evaluate` (one flag per field).
+
+Fields left at None mean "the recipe's value": a recipe (see `recipes.py`) is a named preset and
+every one of its fields can be overridden here, flag by flag. The resolved values (recipe after
+overrides, batch size, iteration count, evaluation epochs) are printed and saved in config.yaml.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from ddkit.config import field
+from ddkit.utils import DDKitError
+
+#: canonical regime names and the spellings accepted for them
+REGIMES = {"hl": "hl", "hard": "hl", "sl": "sl", "soft": "sl", "slkd": "slkd", "sl+kd": "slkd", "sl-kd": "slkd",
+           "sl_kd": "slkd", "kd": "slkd"}
+
+
+def resolve_regime(name: str) -> str:
+    """'hl' | 'sl' | 'slkd' for any accepted spelling; DDKitError listing the regimes otherwise."""
+    key = REGIMES.get(str(name).strip().lower())
+    if key is None:
+        raise DDKitError(f"unknown regime {name!r}; use hl (hard labels), sl (one fixed soft label per image) "
+                         "or slkd (teacher relabels every augmented view)")
+    return key
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How students are trained on a distilled set and scored (defaults: CIM's protocol, 3 seeds)."""
+
+    recipe: str = field("cim", "named evaluation preset (see `ddkit recipes`): cim, rded, sre2l, hardtruths-hl, "
+                               "hardtruths-sl, dc")
+    regime: str = field("slkd", "hl: hard labels; sl: one fixed teacher soft label per image; slkd: the teacher "
+                                "labels every augmented view online (CIM/RDED)")
+    student: Optional[str] = field(None, "student architecture (None: the teacher's, else ConvNet-3)")
+    student_width: Optional[int] = field(None, "width of ConvNet/MLP students (None: the model's default)")
+    seeds: int = field(3, "number of students trained with seeds seed, seed+1, ... (CIM uses 3)")
+    seed: int = field(0, "base seed: init, batch order and augmentation draws derive from seed + run index")
+    epochs: Optional[int] = field(None, "epochs over the distilled set (None: the recipe's)")
+    budget_epochs: Optional[float] = field(None, "compute budget in FULL-dataset epochs: the student sees "
+                                                 "budget_epochs x |train| samples whatever the IPC")
+    batch_size: Optional[int] = field(None, "batch size (None: the recipe's rule on the set size)")
+    optimizer: Optional[str] = field(None, "adamw or sgd")
+    lr: Optional[float] = field(None, "base learning rate")
+    weight_decay: Optional[float] = field(None, "weight decay")
+    wd_norm_bias: Optional[bool] = field(None, "also decay 1-d params (norm weights, biases)")
+    momentum: Optional[float] = field(None, "SGD momentum")
+    schedule: Optional[str] = field(None, "constant, multistep, cosine or quarter_cosine (per epoch)")
+    milestones: Optional[Tuple[float, ...]] = field(None, "multistep milestones as fractions of the epochs")
+    gamma: Optional[float] = field(None, "multistep decay factor")
+    crop: Optional[str] = field(None, "none, factor (CIM quadrant-or-whole), rded (ShufflePatches+RRC(1/f..1)) "
+                                      "or rrc (RandomResizedCrop(rrc_min..1))")
+    factor: Optional[int] = field(None, "crop factor f (0: 1 at <= 64 px, else 2)")
+    rrc_min: Optional[float] = field(None, "smallest RandomResizedCrop area fraction for crop=rrc")
+    flip: Optional[bool] = field(None, "random horizontal flip before normalisation")
+    dsa: Optional[str] = field(None, "DSA strategy applied per sample after normalisation ('none' to disable)")
+    dsa_mode: Optional[str] = field(None, "chain (CIM DiffAug) or single (DC/DSA: one op per batch)")
+    mix: Optional[str] = field(None, "none, cutmix or mixup (one lam and box per batch)")
+    mix_alpha: Optional[float] = field(None, "Beta parameter of CutMix / Mixup")
+    loss: Optional[str] = field(None, "loss of the chosen regime: ce, kl, softce, mse, mse_ce or gift")
+    temperature: Optional[float] = field(None, "temperature T of kl / softce")
+    t2_scale: Optional[bool] = field(None, "multiply the KL by T^2")
+    mse_weight: Optional[float] = field(None, "weight of the MSE term of mse_ce (EDC)")
+    ce_weight: Optional[float] = field(None, "weight of the CE term of mse_ce (EDC: 0.025)")
+    eval_every: Optional[int] = field(None, "test every N epochs (recorded only; the headline is the last epoch)")
+    num_evals: Optional[int] = field(None, "number of evenly spaced test evaluations (recipe's; last = end)")
+    val_fraction: float = field(0.0, "hold out this fraction of the train split per class as validation "
+                                     "(only when a choice must be made; nothing is ever chosen on test)")
+    full_acc: Optional[float] = field(None, "accuracy (fraction) of the full train set under HL, for HLR")
+    test_batch_size: int = field(500, "batch size for test/validation inference")
+    amp: bool = field(True, "bf16 autocast on CUDA (no effect on CPU)")
+    channels_last: bool = field(True, "channels_last memory format on CUDA")
+    compile: bool = field(False, "torch.compile the student (CUDA only)")

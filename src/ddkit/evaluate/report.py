@@ -1,0 +1,170 @@
+"""`run_evaluation()`: the plain-values entry the CLI calls; writes config, per-run metrics, summary, table.
+
+```
+<output>/config.yaml                         resolved EvalConfig + recipe + plan + inputs + machine
+<output>/runs/<set>/<student>/seed<k>/metrics.jsonl   one line per epoch (loss, lr, seconds, images/s, accs)
+<output>/soft_labels.safetensors             SL targets computed by the teacher (when it had to)
+<output>/summary.json                        per student × set: accs per seed, seeds, mean, std (ddof 0), n, IOR
+<output>/results.md                          the same as a markdown table
+```
+The folder is written atomically (temporary sibling, then rename); an existing one is refused
+unless overwrite=True.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from ddkit.config import to_dict
+from ddkit.data.base import ImageDataset
+from ddkit.distilled import DistilledSet
+from ddkit.evaluate.config import EvalConfig, resolve_regime
+from ddkit.evaluate.core import EvalResult, check_classes, evaluate, soft_labels_for
+from ddkit.evaluate.losses import LOSSES
+from ddkit.evaluate.metrics import hlr, ior, summarize
+from ddkit.evaluate.recipes import resolve_recipe
+from ddkit.evaluate.train import make_plan
+from ddkit.utils import DDKitError, atomic_dir, get_device, git_revision, machine_info, make_generator
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def split_val(train: ImageDataset, fraction: float, seed: int) -> Tuple[ImageDataset, ImageDataset]:
+    """(val, rest): a seeded, class-stratified validation slice of round(fraction·count) (≥ 1) per class."""
+    if not 0.0 < fraction < 1.0:
+        raise DDKitError(f"--val-fraction must be in (0, 1), got {fraction}")
+    val_idx: List[torch.Tensor] = []
+    rest_idx: List[torch.Tensor] = []
+    for c in range(train.num_classes):
+        idx = train.class_indices(c)
+        perm = idx[torch.randperm(len(idx), generator=make_generator(seed, "val", c))]
+        m = min(len(idx) - 1, max(1, round(fraction * len(idx))))
+        val_idx.append(perm[:m])
+        rest_idx.append(perm[m:])
+    return train.subset(torch.cat(val_idx), split="val"), train.subset(torch.cat(rest_idx))
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.2f}"
+
+
+def results_markdown(results: Sequence[EvalResult], summary: Dict[str, Any]) -> str:
+    """A markdown table: one row per student × set, then IOR / HLR when available."""
+    r0 = results[0]
+    lines = [
+        f"regime **{r0.regime}** (loss `{r0.recipe.loss_for(r0.regime)}`), recipe **{r0.recipe.name}**; "
+        f"headline = last-epoch test accuracy (%), mean ± std (ddof 0) over n seeds.",
+        "",
+        "| student | set | acc % (mean ± std) | n | per seed | seeds | iterations × batch | img/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        s = summarize(r.accs)
+        ips = sum(x.images_per_s for x in r.runs) / max(1, len(r.runs))
+        lines.append(f"| {r.student} | {r.set_name} | {_pct(s['mean'])} ± {_pct(s['std'])} | {s['n']} | "
+                     f"{', '.join(_pct(a) for a in r.accs)} | {', '.join(map(str, r.seeds))} | "
+                     f"{r.plan.iterations} × {r.plan.batch_size} | {ips:.0f} |")
+    extra = summary.get("ior") or {}
+    if extra:
+        lines += ["", "| student | IOR = acc(distilled) − acc(random), points | per seed (paired) |", "|---|---|---|"]
+        for st, v in extra.items():
+            lines.append(f"| {st} | {_pct(v['ior'])} | {', '.join(_pct(x) for x in v['per_seed'])} |")
+    for st, v in (summary.get("hlr") or {}).items():
+        lines.append(f"\nHLR ({st}) = full {_pct(v['full_acc'])} − distilled {_pct(v['syn_acc'])} = {_pct(v['hlr'])} points")
+    return "\n".join(lines) + "\n"
+
+
+def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, train: Optional[ImageDataset] = None,
+                   teacher: Any = None, output: str, overwrite: bool = False, with_random: bool = False,
+                   students: Optional[Tuple[str, ...]] = None, device: Any = None, progress: bool = True
+                   ) -> Dict[str, Any]:
+    """Evaluate the set at `distilled_dir` (and a random real subset of the same IPC with with_random)
+    for each student, write the output folder atomically, print the table; return summary.json's dict."""
+    dev = device if isinstance(device, torch.device) else get_device(device)
+    distilled = DistilledSet.load(distilled_dir)
+    regime = resolve_regime(cfg.regime)
+    check_classes(distilled, test, teacher)
+    if (with_random or cfg.budget_epochs is not None or cfg.val_fraction > 0) and train is None:
+        raise DDKitError("--with-random, --budget-epochs and --val-fraction need the train split")
+    if train is not None and list(train.classes) != list(distilled.classes):
+        raise DDKitError("the train split's classes differ from the distilled set's")
+    # Resolve once up front so a bad flag fails before any training and config.yaml shows the values.
+    recipe = resolve_recipe(cfg, n_images=len(distilled), num_classes=distilled.num_classes, ipc=distilled.ipc,
+                            image_size=distilled.images.shape[-1])
+    if cfg.epochs is not None and cfg.budget_epochs is not None:
+        raise DDKitError("give either --epochs or --budget-epochs, not both")
+    needs_logits = LOSSES.get(recipe.loss_for(regime)).needs_logits
+    if teacher is None and needs_logits and (regime == "slkd" or (regime == "sl" and with_random)):
+        # Fail before any training: the random subset never has stored soft labels.
+        raise DDKitError(f"regime {regime} needs a teacher here (online labels, or soft labels for the random "
+                         "subset): pass --teacher CKPT")
+    full = len(train) if train is not None else None
+    plan = make_plan(recipe, len(distilled), budget_epochs=cfg.budget_epochs, full_train_size=full,
+                     eval_every=cfg.eval_every)
+    val, pool = (split_val(train, cfg.val_fraction, cfg.seed) if cfg.val_fraction > 0 else (None, train))
+    sets: Dict[str, DistilledSet] = {"distilled": distilled}
+    if with_random:
+        from ddkit.methods import create_method
+
+        sets["random"] = create_method("random", ipc=distilled.ipc, seed=cfg.seed)(pool, device="cpu", progress=False)
+    names = list(students) if students else [cfg.student]
+
+    with atomic_dir(output, overwrite=overwrite) as tmp:
+        conf = {
+            "eval": to_dict(cfg), "recipe": to_dict(recipe),
+            "plan": {"batch_size": plan.batch_size, "iterations": plan.iterations, "epochs": plan.epochs,
+                     "samples_seen": plan.samples, "eval_epochs": list(plan.eval_epochs)},
+            "distilled": str(distilled_dir), "test": f"{test.name}/{test.split} ({len(test)} images)",
+            "train": f"{train.name}/{train.split} ({len(train)} images)" if train is not None else None,
+            "teacher": (teacher.meta.get("path") or teacher.arch) if teacher is not None else None,
+            "students": names, "with_random": with_random, "device": str(dev),
+            "git_revision": git_revision(), "machine": machine_info(dev),
+        }
+        conf = json.loads(json.dumps(conf, default=str))  # plain types only (torch's version is a str subclass)
+        (tmp / "config.yaml").write_text(yaml.safe_dump(conf, sort_keys=False))
+        if progress:
+            print(yaml.safe_dump({"recipe": to_dict(recipe), "plan": conf["plan"]}, sort_keys=False).rstrip())
+        soft: Dict[str, torch.Tensor] = {}
+        for name, ds in sets.items():
+            t = soft_labels_for(ds, cfg, teacher, dev)
+            if t is not None:
+                soft[name] = t
+        if soft:
+            save_file({k: v.contiguous() for k, v in soft.items()}, str(tmp / "soft_labels.safetensors"))
+        results: List[EvalResult] = []
+        for st in names:
+            for name, ds in sets.items():
+                res = evaluate(ds, test, dataclasses.replace(cfg, student=st), teacher, full_train_size=full,
+                               device=dev, progress=progress, output=tmp / "runs" / name / _SAFE.sub("_", str(st)),
+                               val=val, soft_labels=soft.get(name), soft_source="teacher", set_name=name)
+                results.append(res)
+        summary: Dict[str, Any] = {
+            "headline": "last-epoch test accuracy (fraction), mean ± std (ddof 0) over n seeds",
+            "regime": regime, "recipe": recipe.name, "results": [r.to_dict() for r in results],
+        }
+        by = {(r.student, r.set_name): r for r in results}
+        iors = {}
+        for st in dict.fromkeys(r.student for r in results):
+            if (st, "random") in by:
+                a, b = by[(st, "distilled")], by[(st, "random")]
+                iors[st] = {"ior": ior(a.mean, b.mean), "per_seed": [x - y for x, y in zip(a.accs, b.accs)],
+                            "distilled": a.mean, "random": b.mean}
+        if iors:
+            summary["ior"] = iors
+            summary["random_subset"] = {"method": "random", "ipc": distilled.ipc, "seed": cfg.seed,
+                                        "drawn_from": f"{pool.name}/{pool.split} ({len(pool)} images)"}
+        if regime == "hl" and cfg.full_acc is not None:
+            summary["hlr"] = {st: {"hlr": hlr(cfg.full_acc, r.mean), "full_acc": cfg.full_acc, "syn_acc": r.mean}
+                              for (st, name), r in by.items() if name == "distilled"}
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        md = results_markdown(results, summary)
+        (tmp / "results.md").write_text(f"# ddkit evaluate: {distilled_dir}\n\n" + md)
+    print(md)
+    return summary

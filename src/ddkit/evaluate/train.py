@@ -1,0 +1,370 @@
+"""Training one student on a small set: the plan (iterations, schedule), the on-device data path, the loop.
+
+Data path per step, all batched on the device (no DataLoader, no per-sample Python loop):
+gather a batch by index from the device-resident set → crop / flip (per-sample params) → normalise
+→ DSA (per-sample params) → CutMix/Mixup (one draw per batch) → targets (hard, stored soft or the
+online teacher on the final view) → student forward/backward under bf16 autocast on CUDA.
+Every random draw comes from explicit CPU generators, so a seeded run replays exactly on CPU and
+draws the same augmentations on any device.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ddkit.augment import (Augment, Compose, CutMix, FactorCrop, Flip, Identity, Mixup, Normalize,
+                           RandomResizedCrop, ShufflePatches, dsa)
+from ddkit.evaluate.losses import LossSpec, make_criterion
+from ddkit.evaluate.recipes import Recipe
+from ddkit.utils import DDKitError, autocast
+
+MAX_LOG_LINES = 2000  # per run; a 1-iteration "epoch" of an IPC-1 set under a budget would flood the log
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The plan: how many iterations, which epochs are evaluated, the lr at each iteration
+# ---------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plan:
+    """Resolved training length. Batches are cut from a stream of fresh permutations of the set, so every
+    iteration has exactly `batch_size` samples and an "epoch" is n_images samples (the last may be partial)."""
+
+    n_images: int
+    batch_size: int
+    iterations: int
+    epochs: float                    # iterations · batch / n_images
+    eval_epochs: Tuple[int, ...]     # completed-epoch counts after which test accuracy is recorded
+
+    @property
+    def total_epochs(self) -> int:
+        return math.ceil(self.epochs - 1e-9)
+
+    @property
+    def log_every(self) -> int:
+        """Epochs per metrics.jsonl line: 1 unless a budget on a tiny set makes > 2000 epochs (then coarser)."""
+        return max(1, math.ceil(self.total_epochs / MAX_LOG_LINES))
+
+    @property
+    def samples(self) -> int:
+        return self.iterations * self.batch_size
+
+    def epoch_of(self, it: int) -> int:
+        """0-based epoch in which iteration `it` starts."""
+        return (it * self.batch_size) // self.n_images
+
+
+def budget_iterations(budget_epochs: float, full_train_size: int, batch_size: int) -> int:
+    """Iterations for a compute budget of `budget_epochs` full-dataset epochs: ceil(E·|D| / batch)."""
+    return max(1, math.ceil(budget_epochs * full_train_size / batch_size - 1e-9))
+
+
+def make_plan(recipe: Recipe, n_images: int, *, budget_epochs: Optional[float] = None,
+              full_train_size: Optional[int] = None, eval_every: Optional[int] = None) -> Plan:
+    """Iterations from the recipe's epochs over the set, or from a full-dataset compute budget."""
+    b = recipe.batch_size
+    if budget_epochs is not None:
+        if not full_train_size:
+            raise DDKitError("--budget-epochs needs the size of the full train split (pass the train set)")
+        if budget_epochs <= 0:
+            raise DDKitError(f"--budget-epochs must be > 0, got {budget_epochs}")
+        iters = budget_iterations(budget_epochs, full_train_size, b)
+    else:
+        iters = max(1, math.ceil(recipe.epochs * n_images / b - 1e-9))
+    epochs = iters * b / n_images
+    total = math.ceil(epochs - 1e-9)
+    if eval_every:
+        evals = set(range(eval_every, total + 1, eval_every))
+    else:
+        m = max(1, recipe.num_evals)
+        evals = {max(1, round(total * j / m)) for j in range(1, m + 1)}
+    evals.add(total)
+    return Plan(n_images, b, iters, epochs, tuple(sorted(e for e in evals if 1 <= e <= total)))
+
+
+def lr_factor(recipe: Recipe, epoch: int, total_epochs: float) -> float:
+    """Multiplier of the base lr during 0-based `epoch` of `total_epochs` (a float under a budget)."""
+    E = max(total_epochs, 1e-9)
+    if recipe.schedule == "constant":
+        return 1.0
+    if recipe.schedule == "multistep":
+        ms = [math.floor(f * E) + recipe.milestone_offset for f in recipe.milestones]
+        return recipe.gamma ** sum(epoch >= m for m in ms)
+    if recipe.schedule == "cosine":          # SRe2L: full cosine to 0
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / E))
+    if recipe.schedule == "quarter_cosine":  # RDED/EDC: ends at 0.5x the base lr
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / (2.0 * E)))
+    raise DDKitError(f"unknown schedule {recipe.schedule!r}")
+
+
+def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """AdamW or SGD; weight decay on every parameter, or only on ndim > 1 ones (RDED/SRe2L)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if recipe.wd_norm_bias:
+        groups: List[Dict[str, Any]] = [{"params": params, "weight_decay": recipe.weight_decay}]
+    else:
+        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": recipe.weight_decay},
+                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=recipe.lr, betas=(0.9, 0.999))
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum)
+    raise DDKitError(f"unknown optimizer {recipe.optimizer!r}; use adamw or sgd")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Views and targets
+# ---------------------------------------------------------------------------------------------------------
+
+class Views:
+    """The recipe's augmentation chain on a batch of [0,1] images; returns the normalised view, the
+    FactorCrop cell per sample (-1 = whole image; None without FactorCrop) and the mixing params."""
+
+    def __init__(self, recipe: Recipe, image_size: int, mean, std) -> None:
+        ops: List[Augment] = []
+        self.factor_crop: Optional[FactorCrop] = None
+        if recipe.crop == "factor":
+            self.factor_crop = FactorCrop(recipe.factor)
+        elif recipe.crop == "rded":
+            ops += [ShufflePatches(recipe.factor),
+                    RandomResizedCrop(image_size, scale=(1.0 / recipe.factor, 1.0))]
+        elif recipe.crop == "rrc":
+            ops.append(RandomResizedCrop(image_size, scale=(recipe.rrc_min, 1.0)))
+        if recipe.flip:
+            ops.append(Flip())
+        self.pre: Augment = Compose(ops) if ops else Identity()
+        self.norm = Normalize(mean, std)
+        self.post: Augment = dsa(recipe.dsa, mode=recipe.dsa_mode)
+        self.mixer: Optional[Any] = (CutMix(recipe.mix_alpha) if recipe.mix == "cutmix"
+                                     else Mixup(recipe.mix_alpha) if recipe.mix == "mixup" else None)
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator):
+        b = x.shape[0]
+        cell = None
+        if self.factor_crop is not None:
+            p = self.factor_crop.sample(b, x.shape, generator=g)
+            cell = p["cell"]
+            x = self.factor_crop.apply(x, p)
+        x = self.pre.apply(x, self.pre.sample(b, x.shape, generator=g))
+        x = self.norm.apply(x, {})
+        x = self.post.apply(x, self.post.sample(b, x.shape, generator=g))
+        mp = None
+        if self.mixer is not None:
+            mp = self.mixer.sample(b, x.shape, generator=g)
+            x = self.mixer.apply(x, mp)
+        return x, cell, mp
+
+
+def mix_soft_targets(t: torch.Tensor, mixer, params, prob_space: bool, temperature: float) -> torch.Tensor:
+    """Mix stored logits like the images. Probability-space losses (kl/softce) mix softmax(t/T) and return
+    T·log of the mixture, whose softmax at T is exactly the mixed distribution; others mix logits."""
+    if not prob_space:
+        return mixer.mix_targets(t, params)
+    T = float(temperature)
+    p = mixer.mix_targets(F.softmax(t.float() / T, dim=1), params)
+    return T * torch.log(p.clamp_min(1e-12))
+
+
+def teacher_forward(teacher, set_mean, set_std, image_size: int, device: torch.device, amp: bool
+                    ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Teacher logits of student views (normalised with the SET's stats), with no grad, eval mode and the
+    same autocast. Views are mapped back to pixels and renormalised with the teacher's own stats when
+    they differ (e.g. RDED's ImageNet stats on CIFAR), and resized when the teacher expects another size."""
+    model = teacher.model.eval()
+    same = (tuple(map(float, teacher.mean)) == tuple(map(float, set_mean))
+            and tuple(map(float, teacher.std)) == tuple(map(float, set_std)))
+    m = torch.tensor(set_mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    s = torch.tensor(set_std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    size = int(getattr(teacher, "image_size", image_size) or image_size)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            if not same:
+                x = teacher.normalize(x * s + m)
+            if size != x.shape[-1]:
+                x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+            with autocast(device, amp):
+                return model(x).float()
+
+    return fn
+
+
+class Targets:
+    """What the loss compares with, per regime: hard (mixed) one-hot for HL; stored soft logits (region
+    logits for FactorCrop cells when the set has them) for SL; the online teacher's logits for SL+KD."""
+
+    def __init__(self, regime: str, num_classes: int, spec: LossSpec, temperature: float, *,
+                 soft: Optional[torch.Tensor] = None, region: Optional[torch.Tensor] = None,
+                 teacher_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> None:
+        self.regime, self.k, self.spec, self.T = regime, num_classes, spec, temperature
+        self.soft, self.region, self.teacher_fn = soft, region, teacher_fn
+
+    def __call__(self, view: torch.Tensor, idx: torch.Tensor, y: torch.Tensor, cell: Optional[torch.Tensor],
+                 mixer, mp) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+        y_probs = F.one_hot(y, self.k).float()
+        if mixer is not None:
+            y_probs = mixer.mix_targets(y_probs, mp)
+        if not self.spec.needs_logits:
+            return None, y_probs
+        if self.regime == "slkd":
+            return self.teacher_fn(view), y_probs
+        t = self.soft[idx]
+        if self.region is not None and cell is not None:
+            c = cell.to(t.device)
+            reg = self.region[idx, c.clamp(min=0)]
+            t = torch.where((c >= 0)[:, None], reg, t)
+        if mixer is not None:
+            t = mix_soft_targets(t, mixer, mp, self.spec.prob_space, self.T)
+        return t, y_probs
+
+
+class BatchStream:
+    """Indices cut from a stream of fresh permutations (drawn with `generator`), `batch` at a time."""
+
+    def __init__(self, n: int, batch: int, generator: torch.Generator) -> None:
+        self.n, self.batch, self.g = n, batch, generator
+        self.buf = torch.empty(0, dtype=torch.long)
+
+    def next(self) -> torch.Tensor:
+        while len(self.buf) < self.batch:
+            self.buf = torch.cat([self.buf, torch.randperm(self.n, generator=self.g)])
+        out, self.buf = self.buf[:self.batch], self.buf[self.batch:]
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One run
+# ---------------------------------------------------------------------------------------------------------
+
+@dataclass
+class RunResult:
+    """One student: the headline (last-epoch test accuracy) plus everything recorded on the way."""
+
+    seed: int
+    final_acc: float
+    final_loss: float
+    test_history: List[Tuple[int, float]] = field(default_factory=list)   # (epoch, acc)
+    val_history: List[Tuple[int, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+
+    @property
+    def best_test_acc(self) -> Optional[float]:
+        """Max over recorded test evaluations (selected on test: never a headline)."""
+        return max(a for _, a in self.test_history) if len(self.test_history) > 1 else None
+
+
+class StudentTrainer:
+    """Holds a student, its optimiser and the data path; `step()` runs one iteration (the bench times it)."""
+
+    def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: Recipe, plan: Plan,
+                 views: Views, targets: Targets, criterion, *, device: torch.device, order_gen: torch.Generator,
+                 aug_gen: torch.Generator, amp: bool = True, channels_last: bool = True) -> None:
+        self.model, self.images, self.labels = model, images, labels
+        self.recipe, self.plan, self.views, self.targets, self.crit = recipe, plan, views, targets, criterion
+        self.device, self.amp = device, amp
+        self.channels_last = channels_last and device.type == "cuda"
+        self.stream = BatchStream(plan.n_images, plan.batch_size, order_gen)
+        self.aug_gen = aug_gen
+        self.opt = build_optimizer(model, recipe)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda it: lr_factor(recipe, plan.epoch_of(it), plan.epochs))
+        self.it = 0
+        self.last_lr = recipe.lr
+
+    def batch(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        idx = self.stream.next().to(self.device, non_blocking=True)
+        x = self.images[idx]
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        return idx, x
+
+    def step(self) -> torch.Tensor:
+        """One iteration; returns the (detached, on-device) loss."""
+        idx, x = self.batch()
+        y = self.labels[idx]
+        view, cell, mp = self.views(x, self.aug_gen)
+        if self.channels_last:
+            view = view.contiguous(memory_format=torch.channels_last)
+        t, y_probs = self.targets(view, idx, y, cell, self.views.mixer, mp)
+        self.model.train()
+        with autocast(self.device, self.amp):
+            out = self.model(view)
+        loss = self.crit(out, t, y_probs)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.last_lr = float(self.opt.param_groups[0]["lr"])  # the lr this step used (logged)
+        self.sched.step()
+        self.it += 1
+        return loss.detach()
+
+    def lr(self) -> float:
+        """The learning rate of the most recent step."""
+        return self.last_lr
+
+
+def train_run(trainer: StudentTrainer, seed: int, *, evaluate: Callable[[nn.Module], float],
+              validate: Optional[Callable[[nn.Module], float]] = None, log_path: Optional[Path] = None,
+              progress: bool = True, desc: str = "student") -> RunResult:
+    """Run all iterations; log one JSON line per epoch (per `plan.log_every` epochs on huge runs) with the
+    mean loss, lr, training seconds and images/s since the previous line, plus test/val accuracy when
+    evaluated. The sync for the loss happens once per line, not per step."""
+    plan = trainer.plan
+    evals = set(plan.eval_epochs)
+    res = RunResult(seed=seed, final_acc=float("nan"), final_loss=float("nan"))
+    fh = open(log_path, "w") if log_path is not None else None
+    bar = tqdm(total=plan.iterations, desc=desc, disable=not progress, dynamic_ncols=True, mininterval=0.5,
+               leave=False)
+    loss_sum = torch.zeros((), device=trainer.device)
+    n_it, t_epoch, train_s = 0, time.perf_counter(), 0.0
+    try:
+        for it in range(plan.iterations):
+            loss_sum += trainer.step()
+            n_it += 1
+            bar.update(1)
+            done = ((it + 1) * plan.batch_size) // plan.n_images
+            last = it + 1 == plan.iterations
+            if done == (it * plan.batch_size) // plan.n_images and not last:
+                continue
+            epoch = plan.total_epochs if last else done
+            if not (last or epoch in evals or epoch % plan.log_every == 0):
+                continue  # keep accumulating: this line will cover several epochs
+            loss = float(loss_sum) / n_it  # one sync per epoch
+            secs = time.perf_counter() - t_epoch
+            train_s += secs
+            if not math.isfinite(loss):
+                raise DDKitError(f"{desc}: the loss became {loss} in epoch {epoch}; lower --lr or check the set")
+            rec: Dict[str, Any] = {"epoch": epoch, "iteration": it + 1, "loss": loss, "lr": trainer.lr(),
+                                   "seconds": secs, "images_per_s": n_it * plan.batch_size / max(secs, 1e-9)}
+            if epoch in evals or last:
+                rec["test_acc"] = evaluate(trainer.model)
+                res.test_history.append((epoch, rec["test_acc"]))
+                if validate is not None:
+                    rec["val_acc"] = validate(trainer.model)
+                    res.val_history.append((epoch, rec["val_acc"]))
+                bar.set_postfix(loss=f"{loss:.4f}", acc=f"{rec['test_acc']:.4f}",
+                                img_s=f"{rec['images_per_s']:.0f}", refresh=False)
+            else:
+                bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rec['images_per_s']:.0f}", refresh=False)
+            if fh is not None:
+                fh.write(json.dumps(rec) + "\n")
+            res.final_loss = loss
+            loss_sum.zero_()
+            n_it, t_epoch = 0, time.perf_counter()
+    finally:
+        bar.close()
+        if fh is not None:
+            fh.close()
+    res.final_acc = res.test_history[-1][1]
+    res.seconds = train_s
+    res.images_per_s = plan.samples / max(train_s, 1e-9)
+    return res
