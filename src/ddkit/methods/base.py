@@ -152,7 +152,7 @@ def _load_builtin() -> None:
     _LOADED = True
     import importlib
 
-    for mod in ("random", "lic"):
+    for mod in ("random", "lic", "dynamics", "coresets", "rded", "cad"):
         try:
             importlib.import_module(f"ddkit.methods.{mod}")
         except ModuleNotFoundError as e:  # a method module not written yet must not break the others

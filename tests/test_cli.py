@@ -1,0 +1,112 @@
+"""CLI end to end on digits (offline) and every bad-input case: one line, exit code != 0, nothing overwritten."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ddkit.cli import main
+
+DIGITS = ["--dataset", "digits", "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def teacher_path(tmp_path_factory):
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("t") / "digits_conv2"
+    rc = main(["teacher", "train", *DIGITS, "--model", "convnet-d2", "--epochs", "3", "--lr", "0.05",
+               "--batch-size", "128", "--output", str(out)])
+    assert rc == 0
+    return out
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ddkit: error:"), err
+    return err[0]
+
+
+def test_listing_commands(capsys):
+    for cmd in ("datasets", "models", "methods", "recipes"):
+        assert main([cmd]) == 0
+    out = capsys.readouterr().out
+    assert "digits" in out and "ConvNet" in out.replace("convnet", "ConvNet") and "random" in out and "cim" in out
+
+
+def test_teacher_json_and_distill_evaluate_inspect(teacher_path, tmp_path, capsys):
+    meta = json.loads((teacher_path.parent / (teacher_path.name + ".json")).read_text())
+    assert meta["classes"] == [str(i) for i in range(10)] and meta["accuracy"] > 0.5
+    out = tmp_path / "set"
+    assert main(["distill", *DIGITS, "--method", "random", "--ipc", "2", "--output", str(out)]) == 0
+    assert (out / "meta.json").is_file() and (out / "grid.png").is_file()
+    ev = tmp_path / "eval"
+    rc = main(["evaluate", str(out), *DIGITS, "--teacher", str(teacher_path), "--regime", "slkd", "--epochs", "3",
+               "--seeds", "1", "--output", str(ev)])
+    assert rc == 0
+    summary = json.loads((ev / "summary.json").read_text())
+    assert "config.yaml" in {p.name for p in ev.iterdir()} and summary
+    assert main(["inspect", str(out)]) == 0
+    assert "method      random" in capsys.readouterr().out
+
+
+def test_lic_via_cli_with_method_flags(teacher_path, tmp_path):
+    out = tmp_path / "lic"
+    rc = main(["distill", *DIGITS, "--method", "cim", "--teacher", str(teacher_path), "--ipc", "1",
+               "--iterations", "2", "--output", str(out)])
+    assert rc == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["method"] == "lic" and meta["config"]["iterations"] == 2
+
+
+def test_unknown_names(capsys, tmp_path):
+    assert main(["distill", "--dataset", "nope", "--output", str(tmp_path / "x")]) == 2
+    assert "Known:" in _err(capsys)
+    assert main(["distill", *DIGITS, "--method", "nope", "--output", str(tmp_path / "x")]) == 2
+    assert "random" in _err(capsys)
+
+
+def test_ipc_too_large(capsys, tmp_path):
+    assert main(["distill", *DIGITS, "--ipc", "100000", "--output", str(tmp_path / "x")]) == 2
+    assert "has only" in _err(capsys)
+    assert not (tmp_path / "x").exists()
+
+
+def test_existing_output_untouched(capsys, tmp_path):
+    out = tmp_path / "set"
+    assert main(["distill", *DIGITS, "--ipc", "1", "--output", str(out)]) == 0
+    before = (out / "images.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(["distill", *DIGITS, "--ipc", "2", "--output", str(out)]) == 2
+    assert "--overwrite" in _err(capsys)
+    assert (out / "images.safetensors").read_bytes() == before
+
+
+def test_teacher_checkpoint_class_mismatch(teacher_path, tmp_path, capsys):
+    # A checkpoint for 10 classes used on a 4-class folder set must be refused.
+    from PIL import Image
+
+    root = tmp_path / "folder"
+    for split in ("train", "test"):
+        for c in range(4):
+            d = root / split / f"c{c}"
+            d.mkdir(parents=True)
+            for i in range(3):
+                Image.new("L", (8, 8), color=c * 60).save(d / f"{i}.png")
+    rc = main(["distill", "--dataset", f"folder:{root}", "--device", "cpu", "--no-progress", "--method", "lic",
+               "--teacher", str(teacher_path), "--ipc", "1", "--output", str(tmp_path / "o"),
+               "--cache-dir", str(tmp_path / "cache")])
+    assert rc == 2
+    assert "10 outputs but" in _err(capsys)
+
+
+def test_slkd_without_teacher_and_unknown_recipe(tmp_path, capsys):
+    out = tmp_path / "set"
+    assert main(["distill", *DIGITS, "--ipc", "1", "--output", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), *DIGITS, "--regime", "slkd", "--output", str(tmp_path / "e")]) == 2
+    assert "teacher" in _err(capsys)
+    assert main(["evaluate", str(out), *DIGITS, "--recipe", "nope", "--regime", "hl",
+                 "--output", str(tmp_path / "e")]) == 2
+    assert "cim" in _err(capsys)
+    assert not (tmp_path / "e").exists()
