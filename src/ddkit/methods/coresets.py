@@ -1,0 +1,303 @@
+"""Score-based and feature-based coreset baselines, registered as methods.
+
+Dynamics-based (one proxy recording, cached and shared by all of them — ddkit.methods.dynamics):
+`el2n` (+ `el2n-easy`, `el2n-hard`), `grand`, `forgetting` (+ `forgetting-easy`), `aum`, `entropy`,
+`dyn-unc` (alias `dynamic-uncertainty`), `ccs`. Teacher-feature-based: `herding`, `kcenter` (alias
+`k-center`). Every method is class-balanced (ipc real images per class), returns the selected real
+images with hard labels, and stores `source_indices` and a `scores` summary in meta.
+
+Selection modes (score methods): `easy` keeps the lowest difficulty per class, `hard` the highest,
+`window` a contiguous window (see coresets_scores.select_by_difficulty). Difficulty directions are in
+coresets_scores.HIGHER_IS_HARDER (AUM is the only "higher = easier" score).
+
+The proxy is configured by flat `proxy_*` fields (mirroring DynamicsConfig) or replaced by a
+precomputed `dynamics_path`; recordings are cached under `cache_dir` (default $DDKIT_CACHE/dynamics).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+
+from ddkit.config import config_hash, field
+from ddkit.data.base import ImageDataset, to_float
+from ddkit.distilled import DistilledSet
+from ddkit.methods.base import MethodConfig, check_ipc, create_method, per_class, register_method
+from ddkit.methods.coresets_scores import (HIGHER_IS_HARDER, ccs_select, compute_score, difficulty, herding_select,
+                                           kcenter_select, select_by_difficulty)
+from ddkit.methods.dynamics import Dynamics, DynamicsConfig, dynamics_for
+from ddkit.models import feature_extractor
+from ddkit.utils import DDKitError, autocast
+
+_D = DynamicsConfig()
+
+
+@dataclass(frozen=True)
+class ProxyConfig(MethodConfig):
+    """Where the training dynamics come from: a precomputed file, or a (cached) proxy run."""
+
+    dynamics_path: str = field("", "precomputed dynamics folder (Dynamics.save); '' = record, or reuse the cache")
+    cache_dir: str = field("", "dynamics cache; '' = $DDKIT_CACHE/dynamics (~/.cache/ddkit/dynamics), 'none' = off")
+    proxy_arch: str = field(_D.arch, "proxy model trained on the full split to record dynamics")
+    proxy_width: Optional[int] = field(_D.width, "proxy ConvNet width (None = 128)")
+    proxy_epochs: int = field(_D.epochs, "K: full-data epochs of the proxy run")
+    proxy_batch_size: int = field(_D.batch_size, "proxy batch size")
+    proxy_optimizer: str = field(_D.optimizer, "sgd or adamw")
+    proxy_lr: float = field(_D.lr, "proxy lr (DC/DSA ConvNet value; ResNets want 0.1)")
+    proxy_momentum: float = field(_D.momentum, "proxy SGD momentum")
+    proxy_weight_decay: float = field(_D.weight_decay, "proxy weight decay")
+    proxy_schedule: str = field(_D.schedule, "step (×0.1 at round(K·151/300)), cosine or none")
+    proxy_augment: str = field(_D.augment, "flip_translate or none")
+    proxy_runs: int = field(_D.runs, "seeded proxies EL2N/GraNd average over (Paul et al. use 10)")
+    proxy_seed: int = field(_D.seed, "proxy seed, separate from the selection seed so seeds share one recording")
+    proxy_record_every: int = field(_D.record_every, "0 = record per epoch; N = every N iterations")
+    proxy_early_epochs: float = field(_D.early_epochs, "EL2N/GraNd points at epoch ≤ this; 0 = max(1, 10% of K)")
+    proxy_amp: bool = field(_D.amp, "bf16 autocast for the proxy (CUDA only)")
+
+
+def proxy_dynamics_config(cfg: ProxyConfig) -> DynamicsConfig:
+    """The DynamicsConfig described by the flat `proxy_*` fields of a method config."""
+    return DynamicsConfig(**{f.name: getattr(cfg, "proxy_" + f.name) for f in dataclasses.fields(DynamicsConfig)})
+
+
+def load_dynamics(dataset: ImageDataset, cfg: ProxyConfig, device: torch.device, progress: bool) -> Dynamics:
+    """Dynamics for `dataset`: from cfg.dynamics_path, else recorded (and cached) with the proxy fields."""
+    if cfg.dynamics_path:
+        dyn = Dynamics.load(cfg.dynamics_path)
+        dyn.check_matches(dataset)
+        return dyn
+    if cfg.cache_dir.lower() == "none":
+        cache: Optional[Path] = None
+    elif cfg.cache_dir:
+        cache = Path(cfg.cache_dir)
+    else:
+        from ddkit.data.cache import default_cache_dir
+        cache = default_cache_dir() / "dynamics"
+    return dynamics_for(dataset, proxy_dynamics_config(cfg), cache, device, progress)
+
+
+def _summary(values: torch.Tensor) -> Dict[str, float]:
+    v = values.float()
+    return {"min": float(v.min()), "mean": float(v.mean()), "max": float(v.max())}
+
+
+def _result(dataset: ImageDataset, picks: Callable[[int, torch.Generator], torch.Tensor], cfg: MethodConfig,
+            desc: str, progress: bool, score: Optional[torch.Tensor], extra_meta: Dict[str, Any]) -> DistilledSet:
+    """Run per-class `picks(c, g)` -> dataset indices; build the DistilledSet with provenance."""
+    def one(c: int, g: torch.Generator):
+        sel = picks(c, g)
+        return to_float(dataset.get(sel)), {"source_index": sel}
+
+    images, labels, extras = per_class(dataset, one, cfg.seed, desc=desc, progress=progress)
+    src = extras["source_index"]
+    meta: Dict[str, Any] = {"source_indices": src.tolist()}
+    if score is not None:
+        extra_meta = {**extra_meta, "all": _summary(score), "selected": _summary(score[src])}
+    meta["scores"] = extra_meta
+    return DistilledSet(images, labels, dataset.classes, dataset.mean, dataset.std, meta=meta)
+
+
+# --------------------------------------------------------------------------------------------------
+# score-based methods
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScoreConfig(ProxyConfig):
+    """A dynamics score + a per-class selection rule."""
+
+    mode: str = field("hard", "easy (lowest difficulty), hard (highest) or window (contiguous at window_offset)")
+    window_offset: float = field(0.0, "window start β in [0,1]: ⌊β·n_c⌋ into the easy→hard order (unit class)")
+    window_unit: str = field("class", "class (offset β·class size from the easy end) or selmatch "
+                                      "(skip the ⌊β·ipc⌋ hardest)")
+
+
+@dataclass(frozen=True)
+class EarlyScoreConfig(ScoreConfig):
+    early_reduce: str = field("last", "EL2N/GraNd at the last early point (Paul et al.) or mean over them (CCS)")
+
+
+@dataclass(frozen=True)
+class El2nEasyConfig(EarlyScoreConfig):
+    mode: str = field("easy", "EL2N-easy (hard truths): keep the lowest-EL2N samples per class")
+
+
+@dataclass(frozen=True)
+class ForgettingEasyConfig(ScoreConfig):
+    mode: str = field("easy", "Forgetting-easy (hard truths): keep the least-forgotten samples per class")
+
+
+@dataclass(frozen=True)
+class DynUncConfig(ScoreConfig):
+    span: int = field(10, "J: record points per sliding std window (Dyn-Unc uses 10 on ImageNet)")
+
+
+def _score_method(score_name: str, doc: str) -> Callable[..., DistilledSet]:
+    def fn(dataset: ImageDataset, teacher: Any, cfg: ScoreConfig, *, device: torch.device,
+           progress: bool = True) -> DistilledSet:
+        check_ipc(dataset, cfg.ipc)
+        dyn = load_dynamics(dataset, cfg, device, progress)
+        score = compute_score(score_name, dyn, early_reduce=getattr(cfg, "early_reduce", "last"),
+                              span=getattr(cfg, "span", 10))
+        diff = difficulty(score_name, score)
+
+        def picks(c: int, g: torch.Generator) -> torch.Tensor:
+            idx = dataset.class_indices(c)
+            return idx[select_by_difficulty(diff[idx], cfg.ipc, cfg.mode, cfg.window_offset, cfg.window_unit)]
+
+        info = {"score": score_name, "higher_is_harder": HIGHER_IS_HARDER[score_name], "mode": cfg.mode,
+                "dynamics": cfg.dynamics_path or config_hash(proxy_dynamics_config(cfg)),
+                "proxy_train_acc": (dyn.meta.get("train_acc") or [None])[-1]}
+        return _result(dataset, picks, cfg, score_name, progress, score, info)
+
+    fn.__doc__ = doc
+    fn.__name__ = f"coreset_{score_name.replace('-', '_')}"
+    return fn
+
+
+_SCORES: Sequence[Tuple[str, type, Tuple[str, ...], str, str]] = (
+    ("el2n", EarlyScoreConfig, (), "el2n", "EL2N (Paul et al. 2021): ‖softmax − onehot‖ early in training."),
+    ("el2n-easy", El2nEasyConfig, (), "el2n", "EL2N-easy: the lowest-EL2N samples per class."),
+    ("el2n-hard", EarlyScoreConfig, (), "el2n", "EL2N-hard: the highest-EL2N samples per class."),
+    ("grand", EarlyScoreConfig, (), "grand", "GraNd (Paul et al. 2021): early last-layer gradient norm."),
+    ("forgetting", ScoreConfig, (), "forgetting", "Forgetting (Toneva et al. 2019): correct→wrong transitions."),
+    ("forgetting-easy", ForgettingEasyConfig, (), "forgetting", "Forgetting-easy: the least-forgotten samples."),
+    ("aum", ScoreConfig, (), "aum", "AUM (Pleiss et al. 2020): mean logit margin; hard = lowest AUM."),
+    ("entropy", ScoreConfig, (), "entropy", "Entropy of the final proxy softmax; hard = highest."),
+    ("dyn-unc", DynUncConfig, ("dynamic-uncertainty", "dynunc"), "dyn-unc",
+     "Dynamic Uncertainty (He et al. 2024): mean windowed std of p_y; hard = most uncertain."),
+)
+for _name, _cfg, _aliases, _score, _doc in _SCORES:
+    register_method(_name, config=_cfg, aliases=_aliases, class_separable=False)(_score_method(_score, _doc))
+
+
+# --------------------------------------------------------------------------------------------------
+# CCS
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CCSConfig(ProxyConfig):
+    """Coverage-centric coreset selection (Zheng et al. 2023), class-balanced."""
+
+    ccs_score: str = field("aum", "score whose range is stratified (CCS default AUM; also forgetting, el2n, …)")
+    mislabel_ratio: float = field(0.1, "β: drop this fraction of each class with the lowest AUM (likely mislabeled)")
+    strata: int = field(50, "equal-width strata of the score range (CCS k = 50)")
+    early_reduce: str = field("last", "for ccs_score el2n/grand: last early point or mean")
+    span: int = field(10, "for ccs_score dyn-unc: window J")
+
+
+@register_method("ccs", config=CCSConfig, aliases=("coverage-centric",), class_separable=False)
+def ccs(dataset: ImageDataset, teacher: Any, cfg: CCSConfig, *, device: torch.device,
+        progress: bool = True) -> DistilledSet:
+    """CCS: AUM mislabel cut, then stratified sampling over equal-width score strata (per class)."""
+    check_ipc(dataset, cfg.ipc)
+    if cfg.ccs_score not in HIGHER_IS_HARDER:
+        raise DDKitError(f"unknown --ccs-score {cfg.ccs_score!r}; choose one of {', '.join(HIGHER_IS_HARDER)}")
+    dyn = load_dynamics(dataset, cfg, device, progress)
+    score = compute_score(cfg.ccs_score, dyn, cfg.early_reduce, cfg.span)
+    aum_all = compute_score("aum", dyn)
+    # CCS's official code stratifies globally; per class keeps the ipc-per-class contract of the toolkit.
+
+    def picks(c: int, g: torch.Generator) -> torch.Tensor:
+        idx = dataset.class_indices(c)
+        return idx[ccs_select(score[idx], aum_all[idx], cfg.ipc, cfg.mislabel_ratio, cfg.strata, g)]
+
+    info = {"score": cfg.ccs_score, "mislabel_ratio": cfg.mislabel_ratio, "strata": cfg.strata,
+            "dynamics": cfg.dynamics_path or config_hash(proxy_dynamics_config(cfg))}
+    return _result(dataset, picks, cfg, "ccs", progress, score, info)
+
+
+# --------------------------------------------------------------------------------------------------
+# teacher-feature methods
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FeatureConfig(MethodConfig):
+    feature_layer: str = field("penultimate", "teacher layer whose (flattened) output is the embedding φ")
+    batch_size: int = field(512, "images per teacher forward")
+    amp: bool = field(True, "bf16 autocast for the teacher (CUDA only)")
+
+
+@dataclass(frozen=True)
+class KCenterConfig(FeatureConfig):
+    start: str = field("random", "first centre: random (seeded; DeepCore) or mean (closest to the class mean)")
+
+
+class _Embedder:
+    """A private device copy of the teacher computing flattened features of uint8 images."""
+
+    def __init__(self, teacher: Any, layer: str, device: torch.device, batch_size: int, amp: bool) -> None:
+        self.net = feature_extractor(copy.deepcopy(teacher.model).to(device).eval(), layer).eval()
+        self.mean = torch.tensor(teacher.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(teacher.std, device=device).view(1, -1, 1, 1)
+        self.device, self.bs, self.amp = device, batch_size, amp
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        out = []
+        for i in range(0, len(images), self.bs):
+            x = (to_float(images[i:i + self.bs].to(self.device)) - self.mean) / self.std
+            with autocast(self.device, self.amp):
+                out.append(self.net(x).float().flatten(1))
+        return torch.cat(out)
+
+
+@register_method("herding", config=FeatureConfig, needs_teacher=True)
+def herding(dataset: ImageDataset, teacher: Any, cfg: FeatureConfig, *, device: torch.device,
+            progress: bool = True) -> DistilledSet:
+    """Herding on teacher features per class: the running mean tracks the class mean (argmin)."""
+    check_ipc(dataset, cfg.ipc)
+    emb = _Embedder(teacher, cfg.feature_layer, device, cfg.batch_size, cfg.amp)
+
+    def picks(c: int, g: torch.Generator) -> torch.Tensor:
+        idx = dataset.class_indices(c)
+        return idx[herding_select(emb(dataset.get(idx)), cfg.ipc).cpu()]
+
+    return _result(dataset, picks, cfg, "herding", progress, None, {"layer": cfg.feature_layer})
+
+
+@register_method("kcenter", config=KCenterConfig, aliases=("k-center", "kcenter-greedy"), needs_teacher=True)
+def kcenter(dataset: ImageDataset, teacher: Any, cfg: KCenterConfig, *, device: torch.device,
+            progress: bool = True) -> DistilledSet:
+    """k-center greedy on teacher features per class: farthest-first traversal."""
+    check_ipc(dataset, cfg.ipc)
+    if cfg.start not in ("random", "mean"):
+        raise DDKitError(f"unknown --start {cfg.start!r}; use random or mean")
+    emb = _Embedder(teacher, cfg.feature_layer, device, cfg.batch_size, cfg.amp)
+
+    def picks(c: int, g: torch.Generator) -> torch.Tensor:
+        idx = dataset.class_indices(c)
+        f = emb(dataset.get(idx))
+        if cfg.start == "mean":
+            first = int((f - f.mean(0)).norm(dim=1).argmin())
+        else:
+            first = int(torch.randint(len(idx), (1,), generator=g))
+        return idx[kcenter_select(f, cfg.ipc, first).cpu()]
+
+    return _result(dataset, picks, cfg, "kcenter", progress, None, {"layer": cfg.feature_layer, "start": cfg.start})
+
+
+# --------------------------------------------------------------------------------------------------
+# EL2N-Best: SelMatch-style window search on a VALIDATION slice
+# --------------------------------------------------------------------------------------------------
+def el2n_best(train: ImageDataset, val: ImageDataset, ipc: int, offsets: Sequence[float],
+              evaluate_fn: Callable[[DistilledSet, ImageDataset], float], device: Any = None,
+              progress: bool = False, **method_kw: Any) -> Tuple[float, DistilledSet, Dict[float, float]]:
+    """Pick the EL2N window offset β with the best `evaluate_fn(distilled, val)` (higher is better).
+
+    `val` must be a held-out validation slice, never the test set (hard truths picked β on test).
+    All offsets reuse one cached dynamics recording. Returns (best β, its DistilledSet, {β: score}).
+    """
+    if not offsets:
+        raise DDKitError("el2n_best needs at least one window offset")
+    results: Dict[float, float] = {}
+    best: Optional[Tuple[float, DistilledSet]] = None
+    for beta in offsets:
+        ds = create_method("el2n", ipc=ipc, mode="window", window_offset=float(beta), **method_kw)(
+            train, None, device=device, progress=progress)
+        results[float(beta)] = float(evaluate_fn(ds, val))
+        if best is None or results[float(beta)] > results[best[0]]:
+            best = (float(beta), ds)
+    assert best is not None
+    best[1].meta["el2n_best"] = {"offsets": results, "chosen": best[0], "selected_on": f"{val.name}/{val.split}"}
+    return best[0], best[1], results
