@@ -1,0 +1,293 @@
+"""`lic` (alias `cim`): Condensing Large-scale datasets with minimal Information loss (LIC / CIM).
+
+Per class (peers.md §1.4, following the reference code, with the paper's variants as options):
+
+1. pool: `pool_size` (300) random real images, seeded by (seed, class); never duplicated;
+2. key samples: the ipc·f² pool images with the lowest teacher cross-entropy, in rank order;
+3. squeeze F: f² ranked images per mosaic on an f×f grid (rank block k → cell k, nearest downsampling);
+4. information compensation: a residual Δx (fp32, AdamW lr 0.01, wd 0.01) is optimised for M = 200
+   steps so that the teacher features of each expanded cell F⁻¹(x* + Δx) match those of its own real
+   image under ONE shared flip/translate/cutout draw per class and step (paired L1-mean loss);
+5. relabel: the evaluator's `cim` recipe relabels crops online; with `store_labels` the teacher logits
+   of each final image ("soft") and of its f² upsampled cells ("region_soft", row-major) are stored.
+
+Engineering: every class has its own generators derived from (seed, class), so its result does not
+depend on which classes share its step. `classes_per_step` classes are optimised together; forwards are
+chunked to at most `max_batch` images (gradient accumulation) to bound peak memory. With
+`pack_classes` off (the CPU default) every forward holds one class's rows at class-relative chunk
+offsets, so per-class results are bit-identical whatever `classes_per_step` is; on CUDA classes are
+packed into shared forwards for throughput (results then agree to float rounding).
+"""
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from ddkit.augment import Identity, Normalize, cim_condense_aug
+from ddkit.config import field
+from ddkit.data.base import ImageDataset, to_float
+from ddkit.distilled import DistilledSet
+from ddkit.methods.base import MethodConfig, register_method
+from ddkit.methods.lic_ops import (DISTANCES, DOWNSAMPLE_MODES, SELECTIONS, cross_entropy_per_sample, expand,
+                                   herding, select_ranked, squeeze)
+from ddkit.methods.lic_optim import Compensator
+from ddkit.models import default_feature_layer, feature_extractor
+from ddkit.utils import DDKitError, autocast, make_generator
+
+
+@dataclass(frozen=True)
+class LICConfig(MethodConfig):
+    """LIC/CIM options; defaults are the reference code's effective values (peers.md §1.4)."""
+
+    pool_size: int = field(300, "real images drawn per class before selection (reference mipc = 300)")
+    factor: int = field(2, "mosaic grid side f: N = f² real images squeezed into each image (reference 2)")
+    selection: str = field("lowest", "key samples: lowest teacher CE (reference), highest, random (selection "
+                                     "off), herding (teacher penultimate features)")
+    downsample: str = field("nearest", "patch downsampling in the squeeze: nearest (reference), bilinear, "
+                                       "area, antialias")
+    iterations: int = field(200, "information-compensation steps M (0 = compensation off: plain mosaics)")
+    lr: float = field(0.01, "AdamW learning rate on the residual Δx (reference)")
+    weight_decay: float = field(0.01, "AdamW decoupled decay on Δx (reference: torch's default 0.01; its 1e-4 "
+                                      "argument is commented out)")
+    feature_layer: str = field("auto", "teacher layer matched: auto = penultimate for ≤64-px ResNets, layer2 "
+                                       "for 224-px ResNets, last block for ConvNets (reference)")
+    distance: str = field("l1_mean", "per-pair feature distance summed over pairs: l1_mean (reference), mse, "
+                                     "cosine")
+    augment: bool = field(True, "observer: one flip/translate/cutout draw per class and step, shared by "
+                                "each real/synthetic pair (reference)")
+    clamp: bool = field(False, "clamp final images to [0,1] (the reference saves them unclamped)")
+    store_labels: bool = field(True, "store teacher logits of each image (soft) and of its f² cells "
+                                     "(region_soft); the cim eval recipe also relabels online")
+    classes_per_step: int = field(1, "classes optimised together (raise on GPU for throughput); per-class "
+                                     "results stay bit-identical on CPU, equal to rounding when packed")
+    max_batch: int = field(256, "most images in one teacher forward; chunks + gradient accumulation bound "
+                                "peak memory")
+    pack_classes: Optional[bool] = field(None, "share forwards between the classes of a step: None = on CUDA "
+                                               "only (CPU keeps per-class forwards, bit-identical)")
+    amp: bool = field(True, "bf16 autocast for teacher passes on CUDA (Δx and AdamW stay fp32)")
+    channels_last: bool = field(True, "channels_last teacher and inputs on CUDA")
+
+    def __post_init__(self) -> None:
+        checks = [(self.selection, SELECTIONS, "selection"), (self.downsample, DOWNSAMPLE_MODES, "downsample"),
+                  (self.distance, DISTANCES, "distance")]
+        for value, valid, name in checks:
+            if value not in valid:
+                raise DDKitError(f"unknown {name} {value!r}; choose one of {', '.join(valid)}")
+        for name in ("pool_size", "factor", "classes_per_step", "max_batch"):
+            if getattr(self, name) < 1:
+                raise DDKitError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
+        if self.iterations < 0:
+            raise DDKitError(f"--iterations must be ≥ 0, got {self.iterations}")
+
+
+class _Teacher:
+    """The method's private, device-resident copy of the teacher (the caller's object is not touched)."""
+
+    def __init__(self, teacher: Any, cfg: LICConfig, device: torch.device, layer: str) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.amp = cfg.amp and self.cuda
+        self.channels_last = cfg.channels_last and self.cuda
+        net = copy.deepcopy(teacher.model).to(device).eval().requires_grad_(False)
+        if self.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        self.net = net
+        self.norm = Normalize(teacher.mean, teacher.std)
+        try:
+            self.extractor = feature_extractor(net, layer).eval()
+        except ValueError as e:
+            raise DDKitError(f"--feature-layer: {e}") from None
+        self._penultimate: Optional[nn.Module] = None
+
+    def prep(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    @torch.no_grad()
+    def logits(self, x01: torch.Tensor, max_batch: int) -> torch.Tensor:
+        """fp32 logits of [0,1] images (any device), chunked; normalised here."""
+        out = []
+        for i in range(0, len(x01), max_batch):
+            x = self.norm.apply(to_float(x01[i:i + max_batch].to(self.device)), {})
+            with autocast(self.device, self.amp):
+                out.append(self.net(self.prep(x)).float())
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def penultimate(self, x01: torch.Tensor, max_batch: int) -> torch.Tensor:
+        if self._penultimate is None:
+            self._penultimate = feature_extractor(self.net, "penultimate").eval()
+        out = []
+        for i in range(0, len(x01), max_batch):
+            x = self.norm.apply(to_float(x01[i:i + max_batch].to(self.device)), {})
+            with autocast(self.device, self.amp):
+                out.append(self._penultimate(self.prep(x)).float().flatten(1))
+        return torch.cat(out)
+
+
+def _check_inputs(dataset: ImageDataset, teacher: Any, cfg: LICConfig) -> int:
+    """Refuse impossible runs up front (before any compute); warn about short classes. Returns n per class."""
+    need = cfg.ipc * cfg.factor ** 2
+    if teacher.channels != dataset.channels or teacher.image_size != dataset.image_size:
+        raise DDKitError(f"dataset images are {dataset.channels}×{dataset.image_size}² px but the teacher expects "
+                         f"{teacher.channels}×{teacher.image_size}²: load the dataset at the teacher's size")
+    if cfg.factor > dataset.image_size:
+        raise DDKitError(f"--factor {cfg.factor} exceeds the image side ({dataset.image_size} px)")
+    short = []
+    for c, count in enumerate(dataset.class_counts()):
+        pool = min(count, cfg.pool_size)
+        if pool < need:
+            raise DDKitError(f"class {c} ({dataset.classes[c]!r}) gives a pool of {pool} images but ipc·f² = "
+                             f"{cfg.ipc}·{cfg.factor}² = {need} are needed: lower --ipc or --factor"
+                             + (" or raise --pool-size" if count > pool else ""))
+        if count < cfg.pool_size:
+            short.append(f"{dataset.classes[c]} ({count})")
+    if short:
+        warnings.warn(f"{len(short)} class(es) have fewer than --pool-size {cfg.pool_size} images and use all of "
+                      f"them (no duplication): {', '.join(short[:10])}{' …' if len(short) > 10 else ''}",
+                      stacklevel=4)
+    return need
+
+
+def _load_pools(dataset: ImageDataset, classes: List[int], cfg: LICConfig) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """The random real pool (uint8 images, dataset indices) of each class, seeded by (seed, class)."""
+    return [dataset.class_images(c, cfg.pool_size, generator=make_generator(cfg.seed, "class", c)) for c in classes]
+
+
+def _prefetched(dataset: ImageDataset, steps: List[List[int]], cfg: LICConfig
+                ) -> Iterator[Tuple[List[int], List[Tuple[torch.Tensor, torch.Tensor]], float]]:
+    """Yield (step, its pools, seconds waited for them) while a background thread reads the next step's.
+
+    Reading a pool can mean decoding hundreds of JPEGs; overlapping it with the device work of the
+    previous step hides it. Only that one thread touches the dataset, so loaders need not be thread-safe.
+    """
+    if not steps:
+        return
+    loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lic-pool")
+    try:
+        future = loader.submit(_load_pools, dataset, steps[0], cfg)
+        for i, step in enumerate(steps):
+            t0 = time.perf_counter()
+            pools = future.result()
+            waited = time.perf_counter() - t0
+            if i + 1 < len(steps):
+                future = loader.submit(_load_pools, dataset, steps[i + 1], cfg)
+            yield step, pools, waited
+    finally:
+        loader.shutdown(wait=True, cancel_futures=True)
+
+
+def _select(pool: torch.Tensor, idx: torch.Tensor, c: int, tch: _Teacher, cfg: LICConfig, n: int):
+    """The n key samples of class c's pool in rank order: (ranked float images on device, indices, scores)."""
+    g = make_generator(cfg.seed, "lic", "select", c)
+    if cfg.selection == "herding":
+        order = herding(tch.penultimate(pool, cfg.max_batch), n)
+        scores = cross_entropy_per_sample(tch.logits(pool, cfg.max_batch), c)
+    elif cfg.selection == "random":
+        order = select_ranked(torch.zeros(len(pool)), n, "random", g)
+        scores = None
+    else:
+        scores = cross_entropy_per_sample(tch.logits(pool, cfg.max_batch), c)
+        order = select_ranked(scores, n, cfg.selection, g)
+    order = order.cpu()
+    ranked = to_float(pool[order].to(tch.device))
+    kept = scores.cpu()[order] if scores is not None else None
+    return ranked, idx[order], kept
+
+
+def _region_labels(tch: _Teacher, final: torch.Tensor, cfg: LICConfig) -> Dict[str, torch.Tensor]:
+    """soft: logits of each whole image (ipc×K); region_soft: of each upsampled cell (ipc×f²×K, row-major)."""
+    f2 = cfg.factor ** 2
+    soft = tch.logits(final, cfg.max_batch)
+    with torch.no_grad():
+        cells = expand(final, cfg.factor)  # row k·ipc + m = cell k of mosaic m
+    region = tch.logits(cells, cfg.max_batch)
+    region = region.reshape(f2, len(final), -1).transpose(0, 1)
+    return {"soft": soft.cpu(), "region_soft": region.contiguous().cpu()}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@register_method("lic", config=LICConfig, aliases=("cim",), needs_teacher=True)
+def lic(dataset: ImageDataset, teacher: Any, cfg: LICConfig, *, device: torch.device,
+        progress: bool = True) -> DistilledSet:
+    """LIC/CIM: select confident real images, squeeze f² per image, compensate with a feature-matched residual."""
+    n = _check_inputs(dataset, teacher, cfg)
+    layer = cfg.feature_layer
+    if layer == "auto":
+        try:
+            layer = default_feature_layer(teacher.arch, teacher.image_size)
+        except KeyError:
+            raise DDKitError(f"no default feature layer for teacher arch {teacher.arch!r}: pass --feature-layer "
+                             f"(e.g. penultimate)") from None
+    tch = _Teacher(teacher, cfg, device, layer)
+    packed = cfg.pack_classes if cfg.pack_classes is not None else device.type == "cuda"
+    comp = Compensator(tch.extractor, tch.norm, cim_condense_aug() if cfg.augment else Identity(), cfg,
+                       device, packed=packed, prep=tch.prep)
+
+    images: List[torch.Tensor] = []
+    soft: Dict[str, List[torch.Tensor]] = {}
+    selected: List[List[int]] = []
+    kept_ce: List[Optional[List[float]]] = []
+    first, last, curves = [], [], []
+    timings = {"pool_wait_s": 0.0, "select_s": 0.0, "compensate_s": 0.0, "labels_s": 0.0}
+    classes = list(range(dataset.num_classes))
+    steps = [classes[s:s + cfg.classes_per_step] for s in range(0, len(classes), cfg.classes_per_step)]
+    bar = tqdm(total=len(classes), desc="lic", disable=not progress, dynamic_ncols=True, mininterval=1.0)
+    for step, pools, waited in _prefetched(dataset, steps, cfg):
+        timings["pool_wait_s"] += waited
+        t0 = time.perf_counter()
+        reals, mosaics = [], []
+        for c, (pool, pool_idx) in zip(step, pools):
+            ranked, idx, ce = _select(pool, pool_idx, c, tch, cfg, n)
+            reals.append(ranked)
+            mosaics.append(squeeze(ranked, cfg.factor, cfg.downsample))
+            selected.append(idx.tolist())
+            kept_ce.append(ce.tolist() if ce is not None else None)
+        _sync(device)
+        t1 = time.perf_counter()
+        gens = [make_generator(cfg.seed, "lic", "augment", c) for c in step]
+        finals, losses = comp.run(reals, mosaics, gens)  # losses: iterations × len(step) on CPU
+        _sync(device)
+        t2 = time.perf_counter()
+        for j, c in enumerate(step):
+            final = finals[j].clamp(0, 1) if cfg.clamp else finals[j]
+            if cfg.store_labels:
+                for k, v in _region_labels(tch, final, cfg).items():
+                    soft.setdefault(k, []).append(v)
+            images.append(final.detach().float().cpu())
+            if len(losses):
+                first.append(float(losses[0, j]))
+                last.append(float(losses[-1, j]))
+                curves.append(losses[:, j])
+        _sync(device)
+        timings["select_s"] += t1 - t0
+        timings["compensate_s"] += t2 - t1
+        timings["labels_s"] += time.perf_counter() - t2
+        bar.update(len(step))
+    bar.close()
+
+    labels = torch.arange(dataset.num_classes).repeat_interleave(cfg.ipc)
+    meta: Dict[str, Any] = {
+        "feature_layer": layer, "factor": cfg.factor, "images_per_mosaic": cfg.factor ** 2,
+        "packed_forwards": packed,
+        # selected_indices[c][r] = dataset index of class c's rank-r image; mosaic m, cell k holds rank k·ipc+m.
+        "selected_indices": selected, "selected_ce": kept_ce, "timings": timings,
+    }
+    if curves:
+        mean_curve = torch.stack(curves, 1).mean(1)
+        marks = sorted(set(torch.linspace(0, len(mean_curve) - 1, min(11, len(mean_curve))).round().long().tolist()))
+        meta.update(loss_first=first, loss_last=last,
+                    loss_curve={str(i): float(mean_curve[i]) for i in marks})
+    return DistilledSet(torch.cat(images), labels, dataset.classes, dataset.mean, dataset.std,
+                        soft={k: torch.cat(v) for k, v in soft.items()}, meta=meta)
