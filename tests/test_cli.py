@@ -110,3 +110,11 @@ def test_slkd_without_teacher_and_unknown_recipe(tmp_path, capsys):
                  "--output", str(tmp_path / "e")]) == 2
     assert "cim" in _err(capsys)
     assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("method", __import__("ddkit.methods", fromlist=["list_methods"]).list_methods())
+def test_distill_help_for_every_method(method, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["distill", "--method", method, "--help"])
+    assert e.value.code == 0
+    assert "--ipc" in capsys.readouterr().out

@@ -143,7 +143,7 @@ def test_every_method_end_to_end(tmp_path):
              "dyn-unc", "dynamic-uncertainty", "ccs"]
     recordings = set()
     for name in names:
-        out = create_method(name, ipc=3, cache_dir=str(tmp_path), **PROXY, **extra.get(name, {}))(
+        out = create_method(name, ipc=3, dynamics_cache=str(tmp_path), **PROXY, **extra.get(name, {}))(
             ds, device="cpu", progress=False)
         _check_set(ds, out, 3)
         recordings.add(out.meta["scores"]["dynamics"])
@@ -153,6 +153,6 @@ def test_every_method_end_to_end(tmp_path):
         _check_set(ds, out, 3)
     with pytest.raises(DDKitError, match="teacher"):
         create_method("herding", ipc=3)(ds, device="cpu", progress=False)
-    ccs = create_method("ccs", ipc=3, cache_dir=str(tmp_path), seed=1, strata=4, **PROXY)
+    ccs = create_method("ccs", ipc=3, dynamics_cache=str(tmp_path), seed=1, strata=4, **PROXY)
     a, b = ccs(ds, device="cpu", progress=False), ccs(ds, device="cpu", progress=False)
     assert a.meta["source_indices"] == b.meta["source_indices"]  # seeded stratum sampling

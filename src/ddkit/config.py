@@ -57,7 +57,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: Type[Any], prefix: 
             continue
         tp = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_ = f"{f.metadata.get('help', '')} (default: {default})"
+        # argparse %-formats help strings: escape literal percent signs.
+        help_ = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
         dest = prefix + f.name
         if tp is bool:
             group.add_argument(_flag(prefix + f.name), dest=dest, type=_bool, nargs="?", const=True,

@@ -11,7 +11,7 @@ Selection modes (score methods): `easy` keeps the lowest difficulty per class, `
 coresets_scores.HIGHER_IS_HARDER (AUM is the only "higher = easier" score).
 
 The proxy is configured by flat `proxy_*` fields (mirroring DynamicsConfig) or replaced by a
-precomputed `dynamics_path`; recordings are cached under `cache_dir` (default $DDKIT_CACHE/dynamics).
+precomputed `dynamics_path`; recordings are cached under `dynamics_cache` (default $DDKIT_CACHE/dynamics).
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ class ProxyConfig(MethodConfig):
     """Where the training dynamics come from: a precomputed file, or a (cached) proxy run."""
 
     dynamics_path: str = field("", "precomputed dynamics folder (Dynamics.save); '' = record, or reuse the cache")
-    cache_dir: str = field("", "dynamics cache; '' = $DDKIT_CACHE/dynamics (~/.cache/ddkit/dynamics), 'none' = off")
+    dynamics_cache: str = field("", "dynamics cache; '' = $DDKIT_CACHE/dynamics (~/.cache/ddkit/dynamics), 'none' = off")
     proxy_arch: str = field(_D.arch, "proxy model trained on the full split to record dynamics")
     proxy_width: Optional[int] = field(_D.width, "proxy ConvNet width (None = 128)")
     proxy_epochs: int = field(_D.epochs, "K: full-data epochs of the proxy run")
@@ -70,10 +70,10 @@ def load_dynamics(dataset: ImageDataset, cfg: ProxyConfig, device: torch.device,
         dyn = Dynamics.load(cfg.dynamics_path)
         dyn.check_matches(dataset)
         return dyn
-    if cfg.cache_dir.lower() == "none":
+    if cfg.dynamics_cache.lower() == "none":
         cache: Optional[Path] = None
-    elif cfg.cache_dir:
-        cache = Path(cfg.cache_dir)
+    elif cfg.dynamics_cache:
+        cache = Path(cfg.dynamics_cache)
     else:
         from ddkit.data.cache import default_cache_dir
         cache = default_cache_dir() / "dynamics"

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# CPU-sized accuracy runs committed in bench/results (2 cores, no GPU): CIFAR-10 (JPEG q75), ConvNet-3
+# teacher = student, recipe `cim`, compute budget 0.2 full-dataset epochs (10,000 samples seen per student),
+# 3 seeds, last-epoch accuracy. Every command is resumable (finished cells are skipped).
+set -euo pipefail
+DATA=tar:${DATA_TAR:-../shared/data/cifar10-jpeg75.tar.gz}
+T=${TEACHER:-runs/teachers/cifar10_jpeg75_convnet3}
+COMMON=(--dataset "$DATA" --teacher "$T" --recipe cim --budget-epochs 0.2 --seeds 3 --device cpu)
+OUT=bench/results/accuracy_cifar10_cpu.json
+python bench/accuracy.py "${COMMON[@]}" --methods random --ipcs 10 --regimes hl,sl,slkd --output $OUT
+python bench/accuracy.py "${COMMON[@]}" --methods lic --ipcs 10 --regimes slkd,hl,sl --output $OUT
+# Ablation (LIC Table 7 style, IPC 10): squeeze of random images / + selection, both without compensation.
+python bench/accuracy.py "${COMMON[@]}" --methods lic --ipcs 10 --regimes hl,slkd --label orig \
+    --method-opt lic.selection=random --method-opt lic.iterations=0 --output bench/results/ablation_cifar10_cpu.json
+python bench/accuracy.py "${COMMON[@]}" --methods lic --ipcs 10 --regimes hl,slkd --label sel \
+    --method-opt lic.iterations=0 --output bench/results/ablation_cifar10_cpu.json
+python bench/accuracy.py "${COMMON[@]}" --methods random --ipcs 1,50 --regimes hl,sl,slkd --output $OUT
+# IPC 50 uses 50 compensation iterations instead of 200 on CPU (stated in docs/results.md).
+python bench/accuracy.py "${COMMON[@]}" --methods lic --ipcs 1,50 --regimes slkd,hl,sl \
+    --method-opt lic@50.iterations=50 --output $OUT

@@ -1,0 +1,326 @@
+"""The hard-truths study: method × IPC × compute budget × label regime, resumable, with a report.
+
+    from ddkit.study import StudyConfig, run_study
+    run_study(train, test, teacher, StudyConfig(ipcs=(10, 50), budgets=(2, 5, 10, 20)), device="cuda")
+
+Every cell trains `seeds` students with `ddkit.evaluate.evaluate(..., full_train_size=len(train))`
+under EvalConfig(budget_epochs=b): every student sees b·|train| samples whatever the IPC (hardtruths
+§5.4), with the regime's recipe (hl → hardtruths-hl, sl → hardtruths-sl, slkd → cim by default).
+
+Distilled sets are built once per (method, ipc, seed), or per (method, ipc, seed, budget) for methods
+whose config has `budget_epochs` (cad-prune, ca2d: the scoring run is compute-matched to the cell's
+budget), and cached under output_dir/sets/. Scoring runs are cached under output_dir/dynamics/ when the
+method has a `dynamics_cache` option. Each finished cell is appended to results.csv at once (one row:
+mean/std/accs/seeds/seconds) and skipped on a rerun, so an interrupted study resumes where it stopped.
+study.json pins the protocol (student, recipes, seeds, dataset): a rerun with another protocol in the
+same folder is refused. report.md (tables, per-regime ranks, accuracy-vs-budget plot) is rewritten from
+every row of results.csv at the end.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from ddkit.config import config_hash, field
+from ddkit.distilled import DistilledSet
+from ddkit.evaluate import EvalConfig, evaluate, get_recipe, resolve_regime
+from ddkit.methods import create_method, method_spec
+from ddkit.report import markdown_table, write_markdown
+from ddkit.utils import DDKitError, get_device
+
+COLUMNS = ("method", "ipc", "budget", "regime", "recipe", "student", "mean", "std", "n", "accs", "seeds",
+           "seconds", "set_seconds", "iterations", "batch_size", "epochs", "samples_seen")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """The grid and the protocol of `ddkit study hard-truths` (one flag per field)."""
+
+    ipcs: Tuple[int, ...] = field((10, 50), "images per class of every set (hard truths: 10, 50, 100)")
+    budgets: Tuple[float, ...] = field((2.0, 5.0, 10.0, 20.0), "compute budgets in FULL-data epochs (Fig. 1: 2–50)")
+    regimes: Tuple[str, ...] = field(("hl", "sl", "slkd"), "label regimes: hl, sl (one fixed soft label), slkd")
+    methods: Tuple[str, ...] = field(("random", "el2n-easy", "ccs", "rded", "cad-prune", "ca2d", "lic"),
+                                     "methods compared (see `ddkit methods`)")
+    hl_recipe: str = field("hardtruths-hl", "recipe of the hl regime (hard truths Table 4)")
+    sl_recipe: str = field("hardtruths-sl", "recipe of the sl regime (hard truths Table 4)")
+    slkd_recipe: str = field("cim", "recipe of the slkd regime (online teacher on every view)")
+    student: Optional[str] = field(None, "student architecture (None: the teacher's)")
+    student_width: Optional[int] = field(None, "ConvNet/MLP student width (None: the model's default)")
+    seeds: int = field(3, "students per cell (mean ± std over them)")
+    seed: int = field(0, "method seed (sets) and base student seed")
+    output_dir: str = field("runs/hard-truths", "folder of sets/, results.csv, report.md (rerun to resume)")
+
+    def recipe_for(self, regime: str) -> str:
+        return {"hl": self.hl_recipe, "sl": self.sl_recipe, "slkd": self.slkd_recipe}[resolve_regime(regime)]
+
+
+@dataclass
+class StudyResult:
+    """Every row of results.csv after the run, plus what this call did."""
+
+    rows: List[Dict[str, Any]]
+    results_csv: Path
+    report: Path
+    evaluated: int
+    skipped: int
+
+
+def _bkey(b: Any) -> str:
+    return f"{float(b):g}"
+
+
+def _key(method: str, ipc: Any, budget: Any, regime: str) -> Tuple[str, int, str, str]:
+    return (method, int(ipc), _bkey(budget), resolve_regime(regime))
+
+
+def read_results(path: Path) -> List[Dict[str, Any]]:
+    """Rows of a results.csv with numbers parsed (accs/seeds as lists)."""
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, newline="") as fh:
+        for r in csv.DictReader(fh):
+            row: Dict[str, Any] = dict(r)
+            for k in ("ipc", "n", "iterations", "batch_size", "samples_seen"):
+                row[k] = int(float(r[k])) if r.get(k) not in (None, "") else None
+            for k in ("budget", "mean", "std", "seconds", "set_seconds", "epochs"):
+                row[k] = float(r[k]) if r.get(k) not in (None, "") else float("nan")
+            row["accs"] = [float(x) for x in r["accs"].split(";") if x]
+            row["seeds"] = [int(x) for x in r["seeds"].split(";") if x]
+            rows.append(row)
+    return rows
+
+
+def _append(path: Path, row: Dict[str, Any]) -> None:
+    """Append one row and make it durable before the next cell starts (the resume point)."""
+    new = not path.is_file() or path.stat().st_size == 0
+    with open(path, "a", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=COLUMNS)
+        if new:
+            w.writeheader()
+        w.writerow({k: row.get(k, "") for k in COLUMNS})
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _protocol(cfg: StudyConfig, train: Any, teacher: Any, eval_overrides: Mapping[str, Any]) -> Dict[str, Any]:
+    return {"dataset": train.name, "train_size": len(train), "student": cfg.student, "student_width": cfg.student_width,
+            "recipes": {r: cfg.recipe_for(r) for r in ("hl", "sl", "slkd")}, "seeds": cfg.seeds, "seed": cfg.seed,
+            "teacher": (teacher.meta.get("path") or teacher.arch) if teacher is not None else None,
+            "eval_overrides": {k: eval_overrides[k] for k in sorted(eval_overrides)}}
+
+
+def _set_for(method: str, ipc: int, budget: float, cfg: StudyConfig, train: Any, teacher: Any, out: Path,
+             overrides: Mapping[str, Any], device: Any, progress: bool) -> DistilledSet:
+    """Build (or load from out/sets/) the set of one (method, ipc[, budget])."""
+    spec = method_spec(method)
+    fields = {f.name for f in dataclasses.fields(spec.config)}
+    kw: Dict[str, Any] = {"ipc": ipc, "seed": cfg.seed}
+    name = f"{spec.name}-ipc{ipc}-seed{cfg.seed}"
+    if "budget_epochs" in fields:
+        kw["budget_epochs"] = float(budget)
+        name += f"-K{_bkey(budget)}"
+    if "dynamics_cache" in fields:
+        kw["dynamics_cache"] = str(out / "dynamics")
+    kw.update(overrides)
+    if overrides:
+        name += f"-{config_hash(dict(overrides))}"
+    path = out / "sets" / name
+    if (path / "meta.json").is_file():
+        return DistilledSet.load(path)
+    s = create_method(spec.name, **kw)(train, teacher if spec.needs_teacher else None, device=device,
+                                       progress=progress)
+    s.save(path, overwrite=True, pngs=False)
+    return s
+
+
+def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[StudyConfig] = None, *,
+              device: Any = None, progress: bool = True,
+              method_overrides: Optional[Mapping[str, Mapping[str, Any]]] = None,
+              eval_overrides: Optional[Mapping[str, Any]] = None, **fields: Any) -> StudyResult:
+    """Run every missing cell of the grid, append each to results.csv, then write report.md.
+
+    Args:
+        train, test: the real splits (students are scored on `test`; budgets count |train|).
+        teacher: needed by teacher-based methods (rded, ca2d, lic) and by the sl / slkd regimes.
+        config: the grid and protocol; `fields` override its fields (e.g. ipcs=(10,), budgets=(2,)).
+        method_overrides: per-method config options, e.g. {"cad-prune": {"span": 4}} (part of the set's cache key).
+        eval_overrides: extra EvalConfig fields for every cell (e.g. {"batch_size": 128}).
+    """
+    cfg = dataclasses.replace(config or StudyConfig(), **fields)
+    cfg = dataclasses.replace(cfg, ipcs=tuple(int(i) for i in cfg.ipcs), budgets=tuple(float(b) for b in cfg.budgets),
+                              regimes=tuple(resolve_regime(r) for r in cfg.regimes), methods=tuple(cfg.methods))
+    method_overrides = {method_spec(k).name: dict(v) for k, v in (method_overrides or {}).items()}
+    eval_overrides = dict(eval_overrides or {})
+    bad = set(eval_overrides) & {"recipe", "regime", "budget_epochs", "epochs", "seeds", "seed", "student",
+                                 "student_width"}
+    if bad:
+        raise DDKitError(f"eval_overrides cannot set {', '.join(sorted(bad))}: they are study settings")
+    if not (cfg.ipcs and cfg.budgets and cfg.regimes and cfg.methods) or cfg.seeds < 1:
+        raise DDKitError("a study needs at least one ipc, budget, regime and method, and seeds ≥ 1")
+    if min(cfg.ipcs) < 1 or min(cfg.budgets) <= 0:
+        raise DDKitError(f"ipcs must be ≥ 1 and budgets > 0, got {cfg.ipcs} and {cfg.budgets}")
+    specs = [method_spec(m) for m in cfg.methods]  # unknown names fail here, before any compute
+    for r in cfg.regimes:
+        get_recipe(cfg.recipe_for(r))
+    if teacher is None:
+        needy = [s.name for s in specs if s.needs_teacher] + [r for r in cfg.regimes if r in ("sl", "slkd")]
+        if needy:
+            raise DDKitError(f"{', '.join(needy)} need a teacher: pass --teacher CKPT or drop them")
+    dev = device if hasattr(device, "type") else get_device(device)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    proto = _protocol(cfg, train, teacher, eval_overrides)
+    pfile = out / "study.json"
+    if pfile.is_file():
+        old = json.loads(pfile.read_text()).get("protocol")
+        if old != json.loads(json.dumps(proto)):
+            raise DDKitError(f"{out} holds a study run with another protocol ({old}); use another --output-dir")
+    else:
+        pfile.write_text(json.dumps({"protocol": proto, "config": dataclasses.asdict(cfg)}, indent=1))
+    csv_path = out / "results.csv"
+    done = {_key(r["method"], r["ipc"], r["budget"], r["regime"]) for r in read_results(csv_path)}
+    evaluated = skipped = 0
+    for spec in specs:
+        for ipc in cfg.ipcs:
+            for b in cfg.budgets:
+                todo = [r for r in cfg.regimes if _key(spec.name, ipc, b, r) not in done]
+                skipped += len(cfg.regimes) - len(todo)
+                if not todo:
+                    continue
+                s = _set_for(spec.name, ipc, b, cfg, train, teacher, out, method_overrides.get(spec.name, {}),
+                             dev, progress)
+                for regime in todo:
+                    ecfg = EvalConfig(recipe=cfg.recipe_for(regime), regime=regime, budget_epochs=b, seeds=cfg.seeds,
+                                      seed=cfg.seed, student=cfg.student, student_width=cfg.student_width,
+                                      **eval_overrides)
+                    res = evaluate(s, test, ecfg, teacher, full_train_size=len(train), device=dev, progress=progress,
+                                   set_name=f"{spec.name}/ipc{ipc}/K{_bkey(b)}/{regime}")
+                    row = {"method": spec.name, "ipc": ipc, "budget": _bkey(b), "regime": regime,
+                           "recipe": ecfg.recipe, "student": res.student, "mean": res.mean, "std": res.std,
+                           "n": len(res.accs), "accs": ";".join(f"{a:.6f}" for a in res.accs),
+                           "seeds": ";".join(str(x) for x in res.seeds),
+                           "seconds": f"{res.info.get('wall_seconds', float('nan')):.2f}",
+                           "set_seconds": f"{float(s.meta.get('wall_seconds', float('nan'))):.2f}",
+                           "iterations": res.plan.iterations, "batch_size": res.plan.batch_size,
+                           "epochs": f"{res.plan.epochs:.4f}", "samples_seen": res.plan.samples}
+                    _append(csv_path, row)
+                    done.add(_key(spec.name, ipc, b, regime))
+                    evaluated += 1
+    report = write_report(out)
+    return StudyResult(read_results(csv_path), csv_path, report, evaluated, skipped)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------------
+
+def _ranks(values: Dict[str, float]) -> Dict[str, float]:
+    """Rank 1 = highest accuracy; ties share their average rank."""
+    items = sorted(values.items(), key=lambda kv: -kv[1])
+    out: Dict[str, float] = {}
+    i = 0
+    while i < len(items):
+        j = i
+        while j + 1 < len(items) and items[j + 1][1] == items[i][1]:
+            j += 1
+        for m, _ in items[i:j + 1]:
+            out[m] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def rank_table(rows: List[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
+    """{regime: {method: mean rank over the (ipc, budget) cells of that regime}} (1 = best)."""
+    cells: Dict[Tuple[str, int, float], Dict[str, float]] = {}
+    for r in rows:
+        cells.setdefault((r["regime"], r["ipc"], r["budget"]), {})[r["method"]] = r["mean"]
+    acc: Dict[str, Dict[str, List[float]]] = {}
+    for (regime, _, _), vals in cells.items():
+        for m, rk in _ranks(vals).items():
+            acc.setdefault(regime, {}).setdefault(m, []).append(rk)
+    return {g: {m: sum(v) / len(v) for m, v in ms.items()} for g, ms in acc.items()}
+
+
+def _plot(rows: List[Dict[str, Any]], path: Path) -> Optional[Path]:
+    """Accuracy vs budget, one panel per (ipc, regime), one line per method (error bars: std over seeds)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # no pyplot: never touches the caller's backend
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+    regimes = list(dict.fromkeys(r["regime"] for r in rows))
+    ipcs = sorted({r["ipc"] for r in rows})
+    if not rows:
+        return None
+    fig = Figure(figsize=(4.2 * len(regimes), 3.4 * len(ipcs)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(ipcs), len(regimes), squeeze=False)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for i, ipc in enumerate(ipcs):
+        for j, regime in enumerate(regimes):
+            ax = axes[i][j]
+            for m in methods:
+                pts = sorted((r["budget"], 100 * r["mean"], 100 * r["std"]) for r in rows
+                             if r["method"] == m and r["ipc"] == ipc and r["regime"] == regime)
+                if pts:
+                    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
+                                capsize=2, label=m)
+            budgets = sorted({r["budget"] for r in rows})
+            if len(budgets) > 1:
+                ax.set_xscale("log")  # budgets grow geometrically (2, 5, 10, 20 …); label them plainly
+                ax.set_xticks(budgets)
+                ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+                ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_title(f"{regime}, IPC {ipc}")
+            ax.set_xlabel("budget (full-data epochs)")
+            ax.set_ylabel("test accuracy (%)")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def write_report(output_dir: str | Path) -> Path:
+    """report.md (+ acc_vs_budget.png) from every row of output_dir/results.csv."""
+    out = Path(output_dir)
+    rows = read_results(out / "results.csv")
+    sections: List[Tuple[str, str]] = []
+    if not rows:
+        return write_markdown(out / "report.md", "Hard-truths study", [("Results", "no finished cells yet")])
+    proto = json.loads((out / "study.json").read_text()).get("protocol", {}) if (out / "study.json").is_file() else {}
+    sections.append(("Protocol", "\n".join(f"- {k}: {v}" for k, v in proto.items()) +
+                     "\n- headline: last-epoch test accuracy (%), mean ± std (ddof 0) over student seeds; every "
+                     "student sees budget × |train| samples"))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    cols = sorted({(r["ipc"], r["budget"]) for r in rows})
+    for regime in dict.fromkeys(r["regime"] for r in rows):
+        by = {(r["method"], r["ipc"], r["budget"]): r for r in rows if r["regime"] == regime}
+        table = []
+        for m in methods:
+            cells = []
+            for ipc, b in cols:
+                r = by.get((m, ipc, b))
+                cells.append("–" if r is None else f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}")
+            table.append([m] + cells)
+        sections.append((f"Regime {regime}", markdown_table(["method"] + [f"IPC {i} / {b:g} ep" for i, b in cols],
+                                                            table)))
+    ranks = rank_table(rows)
+    regimes = list(ranks)
+    sections.append(("Mean rank per regime (1 = best; averaged over the regime's IPC × budget cells)",
+                     markdown_table(["method"] + regimes,
+                                    [[m] + [f"{ranks[g][m]:.2f}" if m in ranks[g] else "–" for g in regimes]
+                                     for m in methods])))
+    png = _plot(rows, out / "acc_vs_budget.png")
+    if png is not None:
+        sections.append(("Accuracy vs compute budget", f"![accuracy vs budget]({png.name})"))
+    nan_cells = [f"{r['method']}/{r['ipc']}/{r['budget']:g}/{r['regime']}" for r in rows if math.isnan(r["mean"])]
+    if nan_cells:
+        sections.append(("Cells without a number", ", ".join(nan_cells)))
+    return write_markdown(out / "report.md", "Hard-truths study", sections)

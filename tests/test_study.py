@@ -1,0 +1,95 @@
+"""The hard-truths study: grid, budget-matched CAD sets, results.csv/report.md, resume skips finished cells."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+import ddkit.methods.cad  # noqa: F401  (registers cad-prune until the lead adds it to the built-ins)
+import ddkit.study as study
+from ddkit.config import add_dataclass_args, from_args
+from ddkit.distilled import DistilledSet
+from ddkit.study import StudyConfig, rank_table, read_results, run_study
+from ddkit.utils import DDKitError
+
+from tests.conftest import make_toy
+
+PROXY = {"cad-prune": dict(proxy_arch="convnet-d1", proxy_width=8, proxy_batch_size=8)}
+GRID = dict(ipcs=(2,), budgets=(0.5,), regimes=("hl",), methods=("random", "cad-prune"), student="convnet-d1",
+            student_width=8, seeds=1)
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    calls = []
+    real = study.evaluate
+
+    def wrapper(*a, **kw):
+        calls.append(a[2])  # the EvalConfig
+        return real(*a, **kw)
+
+    monkeypatch.setattr(study, "evaluate", wrapper)
+    return calls
+
+
+def test_study_writes_results_and_skips_finished_cells(tmp_path, counted):
+    train, test = make_toy(20, 4, 8), make_toy(10, 4, 8, seed=1, split="test")
+    out = tmp_path / "ht"
+    r = run_study(train, test, None, output_dir=str(out), device="cpu", progress=False, method_overrides=PROXY, **GRID)
+    assert (r.evaluated, r.skipped) == (2, 0) and len(counted) == 2
+    assert all(c.budget_epochs == 0.5 and c.recipe == "hardtruths-hl" and c.regime == "hl" for c in counted)
+    with open(out / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(x["method"], x["ipc"], x["budget"], x["regime"]) for x in rows] == [
+        ("random", "2", "0.5", "hl"), ("cad-prune", "2", "0.5", "hl")]
+    assert all(0 <= float(x["mean"]) <= 1 and x["seeds"] == "0" and int(x["samples_seen"]) == 40 for x in rows)
+    report = (out / "report.md").read_text()
+    assert "Regime hl" in report and "cad-prune" in report and "Mean rank" in report
+    assert (out / "acc_vs_budget.png").stat().st_size > 0
+    # cad-prune got the cell's budget as K; its set and scoring run are cached
+    sets = sorted(p.name for p in (out / "sets").iterdir())
+    assert sets[0].startswith("cad-prune-ipc2-seed0-K0.5") and sets[1] == "random-ipc2-seed0"
+    assert DistilledSet.load(out / "sets" / sets[0]).meta["cad_K"] == 0.5
+    assert any((out / "dynamics").iterdir())
+
+    counted.clear()
+    r = run_study(train, test, None, output_dir=str(out), device="cpu", progress=False, method_overrides=PROXY, **GRID)
+    assert (r.evaluated, r.skipped) == (0, 2) and counted == []
+    assert len(read_results(out / "results.csv")) == 2
+
+    # growing the grid only runs the new cell
+    r = run_study(train, test, None, output_dir=str(out), device="cpu", progress=False, method_overrides=PROXY,
+                  **{**GRID, "budgets": (0.5, 1.0), "methods": ("random",)})
+    assert r.evaluated == 1 and len(counted) == 1 and counted[0].budget_epochs == 1.0
+    assert json.loads((out / "study.json").read_text())["protocol"]["seeds"] == 1
+    with pytest.raises(DDKitError, match="another protocol"):
+        run_study(train, test, None, output_dir=str(out), device="cpu", progress=False, **{**GRID, "seeds": 2})
+
+
+def test_study_refuses_teacherless_grid_before_compute(tmp_path):
+    train = make_toy(4, 2, 8)
+    with pytest.raises(DDKitError, match="slkd need a teacher"):
+        run_study(train, train, None, output_dir=str(tmp_path), device="cpu", progress=False,
+                  **{**GRID, "methods": ("random",), "regimes": ("hl", "slkd")})
+    with pytest.raises(Exception, match="nope"):
+        run_study(train, train, None, output_dir=str(tmp_path), device="cpu", progress=False,
+                  **{**GRID, "methods": ("nope",)})
+    assert not (tmp_path / "results.csv").exists()
+
+
+def test_rank_table_averages_ranks_with_ties():
+    rows = [dict(method=m, regime="hl", ipc=10, budget=b, mean=v) for m, b, v in
+            [("a", 2, 0.5), ("b", 2, 0.4), ("c", 2, 0.4), ("a", 5, 0.1), ("b", 5, 0.3), ("c", 5, 0.2)]]
+    assert rank_table(rows) == {"hl": {"a": 2.0, "b": 1.75, "c": 2.25}}
+
+
+def test_study_config_cli_round_trip():
+    import argparse
+
+    p = argparse.ArgumentParser()
+    add_dataclass_args(p, StudyConfig)
+    cfg = from_args(StudyConfig, p.parse_args(["--ipcs", "10,50", "--budgets", "2,5", "--regimes", "hl,slkd",
+                                               "--methods", "random,cad-prune"]))
+    assert cfg.ipcs == (10, 50) and cfg.budgets == (2.0, 5.0) and cfg.regimes == ("hl", "slkd")
+    assert cfg.recipe_for("sl+kd") == "cim" and StudyConfig().recipe_for("hl") == "hardtruths-hl"
