@@ -118,3 +118,21 @@ def test_distill_help_for_every_method(method, capsys):
         main(["distill", "--method", method, "--help"])
     assert e.value.code == 0
     assert "--ipc" in capsys.readouterr().out
+
+
+def test_study_cli_runs_and_resumes(tmp_path, capsys):
+    args = ["study", "hard-truths", *DIGITS, "--methods", "random", "--ipcs", "1", "--budgets", "0.05",
+            "--regimes", "hl", "--seeds", "1", "--student", "convnet-d1", "--student-width", "8",
+            "--output-dir", str(tmp_path / "study")]
+    assert main(args) == 0
+    assert "1 cells evaluated, 0 already done" in capsys.readouterr().out
+    assert (tmp_path / "study" / "results.csv").is_file() and (tmp_path / "study" / "report.md").is_file()
+    assert main(args) == 0
+    assert "0 cells evaluated, 1 already done" in capsys.readouterr().out
+
+
+def test_dcs_cli(tmp_path, capsys):
+    out = tmp_path / "dcs.md"
+    assert main(["dcs", *DIGITS, "--loss", "dm", "--ipcs", "1", "--subsets", "3", "--budget-epochs", "0.05",
+                 "--output", str(out)]) == 0
+    assert out.is_file() and "DCS" in out.read_text().upper()

@@ -96,6 +96,27 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     except ImportError:  # evaluator not installed in this build
         pass
 
+    # study / dcs ---------------------------------------------------------------------------
+    st = sub.add_parser("study", help="resumable grids; `ddkit study hard-truths` runs method × IPC × budget × regime")
+    ssub = st.add_subparsers(dest="study_command", metavar="STUDY")
+    ht = ssub.add_parser("hard-truths", help="the regime × budget grid of 'Hard truths about soft labels' "
+                                             "(finished cells are skipped on rerun)")
+    _common(ht)
+    ht.add_argument("--teacher", default=None, help="teacher checkpoint (rded, ca2d, lic, SL and SL+KD need one)")
+    ht.add_argument("--teacher-arch", default=None, help="architecture of --teacher when the file does not say")
+    from ddkit.study import StudyConfig
+    add_dataclass_args(ht, StudyConfig)
+    dc = sub.add_parser("dcs", help="Distillation Correlation Score: does a method's loss predict students' test loss?")
+    _common(dc)
+    dc.add_argument("--teacher", default=None, help="teacher checkpoint (for teacher-feature losses)")
+    dc.add_argument("--teacher-arch", default=None, help="architecture of --teacher when the file does not say")
+    dc.add_argument("--loss", default="dm", help="distillation loss to score: dm, feature_mean or teacher_ce")
+    dc.add_argument("--ipcs", default="10", help="comma-separated IPCs (subset size is fixed within each IPC)")
+    dc.add_argument("--subsets", type=int, default=8, help="random class-balanced subsets per IPC")
+    dc.add_argument("--seed", type=int, default=0, help="seed of the subsets and students")
+    dc.add_argument("--budget-epochs", type=float, default=None, help="student compute in full-data epochs")
+    dc.add_argument("--output", default=None, help="write the markdown result here")
+
     # inspect / demo --------------------------------------------------------------------------
     i = sub.add_parser("inspect", help="print a summary of a distilled set")
     i.add_argument("path", help="distilled-set folder")
@@ -237,6 +258,43 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from ddkit.config import dump, from_args
+    from ddkit.study import StudyConfig, run_study
+    from ddkit.utils import get_device
+
+    if args.study_command != "hard-truths":
+        print("usage: ddkit study hard-truths --dataset … --teacher … [--ipcs 10,50 --budgets 2,5,10,20 …]",
+              file=sys.stderr)
+        return EXIT_USAGE
+    cfg = from_args(StudyConfig, args, base=_pick(StudyConfig, _yaml(args)))
+    print(dump(cfg, title="study hard-truths"))
+    device = get_device(args.device)
+    train, test = _dataset(args, "train"), _dataset(args, "test")
+    res = run_study(train, test, _teacher(args, train, device), cfg, device=device, progress=not args.no_progress)
+    print(f"{res.evaluated} cells evaluated, {res.skipped} already done; report: {res.report}")
+    return 0
+
+
+def cmd_dcs(args: argparse.Namespace) -> int:
+    from ddkit.dcs import dcs_study
+    from ddkit.evaluate import EvalConfig
+    from ddkit.utils import get_device
+
+    device = get_device(args.device)
+    train, test = _dataset(args, "train"), _dataset(args, "test")
+    cfg = EvalConfig(recipe="hardtruths-hl", regime="hl", seeds=1, budget_epochs=args.budget_epochs)
+    res = dcs_study(train, test, args.loss, ipcs=tuple(int(x) for x in args.ipcs.split(",")), subsets=args.subsets,
+                    eval_cfg=cfg, teacher=_teacher(args, train, device), seed=args.seed, device=device,
+                    progress=not args.no_progress)
+    text = res.to_markdown()
+    print(text)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text + "\n")
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from ddkit.distilled import load_distilled
 
@@ -253,7 +311,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {"datasets": cmd_list, "models": cmd_list, "methods": cmd_list, "recipes": cmd_list,
             "teacher": cmd_teacher, "distill": cmd_distill, "evaluate": cmd_evaluate, "inspect": cmd_inspect,
-            "demo": cmd_demo}
+            "demo": cmd_demo, "study": cmd_study, "dcs": cmd_dcs}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
