@@ -136,3 +136,19 @@ def test_dcs_cli(tmp_path, capsys):
     assert main(["dcs", *DIGITS, "--loss", "dm", "--ipcs", "1", "--subsets", "3", "--budget-epochs", "0.05",
                  "--output", str(out)]) == 0
     assert out.is_file() and "DCS" in out.read_text().upper()
+
+
+def test_sharded_distill_then_merge_equals_single_run(tmp_path, capsys):
+    single = tmp_path / "single"
+    assert main(["distill", *DIGITS, "--ipc", "2", "--output", str(single)]) == 0
+    out = tmp_path / "sharded"
+    for i in range(2):
+        assert main(["distill", *DIGITS, "--ipc", "2", "--shard", f"{i}/2", "--no-merge", "--output", str(out)]) == 0
+    assert not out.exists()
+    assert main(["merge", str(out)]) == 0
+    from ddkit.distilled import load_distilled
+
+    a, b = load_distilled(single), load_distilled(out)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    # a resumed run with everything finished recomputes nothing and still merges
+    assert main(["distill", *DIGITS, "--ipc", "2", "--resume", "--overwrite", "--output", str(out)]) == 0

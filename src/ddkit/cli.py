@@ -72,6 +72,10 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     d.add_argument("--skip-teacher-check", action="store_true", help="skip the real-test-set sanity check of the teacher")
     d.add_argument("--output", required=True, help="output folder of the distilled set")
     d.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    d.add_argument("--shard", default=None, help="i/n: condense only classes c with c %% n == i into OUTPUT.parts/ "
+                   "(SLURM arrays, separate shells); torchrun sets this from RANK/WORLD_SIZE")
+    d.add_argument("--resume", action="store_true", help="skip classes already finished in OUTPUT.parts/")
+    d.add_argument("--no-merge", action="store_true", help="leave OUTPUT.parts/ unmerged (merge with `ddkit merge`)")
     from ddkit.methods import method_spec
     mname = _method_from_argv(argv)
     try:
@@ -95,6 +99,11 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         add_dataclass_args(e, EvalConfig)
     except ImportError:  # evaluator not installed in this build
         pass
+
+    mg = sub.add_parser("merge", help="assemble OUTPUT from the per-class files in OUTPUT.parts/ (after --shard runs)")
+    mg.add_argument("output", help="distilled-set folder to write (its parts are in OUTPUT.parts/)")
+    mg.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    mg.add_argument("--no-pngs", action="store_true", help="skip the PNG view")
 
     # study / dcs ---------------------------------------------------------------------------
     st = sub.add_parser("study", help="resumable grids; `ddkit study hard-truths` runs method × IPC × budget × regime")
@@ -211,16 +220,23 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
+    import os
+
     from ddkit.config import dump, from_args
+    from ddkit.distributed import distill_sharded, init_distributed, is_main
     from ddkit.methods import create_method, method_spec
     from ddkit.utils import get_device
 
     spec = method_spec(args.method)
     out = Path(args.output)
+    sharded = bool(args.shard or args.resume or "RANK" in os.environ)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"output {out} exists; pass --overwrite to replace it")
     cfg = from_args(spec.config, args, base=_pick(spec.config, _yaml(args)))
-    print(dump(cfg, title=f"method {spec.name}"))
+    if "RANK" in os.environ:
+        init_distributed()
+    if is_main():
+        print(dump(cfg, title=f"method {spec.name}"))
     device = get_device(args.device)
     train = _dataset(args, "train")
     teacher = _teacher(args, train, device)
@@ -228,13 +244,32 @@ def cmd_distill(args: argparse.Namespace) -> int:
         from ddkit.teachers import check_teacher
 
         acc = check_teacher(teacher, _dataset(args, "test"), device=device)
-        print(f"teacher sanity check: {acc:.3f} accuracy on a sample of real test images")
+        if is_main():
+            print(f"teacher sanity check: {acc:.3f} accuracy on a sample of real test images")
     method = create_method(spec.name, **{k: getattr(cfg, k) for k in cfg.__dataclass_fields__})
-    result = method(train, teacher, device=device, progress=not args.no_progress)
-    result.meta["dataset_root"] = args.data_root
-    result.save(out, overwrite=args.overwrite)
+    if sharded:
+        result = distill_sharded(method, train, teacher, out, shard=args.shard, resume=args.resume,
+                                 overwrite=args.overwrite, device=device, progress=not args.no_progress,
+                                 merge=not args.no_merge, extra_meta={"dataset_root": args.data_root})
+        if result is None:
+            print(f"shard done; when every shard has finished, merge with `ddkit merge {out}`")
+            return 0
+    else:
+        result = method(train, teacher, device=device, progress=not args.no_progress)
+        result.meta["dataset_root"] = args.data_root
+        result.save(out, overwrite=args.overwrite)
+    if is_main():
+        print(result.summary())
+        print(f"saved {out}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from ddkit.distributed import merge_parts, parts_dir_for
+
+    result = merge_parts(parts_dir_for(args.output), args.output, overwrite=args.overwrite, pngs=not args.no_pngs)
     print(result.summary())
-    print(f"saved {out}")
+    print(f"saved {args.output}")
     return 0
 
 
@@ -311,7 +346,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {"datasets": cmd_list, "models": cmd_list, "methods": cmd_list, "recipes": cmd_list,
             "teacher": cmd_teacher, "distill": cmd_distill, "evaluate": cmd_evaluate, "inspect": cmd_inspect,
-            "demo": cmd_demo, "study": cmd_study, "dcs": cmd_dcs}
+            "demo": cmd_demo, "study": cmd_study, "dcs": cmd_dcs, "merge": cmd_merge}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

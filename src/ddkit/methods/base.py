@@ -6,13 +6,21 @@ frozen config; calling the result runs the method and fills meta.json facts (met
 teacher, ipc, seed, wall time, peak memory) so no method repeats that bookkeeping.
 Per-class work gets a generator seeded from (seed, class) so a class's result never depends on which
 other classes share its batch, process or GPU.
+
+Class scope (sharding, resume): `ddkit.distributed` runs a class-separable method inside
+`class_scope(classes, on_done)`. Drivers then loop over `scoped_classes(num_classes)` instead of all
+classes and report each finished class with `class_done(...)`, so it can be written to disk at once.
+`per_class` does both by itself; a method with its own loop (lic) calls the two functions. Outside a
+scope both are no-ops and every class runs.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 import torch
 from tqdm.auto import tqdm
@@ -121,23 +129,93 @@ def check_ipc(dataset: ImageDataset, need: int, what: str = "ipc") -> None:
             raise DDKitError(f"{what} needs {need} images per class but class {c} ({dataset.classes[c]!r}) has only {n}")
 
 
+# -- class scope ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClassResult:
+    """One finished class, as reported to the scope's callback (all tensors on CPU).
+
+    images: N_c×C×H×W float; labels: N_c int64; soft: label tensors with N_c rows (go to DistilledSet.soft);
+    extras: other per-row tensors (e.g. "source_index"); meta: JSON-safe per-class facts; seconds: compute time.
+    """
+
+    cls: int
+    images: torch.Tensor
+    labels: torch.Tensor
+    soft: Dict[str, torch.Tensor]
+    extras: Dict[str, torch.Tensor]
+    meta: Dict[str, Any]
+    seconds: float
+
+
+_SCOPE: contextvars.ContextVar[Optional[Tuple[List[int], Callable[[ClassResult], None]]]] = \
+    contextvars.ContextVar("ddkit_class_scope", default=None)
+
+
+@contextlib.contextmanager
+def class_scope(classes: Sequence[int], on_class_done: Callable[[ClassResult], None]) -> Iterator[None]:
+    """Restrict scope-aware drivers to `classes` and call `on_class_done` as each class finishes."""
+    token = _SCOPE.set((sorted(int(c) for c in classes), on_class_done))
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
+
+
+def scoped_classes(num_classes: int) -> List[int]:
+    """The classes a driver must run: the active scope's, else all of them."""
+    scope = _SCOPE.get()
+    if scope is None:
+        return list(range(num_classes))
+    bad = [c for c in scope[0] if not 0 <= c < num_classes]
+    if bad:
+        raise DDKitError(f"class scope holds class {bad[0]} but the dataset has {num_classes} classes")
+    return list(scope[0])
+
+
+def class_done(c: int, images: torch.Tensor, *, soft: Optional[Dict[str, torch.Tensor]] = None,
+               extras: Optional[Dict[str, torch.Tensor]] = None, meta: Optional[Dict[str, Any]] = None,
+               seconds: float = float("nan")) -> None:
+    """Report that class `c` is finished (no-op outside a scope); tensors are copied to CPU."""
+    scope = _SCOPE.get()
+    if scope is None:
+        return
+    cpu = lambda d: {k: v.detach().cpu() for k, v in (d or {}).items()}  # noqa: E731
+    imgs = images.detach().float().cpu()
+    scope[1](ClassResult(int(c), imgs, torch.full((len(imgs),), int(c), dtype=torch.long), cpu(soft),
+                         cpu(extras), dict(meta or {}), float(seconds)))
+
+
 def per_class(dataset: ImageDataset, fn: Callable[[int, torch.Generator], Tuple[torch.Tensor, Dict[str, torch.Tensor]]],
               seed: int, *, desc: str = "classes", progress: bool = True,
-              classes: Optional[Sequence[int]] = None) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
+              classes: Optional[Sequence[int]] = None,
+              on_class_done: Optional[Callable[[ClassResult], None]] = None
+              ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
     """Run `fn(c, generator)` for each class with a generator seeded by (seed, c); stack the results.
 
     `fn` returns (images float N_c×C×H×W, extra label tensors with N_c rows). Returns (images, labels, extras).
+    `classes` None means the active class scope's classes (all classes outside a scope); finished
+    classes are reported to the scope and to `on_class_done`.
     """
-    cls = list(range(dataset.num_classes)) if classes is None else list(classes)
+    scoped = classes is None
+    cls = scoped_classes(dataset.num_classes) if scoped else list(classes)
     images: List[torch.Tensor] = []
     labels: List[torch.Tensor] = []
     extras: Dict[str, List[torch.Tensor]] = {}
     for c in tqdm(cls, desc=desc, disable=not progress, dynamic_ncols=True, mininterval=1.0):
+        t0 = time.perf_counter()
         imgs, ex = fn(c, make_generator(seed, "class", c))
         images.append(imgs.detach().float().cpu())
         labels.append(torch.full((len(imgs),), c, dtype=torch.long))
+        ex = {k: v.detach().cpu() for k, v in ex.items()}
         for k, v in ex.items():
-            extras.setdefault(k, []).append(v.detach().cpu())
+            extras.setdefault(k, []).append(v)
+        seconds = time.perf_counter() - t0
+        if scoped:
+            class_done(c, images[-1], extras=ex, seconds=seconds)
+        if on_class_done is not None:
+            on_class_done(ClassResult(c, images[-1], labels[-1], {}, ex, {}, seconds))
+    if not images:  # an empty class list (e.g. every class of a shard already done)
+        raise DDKitError("per_class was given no classes to run")
     return torch.cat(images), torch.cat(labels), {k: torch.cat(v) for k, v in extras.items()}
 
 

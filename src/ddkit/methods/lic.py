@@ -35,7 +35,7 @@ from ddkit.augment import Identity, Normalize, cim_condense_aug
 from ddkit.config import field
 from ddkit.data.base import ImageDataset, to_float
 from ddkit.distilled import DistilledSet
-from ddkit.methods.base import MethodConfig, register_method
+from ddkit.methods.base import MethodConfig, class_done, register_method, scoped_classes
 from ddkit.methods.lic_ops import (DISTANCES, DOWNSAMPLE_MODES, SELECTIONS, cross_entropy_per_sample, expand,
                                    herding, select_ranked, squeeze)
 from ddkit.methods.lic_optim import Compensator
@@ -241,7 +241,7 @@ def lic(dataset: ImageDataset, teacher: Any, cfg: LICConfig, *, device: torch.de
     kept_ce: List[Optional[List[float]]] = []
     first, last, curves = [], [], []
     timings = {"pool_wait_s": 0.0, "select_s": 0.0, "compensate_s": 0.0, "labels_s": 0.0}
-    classes = list(range(dataset.num_classes))
+    classes = scoped_classes(dataset.num_classes)  # all classes, or a shard's (ddkit.distributed)
     steps = [classes[s:s + cfg.classes_per_step] for s in range(0, len(classes), cfg.classes_per_step)]
     bar = tqdm(total=len(classes), desc="lic", disable=not progress, dynamic_ncols=True, mininterval=1.0)
     for step, pools, waited in _prefetched(dataset, steps, cfg):
@@ -261,15 +261,22 @@ def lic(dataset: ImageDataset, teacher: Any, cfg: LICConfig, *, device: torch.de
         _sync(device)
         t2 = time.perf_counter()
         for j, c in enumerate(step):
+            tj = time.perf_counter()
             final = finals[j].clamp(0, 1) if cfg.clamp else finals[j]
-            if cfg.store_labels:
-                for k, v in _region_labels(tch, final, cfg).items():
-                    soft.setdefault(k, []).append(v)
+            labels_c = _region_labels(tch, final, cfg) if cfg.store_labels else {}
+            for k, v in labels_c.items():
+                soft.setdefault(k, []).append(v)
             images.append(final.detach().float().cpu())
             if len(losses):
                 first.append(float(losses[0, j]))
                 last.append(float(losses[-1, j]))
                 curves.append(losses[:, j])
+            # sharding/resume hook: hand the finished class over so it is on disk before the next step
+            i = len(selected) - len(step) + j
+            class_done(c, images[-1], soft=labels_c, meta={
+                "selected_indices": selected[i], "selected_ce": kept_ce[i],
+                **({"loss_first": first[-1], "loss_last": last[-1]} if len(losses) else {})},
+                seconds=(t2 - t0) / len(step) + time.perf_counter() - tj)
         _sync(device)
         timings["select_s"] += t1 - t0
         timings["compensate_s"] += t2 - t1
@@ -277,7 +284,7 @@ def lic(dataset: ImageDataset, teacher: Any, cfg: LICConfig, *, device: torch.de
         bar.update(len(step))
     bar.close()
 
-    labels = torch.arange(dataset.num_classes).repeat_interleave(cfg.ipc)
+    labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(cfg.ipc)
     meta: Dict[str, Any] = {
         "feature_layer": layer, "factor": cfg.factor, "images_per_mosaic": cfg.factor ** 2,
         "packed_forwards": packed,

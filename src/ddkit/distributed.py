@@ -1,0 +1,399 @@
+"""Scale-out and durability for class-separable methods: shard by class, one file per class, resume, merge.
+
+Work directory: `<output>.parts/`, a sibling of the output folder, so `DistilledSet.save`'s atomic
+replace of `<output>` never touches unfinished work. It holds one safetensors file per finished class:
+
+    class_00042.safetensors   "images" float32 N_c×C×H×W, "labels" int64 N_c, "soft.<key>" (rows of
+                              DistilledSet.soft), "extra.<key>" (other per-row tensors, e.g. source_index);
+                              metadata "ddkit_part" = JSON header: format, fingerprint (hash of method,
+                              config, dataset, teacher weights), method, config, class, classes, mean, std,
+                              dataset, teacher, per-class meta, seconds, device, host, checksum.
+
+A part is written to a temporary name, fsynced, then renamed: a truncated or corrupt part (size ≠
+header, bad JSON, bad checksum) is not done. Parts of another run (fingerprint) are an error.
+
+Sharding: class c belongs to shard c % n (interleaved, so costly classes spread). (rank, world) come
+from `--shard i/n` or from torchrun's environment (`"RANK" in os.environ`, as nanoGPT). Seeds derive
+from (seed, class), never from the rank, so the result does not depend on the number of processes,
+and a resumed run equals an uninterrupted one bit for bit on CPU.
+
+    torchrun --standalone --nproc_per_node 8 -m ddkit distill --method lic … --output out  # rank 0 merges
+    ddkit distill … --shard 3/8 --output out      # 8 independent jobs; the last to finish merges
+    ddkit merge out                               # or merge explicitly
+    ddkit distill … --output out --resume         # after a crash: finished classes are skipped
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import struct
+import time
+import warnings
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save
+
+from ddkit.config import to_dict
+from ddkit.data.base import ImageDataset
+from ddkit.distilled import DistilledSet
+from ddkit.methods.base import ClassResult, Method, class_scope
+from ddkit.utils import DDKitError, get_device, peak_memory_mb
+
+PART_FORMAT = "ddkit-part/1"
+_PART = re.compile(r"^class_(\d+)\.safetensors$")
+
+
+# -- process topology ------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits: rank, world size, local rank, and whether torchrun launched it."""
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    torchrun: bool = False
+
+
+def dist_env() -> DistInfo:
+    """(rank, world, local_rank) from torchrun's environment; (0, 1, 0) when not launched by it."""
+    if "RANK" not in os.environ:
+        return DistInfo()
+    return DistInfo(int(os.environ["RANK"]), int(os.environ.get("WORLD_SIZE", 1)),
+                    int(os.environ.get("LOCAL_RANK", 0)), True)
+
+
+def init_distributed(backend: Optional[str] = None, timeout_s: float = 24 * 3600) -> DistInfo:
+    """Join torchrun's process group (gloo on CPU, nccl on CUDA) when launched by torchrun; idempotent.
+    The long timeout is deliberate: ranks done early wait at the final barrier for the slowest one."""
+    info = dist_env()
+    if not info.torchrun or info.world == 1:
+        return info
+    if not dist.is_initialized():
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        if backend == "nccl":
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    return info
+
+
+def _initialised() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op outside an initialised process group)."""
+    if _initialised():
+        nccl = dist.get_backend() == "nccl"
+        dist.barrier(device_ids=[torch.cuda.current_device()] if nccl else None)
+
+
+def is_main() -> bool:
+    """True on rank 0 (and in a plain single process)."""
+    return dist.get_rank() == 0 if _initialised() else dist_env().rank == 0
+
+
+def cleanup_distributed() -> None:
+    """Leave the process group if one was initialised."""
+    if _initialised():
+        dist.destroy_process_group()
+
+
+def parse_shard(spec: str) -> Tuple[int, int]:
+    """'i/n' -> (i, n) with 0 ≤ i < n."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(spec))
+    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+        raise DDKitError(f"--shard must be i/n with 0 ≤ i < n (e.g. 0/4), got {spec!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def shard_classes(num_classes: int, rank: int, world: int) -> List[int]:
+    """Classes of shard `rank` of `world`: c % world == rank (interleaved, so costly classes spread)."""
+    if world < 1 or not 0 <= rank < world:
+        raise DDKitError(f"shard {rank}/{world} is invalid: need 0 ≤ rank < world")
+    return list(range(rank, num_classes, world))
+
+
+# -- parts -----------------------------------------------------------------------------------------
+def parts_dir_for(output: str | Path) -> Path:
+    """The work directory of `output`: the sibling `<output>.parts/`."""
+    return Path(output).with_name(Path(output).name + ".parts")
+
+
+def part_path(parts_dir: str | Path, c: int) -> Path:
+    return Path(parts_dir) / f"class_{c:05d}.safetensors"
+
+
+def _digest(tensors: Dict[str, torch.Tensor], h: Any = None) -> str:
+    """sha1 over names, dtypes, shapes and raw bytes (sorted by name)."""
+    h = h if h is not None else hashlib.sha1()
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().contiguous().reshape(-1)
+        h.update(f"{k}:{t.dtype}:{tuple(tensors[k].shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def run_fingerprint(method: Method, dataset: ImageDataset, teacher: Any = None) -> str:
+    """Hash of what determines the result: method, config, dataset identity, teacher weights."""
+    h = hashlib.sha1()
+    facts = {"method": method.name, "config": to_dict(method.config), "dataset": dataset.name,
+             "split": dataset.split, "n": len(dataset), "classes": list(dataset.classes),
+             "shape": [dataset.channels, dataset.image_size], "teacher": getattr(teacher, "arch", None)}
+    h.update(json.dumps(facts, sort_keys=True, default=str).encode())
+    return _digest(dict(teacher.model.state_dict()) if teacher is not None else {}, h)[:16]
+
+
+def read_header(path: str | Path) -> Optional[Dict[str, Any]]:
+    """The part's JSON header when the file is complete and well-formed, else None (cheap: no tensors)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size:
+                return None
+            head = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in head.items() if k != "__metadata__"), default=0)
+        if size != 8 + n + end:  # truncated (or padded) file
+            return None
+        header = json.loads(head["__metadata__"]["ddkit_part"])
+        return header if header.get("format") == PART_FORMAT else None
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return None
+
+
+def scan_parts(parts_dir: str | Path) -> Dict[int, Optional[Dict[str, Any]]]:
+    """{class: header, or None for an incomplete/corrupt part} of every part file in `parts_dir`."""
+    out: Dict[int, Optional[Dict[str, Any]]] = {}
+    for p in sorted(Path(parts_dir).glob("class_*.safetensors")):
+        m = _PART.match(p.name)
+        if m:
+            h = read_header(p)
+            out[int(m.group(1))] = h if h is not None and h.get("class") == int(m.group(1)) else None
+    return out
+
+
+def write_part(parts_dir: str | Path, r: ClassResult, header: Dict[str, Any]) -> Path:
+    """Write class r.cls atomically (temporary name, fsync, rename) and return its path."""
+    tensors = {"images": r.images.float().contiguous(), "labels": r.labels.long().contiguous()}
+    tensors.update({f"soft.{k}": v.contiguous() for k, v in r.soft.items()})
+    tensors.update({f"extra.{k}": v.contiguous() for k, v in r.extras.items()})
+    dev = torch.device(header.get("device", "cpu"))
+    head = {**header, "class": r.cls, "class_meta": r.meta, "checksum": _digest(tensors),
+            "seconds": None if math.isnan(r.seconds) else r.seconds, "peak_memory_mb": peak_memory_mb(dev),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    data = save(tensors, metadata={"ddkit_part": json.dumps(head, default=str)})
+    path = part_path(parts_dir, r.cls)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)  # atomic: a reader sees the old state or the whole new file
+    with contextlib.suppress(OSError):  # persist the rename itself (power loss); not on every filesystem
+        fd = os.open(str(path.parent), os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    return path
+
+
+def read_part(path: str | Path) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
+    """(header, tensors) of a part, verifying size and checksum; DDKitError when it is damaged."""
+    header = read_header(path)
+    if header is None:
+        raise DDKitError(f"part {path} is incomplete or corrupt: rerun its class with --resume")
+    tensors = load_file(str(path))
+    if _digest(tensors) != header.get("checksum"):
+        raise DDKitError(f"part {path} fails its checksum: delete it and rerun its class with --resume")
+    return header, tensors
+
+
+# -- running a (shard of a) method into parts ------------------------------------------------------
+def distill_parts(method: Method, dataset: ImageDataset, teacher: Any, parts_dir: str | Path,
+                  classes: Optional[Sequence[int]] = None, *, resume: bool = False, overwrite: bool = False,
+                  device: str | torch.device | None = None, progress: bool = True, shard: str = "0/1",
+                  extra_meta: Optional[Dict[str, Any]] = None) -> List[int]:
+    """Run `method` on `classes` (default all), writing one part per class as it finishes.
+
+    resume: skip classes whose part exists and is complete. overwrite: discard this run's classes'
+    parts and any part of a different run first. Without either, existing parts are an error.
+    extra_meta (JSON-safe) goes into every part and the merged meta. Returns the classes computed.
+    """
+    if not method.spec.class_separable:
+        raise DDKitError(f"method {method.name!r} couples classes (class_separable=False): run it without "
+                         f"--shard/--resume/torchrun; parallelise over seeds instead")
+    dev = device if isinstance(device, torch.device) else get_device(device)
+    classes = list(range(dataset.num_classes)) if classes is None else sorted(int(c) for c in classes)
+    parts_dir = Path(parts_dir)
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    for c in classes:  # temporary files left by a killed writer of one of our classes
+        for tmp in parts_dir.glob(f".{part_path(parts_dir, c).name}.tmp-*"):
+            tmp.unlink(missing_ok=True)
+    fp = run_fingerprint(method, dataset, teacher)
+    mine = set(classes)
+    existing = scan_parts(parts_dir)
+    for c, h in sorted(existing.items()):
+        stale = h is not None and h["fingerprint"] != fp
+        if overwrite and (c in mine or stale):
+            part_path(parts_dir, c).unlink(missing_ok=True)
+        elif stale:
+            raise DDKitError(f"{parts_dir} holds parts of a different run ({h['method']}, fingerprint "
+                             f"{h['fingerprint']} ≠ {fp}): use another --output, or --overwrite to discard them")
+        elif h is not None and c in mine and not resume:
+            raise DDKitError(f"{parts_dir} already holds finished classes of this run: pass --resume to keep "
+                             f"them or --overwrite to start over")
+    done = {c for c, h in scan_parts(parts_dir).items() if h is not None and h["fingerprint"] == fp}
+    todo = [c for c in classes if c not in done]
+    if not todo:
+        return []
+    cfg = method.config
+    header = {"format": PART_FORMAT, "fingerprint": fp, "method": method.name, "config": to_dict(cfg),
+              "ipc": cfg.ipc, "seed": cfg.seed, "dataset": dataset.name, "split": dataset.split,
+              "num_classes": dataset.num_classes, "classes": list(dataset.classes), "mean": list(dataset.mean),
+              "std": list(dataset.std), "device": str(dev), "host": platform.node(), "shard": shard,
+              "teacher": (teacher.meta.get("path") or teacher.arch) if teacher is not None else None,
+              "teacher_arch": getattr(teacher, "arch", None), "extra_meta": dict(extra_meta or {})}
+    written: List[int] = []
+
+    def on_done(r: ClassResult) -> None:
+        write_part(parts_dir, r, header)
+        written.append(r.cls)
+
+    with class_scope(todo, on_done):
+        result = method(dataset, teacher, device=dev, progress=progress)
+    missing = [c for c in todo if c not in written]
+    if missing:  # the method ignores the class scope: it ran every class; keep the ones we own
+        warnings.warn(f"method {method.name!r} does not report finished classes (no class_scope hook): it ran all "
+                      f"classes and its parts were written at the end", stacklevel=2)
+        for c in missing:
+            rows = result.labels == c
+            if not bool(rows.any()):
+                raise DDKitError(f"method {method.name!r} returned no images of class {c}")
+            soft = {k: v[rows] for k, v in result.soft.items()}
+            write_part(parts_dir, ClassResult(c, result.images[rows], result.labels[rows], soft, {}, {}, math.nan),
+                       header)
+    return todo
+
+
+def merge_parts(parts_dir: str | Path, output: str | Path | None = None, overwrite: bool = False,
+                pngs: bool = True) -> DistilledSet:
+    """Assemble every class's part (class order) into a DistilledSet and save it to `output`.
+
+    output defaults to `parts_dir` without its `.parts` suffix. Per-class meta becomes lists over
+    classes (lic: selected_indices, selected_ce, loss_first, loss_last); extras "source_index" become
+    meta["source_indices"]; class_seconds lists each class's compute time and wall_seconds sums them.
+    """
+    parts_dir = Path(parts_dir)
+    if output is None and not parts_dir.name.endswith(".parts"):
+        raise DDKitError(f"cannot infer the output of {parts_dir}: pass it explicitly")
+    output = Path(output) if output is not None else parts_dir.with_name(parts_dir.name[:-len(".parts")])
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"output {output} exists; pass --overwrite to replace it")
+    headers = scan_parts(parts_dir)
+    if not headers:
+        raise FileNotFoundError(f"no class parts in {parts_dir}: run `ddkit distill … --shard i/n` (or torchrun) first")
+    if any(h is None for h in headers.values()):
+        bad = [c for c, h in headers.items() if h is None][:10]
+        raise DDKitError(f"part(s) of class {bad} in {parts_dir} are incomplete or corrupt: rerun with --resume")
+    first = headers[min(headers)]
+    fps = {h["fingerprint"] for h in headers.values() if h is not None}
+    if len(fps) > 1:
+        raise DDKitError(f"{parts_dir} mixes parts of {len(fps)} different runs ({', '.join(sorted(fps))}): "
+                         f"delete the stale ones and rerun their classes")
+    k = int(first["num_classes"])
+    missing = sorted(set(range(k)) - set(headers))
+    if missing:
+        raise DDKitError(f"{len(missing)} of {k} classes have no part yet (e.g. {missing[:10]}): run the remaining "
+                         f"shards (with --resume) before merging")
+    images, labels, soft, extras, metas, seconds, peaks = [], [], {}, {}, [], [], []
+    for c in range(k):
+        h, t = read_part(part_path(parts_dir, c))
+        images.append(t.pop("images"))
+        labels.append(t.pop("labels"))
+        for name, v in t.items():  # "soft.<key>" -> DistilledSet.soft, "extra.<key>" -> meta
+            kind, key = name.split(".", 1)
+            (soft if kind == "soft" else extras).setdefault(key, []).append(v)
+        metas.append(h.get("class_meta") or {})
+        seconds.append(h.get("seconds"))
+        peaks.append(h.get("peak_memory_mb") or 0.0)
+    meta: Dict[str, Any] = {key: first[key] for key in ("method", "config", "ipc", "seed", "dataset", "split",
+                                                        "teacher", "teacher_arch")}
+    for key in sorted({key for m in metas for key in m}):
+        meta[key] = [m.get(key) for m in metas]
+    for key, vs in extras.items():
+        meta["source_indices" if key == "source_index" else key] = torch.cat(vs).tolist()
+    meta.update(fingerprint=first["fingerprint"], class_seconds=seconds,  # wall_seconds: summed compute time
+                wall_seconds=float(sum(s for s in seconds if s is not None)), peak_memory_mb=max(peaks),
+                device=first["device"], hosts=sorted({h["host"] for h in headers.values()}),
+                merged_from=str(parts_dir), **first.get("extra_meta", {}))
+    ds = DistilledSet(torch.cat(images), torch.cat(labels), first["classes"], first["mean"], first["std"],
+                      soft={key: torch.cat(v) for key, v in soft.items()}, meta=meta)
+    ds.save(output, overwrite=overwrite, pngs=pngs)
+    return ds
+
+
+def _try_merge_once(parts_dir: Path, output: Path, overwrite: bool) -> Optional[DistilledSet]:
+    """Merge when every class is present; a lock file lets only one of several finishing shards do it."""
+    headers = scan_parts(parts_dir)
+    k = next((int(h["num_classes"]) for h in headers.values() if h is not None), None)
+    if k is None or any(headers.get(c) is None for c in range(k)):
+        return None
+    lock = parts_dir / ".merge.lock"
+    try:
+        os.close(os.open(str(lock), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:  # another shard is merging (or died doing it: `ddkit merge` ignores the lock)
+        return None
+    try:
+        if output.exists() and not overwrite:
+            return None  # another shard already merged
+        return merge_parts(parts_dir, output, overwrite=overwrite)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def distill_sharded(method: Method, dataset: ImageDataset, teacher: Any, output: str | Path, *,
+                    shard: str | Tuple[int, int] | None = None, resume: bool = False, overwrite: bool = False,
+                    device: str | torch.device | None = None, progress: bool = True, merge: bool = True,
+                    extra_meta: Optional[Dict[str, Any]] = None) -> Optional[DistilledSet]:
+    """Run this process's share of the classes into `<output>.parts/`, then merge when complete.
+
+    Under torchrun every rank takes classes c % WORLD_SIZE == RANK and rank 0 merges after a barrier.
+    With `shard` ('i/n' or (i, n)) this process takes shard i and the shard that completes the set
+    merges (or run `merge_parts` / `ddkit merge` later). Without either, one process does every class
+    (with per-class files, hence resumable). Returns the merged set where this process merged, else None.
+    extra_meta: JSON-safe facts added to the merged meta (e.g. {"dataset_root": …}).
+    """
+    env = dist_env()
+    if shard is not None and env.torchrun and env.world > 1:
+        raise DDKitError("--shard and torchrun both split the classes: use one of them")
+    out = Path(output)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"output {out} exists; pass --overwrite to replace it")
+    multi = env.torchrun and env.world > 1
+    owned = multi and not _initialised()  # leave a group the caller made (e.g. for DDP evaluation) alone
+    rank, world = (init_distributed().rank, env.world) if multi else (0, 1)
+    if shard is not None:
+        rank, world = parse_shard(shard) if isinstance(shard, str) else (int(shard[0]), int(shard[1]))
+    dev = device if isinstance(device, torch.device) else get_device(device)
+    if dev.type == "cuda" and env.torchrun and dev.index is None:
+        dev = torch.device("cuda", env.local_rank)  # one GPU per local rank
+    parts = parts_dir_for(out)
+    classes = shard_classes(dataset.num_classes, rank, world)
+    distill_parts(method, dataset, teacher, parts, classes, resume=resume, overwrite=overwrite, device=dev,
+                  progress=progress and rank == 0, shard=f"{rank}/{world}", extra_meta=extra_meta)
+    if multi:
+        barrier()  # every rank's parts are on disk
+        result = merge_parts(parts, out, overwrite=overwrite) if merge and rank == 0 else None
+        barrier()  # nobody leaves before the merged output exists
+        if owned:
+            cleanup_distributed()
+        return result
+    return _try_merge_once(parts, out, overwrite) if merge else None
