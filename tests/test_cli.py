@@ -152,3 +152,15 @@ def test_sharded_distill_then_merge_equals_single_run(tmp_path, capsys):
     assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
     # a resumed run with everything finished recomputes nothing and still merges
     assert main(["distill", *DIGITS, "--ipc", "2", "--resume", "--overwrite", "--output", str(out)]) == 0
+
+
+def test_config_file_sets_defaults_and_flags_win(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("ipc: 3\nseed: 7\n")
+    out = tmp_path / "set"
+    assert main(["distill", *DIGITS, "-c", str(cfg), "--seed", "1", "--output", str(out)]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["ipc"] == 3 and meta["seed"] == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- not a mapping\n")
+    assert main(["distill", *DIGITS, "-c", str(bad), "--output", str(tmp_path / "x")]) == 2
