@@ -278,9 +278,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ddkit.distilled import load_distilled
     from ddkit.evaluate import EvalConfig, run_evaluation
 
-    cfg = from_args(EvalConfig, args, base=_pick(EvalConfig, _yaml(args)))
+    from ddkit.distributed import cleanup_distributed, init_distributed
     from ddkit.utils import get_device
 
+    cfg = from_args(EvalConfig, args, base=_pick(EvalConfig, _yaml(args)))
+    init_distributed()  # no-op without torchrun; first, so each rank puts the teacher on its own GPU
     device = get_device(args.device)
     load_distilled(args.distilled)  # fail early with a clear message on a bad folder
     test = _dataset(args, "test")
@@ -290,6 +292,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run_evaluation(args.distilled, cfg, test=test, train=train, teacher=teacher, output=args.output,
                    overwrite=args.overwrite, with_random=args.with_random, students=students, device=device,
                    progress=not args.no_progress)
+    cleanup_distributed()
     return 0
 
 

@@ -17,7 +17,10 @@ import torch
 def get_device(name: Optional[str] = None) -> torch.device:
     """'auto'/None -> cuda if available else cpu; otherwise torch.device(name) with a clear error."""
     if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        # Under torchrun each rank takes its own GPU (LOCAL_RANK), never all of them GPU 0.
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} requested but CUDA is not available; use --device cpu")

@@ -73,3 +73,7 @@ class EvalConfig:
     amp: bool = field(True, "bf16 autocast on CUDA (no effect on CPU)")
     channels_last: bool = field(True, "channels_last memory format on CUDA")
     compile: bool = field(False, "torch.compile the student (CUDA only)")
+    ddp: bool = field(False, "under torchrun: train each seed data-parallel (DDP, the global batch split over "
+                             "ranks) instead of one seed per rank; for single runs too slow for one GPU")
+    sync_bn: bool = field(False, "with --ddp: SyncBatchNorm, so BatchNorm sees the global batch as in one "
+                                 "process (CUDA only)")

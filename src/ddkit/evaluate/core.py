@@ -9,22 +9,21 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-import torch.nn as nn
 
 from ddkit.config import to_dict
 from ddkit.data.base import ImageDataset
 from ddkit.distilled import DistilledSet
+from ddkit.evaluate import distributed as edist
 from ddkit.evaluate.config import EvalConfig, resolve_regime
 from ddkit.evaluate.losses import LOSSES, make_criterion
 from ddkit.evaluate.metrics import summarize
 from ddkit.evaluate.recipes import Recipe, resolve_recipe
-from ddkit.evaluate.train import (Plan, RunResult, StudentTrainer, Targets, Views, make_plan, teacher_forward,
-                                  train_run)
+from ddkit.evaluate.train import Plan, RunResult, Targets, Views, make_plan, teacher_forward, train_run
 from ddkit.models import create_model
-from ddkit.utils import DDKitError, derive_seed, get_device, make_generator
+from ddkit.utils import DDKitError, derive_seed
 
 DEFAULT_STUDENT = "convnet-d3"
 _STAGE_LIMIT_BYTES = 8 << 30  # keep a set on the GPU as float32 up to 8 GiB, else a lossless/fp16 copy
@@ -144,13 +143,17 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
         val: optional validation split (recorded; only used for the val-selected number).
         soft_labels: precomputed SL logits (N×K) to reuse across students (`soft_source` names them).
 
+    Under torchrun (joined lazily) the seeds are spread over the ranks and gathered, giving the
+    single-process result; with cfg.ddp every seed is one DDP run over all ranks (see
+    `ddkit.evaluate.distributed`). Only rank 0 prints; every rank returns the full EvalResult.
+
     Example:
         >>> res = evaluate(dset, test, EvalConfig(recipe="cim", regime="hl", epochs=50))
         >>> res.mean, res.std, res.accs
     """
-    from ddkit.teachers import accuracy
-
-    dev = device if isinstance(device, torch.device) else get_device(device)
+    ctx = edist.setup(cfg, device)
+    dev = ctx.device
+    progress = progress and ctx.main
     regime = resolve_regime(cfg.regime)
     check_classes(distilled, test, teacher)
     if cfg.epochs is not None and cfg.budget_epochs is not None:
@@ -164,6 +167,7 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
     recipe = resolve_recipe(cfg, n_images=n, num_classes=k, ipc=distilled.ipc, image_size=size)
     plan = make_plan(recipe, n, budget_epochs=cfg.budget_epochs, full_train_size=full_train_size,
                      eval_every=cfg.eval_every)
+    ctx.check_plan(plan)
     spec = LOSSES.get(recipe.loss_for(regime))
 
     # Targets for the regime --------------------------------------------------------------------------
@@ -208,49 +212,46 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
         kw["width"] = cfg.student_width
     images = stage_images(distilled.images, dev)
     labels = distilled.labels.to(dev)
-    test_d = _on_device(test, dev)
-    val_d = _on_device(val, dev) if val is not None else None
+    test_d = _on_device(ctx.shard(test), dev)  # this rank's slice in a DDP run
+    val_d = _on_device(ctx.shard(val), dev) if val is not None else None
     views = Views(recipe, size, distilled.mean, distilled.std)
     mean, std = distilled.mean, distilled.std
-
-    def test_acc(model: nn.Module) -> float:
-        return accuracy(model, test_d, mean, std, device=dev, batch_size=cfg.test_batch_size)
-
-    def val_acc(model: nn.Module) -> float:
-        return accuracy(model, val_d, mean, std, device=dev, batch_size=cfg.test_batch_size)
+    test_acc = ctx.scorer(test_d, mean, std, cfg.test_batch_size)
+    val_acc = ctx.scorer(val_d, mean, std, cfg.test_batch_size) if val_d is not None else None
 
     if progress:
         print(f"[evaluate] {set_name}: {n} images, {k} classes, student {student}{kw or ''}, regime {regime} "
               f"({spec.name}), recipe {recipe.name}: batch {plan.batch_size}, {plan.iterations} iterations "
               f"= {plan.epochs:.2f} epochs, evals at {list(plan.eval_epochs)}, soft labels: {source or 'none'}")
-    runs: List[RunResult] = []
+    runs: List[Tuple[int, RunResult]] = []
     t0 = time.perf_counter()
-    for r in range(cfg.seeds):
+    for r in ctx.run_indices(cfg.seeds):
         seed = cfg.seed + r
         # Seed the global RNGs too (dropout, torchvision inits) inside a fork so callers are unaffected.
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(derive_seed(seed, "init"))
             model = create_model(student, num_classes=k, image_size=size, channels=distilled.images.shape[1], **kw)
+            model = ctx.prepare(model)
             model.to(dev)
             if dev.type == "cuda" and cfg.channels_last:
                 model.to(memory_format=torch.channels_last)
             net = torch.compile(model) if (cfg.compile and dev.type == "cuda") else model
-            trainer = StudentTrainer(net, images, labels, recipe, plan, views, targets, crit, device=dev,
-                                     order_gen=make_generator(seed, "order"), aug_gen=make_generator(seed, "aug"),
-                                     amp=cfg.amp, channels_last=cfg.channels_last)
+            trainer = ctx.make_trainer(seed, ctx.wrap(net), images, labels, recipe, plan, views, targets, crit,
+                                       amp=cfg.amp, channels_last=cfg.channels_last)
             log = None
             if output is not None:
-                (Path(output) / f"seed{seed}").mkdir(parents=True, exist_ok=True)
-                log = Path(output) / f"seed{seed}" / "metrics.jsonl"
-            res = train_run(trainer, seed, evaluate=test_acc, validate=val_acc if val_d is not None else None,
+                log = edist.run_log_path(Path(output), seed)
+                log.parent.mkdir(parents=True, exist_ok=True)
+            res = train_run(trainer, seed, evaluate=test_acc, validate=val_acc,
                             log_path=log, progress=progress, desc=f"{set_name}/{student}/seed{seed}")
-        runs.append(res)
+        runs.append((r, res))
         if progress:
             print(f"[evaluate] {set_name}/{student} seed {seed}: test acc {res.final_acc:.4f} "
                   f"(loss {res.final_loss:.4f}, {res.images_per_s:.0f} img/s)")
-    out = EvalResult(set_name, student, regime, recipe, plan, runs, source,
+    all_runs = ctx.gather_runs(runs, Path(output) if output is not None else None)
+    out = EvalResult(set_name, student, regime, recipe, plan, all_runs, source,
                      info={"wall_seconds": time.perf_counter() - t0, "device": str(dev),
-                           "config": to_dict(cfg), "student_kwargs": kw})
+                           "config": to_dict(cfg), "student_kwargs": kw, **ctx.describe()})
     if progress:
         s = summarize(out.accs)
         print(f"[evaluate] {set_name}/{student}: {s['mean']:.4f} ± {s['std']:.4f} (n={s['n']}, seeds {out.seeds})")

@@ -8,7 +8,7 @@
 <output>/results.md                          the same as a markdown table
 ```
 The folder is written atomically (temporary sibling, then rename); an existing one is refused
-unless overwrite=True.
+unless overwrite=True. Under torchrun only rank 0 writes it and prints (see evaluate/distributed.py).
 """
 from __future__ import annotations
 
@@ -25,13 +25,15 @@ from safetensors.torch import save_file
 from ddkit.config import to_dict
 from ddkit.data.base import ImageDataset
 from ddkit.distilled import DistilledSet
+from ddkit.distributed import barrier, cleanup_distributed
+from ddkit.evaluate import distributed as edist
 from ddkit.evaluate.config import EvalConfig, resolve_regime
 from ddkit.evaluate.core import EvalResult, check_classes, evaluate, soft_labels_for
 from ddkit.evaluate.losses import LOSSES
 from ddkit.evaluate.metrics import hlr, ior, summarize
 from ddkit.evaluate.recipes import resolve_recipe
 from ddkit.evaluate.train import make_plan
-from ddkit.utils import DDKitError, atomic_dir, get_device, git_revision, machine_info, make_generator
+from ddkit.utils import DDKitError, git_revision, machine_info, make_generator
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -86,8 +88,11 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
                    students: Optional[Tuple[str, ...]] = None, device: Any = None, progress: bool = True
                    ) -> Dict[str, Any]:
     """Evaluate the set at `distilled_dir` (and a random real subset of the same IPC with with_random)
-    for each student, write the output folder atomically, print the table; return summary.json's dict."""
-    dev = device if isinstance(device, torch.device) else get_device(device)
+    for each student, write the output folder atomically, print the table; return summary.json's dict.
+    Under torchrun every rank calls it; the process group is joined here (and left at the end)."""
+    ctx = edist.setup(cfg, device)
+    dev = ctx.device
+    progress = progress and ctx.main
     distilled = DistilledSet.load(distilled_dir)
     regime = resolve_regime(cfg.regime)
     check_classes(distilled, test, teacher)
@@ -116,7 +121,7 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
         sets["random"] = create_method("random", ipc=distilled.ipc, seed=cfg.seed)(pool, device="cpu", progress=False)
     names = list(students) if students else [cfg.student]
 
-    with atomic_dir(output, overwrite=overwrite) as tmp:
+    with edist.rank_output_dir(output, overwrite, ctx.main) as tmp:
         conf = {
             "eval": to_dict(cfg), "recipe": to_dict(recipe),
             "plan": {"batch_size": plan.batch_size, "iterations": plan.iterations, "epochs": plan.epochs,
@@ -125,7 +130,7 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
             "train": f"{train.name}/{train.split} ({len(train)} images)" if train is not None else None,
             "teacher": (teacher.meta.get("path") or teacher.arch) if teacher is not None else None,
             "students": names, "with_random": with_random, "device": str(dev),
-            "git_revision": git_revision(), "machine": machine_info(dev),
+            "git_revision": git_revision(), "machine": machine_info(dev), **ctx.describe(),
         }
         conf = json.loads(json.dumps(conf, default=str))  # plain types only (torch's version is a str subclass)
         (tmp / "config.yaml").write_text(yaml.safe_dump(conf, sort_keys=False))
@@ -166,5 +171,9 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         md = results_markdown(results, summary)
         (tmp / "results.md").write_text(f"# ddkit evaluate: {distilled_dir}\n\n" + md)
-    print(md)
+    if ctx.main:
+        print(md)
+    if ctx.owned:
+        barrier()  # nobody leaves the group before rank 0 has renamed the output into place
+        cleanup_distributed()
     return summary
