@@ -19,3 +19,5 @@ python bench/accuracy.py "${COMMON[@]}" --methods random --ipcs 1,50 --regimes h
 # CPU cuts: LIC at IPC 1 and 50 under SL+KD only; IPC 50 with 20 compensation iterations instead of 200.
 python bench/accuracy.py "${COMMON[@]}" --methods lic --ipcs 1,50 --regimes slkd \
     --method-opt lic@50.iterations=20 --output $OUT
+# RDED beside LIC and random under the same protocol (IPC 10, SL+KD).
+python bench/accuracy.py "${COMMON[@]}" --methods rded --ipcs 10 --regimes slkd    --output $OUT
