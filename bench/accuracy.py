@@ -100,7 +100,8 @@ def main() -> int:
                         "plan": {"iterations": res.plan.iterations, "batch_size": res.plan.batch_size,
                                  "epochs": res.plan.epochs, "samples": res.plan.samples},
                         "soft_labels": res.soft_label_source, "eval_seconds": time.perf_counter() - t0,
-                        "distill_seconds": ds.meta.get("wall_seconds"), "eval_config": to_dict(cfg)}
+                        "distill_seconds": ds.meta.get("wall_seconds"), "eval_config": to_dict(cfg),
+                        "command": state["command"], "git_revision": state["git_revision"]}
                 state["cells"].append(cell)
                 atomic_write_bytes(out, json.dumps(state, indent=1, default=str).encode())
                 print(f"{name:22s} {regime:5s} {100 * res.mean:5.1f} ± {100 * res.std:.1f}  "
