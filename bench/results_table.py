@@ -29,7 +29,7 @@ def table(path: str) -> str:
         lines.append(f"| {s} | {ipc} | " + " | ".join(rows[s].get(r, "–") for r in regimes)
                      + f" | {secs:.0f} | {plan['iterations']} × {plan['batch_size']} | {n} |")
     t = d.get("teacher", {})
-    hdr = (f"`{path}` — command: `{d.get('command')}`; git {d.get('git_revision')}; machine: "
+    hdr = (f"`{path}` — last command: `{d.get('command')}`; git {d.get('git_revision')}; machine: "
            f"{d.get('machine', {}).get('cpu_count')} CPU cores, torch {d.get('machine', {}).get('torch')}, "
            f"{d.get('machine', {}).get('gpu', 'no GPU')}; teacher {t.get('arch')} (test acc {t.get('test_acc')}, "
            f"sanity sample acc {t.get('sanity_acc')})")
