@@ -20,4 +20,8 @@ python bench/accuracy.py "${COMMON[@]}" --methods random --ipcs 1,50 --regimes h
 python bench/accuracy.py "${COMMON[@]}" --methods lic --ipcs 1,50 --regimes slkd \
     --method-opt lic@50.iterations=20 --output $OUT
 # RDED beside LIC and random under the same protocol (IPC 10, SL+KD).
-python bench/accuracy.py "${COMMON[@]}" --methods rded --ipcs 10 --regimes slkd    --output $OUT
+python bench/accuracy.py "${COMMON[@]}" --methods rded --ipcs 10 --regimes slkd,hl --output $OUT
+# Hard-truths methods under hard labels at the same budget: CAD-Prune (scoring run compute-matched to the
+# 0.2-epoch budget) and CA2D (RDED patches from the CAD-Prune coreset).
+python bench/accuracy.py "${COMMON[@]}" --methods cad-prune,ca2d --ipcs 10 --regimes hl \
+    --method-opt cad-prune.budget_epochs=0.2 --method-opt ca2d.budget_epochs=0.2 --output $OUT
