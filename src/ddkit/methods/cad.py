@@ -77,7 +77,7 @@ class CADConfig(MethodConfig):
                                         "cosine; none")
     proxy_augment: str = field("flip_translate", "scoring-run augmentation: flip_translate or none")
     dynamics_cache: Optional[str] = field(None, "folder caching the scoring run (shared by cad-prune and ca2d at the "
-                                                "same K); None = no cache")
+                                                "same K); None = $DDKIT_CACHE/dynamics, 'none' = no cache")
     amp: bool = field(True, "bf16 autocast for the scoring run on CUDA")
 
     def __post_init__(self) -> None:
@@ -186,7 +186,14 @@ def cad_scores(dataset: ImageDataset, cfg: CADConfig, device: Any, progress: boo
     """Run (or load) the compute-matched scoring run and return (CAD per training sample, facts for meta)."""
     k = scoring_epochs(cfg, len(dataset), dataset.num_classes)
     dcfg = dynamics_config(cfg, k, len(dataset))
-    dyn = dynamics_for(dataset, dcfg, cfg.dynamics_cache, device=device, progress=progress)
+    # Cached by default so cad-prune and ca2d (and reruns) share one scoring run; "none" turns caching off.
+    if cfg.dynamics_cache is None:
+        from ddkit.data.cache import default_cache_dir
+
+        cache = default_cache_dir() / "dynamics"
+    else:
+        cache = None if cfg.dynamics_cache.lower() == "none" else cfg.dynamics_cache
+    dyn = dynamics_for(dataset, dcfg, cache, device=device, progress=progress)
     dyn.check_matches(dataset)
     keep = dyn.record_epochs <= k + 1e-6  # a fractional K trains ceil(K) epochs; later points are past the budget
     if cfg.score == "p_true":
