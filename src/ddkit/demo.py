@@ -61,7 +61,7 @@ def run_demo(output: str | Path = "runs/demo", device: str = "auto", progress: b
         spec = method_spec(name)
         method = create_method(name, ipc=cfg.ipc, seed=0)
         distilled = method(train, teacher if spec.needs_teacher else None, device=dev, progress=progress)
-        set_dir = distilled.save(out / "sets" / name, overwrite=True)
+        distilled.save(out / "sets" / name, overwrite=True)
         times[name] = distilled.meta["wall_seconds"]
         grids.append((name, f"sets/{name}/grid.png"))
         results[name] = {}
@@ -71,7 +71,6 @@ def run_demo(output: str | Path = "runs/demo", device: str = "auto", progress: b
             res = evaluate(distilled, test, ecfg, teacher, device=dev, progress=False)
             results[name][regime] = res.accs
             print(f"{name:8s} {regime:5s} {fmt_acc(res.accs)}")
-        del set_dir
 
     rows = [[n, f"{times[n]:.1f}"] + [fmt_acc(results[n][r]) for r in cfg.regimes] for n in results]
     table = markdown_table(["method", "distill s"] + [r.upper().replace("SLKD", "SL+KD") for r in cfg.regimes], rows)

@@ -5,21 +5,14 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, List, Sequence
 
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and population std (ddof 0, as CIM reports) of a list of accuracies."""
-    vals = [float(v) for v in values]
-    if not vals:
-        return float("nan"), float("nan")
-    m = sum(vals) / len(vals)
-    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / len(vals))
+from ddkit.evaluate.metrics import mean_std
 
 
 def fmt_acc(values: Sequence[float] | float, digits: int = 1) -> str:
     """'48.7 ± 0.2' (percent) from fractions; a single value prints without ±."""
     if isinstance(values, (int, float)):
         return f"{100 * values:.{digits}f}"
-    m, s = mean_std(values)
+    m, s, _ = mean_std(values)  # population std (ddof 0), as the peers report
     if math.isnan(m):
         return "–"
     return f"{100 * m:.{digits}f} ± {100 * s:.{digits}f}" if len(values) > 1 else f"{100 * m:.{digits}f}"
