@@ -17,25 +17,14 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 
-from ddkit.config import to_dict
+from ddkit.config import parse_key_values, to_dict
 from ddkit.data import create_dataset
 from ddkit.distilled import DistilledSet
 from ddkit.evaluate import EvalConfig, evaluate
 from ddkit.methods import create_method, method_spec
 from ddkit.teachers import check_teacher, load_teacher
 from ddkit.utils import atomic_write_bytes, get_device, git_revision, machine_info
-
-
-def parse_opts(items: list[str]) -> dict:
-    """`lic.iterations=50` → {"lic": {"iterations": 50}} (values parsed as YAML scalars)."""
-    out: dict = {}
-    for it in items:
-        key, val = it.split("=", 1)
-        name, field = key.split(".", 1)
-        out.setdefault(name, {})[field] = yaml.safe_load(val)
-    return out
 
 
 def main() -> int:
@@ -73,7 +62,7 @@ def main() -> int:
     state["teacher"] = {"path": args.teacher, "arch": teacher.arch, "sanity_acc": check_teacher(teacher, test, device=dev),
                         "test_acc": teacher.meta.get("accuracy")}
     student = args.student or teacher.arch
-    opts = parse_opts(args.method_opt)
+    opts = parse_key_values(args.method_opt, dotted=True)
     for method in args.methods.split(","):
         for ipc in [int(x) for x in args.ipcs.split(",")]:
             mopts = {**opts.get(method, {}), **opts.get(f"{method}@{ipc}", {})}

@@ -136,6 +136,10 @@ def test_fractional_budget_truncates_points_and_falls_back(toy, tmp_path_factory
     assert out.meta["cad_record_points"] == 5            # every iteration, only points at epoch ≤ 0.5
     assert max(out.meta["cad_record_epochs"]) <= 0.5 + 1e-6
     assert out.meta["cad_span"] == 3 and out.meta["cad_span_fallback_used"]  # J' = R − W = 3
+    # compute-matched: the scoring run stops at K (its dynamics hold no point past the budget)
+    dcfg = dynamics_config(CADConfig(ipc=2, budget_epochs=0.5, **PROXY), 0.5, len(toy))
+    assert dcfg.epochs == 1 and dcfg.stop_epochs == 0.5
+    assert dynamics_config(CADConfig(ipc=2, budget_epochs=2, **PROXY), 2.0, len(toy)).stop_epochs == 0.0
 
 
 def test_ca2d_pool_is_the_cad_coreset(toy, tmp_path_factory):

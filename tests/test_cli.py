@@ -131,6 +131,23 @@ def test_study_cli_runs_and_resumes(tmp_path, capsys):
     assert "0 cells evaluated, 1 already done" in capsys.readouterr().out
 
 
+def test_study_cli_method_and_eval_options(tmp_path, capsys):
+    out = tmp_path / "study"
+    args = ["study", "hard-truths", *DIGITS, "--methods", "el2n-easy", "--ipcs", "1", "--budgets", "0.05",
+            "--regimes", "hl", "--seeds", "1", "--student", "convnet-d1", "--student-width", "8",
+            "--method-opt", "el2n-easy.proxy_epochs=1", "--method-opt", "el2n-easy.proxy-width=8",
+            "--eval-opt", "num_evals=1", "--output-dir", str(out)]
+    assert main(args) == 0
+    sets = [p.name for p in (out / "sets").iterdir()]
+    assert len(sets) == 1 and sets[0].startswith("el2n-easy-ipc1-seed0-")  # options are part of the cache key
+    import json
+    assert json.loads((out / "study.json").read_text())["protocol"]["eval_overrides"] == {"num_evals": 1}
+    assert main([*args[:-2], "--eval-opt", "num_evals=2", "--output-dir", str(out)]) == 2  # another protocol
+    assert "another protocol" in capsys.readouterr().err
+    assert main([*args, "--method-opt", "nodot=1"]) == 2
+    assert "NAME.KEY=VALUE" in capsys.readouterr().err
+
+
 def test_dcs_cli(tmp_path, capsys):
     out = tmp_path / "dcs.md"
     assert main(["dcs", *DIGITS, "--loss", "dm", "--ipcs", "1", "--subsets", "3", "--budget-epochs", "0.05",

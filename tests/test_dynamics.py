@@ -72,6 +72,21 @@ def test_step_schedule_compressed_to_k():
     assert cos(0) == pytest.approx(1.0) and cos(2) == pytest.approx(0.5) and cos(4) == pytest.approx(0.0)
 
 
+def test_stop_epochs_shortens_the_run_and_compresses_the_schedule():
+    ds = make_toy(n_per_class=10, num_classes=4, size=8)  # 40 samples, bs 10 -> 4 steps/epoch
+    base = dict(arch="convnet-d1", width=8, epochs=1, batch_size=10, record_every=1, schedule="none")
+    full = record_dynamics(ds, DynamicsConfig(**base), "cpu", progress=False)
+    short = record_dynamics(ds, DynamicsConfig(**base, stop_epochs=0.5), "cpu", progress=False)
+    # round(0.5·4) = 2 iterations trained and recorded; with a flat schedule they are the full run's prefix
+    assert short.meta["record_iterations"] == [1, 2] and short.record_epochs.tolist() == [0.25, 0.5]
+    assert torch.equal(short.p_true, full.p_true[:2]) and torch.equal(short.margin, full.margin[:2])
+    # the step milestone moves inside the shortened run: round(total·151/300) iterations
+    lam = _lr_lambda(DynamicsConfig(epochs=1, stop_epochs=0.2, schedule="step"), steps=100)
+    assert [lam(i) for i in (9, 10, 19)] == [1.0, 0.1, 0.1]  # total 20 → milestone round(10.07) = 10
+    with pytest.raises(DDKitError, match="stop_epochs"):
+        record_dynamics(ds, DynamicsConfig(**base, stop_epochs=1.5), "cpu", progress=False)
+
+
 def test_window_std_values():
     p = torch.tensor([[0.0, 1.0], [1.0, 1.0], [0.0, 1.0], [0.0, 0.0]])
     u = window_std(p, 3)

@@ -115,6 +115,11 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     ht.add_argument("--teacher-arch", default=None, help="architecture of --teacher when the file does not say")
     from ddkit.study import StudyConfig
     add_dataclass_args(ht, StudyConfig)
+    ht.add_argument("--method-opt", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                    help="a method option for every set of that method, e.g. el2n-easy.proxy_epochs=1 (repeatable; "
+                         "part of the set's cache key)")
+    ht.add_argument("--eval-opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="an evaluator option for every cell, e.g. num_evals=1 (repeatable; pinned in study.json)")
     dc = sub.add_parser("dcs", help="Distillation Correlation Score: does a method's loss predict students' test loss?")
     _common(dc)
     dc.add_argument("--teacher", default=None, help="teacher checkpoint (for teacher-feature losses)")
@@ -297,7 +302,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from ddkit.config import dump, from_args
+    from ddkit.config import dump, from_args, parse_key_values
     from ddkit.study import StudyConfig, run_study
     from ddkit.utils import get_device
 
@@ -309,7 +314,9 @@ def cmd_study(args: argparse.Namespace) -> int:
     print(dump(cfg, title="study hard-truths"))
     device = get_device(args.device)
     train, test = _dataset(args, "train"), _dataset(args, "test")
-    res = run_study(train, test, _teacher(args, train, device), cfg, device=device, progress=not args.no_progress)
+    res = run_study(train, test, _teacher(args, train, device), cfg, device=device, progress=not args.no_progress,
+                    method_overrides=parse_key_values(args.method_opt, dotted=True),
+                    eval_overrides=parse_key_values(args.eval_opt))
     print(f"{res.evaluated} cells evaluated, {res.skipped} already done; report: {res.report}")
     return 0
 

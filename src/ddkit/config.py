@@ -99,6 +99,30 @@ def load_yaml(path: str | Path | None) -> Dict[str, Any]:
     return data
 
 
+def parse_key_values(items: "list[str]", dotted: bool = False) -> Dict[str, Any]:
+    """`KEY=VALUE` flags → {key: value}; with `dotted`, `NAME.KEY=VALUE` → {name: {key: value}}.
+
+    Values are YAML scalars (`3`, `0.5`, `true`, `[1, 2]`); dashes in keys become underscores so flags may be
+    spelled either way. A malformed item is a DDKitError naming it.
+    """
+    from ddkit.utils import DDKitError
+
+    out: Dict[str, Any] = {}
+    for it in items:
+        key, sep, val = it.partition("=")
+        if not sep or not key:
+            raise DDKitError(f"expected KEY=VALUE, got {it!r}")
+        value = yaml.safe_load(val)
+        if dotted:
+            name, dot, opt = key.partition(".")
+            if not dot or not name or not opt:
+                raise DDKitError(f"expected NAME.KEY=VALUE (e.g. lic.iterations=50), got {it!r}")
+            out.setdefault(name, {})[opt.replace("-", "_")] = value
+        else:
+            out[key.replace("-", "_")] = value
+    return out
+
+
 def to_dict(cfg: Any) -> Dict[str, Any]:
     """JSON-safe dict of a (possibly nested) dataclass."""
     def conv(v: Any) -> Any:

@@ -9,8 +9,8 @@ CAD-Prune (§2.1, §2.4, §2.6):
    every sample on its clean view at R record points.
 2. Record points (documented rule): once per epoch when K is a whole number ≥ J + W; otherwise
    m = ceil((J + W) / K) points per epoch (`points_per_epoch` overrides m), i.e. every ⌊steps/m⌋
-   iterations, so R = ⌊K·m⌋ ≥ J + W. The recorder trains whole epochs, so a fractional K runs
-   ceil(K) epochs with the schedule compressed to ceil(K), and only points at epoch ≤ K are used.
+   iterations, so R = ⌊K·m⌋ ≥ J + W. A fractional K stops after round(K·steps) iterations with the
+   schedule compressed to them (`DynamicsConfig.stop_epochs`): the scoring run costs the budget, no more.
 3. Eq. 1: U_k = std(S[k : k+J]) (unbiased, torch.std's default). Eq. 2: CAD = mean of the W windows
    k = R−J−W … R−J−1 over the R recorded points (0-based; the initial weights are not a point), so the last
    window ends at the second-to-last point and the final point is dropped (Dyn-Unc's convention).
@@ -174,7 +174,9 @@ def dynamics_config(cfg: CADConfig, k: float, n_train: int) -> DynamicsConfig:
     """The recorder's config for a K-epoch compute-matched run (all points kept as 'early' so EL2N is R×N)."""
     bs = min(cfg.proxy_batch_size, n_train)
     epochs, every = record_plan(k, cfg.span, cfg.windows, max(1, n_train // bs), cfg.points_per_epoch)
-    return DynamicsConfig(arch=cfg.proxy_arch, width=cfg.proxy_width, epochs=epochs, batch_size=cfg.proxy_batch_size,
+    stop = 0.0 if abs(k - epochs) < 1e-9 else float(k)  # fractional K: stop inside the last epoch
+    return DynamicsConfig(arch=cfg.proxy_arch, width=cfg.proxy_width, epochs=epochs, stop_epochs=stop,
+                          batch_size=cfg.proxy_batch_size,
                           optimizer=cfg.proxy_optimizer, lr=cfg.proxy_lr, momentum=cfg.proxy_momentum,
                           weight_decay=cfg.proxy_weight_decay,
                           schedule=cfg.proxy_schedule, augment=cfg.proxy_augment, runs=1, seed=cfg.seed,
@@ -195,7 +197,7 @@ def cad_scores(dataset: ImageDataset, cfg: CADConfig, device: Any, progress: boo
         cache = None if cfg.dynamics_cache.lower() == "none" else cfg.dynamics_cache
     dyn = dynamics_for(dataset, dcfg, cache, device=device, progress=progress)
     dyn.check_matches(dataset)
-    keep = dyn.record_epochs <= k + 1e-6  # a fractional K trains ceil(K) epochs; later points are past the budget
+    keep = dyn.record_epochs <= k + 1e-6  # guard: points past the budget (none when stop_epochs = K) are not used
     if cfg.score == "p_true":
         s = dyn.p_true[keep]
     else:

@@ -55,6 +55,7 @@ class ProxyConfig(MethodConfig):
     proxy_runs: int = field(_D.runs, "seeded proxies EL2N/GraNd average over (Paul et al. use 10)")
     proxy_seed: int = field(_D.seed, "proxy seed, separate from the selection seed so seeds share one recording")
     proxy_record_every: int = field(_D.record_every, "0 = record per epoch; N = every N iterations")
+    proxy_stop_epochs: float = field(_D.stop_epochs, "stop the proxy after this many (fractional) epochs; 0 = epochs")
     proxy_early_epochs: float = field(_D.early_epochs, "EL2N/GraNd points at epoch ≤ this; 0 = max(1, 10% of K)")
     proxy_amp: bool = field(_D.amp, "bf16 autocast for the proxy (CUDA only)")
 

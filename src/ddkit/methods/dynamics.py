@@ -20,7 +20,8 @@ and GraNd need nothing later (the LR schedule prefix is identical, so this is ex
 Trajectory scores (forgetting, AUM, Dyn-Unc, CAD) therefore come from run 0.
 
 The schedule is the hard-truths HL one compressed to K epochs (hardtruths §2.4): StepLR ×0.1 at epoch
-round(K·151/300), or cosine. The whole split lives on the device as uint8; batches are gathered by
+round(K·151/300), or cosine. `stop_epochs` shortens a run to a fractional K (CAD-Prune's compute-matched
+run at a budget below one epoch): it trains round(K·steps) iterations and compresses the schedule to them. The whole split lives on the device as uint8; batches are gathered by
 index and augmented as tensor ops (no DataLoader, no per-sample Python).
 
 `dynamics_for` caches one recording per (dataset fingerprint, config hash) so EL2N, forgetting, AUM,
@@ -70,8 +71,16 @@ class DynamicsConfig:
     runs: int = field(1, "independently seeded proxies; EL2N/GraNd average over them (Paul et al. use 10)")
     seed: int = field(0, "seed of the proxy runs (run r uses a seed derived from (seed, r))")
     record_every: int = field(0, "0 = record once per epoch; >0 = every N iterations (sub-epoch points for small K)")
+    stop_epochs: float = field(0.0, "train only this many full-data epochs (≤ epochs; fractional = a compute-matched "
+                                    "run shorter than an epoch) with the schedule compressed to it; 0 = epochs")
     early_epochs: float = field(0.0, "EL2N/GraNd record points are those at epoch ≤ this; 0 = max(1, 10% of K)")
     amp: bool = field(True, "bf16 autocast on CUDA (ignored on CPU)")
+
+    def total_iterations(self, steps: int) -> int:
+        """Iterations the run trains: epochs·steps, or round(stop_epochs·steps) (≥ 1) for a shortened run."""
+        if self.stop_epochs > 0:
+            return max(1, round(self.stop_epochs * steps))
+        return steps * self.epochs
 
     def resolved_early_epochs(self) -> float:
         return float(self.early_epochs) if self.early_epochs > 0 else max(1.0, 0.1 * self.epochs)
@@ -220,9 +229,12 @@ class _Recorder:
 
 
 def _lr_lambda(cfg: DynamicsConfig, steps: int) -> Callable[[int], float]:
-    total = max(1, steps * cfg.epochs)
+    total = cfg.total_iterations(steps)
     if cfg.schedule == "step":
-        milestone = round(cfg.epochs * 151 / 300) * steps  # hard-truths HL StepLR@151/300, compressed to K
+        # hard-truths HL StepLR@151/300 compressed to K: at an epoch boundary for whole-epoch runs, at the
+        # matching iteration for a shortened (stop_epochs) run, where an epoch boundary may not exist.
+        milestone = (round(cfg.epochs * 151 / 300) * steps if cfg.stop_epochs <= 0
+                     else round(total * 151 / 300))
         return lambda it: 0.1 if it >= milestone else 1.0
     if cfg.schedule == "cosine":
         return lambda it: 0.5 * (1.0 + math.cos(math.pi * min(it, total) / total))
@@ -244,6 +256,8 @@ def record_dynamics(train: ImageDataset, cfg: DynamicsConfig = DynamicsConfig(),
     """Train `cfg.runs` proxies on all of `train` and record per-sample dynamics (see module doc)."""
     if cfg.epochs < 1 or cfg.runs < 1 or cfg.batch_size < 1:
         raise DDKitError("dynamics need epochs ≥ 1, runs ≥ 1 and batch_size ≥ 1")
+    if cfg.stop_epochs < 0 or cfg.stop_epochs > cfg.epochs + 1e-9:
+        raise DDKitError(f"stop_epochs must be in [0, epochs={cfg.epochs}], got {cfg.stop_epochs}")
     if cfg.augment not in ("flip_translate", "none"):
         raise DDKitError(f"unknown dynamics augment {cfg.augment!r}; use flip_translate or none")
     dev = torch.device(device)
@@ -251,13 +265,14 @@ def record_dynamics(train: ImageDataset, cfg: DynamicsConfig = DynamicsConfig(),
     images, labels = train.images.to(dev), train.labels.to(dev)  # uint8 on the device: 4× cheaper than float
     mean = torch.tensor(train.mean, device=dev).view(1, -1, 1, 1)
     std = torch.tensor(train.std, device=dev).view(1, -1, 1, 1)
-    n, k = len(train), cfg.epochs
+    n = len(train)
     bs = min(cfg.batch_size, n)
     steps = max(1, n // bs)  # drop the partial last batch (a 1-sample batch breaks BatchNorm)
     every = cfg.record_every if cfg.record_every > 0 else steps
-    record_its = list(range(every, steps * k + 1, every))
+    total = cfg.total_iterations(steps)
+    record_its = list(range(every, total + 1, every))
     if not record_its:
-        raise DDKitError(f"record_every={cfg.record_every} exceeds the run's {steps * k} iterations; lower it")
+        raise DDKitError(f"record_every={cfg.record_every} exceeds the run's {total} iterations; lower it")
     record_epochs = torch.tensor([it / steps for it in record_its], dtype=torch.float32)
     early_at = cfg.resolved_early_epochs()
     early_idx = [i for i, e in enumerate(record_epochs.tolist()) if e <= early_at + 1e-9] or [0]
