@@ -63,6 +63,9 @@ def test_study_writes_results_and_skips_finished_cells(tmp_path, counted):
                   **{**GRID, "budgets": (0.5, 1.0), "methods": ("random",)})
     assert r.evaluated == 1 and len(counted) == 1 and counted[0].budget_epochs == 1.0
     assert json.loads((out / "study.json").read_text())["protocol"]["seeds"] == 1
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert [(x["evaluated"], x["skipped"]) for x in runs] == [(2, 0), (0, 2), (1, 1)]
+    assert all(x["git_revision"] and x["machine"]["cpu_count"] and x["device"] == "cpu" for x in runs)
     with pytest.raises(DDKitError, match="another protocol"):
         run_study(train, test, None, output_dir=str(out), device="cpu", progress=False, **{**GRID, "seeds": 2})
 

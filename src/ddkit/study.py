@@ -13,7 +13,7 @@ budget), and cached under output_dir/sets/. Scoring runs are cached under output
 method has a `dynamics_cache` option. Each finished cell is appended to results.csv at once (one row:
 mean/std/accs/seeds/seconds) and skipped on a rerun, so an interrupted study resumes where it stopped.
 study.json pins the protocol (student, recipes, seeds, dataset): a rerun with another protocol in the
-same folder is refused. report.md (tables, per-regime ranks, accuracy-vs-budget plot) is rewritten from
+same folder is refused. runs.jsonl gets one line per invocation (command, git revision, machine, cells done). report.md (tables, per-regime ranks, accuracy-vs-budget plot) is rewritten from
 every row of results.csv at the end.
 """
 from __future__ import annotations
@@ -23,6 +23,8 @@ import dataclasses
 import json
 import math
 import os
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -32,7 +34,7 @@ from ddkit.distilled import DistilledSet
 from ddkit.evaluate import EvalConfig, evaluate, get_recipe, resolve_regime
 from ddkit.methods import create_method, method_spec
 from ddkit.report import markdown_table, write_markdown
-from ddkit.utils import DDKitError, get_device
+from ddkit.utils import DDKitError, get_device, git_revision, machine_info
 
 COLUMNS = ("method", "ipc", "budget", "regime", "recipe", "student", "mean", "std", "n", "accs", "seeds",
            "seconds", "set_seconds", "iterations", "batch_size", "epochs", "samples_seen")
@@ -184,6 +186,7 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
             raise DDKitError(f"{out} holds a study run with another protocol ({old}); use another --output-dir")
     else:
         pfile.write_text(json.dumps({"protocol": proto, "config": dataclasses.asdict(cfg)}, indent=1))
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     csv_path = out / "results.csv"
     done = {_key(r["method"], r["ipc"], r["budget"], r["regime"]) for r in read_results(csv_path)}
     evaluated = skipped = 0
@@ -214,6 +217,12 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
                     done.add(_key(spec.name, ipc, b, regime))
                     evaluated += 1
     report = write_report(out)
+    # Provenance of every invocation (cells of one results.csv may come from several resumed runs).
+    with open(out / "runs.jsonl", "a") as fh:
+        fh.write(json.dumps({"started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                             "command": " ".join(sys.argv), "git_revision": git_revision(),
+                             "machine": machine_info(dev), "device": str(dev), "evaluated": evaluated,
+                             "skipped": skipped}) + "\n")
     return StudyResult(read_results(csv_path), csv_path, report, evaluated, skipped)
 
 
