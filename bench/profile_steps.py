@@ -88,34 +88,41 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def _timed(fn: Callable[[], object], calls: int, dev: torch.device) -> float:
+def _timed(fn: Callable[[], object], calls: int, dev: torch.device) -> Tuple[float, float]:
+    """(wall seconds, process CPU seconds) of `calls` calls."""
     _sync(dev)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(calls):
         fn()
     _sync(dev)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def compare(variants: Dict[str, Tuple[Callable[[], object], int]], *, rounds: int, calls: int, warmup: int,
             dev: torch.device) -> Dict[str, dict]:
     """ms per step of each variant: (callable, steps it runs per call). Variants are interleaved round by
-    round and the median kept, so load from other processes hits them alike."""
+    round and the median kept, so load from other processes hits them alike. The process CPU time per
+    step is kept too: with one thread on a shared machine it is the less load-sensitive of the two."""
     for fn, _ in variants.values():
         for _ in range(warmup):
             fn()
     ms: Dict[str, List[float]] = {k: [] for k in variants}
+    cpu: Dict[str, List[float]] = {k: [] for k in variants}
     for _ in range(rounds):
         for name, (fn, steps) in variants.items():
-            ms[name].append(1e3 * _timed(fn, calls, dev) / (calls * steps))
-    return {k: {"ms_per_step": statistics.median(v), "rounds_ms": v} for k, v in ms.items()}
+            wall, proc = _timed(fn, calls, dev)
+            ms[name].append(1e3 * wall / (calls * steps))
+            cpu[name].append(1e3 * proc / (calls * steps))
+    return {k: {"ms_per_step": statistics.median(v), "cpu_ms_per_step": statistics.median(cpu[k]), "rounds_ms": v}
+            for k, v in ms.items()}
 
 
 def _with_speedup(res: Dict[str, dict], after: str) -> Dict[str, dict]:
     """Adds to every variant `after_speedup` = its ms / the library's ms (> 1: the library is faster)."""
-    base = res[after]["ms_per_step"]
+    base, base_cpu = res[after]["ms_per_step"], res[after]["cpu_ms_per_step"]
     for v in res.values():
         v["after_speedup"] = v["ms_per_step"] / base
+        v["after_speedup_cpu_time"] = v["cpu_ms_per_step"] / max(base_cpu, 1e-9)
     return res
 
 
@@ -398,7 +405,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     tag = "cpu" if dev.type == "cpu" else re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name(dev)).strip("-").lower()
     out = Path(args.output or Path(__file__).parent / "results" / f"profile_{tag}.json")
     kw = {"width": args.width} if args.width else {}
-    load0, t_start = os.getloadavg(), time.perf_counter()
+    load0, t_start, c_start = os.getloadavg(), time.perf_counter(), time.process_time()
     res: dict = {
         "command": " ".join(["python", "bench/profile_steps.py"] + (argv if argv is not None else sys.argv[1:])),
         "git_revision": git_revision(), "machine": machine_info(dev), "device": str(dev),
@@ -408,7 +415,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 "the 'after' one is the library's code path. ms per step are medians of interleaved rounds without "
                 "a profiler; stage and op times come from one torch.profiler run (its overhead inflates them a "
                 "little: compare profiled_wall_ms_per_step with wall_ms_per_step). after_speedup = variant ms / "
-                "library ms.",
+                "library ms (wall), after_speedup_cpu_time the same on process CPU time.",
         "workloads": {}, "before_after": {}}
 
     # (a) LIC compensation step at CIFAR shape, with the truncation / real-feature A/B
@@ -416,7 +423,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                                     hook_module="features.block3" if args.arch.startswith("convnet") else "layer2")
     prof = profile_steps(lic_call, args.lic_iterations, args.profile_calls, dev, LIC_STAGES, args.top)
     lib_ms = next(iter(ab.values()))["ms_per_step"]
-    res["workloads"]["lic_step"] = {"shape": shape, "wall_ms_per_step": lib_ms, **prof}
+    res["workloads"]["lic_step"] = {"shape": shape, "wall_ms_per_step": lib_ms,
+                                    "cpu_ms_per_step": next(iter(ab.values()))["cpu_ms_per_step"], **prof}
     res["before_after"][f"lic_{args.size}px_teacher_and_real_features"] = {"shape": shape, "variants": ab}
     print(f"lic  {args.size} px: {lib_ms:.1f} ms/step; " + ", ".join(f"{k}: {v['after_speedup']:.2f}x" for k, v in ab.items()))
 
@@ -437,6 +445,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     prof_e = profile_steps(eval_call, 1, max(args.profile_calls, args.eval_steps), dev, EVAL_STAGES, args.top)
     eval_ms = next(iter(teacher_ab.values()))["ms_per_step"]
     res["workloads"]["slkd_step"] = {"shape": shape_e, "wall_ms_per_step": eval_ms,
+                                     "cpu_ms_per_step": next(iter(teacher_ab.values()))["cpu_ms_per_step"],
                                      "images_per_s": 1e3 * shape_e["batch"] / eval_ms, **prof_e}
     res["before_after"][f"slkd_{args.size}px_teacher_grad_mode"] = {"shape": shape_e, "variants": teacher_ab}
     res["before_after"][f"slkd_{args.size}px_augmentation"] = {"batch": shape_e["batch"], "variants": aug_ab,
@@ -445,6 +454,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                                    for k, v in {**teacher_ab, **aug_ab}.items()))
     res["load_average_before_after"] = [list(load0), list(os.getloadavg())]
     res["seconds"] = time.perf_counter() - t_start
+    res["process_cpu_seconds"] = time.process_time() - c_start  # far below `seconds` × threads: contended
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(json.loads(json.dumps(res, default=str)), indent=2))
     print(f"wrote {out} ({res['seconds']:.0f} s)")
