@@ -59,6 +59,10 @@ from ddkit.utils import autocast, get_device, git_revision, machine_info, make_g
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 STAGE_PREFIXES = ("lic.", "eval.")
+NO_KERNEL = {f"aten::{n}" for n in (
+    "empty", "empty_strided", "as_strided", "view", "_unsafe_view", "_reshape_alias", "reshape", "t", "transpose",
+    "permute", "expand", "unsqueeze", "squeeze", "select", "slice", "narrow", "split", "chunk", "unbind",
+    "flatten", "unflatten", "detach", "alias", "lift_fresh", "resolve_conj", "resolve_neg", "result_type")}
 # coarse stage → the library's profiler labels
 LIC_STAGES = {
     "augmentation": ("lic.augment",),
@@ -171,7 +175,15 @@ def profile_steps(fn: Callable[[], object], steps_per_call: int, calls: int, dev
         if cuda:
             row["self_device_ms_per_step"] = float(getattr(e, "self_device_time_total", 0.0)) / 1e3 / steps
         top_ops.append(row)
-    return {"profiled_steps": steps, "profiled_wall_ms_per_step": wall_ms,
+    # leaf aten ops (no aten op below them) that are not pure views/allocations ≈ the kernels a GPU would
+    # launch per step (approximate: a few leaves launch several kernels, scalar CPU ops launch none)
+    leaves = sum(1 for e in prof.events() if e.name.startswith("aten::") and e.name not in NO_KERNEL
+                 and not any(c.name.startswith("aten::") for c in e.cpu_children))
+    extra = {"compute_ops_per_step": leaves / steps}
+    if cuda:
+        extra["cuda_kernels_per_step"] = sum(1 for e in prof.events()
+                                             if str(getattr(e, "device_type", "")).endswith("CUDA")) / steps
+    return {"profiled_steps": steps, "profiled_wall_ms_per_step": wall_ms, **extra,
             "self_cpu_ms_per_step_total": total_self / 1e3 / steps, "stages": coarse, "labels": fine,
             "top_ops": top_ops}
 

@@ -36,7 +36,8 @@ def test_profile_steps_tiny(tmp_path):
         assert key in res
     assert set(res["workloads"]) == {"lic_step", "slkd_step"}
     for name, w in res["workloads"].items():
-        assert w["wall_ms_per_step"] > 0 and w["profiled_wall_ms_per_step"] > 0
+        assert w["wall_ms_per_step"] > 0 and w["profiled_wall_ms_per_step"] > 0 and w["cpu_ms_per_step"] > 0
+        assert w["compute_ops_per_step"] > 0
         assert 0 < len(w["top_ops"]) <= 5
         for op in w["top_ops"]:
             assert op["name"] and op["self_ms_per_step"] >= 0 and 0 <= op["pct_of_self_cpu"] <= 100
