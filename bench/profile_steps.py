@@ -19,11 +19,13 @@ one is always the library's code path):
     truncated at the feature layer vs the whole teacher run with a forward hook on that layer (the
     reference's way); real features under no_grad in their own forward vs real and synthetic rows
     concatenated through one forward with grad (the reference's way); both together;
-  * LIC without the observer (`--no-augment`): real features computed once vs recomputed every step;
+  * LIC without the observer (augment off): real features computed once vs recomputed every step;
   * LIC: all augmentation draws made up front (`Compensator.draw` for M steps at once) vs one call per step;
   * SL+KD: the teacher forward under no_grad (library) vs with grad mode on (frozen weights; and trainable
     weights with the logits detached); DSA+crop batched with per-sample parameters (library) vs one
     sample at a time.
+Layout (not a before/after: the library's CPU setting vs its CUDA one, channels_last, forced on the CPU):
+the LIC step without the observer, and the SL+KD step (student, teacher and views channels_last).
 
     OMP_NUM_THREADS=1 nice -n 5 python bench/profile_steps.py --device cpu --threads 1
     python bench/profile_steps.py --device cuda --lic-iterations 50 --eval-steps 50
@@ -276,7 +278,9 @@ def lic_bench(size: int, arch: str, arch_kw: dict, ipc: int, iterations: int, ar
 def lic_fixed_real_bench(size: int, arch: str, arch_kw: dict, ipc: int, iterations: int,
                          args: argparse.Namespace, dev: torch.device) -> dict:
     """No observer (augment off): the library computes the real features once; 'before' recomputes them
-    every step (the same library loop with its shared-draw switch forced on)."""
+    every step (the same library loop with its shared-draw switch forced on). A third variant feeds the
+    teacher channels_last, the library's CUDA setting, on this device too (without the observer the
+    teacher's input is plain NCHW; the observer's translate returns channels_last strides)."""
     torch.manual_seed(0)
     net = create_model(arch, num_classes=10, image_size=size, **arch_kw)
     teacher = Teacher(net, arch, [f"c{i}" for i in range(10)], MEAN, STD, image_size=size, arch_kw=arch_kw)
@@ -288,9 +292,14 @@ def lic_fixed_real_bench(size: int, arch: str, arch_kw: dict, ipc: int, iteratio
     once = Compensator(tch.extractor, tch.norm, Identity(), cfg, dev, packed=False, prep=tch.prep)
     every = Compensator(tch.extractor, tch.norm, Identity(), cfg, dev, packed=False, prep=tch.prep)
     every.shared_draw = True  # Identity draws nothing, so the loop recomputes the real features each step
+    tch_cl = _Teacher(teacher, cfg, dev, default_feature_layer(arch, size))
+    tch_cl.net.to(memory_format=torch.channels_last)  # the extractor shares these modules
+    cl = Compensator(tch_cl.extractor, tch_cl.norm, Identity(), cfg, dev, packed=False,
+                     prep=lambda x: x.contiguous(memory_format=torch.channels_last))
     gens = [make_generator(0, "lic", "augment", 0)]
     res = compare({"library (real features once)": (lambda: once.run(reals, mosaics, gens), iterations),
-                   "recomputed every step": (lambda: every.run(reals, mosaics, gens), iterations)},
+                   "recomputed every step": (lambda: every.run(reals, mosaics, gens), iterations),
+                   "real features once, channels_last teacher": (lambda: cl.run(reals, mosaics, gens), iterations)},
                   rounds=args.rounds, calls=1, warmup=1, dev=dev)
     return {"iterations_per_call": iterations, "variants": _with_speedup(res, "library (real features once)")}
 
@@ -350,13 +359,15 @@ def eval_bench(size: int, arch: str, arch_kw: dict, args: argparse.Namespace, de
         with autocast(dev, True):
             return trainable(x).float().detach()
 
-    def trainer(teacher_fn) -> StudentTrainer:
+    def trainer(teacher_fn, channels_last: bool = cl) -> StudentTrainer:
         torch.manual_seed(1)
         m = create_model(arch, num_classes=k, image_size=size, **arch_kw).to(dev)
-        m = m.to(memory_format=torch.channels_last) if cl else m
+        m = m.to(memory_format=torch.channels_last) if channels_last else m
         targets = Targets("slkd", k, spec, recipe.temperature, teacher_fn=teacher_fn)
-        return StudentTrainer(m, images, labels, recipe, plan, views, targets, crit, device=dev,
-                              order_gen=make_generator(0, "order"), aug_gen=make_generator(0, "aug"))
+        tr = StudentTrainer(m, images, labels, recipe, plan, views, targets, crit, device=dev,
+                            order_gen=make_generator(0, "order"), aug_gen=make_generator(0, "aug"))
+        tr.channels_last = channels_last  # the library sets it on CUDA only; forced here for the layout A/B
+        return tr
 
     lib = trainer(teacher_forward(teacher, MEAN, STD, size, dev, True))
     variants = {
@@ -382,10 +393,21 @@ def eval_bench(size: int, arch: str, arch_kw: dict, args: argparse.Namespace, de
     aug = compare({"library (batched, per-sample params)": (batched, 1), "one sample at a time": (one_by_one, 1)},
                   rounds=args.rounds, calls=args.eval_steps, warmup=2, dev=dev)
     aug = _with_speedup(aug, "library (batched, per-sample params)")
+
+    # memory layout: the library's setting on this device vs the other one (channels_last is its CUDA setting)
+    layout = {}
+    if not cl:
+        tnet_cl = copy.deepcopy(tnet).to(memory_format=torch.channels_last)
+        teacher_cl = Teacher(tnet_cl, arch, teacher.classes, MEAN, STD, image_size=size, arch_kw=arch_kw)
+        layout = compare({"library (NCHW on CPU)": (lib.step, 1),
+                          "channels_last student, teacher and views": (
+                              trainer(teacher_forward(teacher_cl, MEAN, STD, size, dev, True), True).step, 1)},
+                         rounds=args.rounds, calls=args.eval_steps, warmup=2, dev=dev)
+        layout = _with_speedup(layout, "library (NCHW on CPU)")
     shape = {"size": size, "arch": arch, "arch_kw": arch_kw, "teacher": arch, "set_images": n, "batch": b,
              "recipe": "cim, regime slkd: FactorCrop(2) + per-sample DSA (color_crop_cutout_flip_scale_rotate), "
                        "MSE to the online teacher, AdamW"}
-    return shape, teacher_ab, aug, lib.step
+    return shape, teacher_ab, aug, layout, lib.step
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -453,7 +475,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     res["before_after"][f"lic_{args.size}px_augmentation_draws"] = dr
 
     # (b) SL+KD student step
-    shape_e, teacher_ab, aug_ab, eval_call = eval_bench(args.size, args.arch, kw, args, dev)
+    shape_e, teacher_ab, aug_ab, layout_ab, eval_call = eval_bench(args.size, args.arch, kw, args, dev)
     prof_e = profile_steps(eval_call, 1, max(args.profile_calls, args.eval_steps), dev, EVAL_STAGES, args.top)
     eval_ms = next(iter(teacher_ab.values()))["ms_per_step"]
     res["workloads"]["slkd_step"] = {"shape": shape_e, "wall_ms_per_step": eval_ms,
@@ -462,8 +484,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     res["before_after"][f"slkd_{args.size}px_teacher_grad_mode"] = {"shape": shape_e, "variants": teacher_ab}
     res["before_after"][f"slkd_{args.size}px_augmentation"] = {"batch": shape_e["batch"], "variants": aug_ab,
                                                               "student_step_ms_for_scale": eval_ms}
-    print(f"slkd {args.size} px: {eval_ms:.1f} ms/step; " + ", ".join(f"{k}: {v['after_speedup']:.2f}x"
-                                                                   for k, v in {**teacher_ab, **aug_ab}.items()))
+    if layout_ab:
+        res["before_after"][f"slkd_{args.size}px_layout"] = {"shape": shape_e, "variants": layout_ab}
+    print(f"slkd {args.size} px: {eval_ms:.1f} ms/step; " + ", ".join(
+        f"{k}: {v['after_speedup']:.2f}x" for k, v in {**teacher_ab, **aug_ab, **layout_ab}.items()))
     res["load_average_before_after"] = [list(load0), list(os.getloadavg())]
     res["seconds"] = time.perf_counter() - t_start
     res["process_cpu_seconds"] = time.process_time() - c_start  # far below `seconds` × threads: contended

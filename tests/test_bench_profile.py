@@ -48,7 +48,7 @@ def test_profile_steps_tiny(tmp_path):
         assert all(stages[s]["ms_per_step"] > 0 for s in ("augmentation", "teacher_forward", "backward", "optimizer"))
     assert "residual_forward" in res["workloads"]["lic_step"]["stages"]
     assert "student_forward" in res["workloads"]["slkd_step"]["stages"]
-    assert len(res["before_after"]) == 6
+    assert len(res["before_after"]) == 7
     for ab in res["before_after"].values():
         variants = ab["variants"]
         assert len(variants) >= 2
