@@ -13,8 +13,10 @@ students also share the init seeds, the batch order and the optimizer.
   softmax over the top k alone. With KL this stays finite, because a zero target probability
   contributes nothing.
 
-Each view is used once: the store holds `epochs` views per image, and a student trains for `epochs`
-epochs. Each variant records the store's data bytes (LabelStore.nbytes), the size projected to
+The views are FactorCrop(2) (CIM's quadrant-or-whole crop, as the `cim` recipe uses; LIC stores 2×2
+mosaics, and students trained on whole mosaics reach about half the accuracy), then RandomResizedCrop(0.5..1),
+then a flip, all drawn per sample. Each view is used once: the store holds `epochs` views per image, and a
+student trains for `epochs` epochs. Each variant records the store's data bytes (LabelStore.nbytes), the size projected to
 ImageNet-1K at IPC 10 with 300 epochs (label_store_nbytes(300, 10000, 1000, k)), how far its
 targets are from the reference (mean total-variation distance between softmax(t/T) distributions,
 over all views), and the last-epoch test accuracy per seed with mean ± std (ddof 0). The JSON is
@@ -39,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ddkit.augment import Augment, Compose, Flip, Normalize, RandomResizedCrop
+from ddkit.augment import Augment, Compose, FactorCrop, Flip, Normalize, RandomResizedCrop
 from ddkit.config import add_dataclass_args, field, from_args, to_dict
 from ddkit.data import create_dataset
 from ddkit.data.base import ImageDataset
@@ -78,13 +80,15 @@ class TopkBenchConfig:
     store_seed: int = field(0, "seed of the stored views; every store uses it, so every variant sees the same views")
     ks: Tuple[int, ...] = field((1, 2, 3, 5), "top-k sizes to store")
     fills: Tuple[str, ...] = field(("uniform",), "top-k reconstructions to train on: uniform and/or neg_inf")
+    factor: int = field(2, "FactorCrop factor applied first (CIM's quadrant-or-whole crop, as in the `cim` "
+                           "recipe): LIC stores 2x2 mosaics, and without it students train on mosaics. 1 = off")
     rrc_min: float = field(0.5, "smallest RandomResizedCrop area fraction of the stored views. 0.5 instead "
                                 "of 0.08, because at 32 px small crops leave little of the object")
     test_batch_size: int = field(500, "batch size for test inference")
 
 
 #: the fields that change the numbers. A rerun that changes one of them refuses the old JSON
-PROTOCOL_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "temperature", "store_seed", "rrc_min")
+PROTOCOL_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "temperature", "store_seed", "factor", "rrc_min")
 
 
 @dataclass(frozen=True)
@@ -108,15 +112,17 @@ def make_variants(cfg: TopkBenchConfig) -> List[Variant]:
     return out
 
 
-def store_augment(image_size: int, rrc_min: float) -> Augment:
-    """Per-sample views to store: RandomResizedCrop(rrc_min..1) + flip. Nothing here mixes the batch."""
-    return Compose([RandomResizedCrop(image_size, scale=(rrc_min, 1.0)), Flip()])
+def store_augment(image_size: int, rrc_min: float, factor: int = 1) -> Augment:
+    """Per-sample views to store: [FactorCrop(factor)] + RandomResizedCrop(rrc_min..1) + flip (nothing mixes the
+    batch). FactorCrop(f) picks one of the f×f cells (or, with prob 1/f², the whole image) and resizes it back."""
+    ops: List[Augment] = [FactorCrop(factor)] if factor > 1 else []
+    return Compose([*ops, RandomResizedCrop(image_size, scale=(rrc_min, 1.0)), Flip()])
 
 
 def build_stores(ds: DistilledSet, teacher: Teacher, cfg: TopkBenchConfig, root: Path, device: torch.device,
                  progress: bool) -> Dict[Optional[int], LabelStore]:
     """The full store (key None) and one top-k store per k, under `root`. Existing stores are reused."""
-    aug = store_augment(ds.images.shape[-1], cfg.rrc_min)
+    aug = store_augment(ds.images.shape[-1], cfg.rrc_min, cfg.factor)
     stores: Dict[Optional[int], LabelStore] = {}
     for k in [None, *sorted(set(cfg.ks))]:
         path = root / ("full" if k is None else f"top{k}")
@@ -214,11 +220,11 @@ def measure(ds: DistilledSet, test: ImageDataset, teacher: Teacher, cfg: TopkBen
         raise DDKitError(f"{output} holds results of another protocol ({old}); pass another --output")
     state["protocol"] = {**to_dict(cfg), "student": teacher.arch, "optimizer": "adamw", "schedule": "cosine",
                          "loss": f"KL(softmax(t/T) || softmax(s/T)), batchmean, no T^2, T={cfg.temperature}",
-                         "store_aug": repr(store_augment(ds.images.shape[-1], cfg.rrc_min)),
+                         "store_aug": repr(store_augment(ds.images.shape[-1], cfg.rrc_min, cfg.factor)),
                          "headline": "last-epoch test accuracy, mean ± std (ddof 0) over seeds"}
     variants = make_variants(cfg)
-    stores = build_stores(ds, teacher, cfg, store_dir / f"{set_name}_e{cfg.epochs}_s{cfg.store_seed}_rrc{cfg.rrc_min}",
-                          device, progress)
+    tag = f"{set_name}_e{cfg.epochs}_s{cfg.store_seed}_f{cfg.factor}_rrc{cfg.rrc_min}"
+    stores = build_stores(ds, teacher, cfg, store_dir / tag, device, progress)
     entry = state["sets"].setdefault(set_name, {"variants": {}})
     entry.update(num_images=len(ds), num_classes=ds.num_classes, views_per_image=cfg.epochs,
                  samples_per_student=cfg.epochs * len(ds))
