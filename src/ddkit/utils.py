@@ -51,6 +51,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def stage(name: str) -> contextlib.AbstractContextManager:
+    """A torch.profiler label while a profiler runs (bench/profile_steps.py); otherwise a bare
+    nullcontext, so a hot loop pays ≈ 0.1 µs per label instead of record_function's ≈ 4 µs."""
+    return torch.profiler.record_function(name) if torch.autograd._profiler_enabled() else contextlib.nullcontext()
+
+
 def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA (no GradScaler needed); a no-op on CPU, where bf16 is slower than fp32."""
     if enabled and device.type == "cuda":

@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -26,15 +25,9 @@ from ddkit.augment import (Augment, Compose, CutMix, FactorCrop, Flip, Identity,
                            RandomResizedCrop, ShufflePatches, dsa)
 from ddkit.evaluate.losses import LossSpec, make_criterion
 from ddkit.evaluate.recipes import Recipe
-from ddkit.utils import DDKitError, autocast
+from ddkit.utils import DDKitError, autocast, stage
 
 MAX_LOG_LINES = 2000  # per run; a 1-iteration "epoch" of an IPC-1 set under a budget would flood the log
-
-
-def stage(name: str) -> ContextManager:
-    """A torch.profiler label while a profiler runs (bench/profile_steps.py); otherwise a bare
-    nullcontext, so a step pays ≈ 0.1 µs per label instead of record_function's ≈ 4 µs."""
-    return torch.profiler.record_function(name) if torch.autograd._profiler_enabled() else nullcontext()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -14,21 +14,14 @@ is the same whatever number of classes share a step.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Any, Callable, ContextManager, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 from ddkit.augment import Augment, Normalize
 from ddkit.methods.lic_ops import expand, pair_distance
-from ddkit.utils import autocast
-
-
-def stage(name: str) -> ContextManager:
-    """A torch.profiler label while a profiler runs (bench/profile_steps.py); otherwise a bare
-    nullcontext, so the loop pays ≈ 0.1 µs per label instead of record_function's ≈ 4 µs."""
-    return torch.profiler.record_function(name) if torch.autograd._profiler_enabled() else nullcontext()
+from ddkit.utils import autocast, stage
 
 
 class Compensator:
