@@ -70,6 +70,26 @@ def test_study_writes_results_and_skips_finished_cells(tmp_path, counted):
         run_study(train, test, None, output_dir=str(out), device="cpu", progress=False, **{**GRID, "seeds": 2})
 
 
+def test_study_skips_cells_another_process_finished(tmp_path, monkeypatch):
+    train, test = make_toy(20, 4, 8), make_toy(10, 4, 8, seed=1, split="test")
+    out = tmp_path / "ht"
+    real, seen = study.evaluate, []
+
+    def other_process_finishes_the_next_cell(*a, **kw):
+        res = real(*a, **kw)
+        seen.append(a[2].budget_epochs)
+        if len(seen) == 1:  # meanwhile "another process" appends the 1.0-budget cell
+            study._append(out / "results.csv", {"method": "random", "ipc": 2, "budget": "1", "regime": "hl",
+                                                "mean": 0.5, "std": 0.0, "n": 1, "accs": "0.5", "seeds": "0"})
+        return res
+
+    monkeypatch.setattr(study, "evaluate", other_process_finishes_the_next_cell)
+    r = run_study(train, test, None, output_dir=str(out), device="cpu", progress=False,
+                  **{**GRID, "methods": ("random",), "budgets": (0.5, 1.0)})
+    assert seen == [0.5] and (r.evaluated, r.skipped) == (1, 1)
+    assert len(read_results(out / "results.csv")) == 2
+
+
 def test_study_refuses_teacherless_grid_before_compute(tmp_path):
     train = make_toy(4, 2, 8)
     with pytest.raises(DDKitError, match="slkd need a teacher"):

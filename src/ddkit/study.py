@@ -13,8 +13,10 @@ budget), and cached under output_dir/sets/. Scoring runs are cached under output
 method has a `dynamics_cache` option. Each finished cell is appended to results.csv at once (one row:
 mean/std/accs/seeds/seconds) and skipped on a rerun, so an interrupted study resumes where it stopped.
 study.json pins the protocol (student, recipes, seeds, dataset): a rerun with another protocol in the
-same folder is refused. runs.jsonl gets one line per invocation (command, git revision, machine, cells done). report.md (tables, per-regime ranks, accuracy-vs-budget plot) is rewritten from
-every row of results.csv at the end.
+same folder is refused. runs.jsonl gets one line per invocation (command, git revision, machine, cells
+done). Several processes may share a folder when they take different methods (`--methods`): each
+re-reads results.csv before every cell and skips what another finished. report.md (tables, per-regime
+ranks, accuracy-vs-budget plot) is rewritten from every row of results.csv at the end.
 """
 from __future__ import annotations
 
@@ -97,6 +99,11 @@ def read_results(path: Path) -> List[Dict[str, Any]]:
             row["seeds"] = [int(x) for x in r["seeds"].split(";") if x]
             rows.append(row)
     return rows
+
+
+def _done(path: Path) -> set:
+    """Keys of the cells already in results.csv."""
+    return {_key(r["method"], r["ipc"], r["budget"], r["regime"]) for r in read_results(path)}
 
 
 def _append(path: Path, row: Dict[str, Any]) -> None:
@@ -188,18 +195,22 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
         pfile.write_text(json.dumps({"protocol": proto, "config": dataclasses.asdict(cfg)}, indent=1))
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     csv_path = out / "results.csv"
-    done = {_key(r["method"], r["ipc"], r["budget"], r["regime"]) for r in read_results(csv_path)}
     evaluated = skipped = 0
     for spec in specs:
         for ipc in cfg.ipcs:
             for b in cfg.budgets:
-                todo = [r for r in cfg.regimes if _key(spec.name, ipc, b, r) not in done]
+                # results.csv is re-read before every set and cell, so another process working on the same
+                # folder (e.g. started with other --methods) never has its finished cells redone here.
+                todo = [r for r in cfg.regimes if _key(spec.name, ipc, b, r) not in _done(csv_path)]
                 skipped += len(cfg.regimes) - len(todo)
                 if not todo:
                     continue
                 s = _set_for(spec.name, ipc, b, cfg, train, teacher, out, method_overrides.get(spec.name, {}),
                              dev, progress)
                 for regime in todo:
+                    if _key(spec.name, ipc, b, regime) in _done(csv_path):
+                        skipped += 1
+                        continue
                     ecfg = EvalConfig(recipe=cfg.recipe_for(regime), regime=regime, budget_epochs=b, seeds=cfg.seeds,
                                       seed=cfg.seed, student=cfg.student, student_width=cfg.student_width,
                                       **eval_overrides)
@@ -214,7 +225,6 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
                            "iterations": res.plan.iterations, "batch_size": res.plan.batch_size,
                            "epochs": f"{res.plan.epochs:.4f}", "samples_seen": res.plan.samples}
                     _append(csv_path, row)
-                    done.add(_key(spec.name, ipc, b, regime))
                     evaluated += 1
     report = write_report(out)
     # Provenance of every invocation (cells of one results.csv may come from several resumed runs).
