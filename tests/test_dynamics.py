@@ -119,6 +119,10 @@ def test_save_load_and_cache(tmp_path, monkeypatch):
     other = make_toy(n_per_class=6, num_classes=3, size=8, seed=5)
     dynamics_for(other, TINY, tmp_path, "cpu", progress=False)
     assert len(calls) == 3  # same name and size but other pixels: not a cache hit
+    named = make_toy(n_per_class=6, num_classes=3, size=8)
+    named.name = "tar:../data/x.tar.gz"  # a path-like dataset name stays one folder in the cache
+    dynamics_for(named, TINY, tmp_path / "c2", "cpu", progress=False)
+    assert [p.name.startswith("tar_.._data_x.tar.gz-") for p in (tmp_path / "c2").iterdir()] == [True]
     d1.save(tmp_path / "one")
     back = Dynamics.load(tmp_path / "one")
     assert torch.equal(back.correct, d1.correct) and back.correct.dtype == torch.bool

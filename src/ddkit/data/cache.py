@@ -57,9 +57,14 @@ def cache_key(parts: Dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def safe_name(name: str) -> str:
+    """`name` as one path component: runs of other than [A-Za-z0-9._-] become '_' (a `tar:../x.tar.gz`
+    dataset name must not create folders), at most 60 characters; 'data' when nothing is left."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:60] or "data"
+
+
 def _entry_dir(cache_dir: Path, name: str, split: str, key: str) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:60] or "data"
-    return Path(cache_dir) / f"{safe}-{split}-{key}"
+    return Path(cache_dir) / f"{safe_name(name)}-{split}-{key}"
 
 
 def load_entry(entry: Path) -> Optional[Tuple[torch.Tensor, torch.Tensor, Dict[str, Any]]]:

@@ -355,7 +355,9 @@ def dynamics_for(train: ImageDataset, cfg: DynamicsConfig, cache_dir: Optional[U
     """
     if cache_dir is None:
         return record_dynamics(train, cfg, device, progress)
-    key = f"{train.name or 'data'}-{train.split}-n{len(train)}-{dataset_fingerprint(train)}-{config_hash(cfg)}"
+    from ddkit.data.cache import safe_name
+
+    key = f"{safe_name(train.name or 'data')}-{train.split}-n{len(train)}-{dataset_fingerprint(train)}-{config_hash(cfg)}"
     path = Path(cache_dir).expanduser() / f"{key}-v{DYNAMICS_VERSION}"
     if (path / "dynamics.safetensors").is_file():
         dyn = Dynamics.load(path)
