@@ -149,6 +149,18 @@ def test_sl_uses_stored_soft_labels(data):
     assert res.soft_label_source == "stored" and res.mean > 0.5
 
 
+def test_mosaic_sets_are_decoded_when_the_recipe_has_no_crop(data):
+    _, test, dset, _ = data
+    mosaic = dataclasses.replace(dset, meta={**dset.meta, "factor": 2})  # e.g. a LIC set: 2×2 mosaics
+    res = evaluate(mosaic, test, cfg(recipe="hardtruths-hl", epochs=2), progress=False)
+    assert (res.recipe.crop, res.recipe.factor, res.info["decoded_mosaic_factor"]) == ("factor", 2, 2)
+    raw = evaluate(mosaic, test, cfg(recipe="hardtruths-hl", epochs=2, decode_mosaic=False), progress=False)
+    assert (raw.recipe.crop, raw.info["decoded_mosaic_factor"]) == ("none", None)
+    assert evaluate(dset, test, cfg(recipe="hardtruths-hl", epochs=2), progress=False).recipe.crop == "none"
+    own = evaluate(mosaic, test, cfg(recipe="rded", epochs=2), progress=False)  # the recipe's own crop wins
+    assert own.recipe.crop == "rded" and own.info["decoded_mosaic_factor"] is None
+
+
 def test_region_soft_labels_pick_the_cell():
     soft = torch.zeros(3, 2)
     region = torch.arange(3 * 4 * 2, dtype=torch.float32).view(3, 4, 2)

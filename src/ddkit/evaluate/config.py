@@ -64,6 +64,9 @@ class EvalConfig:
     t2_scale: Optional[bool] = field(None, "multiply the KL by T^2")
     mse_weight: Optional[float] = field(None, "weight of the MSE term of mse_ce (EDC)")
     ce_weight: Optional[float] = field(None, "weight of the CE term of mse_ce (EDC: 0.025)")
+    decode_mosaic: bool = field(True, "a set stored as f×f mosaics (meta factor > 1: LIC, RDED at 224 px) gets "
+                                      "CIM's quadrant-or-whole crop when the recipe has no crop of its own "
+                                      "(else students train on undecoded mosaics); false = as stored")
     eval_every: Optional[int] = field(None, "test every N epochs (recorded only; the headline is the last epoch)")
     num_evals: Optional[int] = field(None, "number of evenly spaced test evaluations (recipe's; last = end)")
     val_fraction: float = field(0.0, "hold out this fraction of the train split per class as validation "

@@ -6,6 +6,8 @@ validation slice (carved from the train split) is the only thing allowed to choo
 """
 from __future__ import annotations
 
+import dataclasses
+
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,6 +167,10 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
         raise DDKitError("the distilled set is empty")
     size = distilled.images.shape[-1]
     recipe = resolve_recipe(cfg, n_images=n, num_classes=k, ipc=distilled.ipc, image_size=size)
+    mosaic = int(distilled.meta.get("factor") or 1)
+    decoded = cfg.decode_mosaic and mosaic > 1 and recipe.crop == "none"
+    if decoded:  # a recipe without crops (DC, hard-truths) would train on 4 shrunken images glued together
+        recipe = dataclasses.replace(recipe, crop="factor", factor=mosaic)
     plan = make_plan(recipe, n, budget_epochs=cfg.budget_epochs, full_train_size=full_train_size,
                      eval_every=cfg.eval_every)
     ctx.check_plan(plan)
@@ -251,7 +257,8 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
     all_runs = ctx.gather_runs(runs, Path(output) if output is not None else None)
     out = EvalResult(set_name, student, regime, recipe, plan, all_runs, source,
                      info={"wall_seconds": time.perf_counter() - t0, "device": str(dev),
-                           "config": to_dict(cfg), "student_kwargs": kw, **ctx.describe()})
+                           "config": to_dict(cfg), "student_kwargs": kw,
+                           "decoded_mosaic_factor": mosaic if decoded else None, **ctx.describe()})
     if progress:
         s = summarize(out.accs)
         print(f"[evaluate] {set_name}/{student}: {s['mean']:.4f} ± {s['std']:.4f} (n={s['n']}, seeds {out.seeds})")
