@@ -46,6 +46,8 @@ def test_study_writes_results_and_skips_finished_cells(tmp_path, counted):
     assert all(0 <= float(x["mean"]) <= 1 and x["seeds"] == "0" and int(x["samples_seen"]) == 40 for x in rows)
     report = (out / "report.md").read_text()
     assert "Regime hl" in report and "cad-prune" in report and "Mean rank" in report
+    one_seed = f"| random | {100 * float(rows[0]['mean']):.2f} |"  # one seed: the accuracy alone, no "± 0.00"
+    assert one_seed in report and "± 0.00" not in report
     assert (out / "acc_vs_budget.png").stat().st_size > 0
     # cad-prune got the cell's budget as K; its set and scoring run are cached
     sets = sorted(p.name for p in (out / "sets").iterdir())

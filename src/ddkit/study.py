@@ -306,6 +306,13 @@ def _plot(rows: List[Dict[str, Any]], path: Path) -> Optional[Path]:
     return path
 
 
+def _cell(r: Dict[str, Any]) -> str:
+    """'mean ± std' in %, or the accuracy alone for a one-seed cell (a std of 0 there would claim a spread)."""
+    if int(r.get("n") or 1) > 1:
+        return f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}"
+    return f"{100 * r['mean']:.2f}"
+
+
 def write_report(output_dir: str | Path) -> Path:
     """report.md (+ acc_vs_budget.png) from every row of output_dir/results.csv."""
     out = Path(output_dir)
@@ -315,8 +322,9 @@ def write_report(output_dir: str | Path) -> Path:
         return write_markdown(out / "report.md", "Hard-truths study", [("Results", "no finished cells yet")])
     proto = json.loads((out / "study.json").read_text()).get("protocol", {}) if (out / "study.json").is_file() else {}
     sections.append(("Protocol", "\n".join(f"- {k}: {v}" for k, v in proto.items()) +
-                     "\n- headline: last-epoch test accuracy (%), mean ± std (ddof 0) over student seeds; every "
-                     "student sees budget × |train| samples"))
+                     "\n- headline: last-epoch test accuracy (%), mean ± std (ddof 0) over student seeds (a cell "
+                     "with one seed shows its accuracy alone: no spread is known); every student sees budget × "
+                     "|train| samples"))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     cols = sorted({(r["ipc"], r["budget"]) for r in rows})
     for regime in dict.fromkeys(r["regime"] for r in rows):
@@ -326,7 +334,7 @@ def write_report(output_dir: str | Path) -> Path:
             cells = []
             for ipc, b in cols:
                 r = by.get((m, ipc, b))
-                cells.append("–" if r is None else f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}")
+                cells.append("–" if r is None else _cell(r))
             table.append([m] + cells)
         sections.append((f"Regime {regime}", markdown_table(["method"] + [f"IPC {i} / {b:g} ep" for i, b in cols],
                                                             table)))
