@@ -21,7 +21,4 @@ python bench/accuracy.py "${COMMON[@]}" --methods lic --ipcs 1,50 --regimes slkd
     --method-opt lic@50.iterations=20 --output $OUT
 # RDED beside LIC and random under the same protocol (IPC 10, SL+KD).
 python bench/accuracy.py "${COMMON[@]}" --methods rded --ipcs 10 --regimes slkd,hl --output $OUT
-# Hard-truths methods under hard labels at the same budget: CAD-Prune (scoring run compute-matched to the
-# 0.2-epoch budget) and CA2D (RDED patches from the CAD-Prune coreset).
-python bench/accuracy.py "${COMMON[@]}" --methods cad-prune,ca2d --ipcs 10 --regimes hl \
-    --method-opt cad-prune.budget_epochs=0.2 --method-opt ca2d.budget_epochs=0.2 --output $OUT
+# CAD-Prune, CA2D, EL2N-easy and CCS beside these: recipes/hardtruths_cifar10_cpu.sh (all three regimes, 3 budgets).
