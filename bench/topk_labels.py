@@ -13,14 +13,16 @@ students also share the init seeds, the batch order and the optimizer.
   softmax over the top k alone. With KL this stays finite, because a zero target probability
   contributes nothing.
 
-The views are FactorCrop(2) (CIM's quadrant-or-whole crop, as the `cim` recipe uses; LIC stores 2×2
-mosaics, and students trained on whole mosaics reach about half the accuracy), then RandomResizedCrop(0.5..1),
-then a flip, all drawn per sample. Each view is used once: the store holds `epochs` views per image, and a
-student trains for `epochs` epochs. Each variant records the store's data bytes (LabelStore.nbytes), the size projected to
-ImageNet-1K at IPC 10 with 300 epochs (label_store_nbytes(300, 10000, 1000, k)), how far its
-targets are from the reference (mean total-variation distance between softmax(t/T) distributions,
-over all views), and the last-epoch test accuracy per seed with mean ± std (ddof 0). The JSON is
-rewritten after every student, and a rerun skips students already in it.
+The views are FactorCrop(2) (CIM's quadrant-or-whole crop, as the `cim` recipe uses: LIC stores 2×2
+mosaics, and a student trained on whole mosaics reached 28 % instead of 50 % in a first trial), then
+RandomResizedCrop(0.5..1), then a flip, all drawn per sample. Each view is used once: the store holds
+`epochs` views per image, and a student trains for `epochs` epochs.
+
+Each variant records the store's data bytes (LabelStore.nbytes), the size projected to ImageNet-1K at
+IPC 10 with 300 epochs (label_store_nbytes(300, 10000, 1000, k)), how far its targets are from the
+reference (mean total-variation distance between softmax(t/T) distributions, over all views), and the
+last-epoch test accuracy per seed with mean ± std (ddof 0). The JSON is rewritten after every student,
+and a rerun skips students already in it. `--table FILE` prints the markdown table of a results JSON.
 
 Example (the CPU run committed in bench/results/topk_labels_cifar10_cpu.json):
     OMP_NUM_THREADS=1 python bench/topk_labels.py --dataset tar:../shared/data/cifar10-jpeg75.tar.gz \
@@ -259,9 +261,43 @@ def measure(ds: DistilledSet, test: ImageDataset, teacher: Teacher, cfg: TopkBen
     return state
 
 
+def _size(b: Optional[int]) -> str:
+    if b is None:
+        return "– (teacher at training time)"
+    return next((f"{b / s:.3g} {u}" for u, s in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)) if b >= s), f"{b} B")
+
+
+def markdown_table(state: Dict[str, Any]) -> str:
+    """The docs/results.md table of a results JSON, one per set (numbers are never typed by hand)."""
+    T = state["protocol"]["temperature"]
+    out = []
+    for name, entry in state["sets"].items():
+        lines = [f"**{name}** ({entry['num_images']} images, {entry['samples_per_student']:,} samples per student)", "",
+                 f"| variant | label bytes, this set | ImageNet-1K IPC 10 × 300 ep | TV to fp32 labels (T={T:g}) "
+                 "| teacher mass outside top-k (T=1) | accuracy % (mean ± std) | seeds |", "|---" * 7 + "|"]
+        for vname, v in entry["variants"].items():
+            if not v["accs"]:
+                continue
+            tail = v.get("teacher_mass_outside_topk")
+            lines.append(f"| {vname} | {_size(v['store_bytes']) if not v['online'] else '0 (no store)'} "
+                         f"| {_size(v['projected_imagenet1k_ipc10_300ep_bytes'])} | {v['target_tv']:.3f} "
+                         f"| {'–' if tail is None else f'{tail:.3f}'} "
+                         f"| {100 * v['mean']:.2f} ± {100 * v['std']:.2f} | {len(v['seeds'])} |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry: load the test split, the teacher and each set; run `measure` per set."""
+    """Command-line entry: load the test split, the teacher and each set; run `measure` per set.
+    `--table FILE` only prints the markdown table of a results JSON."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--table", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.table:
+        print(markdown_table(json.loads(Path(known.table).read_text())))
+        return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--table", default=None, help="print the markdown table of this results JSON and exit")
     p.add_argument("--dataset", required=True, help="dataset spec, e.g. tar:../shared/data/cifar10-jpeg75.tar.gz")
     p.add_argument("--data-root", default=None)
     p.add_argument("--cache-dir", default="runs/cache")

@@ -90,6 +90,9 @@ def test_topk_bench_end_to_end(files):
         assert got[f"top{K}_{fill}"]["target_tv"] == pytest.approx(got["full_fp16"]["target_tv"], abs=1e-9)
     assert got["top1_uniform"]["teacher_mass_outside_topk"] > got[f"top{K}_uniform"]["teacher_mass_outside_topk"]
 
+    table = bench.markdown_table(res)
+    assert all(f"| {n} |" in table for n in names) and "6 GB" in table
+
     # a rerun resumes (nothing retrained); another protocol is refused rather than mixed into the file
     assert bench.main(_argv(files)) == 0
     again = json.loads((files / "out.json").read_text())["sets"]["set"]["variants"]
