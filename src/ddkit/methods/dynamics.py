@@ -21,8 +21,9 @@ Trajectory scores (forgetting, AUM, Dyn-Unc, CAD) therefore come from run 0.
 
 The schedule is the hard-truths HL one compressed to K epochs (hardtruths §2.4): StepLR ×0.1 at epoch
 round(K·151/300), or cosine. `stop_epochs` shortens a run to a fractional K (CAD-Prune's compute-matched
-run at a budget below one epoch): it trains round(K·steps) iterations and compresses the schedule to them. The whole split lives on the device as uint8; batches are gathered by
-index and augmented as tensor ops (no DataLoader, no per-sample Python).
+run at a budget below one epoch): it trains round(K·steps) iterations and compresses the schedule to them.
+The whole split lives on the device as uint8; batches are gathered by index and augmented as tensor ops
+(no DataLoader, no per-sample Python).
 
 `dynamics_for` caches one recording per (dataset fingerprint, config hash) so EL2N, forgetting, AUM,
 CCS, Dyn-Unc, CAD-Prune … all reuse a single training run.
@@ -357,7 +358,8 @@ def dynamics_for(train: ImageDataset, cfg: DynamicsConfig, cache_dir: Optional[U
         return record_dynamics(train, cfg, device, progress)
     from ddkit.data.cache import safe_name
 
-    key = f"{safe_name(train.name or 'data')}-{train.split}-n{len(train)}-{dataset_fingerprint(train)}-{config_hash(cfg)}"
+    name = safe_name(train.name or "data")
+    key = f"{name}-{train.split}-n{len(train)}-{dataset_fingerprint(train)}-{config_hash(cfg)}"
     path = Path(cache_dir).expanduser() / f"{key}-v{DYNAMICS_VERSION}"
     if (path / "dynamics.safetensors").is_file():
         dyn = Dynamics.load(path)
