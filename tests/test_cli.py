@@ -146,6 +146,11 @@ def test_study_cli_method_and_eval_options(tmp_path, capsys):
     assert "another protocol" in capsys.readouterr().err
     assert main([*args, "--method-opt", "nodot=1"]) == 2
     assert "NAME.KEY=VALUE" in capsys.readouterr().err
+    for bad, msg in ((["--eval-opt", "bogus=1"], "unknown evaluator option(s) bogus"),
+                     (["--method-opt", "el2n-easy.bogus=1"], "unknown option(s) bogus for method el2n-easy")):
+        fresh = tmp_path / "fresh"
+        assert main([*args[:-2], *bad, "--output-dir", str(fresh)]) == 2
+        assert msg in capsys.readouterr().err and not fresh.exists()  # nothing written
 
 
 def test_dcs_cli(tmp_path, capsys):

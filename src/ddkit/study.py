@@ -171,6 +171,16 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
                                  "student_width"}
     if bad:
         raise DDKitError(f"eval_overrides cannot set {', '.join(sorted(bad))}: they are study settings")
+    # Unknown option names fail here, before study.json pins them or any compute starts.
+    known = {f.name for f in dataclasses.fields(EvalConfig)}
+    if set(eval_overrides) - known:
+        raise DDKitError(f"unknown evaluator option(s) {', '.join(sorted(set(eval_overrides) - known))}; "
+                         f"known: {', '.join(sorted(known))}")
+    for name, opts in method_overrides.items():
+        mknown = {f.name for f in dataclasses.fields(method_spec(name).config)}
+        if set(opts) - mknown:
+            raise DDKitError(f"unknown option(s) {', '.join(sorted(set(opts) - mknown))} for method {name}; "
+                             f"see `ddkit distill --method {name} --help`")
     if not (cfg.ipcs and cfg.budgets and cfg.regimes and cfg.methods) or cfg.seeds < 1:
         raise DDKitError("a study needs at least one ipc, budget, regime and method, and seeds ≥ 1")
     if min(cfg.ipcs) < 1 or min(cfg.budgets) <= 0:
