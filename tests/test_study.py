@@ -117,4 +117,4 @@ def test_study_config_cli_round_trip():
     cfg = from_args(StudyConfig, p.parse_args(["--ipcs", "10,50", "--budgets", "2,5", "--regimes", "hl,slkd",
                                                "--methods", "random,cad-prune"]))
     assert cfg.ipcs == (10, 50) and cfg.budgets == (2.0, 5.0) and cfg.regimes == ("hl", "slkd")
-    assert cfg.recipe_for("sl+kd") == "cim" and StudyConfig().recipe_for("hl") == "hardtruths-hl"
+    assert cfg.recipe_for("sl+kd") == "hardtruths-slkd" and StudyConfig().recipe_for("hl") == "hardtruths-hl"

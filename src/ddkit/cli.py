@@ -310,7 +310,13 @@ def cmd_study(args: argparse.Namespace) -> int:
         print("usage: ddkit study hard-truths --dataset … --teacher … [--ipcs 10,50 --budgets 2,5,10,20 …]",
               file=sys.stderr)
         return EXIT_USAGE
-    cfg = from_args(StudyConfig, args, base=_pick(StudyConfig, _yaml(args)))
+    from ddkit.study import preset_fields
+
+    base = _pick(StudyConfig, _yaml(args))
+    preset = getattr(args, "preset", None) or base.get("preset")
+    if preset:  # the preset fills what neither the YAML nor a flag sets
+        base = {**preset_fields(preset), **base}
+    cfg = from_args(StudyConfig, args, base=base)
     print(dump(cfg, title="study hard-truths"))
     device = get_device(args.device)
     train, test = _dataset(args, "train"), _dataset(args, "test")

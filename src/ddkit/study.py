@@ -5,7 +5,14 @@
 
 Every cell trains `seeds` students with `ddkit.evaluate.evaluate(..., full_train_size=len(train))`
 under EvalConfig(budget_epochs=b): every student sees b·|train| samples whatever the IPC (hardtruths
-§5.4), with the regime's recipe (hl → hardtruths-hl, sl → hardtruths-sl, slkd → cim by default).
+§5.4), with the regime's recipe (hl → hardtruths-hl, sl → hardtruths-sl, slkd → hardtruths-slkd by
+default; `cim` stays selectable). With `epochs` set (the paper's small-scale protocol: 300 epochs over
+each set, Table 4) the budgets are replaced by one per IPC, K = epochs·ipc·C/|train|, which is also the
+compute-matched K of CAD-Prune's scoring run (§2.4).
+
+Named presets (`--preset`, `PRESETS`) pin a paper protocol: `small-scale` = Table 4 (HL SGD 0.01,
+StepLR, 300 epochs, batch 256, DSA; SL AdamW 1e-3, cosine, KL T = 20), IPC 10/50, ConvNet-3, every
+method; flags given explicitly win over the preset.
 
 Distilled sets are built once per (method, ipc, seed), or per (method, ipc, seed, budget) for methods
 whose config has `budget_epochs` (cad-prune, ca2d: the scoring run is compute-matched to the cell's
@@ -23,7 +30,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -35,11 +41,27 @@ from ddkit.config import config_hash, field
 from ddkit.distilled import DistilledSet
 from ddkit.evaluate import EvalConfig, evaluate, get_recipe, resolve_regime
 from ddkit.methods import create_method, method_spec
-from ddkit.report import markdown_table, write_markdown
+from ddkit.study_report import rank_table, write_report  # noqa: F401  (rank_table re-exported)
 from ddkit.utils import DDKitError, get_device, git_revision, machine_info
 
 COLUMNS = ("method", "ipc", "budget", "regime", "recipe", "student", "mean", "std", "n", "accs", "seeds",
-           "seconds", "set_seconds", "iterations", "batch_size", "epochs", "samples_seen")
+           "seconds", "set_seconds", "iterations", "batch_size", "epochs", "samples_seen", "best_of_test", "crop")
+
+#: every method of the paper's small-scale comparison that ddkit has (hardtruths §1, §5.5, §6)
+SMALL_SCALE_METHODS = ("random", "kcenter", "herding", "forgetting", "el2n-easy", "el2n-best", "ccs", "dyn-unc",
+                       "cad-prune", "rded", "ca2d", "lic")
+#: name -> {"fields": StudyConfig fields, "eval": evaluator options for every cell}
+PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
+    "small-scale": {
+        # hardtruths §5.1 (Table 4, tab:stage3_hyper): the recipes hold the optimiser/schedule/DSA/batch; 300
+        # epochs over each set; IPC 10/50 and ConvNet-D3 as its CIFAR-100 tables (§5.5).
+        "fields": {"ipcs": (10, 50), "epochs": 300, "regimes": ("hl", "sl"), "methods": SMALL_SCALE_METHODS,
+                   "hl_recipe": "hardtruths-hl", "sl_recipe": "hardtruths-sl", "slkd_recipe": "hardtruths-slkd",
+                   "student": "convnet-d3", "seeds": 3},
+        # 6 evenly spaced test evaluations so best-of-test can be recorded beside the last-epoch headline.
+        "eval": {"num_evals": 6},
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -53,7 +75,12 @@ class StudyConfig:
                                      "methods compared (see `ddkit methods`)")
     hl_recipe: str = field("hardtruths-hl", "recipe of the hl regime (hard truths Table 4)")
     sl_recipe: str = field("hardtruths-sl", "recipe of the sl regime (hard truths Table 4)")
-    slkd_recipe: str = field("cim", "recipe of the slkd regime (online teacher on every view)")
+    slkd_recipe: str = field("hardtruths-slkd", "recipe of the slkd regime: hardtruths-slkd (CutMix views "
+                                                "relabelled online, KL; hardtruths §1) or cim (MSE, CIM's)")
+    epochs: Optional[int] = field(None, "student epochs over each set (small-scale protocol: 300); when set the "
+                                        "budgets are replaced by K = epochs·ipc·C/|train| per IPC")
+    preset: str = field("", "named protocol whose values fill every flag not given: small-scale (hard truths "
+                            "Table 4)")
     student: Optional[str] = field(None, "student architecture (None: the teacher's)")
     student_width: Optional[int] = field(None, "ConvNet/MLP student width (None: the model's default)")
     seeds: int = field(3, "students per cell (mean ± std over them)")
@@ -62,6 +89,24 @@ class StudyConfig:
 
     def recipe_for(self, regime: str) -> str:
         return {"hl": self.hl_recipe, "sl": self.sl_recipe, "slkd": self.slkd_recipe}[resolve_regime(regime)]
+
+    def budgets_for(self, ipc: int, num_classes: int, train_size: int) -> Tuple[float, ...]:
+        """The cells' budgets (full-data epochs) at `ipc`: `budgets`, or the one the epochs rule gives."""
+        if self.epochs is None:
+            return self.budgets
+        return (float(self.epochs) * ipc * num_classes / train_size,)
+
+
+def preset_fields(name: str) -> Dict[str, Any]:
+    """The StudyConfig fields of preset `name` (with preset=name); DDKitError listing the presets if unknown."""
+    if name not in PRESETS:
+        raise DDKitError(f"unknown study preset {name!r}; known: {', '.join(PRESETS)}")
+    return {**PRESETS[name]["fields"], "preset": name}
+
+
+def preset_config(name: str, **fields: Any) -> StudyConfig:
+    """StudyConfig of preset `name`, with `fields` overriding it."""
+    return StudyConfig(**{**preset_fields(name), **fields})
 
 
 @dataclass
@@ -93,7 +138,7 @@ def read_results(path: Path) -> List[Dict[str, Any]]:
             row: Dict[str, Any] = dict(r)
             for k in ("ipc", "n", "iterations", "batch_size", "samples_seen"):
                 row[k] = int(float(r[k])) if r.get(k) not in (None, "") else None
-            for k in ("budget", "mean", "std", "seconds", "set_seconds", "epochs"):
+            for k in ("budget", "mean", "std", "seconds", "set_seconds", "epochs", "best_of_test"):
                 row[k] = float(r[k]) if r.get(k) not in (None, "") else float("nan")
             row["accs"] = [float(x) for x in r["accs"].split(";") if x]
             row["seeds"] = [int(x) for x in r["seeds"].split(";") if x]
@@ -121,6 +166,7 @@ def _append(path: Path, row: Dict[str, Any]) -> None:
 def _protocol(cfg: StudyConfig, train: Any, teacher: Any, eval_overrides: Mapping[str, Any]) -> Dict[str, Any]:
     return {"dataset": train.name, "train_size": len(train), "student": cfg.student, "student_width": cfg.student_width,
             "recipes": {r: cfg.recipe_for(r) for r in ("hl", "sl", "slkd")}, "seeds": cfg.seeds, "seed": cfg.seed,
+            "epochs": cfg.epochs, "preset": cfg.preset,
             "teacher": (teacher.meta.get("path") or teacher.arch) if teacher is not None else None,
             "eval_overrides": {k: eval_overrides[k] for k in sorted(eval_overrides)}}
 
@@ -166,7 +212,9 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
     cfg = dataclasses.replace(cfg, ipcs=tuple(int(i) for i in cfg.ipcs), budgets=tuple(float(b) for b in cfg.budgets),
                               regimes=tuple(resolve_regime(r) for r in cfg.regimes), methods=tuple(cfg.methods))
     method_overrides = {method_spec(k).name: dict(v) for k, v in (method_overrides or {}).items()}
-    eval_overrides = dict(eval_overrides or {})
+    if cfg.preset:
+        preset_fields(cfg.preset)  # unknown preset names fail here
+    eval_overrides = {**(PRESETS[cfg.preset]["eval"] if cfg.preset else {}), **dict(eval_overrides or {})}
     bad = set(eval_overrides) & {"recipe", "regime", "budget_epochs", "epochs", "seeds", "seed", "student",
                                  "student_width"}
     if bad:
@@ -183,8 +231,9 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
                              f"see `ddkit distill --method {name} --help`")
     if not (cfg.ipcs and cfg.budgets and cfg.regimes and cfg.methods) or cfg.seeds < 1:
         raise DDKitError("a study needs at least one ipc, budget, regime and method, and seeds ≥ 1")
-    if min(cfg.ipcs) < 1 or min(cfg.budgets) <= 0:
-        raise DDKitError(f"ipcs must be ≥ 1 and budgets > 0, got {cfg.ipcs} and {cfg.budgets}")
+    if min(cfg.ipcs) < 1 or min(cfg.budgets) <= 0 or (cfg.epochs is not None and cfg.epochs < 1):
+        raise DDKitError(f"ipcs must be ≥ 1, budgets > 0 and epochs ≥ 1, got {cfg.ipcs}, {cfg.budgets} and "
+                         f"{cfg.epochs}")
     specs = [method_spec(m) for m in cfg.methods]  # unknown names fail here, before any compute
     for r in cfg.regimes:
         get_recipe(cfg.recipe_for(r))
@@ -208,7 +257,7 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
     evaluated = skipped = 0
     for spec in specs:
         for ipc in cfg.ipcs:
-            for b in cfg.budgets:
+            for b in cfg.budgets_for(ipc, train.num_classes, len(train)):
                 # results.csv is re-read before every set and cell, so another process working on the same
                 # folder (e.g. started with other --methods) never has its finished cells redone here.
                 todo = [r for r in cfg.regimes if _key(spec.name, ipc, b, r) not in _done(csv_path)]
@@ -221,9 +270,10 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
                     if _key(spec.name, ipc, b, regime) in _done(csv_path):
                         skipped += 1
                         continue
-                    ecfg = EvalConfig(recipe=cfg.recipe_for(regime), regime=regime, budget_epochs=b, seeds=cfg.seeds,
+                    length = {"epochs": cfg.epochs} if cfg.epochs is not None else {"budget_epochs": b}
+                    ecfg = EvalConfig(recipe=cfg.recipe_for(regime), regime=regime, seeds=cfg.seeds,
                                       seed=cfg.seed, student=cfg.student, student_width=cfg.student_width,
-                                      **eval_overrides)
+                                      **length, **eval_overrides)
                     res = evaluate(s, test, ecfg, teacher, full_train_size=len(train), device=dev, progress=progress,
                                    set_name=f"{spec.name}/ipc{ipc}/K{_bkey(b)}/{regime}")
                     row = {"method": spec.name, "ipc": ipc, "budget": _bkey(b), "regime": regime,
@@ -233,7 +283,9 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
                            "seconds": f"{res.info.get('wall_seconds', float('nan')):.2f}",
                            "set_seconds": f"{float(s.meta.get('wall_seconds', float('nan'))):.2f}",
                            "iterations": res.plan.iterations, "batch_size": res.plan.batch_size,
-                           "epochs": f"{res.plan.epochs:.4f}", "samples_seen": res.plan.samples}
+                           "epochs": f"{res.plan.epochs:.4f}", "samples_seen": res.plan.samples,
+                           "best_of_test": res.to_dict().get("best_of_test", {}).get("mean", ""),
+                           "crop": res.info.get("crop", "")}
                     _append(csv_path, row)
                     evaluated += 1
     report = write_report(out)
@@ -244,120 +296,3 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
                              "machine": machine_info(dev), "device": str(dev), "evaluated": evaluated,
                              "skipped": skipped}) + "\n")
     return StudyResult(read_results(csv_path), csv_path, report, evaluated, skipped)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Report
-# ----------------------------------------------------------------------------------------------------
-
-def _ranks(values: Dict[str, float]) -> Dict[str, float]:
-    """Rank 1 = highest accuracy; ties share their average rank."""
-    items = sorted(values.items(), key=lambda kv: -kv[1])
-    out: Dict[str, float] = {}
-    i = 0
-    while i < len(items):
-        j = i
-        while j + 1 < len(items) and items[j + 1][1] == items[i][1]:
-            j += 1
-        for m, _ in items[i:j + 1]:
-            out[m] = (i + j) / 2 + 1
-        i = j + 1
-    return out
-
-
-def rank_table(rows: List[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
-    """{regime: {method: mean rank over the (ipc, budget) cells of that regime}} (1 = best)."""
-    cells: Dict[Tuple[str, int, float], Dict[str, float]] = {}
-    for r in rows:
-        cells.setdefault((r["regime"], r["ipc"], r["budget"]), {})[r["method"]] = r["mean"]
-    acc: Dict[str, Dict[str, List[float]]] = {}
-    for (regime, _, _), vals in cells.items():
-        for m, rk in _ranks(vals).items():
-            acc.setdefault(regime, {}).setdefault(m, []).append(rk)
-    return {g: {m: sum(v) / len(v) for m, v in ms.items()} for g, ms in acc.items()}
-
-
-def _plot(rows: List[Dict[str, Any]], path: Path) -> Optional[Path]:
-    """Accuracy vs budget, one panel per (ipc, regime), one line per method (error bars: std over seeds)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure  # no pyplot: never touches the caller's backend
-    from matplotlib.ticker import FormatStrFormatter, NullFormatter
-
-    regimes = list(dict.fromkeys(r["regime"] for r in rows))
-    ipcs = sorted({r["ipc"] for r in rows})
-    if not rows:
-        return None
-    fig = Figure(figsize=(4.2 * len(regimes), 3.4 * len(ipcs)))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(ipcs), len(regimes), squeeze=False)
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    for i, ipc in enumerate(ipcs):
-        for j, regime in enumerate(regimes):
-            ax = axes[i][j]
-            for m in methods:
-                pts = sorted((r["budget"], 100 * r["mean"], 100 * r["std"]) for r in rows
-                             if r["method"] == m and r["ipc"] == ipc and r["regime"] == regime)
-                if pts:
-                    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
-                                capsize=2, label=m)
-            budgets = sorted({r["budget"] for r in rows})
-            if len(budgets) > 1:
-                ax.set_xscale("log")  # budgets grow geometrically (2, 5, 10, 20 …); label them plainly
-                ax.set_xticks(budgets)
-                ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-                ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.set_title(f"{regime}, IPC {ipc}")
-            ax.set_xlabel("budget (full-data epochs)")
-            ax.set_ylabel("test accuracy (%)")
-            ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
-
-
-def _cell(r: Dict[str, Any]) -> str:
-    """'mean ± std' in %, or the accuracy alone for a one-seed cell (a std of 0 there would claim a spread)."""
-    if int(r.get("n") or 1) > 1:
-        return f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}"
-    return f"{100 * r['mean']:.2f}"
-
-
-def write_report(output_dir: str | Path) -> Path:
-    """report.md (+ acc_vs_budget.png) from every row of output_dir/results.csv."""
-    out = Path(output_dir)
-    rows = read_results(out / "results.csv")
-    sections: List[Tuple[str, str]] = []
-    if not rows:
-        return write_markdown(out / "report.md", "Hard-truths study", [("Results", "no finished cells yet")])
-    proto = json.loads((out / "study.json").read_text()).get("protocol", {}) if (out / "study.json").is_file() else {}
-    sections.append(("Protocol", "\n".join(f"- {k}: {v}" for k, v in proto.items()) +
-                     "\n- headline: last-epoch test accuracy (%), mean ± std (ddof 0) over student seeds (a cell "
-                     "with one seed shows its accuracy alone: no spread is known); every student sees budget × "
-                     "|train| samples"))
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    cols = sorted({(r["ipc"], r["budget"]) for r in rows})
-    for regime in dict.fromkeys(r["regime"] for r in rows):
-        by = {(r["method"], r["ipc"], r["budget"]): r for r in rows if r["regime"] == regime}
-        table = []
-        for m in methods:
-            cells = []
-            for ipc, b in cols:
-                r = by.get((m, ipc, b))
-                cells.append("–" if r is None else _cell(r))
-            table.append([m] + cells)
-        sections.append((f"Regime {regime}", markdown_table(["method"] + [f"IPC {i} / {b:g} ep" for i, b in cols],
-                                                            table)))
-    ranks = rank_table(rows)
-    regimes = list(ranks)
-    sections.append(("Mean rank per regime (1 = best; averaged over the regime's IPC × budget cells)",
-                     markdown_table(["method"] + regimes,
-                                    [[m] + [f"{ranks[g][m]:.2f}" if m in ranks[g] else "–" for g in regimes]
-                                     for m in methods])))
-    png = _plot(rows, out / "acc_vs_budget.png")
-    if png is not None:
-        sections.append(("Accuracy vs compute budget", f"![accuracy vs budget]({png.name})"))
-    nan_cells = [f"{r['method']}/{r['ipc']}/{r['budget']:g}/{r['regime']}" for r in rows if math.isnan(r["mean"])]
-    if nan_cells:
-        sections.append(("Cells without a number", ", ".join(nan_cells)))
-    return write_markdown(out / "report.md", "Hard-truths study", sections)

@@ -31,7 +31,7 @@ class EvalConfig:
     """How students are trained on a distilled set and scored (defaults: CIM's protocol, 3 seeds)."""
 
     recipe: str = field("cim", "named evaluation preset (see `ddkit recipes`): cim, rded, sre2l, hardtruths-hl, "
-                               "hardtruths-sl, dc")
+                               "hardtruths-sl, hardtruths-slkd, dc")
     regime: str = field("slkd", "hl: hard labels; sl: one fixed teacher soft label per image; slkd: the teacher "
                                 "labels every augmented view online (CIM/RDED)")
     student: Optional[str] = field(None, "student architecture (None: the teacher's, else ConvNet-3)")
@@ -64,6 +64,12 @@ class EvalConfig:
     t2_scale: Optional[bool] = field(None, "multiply the KL by T^2")
     mse_weight: Optional[float] = field(None, "weight of the MSE term of mse_ce (EDC)")
     ce_weight: Optional[float] = field(None, "weight of the CE term of mse_ce (EDC: 0.025)")
+    crop_factor_from_set: bool = field(True, "the factor crop (cim) uses the set's own mosaic factor (meta 'factor'; "
+                                             "1 = no crop: random/RDED f=1/coresets); false = the recipe's f=2 for "
+                                             "every set (issue #16: handicaps non-mosaic sets)")
+    sl_labels: Optional[str] = field(None, "SL targets: image (one fixed soft label per image: the hard-truths "
+                                           "rule), region (+ LIC's per-cell labels under the factor crop) or a "
+                                           "stored soft key such as learned (None: the recipe's)")
     decode_mosaic: bool = field(True, "a set stored as f×f mosaics (meta factor > 1: LIC, RDED at 224 px) gets "
                                       "CIM's quadrant-or-whole crop when the recipe has no crop of its own "
                                       "(else students train on undecoded mosaics); false = as stored")

@@ -7,6 +7,21 @@ are rules resolved by the named pure functions below, and the resolved recipe is
 
 `hardtruths-sl` leaves the KL's T² factor OFF: whether the paper scales by T² is unverified
 (hardtruths.md §5.1; its reproduction did, RDED and Xiao et al. do not); `--t2-scale` turns it on.
+It gives every image ONE fixed soft label (the paper's SL rule, hardtruths §1, §5.1: "one fixed
+teacher-assigned soft label per image"): `sl_labels` "image". "region" adds LIC's per-cell labels
+when the factor crop picks a cell (five labels for a 2×2 mosaic: CIM's region-level reading); any
+other value names a stored soft key (e.g. "learned").
+
+`hardtruths-slkd` is the study's SL+KD: the paper's SL+KD is "cutmix-augmented soft labels" from an
+online teacher (hardtruths §1, Table 1 caption), evaluated with KL as RDED/SRe2L do (peers §2.2:
+KL T = 20, no T², CutMix β = 1). The paper gives no small-scale SL+KD protocol (§5.1), so its
+optimiser, schedule, DSA, epochs and batch are the small-scale SL column of Table 4 [I].
+
+`cim`'s quadrant-or-whole crop uses the factor of the SET being evaluated (its meta "factor", 1
+when absent, which means no crop): CIM only ever evaluates its own 2×2 mosaics, and applying the
+f = 2 crop to a non-mosaic set (random, RDED at f = 1, coresets) trains on zoomed quarters of whole
+images, a handicap (issue #16: −24.5 points for random IPC 10 on another dataset). An explicit
+--factor, or `crop_factor_from_set` off, restores the recipe's factor.
 
 Every field can be overridden through the EvalConfig field of the same name (`--lr 2e-3`,
 `--mix cutmix`, ...); `--loss` replaces the loss of the regime being run.
@@ -67,6 +82,7 @@ class Recipe:
     t2_scale: bool = False
     mse_weight: float = 1.0
     ce_weight: float = 0.025
+    sl_labels: str = "image"          # SL targets: image (one per image), region (+ LIC cells) or a soft key
     # reporting -----------------------------------------------------------------------------------
     num_evals: int = 1                # evenly spaced test evaluations, the last at the end
 
@@ -90,7 +106,7 @@ _add(Recipe(
     optimizer="adamw", lr=1e-3, weight_decay=1e-4, wd_norm_bias=True, schedule="multistep",
     milestones=(2 / 3, 5 / 6), gamma=0.2, epochs=1000, epochs_large=300, batch_rule="cim",
     crop="factor", factor=2, dsa="color_crop_cutout_flip_scale_rotate", dsa_mode="chain",
-    hl_loss="ce", sl_loss="mse", slkd_loss="mse", num_evals=4), aliases=("lic",))
+    hl_loss="ce", sl_loss="mse", slkd_loss="mse", sl_labels="region", num_evals=4), aliases=("lic",))
 _add(Recipe(
     "rded", "RDED validation: ShufflePatches + RRC(1/f..1) + flip + CutMix, KL T=20 (no T^2), quarter-cosine",
     optimizer="adamw", lr=1e-3, weight_decay=0.01, wd_norm_bias=False, schedule="quarter_cosine", epochs=300,
@@ -113,7 +129,15 @@ _add(Recipe(
                      "(T^2 scaling unverified, off)",
     optimizer="adamw", lr=1e-3, weight_decay=0.01, wd_norm_bias=False, schedule="cosine", epochs=300,
     batch_rule="fixed", batch_size=256, dsa="color_crop_cutout_flip_scale_rotate", dsa_mode="single",
-    hl_loss="ce", sl_loss="kl", slkd_loss="kl", temperature=20.0, t2_scale=False))
+    hl_loss="ce", sl_loss="kl", slkd_loss="kl", temperature=20.0, t2_scale=False, sl_labels="image"))
+_add(Recipe(
+    # Small-scale SL+KD is not defined in the paper (hardtruths §5.1): Table 4's SL column + CutMix and an
+    # online teacher, KL T=20 without T^2 as RDED/SRe2L evaluate (peers §2.2).
+    "hardtruths-slkd", "Hard Truths SL+KD: CutMix(1) views relabelled online by the teacher, KL T=20 (no T^2), "
+                       "AdamW 1e-3, cosine, DSA, 300 ep, bs 256",
+    optimizer="adamw", lr=1e-3, weight_decay=0.01, wd_norm_bias=False, schedule="cosine", epochs=300,
+    batch_rule="fixed", batch_size=256, dsa="color_crop_cutout_flip_scale_rotate", dsa_mode="single",
+    mix="cutmix", mix_alpha=1.0, hl_loss="ce", sl_loss="kl", slkd_loss="kl", temperature=20.0, t2_scale=False))
 _add(Recipe(
     "dc", "DC/DSA/DM protocol: CE, SGD 0.01 momentum 0.9 wd 5e-4, x0.1 at E/2, DSA, 1000 ep, bs 256",
     optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, wd_norm_bias=True, schedule="multistep",
@@ -167,11 +191,14 @@ def auto_factor(image_size: int) -> int:
     return 1 if image_size <= 64 else 2
 
 
-def resolve_recipe(cfg: EvalConfig, *, n_images: int, num_classes: int, ipc: int, image_size: int) -> Recipe:
+def resolve_recipe(cfg: EvalConfig, *, n_images: int, num_classes: int, ipc: int, image_size: int,
+                   set_factor: int = 1) -> Recipe:
     """Apply cfg's non-None overrides to cfg.recipe and resolve the set-dependent rules.
 
     The result has batch_rule 'fixed' with a concrete batch_size (capped at the set size, as RDED
-    does), a concrete factor and epochs, and the regime's loss validated.
+    does), a concrete factor and epochs, and the regime's loss validated. `set_factor` is the mosaic
+    side the set says it has (meta "factor"): the factor crop follows it unless --factor is given or
+    crop_factor_from_set is off, and a set of factor 1 then gets no crop at all (module doc).
     """
     base = get_recipe(cfg.recipe)
     names = {f.name for f in dataclasses.fields(Recipe)}
@@ -205,5 +232,9 @@ def resolve_recipe(cfg: EvalConfig, *, n_images: int, num_classes: int, ipc: int
     if bs < 1 or r.epochs < 1:
         raise DDKitError(f"batch size and epochs must be >= 1 (got {bs}, {r.epochs})")
     factor = r.factor if r.factor > 0 else auto_factor(image_size)
-    return dataclasses.replace(r, batch_rule="fixed", batch_size=min(bs, n_images), factor=factor,
+    crop = r.crop
+    if crop == "factor" and cfg.factor is None and cfg.crop_factor_from_set:
+        factor = max(1, int(set_factor))
+        crop = "factor" if factor > 1 else "none"  # a quadrant crop of a non-mosaic is a zoom, not a decode
+    return dataclasses.replace(r, batch_rule="fixed", batch_size=min(bs, n_images), factor=factor, crop=crop,
                                epochs_large=0, **{f"{regime}_loss": spec.name})
