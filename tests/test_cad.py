@@ -104,7 +104,7 @@ def toy():
 
 def test_cad_prune_end_to_end_selects_top_cad(toy, tmp_path_factory):
     cache = str(tmp_path_factory.mktemp("dyn"))
-    cfg = CADConfig(ipc=3, budget_epochs=2, dynamics_cache=cache, **PROXY)
+    cfg = CADConfig(ipc=3, budget_epochs=2, dynamics_cache=cache, span=6, **PROXY)  # an explicit J (IN-1K's)
     out = create_method("cad-prune", **{k: getattr(cfg, k) for k in cfg.__dataclass_fields__})(
         toy, device="cpu", progress=False)
     # the recording is cached: reload it and redo Eq. 1–2 + the class-balanced top-ipc by hand
@@ -123,7 +123,7 @@ def test_cad_prune_end_to_end_selects_top_cad(toy, tmp_path_factory):
         lo = min(cad[i].item() for i in kept)
         assert all(cad[i].item() <= lo for i in idx.tolist() if i not in kept)
     # el2n score from the same cached recording (all points are "early", so EL2N is R×N)
-    el = create_method("cad-prune", ipc=3, budget_epochs=2, dynamics_cache=cache, score="el2n", **PROXY)(
+    el = create_method("cad-prune", ipc=3, budget_epochs=2, dynamics_cache=cache, score="el2n", span=6, **PROXY)(
         toy, device="cpu", progress=False)
     cad_el, _ = cad_from_scores(dyn.el2n[0], 6, 2)
     assert el.meta["source_indices"] == torch.cat(top_per_class(cad_el, toy.labels, 4, 3)).tolist()
@@ -135,7 +135,10 @@ def test_fractional_budget_truncates_points_and_falls_back(toy, tmp_path_factory
         toy, device="cpu", progress=False)
     assert out.meta["cad_record_points"] == 5            # every iteration, only points at epoch ≤ 0.5
     assert max(out.meta["cad_record_epochs"]) <= 0.5 + 1e-6
-    assert out.meta["cad_span"] == 3 and out.meta["cad_span_fallback_used"]  # J' = R − W = 3
+    assert out.meta["cad_span"] == 3 and out.meta["cad_span_rule"].startswith("J = R − W")  # J = R − W = 3
+    six = create_method("cad-prune", ipc=2, budget_epochs=0.5, dynamics_cache=cache, span=6, **PROXY)(
+        toy, device="cpu", progress=False)
+    assert six.meta["cad_span"] == 3 and six.meta["cad_span_fallback_used"]  # J = 6 asked, R < J + W
     # compute-matched: the scoring run stops at K (its dynamics hold no point past the budget)
     dcfg = dynamics_config(CADConfig(ipc=2, budget_epochs=0.5, **PROXY), 0.5, len(toy))
     assert dcfg.epochs == 1 and dcfg.stop_epochs == 0.5

@@ -7,7 +7,7 @@ import torch
 from ddkit.data.base import to_float
 from ddkit.methods import coresets  # noqa: F401  (registers the methods)
 from ddkit.methods.base import create_method
-from ddkit.methods.coresets import el2n_best
+from ddkit.methods.el2n import window_search
 from ddkit.methods.coresets_scores import (ccs_allocate, ccs_select, compute_score, difficulty, early_score,
                                            forgetting_counts, herding_select, kcenter_select, select_by_difficulty)
 from ddkit.methods.dynamics import Dynamics
@@ -127,12 +127,15 @@ def test_methods_on_precomputed_dynamics(tmp_path):
     with pytest.raises(DDKitError, match="needs 6 images per class"):
         create_method("el2n", ipc=6, dynamics_path=str(tmp_path / "dyn"))(ds, device="cpu", progress=False)
     # EL2N-Best picks β on the validation slice through the given evaluator
-    best, out, res = el2n_best(ds, ds, 2, [0.0, 0.4, 1.0], lambda d, v: -abs(d.meta["source_indices"][0] - 0),
-                               device="cpu", dynamics_path=str(tmp_path / "dyn"))
-    assert best == 0.4 and set(res) == {0.0, 0.4, 1.0} and out.meta["el2n_best"]["chosen"] == 0.4
+    best, out, res = window_search([0.0, 0.4, 1.0], lambda b: create_method(
+        "el2n", ipc=2, mode="window", window_offset=b, dynamics_path=str(tmp_path / "dyn"))(ds, device="cpu",
+                                                                                            progress=False),
+        lambda d: -abs(d.meta["source_indices"][0] - 0))
+    assert best == 0.4 and set(res) == {0.0, 0.4, 1.0} and out.meta["source_indices"][0] == 0
 
 
-PROXY = dict(proxy_arch="convnet-d1", proxy_width=8, proxy_epochs=3, proxy_batch_size=16, proxy_lr=0.05)
+PROXY = dict(proxy_arch="convnet-d1", proxy_width=8, proxy_epochs=3, proxy_batch_size=16, proxy_lr=0.05, proxy_runs=1,
+             proxy_early_epochs=0.0)  # EL2N methods default to Paul et al. (10 runs, epoch 20): align them
 
 
 def test_every_method_end_to_end(tmp_path):

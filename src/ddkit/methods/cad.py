@@ -14,10 +14,16 @@ CAD-Prune (§2.1, §2.4, §2.6):
 3. Eq. 1: U_k = std(S[k : k+J]) (unbiased, torch.std's default). Eq. 2: CAD = mean of the W windows
    k = R−J−W … R−J−1 over the R recorded points (0-based; the initial weights are not a point), so the last
    window ends at the second-to-last point and the final point is dropped (Dyn-Unc's convention).
-4. Span fallback ("J = K − W", hardtruths §2.3): with `span_fallback` and R < J + W, J' = R − W is used,
-   so the W windows start at point 0 and the window span covers the whole run but its final point. (If
-   the initial weights were counted as a point, K_points = R + 1 and this is J' = K_points − W − 1.) It
-   needs R ≥ W + 2 (a std of ≥ 2 points); without the fallback R < J + W is an error.
+4. The span J (hardtruths §2.3): the paper gives J = 6, W = 2 for ImageNet-1K only; elsewhere the default
+   (`span` None) is J = R − W ("J = K − W", the reading with which a third-party reproduction recovered the
+   paper's CIFAR-100 IPC 50 number, 37.14 vs 31.36 with J = 6): the W windows start at point 0 and the span
+   covers the whole run but its final point. `span` None means 6 on ImageNet-1K (≥ 1000 classes) and R − W
+   otherwise; an explicit `span` is used as given, with `span_fallback` J' = R − W when R < J + W (else an
+   error). (If the initial weights were counted as a point, K_points = R + 1 and R − W = K_points − W − 1.)
+   J = R − W needs R ≥ W + 2 (a std of ≥ 2 points). The record plan (2) counts J + W with J = 6 when None.
+4b. `early_checkpoint_of` (the paper's Table 14 ablation, §2.4): score the first K epochs of a run whose LR
+   schedule is laid out for that many epochs — an early checkpoint of a long training — instead of a
+   compute-matched K-epoch run (the paper reports the compute-matched run 7–9 points better).
 5. Per class, the `ipc` samples with the HIGHEST CAD (Dyn-Unc's convention), in descending order.
 
 `score`: "p_true" (default, the paper's S = softmax probability of the true class) or "el2n"
@@ -58,7 +64,8 @@ class CADConfig(MethodConfig):
                                                  "--budget-epochs); None = downstream_epochs·ipc·C/|D|")
     downstream_epochs: float = field(300, "E_down: student epochs over the ipc·C subset when budget_epochs is None "
                                           "(hard-truths small-scale protocol: 300)")
-    span: int = field(6, "J: consecutive record points per std window (paper: 6 on ImageNet-1K)")
+    span: Optional[int] = field(None, "J: record points per std window; None = 6 on ImageNet-1K (the paper's value), "
+                                      "else J = R − W, the whole run (hardtruths §2.3)")
     windows: int = field(2, "W: trailing windows averaged (paper: 2 on ImageNet-1K)")
     span_fallback: bool = field(True, "when the run has R < J+W points use J = R − W ('J = K − W', hardtruths "
                                       "§2.3); off = error")
@@ -78,12 +85,14 @@ class CADConfig(MethodConfig):
     proxy_augment: str = field("flip_translate", "scoring-run augmentation: flip_translate or none")
     dynamics_cache: Optional[str] = field(None, "folder caching the scoring run (shared by cad-prune and ca2d at the "
                                                 "same K); None = $DDKIT_CACHE/dynamics, 'none' = no cache")
+    early_checkpoint_of: float = field(0.0, "ablation (Table 14): score the first K epochs of a run scheduled for "
+                                            "this many epochs (an early checkpoint of a long run); 0 = off")
     amp: bool = field(True, "bf16 autocast for the scoring run on CUDA")
 
     def __post_init__(self) -> None:
         if self.score not in SCORES:
             raise DDKitError(f"unknown CAD score {self.score!r}; choose one of {', '.join(SCORES)}")
-        if self.span < 2 or self.windows < 1:
+        if (self.span is not None and self.span < 2) or self.windows < 1:
             raise DDKitError(f"CAD needs --span ≥ 2 and --windows ≥ 1, got J={self.span}, W={self.windows}")
         if self.budget_epochs is not None and self.budget_epochs <= 0:
             raise DDKitError(f"--budget-epochs must be > 0, got {self.budget_epochs}")
@@ -137,14 +146,29 @@ def record_plan(k: float, span: int, windows: int, steps_per_epoch: int, points_
     return epochs, (0 if every >= steps_per_epoch else every)
 
 
-def cad_from_scores(s: torch.Tensor, span: int, windows: int, fallback: bool = True) -> Tuple[torch.Tensor, int]:
+IMAGENET_SPAN = 6  # J on ImageNet-1K (hardtruths §2.3, the only dataset the paper gives J for)
+
+
+def resolve_span(span: Optional[int], num_classes: int) -> Optional[int]:
+    """J for a dataset: `span` when given; None (J = R − W) outside ImageNet-1K; 6 on ≥ 1000 classes."""
+    if span is not None:
+        return span
+    return IMAGENET_SPAN if num_classes >= 1000 else None
+
+
+def cad_from_scores(s: torch.Tensor, span: Optional[int], windows: int, fallback: bool = True
+                    ) -> Tuple[torch.Tensor, int]:
     """Eq. 1–2 on an R×N score matrix: (CAD per sample (N,), the span J actually used).
 
-    CAD = mean_{k=R−J−W}^{R−J−1} std(s[k:k+J]) (unbiased); with `fallback` and R < J+W, J = R − W.
+    CAD = mean_{k=R−J−W}^{R−J−1} std(s[k:k+J]) (unbiased); span None or (`fallback` and R < J+W): J = R − W.
     """
     r = s.shape[0]
-    j = span
-    if r < span + windows:
+    j = r - windows if span is None else span
+    if span is None:
+        if j < 2:
+            raise DDKitError(f"CAD with J = R − W needs at least W + 2 = {windows + 2} record points, the run has "
+                             f"{r}: raise --points-per-epoch or the budget, or lower --proxy-batch-size")
+    elif r < span + windows:
         if not fallback:
             raise DDKitError(f"CAD needs R ≥ J + W = {span + windows} record points, the run has {r}: raise the budget, "
                              "--points-per-epoch, or turn --span-fallback on")
@@ -173,14 +197,18 @@ def top_per_class(scores: torch.Tensor, labels: torch.Tensor, num_classes: int, 
 def dynamics_config(cfg: CADConfig, k: float, n_train: int) -> DynamicsConfig:
     """The recorder's config for a K-epoch compute-matched run (all points kept as 'early' so EL2N is R×N)."""
     bs = min(cfg.proxy_batch_size, n_train)
-    epochs, every = record_plan(k, cfg.span, cfg.windows, max(1, n_train // bs), cfg.points_per_epoch)
+    epochs, every = record_plan(k, cfg.span or IMAGENET_SPAN, cfg.windows, max(1, n_train // bs),
+                                cfg.points_per_epoch)
+    if cfg.early_checkpoint_of and cfg.early_checkpoint_of < k - 1e-9:
+        raise DDKitError(f"--early-checkpoint-of {cfg.early_checkpoint_of} must be ≥ the budget K = {k:g}")
     stop = 0.0 if abs(k - epochs) < 1e-9 else float(k)  # fractional K: stop inside the last epoch
     return DynamicsConfig(arch=cfg.proxy_arch, width=cfg.proxy_width, epochs=epochs, stop_epochs=stop,
                           batch_size=cfg.proxy_batch_size,
                           optimizer=cfg.proxy_optimizer, lr=cfg.proxy_lr, momentum=cfg.proxy_momentum,
                           weight_decay=cfg.proxy_weight_decay,
                           schedule=cfg.proxy_schedule, augment=cfg.proxy_augment, runs=1, seed=cfg.seed,
-                          record_every=every, early_epochs=float(epochs), amp=cfg.amp)
+                          record_every=every, early_epochs=float(epochs), amp=cfg.amp,
+                          schedule_epochs=float(cfg.early_checkpoint_of))
 
 
 def cad_scores(dataset: ImageDataset, cfg: CADConfig, device: Any, progress: bool = True
@@ -204,9 +232,13 @@ def cad_scores(dataset: ImageDataset, cfg: CADConfig, device: Any, progress: boo
         if dyn.el2n.shape[1] != dyn.num_points:
             raise DDKitError("these dynamics hold EL2N only at early points; record with early_epochs = epochs")
         s = dyn.el2n[0][keep]
-    cad, j = cad_from_scores(s, cfg.span, cfg.windows, cfg.span_fallback)
+    span = resolve_span(cfg.span, dataset.num_classes)
+    cad, j = cad_from_scores(s, span, cfg.windows, cfg.span_fallback)
     info = {"cad_K": k, "cad_score": cfg.score, "cad_span": j, "cad_span_requested": cfg.span,
-            "cad_windows": cfg.windows, "cad_span_fallback_used": j != cfg.span, "cad_record_points": int(s.shape[0]),
+            "cad_span_rule": "J = R − W (whole run)" if span is None else f"J = {span}",
+            "cad_early_checkpoint_of": cfg.early_checkpoint_of or None,
+            "cad_windows": cfg.windows, "cad_span_fallback_used": span is not None and j != span,
+            "cad_record_points": int(s.shape[0]),
             "cad_record_epochs": dyn.record_epochs[keep].tolist(), "cad_train_epochs": dcfg.epochs,
             "cad_record_every": dcfg.record_every, "cad_proxy": dcfg.arch,
             "cad_proxy_train_acc": (dyn.meta.get("train_acc") or [None])[-1]}
@@ -244,6 +276,9 @@ def ca2d(dataset: ImageDataset, teacher: Any, cfg: CA2DConfig, *, device: torch.
     classes = list(range(dataset.num_classes))
     parts = run_classes(classes, lambda c: (dataset.get(pools[c]), pools[c]), scorer, cfg.ipc, factor,
                         cfg.num_crop, cfg.scale_min, cfg.seed, cfg.store_labels, "ca2d", progress)
+    reading = ("paper text: patches 'from this coreset' (every coreset image gives its best patch)"
+               if cfg.pool == "coreset" else "reproduction's ASSUME 8: top-pool_size by CAD, then RDED's lowest-CE pick")
     meta = {"normalization": cfg.normalization, "num_crop": cfg.num_crop, "pool": f"cad-{cfg.pool}",
+            "pool_reading": reading,
             "pool_per_class": pool_n, "intended_regime": "hl", "intended_recipe": "hardtruths-hl", **info}
     return build_set(dataset, classes, *parts, factor, meta)

@@ -2,7 +2,7 @@
 
 Dynamics-based (one proxy recording, cached and shared by all of them — ddkit.methods.dynamics):
 `el2n` (+ `el2n-easy`, `el2n-hard`), `grand`, `forgetting` (+ `forgetting-easy`), `aum`, `entropy`,
-`dyn-unc` (alias `dynamic-uncertainty`), `ccs`. Teacher-feature-based: `herding`, `kcenter` (alias
+`dyn-unc` (alias `dynamic-uncertainty`), `ccs`. (`el2n-best` and `el2n-sl` are in ddkit.methods.el2n.) Teacher-feature-based: `herding`, `kcenter` (alias
 `k-center`). Every method is class-balanced (ipc real images per class), returns the selected real
 images with hard labels, and stores `source_indices` and a `scores` summary in meta.
 
@@ -26,7 +26,7 @@ import torch
 from ddkit.config import config_hash, field
 from ddkit.data.base import ImageDataset, to_float
 from ddkit.distilled import DistilledSet
-from ddkit.methods.base import MethodConfig, check_ipc, create_method, per_class, register_method
+from ddkit.methods.base import MethodConfig, check_ipc, per_class, register_method
 from ddkit.methods.coresets_scores import (HIGHER_IS_HARDER, ccs_select, compute_score, difficulty, herding_select,
                                            kcenter_select, select_by_difficulty)
 from ddkit.methods.dynamics import Dynamics, DynamicsConfig, dynamics_for
@@ -61,8 +61,10 @@ class ProxyConfig(MethodConfig):
 
 
 def proxy_dynamics_config(cfg: ProxyConfig) -> DynamicsConfig:
-    """The DynamicsConfig described by the flat `proxy_*` fields of a method config."""
-    return DynamicsConfig(**{f.name: getattr(cfg, "proxy_" + f.name) for f in dataclasses.fields(DynamicsConfig)})
+    """The DynamicsConfig described by the flat `proxy_*` fields of a method config (fields it lacks, e.g.
+    the SL proxy's temperature, keep DynamicsConfig's defaults)."""
+    return DynamicsConfig(**{f.name: getattr(cfg, "proxy_" + f.name) for f in dataclasses.fields(DynamicsConfig)
+                             if hasattr(cfg, "proxy_" + f.name)})
 
 
 def load_dynamics(dataset: ImageDataset, cfg: ProxyConfig, device: torch.device, progress: bool) -> Dynamics:
@@ -117,6 +119,12 @@ class ScoreConfig(ProxyConfig):
 
 @dataclass(frozen=True)
 class EarlyScoreConfig(ScoreConfig):
+    """EL2N/GraNd: Paul et al.'s defaults, the score at epoch 20 averaged over 10 independently seeded proxies
+    (hardtruths §6; their CIFAR-10 setting). Lower proxy_runs / proxy_early_epochs for cheap runs."""
+
+    proxy_epochs: int = field(20, "K: full-data epochs of the proxy run (EL2N needs only up to the early point)")
+    proxy_runs: int = field(10, "seeded proxies EL2N/GraNd average over (Paul et al.: 10)")
+    proxy_early_epochs: float = field(20.0, "EL2N/GraNd points at epoch ≤ this (Paul et al.: epoch 20 on CIFAR-10)")
     early_reduce: str = field("last", "EL2N/GraNd at the last early point (Paul et al.) or mean over them (CCS)")
 
 
@@ -276,29 +284,3 @@ def kcenter(dataset: ImageDataset, teacher: Any, cfg: KCenterConfig, *, device: 
         return idx[kcenter_select(f, cfg.ipc, first).cpu()]
 
     return _result(dataset, picks, cfg, "kcenter", progress, None, {"layer": cfg.feature_layer, "start": cfg.start})
-
-
-# --------------------------------------------------------------------------------------------------
-# EL2N-Best: SelMatch-style window search on a VALIDATION slice
-# --------------------------------------------------------------------------------------------------
-def el2n_best(train: ImageDataset, val: ImageDataset, ipc: int, offsets: Sequence[float],
-              evaluate_fn: Callable[[DistilledSet, ImageDataset], float], device: Any = None,
-              progress: bool = False, **method_kw: Any) -> Tuple[float, DistilledSet, Dict[float, float]]:
-    """Pick the EL2N window offset β with the best `evaluate_fn(distilled, val)` (higher is better).
-
-    `val` must be a held-out validation slice, never the test set (hard truths picked β on test).
-    All offsets reuse one cached dynamics recording. Returns (best β, its DistilledSet, {β: score}).
-    """
-    if not offsets:
-        raise DDKitError("el2n_best needs at least one window offset")
-    results: Dict[float, float] = {}
-    best: Optional[Tuple[float, DistilledSet]] = None
-    for beta in offsets:
-        ds = create_method("el2n", ipc=ipc, mode="window", window_offset=float(beta), **method_kw)(
-            train, None, device=device, progress=progress)
-        results[float(beta)] = float(evaluate_fn(ds, val))
-        if best is None or results[float(beta)] > results[best[0]]:
-            best = (float(beta), ds)
-    assert best is not None
-    best[1].meta["el2n_best"] = {"offsets": results, "chosen": best[0], "selected_on": f"{val.name}/{val.split}"}
-    return best[0], best[1], results

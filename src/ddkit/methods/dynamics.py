@@ -22,6 +22,10 @@ Trajectory scores (forgetting, AUM, Dyn-Unc, CAD) therefore come from run 0.
 The schedule is the hard-truths HL one compressed to K epochs (hardtruths §2.4): StepLR ×0.1 at epoch
 round(K·151/300), or cosine. `stop_epochs` shortens a run to a fractional K (CAD-Prune's compute-matched
 run at a budget below one epoch): it trains round(K·steps) iterations and compresses the schedule to them.
+`schedule_epochs` lays the schedule out for a LONGER run than is trained (CAD-Prune's Table 14 ablation:
+the first K epochs of a long run, i.e. an early checkpoint). With `soft_targets` (N×K teacher logits) and
+`temperature` T > 0 the proxy trains with KL(softmax(q/T) ‖ softmax(z/T)) instead of CE (the SL regime)
+and `el2n` holds EL2N-SL, ‖softmax(z/T) − softmax(q/T)‖₂ / T (hard truths Definition 1, hardtruths §4.4).
 The whole split lives on the device as uint8; batches are gathered by index and augmented as tensor ops
 (no DataLoader, no per-sample Python).
 
@@ -75,6 +79,10 @@ class DynamicsConfig:
     stop_epochs: float = field(0.0, "train only this many full-data epochs (≤ epochs; fractional = a compute-matched "
                                     "run shorter than an epoch) with the schedule compressed to it; 0 = epochs")
     early_epochs: float = field(0.0, "EL2N/GraNd record points are those at epoch ≤ this; 0 = max(1, 10% of K)")
+    schedule_epochs: float = field(0.0, "length in epochs the LR schedule is laid out for (> the trained length = "
+                                        "an early checkpoint of a longer run, CAD-Prune's ablation); 0 = the run's")
+    temperature: float = field(0.0, "> 0: train on soft_targets with KL at this T and record EL2N-SL (Definition "
+                                    "1); 0 = hard-label CE")
     amp: bool = field(True, "bf16 autocast on CUDA (ignored on CPU)")
 
     def total_iterations(self, steps: int) -> int:
@@ -189,9 +197,11 @@ class _Recorder:
     """Evaluates all samples (clean view, eval mode) and keeps what the scores need."""
 
     def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
-                 std: torch.Tensor, dev: torch.device, amp: bool, batch_size: int = 1024) -> None:
+                 std: torch.Tensor, dev: torch.device, amp: bool, batch_size: int = 1024,
+                 soft: Optional[torch.Tensor] = None, temperature: float = 0.0) -> None:
         self.model, self.images, self.labels = model, images, labels
         self.mean, self.std, self.dev, self.amp, self.bs = mean, std, dev, amp, batch_size
+        self.soft, self.T = soft, temperature
         self.head = _last_linear(model)
 
     @torch.no_grad()
@@ -216,6 +226,9 @@ class _Recorder:
                 py = p.gather(1, y[:, None]).squeeze(1)
                 other = z.masked_fill(onehot.bool(), float("-inf")).amax(1)
                 err = (p - onehot).norm(dim=1)
+                if self.soft is not None:  # EL2N-SL: (1/T)·‖softmax(z/T) − softmax(q/T)‖₂ (Definition 1)
+                    q = (self.soft[s:s + self.bs].float() / self.T).softmax(1)
+                    err = ((z / self.T).softmax(1) - q).norm(dim=1) / self.T
                 hsq = h.pow(2).sum(1) + (1.0 if self.head.bias is not None else 0.0)
                 out["p_true"].append(py)
                 out["margin"].append(z.gather(1, y[:, None]).squeeze(1) - other)
@@ -231,6 +244,10 @@ class _Recorder:
 
 def _lr_lambda(cfg: DynamicsConfig, steps: int) -> Callable[[int], float]:
     total = cfg.total_iterations(steps)
+    if cfg.schedule_epochs > 0:  # the schedule of a longer run, of which only the first part is trained
+        total = max(1, round(cfg.schedule_epochs * steps))
+        if cfg.schedule == "step":
+            return lambda it: 0.1 if it >= round(total * 151 / 300) else 1.0
     if cfg.schedule == "step":
         # hard-truths HL StepLR@151/300 compressed to K: at an epoch boundary for whole-epoch runs, at the
         # matching iteration for a shortened (stop_epochs) run, where an epoch boundary may not exist.
@@ -253,8 +270,13 @@ def _optimizer(model: nn.Module, cfg: DynamicsConfig) -> torch.optim.Optimizer:
 
 
 def record_dynamics(train: ImageDataset, cfg: DynamicsConfig = DynamicsConfig(),
-                    device: Union[str, torch.device] = "cpu", progress: bool = True) -> Dynamics:
-    """Train `cfg.runs` proxies on all of `train` and record per-sample dynamics (see module doc)."""
+                    device: Union[str, torch.device] = "cpu", progress: bool = True,
+                    soft_targets: Optional[torch.Tensor] = None) -> Dynamics:
+    """Train `cfg.runs` proxies on all of `train` and record per-sample dynamics (see module doc);
+    with `soft_targets` (N×K logits) and cfg.temperature > 0 the proxies train under SL (KL at T)."""
+    if (soft_targets is None) != (cfg.temperature <= 0):
+        raise DDKitError("soft-label dynamics need both soft_targets and temperature > 0 (EL2N-SL)")
+    soft = soft_targets.float().to(device) if soft_targets is not None else None
     if cfg.epochs < 1 or cfg.runs < 1 or cfg.batch_size < 1:
         raise DDKitError("dynamics need epochs ≥ 1, runs ≥ 1 and batch_size ≥ 1")
     if cfg.stop_epochs < 0 or cfg.stop_epochs > cfg.epochs + 1e-9:
@@ -297,7 +319,7 @@ def record_dynamics(train: ImageDataset, cfg: DynamicsConfig = DynamicsConfig(),
         opt = _optimizer(model, cfg)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps))
         gen = make_generator(cfg.seed, "dynamics-train", run, device=dev)
-        rec = _Recorder(model, images, labels, mean, std, dev, cfg.amp)
+        rec = _Recorder(model, images, labels, mean, std, dev, cfg.amp, soft=soft, temperature=cfg.temperature)
         # Runs after the first only serve EL2N/GraNd: stop after their last early point.
         last_it = record_its[-1] if run == 0 else record_its[early_idx[-1]]
         epochs_needed = math.ceil(last_it / steps)
@@ -314,7 +336,11 @@ def record_dynamics(train: ImageDataset, cfg: DynamicsConfig = DynamicsConfig(),
                 x = (to_float(x) - mean) / std
                 with autocast(dev, cfg.amp):
                     out = model(x)
-                loss = F.cross_entropy(out.float(), labels[idx])
+                if soft is None:
+                    loss = F.cross_entropy(out.float(), labels[idx])
+                else:  # the SL regime's loss (KL at T, batchmean), as the hardtruths-sl recipe
+                    loss = F.kl_div((out.float() / cfg.temperature).log_softmax(1),
+                                    (soft[idx] / cfg.temperature).softmax(1), reduction="batchmean")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -349,22 +375,26 @@ def dataset_fingerprint(ds: ImageDataset) -> str:
 
 
 def dynamics_for(train: ImageDataset, cfg: DynamicsConfig, cache_dir: Optional[Union[str, Path]],
-                 device: Union[str, torch.device] = "cpu", progress: bool = True) -> Dynamics:
-    """Load the cached recording for (train, cfg) from `cache_dir`, or record and save it there.
+                 device: Union[str, torch.device] = "cpu", progress: bool = True,
+                 soft_targets: Optional[torch.Tensor] = None) -> Dynamics:
+    """Load the cached recording for (train, cfg[, soft targets]) from `cache_dir`, or record and save it.
 
-    cache_dir None records without caching. The key is `<name>-<split>-n<N>-<data hash>-<config hash>`.
+    cache_dir None records without caching. The key is `<name>-<split>-n<N>-<data hash>-<config hash>`
+    (plus a hash of the soft targets for an SL proxy).
     """
     if cache_dir is None:
-        return record_dynamics(train, cfg, device, progress)
+        return record_dynamics(train, cfg, device, progress, soft_targets)
     from ddkit.data.cache import safe_name
 
     name = safe_name(train.name or "data")
     key = f"{name}-{train.split}-n{len(train)}-{dataset_fingerprint(train)}-{config_hash(cfg)}"
+    if soft_targets is not None:
+        key += "-q" + hashlib.sha1(soft_targets.float().cpu().numpy().tobytes()).hexdigest()[:10]
     path = Path(cache_dir).expanduser() / f"{key}-v{DYNAMICS_VERSION}"
     if (path / "dynamics.safetensors").is_file():
         dyn = Dynamics.load(path)
         dyn.check_matches(train)
         return dyn
-    dyn = record_dynamics(train, cfg, device, progress)
+    dyn = record_dynamics(train, cfg, device, progress, soft_targets)
     dyn.save(path, overwrite=True)
     return dyn
