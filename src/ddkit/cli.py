@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ddkit import __version__
 
@@ -37,33 +37,23 @@ def _method_from_argv(argv: Sequence[str]) -> Optional[str]:
     return None
 
 
-def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+def _build_teacher(t: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     from ddkit.config import add_dataclass_args
+    from ddkit.teachers import TeacherConfig
 
-    parser = argparse.ArgumentParser(prog="ddkit", description="Dataset distillation toolkit: condense, relabel, "
-                                     "evaluate under HL / SL / SL+KD beside a random subset.")
-    parser.add_argument("--version", action="version", version=f"ddkit {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    sub.add_parser("datasets", help="list datasets and their facts")
-    sub.add_parser("models", help="list model names")
-    sub.add_parser("methods", help="list condensation methods")
-    sub.add_parser("recipes", help="list evaluation recipes")
-
-    # teacher train ---------------------------------------------------------------------------
-    t = sub.add_parser("teacher", help="train a teacher: `ddkit teacher train --dataset … --model … --output …`")
     tsub = t.add_subparsers(dest="teacher_command", metavar="ACTION")
     tt = tsub.add_parser("train", help="train a teacher on the full train split and save safetensors + json")
     _common(tt)
     tt.add_argument("--model", dest="model_arch", default=None, help="architecture (alias of --arch; see `ddkit models`)")
     tt.add_argument("--output", required=True, help="checkpoint path without extension (writes .safetensors + .json)")
     tt.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
-    from ddkit.teachers import TeacherConfig
     add_dataclass_args(tt, TeacherConfig, skip=("arch",))
 
-    # distill ---------------------------------------------------------------------------------
-    d = sub.add_parser("distill", help="condense a dataset with a method (`ddkit distill --method lic --help` "
-                                       "lists that method's options)")
+
+def _build_distill(d: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    from ddkit.config import add_dataclass_args
+    from ddkit.methods import method_spec
+
     _common(d)
     d.add_argument("--method", default="random", help="condensation method (see `ddkit methods`; default: random)")
     d.add_argument("--teacher", default=None, help="teacher checkpoint (see docs: ours, CIM/RDED .pth, SRe2L, "
@@ -76,7 +66,6 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
                    "(SLURM arrays, separate shells); torchrun sets this from RANK/WORLD_SIZE")
     d.add_argument("--resume", action="store_true", help="skip classes already finished in OUTPUT.parts/")
     d.add_argument("--no-merge", action="store_true", help="leave OUTPUT.parts/ unmerged (merge with `ddkit merge`)")
-    from ddkit.methods import method_spec
     mname = _method_from_argv(argv)
     try:
         spec = method_spec(mname or "random")
@@ -84,8 +73,11 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         spec = method_spec("random")  # the unknown name is reported by main() with the list of methods
     add_dataclass_args(d, spec.config)
 
-    # evaluate --------------------------------------------------------------------------------
-    e = sub.add_parser("evaluate", help="train students on a distilled set and report test accuracy")
+
+def _build_evaluate(e: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    from ddkit.config import add_dataclass_args
+    from ddkit.evaluate import EvalConfig
+
     e.add_argument("distilled", help="distilled-set folder")
     _common(e)
     e.add_argument("--teacher", default=None, help="teacher checkpoint (needed for SL without stored labels and SL+KD)")
@@ -94,33 +86,34 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     e.add_argument("--with-random", action="store_true", help="also evaluate a random real subset of the same IPC")
     e.add_argument("--students", default=None, help="comma-separated student models for a cross-architecture table")
-    try:
-        from ddkit.evaluate import EvalConfig
-        add_dataclass_args(e, EvalConfig)
-    except ImportError:  # evaluator not installed in this build
-        pass
+    add_dataclass_args(e, EvalConfig)
 
-    mg = sub.add_parser("merge", help="assemble OUTPUT from the per-class files in OUTPUT.parts/ (after --shard runs)")
+
+def _build_merge(mg: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     mg.add_argument("output", help="distilled-set folder to write (its parts are in OUTPUT.parts/)")
     mg.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     mg.add_argument("--no-pngs", action="store_true", help="skip the PNG view")
 
-    # study / dcs ---------------------------------------------------------------------------
-    st = sub.add_parser("study", help="resumable grids; `ddkit study hard-truths` runs method × IPC × budget × regime")
+
+def _build_study(st: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    from ddkit.config import add_dataclass_args
+    from ddkit.study import StudyConfig
+
     ssub = st.add_subparsers(dest="study_command", metavar="STUDY")
     ht = ssub.add_parser("hard-truths", help="the regime × budget grid of 'Hard truths about soft labels' "
                                              "(finished cells are skipped on rerun)")
     _common(ht)
     ht.add_argument("--teacher", default=None, help="teacher checkpoint (rded, ca2d, lic, SL and SL+KD need one)")
     ht.add_argument("--teacher-arch", default=None, help="architecture of --teacher when the file does not say")
-    from ddkit.study import StudyConfig
     add_dataclass_args(ht, StudyConfig)
     ht.add_argument("--method-opt", action="append", default=[], metavar="METHOD.KEY=VALUE",
                     help="a method option for every set of that method, e.g. el2n-easy.proxy_epochs=1 (repeatable; "
                          "part of the set's cache key)")
     ht.add_argument("--eval-opt", action="append", default=[], metavar="KEY=VALUE",
                     help="an evaluator option for every cell, e.g. num_evals=1 (repeatable; pinned in study.json)")
-    dc = sub.add_parser("dcs", help="Distillation Correlation Score: does a method's loss predict students' test loss?")
+
+
+def _build_dcs(dc: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     _common(dc)
     dc.add_argument("--teacher", default=None, help="teacher checkpoint (for teacher-feature losses)")
     dc.add_argument("--teacher-arch", default=None, help="architecture of --teacher when the file does not say")
@@ -131,13 +124,67 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     dc.add_argument("--budget-epochs", type=float, default=None, help="student compute in full-data epochs")
     dc.add_argument("--output", default=None, help="write the markdown result here")
 
-    # inspect / demo --------------------------------------------------------------------------
-    i = sub.add_parser("inspect", help="print a summary of a distilled set")
+
+def _build_inspect(i: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     i.add_argument("path", help="distilled-set folder")
-    m = sub.add_parser("demo", help="offline end-to-end demo on digits (teacher, every method, evaluation, report)")
+
+
+def _build_demo(m: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     m.add_argument("--output", default="runs/demo", help="report folder (default: runs/demo)")
     m.add_argument("--device", default="auto", help="cpu, cuda or auto")
     m.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+Builder = Callable[[argparse.ArgumentParser, Sequence[str]], None]
+
+# name -> (one-line help, flag builder or None). Only the chosen command's builder runs, so
+# `ddkit --help` and the list commands never import torch; a builder may import what its flags
+# come from (config dataclasses). To add a command: a `_build_x` here and a `cmd_x` in COMMANDS.
+SUBCOMMANDS: Dict[str, Tuple[str, Optional[Builder]]] = {
+    "datasets": ("list datasets and their facts", None),
+    "models": ("list model names", None),
+    "methods": ("list condensation methods", None),
+    "recipes": ("list evaluation recipes", None),
+    "teacher": ("train a teacher: `ddkit teacher train --dataset … --model … --output …`", _build_teacher),
+    "distill": ("condense a dataset with a method (`ddkit distill --method lic --help` lists that method's "
+                "options)", _build_distill),
+    "evaluate": ("train students on a distilled set and report test accuracy", _build_evaluate),
+    "merge": ("assemble OUTPUT from the per-class files in OUTPUT.parts/ (after --shard runs)", _build_merge),
+    "study": ("resumable grids; `ddkit study hard-truths` runs method × IPC × budget × regime", _build_study),
+    "dcs": ("Distillation Correlation Score: does a method's loss predict students' test loss?", _build_dcs),
+    "inspect": ("print a summary of a distilled set", _build_inspect),
+    "demo": ("offline end-to-end demo on digits (teacher, every method, evaluation, report)", _build_demo),
+}
+
+
+def _command_from_argv(argv: Sequence[str]) -> Optional[str]:
+    """The subcommand named in `argv` (the first word that is not a top-level option), or None."""
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--plugin":
+            skip = True
+        elif not a.startswith("-"):
+            return a
+    return None
+
+
+def build_parser(argv: Sequence[str] = (), full: bool = False) -> argparse.ArgumentParser:
+    """The `ddkit` parser; only the command named in `argv` gets its flags (all of them with `full`)."""
+    parser = argparse.ArgumentParser(prog="ddkit", description="Dataset distillation toolkit: condense, relabel, "
+                                     "evaluate under HL / SL / SL+KD beside a random subset.")
+    parser.add_argument("--version", action="version", version=f"ddkit {__version__}")
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
+                        help="import a file or module that registers datasets/models/methods before the command "
+                             "runs (repeatable; may also follow the command); installed `ddkit.plugins` entry "
+                             "points load by themselves")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = _command_from_argv(argv)
+    for name, (help_, build) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if build is not None and (full or name == chosen):
+            build(p, argv)
     return parser
 
 
@@ -170,33 +217,11 @@ def _pick(cls: type, base: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    if args.command == "datasets":
-        from ddkit.data import dataset_info, list_datasets
+    from ddkit import names
 
-        for n in list_datasets():
-            try:
-                info = dataset_info(n)
-                print(f"{n:16s} {info.num_classes:5d} classes  {info.image_size:4d} px  {info.channels} ch  {info.how_to_get}")
-            except Exception:
-                print(n)
-        print("folder:<path>    any ImageFolder with train/ and val/ or test/;  tar:<path>  a .tar(.gz) of one")
-    elif args.command == "models":
-        from ddkit.models import list_models
-
-        print("\n".join(list_models()))
-        print("(+ any torchvision classification model by name; timm models when timm is installed)")
-    elif args.command == "methods":
-        from ddkit.methods import METHODS, list_methods
-
-        for n in list_methods():
-            spec = METHODS.get(n)
-            al = ", ".join(METHODS.aliases_of(n))
-            print(f"{n:12s} {'teacher' if spec.needs_teacher else '       '}  {spec.description}"
-                  + (f"  (aliases: {al})" if al else ""))
-    elif args.command == "recipes":
-        from ddkit.evaluate import list_recipes
-
-        print("\n".join(list_recipes()))
+    # The static copy unless a plugin added names (then the live registries, which hold them).
+    index = names.live_index() if _plugins_loaded() else names.static_index()
+    print(names.format_list(args.command, index))
     return 0
 
 
@@ -365,25 +390,49 @@ COMMANDS = {"datasets": cmd_list, "models": cmd_list, "methods": cmd_list, "reci
             "demo": cmd_demo, "study": cmd_study, "dcs": cmd_dcs, "merge": cmd_merge}
 
 
+def _plugins_loaded() -> bool:
+    from ddkit.plugins import loaded_plugins
+
+    return bool(loaded_plugins())
+
+
+def _is_user_error(e: BaseException) -> bool:
+    """A mistake the user can fix (one line, exit 2) rather than a bug (traceback)."""
+    from ddkit.registry import UnknownNameError
+
+    if isinstance(e, (UnknownNameError, FileExistsError, FileNotFoundError, ValueError)):
+        return True
+    # DDKitError lives in ddkit.utils, which imports torch: if that module was never imported, no
+    # DDKitError can have been raised, and the instant commands stay torch-free.
+    utils = sys.modules.get("ddkit.utils")
+    return utils is not None and isinstance(e, utils.DDKitError)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the `ddkit` console script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    from ddkit.registry import UnknownNameError
-    from ddkit.utils import DDKitError
+    from ddkit.plugins import load_entry_points, load_plugin, split_plugin_args
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        argv, plugin_specs = split_plugin_args(argv)
+        if _command_from_argv(argv) in SUBCOMMANDS:  # `--help` / `--version` alone need no plugin
+            load_entry_points()
+            for spec in plugin_specs:
+                load_plugin(spec)
         parser = build_parser(argv)
         args = parser.parse_args(argv)
         if not args.command:
             parser.print_help()
             return EXIT_USAGE
         return COMMANDS[args.command](args)
-    except (DDKitError, UnknownNameError, FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"ddkit: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print("ddkit: interrupted (outputs are written atomically; nothing partial was kept)", file=sys.stderr)
         return 130
+    except Exception as e:
+        if not _is_user_error(e):
+            raise
+        print(f"ddkit: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":
