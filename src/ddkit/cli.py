@@ -82,7 +82,7 @@ def _build_evaluate(e: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     _common(e)
     e.add_argument("--teacher", default=None, help="teacher checkpoint (needed for SL without stored labels and SL+KD)")
     e.add_argument("--teacher-arch", default=None, help="architecture of --teacher when the file does not say")
-    e.add_argument("--output", required=True, help="output folder for metrics.jsonl, summary.json, results.md")
+    e.add_argument("--output", required=True, help="output folder for metrics.jsonl, summary.json, results.md, report.html")
     e.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     e.add_argument("--with-random", action="store_true", help="also evaluate a random real subset of the same IPC")
     e.add_argument("--students", default=None, help="comma-separated student models for a cross-architecture table")
@@ -308,7 +308,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ddkit.distilled import load_distilled
     from ddkit.evaluate import EvalConfig, run_evaluation
 
-    from ddkit.distributed import cleanup_distributed, init_distributed
+    from ddkit.distributed import cleanup_distributed, init_distributed, is_main
     from ddkit.utils import get_device
 
     cfg = from_args(EvalConfig, args, base=_pick(EvalConfig, _yaml(args)))
@@ -322,6 +322,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run_evaluation(args.distilled, cfg, test=test, train=train, teacher=teacher, output=args.output,
                    overwrite=args.overwrite, with_random=args.with_random, students=students, device=device,
                    progress=not args.no_progress)
+    if is_main():  # the page is drawn from the finished folder, at the report layer (the evaluator never imports it)
+        from ddkit.html_report import write_eval_html
+
+        print(f"report: {write_eval_html(args.output, args.distilled)}")
     cleanup_distributed()
     return 0
 

@@ -2,7 +2,7 @@
 
 teacher (ConvNet-D2, width 32) → every registered method at IPC 10 → students trained under HL / SL / SL+KD
 with the `cim` recipe at a reduced epoch count (stated in the report) → a table and image grids under
-runs/demo/. The numbers are a smoke signal of the pipeline, not a benchmark.
+runs/demo/ (report.md and the self-contained report.html). The numbers are a smoke signal of the pipeline, not a benchmark.
 """
 from __future__ import annotations
 
@@ -11,14 +11,17 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List, Optional
 
-import torch
+from tqdm.auto import tqdm
 
 from ddkit.config import to_dict
 from ddkit.data import create_dataset
 from ddkit.evaluate import EvalConfig, evaluate
+from ddkit.grids import write_preview
+from ddkit.html_report import HtmlReport, add_curves, add_grid, signed
 from ddkit.methods import create_method, list_methods, method_spec
+from ddkit.plots import REGIME_NAMES, acc_vs_ipc
 from ddkit.report import fmt_acc, markdown_table, write_markdown
 from ddkit.teachers import TeacherConfig, check_teacher, save_teacher, train_teacher
 from ddkit.utils import get_device, git_revision, machine_info
@@ -36,11 +39,12 @@ class DemoConfig:
     seeds: int = 2
     regimes: tuple = ("hl", "sl", "slkd")
     recipe: str = "cim"
+    methods: tuple = ()  # empty: every registered method
 
 
 def run_demo(output: str | Path = "runs/demo", device: str = "auto", progress: bool = True,
              cfg: DemoConfig = DemoConfig()) -> Dict[str, Dict[str, List[float]]]:
-    """Run the demo and write `output/report.md`; returns {method: {regime: accs}}."""
+    """Run the demo and write `output/report.md` and `output/report.html`; returns {method: {regime: accs}}."""
     t0 = time.perf_counter()
     dev = get_device(device)
     out = Path(output)
@@ -54,38 +58,102 @@ def run_demo(output: str | Path = "runs/demo", device: str = "auto", progress: b
     check_teacher(teacher, test, device=dev)
     print(f"teacher {cfg.teacher.arch}: test accuracy {tm['test_acc']:.3f} ({tm['train_seconds']:.0f} s)")
 
+    methods = list(cfg.methods) or list_methods()
     results: Dict[str, Dict[str, List[float]]] = {}
+    stds: Dict[str, Dict[str, float]] = {}
     times: Dict[str, float] = {}
-    grids: List[tuple] = []
-    for name in list_methods():
+    # One bar over every (method, regime) evaluation that stays on screen; one line per finished stage.
+    bar = tqdm(total=len(methods) * len(cfg.regimes), desc="demo", unit="eval", disable=not progress, leave=True,
+               dynamic_ncols=True)
+    for name in methods:
         spec = method_spec(name)
+        bar.set_postfix_str(f"distill {name}")
         method = create_method(name, ipc=cfg.ipc, seed=0)
-        distilled = method(train, teacher if spec.needs_teacher else None, device=dev, progress=progress)
+        distilled = method(train, teacher if spec.needs_teacher else None, device=dev, progress=False)
         distilled.save(out / "sets" / name, overwrite=True)
+        write_preview(out / "sets" / name, distilled)
         times[name] = distilled.meta["wall_seconds"]
-        grids.append((name, f"sets/{name}/grid.png"))
-        results[name] = {}
+        results[name], stds[name] = {}, {}
         for regime in cfg.regimes:
+            bar.set_postfix_str(f"{name} {regime}")
             ecfg = EvalConfig(recipe=cfg.recipe, regime=regime, student=cfg.student, student_width=32,
                               epochs=cfg.epochs, seeds=cfg.seeds)
-            res = evaluate(distilled, test, ecfg, teacher, device=dev, progress=False)
-            results[name][regime] = res.accs
-            print(f"{name:8s} {regime:5s} {fmt_acc(res.accs)}")
+            res = evaluate(distilled, test, ecfg, teacher, device=dev, progress=False,
+                           output=out / "runs" / regime / name, set_name=name)
+            results[name][regime], stds[name][regime] = res.accs, res.std
+            bar.update(1)
+            tqdm.write(f"{name:16s} {regime:5s} {fmt_acc(res.accs)}  (distill {times[name]:.1f} s)")
+    bar.close()
 
-    rows = [[n, f"{times[n]:.1f}"] + [fmt_acc(results[n][r]) for r in cfg.regimes] for n in results]
-    table = markdown_table(["method", "distill s"] + [r.upper().replace("SLKD", "SL+KD") for r in cfg.regimes], rows)
     wall = time.perf_counter() - t0
+    regime_cols = [REGIME_NAMES.get(r, r) for r in cfg.regimes]
+    rows = [[n, f"{times[n]:.1f}"] + [fmt_acc(results[n][r]) for r in cfg.regimes] +
+            [_signed(_ior(results, n, r)) for r in cfg.regimes] + [_signed(_hlr(results, n, tm))] for n in results]
+    table = markdown_table(["method", "distill s"] + regime_cols + [f"IOR {c}" for c in regime_cols] + ["HLR"], rows)
     proto = (f"digits (scikit-learn, 8×8 grey, {len(train)} train / {len(test)} test), IPC {cfg.ipc}; teacher "
              f"{cfg.teacher.arch} width 32, {cfg.teacher.epochs} epochs, test accuracy {tm['test_acc']:.3f}; students "
              f"{cfg.student} width 32 trained with the `{cfg.recipe}` recipe for {cfg.epochs} epochs (the recipe's "
              f"1000 cut for the demo), last-epoch test accuracy, mean ± std over {cfg.seeds} seeds; device {dev}; "
              f"total {wall:.0f} s.")
-    body_grids = "\n\n".join(f"**{n}**\n\n![{n}]({p})" for n, p in grids)
-    write_markdown(out / "report.md", "ddkit demo", [("Protocol", proto), ("Accuracy (%)", table),
-                                                     ("Images", body_grids)])
+    gaps = ("IOR = method − random (same regime), HLR = full-data HL accuracy − method under HL, both in points; "
+            "the full-data accuracy is the teacher's (the student architecture trained on the whole train split "
+            "with hard labels).")
+    body_grids = "\n\n".join(f"**{n}**\n\n![{n}](sets/{n}/preview.png)" for n in results)
+    write_markdown(out / "report.md", "ddkit demo", [("Protocol", proto), ("Accuracy (%)", table + "\n\n" + gaps),
+                                                     ("Report", "report.html: the same with plots, training curves "
+                                                      "and legible grids"), ("Images", body_grids)])
+    _write_html(out, cfg, results, stds, times, tm, proto, gaps)
     (out / "results.json").write_text(json.dumps({"results": results, "distill_seconds": times,
                                                   "teacher": tm.get("test_acc"), "config": to_dict(cfg),
                                                   "git_revision": git_revision(), "machine": machine_info(dev),
                                                   "wall_seconds": wall}, indent=2, default=str))
-    print("\n" + table + f"\n\nreport: {out / 'report.md'}  ({wall:.0f} s)")
+    print("\n" + table + f"\n\nreport: {out / 'report.html'} and {out / 'report.md'}  ({wall:.0f} s)")
     return results
+
+
+def _mean(accs: List[float]) -> float:
+    return sum(accs) / len(accs)
+
+
+def _ior(results: Dict[str, Dict[str, List[float]]], name: str, regime: str) -> Optional[float]:
+    """Points over the random subset in the same regime (None for random itself or without it)."""
+    if name == "random" or "random" not in results:
+        return None
+    return 100 * (_mean(results[name][regime]) - _mean(results["random"][regime]))
+
+
+def _hlr(results: Dict[str, Dict[str, List[float]]], name: str, tm: Dict[str, Any]) -> Optional[float]:
+    """Points below the full-data HL accuracy (the teacher's) under HL."""
+    if "hl" not in results[name] or tm.get("test_acc") is None:
+        return None
+    return 100 * (tm["test_acc"] - _mean(results[name]["hl"]))
+
+
+def _signed(v: Optional[float]) -> str:
+    return "–" if v is None else f"{v:+.1f}"
+
+
+def _write_html(out: Path, cfg: DemoConfig, results: Dict[str, Dict[str, List[float]]],
+                stds: Dict[str, Dict[str, float]], times: Dict[str, float], tm: Dict[str, Any], proto: str,
+                gaps: str) -> Path:
+    """report.html: table with IOR/HLR, accuracy per method and regime, training curves, legible grids."""
+    rep = HtmlReport("ddkit demo")
+    rep.text(proto)
+    rep.heading("Accuracy (%)")
+    cols = [REGIME_NAMES.get(r, r) for r in cfg.regimes]
+    rep.table(["method", "distill s"] + cols + [f"IOR {c}" for c in cols] + ["HLR"],
+              [[n, f"{times[n]:.1f}"] + [fmt_acc(results[n][r]) for r in cfg.regimes] +
+               [signed(_ior(results, n, r), digits=1) for r in cfg.regimes] +
+               [signed(_hlr(results, n, tm), higher_is_better=False, digits=1)] for n in results])
+    rep.text(gaps, note=True)
+    bars = [{"method": n, "ipc": cfg.ipc, "regime": r, "mean": _mean(results[n][r]), "std": stds[n][r]}
+            for n in results for r in cfg.regimes]
+    rep.figure(acc_vs_ipc(bars), "test accuracy per method and regime (error bars: std over seeds; dashed: random; "
+               "red: below random)", "accuracy per method")
+    for regime in cfg.regimes:
+        add_curves(rep, out / "runs" / regime, "mean over seeds per method: training loss every epoch, test accuracy "
+                   "at the recipe's evaluation epochs", f"Training curves, {REGIME_NAMES.get(regime, regime)}")
+    rep.heading("Images")
+    for n in results:
+        add_grid(rep, n, out / "sets" / n)
+    return rep.write(out / "report.html")

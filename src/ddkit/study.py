@@ -23,7 +23,8 @@ study.json pins the protocol (student, recipes, seeds, dataset): a rerun with an
 same folder is refused. runs.jsonl gets one line per invocation (command, git revision, machine, cells
 done). Several processes may share a folder when they take different methods (`--methods`): each
 re-reads results.csv before every cell and skips what another finished. report.md (tables, per-regime
-ranks, accuracy-vs-budget plot) is rewritten from every row of results.csv at the end.
+ranks, accuracy-vs-budget plot) and report.html (the same with IOR/HLR, plots, training curves from
+runs/<cell>/seed<k>/metrics.jsonl and set grids) are rewritten from every row of results.csv at the end.
 """
 from __future__ import annotations
 
@@ -37,9 +38,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from tqdm.auto import tqdm
+
 from ddkit.config import config_hash, field
 from ddkit.distilled import DistilledSet
 from ddkit.evaluate import EvalConfig, evaluate, get_recipe, resolve_regime
+from ddkit.grids import write_preview
 from ddkit.methods import create_method, method_spec
 from ddkit.study_report import rank_table, write_report  # noqa: F401  (rank_table re-exported)
 from ddkit.utils import DDKitError, get_device, git_revision, machine_info
@@ -191,7 +195,8 @@ def _set_for(method: str, ipc: int, budget: float, cfg: StudyConfig, train: Any,
         return DistilledSet.load(path)
     s = create_method(spec.name, **kw)(train, teacher if spec.needs_teacher else None, device=device,
                                        progress=progress)
-    s.save(path, overwrite=True, pngs=False)
+    s.save(path, overwrite=True)
+    write_preview(path, s)
     return s
 
 
@@ -255,6 +260,11 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     csv_path = out / "results.csv"
     evaluated = skipped = 0
+    # The study-level bar stays on screen (leave=True): "cell k / N" over the whole grid, skipped cells included.
+    n_cells = len(specs) * len(cfg.regimes) * sum(len(cfg.budgets_for(i, train.num_classes, len(train)))
+                                                  for i in cfg.ipcs)
+    bar = tqdm(total=n_cells, desc="study cell",
+               unit="cell", disable=not progress, leave=True, dynamic_ncols=True)
     for spec in specs:
         for ipc in cfg.ipcs:
             for b in cfg.budgets_for(ipc, train.num_classes, len(train)):
@@ -262,20 +272,24 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
                 # folder (e.g. started with other --methods) never has its finished cells redone here.
                 todo = [r for r in cfg.regimes if _key(spec.name, ipc, b, r) not in _done(csv_path)]
                 skipped += len(cfg.regimes) - len(todo)
+                bar.update(len(cfg.regimes) - len(todo))
                 if not todo:
                     continue
                 s = _set_for(spec.name, ipc, b, cfg, train, teacher, out, method_overrides.get(spec.name, {}),
                              dev, progress)
                 for regime in todo:
+                    bar.set_postfix_str(f"{spec.name} ipc {ipc} K {_bkey(b)} {regime}")
                     if _key(spec.name, ipc, b, regime) in _done(csv_path):
                         skipped += 1
+                        bar.update(1)
                         continue
                     length = {"epochs": cfg.epochs} if cfg.epochs is not None else {"budget_epochs": b}
                     ecfg = EvalConfig(recipe=cfg.recipe_for(regime), regime=regime, seeds=cfg.seeds,
                                       seed=cfg.seed, student=cfg.student, student_width=cfg.student_width,
                                       **length, **eval_overrides)
                     res = evaluate(s, test, ecfg, teacher, full_train_size=len(train), device=dev, progress=progress,
-                                   set_name=f"{spec.name}/ipc{ipc}/K{_bkey(b)}/{regime}")
+                                   set_name=f"{spec.name}/ipc{ipc}/K{_bkey(b)}/{regime}",
+                                   output=out / "runs" / f"{spec.name}-ipc{ipc}-K{_bkey(b)}-{regime}")
                     row = {"method": spec.name, "ipc": ipc, "budget": _bkey(b), "regime": regime,
                            "recipe": ecfg.recipe, "student": res.student, "mean": res.mean, "std": res.std,
                            "n": len(res.accs), "accs": ";".join(f"{a:.6f}" for a in res.accs),
@@ -288,6 +302,8 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
                            "crop": res.info.get("crop", "")}
                     _append(csv_path, row)
                     evaluated += 1
+                    bar.update(1)
+    bar.close()
     report = write_report(out)
     # Provenance of every invocation (cells of one results.csv may come from several resumed runs).
     with open(out / "runs.jsonl", "a") as fh:

@@ -1,6 +1,6 @@
 """The hard-truths study's report: per-regime tables, mean ranks and the accuracy-vs-budget plot.
 
-`write_report(folder)` rebuilds report.md (+ acc_vs_budget.png) from every row of results.csv, so
+`write_report(folder)` rebuilds report.md (+ acc_vs_budget.png) and report.html from every row of results.csv, so
 it also works on a partial, resumed grid; cells with best-of-test recorded show it in brackets.
 """
 from __future__ import annotations
@@ -10,7 +10,10 @@ import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from ddkit.html_report import write_study_html
+from ddkit.plots import acc_vs_budget
 from ddkit.report import markdown_table, write_markdown
+
 
 def _ranks(values: Dict[str, float]) -> Dict[str, float]:
     """Rank 1 = highest accuracy; ties share their average rank."""
@@ -41,39 +44,9 @@ def rank_table(rows: List[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
 
 def _plot(rows: List[Dict[str, Any]], path: Path) -> Optional[Path]:
     """Accuracy vs budget, one panel per (ipc, regime), one line per method (error bars: std over seeds)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure  # no pyplot: never touches the caller's backend
-    from matplotlib.ticker import FormatStrFormatter, NullFormatter
-
-    regimes = list(dict.fromkeys(r["regime"] for r in rows))
-    ipcs = sorted({r["ipc"] for r in rows})
-    if not rows:
+    fig = acc_vs_budget(rows)
+    if fig is None:
         return None
-    fig = Figure(figsize=(4.2 * len(regimes), 3.4 * len(ipcs)))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(ipcs), len(regimes), squeeze=False)
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    for i, ipc in enumerate(ipcs):
-        for j, regime in enumerate(regimes):
-            ax = axes[i][j]
-            for m in methods:
-                pts = sorted((r["budget"], 100 * r["mean"], 100 * r["std"]) for r in rows
-                             if r["method"] == m and r["ipc"] == ipc and r["regime"] == regime)
-                if pts:
-                    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
-                                capsize=2, label=m)
-            budgets = sorted({r["budget"] for r in rows})
-            if len(budgets) > 1:
-                ax.set_xscale("log")  # budgets grow geometrically (2, 5, 10, 20 …); label them plainly
-                ax.set_xticks(budgets)
-                ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-                ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.set_title(f"{regime}, IPC {ipc}")
-            ax.set_xlabel("budget (full-data epochs)")
-            ax.set_ylabel("test accuracy (%)")
-            ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
 
@@ -96,9 +69,10 @@ def write_report(output_dir: str | Path) -> Path:
 
     rows = read_results(out / "results.csv")
     sections: List[Tuple[str, str]] = []
+    proto = json.loads((out / "study.json").read_text()).get("protocol", {}) if (out / "study.json").is_file() else {}
+    write_study_html(out, rows, proto)  # report.html: the same rows with IOR/HLR, plots, curves and set grids
     if not rows:
         return write_markdown(out / "report.md", "Hard-truths study", [("Results", "no finished cells yet")])
-    proto = json.loads((out / "study.json").read_text()).get("protocol", {}) if (out / "study.json").is_file() else {}
     sections.append(("Protocol", "\n".join(f"- {k}: {v}" for k, v in proto.items()) +
                      "\n- headline: last-epoch test accuracy (%), mean ± std (ddof 0) over student seeds (a cell "
                      "with one seed shows its accuracy alone: no spread is known); every student sees budget × "
@@ -128,4 +102,5 @@ def write_report(output_dir: str | Path) -> Path:
     nan_cells = [f"{r['method']}/{r['ipc']}/{r['budget']:g}/{r['regime']}" for r in rows if math.isnan(r["mean"])]
     if nan_cells:
         sections.append(("Cells without a number", ", ".join(nan_cells)))
+    sections.append(("Report", "report.html: IOR/HLR beside each cell, plots, training curves, set grids"))
     return write_markdown(out / "report.md", "Hard-truths study", sections)

@@ -1,0 +1,198 @@
+"""matplotlib figures of the reports: accuracy vs IPC, vs compute budget, per class, training curves.
+
+Every function takes plain rows/dicts (accuracies as fractions, plotted in %) and returns a
+matplotlib Figure, or None when there is nothing to draw. Figures are built with the object API
+(`Figure` + Agg canvas), never pyplot, so the caller's backend and global state stay untouched.
+`png_bytes(fig)` renders one for inlining into report.html.
+"""
+from __future__ import annotations
+
+import io
+import math
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+REGIME_NAMES = {"hl": "HL", "sl": "SL", "slkd": "SL+KD"}
+
+
+def _figure(w: float, h: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def png_bytes(fig: Any, dpi: int = 100) -> bytes:
+    """The figure as PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def acc_vs_budget(rows: Sequence[Mapping[str, Any]]):
+    """One panel per (ipc, regime), one line per method: accuracy vs budget (error bars: std over seeds)."""
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+    if not rows:
+        return None
+    regimes = list(dict.fromkeys(r["regime"] for r in rows))
+    ipcs = sorted({r["ipc"] for r in rows})
+    fig = _figure(4.2 * len(regimes), 3.4 * len(ipcs))
+    axes = fig.subplots(len(ipcs), len(regimes), squeeze=False)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    budgets = sorted({float(r["budget"]) for r in rows})
+    for i, ipc in enumerate(ipcs):
+        for j, regime in enumerate(regimes):
+            ax = axes[i][j]
+            for m in methods:
+                pts = sorted((float(r["budget"]), 100 * r["mean"], 100 * r["std"]) for r in rows
+                             if r["method"] == m and r["ipc"] == ipc and r["regime"] == regime)
+                if pts:
+                    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
+                                capsize=2, label=m)
+            if len(budgets) > 1:
+                ax.set_xscale("log")  # budgets grow geometrically (2, 5, 10, 20 …); label them plainly
+                ax.set_xticks(budgets)
+                ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+                ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_title(f"{REGIME_NAMES.get(regime, regime)}, IPC {ipc}")
+            ax.set_xlabel("budget (full-data epochs)")
+            ax.set_ylabel("test accuracy (%)")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def acc_vs_ipc(rows: Sequence[Mapping[str, Any]], baseline: str = "random"):
+    """One panel per regime. With several IPCs: accuracy vs IPC, one line per method. With one IPC:
+    horizontal bars per method (the `baseline` method's accuracy drawn as a dashed line), so a method
+    below random stands out. Rows: method, ipc, regime, mean, std (fractions)."""
+    rows = [r for r in rows if _finite(r.get("mean"))]
+    if not rows:
+        return None
+    regimes = list(dict.fromkeys(r["regime"] for r in rows))
+    ipcs = sorted({int(r["ipc"]) for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    if len(ipcs) > 1:
+        fig = _figure(4.2 * len(regimes), 3.4)
+        axes = fig.subplots(1, len(regimes), squeeze=False)[0]
+        for ax, regime in zip(axes, regimes):
+            for m in methods:
+                pts = sorted((int(r["ipc"]), 100 * r["mean"], 100 * (r.get("std") or 0)) for r in rows
+                             if r["method"] == m and r["regime"] == regime)
+                if pts:
+                    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
+                                capsize=2, label=m, linestyle="--" if m == baseline else "-")
+            ax.set_xscale("log")
+            ax.set_xticks(ipcs)
+            ax.set_xticklabels([str(i) for i in ipcs])
+            ax.set_title(REGIME_NAMES.get(regime, regime))
+            ax.set_xlabel("images per class")
+            ax.set_ylabel("test accuracy (%)")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        return fig
+    fig = _figure(3.6 * len(regimes), 0.8 + 0.28 * len(methods))
+    axes = fig.subplots(1, len(regimes), squeeze=False, sharey=True)[0]
+    for ax, regime in zip(axes, regimes):
+        by = {r["method"]: r for r in rows if r["regime"] == regime}
+        ys = list(range(len(methods)))
+        vals = [100 * by[m]["mean"] if m in by else float("nan") for m in methods]
+        errs = [100 * (by[m].get("std") or 0) if m in by else 0 for m in methods]
+        base = by.get(baseline)
+        colors = ["#999999" if m == baseline else ("#2b7bba" if base is None or (m in by and by[m]["mean"] >= base["mean"])
+                                                   else "#d62728") for m in methods]
+        ax.barh(ys, vals, xerr=errs, color=colors, capsize=2)
+        if base is not None:
+            ax.axvline(100 * base["mean"], color="k", linestyle="--", linewidth=1, label=f"{baseline}")
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set_yticks(ys)
+        ax.set_yticklabels(methods, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(f"{REGIME_NAMES.get(regime, regime)}, IPC {ipcs[0]}")
+        ax.set_xlabel("test accuracy (%)")
+        ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return fig
+
+
+def per_class(classes: Sequence[str], series: Mapping[str, Sequence[float]]):
+    """Grouped bars of per-class test accuracy, one group per class, one bar per series (e.g.
+    {"distilled": [...], "random": [...]}), fractions plotted in %."""
+    series = {k: list(v) for k, v in series.items() if v is not None and len(v) == len(classes)}
+    if not series or not classes:
+        return None
+    n = len(series)
+    fig = _figure(max(5.0, 0.45 * len(classes) * max(1, n) + 1.5), 3.2)
+    ax = fig.subplots()
+    width = 0.8 / n
+    for k, (name, vals) in enumerate(series.items()):
+        xs = [i - 0.4 + width * (k + 0.5) for i in range(len(classes))]
+        ax.bar(xs, [100 * v for v in vals], width=width, label=name)
+    ax.set_xticks(range(len(classes)))
+    ax.set_xticklabels([str(c) for c in classes], rotation=45 if len(classes) > 8 else 0, ha="right"
+                       if len(classes) > 8 else "center", fontsize=8)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
+
+
+Curve = List[Dict[str, Any]]  # metrics.jsonl records: epoch, loss, test_acc (sometimes)
+
+
+def training_curves(curves: Mapping[str, Sequence[Curve]], max_lines: int = 20):
+    """Loss (left) and test accuracy (right) vs epoch; one line per named run group, the mean over its
+    runs (seeds) at each epoch they share. `curves`: {label: [records of seed 0, records of seed 1, …]}."""
+    items = [(k, [list(c) for c in v if c]) for k, v in curves.items()]
+    items = [(k, v) for k, v in items if v][:max_lines]
+    if not items:
+        return None
+    fig = _figure(10, 3.4)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    any_acc = False
+    for label, runs in items:
+        for key, ax in (("loss", ax_loss), ("test_acc", ax_acc)):
+            pts = _mean_by_epoch(runs, key)
+            if not pts:
+                continue
+            scale = 100.0 if key == "test_acc" else 1.0
+            ax.plot([p[0] for p in pts], [scale * p[1] for p in pts], marker="o" if len(pts) < 12 else None,
+                    markersize=3, label=label)
+            any_acc |= key == "test_acc"
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("training loss")
+    losses = [p[1] for _, runs in items for p in _mean_by_epoch(runs, "loss")]
+    if losses and max(losses) > 20 * min(losses):  # log only when the loss spans decades
+        ax_loss.set_yscale("log")
+    ax_loss.grid(alpha=0.3)
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("test accuracy (%)")
+    ax_acc.grid(alpha=0.3)
+    handles, labels = ax_loss.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    if not any_acc:
+        ax_acc.text(0.5, 0.5, "no test evaluations recorded", ha="center", va="center", transform=ax_acc.transAxes)
+    fig.tight_layout()
+    return fig
+
+
+def _mean_by_epoch(runs: Sequence[Curve], key: str) -> List[Tuple[float, float]]:
+    """(epoch, mean of `key` over the runs that recorded it at that epoch), sorted by epoch."""
+    acc: Dict[float, List[float]] = {}
+    for recs in runs:
+        for r in recs:
+            v = r.get(key)
+            if _finite(v) and (key != "loss" or v > 0):
+                acc.setdefault(float(r["epoch"]), []).append(float(v))
+    return [(e, sum(v) / len(v)) for e, v in sorted(acc.items())]
