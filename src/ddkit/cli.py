@@ -26,6 +26,29 @@ def _common(p: argparse.ArgumentParser, dataset: bool = True) -> None:
         p.add_argument("--download", action="store_true", help="download torchvision datasets when missing (needs internet)")
         p.add_argument("--cache-dir", default=None, help="decoded-image cache (default: $DDKIT_CACHE or ~/.cache/ddkit)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _log_flags(p)
+
+
+def _log_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log", default=None, metavar="KIND[,KIND]",
+                   help="also write the per-epoch scalars to tensorboard, csv and/or wandb (offline)")
+    p.add_argument("--log-dir", default=None, help="tracker folder (default: OUTPUT.logs for teacher/evaluate, "
+                   "OUTPUT/logs for study/demo)")
+
+
+def _feedback(args: argparse.Namespace) -> Any:
+    """--log trackers and the one-line-per-epoch log for the commands that train: on the terminal for
+    `teacher train` / `evaluate`, in OUTPUT/epochs.log for `study` / `demo` (hundreds of runs)."""
+    import contextlib
+
+    out = getattr(args, "output_dir", None) or getattr(args, "output", None)
+    if args.command not in ("teacher", "evaluate", "study", "demo") or out is None:
+        return contextlib.nullcontext()
+    from ddkit.trackers import session
+
+    many = args.command in ("study", "demo")
+    return session(args.log, args.log_dir or (f"{out}/logs" if many else f"{out}.logs"),
+                   console=not many and not args.no_progress, file=Path(out) / "epochs.log" if many else None)
 
 
 def _method_from_argv(argv: Sequence[str]) -> Optional[str]:
@@ -133,6 +156,7 @@ def _build_demo(m: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     m.add_argument("--output", default="runs/demo", help="report folder (default: runs/demo)")
     m.add_argument("--device", default="auto", help="cpu, cuda or auto")
     m.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _log_flags(m)
 
 
 Builder = Callable[[argparse.ArgumentParser, Sequence[str]], None]
@@ -243,7 +267,8 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     print(dump(cfg, title="teacher"))
     device = get_device(args.device)
     train, test = _dataset(args, "train"), _dataset(args, "test")
-    teacher, metrics = train_teacher(train, test, cfg, device=device, progress=not args.no_progress)
+    teacher, metrics = train_teacher(train, test, cfg, device=device, progress=not args.no_progress,
+                                     log_path=f"{out}.metrics.jsonl")
     save_teacher(teacher, out)
     print(f"test accuracy {metrics['test_acc']:.4f}  ({metrics['train_seconds']:.0f} s)  saved {out}.safetensors")
     return 0
@@ -428,7 +453,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not args.command:
             parser.print_help()
             return EXIT_USAGE
-        return COMMANDS[args.command](args)
+        with _feedback(args):
+            return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("ddkit: interrupted (outputs are written atomically; nothing partial was kept)", file=sys.stderr)
         return 130

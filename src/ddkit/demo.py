@@ -53,7 +53,8 @@ def run_demo(output: str | Path = "runs/demo", device: str = "auto", progress: b
     test = create_dataset("digits", split="test", progress=progress)
     print(f"data: {train} / {test}")
 
-    teacher, tm = train_teacher(train, test, cfg.teacher, device=dev, progress=progress)
+    teacher, tm = train_teacher(train, test, cfg.teacher, device=dev, progress=progress,
+                                log_path=out / "teacher.metrics.jsonl")
     save_teacher(teacher, out / "teacher")
     check_teacher(teacher, test, device=dev)
     print(f"teacher {cfg.teacher.arch}: test accuracy {tm['test_acc']:.3f} ({tm['train_seconds']:.0f} s)")

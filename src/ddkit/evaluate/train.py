@@ -25,6 +25,7 @@ from ddkit.augment import (Augment, Compose, CutMix, FactorCrop, Flip, Identity,
                            RandomResizedCrop, ShufflePatches, dsa)
 from ddkit.evaluate.losses import LossSpec, make_criterion
 from ddkit.evaluate.recipes import Recipe
+from ddkit.trackers import record
 from ddkit.utils import DDKitError, autocast, stage
 
 MAX_LOG_LINES = 2000  # per run; a 1-iteration "epoch" of an IPC-1 set under a budget would flood the log
@@ -361,6 +362,7 @@ def train_run(trainer: StudentTrainer, seed: int, *, evaluate: Callable[[nn.Modu
                                 img_s=f"{rec['images_per_s']:.0f}", refresh=False)
             else:
                 bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rec['images_per_s']:.0f}", refresh=False)
+            record(desc, rec, plan.total_epochs)  # the one-line-per-epoch log and any --log tracker
             if fh is not None:
                 fh.write(json.dumps(rec) + "\n")
             res.final_loss = loss

@@ -7,9 +7,11 @@ Python), bf16 autocast and channels_last on CUDA. 40 epochs of resnet18_modified
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
@@ -21,6 +23,7 @@ from ddkit.config import field, to_dict
 from ddkit.data.base import ImageDataset, to_float
 from ddkit.models import create_model, resolve_model_name
 from ddkit.teachers.core import Teacher, accuracy
+from ddkit.trackers import record
 from ddkit.utils import autocast, derive_seed, make_generator
 
 
@@ -88,12 +91,22 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: TeacherConfig, total: int):
     raise ValueError(f"unknown teacher schedule {cfg.schedule!r}; use onecycle or cosine")
 
 
+def _log_epoch(run: str, rec: Dict[str, Any], total: int, fh: Any) -> None:
+    record(run, rec, total)
+    if fh is not None:
+        fh.write(json.dumps(rec) + "\n")
+        fh.flush()
+
+
 def train_teacher(train: ImageDataset, test: Optional[ImageDataset], cfg: TeacherConfig,
-                  device: Union[str, torch.device], progress: bool = True) -> Tuple[Teacher, Dict[str, Any]]:
+                  device: Union[str, torch.device], progress: bool = True,
+                  log_path: Optional[Union[str, Path]] = None) -> Tuple[Teacher, Dict[str, Any]]:
     """Train `cfg.arch` on `train`; returns (Teacher, metrics).
 
     metrics: test_acc (None without a test set), train_seconds, images_per_s, epochs, history
-    (test accuracy every `eval_every` epochs).
+    (test accuracy every `eval_every` epochs). Every epoch gives one record (epoch, loss, lr, seconds,
+    images_per_s, test_acc when tested) to the `ddkit.epochs` log line and the active trackers, and
+    to `log_path` (metrics.jsonl, one JSON line per epoch) when given.
     """
     dev = torch.device(device)
     cuda = dev.type == "cuda"
@@ -120,8 +133,13 @@ def train_teacher(train: ImageDataset, test: Optional[ImageDataset], cfg: Teache
     sched = _scheduler(opt, cfg, total)
     gen = make_generator(cfg.seed, "teacher-train", device=dev)
     history = []
-    bar = tqdm(total=total, disable=not progress, desc=f"teacher {arch}", unit="step", leave=False)
-    t0 = time.perf_counter()
+    # A stage-level bar: it stays on screen when done (one line per finished stage).
+    bar = tqdm(total=total, disable=not progress, desc=f"teacher {arch}", unit="step", leave=True)
+    if log_path is not None:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "w") if log_path is not None else None
+    last_rec: Dict[str, Any] = {}
+    t0 = t_epoch = time.perf_counter()
     for epoch in range(cfg.epochs):
         model.train()
         perm = torch.randperm(n, device=dev, generator=gen)
@@ -143,10 +161,17 @@ def train_teacher(train: ImageDataset, test: Optional[ImageDataset], cfg: Teache
             bar.update(1)
         # One host sync per epoch for the progress line (per-step .item() would stall the GPU).
         seen = (epoch + 1) * steps * bs
-        bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum.item() / max(1, steps):.3f}",
-                        img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+        epoch_loss = loss_sum.item() / max(1, steps)
+        secs = time.perf_counter() - t_epoch
+        bar.set_postfix(epoch=epoch + 1, loss=f"{epoch_loss:.3f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+        last_rec = {"epoch": epoch + 1, "iteration": (epoch + 1) * steps, "loss": epoch_loss,
+                    "lr": float(opt.param_groups[0]["lr"]), "seconds": secs, "images_per_s": steps * bs / max(secs, 1e-9)}
         if test is not None and cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0 and epoch + 1 < cfg.epochs:
             history.append({"epoch": epoch + 1, "test_acc": accuracy(model, test, train.mean, train.std, dev)})
+            last_rec["test_acc"] = history[-1]["test_acc"]
+        if epoch + 1 < cfg.epochs:  # the last epoch's line waits for the final test accuracy
+            _log_epoch(f"teacher {arch}", last_rec, cfg.epochs, log)
+        t_epoch = time.perf_counter()
     if cuda:
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t0
@@ -155,6 +180,11 @@ def train_teacher(train: ImageDataset, test: Optional[ImageDataset], cfg: Teache
     test_acc = accuracy(model, test, train.mean, train.std, dev) if test is not None else None
     if test_acc is not None:
         history.append({"epoch": cfg.epochs, "test_acc": test_acc})
+        last_rec["test_acc"] = test_acc
+    if last_rec:
+        _log_epoch(f"teacher {arch}", last_rec, cfg.epochs, log)
+    if log is not None:
+        log.close()
     metrics = {"test_acc": test_acc, "train_seconds": seconds, "epochs": cfg.epochs,
                "images_per_s": total * bs / max(seconds, 1e-9), "history": history}
     model.to(memory_format=torch.contiguous_format)
