@@ -57,22 +57,25 @@ class CSVTracker(Tracker):
     """logdir/scalars.csv in long form (one row per run × epoch × scalar), appended and flushed per epoch."""
 
     def __init__(self, logdir: Path) -> None:
-        logdir.mkdir(parents=True, exist_ok=True)
         self.path = logdir / "scalars.csv"
-        new = not self.path.is_file() or self.path.stat().st_size == 0
-        self.fh = open(self.path, "a", newline="")
-        self.w = csv.writer(self.fh)
-        if new:
-            self.w.writerow(["time", "run", "step", "name", "value"])
+        self.fh: Any = None  # opened at the first scalar: a command that fails its checks leaves nothing
 
     def log(self, run: str, step: int, scalars: Mapping[str, float]) -> None:
+        if self.fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            new = not self.path.is_file() or self.path.stat().st_size == 0
+            self.fh = open(self.path, "a", newline="")
+            self.w = csv.writer(self.fh)
+            if new:
+                self.w.writerow(["time", "run", "step", "name", "value"])
         t = f"{time.time():.3f}"
         for k, v in scalars.items():
             self.w.writerow([t, run, step, k, repr(v)])
         self.fh.flush()
 
     def close(self) -> None:
-        self.fh.close()
+        if self.fh is not None:
+            self.fh.close()
 
 
 class TensorBoardTracker(Tracker):
@@ -206,6 +209,14 @@ class _TqdmHandler(logging.Handler):
             self.handleError(record_)
 
 
+class _LazyFileHandler(logging.FileHandler):
+    """Creates the file (and its folder) at the first line, so a command that fails early writes nothing."""
+
+    def _open(self):  # type: ignore[override]
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+
 @contextlib.contextmanager
 def epoch_log(to_console: bool, file: Optional[str | Path] = None) -> Iterator[None]:
     """Route the one-line-per-epoch log to the terminal and/or a file for the duration of the block."""
@@ -213,8 +224,7 @@ def epoch_log(to_console: bool, file: Optional[str | Path] = None) -> Iterator[N
     if to_console:
         handlers.append(_TqdmHandler())
     if file is not None:
-        Path(file).parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(file, mode="a", encoding="utf-8")
+        fh = _LazyFileHandler(file, mode="a", encoding="utf-8", delay=True)
         fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         handlers.append(fh)
     old_level, old_prop = LOGGER.level, LOGGER.propagate
