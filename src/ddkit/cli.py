@@ -112,6 +112,18 @@ def _build_evaluate(e: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     add_dataclass_args(e, EvalConfig)
 
 
+
+def _build_relabel(rl: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    from ddkit.config import add_dataclass_args
+    from ddkit.evaluate.stored import RelabelConfig
+
+    rl.add_argument("distilled", help="distilled-set folder")
+    _common(rl, dataset=False)
+    rl.add_argument("--teacher", required=True, help="teacher checkpoint that labels the views")
+    rl.add_argument("--teacher-arch", default=None, help="architecture of --teacher when the file does not say")
+    add_dataclass_args(rl, RelabelConfig)
+
+
 def _build_merge(mg: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     mg.add_argument("output", help="distilled-set folder to write (its parts are in OUTPUT.parts/)")
     mg.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -173,6 +185,8 @@ SUBCOMMANDS: Dict[str, Tuple[str, Optional[Builder]]] = {
     "distill": ("condense a dataset with a method (`ddkit distill --method lic --help` lists that method's "
                 "options)", _build_distill),
     "evaluate": ("train students on a distilled set and report test accuracy", _build_evaluate),
+    "relabel": ("store teacher logits of E epochs of a recipe's views at SET/fkd (read by `ddkit evaluate SET "
+                "--labels stored`)", _build_relabel),
     "merge": ("assemble OUTPUT from the per-class files in OUTPUT.parts/ (after --shard runs)", _build_merge),
     "study": ("resumable grids; `ddkit study hard-truths` runs method × IPC × budget × regime", _build_study),
     "dcs": ("Distillation Correlation Score: does a method's loss predict students' test loss?", _build_dcs),
@@ -355,6 +369,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_relabel(args: argparse.Namespace) -> int:
+    from ddkit.config import from_args
+    from ddkit.evaluate.stored import RelabelConfig, relabel
+
+    cfg = from_args(RelabelConfig, args, base=_pick(RelabelConfig, _yaml(args)))
+    relabel(args.distilled, _teacher(args, None, "cpu"), cfg, device=args.device, progress=not args.no_progress)
+    return 0
+
+
 def cmd_study(args: argparse.Namespace) -> int:
     from ddkit.config import dump, from_args, parse_key_values
     from ddkit.study import StudyConfig, run_study
@@ -416,7 +439,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {"datasets": cmd_list, "models": cmd_list, "methods": cmd_list, "recipes": cmd_list,
             "teacher": cmd_teacher, "distill": cmd_distill, "evaluate": cmd_evaluate, "inspect": cmd_inspect,
-            "demo": cmd_demo, "study": cmd_study, "dcs": cmd_dcs, "merge": cmd_merge}
+            "demo": cmd_demo, "study": cmd_study, "dcs": cmd_dcs, "merge": cmd_merge, "relabel": cmd_relabel}
 
 
 def _plugins_loaded() -> bool:

@@ -73,6 +73,9 @@ class EvalConfig:
     decode_mosaic: bool = field(True, "a set stored as f×f mosaics (meta factor > 1: LIC, RDED at 224 px) gets "
                                       "CIM's quadrant-or-whole crop when the recipe has no crop of its own "
                                       "(else students train on undecoded mosaics); false = as stored")
+    labels: str = field("online", "online: the regime's own targets; stored: train from the label store of "
+                                  "`ddkit relabel` (exactly its views and logits; replaces the teacher of slkd)")
+    label_store: Optional[str] = field(None, "label store folder for --labels stored (default: SET/fkd)")
     eval_every: Optional[int] = field(None, "test every N epochs (recorded only; the headline is the last epoch)")
     num_evals: Optional[int] = field(None, "number of evenly spaced test evaluations (recipe's; last = end)")
     val_fraction: float = field(0.0, "hold out this fraction of the train split per class as validation "

@@ -203,7 +203,12 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
     # Targets for the regime --------------------------------------------------------------------------
     soft = region = None
     source = None
-    if regime == "slkd" and teacher is None:
+    stored = None
+    if cfg.labels != "online":  # views and logits from a `ddkit relabel` store (evaluate/stored.py)
+        from ddkit.evaluate.stored import open_stored
+        stored = open_stored(cfg, distilled, recipe, dev)
+        source = stored.source
+    if regime == "slkd" and teacher is None and stored is None:
         raise DDKitError("regime slkd (SL+KD) needs a teacher to label every augmented view: pass --teacher CKPT")
     if regime == "sl" and spec.needs_logits:
         mode = recipe.sl_labels
@@ -230,7 +235,7 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
             source += "+region"
         soft = soft.float().to(dev)
     teacher_fn = None
-    if regime == "slkd" and spec.needs_logits:
+    if regime == "slkd" and spec.needs_logits and stored is None:
         if teacher.device != dev:
             teacher.to(dev)
         if dev.type == "cuda" and cfg.channels_last:
@@ -252,6 +257,8 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
     test_d = _on_device(ctx.shard(test), dev)  # this rank's slice in a DDP run
     val_d = _on_device(ctx.shard(val), dev) if val is not None else None
     views = Views(recipe, size, distilled.mean, distilled.std)
+    if stored is not None:
+        views, targets = stored.views(views), stored.targets(targets)
     mean, std = distilled.mean, distilled.std
     test_acc = ctx.scorer(test_d, mean, std, cfg.test_batch_size)
     val_acc = ctx.scorer(val_d, mean, std, cfg.test_batch_size) if val_d is not None else None
@@ -274,8 +281,9 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
             if dev.type == "cuda" and cfg.channels_last:
                 model.to(memory_format=torch.channels_last)
             net = torch.compile(model) if (cfg.compile and dev.type == "cuda") else model
-            trainer = ctx.make_trainer(seed, ctx.wrap(net), images, labels, recipe, plan, views, targets, crit,
-                                       amp=cfg.amp, channels_last=cfg.channels_last)
+            make = ctx.make_trainer if stored is None else stored.make_trainer
+            trainer = make(seed, ctx.wrap(net), images, labels, recipe, plan, views, targets, crit,
+                           amp=cfg.amp, channels_last=cfg.channels_last)
             log = None
             if output is not None:
                 log = edist.run_log_path(Path(output), seed)
@@ -291,7 +299,8 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
                      info={"wall_seconds": time.perf_counter() - t0, "device": str(dev),
                            "config": to_dict(cfg), "student_kwargs": kw,
                            "decoded_mosaic_factor": mosaic if decoded else None, "crop": crop_desc,
-                           "set_factor": mosaic, **ctx.describe()})
+                           "set_factor": mosaic, **ctx.describe(),
+                           **(stored.describe(plan.epochs) if stored is not None else {})})
     if progress:
         s = summarize(out.accs)
         print(f"[evaluate] {set_name}/{student}: {s['mean']:.4f} ± {s['std']:.4f} (n={s['n']}, seeds {out.seeds})")

@@ -95,6 +95,12 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
     progress = progress and ctx.main
     distilled = DistilledSet.load(distilled_dir)
     regime = resolve_regime(cfg.regime)
+    if cfg.labels == "stored":  # the set's own `ddkit relabel` store (evaluate/stored.py)
+        if with_random:
+            raise DDKitError("--labels stored trains from this set's label store; --with-random has none: "
+                             "distill and relabel the random subset and evaluate it on its own")
+        if cfg.label_store is None:
+            cfg = dataclasses.replace(cfg, label_store=str(Path(distilled_dir) / "fkd"))
     check_classes(distilled, test, teacher)
     if (with_random or cfg.budget_epochs is not None or cfg.val_fraction > 0) and train is None:
         raise DDKitError("--with-random, --budget-epochs and --val-fraction need the train split")
@@ -106,7 +112,7 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
     if cfg.epochs is not None and cfg.budget_epochs is not None:
         raise DDKitError("give either --epochs or --budget-epochs, not both")
     needs_logits = LOSSES.get(recipe.loss_for(regime)).needs_logits
-    if teacher is None and needs_logits and (regime == "slkd" or (regime == "sl" and with_random)):
+    if teacher is None and needs_logits and cfg.labels == "online" and (regime == "slkd" or (regime == "sl" and with_random)):
         # Fail before any training: the random subset never has stored soft labels.
         raise DDKitError(f"regime {regime} needs a teacher here (online labels, or soft labels for the random "
                          "subset): pass --teacher CKPT")

@@ -1,0 +1,260 @@
+"""The SRe2L "recover" engine shared by `sre2l`, `cda` and `dwa`: BN-statistic matching through a frozen teacher.
+
+Images are optimised in the teacher's *normalised* space with Adam(β = 0.5, 0.9) and a cosine lr
+(peers.md §3.2). Per iteration each image group gets one view (RandomResizedCrop + flip when enabled,
+then a random roll jitter), the teacher runs in eval mode, and the loss of group g is
+
+    CE_g + r_bn · Σ_l m_l (‖μ_l(g) − μ*_l(g)‖₂ + r_var · ‖σ²_l(g) − σ²*_l(g)‖₂) + tv_l2 · TV_g + l2 · ‖x_g‖₂
+
+where μ_l(g), σ²_l(g) are the mean and biased variance of the *input* of BatchNorm layer l over the
+group's images and positions (forward hooks on every BatchNorm), m_1 = first_bn_multiplier and 1 for
+the other layers, and (μ*, σ²*) the target statistics (the running statistics, or per-class ones).
+After each Adam step pixels are clipped to the valid normalised range; the last iterate is kept.
+
+Why groups: SRe2L takes the BN statistics over a batch of 100 classes, which couples every class of
+the batch. Here a group is ONE class (its `ipc` images): the loss is a sum of per-group losses, the
+teacher is in eval mode (every sample's forward is independent) and Adam is element-wise, so the
+gradient of a group depends on that group alone. Each group draws its views from its own generator.
+Hence a class's result does not depend on which classes share its batch (up to float rounding of
+batched convolutions); `classes_per_batch` only sets how many groups share one forward pass.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ddkit.augment import RandomResizedCrop, resized_crop
+from ddkit.utils import DDKitError
+
+ADAM_BETAS = (0.5, 0.9)  # SRe2L recover/data_synthesis.py:46-53 (peers.md §3.2); also CDA and DWA
+ADAM_EPS = 1e-8
+BN_HINT = ("use a BatchNorm teacher such as ConvNet-3-BN or resnet18_modified; train one with "
+           "`ddkit teacher train --model ConvNet-3-BN --dataset … --output …`")
+
+
+def bn_layers(model: nn.Module) -> List[nn.modules.batchnorm._BatchNorm]:
+    """Every BatchNorm layer (1d/2d/3d) in module order; the first is the one with the multiplier."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def require_bn(model: nn.Module, what: str = "this method", arch: Optional[str] = None) -> None:
+    """One-line DDKitError when `model` has no BatchNorm layer with running statistics."""
+    layers = [m for m in bn_layers(model) if m.running_mean is not None and m.running_var is not None]
+    if not layers:
+        name = f"teacher {arch!r}" if arch else "the teacher"
+        raise DDKitError(f"{what} matches BatchNorm running statistics but {name} has no BatchNorm layer "
+                         f"(instance/group norm): {BN_HINT}")
+
+
+def group_stats(x: torch.Tensor, groups: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Mean and biased variance per channel of a BN input, per group of contiguous rows: G×C each."""
+    b, c = x.shape[0], x.shape[1]
+    if b % groups:
+        raise ValueError(f"batch of {b} rows does not split into {groups} equal groups")
+    v = x.float().reshape(groups, b // groups, c, -1).transpose(1, 2).reshape(groups, c, -1)
+    mean = v.mean(-1)
+    var = (v - mean[..., None]).pow(2).mean(-1)  # biased, as SRe2L's hook (var(unbiased=False))
+    return mean, var
+
+
+class BNHooks:
+    """Forward hooks on every BatchNorm of `model` recording per-group input statistics."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = bn_layers(model)
+        self.groups = 1
+        self.stats: List[Optional[Tuple[torch.Tensor, torch.Tensor]]] = [None] * len(self.layers)
+        self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.layers)]
+
+    def _hook(self, i: int):
+        def fn(module: nn.Module, inputs: Tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            self.stats[i] = group_stats(inputs[0], self.groups)
+        return fn
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def __enter__(self) -> "BNHooks":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def running_targets(self, groups: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """The layers' running (mean, var), repeated for `groups` groups: G×C each."""
+        return [(m.running_mean.float()[None].expand(groups, -1), m.running_var.float()[None].expand(groups, -1))
+                for m in self.layers]
+
+
+def bn_loss(stats: Sequence[Tuple[torch.Tensor, torch.Tensor]], targets: Sequence[Tuple[torch.Tensor, torch.Tensor]],
+            first_multiplier: float = 10.0, r_var: float = 1.0) -> torch.Tensor:
+    """Σ_l m_l (‖μ_l − μ*_l‖₂ + r_var·‖σ²_l − σ²*_l‖₂) per group (G,); norms not squared (SRe2L utils.py:92-104)."""
+    total = None
+    for i, ((mu, var), (mu_t, var_t)) in enumerate(zip(stats, targets)):
+        term = (mu - mu_t.to(mu)).norm(dim=1) + r_var * (var - var_t.to(var)).norm(dim=1)
+        term = term * (first_multiplier if i == 0 else 1.0)
+        total = term if total is None else total + term
+    if total is None:
+        raise DDKitError(f"no BatchNorm statistics were recorded: {BN_HINT}")
+    return total
+
+
+def tv_l2(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """DeepInversion/SRe2L image prior per group: sum of the L2 norms of the 4 neighbour differences."""
+    g = x.reshape(groups, -1, *x.shape[1:])
+    diffs = (g[..., :, :-1] - g[..., :, 1:], g[..., :-1, :] - g[..., 1:, :],
+             g[..., 1:, :-1] - g[..., :-1, 1:], g[..., :-1, :-1] - g[..., 1:, 1:])
+    return sum(d.reshape(groups, -1).norm(dim=1) for d in diffs)
+
+
+def cda_min_scale(it: int, total: int, milestone: float, mode: str = "cosine", lo: float = 0.08,
+                  hi: float = 1.0) -> float:
+    """CDA's RandomResizedCrop lower scale at 0-based iteration `it` of `total` (recover_cda_tiny.py:50-65):
+    before milestone·total it is 1.0 (step), a linear ramp or a half cosine from `hi` down to `lo`; after, `lo`."""
+    end = milestone * total
+    if it < end:
+        if mode == "step":
+            return hi
+        if mode == "linear":
+            return lo + (hi - lo) * (1.0 - it / end)
+        if mode == "cosine":
+            return lo + (hi - lo) * (1.0 + math.cos(math.pi * it / end)) / 2.0
+        raise DDKitError(f"unknown easy2hard mode {mode!r}; use cosine, linear or step")
+    return lo
+
+
+@dataclass(frozen=True)
+class RecoverSpec:
+    """Resolved recover hyper-parameters (see the config classes in sre2l.py for the sources)."""
+
+    iterations: int
+    lr: float
+    r_bn: float
+    first_bn_multiplier: float = 10.0
+    r_var: float = 1.0
+    tv_l2: float = 0.0
+    l2_scale: float = 0.0
+    jitter: int = 4
+    rrc: bool = False
+    flip: bool = False
+    rrc_min: float = 0.08
+    curriculum: Optional[Tuple[float, str]] = None  # CDA: (milestone, mode) anneals the RRC lower bound
+    curve_points: int = 50
+
+
+def _draw_views(gens: Sequence[torch.Generator], spec: RecoverSpec, it: int, hw: Tuple[int, int]) -> Dict[str, torch.Tensor]:
+    """One view per group from that group's own generator, in a fixed order: RRC box, flip, roll."""
+    boxes, flips, rolls = [], [], []
+    lo = spec.rrc_min
+    if spec.curriculum is not None:
+        lo = cda_min_scale(it, spec.iterations, spec.curriculum[0], spec.curriculum[1], lo=spec.rrc_min)
+    rrc = RandomResizedCrop(hw, scale=(lo, 1.0)) if spec.rrc else None
+    for g in gens:
+        if rrc is not None:
+            boxes.append(rrc.sample(1, hw, generator=g)["box"][0])
+        if spec.flip:
+            flips.append(bool(torch.rand(1, generator=g) < 0.5))
+        rolls.append(torch.randint(0, spec.jitter + 1, (2,), generator=g))  # random.randint(0, jitter): inclusive
+    out = {"roll": torch.stack(rolls)}
+    if boxes:
+        out["box"] = torch.stack(boxes)
+    if flips:
+        out["flip"] = torch.tensor(flips)
+    return out
+
+
+def apply_views(x: torch.Tensor, views: Dict[str, torch.Tensor], groups: int) -> torch.Tensor:
+    """Apply per-group views (crop+resize, flip, torch.roll semantics) to contiguous row groups."""
+    b, c, h, w = x.shape
+    m = b // groups
+    rep = lambda t: t.to(x.device).repeat_interleave(m, 0)  # noqa: E731 - one value per group -> per row
+    if "box" in views:
+        x = resized_crop(x, rep(views["box"]), (h, w), antialias=False)
+    if "flip" in views:
+        x = torch.where(rep(views["flip"])[:, None, None, None], x.flip(3), x)
+    roll = rep(views["roll"])
+    rows = (torch.arange(h, device=x.device)[None] - roll[:, :1]) % h  # out[i] = in[(i - shift) % n]
+    cols = (torch.arange(w, device=x.device)[None] - roll[:, 1:]) % w
+    x = x.gather(2, rows[:, None, :, None].expand(b, c, h, w))
+    return x.gather(3, cols[:, None, None, :].expand(b, c, h, w))
+
+
+def recover(model: nn.Module, x0: torch.Tensor, y: torch.Tensor, groups: int,
+            targets: Sequence[Tuple[torch.Tensor, torch.Tensor]], gens: Sequence[torch.Generator],
+            spec: RecoverSpec, bounds: Tuple[torch.Tensor, torch.Tensor], *, progress: bool = False,
+            desc: str = "recover") -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """Optimise `x0` (B×C×H×W, normalised, rows grouped contiguously into `groups` equal groups) through
+    the frozen eval-mode `model`; returns the last iterate and per-group curves (ce, bn: G×points).
+
+    targets: per BN layer (mean G×C, var G×C); gens: one generator per group; bounds: per-channel
+    (low, high) of the valid normalised range (C each).
+    """
+    if len(gens) != groups:
+        raise ValueError(f"need one generator per group ({groups}), got {len(gens)}")
+    model.eval()
+    x = x0.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=spec.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
+    lo, hi = (t.to(x).view(1, -1, 1, 1) for t in bounds)
+    every = max(1, spec.iterations // max(1, spec.curve_points))
+    curve_ce: List[torch.Tensor] = []
+    curve_bn: List[torch.Tensor] = []
+    hw = (x.shape[-2], x.shape[-1])
+    bar = tqdm(range(spec.iterations), desc=desc, disable=not progress, leave=False, dynamic_ncols=True,
+               mininterval=1.0)
+    with BNHooks(model) as hooks:
+        if not hooks.layers:
+            raise DDKitError(f"recover needs a BatchNorm teacher: {BN_HINT}")
+        hooks.groups = groups
+        for it in bar:
+            for pg in opt.param_groups:  # cosine without warm-up, set before the step (SRe2L utils.py:24-34)
+                pg["lr"] = 0.5 * (1.0 + math.cos(math.pi * it / spec.iterations)) * spec.lr
+            view = apply_views(x, _draw_views(gens, spec, it, hw), groups)
+            out = model(view)
+            ce = F.cross_entropy(out.float(), y, reduction="none").reshape(groups, -1).mean(1)
+            bn = bn_loss(hooks.stats, targets, spec.first_bn_multiplier, spec.r_var)
+            loss_g = ce + spec.r_bn * bn
+            if spec.tv_l2:
+                loss_g = loss_g + spec.tv_l2 * tv_l2(view, groups)
+            if spec.l2_scale:
+                loss_g = loss_g + spec.l2_scale * view.reshape(groups, -1).norm(dim=1)
+            opt.zero_grad(set_to_none=True)
+            loss_g.sum().backward()  # a sum, so each group's gradient is its own loss's gradient
+            opt.step()
+            with torch.no_grad():
+                x.copy_(torch.maximum(torch.minimum(x, hi), lo))  # clip to the valid range each step
+            if it % every == 0 or it == spec.iterations - 1:
+                curve_ce.append(ce.detach().cpu())
+                curve_bn.append(bn.detach().cpu())
+                if progress:
+                    bar.set_postfix(ce=f"{float(ce.mean()):.3f}", bn=f"{float(bn.mean()):.3f}", refresh=False)
+    bar.close()
+    return x.detach(), {"ce": torch.stack(curve_ce, 1), "bn": torch.stack(curve_bn, 1)}
+
+
+@torch.no_grad()
+def class_targets(model: nn.Module, real: torch.Tensor, group_size: int, chunk: int = 256
+                  ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """Per-class BN targets: the mean over groups of `group_size` real (normalised) images of the group
+    statistics of every BN input, so the target is what a real group of that size looks like (C each)."""
+    n_groups = len(real) // group_size
+    if n_groups < 1:
+        raise DDKitError(f"class statistics need at least {group_size} real images, got {len(real)}")
+    real = real[:n_groups * group_size]
+    per = max(1, chunk // group_size) * group_size
+    sums: Optional[List[List[torch.Tensor]]] = None
+    model.eval()
+    with BNHooks(model) as hooks:
+        for a in range(0, len(real), per):
+            xb = real[a:a + per]
+            hooks.groups = len(xb) // group_size
+            model(xb)
+            part = [[m.double().sum(0), v.double().sum(0)] for m, v in hooks.stats]
+            sums = part if sums is None else [[s[0] + p[0], s[1] + p[1]] for s, p in zip(sums, part)]
+    return [(m / n_groups, v / n_groups) for m, v in sums]
