@@ -20,9 +20,8 @@ from pathlib import Path
 
 import torch
 
-from ddkit.methods.dwa import adjust_weights, restore_weights
-from ddkit.methods.recover import BNHooks, RecoverSpec, class_targets, recover
-from ddkit.methods.sre2l import teacher_copy, valid_bounds
+from ddkit.methods.recover import (BNHooks, RecoverSpec, adjust_weights, class_targets, recover, require_bn,
+                                   restore_weights, valid_bounds)
 from ddkit.teachers import load_teacher
 from ddkit.utils import get_device, git_revision, machine_info
 
@@ -41,7 +40,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     dev = get_device(a.device)
     teacher = load_teacher(a.teacher, device="cpu")
-    model = teacher_copy(teacher, dev, "bench")
+    require_bn(teacher.model, "recover", teacher.arch)
+    model = teacher.model.to(dev).eval().requires_grad_(False)
     lo, hi = valid_bounds(teacher.mean, teacher.std)
     size, ch = teacher.image_size, teacher.channels
     spec = RecoverSpec(iterations=a.iterations + 1, lr=0.25, r_bn=0.01, jitter=4, rrc=a.rrc, flip=a.rrc)

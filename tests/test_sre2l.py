@@ -9,10 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tests.conftest import make_toy
-from ddkit.methods.dwa import adjust_weights, restore_weights
-from ddkit.methods.recover import (BNHooks, RecoverSpec, apply_views, bn_loss, cda_min_scale, group_stats, recover,
-                                   require_bn)
-from ddkit.methods.sre2l import valid_bounds
+from ddkit.methods.recover import (BNHooks, RecoverSpec, adjust_weights, apply_views, bn_loss, cda_min_scale,
+                                   group_stats, recover, require_bn, restore_weights, valid_bounds)
 from ddkit.models import create_model
 from ddkit.teachers import Teacher
 from ddkit.utils import DDKitError

@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ddkit.config import field
 from ddkit.data.base import ImageDataset
 from ddkit.methods.base import ClassResult, register_method
+from ddkit.methods.recover import adjust_weights, restore_weights
 from ddkit.methods.sre2l import RecoverConfig, resolve_spec, run_recover
 from ddkit.utils import DDKitError
 
@@ -57,39 +57,6 @@ class DWAConfig(RecoverConfig):
     rho: Optional[float] = field(None, "total adjustment size ρ, in steps of ρ/K (preset: 0.015; argparse 0.05)")
     direction: str = field("descent", "descent: lower the CE on the real images (issue #13); ascent: +g as "
                                       "the official perterb.py first_step")
-
-
-def adjust_weights(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, rho: float,
-                   direction: str = "descent") -> List[torch.Tensor]:
-    """Move every parameter of `model` K = `steps` times by ∓(ρ/K)·g/‖g‖₂ (g: grad of CE(model(x), y),
-    one global norm); returns the original weights for `restore_weights`. Eval mode: BN stats untouched."""
-    if direction not in ("descent", "ascent"):
-        raise DDKitError(f"unknown direction {direction!r}; use descent or ascent")
-    sign = -1.0 if direction == "descent" else 1.0
-    params = [p for p in model.parameters()]
-    saved = [p.detach().clone() for p in params]
-    model.eval()
-    for _ in range(steps):
-        with torch.enable_grad():
-            for p in params:
-                p.requires_grad_(True)
-            loss = F.cross_entropy(model(x).float(), y)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            for p in params:
-                p.requires_grad_(False)
-        live = [(p, g) for p, g in zip(params, grads) if g is not None]
-        norm = torch.sqrt(sum(g.pow(2).sum() for _, g in live))
-        with torch.no_grad():
-            for p, g in live:
-                p.add_(g, alpha=sign * (rho / steps) / (float(norm) + 1e-12))
-    return saved
-
-
-def restore_weights(model: nn.Module, saved: Sequence[torch.Tensor]) -> None:
-    """Put back the weights returned by `adjust_weights`."""
-    with torch.no_grad():
-        for p, s in zip(model.parameters(), saved):
-            p.copy_(s)
 
 
 @register_method("dwa", config=DWAConfig, aliases=("DWA", "directed-weight-adjustment"), needs_teacher=True)

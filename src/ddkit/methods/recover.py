@@ -1,4 +1,5 @@
-"""The SRe2L "recover" engine shared by `sre2l`, `cda` and `dwa`: BN-statistic matching through a frozen teacher.
+"""The SRe2L "recover" engine shared by `sre2l`, `cda` and `dwa`: BN-statistic matching through a frozen teacher
+(and DWA's directed weight adjustment, `adjust_weights`).
 
 Images are optimised in the teacher's *normalised* space with Adam(β = 0.5, 0.9) and a cosine lr
 (peers.md §3.2). Per iteration each image group gets one view (RandomResizedCrop + flip when enabled,
@@ -258,3 +259,42 @@ def class_targets(model: nn.Module, real: torch.Tensor, group_size: int, chunk: 
             part = [[m.double().sum(0), v.double().sum(0)] for m, v in hooks.stats]
             sums = part if sums is None else [[s[0] + p[0], s[1] + p[1]] for s, p in zip(sums, part)]
     return [(m / n_groups, v / n_groups) for m, v in sums]
+
+
+def valid_bounds(mean: Sequence[float], std: Sequence[float]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (low, high) of [0, 1] pixels in normalised space: (-m/s, (1-m)/s)."""
+    m, s = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+    return -m / s, (1 - m) / s
+
+
+def adjust_weights(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, rho: float,
+                   direction: str = "descent") -> List[torch.Tensor]:
+    """Move every parameter of `model` K = `steps` times by ∓(ρ/K)·g/‖g‖₂ (g: grad of CE(model(x), y),
+    one global norm); returns the original weights for `restore_weights`. Eval mode: BN stats untouched."""
+    if direction not in ("descent", "ascent"):
+        raise DDKitError(f"unknown direction {direction!r}; use descent or ascent")
+    sign = -1.0 if direction == "descent" else 1.0
+    params = [p for p in model.parameters()]
+    saved = [p.detach().clone() for p in params]
+    model.eval()
+    for _ in range(steps):
+        with torch.enable_grad():
+            for p in params:
+                p.requires_grad_(True)
+            loss = F.cross_entropy(model(x).float(), y)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            for p in params:
+                p.requires_grad_(False)
+        live = [(p, g) for p, g in zip(params, grads) if g is not None]
+        norm = torch.sqrt(sum(g.pow(2).sum() for _, g in live))
+        with torch.no_grad():
+            for p, g in live:
+                p.add_(g, alpha=sign * (rho / steps) / (float(norm) + 1e-12))
+    return saved
+
+
+def restore_weights(model: nn.Module, saved: Sequence[torch.Tensor]) -> None:
+    """Put back the weights returned by `adjust_weights`."""
+    with torch.no_grad():
+        for p, s in zip(model.parameters(), saved):
+            p.copy_(s)

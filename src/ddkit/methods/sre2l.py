@@ -31,7 +31,7 @@ import torch.nn as nn
 from ddkit.config import field
 from ddkit.data.base import ImageDataset, to_float
 from ddkit.methods.base import ClassResult, MethodConfig, check_ipc, register_method
-from ddkit.methods.recover import RecoverSpec, class_targets, recover, require_bn
+from ddkit.methods.recover import RecoverSpec, class_targets, recover, require_bn, valid_bounds
 from ddkit.utils import DDKitError, make_generator
 
 #: Per-dataset defaults, chosen by image size (preset "auto": ≤ 32 px cifar, ≤ 64 px tiny, else imagenet).
@@ -135,12 +135,6 @@ def resolve_spec(cfg: RecoverConfig, method: str, image_size: int,
                        flip=bool(p["flip"]), rrc_min=cfg.rrc_min, curriculum=curriculum)
     facts = {"preset": family, "preset_source": p["source"], **dataclasses.asdict(spec)}
     return spec, facts
-
-
-def valid_bounds(mean: Sequence[float], std: Sequence[float]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel (low, high) of [0, 1] pixels in normalised space: (-m/s, (1-m)/s)."""
-    m, s = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
-    return -m / s, (1 - m) / s
 
 
 def teacher_copy(teacher: Any, device: torch.device, what: str) -> nn.Module:
