@@ -210,7 +210,9 @@ def _command_from_argv(argv: Sequence[str]) -> Optional[str]:
 
 def build_parser(argv: Sequence[str] = (), full: bool = False) -> argparse.ArgumentParser:
     """The `ddkit` parser; only the command named in `argv` gets its flags (all of them with `full`)."""
-    parser = argparse.ArgumentParser(prog="ddkit", description="Dataset distillation toolkit: condense, relabel, "
+    from ddkit.config import OneLineParser
+
+    parser = OneLineParser(prog="ddkit", description="Dataset distillation toolkit: condense, relabel, "
                                      "evaluate under HL / SL / SL+KD beside a random subset.")
     parser.add_argument("--version", action="version", version=f"ddkit {__version__}")
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
@@ -241,19 +243,6 @@ def _teacher(args: argparse.Namespace, dataset, device):
     return load_teacher(args.teacher, arch=args.teacher_arch, dataset=dataset, device=device)
 
 
-def _yaml(args: argparse.Namespace) -> Dict[str, Any]:
-    from ddkit.config import load_yaml
-
-    return load_yaml(getattr(args, "config", None))
-
-
-def _pick(cls: type, base: Dict[str, Any]) -> Dict[str, Any]:
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in base.items() if k in names}
-
-
 def cmd_list(args: argparse.Namespace) -> int:
     from ddkit import names
 
@@ -264,9 +253,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:
-    from ddkit.config import dump, from_args
+    from ddkit.config import dump, from_args, run_record
     from ddkit.teachers import TeacherConfig, save_teacher, train_teacher
     from ddkit.utils import get_device
+    from ddkit.validate import check_config
 
     if args.teacher_command != "train":
         print("usage: ddkit teacher train --dataset … --model … --output …", file=sys.stderr)
@@ -274,16 +264,14 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if (Path(f"{out}.safetensors").exists() or Path(f"{out}.json").exists()) and not args.overwrite:
         raise FileExistsError(f"teacher {out}.safetensors exists; pass --overwrite to replace it")
-    base = _pick(TeacherConfig, _yaml(args))
-    if args.model_arch:
-        base["arch"] = args.model_arch
-    cfg = from_args(TeacherConfig, args, base=base)
+    cfg = from_args(TeacherConfig, args, base={"arch": args.model_arch} if args.model_arch else None)
+    check_config(cfg)
     print(dump(cfg, title="teacher"))
     device = get_device(args.device)
     train, test = _dataset(args, "train"), _dataset(args, "test")
     teacher, metrics = train_teacher(train, test, cfg, device=device, progress=not args.no_progress,
                                      log_path=f"{out}.metrics.jsonl")
-    save_teacher(teacher, out)
+    save_teacher(teacher, out, record=run_record(args, cfg, model=cfg.arch))
     print(f"test accuracy {metrics['test_acc']:.4f}  ({metrics['train_seconds']:.0f} s)  saved {out}.safetensors")
     return 0
 
@@ -291,17 +279,19 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 def cmd_distill(args: argparse.Namespace) -> int:
     import os
 
-    from ddkit.config import dump, from_args
+    from ddkit.config import dump, from_args, save_record
     from ddkit.distributed import distill_sharded, init_distributed, is_main
     from ddkit.methods import create_method, method_spec
     from ddkit.utils import get_device
+    from ddkit.validate import check_config
 
     spec = method_spec(args.method)
     out = Path(args.output)
     sharded = bool(args.shard or args.resume or "RANK" in os.environ)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"output {out} exists; pass --overwrite to replace it")
-    cfg = from_args(spec.config, args, base=_pick(spec.config, _yaml(args)))
+    cfg = from_args(spec.config, args)
+    check_config(cfg)
     if "RANK" in os.environ:
         init_distributed()
     if is_main():
@@ -328,6 +318,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         result.meta["dataset_root"] = args.data_root
         result.save(out, overwrite=args.overwrite)
     if is_main():
+        save_record(out / "config.yaml", args, cfg)
         print(result.summary())
         print(f"saved {out}")
     return 0
@@ -343,14 +334,16 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ddkit.config import from_args
+    from ddkit.config import from_args, save_record
     from ddkit.distilled import load_distilled
     from ddkit.evaluate import EvalConfig, run_evaluation
 
     from ddkit.distributed import cleanup_distributed, init_distributed, is_main
     from ddkit.utils import get_device
+    from ddkit.validate import check_config
 
-    cfg = from_args(EvalConfig, args, base=_pick(EvalConfig, _yaml(args)))
+    cfg = from_args(EvalConfig, args)
+    check_config(cfg)
     init_distributed()  # no-op without torchrun; first, so each rank puts the teacher on its own GPU
     device = get_device(args.device)
     load_distilled(args.distilled)  # fail early with a clear message on a bad folder
@@ -361,6 +354,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run_evaluation(args.distilled, cfg, test=test, train=train, teacher=teacher, output=args.output,
                    overwrite=args.overwrite, with_random=args.with_random, students=students, device=device,
                    progress=not args.no_progress)
+    save_record(Path(args.output) / "config.yaml", args, cfg)  # above the evaluator's resolved facts
     if is_main():  # the page is drawn from the finished folder, at the report layer (the evaluator never imports it)
         from ddkit.html_report import write_eval_html
 
@@ -379,9 +373,10 @@ def cmd_relabel(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from ddkit.config import dump, from_args, parse_key_values
+    from ddkit.config import dump, from_args, parse_key_values, save_record
     from ddkit.study import StudyConfig, run_study
     from ddkit.utils import get_device
+    from ddkit.validate import check_config, check_outputs, io_paths
 
     if args.study_command != "hard-truths":
         print("usage: ddkit study hard-truths --dataset … --teacher … [--ipcs 10,50 --budgets 2,5,10,20 …]",
@@ -389,17 +384,18 @@ def cmd_study(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from ddkit.study import preset_fields
 
-    base = _pick(StudyConfig, _yaml(args))
-    preset = getattr(args, "preset", None) or base.get("preset")
-    if preset:  # the preset fills what neither the YAML nor a flag sets
-        base = {**preset_fields(preset), **base}
-    cfg = from_args(StudyConfig, args, base=base)
+    preset = getattr(args, "preset", None)  # from a flag or the -c file (both land in args)
+    # The preset fills what neither the file nor a flag sets.
+    cfg = from_args(StudyConfig, args, base=preset_fields(preset) if preset else None)
+    check_config(cfg)
+    check_outputs([cfg.output_dir], io_paths(args)[1])
     print(dump(cfg, title="study hard-truths"))
     device = get_device(args.device)
     train, test = _dataset(args, "train"), _dataset(args, "test")
     res = run_study(train, test, _teacher(args, train, device), cfg, device=device, progress=not args.no_progress,
                     method_overrides=parse_key_values(args.method_opt, dotted=True),
                     eval_overrides=parse_key_values(args.eval_opt))
+    save_record(Path(cfg.output_dir) / "config.yaml", args, cfg)
     print(f"{res.evaluated} cells evaluated, {res.skipped} already done; report: {res.report}")
     return 0
 
@@ -452,7 +448,8 @@ def _is_user_error(e: BaseException) -> bool:
     """A mistake the user can fix (one line, exit 2) rather than a bug (traceback)."""
     from ddkit.registry import UnknownNameError
 
-    if isinstance(e, (UnknownNameError, FileExistsError, FileNotFoundError, ValueError)):
+    # OSError: missing files, existing outputs, permissions, a full disk - the user's to fix.
+    if isinstance(e, (UnknownNameError, OSError, ValueError)):
         return True
     # DDKitError lives in ddkit.utils, which imports torch: if that module was never imported, no
     # DDKitError can have been raised, and the instant commands stay torch-free.
@@ -471,11 +468,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             load_entry_points()
             for spec in plugin_specs:
                 load_plugin(spec)
-        parser = build_parser(argv)
-        args = parser.parse_args(argv)
+        from ddkit.config import parse_with_config
+
+        args = parse_with_config(build_parser, argv, _method_from_argv)
         if not args.command:
-            parser.print_help()
+            build_parser(argv).print_help()
             return EXIT_USAGE
+        if SUBCOMMANDS[args.command][1] is not None:  # the list commands stay torch-free
+            from ddkit.validate import check_device, check_outputs, io_paths
+
+            check_device(getattr(args, "device", None))
+            check_outputs(*io_paths(args))
         with _feedback(args):
             return COMMANDS[args.command](args)
     except KeyboardInterrupt:
@@ -484,7 +487,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as e:
         if not _is_user_error(e):
             raise
-        print(f"ddkit: error: {e}", file=sys.stderr)
+        print(f"ddkit: error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ddkit import __version__
 from ddkit.data.base import to_uint8
 from ddkit.utils import DDKitError, atomic_dir, git_revision, machine_info
+from ddkit.validate import check_set, read_json, read_safetensors
 
 FORMAT_VERSION = 1
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -99,11 +100,12 @@ class DistilledSet:
     def save(self, out: str | Path, overwrite: bool = False, pngs: bool = True) -> Path:
         """Write the folder atomically; refuse an existing `out` unless overwrite."""
         out = Path(out)
+        # Kept on self too, so the summary printed after saving says who made it (not "ddkit ? @ ?").
+        self.meta.setdefault("ddkit_version", __version__)
+        self.meta.setdefault("git_revision", git_revision())
+        self.meta.setdefault("machine", machine_info())
+        self.meta.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         meta = dict(self.meta)
-        meta.setdefault("ddkit_version", __version__)
-        meta.setdefault("git_revision", git_revision())
-        meta.setdefault("machine", machine_info())
-        meta.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         meta.update(format_version=FORMAT_VERSION, classes=list(self.classes), mean=list(self.mean),
                     std=list(self.std), num_images=len(self), image_shape=list(self.images.shape[1:]), ipc=self.ipc)
         with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -142,14 +144,29 @@ class DistilledSet:
 
     @classmethod
     def load(cls, path: str | Path) -> "DistilledSet":
-        """Load a folder written by `save` (exact pixels from images.safetensors)."""
+        """Load a folder written by `save` (exact pixels from images.safetensors), checked at the door.
+
+        Refused with one line naming the file (DDKitError): a missing/invalid meta.json, a truncated or
+        pickled safetensors file, 0 images, labels outside the class range, NaN/Inf pixels or soft labels,
+        a meta `factor` that contradicts `region_soft` (see ddkit.validate.check_set).
+        """
         path = Path(path)
-        if not (path / "meta.json").is_file() or not (path / "images.safetensors").is_file():
-            raise DDKitError(f"{path} is not a ddkit distilled set (missing meta.json or images.safetensors)")
-        meta = json.loads((path / "meta.json").read_text())
-        images = load_file(str(path / "images.safetensors"))["images"]
-        labels = load_file(str(path / "labels.safetensors"))
-        hard = labels.pop("hard")
+        if not path.is_dir():
+            raise DDKitError(f"distilled set {path} not found (expected a folder written by `ddkit distill`)")
+        for name in ("meta.json", "images.safetensors", "labels.safetensors"):
+            if not (path / name).is_file():
+                raise DDKitError(f"{path} is not a ddkit distilled set: {name} is missing")
+        meta = read_json(path / "meta.json", "set metadata")
+        for key in ("classes", "mean", "std"):
+            if not isinstance(meta.get(key), list):
+                raise DDKitError(f"{path / 'meta.json'} lacks the list {key!r}; re-create the set with `ddkit distill`")
+        images = read_safetensors(path / "images.safetensors", "set images").get("images")
+        labels = read_safetensors(path / "labels.safetensors", "set labels")
+        hard = labels.pop("hard", None)
+        if images is None or hard is None:
+            raise DDKitError(f"{path}: images.safetensors needs 'images' and labels.safetensors 'hard'; "
+                             f"re-create the set with `ddkit distill`")
+        check_set(images, hard, meta["classes"], labels, meta, where=f"distilled set {path}")
         return cls(images=images, labels=hard, classes=meta["classes"], mean=meta["mean"], std=meta["std"],
                    soft=labels, meta=meta)
 

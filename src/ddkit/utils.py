@@ -111,6 +111,16 @@ def machine_info(device: Optional[torch.device] = None) -> Dict[str, Any]:
     return info
 
 
+def _umask_modes(root: Path) -> None:
+    """Give a finished output the user's umask modes: mkdtemp makes 0700 and safetensors writes 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for dirpath, _, files in os.walk(root):
+        os.chmod(dirpath, 0o777 & ~mask)
+        for f in files:
+            os.chmod(os.path.join(dirpath, f), 0o666 & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Write a folder atomically: yield a temporary sibling, then rename it onto `out`.
@@ -125,6 +135,7 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
+        _umask_modes(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

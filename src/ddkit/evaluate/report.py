@@ -28,12 +28,13 @@ from ddkit.distilled import DistilledSet
 from ddkit.distributed import barrier, cleanup_distributed
 from ddkit.evaluate import distributed as edist
 from ddkit.evaluate.config import EvalConfig, resolve_regime
-from ddkit.evaluate.core import EvalResult, check_classes, evaluate, soft_labels_for
+from ddkit.evaluate.core import DEFAULT_STUDENT, EvalResult, check_classes, evaluate, soft_labels_for
 from ddkit.evaluate.losses import LOSSES
 from ddkit.evaluate.metrics import hlr, ior, summarize
 from ddkit.evaluate.recipes import resolve_recipe
 from ddkit.evaluate.train import make_plan
 from ddkit.utils import DDKitError, git_revision, machine_info, make_generator
+from ddkit.validate import json_safe
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -153,7 +154,8 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
         for st in names:
             for name, ds in sets.items():
                 res = evaluate(ds, test, dataclasses.replace(cfg, student=st), teacher, full_train_size=full,
-                               device=dev, progress=progress, output=tmp / "runs" / name / _SAFE.sub("_", str(st)),
+                               device=dev, progress=progress, output=tmp / "runs" / name / _SAFE.sub(
+                                   "_", str(st or getattr(teacher, "arch", None) or DEFAULT_STUDENT)),
                                val=val, soft_labels=soft.get(name), soft_source="teacher", set_name=name)
                 results.append(res)
         summary: Dict[str, Any] = {
@@ -174,7 +176,7 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
         if regime == "hl" and cfg.full_acc is not None:
             summary["hlr"] = {st: {"hlr": hlr(cfg.full_acc, r.mean), "full_acc": cfg.full_acc, "syn_acc": r.mean}
                               for (st, name), r in by.items() if name == "distilled"}
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        (tmp / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, default=str, allow_nan=False))
         md = results_markdown(results, summary)
         (tmp / "results.md").write_text(f"# ddkit evaluate: {distilled_dir}\n\n" + md)
     if ctx.main:

@@ -5,8 +5,11 @@ Layouts understood by `load_teacher` (peers.md §1.2, §3.1, §4.4, §8.5):
   2. CIM/RDED/GIFT: `{dataset}_{model}.pth` with the state dict under "model" (their conv nets use BN);
   3. SRe2L: the state dict under "state_dict" and/or keys prefixed "module." (DataParallel);
   4. DD-Ranking: `<dir>/<dataset>/<ModelName>/ckpt_best.pt`, a plain state dict;
-  5. `torchvision:<name>`: torchvision's ImageNet IMAGENET1K_V1 weights, only when cached offline.
-Pickles are never executed: torch.load always runs with weights_only=True.
+  5. `torchvision:<name>`: torchvision's ImageNet IMAGENET1K_V1 weights, only when cached offline; ddkit
+     reads the cached file itself (sha-256 checked against the hash torchvision's URL records, then
+     torch.load with weights_only=True) instead of torch.hub's loader, which unpickles with weights_only=False.
+Pickles are never executed: torch.load always runs with weights_only=True; safetensors files are checked
+for truncation and for a pickle in disguise (ddkit.validate.read_safetensors).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from ddkit.models import create_model, resolve_model_name
 from ddkit.registry import UnknownNameError
 from ddkit.teachers.core import Teacher
 from ddkit.utils import DDKitError, atomic_write_bytes, git_revision, machine_info
+from ddkit.validate import read_json, read_safetensors
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,8 +39,12 @@ def _stem(path: Union[str, Path]) -> Path:
     return p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
 
 
-def save_teacher(teacher: Teacher, path: Union[str, Path]) -> Tuple[Path, Path]:
-    """Write `<path>.safetensors` and `<path>.json` atomically; returns both paths."""
+def save_teacher(teacher: Teacher, path: Union[str, Path],
+                 record: Optional[Dict[str, Any]] = None) -> Tuple[Path, Path]:
+    """Write `<path>.safetensors` and `<path>.json` atomically; returns both paths.
+
+    `record` ({"command", "args"} of the CLI run) goes into the json, so `-c <path>.json` repeats the run.
+    """
     from safetensors.torch import save
 
     stem = _stem(path)
@@ -49,7 +57,7 @@ def save_teacher(teacher: Teacher, path: Union[str, Path]) -> Tuple[Path, Path]:
         "mean": list(teacher.mean), "std": list(teacher.std), "image_size": teacher.image_size,
         "channels": teacher.channels, "accuracy": teacher.meta.get("accuracy"),
         "recipe": teacher.meta.get("recipe"), "ddkit_revision": git_revision(), "machine": machine_info(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **(record or {}),
     }
     atomic_write_bytes(weights, save(state))
     atomic_write_bytes(meta_path, json.dumps(meta, indent=1).encode())
@@ -58,11 +66,7 @@ def save_teacher(teacher: Teacher, path: Union[str, Path]) -> Tuple[Path, Path]:
 
 def _read_state(path: Path) -> Tuple[Dict[str, torch.Tensor], str]:
     """The state dict inside a peer checkpoint and the layout name."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise DDKitError(f"{path} holds Python objects beyond tensors, which ddkit refuses to unpickle "
-                         f"(weights_only=True): {str(e).splitlines()[0][:120]}; re-save its state_dict") from None
+    obj = _torch_load_weights(path)
     layout = "plain"
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj, layout = obj["model"], "cim"
@@ -77,6 +81,61 @@ def _read_state(path: Path) -> Tuple[Dict[str, torch.Tensor], str]:
     if layout == "plain" and any(k.startswith("module.") for k in obj):
         layout = "sre2l"
     return state, layout
+
+
+def _torch_load_weights(path: Path) -> Any:
+    """torch.load with weights_only=True; every failure (a pickle with code, a truncated zip) is one line."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise DDKitError(f"{path} holds Python objects beyond tensors, which ddkit refuses to unpickle "
+                         f"(weights_only=True): {str(e).splitlines()[0][:120]}; re-save its state_dict") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        msg = " ".join(str(e).split())[:120]
+        raise DDKitError(f"{path} is not a readable torch checkpoint ({msg}); re-copy or re-save it") from None
+
+
+def hub_hash_prefix(url: str) -> str:
+    """The sha-256 prefix torchvision records in a weight file's name (`resnet18-f37072fd.pth`)."""
+    m = re.search(r"-([a-f0-9]{6,})\.", Path(url).name)
+    if m is None:
+        raise DDKitError(f"{url}: no sha-256 prefix in the file name to check the download against")
+    return m.group(1)
+
+
+def read_hub_weights(path: Path, expected: str) -> Dict[str, torch.Tensor]:
+    """A cached torchvision weight file, hash-checked, then loaded without running any pickled code."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if not h.hexdigest().startswith(expected):
+        raise DDKitError(f"{path} does not match torchvision's record (sha-256 {h.hexdigest()[:len(expected)]}, "
+                         f"expected {expected}…): tampered or damaged; delete it and download it again")
+    state = _torch_load_weights(path)
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise DDKitError(f"{path} holds no plain state dict; delete it and download it again")
+    return state
+
+
+def _check_meta(meta: Dict[str, Any], where: Path) -> None:
+    """A teacher json's facts have the types the loader relies on (else one line naming the file)."""
+    for key in ("mean", "std"):
+        v = meta.get(key)
+        if v is not None and (not isinstance(v, list) or not v or
+                              not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
+            raise DDKitError(f"{where}: {key!r} must be a list of numbers, found {v!r}; fix or re-create the json")
+    if meta.get("std") and any(x <= 0 for x in meta["std"]):
+        raise DDKitError(f"{where}: 'std' must be > 0, found {meta['std']}; fix or re-create the json")
+    c = meta.get("classes")
+    if c is not None and (not isinstance(c, list) or not all(isinstance(x, str) for x in c)):
+        raise DDKitError(f"{where}: 'classes' must be a list of names; fix or re-create the json")
+    for key in ("image_size", "channels", "num_classes"):
+        v = meta.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise DDKitError(f"{where}: {key!r} must be a whole number ≥ 1, found {v!r}")
 
 
 def _arch_from_filename(path: Path, dataset: Optional[ImageDataset]) -> Tuple[Optional[str], str]:
@@ -149,7 +208,16 @@ def _torchvision_teacher(name: str, dataset: Optional[ImageDataset], device: Uni
     if not cached.is_file():
         raise DDKitError(f"torchvision:{name} weights are not cached at {cached}; on a machine with internet run "
                          f"python -c \"import torchvision; torchvision.models.get_model('{name}', weights='{w}')\"")
-    model = torchvision.models.get_model(name, weights=w)
+    state = read_hub_weights(cached, hub_hash_prefix(w.url))
+    # torchvision builds the net with these weights (its own key fixes, e.g. DenseNet's) but gets the dict we
+    # verified instead of calling torch.hub.load_state_dict_from_url.
+    setattr(type(w), "get_state_dict", lambda self, *a, **k: state)
+    try:
+        model = torchvision.models.get_model(name, weights=w)
+    except RuntimeError as e:
+        raise DDKitError(f"{cached} does not fit torchvision:{name}: {' '.join(str(e).split())[:200]}") from None
+    finally:
+        delattr(type(w), "get_state_dict")
     n = len(w.meta["categories"])
     if dataset is not None and dataset.num_classes != n:
         raise DDKitError(f"checkpoint has {n} outputs but {dataset.name or 'the dataset'} has "
@@ -180,12 +248,11 @@ def load_teacher(path: Union[str, Path], *, arch: Optional[str] = None, dataset:
     stem = _stem(p)
     meta: Dict[str, Any] = {}
     if stem.with_name(stem.name + ".safetensors").is_file():
-        from safetensors.torch import load_file
-
-        state, layout = load_file(str(stem.with_name(stem.name + ".safetensors"))), "ddkit"
+        state, layout = read_safetensors(stem.with_name(stem.name + ".safetensors"), "teacher weights"), "ddkit"
         meta_file = stem.with_name(stem.name + ".json")
         if meta_file.is_file():
-            meta = json.loads(meta_file.read_text())
+            meta = read_json(meta_file, "teacher metadata")
+            _check_meta(meta, meta_file)
     elif p.is_file():
         state, layout = _read_state(p)
     else:

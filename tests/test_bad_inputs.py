@@ -1,0 +1,303 @@
+"""The bad-input battery: every case runs through the CLI entry point in-process and must end with
+exit code 2, exactly one stderr line that names the fix, no traceback, and every pre-existing file
+byte-identical (issue #14). Each case is one distinct bad input; docs/refuses.md lists them by rule."""
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from ddkit.cli import main
+from ddkit.distilled import DistilledSet
+from ddkit.models import create_model
+from ddkit.teachers import Teacher, save_teacher
+
+CPU = ["--device", "cpu", "--no-progress"]
+DIGITS = ["--dataset", "digits", *CPU]
+
+
+def _snapshot(root: Path) -> Dict[str, bytes]:
+    """Every file under root (or root itself) with its bytes."""
+    if root.is_file():
+        return {str(root): root.read_bytes()}
+    return {str(p): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A good set (digits, 2 per class, with soft and 2×2 region labels), a teacher, a grey image folder."""
+    root = tmp_path_factory.mktemp("bad")
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(10).repeat_interleave(2)
+    DistilledSet(torch.rand(20, 1, 8, 8, generator=g), labels, [str(i) for i in range(10)], [0.5], [0.25],
+                 soft={"soft": torch.randn(20, 10, generator=g), "region_soft": torch.randn(20, 4, 10, generator=g)},
+                 meta={"method": "random", "factor": 2}).save(root / "set", pngs=False)
+    torch.manual_seed(0)
+    net = create_model("convnet-d1", 10, 8, 1, width=8)
+    save_teacher(Teacher(net, "convnet-d1", [str(i) for i in range(10)], [0.5], [0.25], 8, 1,
+                         meta={"dataset": "digits"}, arch_kw={"width": 8}), root / "teacher")
+    return root
+
+
+def _copy_set(base: Path, tmp: Path) -> Path:
+    out = tmp / "set"
+    shutil.copytree(base / "set", out)
+    return out
+
+
+def _edit_tensors(path: Path, **changes) -> None:
+    t = load_file(str(path))
+    t.update(changes)
+    save_file(t, str(path))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (Path.touch, (Path("MARKER-never-created"),))
+
+
+def _set_case(edit: Callable[[Path], None]) -> Callable[[Path, Path], Tuple[List[str], List[Path]]]:
+    def make(base: Path, tmp: Path):
+        s = _copy_set(base, tmp)
+        edit(s)
+        return ["evaluate", str(s), *DIGITS, "--regime", "hl", "--output", str(tmp / "ev")], [s]
+    return make
+
+
+def _inspect_case(edit: Callable[[Path], None]):
+    def make(base: Path, tmp: Path):
+        s = _copy_set(base, tmp)
+        edit(s)
+        return ["inspect", str(s)], [s]
+    return make
+
+
+def _meta(**kw):
+    def edit(s: Path) -> None:
+        m = json.loads((s / "meta.json").read_text())
+        m.update(kw)
+        (s / "meta.json").write_text(json.dumps(m))
+    return edit
+
+
+def _labels(values):
+    return lambda s: _edit_tensors(s / "labels.safetensors", hard=torch.tensor(values + [0] * (20 - len(values))))
+
+
+def _pixels(value):
+    def edit(s: Path) -> None:
+        x = load_file(str(s / "images.safetensors"))["images"]
+        x[3, 0, 2, 2] = value
+        save_file({"images": x}, str(s / "images.safetensors"))
+    return edit
+
+
+def _truncate(name: str, keep: int):
+    def edit(s: Path) -> None:
+        p = s / name
+        p.write_bytes(p.read_bytes()[:keep])
+    return edit
+
+
+def _pickle_as(name: str, zip_format: bool = False):
+    def edit(s: Path) -> None:
+        if zip_format:
+            torch.save({"images": torch.zeros(1)}, s / name)
+        else:
+            (s / name).write_bytes(pickle.dumps(_Evil(), protocol=2))
+    return edit
+
+
+def _zero_images(s: Path) -> None:
+    save_file({"images": torch.zeros(0, 1, 8, 8)}, str(s / "images.safetensors"))
+    save_file({"hard": torch.zeros(0, dtype=torch.long)}, str(s / "labels.safetensors"))
+
+
+def _soft(**kw):
+    return lambda s: _edit_tensors(s / "labels.safetensors", **kw)
+
+
+def _nan_soft(s: Path) -> None:
+    t = load_file(str(s / "labels.safetensors"))
+    t["soft"][0, 0] = float("nan")
+    save_file(t, str(s / "labels.safetensors"))
+
+
+def _cli(argv_of: Callable[[Path, Path], List[str]], protect: Callable[[Path, Path], List[Path]] = lambda b, t: []):
+    def make(base: Path, tmp: Path):
+        return argv_of(base, tmp), protect(base, tmp)
+    return make
+
+
+def _yaml_case(text: str, command: Callable[[Path, Path], List[str]]):
+    def make(base: Path, tmp: Path):
+        cfg = tmp / "c.yaml"
+        cfg.write_text(text)
+        return [*command(base, tmp), "-c", str(cfg)], [cfg]
+    return make
+
+
+def _distill_out(base: Path, tmp: Path) -> List[str]:
+    return ["distill", *DIGITS, "--output", str(tmp / "out")]
+
+
+def _eval_set(base: Path, tmp: Path) -> List[str]:
+    return ["evaluate", str(base / "set"), *DIGITS, "--regime", "hl", "--output", str(tmp / "ev")]
+
+
+def _teacher_case(edit: Callable[[Path], None], command: str = "distill"):
+    def make(base: Path, tmp: Path):
+        for suf in (".safetensors", ".json"):
+            shutil.copy(base / f"teacher{suf}", tmp / f"teacher{suf}")
+        edit(tmp)
+        argv = ["distill", *DIGITS, "--method", "herding", "--ipc", "1", "--teacher", str(tmp / "teacher"),
+                "--output", str(tmp / "out")]
+        return argv, [tmp / "teacher.safetensors", tmp / "teacher.json"]
+    return make
+
+
+def _teacher_json(**kw):
+    def edit(t: Path) -> None:
+        m = json.loads((t / "teacher.json").read_text())
+        m.update(kw)
+        (t / "teacher.json").write_text(json.dumps(m))
+    return edit
+
+
+def _pth(content: Callable[[Path], None]):
+    def make(base: Path, tmp: Path):
+        p = tmp / "digits_convnet-d1.pth"
+        content(p)
+        argv = ["distill", *DIGITS, "--method", "herding", "--ipc", "1", "--teacher", str(p),
+                "--teacher-arch", "convnet-d1", "--output", str(tmp / "out")]
+        return argv, [p]
+    return make
+
+
+#: id -> (builder(base, tmp) -> (argv, protected paths), words the single stderr line must contain)
+CASES = {
+    # -- a distilled set that would give wrong results or a traceback --------------------------------
+    "label-99": (_set_case(_labels([99])), "label 99 is outside 0..9"),
+    "label-minus-1": (_set_case(_labels([-1])), "label -1 is outside 0..9"),
+    "inspect-label-99": (_inspect_case(_labels([99])), "label 99 is outside"),
+    "truncated-images": (_set_case(_truncate("images.safetensors", 100)), "truncated"),
+    "inspect-truncated-images": (_inspect_case(_truncate("images.safetensors", 100)), "truncated"),
+    "truncated-labels-header": (_set_case(_truncate("labels.safetensors", 5)), "truncated"),
+    "empty-images-file": (_set_case(_truncate("images.safetensors", 0)), "truncated"),
+    "pickle-renamed-images": (_set_case(_pickle_as("images.safetensors")), "Python pickle, not safetensors"),
+    "torch-save-renamed-labels": (_set_case(_pickle_as("labels.safetensors", zip_format=True)),
+                                  "torch.save/zip archive, not safetensors"),
+    "zero-images": (_set_case(_zero_images), "holds 0 images"),
+    "nan-pixels": (_set_case(_pixels(float("nan"))), "NaN or Inf"),
+    "inf-pixels": (_set_case(_pixels(float("inf"))), "NaN or Inf"),
+    "nan-soft-labels": (_set_case(_nan_soft), "soft label 'soft' holds NaN"),
+    "soft-wrong-classes": (_set_case(_soft(soft=torch.zeros(20, 7))), "has 7 classes"),
+    "factor-4-vs-region": (_set_case(_meta(factor=4)), "factor 4 contradicts region_soft's 4 cells"),
+    "factor-0": (_set_case(_meta(factor=0)), "factor 0 must be a whole number"),
+    "meta-not-json": (_set_case(lambda s: (s / "meta.json").write_text("{oops")), "meta.json is not valid JSON"),
+    "meta-no-classes": (_set_case(_meta(classes=None)), "meta.json lacks the list 'classes'"),
+    "missing-labels-file": (_set_case(lambda s: (s / "labels.safetensors").unlink()), "labels.safetensors is missing"),
+    "set-not-found": (_cli(lambda b, t: ["evaluate", str(t / "nope"), *DIGITS, "--output", str(t / "ev")]),
+                      "not found"),
+    # -- outputs that would destroy an input ---------------------------------------------------------
+    "eval-output-is-set": (_cli(lambda b, t: ["evaluate", str(_copy_set(b, t)), *DIGITS, "--output", str(t / "set"),
+                                              "--overwrite"], lambda b, t: [t / "set"]), "is the input"),
+    "eval-output-inside-set": (_cli(lambda b, t: ["evaluate", str(_copy_set(b, t)), *DIGITS, "--output",
+                                                  str(t / "set" / "ev"), "--overwrite"], lambda b, t: [t / "set"]),
+                               "is inside the input"),
+    "eval-output-contains-set": (_cli(lambda b, t: ["evaluate", str(_copy_set(b, t)), *DIGITS, "--output", str(t),
+                                                    "--overwrite"], lambda b, t: [t / "set"]), "contains the input"),
+    "distill-output-is-teacher": (_teacher_case(lambda t: None), None),  # replaced below (needs the path)
+    "distill-output-in-dataset": (_cli(lambda b, t: ["distill", "--dataset", f"folder:{t}", *CPU, "--output",
+                                                     str(t / "train" / "x")]), "is inside the input"),
+    # -- options no stage can run with ---------------------------------------------------------------
+    "kl-temperature-0": (_cli(lambda b, t: [*_eval_set(b, t), "--loss", "kl", "--temperature", "0"]),
+                         "--temperature must be > 0"),
+    "teacher-batch-size-0": (_cli(lambda b, t: ["teacher", "train", *DIGITS, "--batch-size", "0",
+                                                "--output", str(t / "t")]), "--batch-size must be ≥ 1"),
+    "teacher-epochs-0": (_cli(lambda b, t: ["teacher", "train", *DIGITS, "--epochs", "0", "--output", str(t / "t")]),
+                         "--epochs must be ≥ 1"),
+    "teacher-lr-negative": (_cli(lambda b, t: ["teacher", "train", *DIGITS, "--lr=-0.1", "--output", str(t / "t")]),
+                            "--lr must be > 0"),
+    "distill-ipc-0": (_cli(lambda b, t: [*_distill_out(b, t), "--ipc", "0"]), "--ipc must be ≥ 1"),
+    "eval-seeds-0": (_cli(lambda b, t: [*_eval_set(b, t), "--seeds", "0"]), "--seeds must be ≥ 1"),
+    "eval-lr-nan": (_cli(lambda b, t: [*_eval_set(b, t), "--lr", "nan"]), "--lr must be a finite number"),
+    "device-cuda-unavailable": (_cli(lambda b, t: ["distill", "--dataset", "digits", "--no-progress", "--device",
+                                                   "cuda:99", "--output", str(t / "o")]), "--device cuda:99"),
+    "device-bogus": (_cli(lambda b, t: ["distill", "--dataset", "digits", "--device", "gpu0",
+                                        "--output", str(t / "o")]), "is not a device"),
+    "flag-not-an-int": (_cli(lambda b, t: [*_distill_out(b, t), "--ipc", "abc"]), "invalid int value"),
+    "unknown-flag": (_cli(lambda b, t: [*_distill_out(b, t), "--ipcc", "3"]), "unrecognized arguments"),
+    # -- config files --------------------------------------------------------------------------------
+    "yaml-ipc-abc": (_yaml_case("ipc: abc\n", _distill_out), "ipc: 'abc' is not a whole number"),
+    "yaml-malformed": (_yaml_case("ipc: [1,\n", _distill_out), "is not valid YAML at line"),
+    "yaml-unknown-key": (_yaml_case("ipcc: 5\n", _distill_out), "unknown key(s) ipcc"),
+    "yaml-eval-unknown-key": (_yaml_case("teacher_path: x\n", _eval_set), "unknown key(s) teacher_path"),
+    "yaml-a-list": (_yaml_case("- 1\n- 2\n", _distill_out), "must hold a mapping"),
+    "yaml-other-command": (_yaml_case("command: evaluate\nargs: {ipc: 1}\n", _distill_out),
+                           "records a `ddkit evaluate` run"),
+    "yaml-missing": (_cli(lambda b, t: [*_distill_out(b, t), "-c", str(t / "none.yaml")]),
+                     "config file"),
+    # -- teachers ------------------------------------------------------------------------------------
+    "teacher-truncated": (_teacher_case(lambda t: _truncate("teacher.safetensors", 40)(t)), "truncated"),
+    "teacher-pickle-renamed": (_teacher_case(lambda t: (t / "teacher.safetensors").write_bytes(
+        pickle.dumps(_Evil(), protocol=2))), "Python pickle, not safetensors"),
+    "teacher-json-broken": (_teacher_case(lambda t: (t / "teacher.json").write_text("{")), "teacher.json is not valid"),
+    "teacher-json-bad-std": (_teacher_case(_teacher_json(std=[0])), "'std' must be > 0"),
+    "teacher-json-mean-text": (_teacher_case(_teacher_json(mean="abc")), "'mean' must be a list of numbers"),
+    "teacher-pth-evil-pickle": (_pth(lambda p: p.write_bytes(pickle.dumps(_Evil(), protocol=2))), "refuses to unpickle"),
+    "teacher-pth-truncated": (_pth(lambda p: (torch.save({"a": torch.zeros(3)}, p),
+                                              p.write_bytes(p.read_bytes()[:50]))), "not a readable torch checkpoint"),
+    "teacher-not-found": (_cli(lambda b, t: [*_distill_out(b, t), "--method", "herding", "--teacher",
+                                             str(t / "nope")]), "not found"),
+    # -- datasets ------------------------------------------------------------------------------------
+    "tar-not-an-archive": (_cli(lambda b, t: (t.joinpath("x.tar").write_bytes(b"not a tar" * 100),
+                                              ["distill", "--dataset", f"tar:{t / 'x.tar'}", *CPU,
+                                               "--cache-dir", str(t / "cache"), "--output", str(t / "o")])[1],
+                                lambda b, t: [t / "x.tar"]), "cannot read archive"),
+    "folder-missing": (_cli(lambda b, t: ["distill", "--dataset", f"folder:{t / 'nope'}", *CPU,
+                                          "--output", str(t / "o")]), "not found"),
+    "dataset-unknown": (_cli(lambda b, t: ["distill", "--dataset", "cifar11", *CPU, "--output", str(t / "o")]),
+                        "Known:"),
+}
+
+
+def _output_is_teacher(base: Path, tmp: Path):
+    argv, protect = _teacher_case(lambda t: None)(base, tmp)
+    argv[argv.index("--output") + 1] = str(tmp / "teacher.safetensors")
+    return [*argv, "--overwrite"], protect
+
+
+CASES["distill-output-is-teacher"] = (_output_is_teacher, "is the input")
+
+
+def test_battery_has_at_least_40_distinct_bad_inputs():
+    assert len(CASES) >= 40
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_refused_with_one_line(case, base, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an evil pickle that did run would leave its marker here
+    build, needle = CASES[case]
+    argv, protect = build(base, tmp_path)
+    protect = [*protect, base]
+    before = {str(p): _snapshot(p) for p in protect}
+    capsys.readouterr()
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse's own exit, still one line (cli._Parser)
+        rc = e.code
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert rc == 2, (case, rc, err)
+    assert len(lines) == 1 and lines[0].startswith("ddkit: error:"), (case, err)
+    assert "Traceback" not in err
+    assert needle in lines[0], (case, lines[0])
+    assert {str(p): _snapshot(p) for p in protect} == before, f"{case} changed a file it was given"
+    assert not (tmp_path / "MARKER-never-created").exists()
