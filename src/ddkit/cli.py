@@ -366,8 +366,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_relabel(args: argparse.Namespace) -> int:
     from ddkit.config import from_args
     from ddkit.evaluate.stored import RelabelConfig, relabel
+    from ddkit.validate import check_config
 
-    cfg = from_args(RelabelConfig, args, base=_pick(RelabelConfig, _yaml(args)))
+    cfg = from_args(RelabelConfig, args)
+    check_config(cfg)
     relabel(args.distilled, _teacher(args, None, "cpu"), cfg, device=args.device, progress=not args.no_progress)
     return 0
 
