@@ -138,8 +138,9 @@ def test_demo_writes_report_html_with_gaps_plots_and_grids(demo_dir):
     text = (demo_dir / "report.html").read_text()
     assert "IOR HL" in text and "HLR" in text
     imgs = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
-    # 1 accuracy plot + 3 curve plots (one per regime) + 2 grids
-    assert len(imgs) == 6
+    # 1 accuracy plot + 3 per-class plots + 3 curve plots (one per regime each) + 2 grids
+    assert len(imgs) == 9
+    assert "Distilled vs random, per class" in text
     sizes = [Image.open(io.BytesIO(base64.b64decode(s))).size for s in imgs]
     grid_w, grid_h = sizes[-1]
     assert grid_h >= 10 * 48  # digits: 10 class rows of 8 px images shown ≥ 48 px
@@ -150,7 +151,7 @@ def test_demo_writes_report_html_with_gaps_plots_and_grids(demo_dir):
 def test_demo_report_renders_in_headless_chromium(demo_dir):
     page = demo_dir / "report.html"
     widths = image_widths(page)
-    assert len(widths) == 6 and all(w > 0 for w in widths), widths
+    assert len(widths) == 9 and all(w > 0 for w in widths), widths
     shot = screenshot(page)
     # not blank: plenty of non-white pixels and more than a couple of distinct colours
     non_white = (shot.min(axis=-1) < 240).mean()
@@ -186,7 +187,10 @@ def test_evaluate_cli_writes_report_html_with_ior_and_hlr(tmp_path):
     ior = 100 * summary["ior"]["convnet-d1"]["ior"]
     hlr = 100 * summary["hlr"]["convnet-d1"]["hlr"]
     assert f">{ior:+.2f}</td>" in text and f">{hlr:+.2f}</td>" in text
-    assert text.count("data:image/png;base64,") == 3  # accuracy bars, training curves, the set's grid
+    # accuracy bars, distilled vs random per class, training curves, the set's grid
+    assert text.count("data:image/png;base64,") == 4 and "Accuracy per class" in text
+    for r in summary["results"]:  # per-class accuracies weighted by class size give the headline exactly
+        assert r["classes"] == [str(i) for i in range(10)] and len(r["class_accs"]) == 1
     assert all(w > 0 for w in image_widths(ev / "report.html"))
 
 
@@ -206,3 +210,19 @@ def test_study_writes_report_html_pngs_and_curves(tmp_path):
     assert (out / "runs" / "random-ipc1-K0.1-hl" / "seed0" / "metrics.jsonl").is_file()
     # 2 plots (budget, IPC) + curves + the grid
     assert text.count("data:image/png;base64,") == 4
+
+
+def test_per_class_accuracy_matches_the_headline():
+    from ddkit.evaluate import EvalConfig, evaluate
+    from ddkit.methods import create_method
+    from tests.conftest import make_toy
+
+    train, test = make_toy(10, 3, 8), make_toy(7, 3, 8, seed=1, split="test")
+    test = test.subset(torch.arange(len(test))[:-2])  # unequal class sizes: 7, 7, 5
+    ds = create_method("random", ipc=2, seed=0)(train, device="cpu", progress=False)
+    res = evaluate(ds, test, EvalConfig(recipe="dc", regime="hl", epochs=3, seeds=2, student="convnet-d1",
+                                        student_width=8), device="cpu", progress=False)
+    sizes = torch.bincount(test.labels, minlength=3).tolist()
+    for run in res.runs:
+        assert len(run.class_accs) == 3
+        assert sum(a * n for a, n in zip(run.class_accs, sizes)) / sum(sizes) == pytest.approx(run.final_acc, abs=1e-12)

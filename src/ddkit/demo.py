@@ -22,6 +22,7 @@ from ddkit.grids import write_preview
 from ddkit.html_report import HtmlReport, add_curves, add_grid, signed
 from ddkit.methods import create_method, list_methods, method_spec
 from ddkit.plots import REGIME_NAMES, acc_vs_ipc
+from ddkit.plots import per_class as plot_per_class
 from ddkit.report import fmt_acc, markdown_table, write_markdown
 from ddkit.teachers import TeacherConfig, check_teacher, save_teacher, train_teacher
 from ddkit.utils import get_device, git_revision, machine_info
@@ -62,6 +63,7 @@ def run_demo(output: str | Path = "runs/demo", device: str = "auto", progress: b
     methods = list(cfg.methods) or list_methods()
     results: Dict[str, Dict[str, List[float]]] = {}
     stds: Dict[str, Dict[str, float]] = {}
+    per_class: Dict[str, Dict[str, Optional[List[float]]]] = {}
     times: Dict[str, float] = {}
     # One bar over every (method, regime) evaluation that stays on screen; one line per finished stage.
     bar = tqdm(total=len(methods) * len(cfg.regimes), desc="demo", unit="eval", disable=not progress, leave=True,
@@ -74,7 +76,7 @@ def run_demo(output: str | Path = "runs/demo", device: str = "auto", progress: b
         distilled.save(out / "sets" / name, overwrite=True)
         write_preview(out / "sets" / name, distilled)
         times[name] = distilled.meta["wall_seconds"]
-        results[name], stds[name] = {}, {}
+        results[name], stds[name], per_class[name] = {}, {}, {}
         for regime in cfg.regimes:
             bar.set_postfix_str(f"{name} {regime}")
             ecfg = EvalConfig(recipe=cfg.recipe, regime=regime, student=cfg.student, student_width=32,
@@ -82,6 +84,9 @@ def run_demo(output: str | Path = "runs/demo", device: str = "auto", progress: b
             res = evaluate(distilled, test, ecfg, teacher, device=dev, progress=False,
                            output=out / "runs" / regime / name, set_name=name)
             results[name][regime], stds[name][regime] = res.accs, res.std
+            pcs = [r.class_accs for r in res.runs]
+            per_class[name][regime] = ([sum(v) / len(v) for v in zip(*pcs)] if all(p is not None for p in pcs)
+                                       else None)
             bar.update(1)
             tqdm.write(f"{name:16s} {regime:5s} {fmt_acc(res.accs)}  (distill {times[name]:.1f} s)")
     bar.close()
@@ -103,7 +108,7 @@ def run_demo(output: str | Path = "runs/demo", device: str = "auto", progress: b
     write_markdown(out / "report.md", "ddkit demo", [("Protocol", proto), ("Accuracy (%)", table + "\n\n" + gaps),
                                                      ("Report", "report.html: the same with plots, training curves "
                                                       "and legible grids"), ("Images", body_grids)])
-    _write_html(out, cfg, results, stds, times, tm, proto, gaps)
+    _write_html(out, cfg, results, stds, times, tm, proto, gaps, per_class, list(test.classes))
     (out / "results.json").write_text(json.dumps({"results": results, "distill_seconds": times,
                                                   "teacher": tm.get("test_acc"), "config": to_dict(cfg),
                                                   "git_revision": git_revision(), "machine": machine_info(dev),
@@ -136,7 +141,7 @@ def _signed(v: Optional[float]) -> str:
 
 def _write_html(out: Path, cfg: DemoConfig, results: Dict[str, Dict[str, List[float]]],
                 stds: Dict[str, Dict[str, float]], times: Dict[str, float], tm: Dict[str, Any], proto: str,
-                gaps: str) -> Path:
+                gaps: str, per_class: Dict[str, Dict[str, Optional[List[float]]]], classes: List[str]) -> Path:
     """report.html: table with IOR/HLR, accuracy per method and regime, training curves, legible grids."""
     rep = HtmlReport("ddkit demo")
     rep.text(proto)
@@ -151,6 +156,17 @@ def _write_html(out: Path, cfg: DemoConfig, results: Dict[str, Dict[str, List[fl
             for n in results for r in cfg.regimes]
     rep.figure(acc_vs_ipc(bars), "test accuracy per method and regime (error bars: std over seeds; dashed: random; "
                "red: below random)", "accuracy per method")
+    if "random" in results:
+        rep.heading("Distilled vs random, per class")
+        for regime in cfg.regimes:
+            others = [n for n in results if n != "random"]
+            if not others:
+                break
+            best = max(others, key=lambda n: _mean(results[n][regime]))
+            rep.figure(plot_per_class(classes, {f"{best} (best under {REGIME_NAMES.get(regime, regime)})":
+                                                per_class[best][regime], "random": per_class["random"][regime]}),
+                       f"{REGIME_NAMES.get(regime, regime)}: last-epoch test accuracy per class, mean over seeds",
+                       f"per-class accuracy {regime}")
     for regime in cfg.regimes:
         add_curves(rep, out / "runs" / regime, "mean over seeds per method: training loss every epoch, test accuracy "
                    "at the recipe's evaluation epochs", f"Training curves, {REGIME_NAMES.get(regime, regime)}")

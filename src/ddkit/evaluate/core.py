@@ -93,8 +93,33 @@ class EvalResult:
                 sel.append(r.test_history[k][1])
             d["val_selected_test_acc"] = sel
             d["val_accs_final"] = [r.val_history[-1][1] for r in self.runs]
+        if self.runs and all(r.class_accs is not None for r in self.runs):
+            d["class_accs"] = [r.class_accs for r in self.runs]  # per seed, per class (last epoch)
         d.update(self.info)
         return d
+
+
+def class_scorer(ds: ImageDataset, mean: Any, std: Any, device: torch.device, batch_size: int,
+                 sink: List[Optional[List[float]]]) -> Any:
+    """model -> test accuracy exactly as `teachers.accuracy` computes it (same batched logits), leaving the
+    per-class accuracies of that call in sink[0] (for the report's distilled-vs-random-per-class plot)."""
+    from ddkit.teachers import predict_logits
+
+    k = ds.num_classes
+    y = ds.labels.cpu()
+
+    def score(model: Any) -> float:
+        hits = torch.zeros(k, dtype=torch.long)
+        step = batch_size * 8  # argmax per chunk: never all N×K logits at once
+        for i in range(0, len(ds), step):
+            z = predict_logits(model, ds.images[i:i + step], mean, std, device=device, batch_size=batch_size)
+            yi = y[i:i + step]
+            hits += torch.bincount(yi[z.argmax(1) == yi], minlength=k)
+        counts = torch.bincount(y, minlength=k)
+        sink[0] = (hits.double() / counts.clamp(min=1)).tolist()
+        return int(hits.sum()) / max(1, len(ds))
+
+    return score
 
 
 def check_classes(distilled: DistilledSet, test: ImageDataset, teacher: Any = None) -> None:
@@ -261,6 +286,9 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
         views, targets = stored.views(views), stored.targets(targets)
     mean, std = distilled.mean, distilled.std
     test_acc = ctx.scorer(test_d, mean, std, cfg.test_batch_size)
+    per_class: List[Optional[List[float]]] = [None]
+    if not ctx.ddp:  # per-class accuracy needs the whole test split here (a DDP rank holds a shard)
+        test_acc = class_scorer(test_d, mean, std, dev, cfg.test_batch_size, per_class)
     val_acc = ctx.scorer(val_d, mean, std, cfg.test_batch_size) if val_d is not None else None
 
     if progress:
@@ -290,6 +318,7 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
                 log.parent.mkdir(parents=True, exist_ok=True)
             res = train_run(trainer, seed, evaluate=test_acc, validate=val_acc,
                             log_path=log, progress=progress, desc=f"{set_name}/{student}/seed{seed}")
+        res.class_accs, per_class[0] = per_class[0], None  # from the last (headline) test evaluation
         runs.append((r, res))
         if progress:
             print(f"[evaluate] {set_name}/{student} seed {seed}: test acc {res.final_acc:.4f} "
@@ -299,7 +328,7 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
                      info={"wall_seconds": time.perf_counter() - t0, "device": str(dev),
                            "config": to_dict(cfg), "student_kwargs": kw,
                            "decoded_mosaic_factor": mosaic if decoded else None, "crop": crop_desc,
-                           "set_factor": mosaic, **ctx.describe(),
+                           "set_factor": mosaic, "classes": list(test.classes), **ctx.describe(),
                            **(stored.describe(plan.epochs) if stored is not None else {})})
     if progress:
         s = summarize(out.accs)

@@ -257,6 +257,7 @@ class RunResult:
     val_history: List[Tuple[int, float]] = field(default_factory=list)
     seconds: float = 0.0
     images_per_s: float = 0.0
+    class_accs: Optional[List[float]] = None  # per class at the last evaluation (None in a DDP run)
 
     @property
     def best_test_acc(self) -> Optional[float]:
