@@ -7,13 +7,14 @@ the time per iteration is measured after one warm-up step and projected to `--ta
 (the preset's 1000). Also timed: the per-class BN targets (bn_target=class, `--stat-images` real-sized
 random images) and one DWA weight adjustment (K = 12 steps on ipc images). Results go to --output.
 
-    OMP_NUM_THREADS=1 python bench/recover_scaling.py --teacher runs/teachers/cifar10_jpeg75_convnet3bn_e6 \
+    OMP_NUM_THREADS=1 python bench/recover_scaling.py --arch convnet-d3-bn --image-size 32 \
         --classes 1,5,10 --ipcs 1,10 --iterations 10 --output bench/results/recover_scaling_cpu.json
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,13 +23,17 @@ import torch
 
 from ddkit.methods.recover import (BNHooks, RecoverSpec, adjust_weights, class_targets, recover, require_bn,
                                    restore_weights, valid_bounds)
-from ddkit.teachers import load_teacher
+from ddkit.models import create_model
+from ddkit.teachers import Teacher, load_teacher
 from ddkit.utils import get_device, git_revision, machine_info
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--teacher", required=True)
+    ap.add_argument("--teacher", default=None, help="teacher checkpoint (timing only: weights do not matter)")
+    ap.add_argument("--arch", default="convnet-d3-bn", help="without --teacher: random weights of this BN model")
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--num-classes", type=int, default=10)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--classes", default="1,5,10", help="classes per batch")
     ap.add_argument("--ipcs", default="1,10")
@@ -39,7 +44,12 @@ def main(argv=None) -> int:
     ap.add_argument("--output", required=True)
     a = ap.parse_args(argv)
     dev = get_device(a.device)
-    teacher = load_teacher(a.teacher, device="cpu")
+    if a.teacher:
+        teacher = load_teacher(a.teacher, device="cpu")
+    else:  # the cost does not depend on the weights: a random BN net of the teacher's shape
+        torch.manual_seed(0)
+        net = create_model(a.arch, num_classes=a.num_classes, image_size=a.image_size)
+        teacher = Teacher(net, a.arch, [str(i) for i in range(a.num_classes)], (0.5,) * 3, (0.25,) * 3, a.image_size)
     require_bn(teacher.model, "recover", teacher.arch)
     model = teacher.model.to(dev).eval().requires_grad_(False)
     lo, hi = valid_bounds(teacher.mean, teacher.std)
@@ -73,7 +83,8 @@ def main(argv=None) -> int:
     dwa_s = time.perf_counter() - t0
     restore_weights(model, saved)
     out = {"command": "python " + " ".join(sys.argv), "git_revision": git_revision(), "machine": machine_info(dev),
-           "teacher": a.teacher, "teacher_arch": teacher.arch, "image_size": size, "iterations_timed": a.iterations,
+           "load_average_1_5_15min": list(os.getloadavg()),
+           "teacher": a.teacher or f"random {a.arch}", "teacher_arch": teacher.arch, "image_size": size, "iterations_timed": a.iterations,
            "target_iterations": a.target_iterations, "rrc": a.rrc, "rows": rows,
            "class_stats_seconds": {"images": a.stat_images, "group_size": 10, "seconds": stats_s},
            "dwa_adjust_seconds": {"steps": 12, "images": 10, "seconds": dwa_s}}
