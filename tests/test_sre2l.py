@@ -156,3 +156,35 @@ def test_dwa_adjustment_moves_along_real_batch_gradient_and_restores(direction, 
     assert float(total) <= 0.05 + 1e-6
     restore_weights(net, saved)
     assert all(torch.equal(p, b) for p, b in zip(net.parameters(), before))
+
+
+# -- the registered methods (driver contract of issue #11) ------------------------------------------
+def _toy_teacher():
+    ds = make_toy(n_per_class=12, num_classes=4, size=8)
+    net = _bn_teacher(4, 8)
+    return ds, Teacher(net, "convnet-d1-bn", ds.classes, ds.mean, ds.std, 8)
+
+
+@pytest.mark.parametrize("method", ["sre2l", "cda", "dwa"])
+def test_class_result_does_not_depend_on_batch_mates(method):
+    from ddkit.methods import create_method
+
+    ds, t = _toy_teacher()
+    kw = dict(ipc=2, iterations=6, stat_images=8, seed=3)
+    together = create_method(method, classes_per_batch=4, **kw)(ds, t, device="cpu", progress=False)
+    alone = create_method(method, classes_per_batch=1, **kw)(ds, t, device="cpu", progress=False)
+    assert together.images.shape == (8, 3, 8, 8) and torch.equal(together.labels, torch.arange(4).repeat_interleave(2))
+    # dwa: one class after another through ONE teacher copy, so equality also shows each adjustment was undone
+    assert torch.allclose(together.images, alone.images, atol=1e-5)
+    assert float(together.images.min()) >= 0 and float(together.images.max()) <= 1
+
+
+def test_registered_methods_refuse_a_teacher_without_batchnorm():
+    from ddkit.methods import create_method
+
+    ds = make_toy(n_per_class=12, num_classes=4, size=8)
+    net = create_model("ConvNet-3", num_classes=4, image_size=8, width=8)
+    t = Teacher(net, "convnet-d3", ds.classes, ds.mean, ds.std, 8)
+    for m in ("sre2l", "cda", "dwa"):
+        with pytest.raises(DDKitError, match="ConvNet-3-BN"):
+            create_method(m, ipc=1, iterations=1)(ds, t, device="cpu", progress=False)
