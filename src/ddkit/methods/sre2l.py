@@ -82,8 +82,8 @@ class RecoverConfig(MethodConfig):
     rrc: Optional[bool] = field(None, "RandomResizedCrop each step (preset: off for CIFAR, on for Tiny/IN-1K)")
     flip: Optional[bool] = field(None, "random horizontal flip each step (preset: with the RRC)")
     rrc_min: float = field(0.08, "smallest RandomResizedCrop area fraction (torchvision default, as SRe2L)")
-    classes_per_batch: int = field(100, "classes optimised in one forward pass (SRe2L batch 100); "
-                                        "throughput only: BN statistics are per class")
+    classes_per_batch: int = field(0, "classes optimised in one forward pass; 0 = max(1, 100 // ipc), i.e. about "
+                                      "SRe2L's 100 images per step; throughput only: BN statistics are per class")
     bn_target: str = field("class", "class: match the statistics of real groups of ipc images of the class; "
                                     "running: the teacher's running statistics (SRe2L, data-free)")
     stat_images: int = field(256, "real images per class for bn_target=class")
@@ -120,8 +120,8 @@ def resolve_spec(cfg: RecoverConfig, method: str, image_size: int,
         raise DDKitError(f"unknown bn_target {cfg.bn_target!r}; use class or running")
     if cfg.init not in ("noise", "real"):
         raise DDKitError(f"unknown init {cfg.init!r}; use noise or real")
-    if p["iterations"] < 1 or p["jitter"] < 0 or cfg.classes_per_batch < 1:
-        raise DDKitError("iterations and classes_per_batch must be >= 1 and jitter >= 0")
+    if p["iterations"] < 1 or p["jitter"] < 0 or cfg.classes_per_batch < 0:
+        raise DDKitError("iterations must be >= 1, jitter and classes_per_batch >= 0")
     curriculum = None
     if isinstance(cfg, CDAConfig):
         if cfg.easy2hard_mode not in ("cosine", "linear", "step"):
@@ -154,7 +154,7 @@ def run_recover(name: str, dataset: ImageDataset, teacher: Any, cfg: RecoverConf
     """Recover `classes` in batches of classes_per_batch (one class per batch with `adjust`); yield each."""
     if teacher is None:
         raise DDKitError(f"{name} recovers images through a teacher: pass --teacher CKPT")
-    check_ipc(dataset, max(cfg.ipc if cfg.init == "real" else 1, cfg.ipc if cfg.bn_target == "class" else 1))
+    check_ipc(dataset, cfg.ipc if (cfg.init == "real" or cfg.bn_target == "class") else 1)
     model = teacher_copy(teacher, device, name)
     mean, std = teacher.mean, teacher.std
     lo, hi = valid_bounds(mean, std)
@@ -162,8 +162,8 @@ def run_recover(name: str, dataset: ImageDataset, teacher: Any, cfg: RecoverConf
     s_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
     norm = lambda x01: (x01.to(device) - m_t) / s_t  # noqa: E731
     shape = tuple(dataset.images.shape[1:])
-    per = 1 if adjust is not None else cfg.classes_per_batch
-    set_meta = {"recover": facts, "bn_target": cfg.bn_target, "init": cfg.init,
+    per = 1 if adjust is not None else (cfg.classes_per_batch or max(1, 100 // cfg.ipc))  # SRe2L: bs 100
+    set_meta = {"recover": facts, "bn_target": cfg.bn_target, "init": cfg.init, "classes_per_batch": per,
                 "teacher_arch": getattr(teacher, "arch", None)}
     cls = list(classes)
     for a in range(0, len(cls), per):
