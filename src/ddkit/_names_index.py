@@ -119,6 +119,16 @@ INDEX = {'datasets': [{'name': 'cifar10',
               'description': 'CCS: AUM mislabel cut, then stratified sampling over equal-width score strata (per '
                              'class).',
               'needs_teacher': False},
+             {'name': 'cda',
+              'aliases': ['cda', 'curriculum-data-augmentation'],
+              'description': 'CDA: SRe2L recover with the RandomResizedCrop scale annealed from easy (1.0) to hard '
+                             '(0.08).',
+              'needs_teacher': True},
+             {'name': 'dwa',
+              'aliases': ['directed-weight-adjustment', 'dwa'],
+              'description': 'DWA: SRe2L recover from real images through a teacher adjusted on those images, '
+                             'restored per class.',
+              'needs_teacher': True},
              {'name': 'dyn-unc',
               'aliases': ['dynamic-uncertainty', 'dynunc'],
               'description': 'Dynamic Uncertainty (He et al. 2024): mean windowed std of p_y; hard = most uncertain.',
@@ -183,6 +193,11 @@ INDEX = {'datasets': [{'name': 'cifar10',
               'aliases': [],
               'description': 'RDED: lowest-CE RandomResizedCrop patches of a random real pool, stitched f×f per '
                              'image.',
+              'needs_teacher': True},
+             {'name': 'sre2l',
+              'aliases': ['squeeze-recover-relabel', 'sre2l'],
+              'description': "SRe2L recover: noise optimised to match the BN teacher's CE and BN statistics (per "
+                             'class).',
               'needs_teacher': True}],
  'recipes': [{'name': 'cim',
               'aliases': ['lic'],

@@ -230,7 +230,7 @@ def _load_builtin() -> None:
     _LOADED = True
     import importlib
 
-    for mod in ("random", "lic", "dynamics", "coresets", "el2n", "rded", "cad"):
+    for mod in ("random", "lic", "dynamics", "coresets", "el2n", "rded", "cad", "sre2l", "dwa"):
         try:
             importlib.import_module(f"ddkit.methods.{mod}")
         except ModuleNotFoundError as e:  # a method module not written yet must not break the others
