@@ -138,8 +138,8 @@ def test_demo_writes_report_html_with_gaps_plots_and_grids(demo_dir):
     text = (demo_dir / "report.html").read_text()
     assert "IOR HL" in text and "HLR" in text
     imgs = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
-    # 1 accuracy plot + 3 per-class plots + 3 curve plots (one per regime each) + 2 grids
-    assert len(imgs) == 9
+    # 1 accuracy plot + 1 per-class plot (a panel per regime) + 3 curve plots (one per regime) + 2 grids
+    assert len(imgs) == 7
     assert "Distilled vs random, per class" in text
     sizes = [Image.open(io.BytesIO(base64.b64decode(s))).size for s in imgs]
     grid_w, grid_h = sizes[-1]
@@ -151,7 +151,7 @@ def test_demo_writes_report_html_with_gaps_plots_and_grids(demo_dir):
 def test_demo_report_renders_in_headless_chromium(demo_dir):
     page = demo_dir / "report.html"
     widths = image_widths(page)
-    assert len(widths) == 9 and all(w > 0 for w in widths), widths
+    assert len(widths) == 7 and all(w > 0 for w in widths), widths
     shot = screenshot(page)
     # not blank: plenty of non-white pixels and more than a couple of distinct colours
     non_white = (shot.min(axis=-1) < 240).mean()

@@ -18,11 +18,11 @@ from tqdm.auto import tqdm
 from ddkit.config import to_dict
 from ddkit.data import create_dataset
 from ddkit.evaluate import EvalConfig, evaluate
+from ddkit.evaluate.metrics import mean_std
 from ddkit.grids import write_preview
 from ddkit.html_report import HtmlReport, add_curves, add_grid, signed
 from ddkit.methods import create_method, list_methods, method_spec
-from ddkit.plots import REGIME_NAMES, acc_vs_ipc
-from ddkit.plots import per_class as plot_per_class
+from ddkit.plots import REGIME_NAMES, acc_vs_ipc, per_class_panels
 from ddkit.report import fmt_acc, markdown_table, write_markdown
 from ddkit.teachers import TeacherConfig, check_teacher, save_teacher, train_teacher
 from ddkit.utils import get_device, git_revision, machine_info
@@ -46,9 +46,15 @@ class DemoConfig:
     method_options: tuple = (("proxy_runs", 1),)
 
 
+GAPS = ("IOR = method − random (same regime), HLR = full-data HL accuracy − method under HL, both in points; the "
+        "full-data accuracy is the teacher's (the student architecture trained on the whole train split with hard "
+        "labels).")
+
+
 def run_demo(output: str | Path = "runs/demo", device: str = "auto", progress: bool = True,
              cfg: DemoConfig = DemoConfig()) -> Dict[str, Dict[str, List[float]]]:
-    """Run the demo and write `output/report.md` and `output/report.html`; returns {method: {regime: accs}}."""
+    """Run the demo and write `output/report.md` and `output/report.html` (`write_demo_html` redraws the page
+    from the folder); returns {method: {regime: accs}}."""
     t0 = time.perf_counter()
     dev = get_device(device)
     out = Path(output)
@@ -65,7 +71,6 @@ def run_demo(output: str | Path = "runs/demo", device: str = "auto", progress: b
 
     methods = list(cfg.methods) or list_methods()
     results: Dict[str, Dict[str, List[float]]] = {}
-    stds: Dict[str, Dict[str, float]] = {}
     per_class: Dict[str, Dict[str, Optional[List[float]]]] = {}
     times: Dict[str, float] = {}
     # One bar over every (method, regime) evaluation that stays on screen; one line per finished stage.
@@ -80,14 +85,14 @@ def run_demo(output: str | Path = "runs/demo", device: str = "auto", progress: b
         distilled.save(out / "sets" / name, overwrite=True)
         write_preview(out / "sets" / name, distilled)
         times[name] = distilled.meta["wall_seconds"]
-        results[name], stds[name], per_class[name] = {}, {}, {}
+        results[name], per_class[name] = {}, {}
         for regime in cfg.regimes:
             bar.set_postfix_str(f"{name} {regime}")
             ecfg = EvalConfig(recipe=cfg.recipe, regime=regime, student=cfg.student, student_width=32,
                               epochs=cfg.epochs, seeds=cfg.seeds)
             res = evaluate(distilled, test, ecfg, teacher, device=dev, progress=False,
                            output=out / "runs" / regime / name, set_name=name)
-            results[name][regime], stds[name][regime] = res.accs, res.std
+            results[name][regime] = res.accs
             pcs = [r.class_accs for r in res.runs]
             per_class[name][regime] = ([sum(v) / len(v) for v in zip(*pcs)] if all(p is not None for p in pcs)
                                        else None)
@@ -106,18 +111,15 @@ def run_demo(output: str | Path = "runs/demo", device: str = "auto", progress: b
              f"1000 cut for the demo), last-epoch test accuracy, mean ± std over {cfg.seeds} seeds; method defaults "
              f"except {', '.join(f'{k}={v}' for k, v in cfg.method_options) or 'none'} (demo-sized); device {dev}; "
              f"total {wall:.0f} s.")
-    gaps = ("IOR = method − random (same regime), HLR = full-data HL accuracy − method under HL, both in points; "
-            "the full-data accuracy is the teacher's (the student architecture trained on the whole train split "
-            "with hard labels).")
     body_grids = "\n\n".join(f"**{n}**\n\n![{n}](sets/{n}/preview.png)" for n in results)
-    write_markdown(out / "report.md", "ddkit demo", [("Protocol", proto), ("Accuracy (%)", table + "\n\n" + gaps),
+    write_markdown(out / "report.md", "ddkit demo", [("Protocol", proto), ("Accuracy (%)", table + "\n\n" + GAPS),
                                                      ("Report", "report.html: the same with plots, training curves "
                                                       "and legible grids"), ("Images", body_grids)])
-    _write_html(out, cfg, results, stds, times, tm, proto, gaps, per_class, list(test.classes))
-    (out / "results.json").write_text(json.dumps({"results": results, "distill_seconds": times,
-                                                  "teacher": tm.get("test_acc"), "config": to_dict(cfg),
-                                                  "git_revision": git_revision(), "machine": machine_info(dev),
-                                                  "wall_seconds": wall}, indent=2, default=str))
+    doc = {"results": results, "distill_seconds": times, "teacher": tm.get("test_acc"), "config": to_dict(cfg),
+           "protocol": proto, "classes": list(test.classes), "per_class": per_class,
+           "git_revision": git_revision(), "machine": machine_info(dev), "wall_seconds": wall}
+    (out / "results.json").write_text(json.dumps(doc, indent=2, default=str))
+    write_demo_html(out)
     print("\n" + table + f"\n\nreport: {out / 'report.html'} and {out / 'report.md'}  ({wall:.0f} s)")
     return results
 
@@ -144,35 +146,43 @@ def _signed(v: Optional[float]) -> str:
     return "–" if v is None else f"{v:+.1f}"
 
 
-def _write_html(out: Path, cfg: DemoConfig, results: Dict[str, Dict[str, List[float]]],
-                stds: Dict[str, Dict[str, float]], times: Dict[str, float], tm: Dict[str, Any], proto: str,
-                gaps: str, per_class: Dict[str, Dict[str, Optional[List[float]]]], classes: List[str]) -> Path:
-    """report.html: table with IOR/HLR, accuracy per method and regime, training curves, legible grids."""
+def write_demo_html(output: str | Path) -> Path:
+    """report.html of a finished demo folder, from results.json, runs/**/metrics.jsonl and sets/: the table
+    with IOR/HLR, accuracy per method and regime, distilled vs random per class, training curves, grids."""
+    out = Path(output)
+    doc = json.loads((out / "results.json").read_text())
+    results: Dict[str, Dict[str, List[float]]] = doc["results"]
+    times: Dict[str, float] = doc["distill_seconds"]
+    tm = {"test_acc": doc.get("teacher")}
+    regimes = list(doc["config"]["regimes"])
+    per_class = doc.get("per_class") or {}
+    classes = doc.get("classes") or []
     rep = HtmlReport("ddkit demo")
-    rep.text(proto)
+    rep.text(doc.get("protocol", ""))
     rep.heading("Accuracy (%)")
-    cols = [REGIME_NAMES.get(r, r) for r in cfg.regimes]
+    cols = [REGIME_NAMES.get(r, r) for r in regimes]
     rep.table(["method", "distill s"] + cols + [f"IOR {c}" for c in cols] + ["HLR"],
-              [[n, f"{times[n]:.1f}"] + [fmt_acc(results[n][r]) for r in cfg.regimes] +
-               [signed(_ior(results, n, r), digits=1) for r in cfg.regimes] +
+              [[n, f"{times[n]:.1f}"] + [fmt_acc(results[n][r]) for r in regimes] +
+               [signed(_ior(results, n, r), digits=1) for r in regimes] +
                [signed(_hlr(results, n, tm), higher_is_better=False, digits=1)] for n in results])
-    rep.text(gaps, note=True)
-    bars = [{"method": n, "ipc": cfg.ipc, "regime": r, "mean": _mean(results[n][r]), "std": stds[n][r]}
-            for n in results for r in cfg.regimes]
+    rep.text(GAPS, note=True)
+    bars = [{"method": n, "ipc": doc["config"]["ipc"], "regime": r, "mean": _mean(results[n][r]),
+             "std": mean_std(results[n][r])[1]} for n in results for r in regimes]
     rep.figure(acc_vs_ipc(bars), "test accuracy per method and regime (error bars: std over seeds; dashed: random; "
                "red: below random)", "accuracy per method")
-    if "random" in results:
-        rep.heading("Distilled vs random, per class")
-        for regime in cfg.regimes:
-            others = [n for n in results if n != "random"]
-            if not others:
-                break
+    others = [n for n in results if n != "random"]
+    if "random" in per_class and others:
+        panels = {}
+        for regime in regimes:
             best = max(others, key=lambda n: _mean(results[n][regime]))
-            rep.figure(plot_per_class(classes, {f"{best} (best under {REGIME_NAMES.get(regime, regime)})":
-                                                per_class[best][regime], "random": per_class["random"][regime]}),
-                       f"{REGIME_NAMES.get(regime, regime)}: last-epoch test accuracy per class, mean over seeds",
-                       f"per-class accuracy {regime}")
-    for regime in cfg.regimes:
+            panels[REGIME_NAMES.get(regime, regime)] = {f"{best} (best)": per_class.get(best, {}).get(regime),
+                                                        "random": per_class["random"].get(regime)}
+        fig = per_class_panels(classes, panels)
+        if fig is not None:
+            rep.heading("Distilled vs random, per class")
+        rep.figure(fig, "last-epoch test accuracy per class, mean over seeds: the "
+                   "best method of each regime beside the random subset", "per-class accuracy")
+    for regime in regimes:
         add_curves(rep, out / "runs" / regime, "mean over seeds per method: training loss every epoch, test accuracy "
                    "at the recipe's evaluation epochs", f"Training curves, {REGIME_NAMES.get(regime, regime)}")
     rep.heading("Images")

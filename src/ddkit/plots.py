@@ -110,9 +110,8 @@ def acc_vs_ipc(rows: Sequence[Mapping[str, Any]], baseline: str = "random"):
         colors = ["#999999" if m == baseline else ("#2b7bba" if base is None or (m in by and by[m]["mean"] >= base["mean"])
                                                    else "#d62728") for m in methods]
         ax.barh(ys, vals, xerr=errs, color=colors, capsize=2)
-        if base is not None:
-            ax.axvline(100 * base["mean"], color="k", linestyle="--", linewidth=1, label=f"{baseline}")
-            ax.legend(fontsize=7, loc="lower right")
+        if base is not None:  # the caption names the dashed line: a legend would cover the bars' ends
+            ax.axvline(100 * base["mean"], color="k", linestyle="--", linewidth=1)
         ax.set_yticks(ys)
         ax.set_yticklabels(methods, fontsize=8)
         ax.invert_yaxis()
@@ -123,26 +122,38 @@ def acc_vs_ipc(rows: Sequence[Mapping[str, Any]], baseline: str = "random"):
     return fig
 
 
-def per_class(classes: Sequence[str], series: Mapping[str, Sequence[float]]):
+def per_class(classes: Sequence[str], series: Mapping[str, Sequence[float]], title: str = ""):
     """Grouped bars of per-class test accuracy, one group per class, one bar per series (e.g.
     {"distilled": [...], "random": [...]}), fractions plotted in %."""
-    series = {k: list(v) for k, v in series.items() if v is not None and len(v) == len(classes)}
-    if not series or not classes:
+    return per_class_panels(classes, {title: series})
+
+
+def per_class_panels(classes: Sequence[str], panels: Mapping[str, Mapping[str, Sequence[float]]]):
+    """One row of per-class bar panels ({panel title: {series: per-class accuracies}}); panels or series
+    without a full per-class list are left out; None when nothing is left."""
+    kept = {t: {k: list(v) for k, v in ser.items() if v is not None and len(v) == len(classes)}
+            for t, ser in panels.items()}
+    kept = {t: ser for t, ser in kept.items() if ser}
+    if not kept or not classes:
         return None
-    n = len(series)
-    fig = _figure(max(5.0, 0.45 * len(classes) * max(1, n) + 1.5), 3.2)
-    ax = fig.subplots()
-    width = 0.8 / n
-    for k, (name, vals) in enumerate(series.items()):
-        xs = [i - 0.4 + width * (k + 0.5) for i in range(len(classes))]
-        ax.bar(xs, [100 * v for v in vals], width=width, label=name)
-    ax.set_xticks(range(len(classes)))
-    ax.set_xticklabels([str(c) for c in classes], rotation=45 if len(classes) > 8 else 0, ha="right"
-                       if len(classes) > 8 else "center", fontsize=8)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3, axis="y")
+    n_bars = max(len(ser) for ser in kept.values())
+    w = max(4.0, min(9.0, 0.35 * len(classes) * n_bars + 1.2))
+    fig = _figure(w * len(kept), 3.0)
+    axes = fig.subplots(1, len(kept), squeeze=False, sharey=True)[0]
+    rotate = len(classes) > 12 or max(len(str(c)) for c in classes) > 3
+    for ax, (title, ser) in zip(axes, kept.items()):
+        width = 0.8 / len(ser)
+        for k, (name, vals) in enumerate(ser.items()):
+            xs = [i - 0.4 + width * (k + 0.5) for i in range(len(classes))]
+            ax.bar(xs, [100 * v for v in vals], width=width, label=name)
+        ax.set_xticks(range(len(classes)))
+        ax.set_xticklabels([str(c) for c in classes], rotation=45 if rotate else 0, ha="right" if rotate else "center",
+                           fontsize=8)
+        ax.set_ylim(0, 100)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7, loc="lower right")
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].set_ylabel("test accuracy (%)")
     fig.tight_layout()
     return fig
 
