@@ -14,9 +14,10 @@ import torch
 
 from ddkit.data.base import ImageDataset, to_float
 from ddkit.distilled import DistilledSet
-from ddkit.distributed import (dist_env, distill_parts, distill_sharded, merge_parts, parse_shard, part_path,
+from ddkit.ranks import dist_env
+from ddkit.distributed import (distill_parts, distill_sharded, merge_parts, parse_shard, part_path,
                                parts_dir_for, read_header, run_fingerprint, scan_parts, shard_classes)
-from ddkit.methods.base import METHODS, MethodConfig, create_method, register_method
+from ddkit.methods.base import METHODS, ClassResult, MethodConfig, create_method, register_method
 from ddkit.models import create_model
 from ddkit.teachers import Teacher
 from ddkit.utils import DDKitError
@@ -50,13 +51,13 @@ def child_cmd(runs: list, num_classes: int = 4, resume: bool = False) -> list:
     code = ("import sys, json, warnings, torch; torch.set_num_threads(1); warnings.simplefilter('ignore');"
             f"sys.path.insert(0, {str(ROOT)!r});"
             "from tests.test_distributed import make_setup;"
-            "from ddkit.methods.base import create_method; import ddkit.distributed as D;"
+            "from ddkit.methods.base import create_method; import ddkit.distributed as D; import ddkit.ranks as R;"
             f"ds, t = make_setup({num_classes});"
             f"runs = json.loads({json.dumps([[n, kw, str(o)] for n, kw, o in runs])!r});"
-            "D.init_distributed();"  # one process group for all runs (a no-op without torchrun's env)
+            "R.init_distributed();"  # one process group for all runs (a no-op without torchrun's env)
             "[D.distill_sharded(create_method(n, **kw), ds, t, o, device='cpu', progress=False, "
             f"resume={resume}) for n, kw, o in runs];"
-            "D.cleanup_distributed()")
+            "R.cleanup_distributed()")
     return [sys.executable, "-c", code]
 
 
@@ -161,7 +162,8 @@ def test_part_header_and_fingerprint(tmp_path):
     h = read_header(part_path(tmp_path, 2))
     assert h["class"] == 2 and h["method"] == "lic" and h["config"]["iterations"] == 3
     assert h["fingerprint"] == run_fingerprint(m, ds, teacher)
-    assert sorted(h["class_meta"]) == ["loss_first", "loss_last", "selected_ce", "selected_indices"]
+    assert sorted(h["class_meta"]) == ["loss_curve", "loss_first", "loss_last", "selected_ce", "selected_indices",
+                                       "timings"]
     assert run_fingerprint(create_method("lic", **{**LIC_KW, "seed": 1}), ds, teacher) != h["fingerprint"]
     other = Teacher(create_model("convnet-d2", 3, 16, width=8), "convnet-d2", ds.classes, ds.mean, ds.std, 16)
     assert run_fingerprint(m, ds, other) != h["fingerprint"]  # other weights, other run
@@ -181,24 +183,49 @@ def test_runs_are_never_mixed(tmp_path):
     assert sorted(scan_parts(tmp_path)) == [0]  # the other run's parts were discarded
 
 
-def test_non_separable_method_refused(tmp_path):
+def test_non_separable_method_refused_on_a_shard_not_on_all_classes(tmp_path):
     ds, _ = make_setup(2)
-    with pytest.raises(DDKitError, match="class_separable"):
-        distill_parts(create_method("ccs", ipc=1), ds, None, tmp_path, progress=False)
+    with pytest.raises(DDKitError, match="couples classes"):
+        distill_parts(create_method("ccs", ipc=1), ds, None, tmp_path / "a", [0], progress=False)
+    with pytest.raises(DDKitError, match="couples classes"):
+        distill_sharded(create_method("ccs", ipc=1), ds, None, tmp_path / "b", shard="1/2", progress=False)
 
 
-def test_method_without_scope_hook_still_writes_parts(tmp_path):
-    if "test-noscope" not in METHODS.names():
-        @register_method("test-noscope", config=MethodConfig)
-        def _noscope(dataset, teacher, cfg, *, device, progress=True):
-            """Ignores the class scope (like a method with its own loop and no hook)."""
-            idx = torch.cat([dataset.class_indices(c)[:cfg.ipc] for c in range(dataset.num_classes)])
-            return DistilledSet(to_float(dataset.get(idx)), dataset.labels[idx], dataset.classes, dataset.mean,
-                                dataset.std)
+def _register_contract_methods() -> None:
+    """Two misbehaving methods: one yields a class it was not asked for, one forgets a class."""
+    if "test-extra-class" in METHODS.names():
+        return
+
+    @register_method("test-extra-class", config=MethodConfig)
+    def _extra(dataset, teacher, cfg, classes, *, device, progress=True):
+        """Yields every class whatever it is asked."""
+        for c in range(dataset.num_classes):
+            yield ClassResult(c, to_float(dataset.get(dataset.class_indices(c)[:cfg.ipc])))
+
+    @register_method("test-missing-class", config=MethodConfig)
+    def _missing(dataset, teacher, cfg, classes, *, device, progress=True):
+        """Forgets its last class."""
+        for c in classes[:-1]:
+            yield ClassResult(c, to_float(dataset.get(dataset.class_indices(c)[:cfg.ipc])))
+
+
+def test_driver_refuses_a_method_that_breaks_the_contract(tmp_path):
+    _register_contract_methods()
     ds, _ = make_setup(4)
-    m = create_method("test-noscope", ipc=2)
-    with pytest.warns(UserWarning, match="class_scope"):
-        assert distill_parts(m, ds, None, tmp_path, [1, 3], progress=False) == [1, 3]
+    with pytest.raises(DDKitError, match="not asked for"):
+        distill_parts(create_method("test-extra-class", ipc=2), ds, None, tmp_path / "a", [1, 3], progress=False)
+    with pytest.raises(DDKitError, match="no result for class"):
+        create_method("test-missing-class", ipc=2)(ds, None, device="cpu", progress=False)
+
+
+def test_every_method_is_driven_by_classes_no_hook_needed(tmp_path):
+    """Shards of a plain generator method, resumed, merge to the one-process set (no per-method code)."""
+    m = create_method("random", ipc=2, seed=3)
+    ds, _ = make_setup(4)
+    assert distill_parts(m, ds, None, tmp_path, [1, 3], progress=False) == [1, 3]
     assert sorted(scan_parts(tmp_path)) == [1, 3]
-    distill_parts(m, ds, None, tmp_path, [0, 2], resume=True, progress=False)
-    assert_same(merge_parts(tmp_path, tmp_path.parent / "merged", pngs=False), m(ds, None, device="cpu"))
+    assert distill_parts(m, ds, None, tmp_path, None, resume=True, progress=False) == [0, 2]
+    merged = merge_parts(tmp_path, tmp_path.parent / "merged", pngs=False)
+    single = m(ds, None, device="cpu", progress=False)
+    assert_same(merged, single)
+    assert merged.meta["source_indices"] == single.meta["source_indices"]

@@ -194,8 +194,9 @@ def test_run_evaluation_outputs(data, tmp_path):
     dset.save(d, pngs=False)
     out = tmp_path / "eval"
     c = cfg(regime="sl", seeds=2, epochs=30, num_evals=2)
+    random = create_method("random", ipc=dset.ipc, seed=0)
     summary = run_evaluation(str(d), c, test=test, train=train, teacher=teacher, output=str(out),
-                             with_random=True, progress=False)
+                             baselines={"random": lambda pool: random(pool, progress=False)}, progress=False)
     for f in ("config.yaml", "summary.json", "results.md", "soft_labels.safetensors"):
         assert (out / f).is_file(), f
     lines = (out / "runs" / "distilled" / "convnet-d1" / "seed1" / "metrics.jsonl").read_text().splitlines()

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from ddkit.evaluate import EvalConfig, evaluate, make_plan, resolve_recipe, run_evaluation
-from ddkit.evaluate.distributed import EvalDist, setup, unwrap
+from ddkit.evaluate.parallel import EvalDist, setup, unwrap
 from ddkit.evaluate.train import StudentTrainer
 from ddkit.methods import create_method
 from ddkit.models import create_model
@@ -49,12 +49,14 @@ def make_data():
 
 
 def _worker(rank: int, tmp: Path, port: int) -> None:
-    """One rank, set up as torchrun would (env://); evaluate joins the process group lazily."""
+    """One rank, set up as torchrun would (env://); the process group is joined first, as the CLI does."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     import ddkit.evaluate.core as core
-    from ddkit.distributed import cleanup_distributed
+    from ddkit.ranks import cleanup_distributed, init_distributed
+
+    init_distributed()  # the entry point's job (ddkit.cli joins it once per command)
 
     test, dset, teacher = make_data()
     out: dict = {}

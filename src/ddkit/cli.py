@@ -7,6 +7,8 @@ User errors (DDKitError, unknown names, missing files, existing outputs) print o
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -277,23 +279,19 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    import os
-
     from ddkit.config import dump, from_args, save_record
-    from ddkit.distributed import distill_sharded, init_distributed, is_main
+    from ddkit.distributed import distill_sharded
     from ddkit.methods import create_method, method_spec
+    from ddkit.ranks import is_main
     from ddkit.utils import get_device
     from ddkit.validate import check_config
 
     spec = method_spec(args.method)
     out = Path(args.output)
-    sharded = bool(args.shard or args.resume or "RANK" in os.environ)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"output {out} exists; pass --overwrite to replace it")
     cfg = from_args(spec.config, args)
     check_config(cfg)
-    if "RANK" in os.environ:
-        init_distributed()
     if is_main():
         print(dump(cfg, title=f"method {spec.name}"))
     device = get_device(args.device)
@@ -306,17 +304,15 @@ def cmd_distill(args: argparse.Namespace) -> int:
         if is_main():
             print(f"teacher sanity check: {acc:.3f} accuracy on a sample of real test images")
     method = create_method(spec.name, **{k: getattr(cfg, k) for k in cfg.__dataclass_fields__})
-    if sharded:
-        result = distill_sharded(method, train, teacher, out, shard=args.shard, resume=args.resume,
-                                 overwrite=args.overwrite, device=device, progress=not args.no_progress,
-                                 merge=not args.no_merge, extra_meta={"dataset_root": args.data_root})
-        if result is None:
+    # Always through per-class parts, even in one process: a killed run loses one class at most, and
+    # --resume only decides whether existing parts are reused.
+    result = distill_sharded(method, train, teacher, out, shard=args.shard, resume=args.resume,
+                             overwrite=args.overwrite, device=device, progress=not args.no_progress,
+                             merge=not args.no_merge, extra_meta={"dataset_root": args.data_root})
+    if result is None:
+        if is_main():
             print(f"shard done; when every shard has finished, merge with `ddkit merge {out}`")
-            return 0
-    else:
-        result = method(train, teacher, device=device, progress=not args.no_progress)
-        result.meta["dataset_root"] = args.data_root
-        result.save(out, overwrite=args.overwrite)
+        return 0
     if is_main():
         save_record(out / "config.yaml", args, cfg)
         print(result.summary())
@@ -338,29 +334,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ddkit.distilled import load_distilled
     from ddkit.evaluate import EvalConfig, run_evaluation
 
-    from ddkit.distributed import cleanup_distributed, init_distributed, is_main
+    from ddkit.ranks import is_main
     from ddkit.utils import get_device
     from ddkit.validate import check_config
 
     cfg = from_args(EvalConfig, args)
     check_config(cfg)
-    init_distributed()  # no-op without torchrun; first, so each rank puts the teacher on its own GPU
     device = get_device(args.device)
-    load_distilled(args.distilled)  # fail early with a clear message on a bad folder
+    distilled = load_distilled(args.distilled)  # fail early with a clear message on a bad folder
     test = _dataset(args, "test")
     train = _dataset(args, "train")
     teacher = _teacher(args, train, device)
     students = tuple(s for s in args.students.split(",") if s) if args.students else None
+    baselines = {"random": _random_baseline(distilled.ipc, cfg.seed)} if args.with_random else None
     run_evaluation(args.distilled, cfg, test=test, train=train, teacher=teacher, output=args.output,
-                   overwrite=args.overwrite, with_random=args.with_random, students=students, device=device,
+                   overwrite=args.overwrite, baselines=baselines, students=students, device=device,
                    progress=not args.no_progress)
     save_record(Path(args.output) / "config.yaml", args, cfg)  # above the evaluator's resolved facts
     if is_main():  # the page is drawn from the finished folder, at the report layer (the evaluator never imports it)
         from ddkit.html_report import write_eval_html
 
         print(f"report: {write_eval_html(args.output, args.distilled)}")
-    cleanup_distributed()
     return 0
+
+
+def _random_baseline(ipc: int, seed: int):
+    """The random real subset of the same IPC, drawn by the `random` method from the pool the evaluator gives."""
+    from ddkit.methods import create_method
+
+    method = create_method("random", ipc=ipc, seed=seed)
+    return lambda pool: method(pool, device="cpu", progress=False)
 
 
 def cmd_relabel(args: argparse.Namespace) -> int:
@@ -459,6 +462,15 @@ def _is_user_error(e: BaseException) -> bool:
     return utils is not None and isinstance(e, utils.DDKitError)
 
 
+def _process_group():
+    """torchrun's process group for the whole command (a no-op context in a plain process)."""
+    if "RANK" not in os.environ:
+        return contextlib.nullcontext()
+    from ddkit.ranks import process_group
+
+    return process_group()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the `ddkit` console script."""
     from ddkit.plugins import load_entry_points, load_plugin, split_plugin_args
@@ -481,7 +493,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
             check_device(getattr(args, "device", None))
             check_outputs(*io_paths(args))
-        with _feedback(args):
+        with _feedback(args), _process_group():  # torchrun: the one place the group is joined and left
             return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("ddkit: interrupted (outputs are written atomically; nothing partial was kept)", file=sys.stderr)

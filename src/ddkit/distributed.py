@@ -25,7 +25,6 @@ and a resumed run equals an uninterrupted one bit for bit on CPU.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import math
@@ -34,77 +33,22 @@ import platform
 import re
 import struct
 import time
-import warnings
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import load_file, save
+from tqdm.auto import tqdm
 
 from ddkit.config import to_dict
 from ddkit.data.base import ImageDataset
 from ddkit.distilled import DistilledSet
-from ddkit.methods.base import ClassResult, Method, class_scope
+from ddkit.methods.base import ClassResult, Method, assemble
+from ddkit.ranks import barrier, dist_env, group_ready
 from ddkit.utils import DDKitError, get_device, peak_memory_mb
 
 PART_FORMAT = "ddkit-part/1"
 _PART = re.compile(r"^class_(\d+)\.safetensors$")
-
-
-# -- process topology ------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class DistInfo:
-    """Where this process sits: rank, world size, local rank, and whether torchrun launched it."""
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    torchrun: bool = False
-
-
-def dist_env() -> DistInfo:
-    """(rank, world, local_rank) from torchrun's environment; (0, 1, 0) when not launched by it."""
-    if "RANK" not in os.environ:
-        return DistInfo()
-    return DistInfo(int(os.environ["RANK"]), int(os.environ.get("WORLD_SIZE", 1)),
-                    int(os.environ.get("LOCAL_RANK", 0)), True)
-
-
-def init_distributed(backend: Optional[str] = None, timeout_s: float = 24 * 3600) -> DistInfo:
-    """Join torchrun's process group (gloo on CPU, nccl on CUDA) when launched by torchrun; idempotent.
-    The long timeout is deliberate: ranks done early wait at the final barrier for the slowest one."""
-    info = dist_env()
-    if not info.torchrun or info.world == 1:
-        return info
-    if not dist.is_initialized():
-        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-        if backend == "nccl":
-            torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
-    return info
-
-
-def _initialised() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def barrier() -> None:
-    """Wait for every rank (no-op outside an initialised process group)."""
-    if _initialised():
-        nccl = dist.get_backend() == "nccl"
-        dist.barrier(device_ids=[torch.cuda.current_device()] if nccl else None)
-
-
-def is_main() -> bool:
-    """True on rank 0 (and in a plain single process)."""
-    return dist.get_rank() == 0 if _initialised() else dist_env().rank == 0
-
-
-def cleanup_distributed() -> None:
-    """Leave the process group if one was initialised."""
-    if _initialised():
-        dist.destroy_process_group()
 
 
 def parse_shard(spec: str) -> Tuple[int, int]:
@@ -187,7 +131,7 @@ def write_part(parts_dir: str | Path, r: ClassResult, header: Dict[str, Any]) ->
     tensors.update({f"soft.{k}": v.contiguous() for k, v in r.soft.items()})
     tensors.update({f"extra.{k}": v.contiguous() for k, v in r.extras.items()})
     dev = torch.device(header.get("device", "cpu"))
-    head = {**header, "class": r.cls, "class_meta": r.meta, "checksum": _digest(tensors),
+    head = {**header, "class": r.cls, "class_meta": r.meta, "set_meta": r.set_meta, "checksum": _digest(tensors),
             "seconds": None if math.isnan(r.seconds) else r.seconds, "peak_memory_mb": peak_memory_mb(dev),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     data = save(tensors, metadata={"ddkit_part": json.dumps(head, default=str)})
@@ -217,21 +161,26 @@ def read_part(path: str | Path) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]
 
 
 # -- running a (shard of a) method into parts ------------------------------------------------------
+def _part_header(method: Method, dataset: ImageDataset, teacher: Any, dev: torch.device, fp: str, shard: str,
+                 extra_meta: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    return {"format": PART_FORMAT, "fingerprint": fp, **method.facts(dataset, teacher, dev),
+            "num_classes": dataset.num_classes, "classes": list(dataset.classes), "mean": list(dataset.mean),
+            "std": list(dataset.std), "host": platform.node(), "shard": shard, "extra_meta": dict(extra_meta or {})}
+
+
 def distill_parts(method: Method, dataset: ImageDataset, teacher: Any, parts_dir: str | Path,
                   classes: Optional[Sequence[int]] = None, *, resume: bool = False, overwrite: bool = False,
                   device: str | torch.device | None = None, progress: bool = True, shard: str = "0/1",
                   extra_meta: Optional[Dict[str, Any]] = None) -> List[int]:
-    """Run `method` on `classes` (default all), writing one part per class as it finishes.
+    """Run `method` on `classes` (default all), writing one part per class as the method yields it.
 
     resume: skip classes whose part exists and is complete. overwrite: discard this run's classes'
     parts and any part of a different run first. Without either, existing parts are an error.
     extra_meta (JSON-safe) goes into every part and the merged meta. Returns the classes computed.
     """
-    if not method.spec.class_separable:
-        raise DDKitError(f"method {method.name!r} couples classes (class_separable=False): run it without "
-                         f"--shard/--resume/torchrun; parallelise over seeds instead")
     dev = device if isinstance(device, torch.device) else get_device(device)
     classes = list(range(dataset.num_classes)) if classes is None else sorted(int(c) for c in classes)
+    method.check(dataset, teacher, classes)  # a coupled method refuses a shard here, before any work
     parts_dir = Path(parts_dir)
     parts_dir.mkdir(parents=True, exist_ok=True)
     for c in classes:  # temporary files left by a killed writer of one of our classes
@@ -239,8 +188,7 @@ def distill_parts(method: Method, dataset: ImageDataset, teacher: Any, parts_dir
             tmp.unlink(missing_ok=True)
     fp = run_fingerprint(method, dataset, teacher)
     mine = set(classes)
-    existing = scan_parts(parts_dir)
-    for c, h in sorted(existing.items()):
+    for c, h in sorted(scan_parts(parts_dir).items()):
         stale = h is not None and h["fingerprint"] != fp
         if overwrite and (c in mine or stale):
             part_path(parts_dir, c).unlink(missing_ok=True)
@@ -254,32 +202,14 @@ def distill_parts(method: Method, dataset: ImageDataset, teacher: Any, parts_dir
     todo = [c for c in classes if c not in done]
     if not todo:
         return []
-    cfg = method.config
-    header = {"format": PART_FORMAT, "fingerprint": fp, "method": method.name, "config": to_dict(cfg),
-              "ipc": cfg.ipc, "seed": cfg.seed, "dataset": dataset.name, "split": dataset.split,
-              "num_classes": dataset.num_classes, "classes": list(dataset.classes), "mean": list(dataset.mean),
-              "std": list(dataset.std), "device": str(dev), "host": platform.node(), "shard": shard,
-              "teacher": (teacher.meta.get("path") or teacher.arch) if teacher is not None else None,
-              "teacher_arch": getattr(teacher, "arch", None), "extra_meta": dict(extra_meta or {})}
-    written: List[int] = []
-
-    def on_done(r: ClassResult) -> None:
-        write_part(parts_dir, r, header)
-        written.append(r.cls)
-
-    with class_scope(todo, on_done):
-        result = method(dataset, teacher, device=dev, progress=progress)
-    missing = [c for c in todo if c not in written]
-    if missing:  # the method ignores the class scope: it ran every class; keep the ones we own
-        warnings.warn(f"method {method.name!r} does not report finished classes (no class_scope hook): it ran all "
-                      f"classes and its parts were written at the end", stacklevel=2)
-        for c in missing:
-            rows = result.labels == c
-            if not bool(rows.any()):
-                raise DDKitError(f"method {method.name!r} returned no images of class {c}")
-            soft = {k: v[rows] for k, v in result.soft.items()}
-            write_part(parts_dir, ClassResult(c, result.images[rows], result.labels[rows], soft, {}, {}, math.nan),
-                       header)
+    if todo != classes and not method.spec.class_separable:
+        raise DDKitError(f"method {method.name!r} couples classes: its {len(done)} finished part(s) cannot be "
+                         f"completed alone; rerun with --overwrite")
+    header = _part_header(method, dataset, teacher, dev, fp, shard, extra_meta)
+    bar = tqdm(method.run(dataset, teacher, classes=todo, device=dev, progress=progress), total=len(todo),
+               desc=method.name, unit="class", disable=not progress, dynamic_ncols=True, mininterval=1.0)
+    for r in bar:
+        write_part(parts_dir, r, header)  # on disk before the next class starts: a kill loses one class at most
     return todo
 
 
@@ -287,9 +217,9 @@ def merge_parts(parts_dir: str | Path, output: str | Path | None = None, overwri
                 pngs: bool = True) -> DistilledSet:
     """Assemble every class's part (class order) into a DistilledSet and save it to `output`.
 
-    output defaults to `parts_dir` without its `.parts` suffix. Per-class meta becomes lists over
-    classes (lic: selected_indices, selected_ce, loss_first, loss_last); extras "source_index" become
-    meta["source_indices"]; class_seconds lists each class's compute time and wall_seconds sums them.
+    output defaults to `parts_dir` without its `.parts` suffix. The set equals what the same method
+    returns in one process (`ddkit.methods.base.assemble` builds both); wall_seconds sums the classes'
+    compute times and peak_memory_mb is the largest of any class.
     """
     parts_dir = Path(parts_dir)
     if output is None and not parts_dir.name.endswith(".parts"):
@@ -313,43 +243,63 @@ def merge_parts(parts_dir: str | Path, output: str | Path | None = None, overwri
     if missing:
         raise DDKitError(f"{len(missing)} of {k} classes have no part yet (e.g. {missing[:10]}): run the remaining "
                          f"shards (with --resume) before merging")
-    images, labels, soft, extras, metas, seconds, peaks = [], [], {}, {}, [], [], []
+    results, peaks = [], []
     for c in range(k):
         h, t = read_part(part_path(parts_dir, c))
-        images.append(t.pop("images"))
-        labels.append(t.pop("labels"))
-        for name, v in t.items():  # "soft.<key>" -> DistilledSet.soft, "extra.<key>" -> meta
-            kind, key = name.split(".", 1)
-            (soft if kind == "soft" else extras).setdefault(key, []).append(v)
-        metas.append(h.get("class_meta") or {})
-        seconds.append(h.get("seconds"))
+        soft = {n.split(".", 1)[1]: v for n, v in t.items() if n.startswith("soft.")}
+        extras = {n.split(".", 1)[1]: v for n, v in t.items() if n.startswith("extra.")}
+        results.append(ClassResult(c, t["images"], soft=soft, extras=extras, meta=h.get("class_meta") or {},
+                                   set_meta=h.get("set_meta") or {}, labels=t["labels"],
+                                   seconds=math.nan if h.get("seconds") is None else float(h["seconds"])))
         peaks.append(h.get("peak_memory_mb") or 0.0)
-    meta: Dict[str, Any] = {key: first[key] for key in ("method", "config", "ipc", "seed", "dataset", "split",
-                                                        "teacher", "teacher_arch")}
-    for key in sorted({key for m in metas for key in m}):
-        meta[key] = [m.get(key) for m in metas]
-    for key, vs in extras.items():
-        meta["source_indices" if key == "source_index" else key] = torch.cat(vs).tolist()
-    meta.update(fingerprint=first["fingerprint"], class_seconds=seconds,  # wall_seconds: summed compute time
-                wall_seconds=float(sum(s for s in seconds if s is not None)), peak_memory_mb=max(peaks),
-                device=first["device"], hosts=sorted({h["host"] for h in headers.values()}),
-                merged_from=str(parts_dir), **first.get("extra_meta", {}))
-    ds = DistilledSet(torch.cat(images), torch.cat(labels), first["classes"], first["mean"], first["std"],
-                      soft={key: torch.cat(v) for key, v in soft.items()}, meta=meta)
+    facts = {key: first[key] for key in ("method", "config", "ipc", "seed", "dataset", "split", "device",
+                                         "teacher", "teacher_arch")}
+    secs = [r.seconds for r in results if not math.isnan(r.seconds)]
+    facts.update(fingerprint=first["fingerprint"], wall_seconds=float(sum(secs)), peak_memory_mb=max(peaks),
+                 hosts=sorted({h["host"] for h in headers.values()}), merged_from=str(parts_dir),
+                 **first.get("extra_meta", {}))
+    ds = assemble(results, first["classes"], first["mean"], first["std"], facts)
     ds.save(output, overwrite=overwrite, pngs=pngs)
     return ds
 
 
+def _lock_owner_alive(lock: Path) -> bool:
+    """Whether the process named in a merge lock (pid@host) still runs; a lock of another host is trusted."""
+    try:
+        pid, host = lock.read_text().strip().split("@", 1)
+    except (OSError, ValueError):
+        return False  # empty or unreadable: its writer died between create and write
+    if host != platform.node():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _try_merge_once(parts_dir: Path, output: Path, overwrite: bool) -> Optional[DistilledSet]:
-    """Merge when every class is present; a lock file lets only one of several finishing shards do it."""
+    """Merge when every class is present; a lock file (pid@host) lets only one of several finishing shards
+    do it, and a lock whose owner is gone (killed mid-merge) is broken, so a resumed run still merges."""
     headers = scan_parts(parts_dir)
     k = next((int(h["num_classes"]) for h in headers.values() if h is not None), None)
     if k is None or any(headers.get(c) is None for c in range(k)):
         return None
     lock = parts_dir / ".merge.lock"
-    try:
-        os.close(os.open(str(lock), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:  # another shard is merging (or died doing it: `ddkit merge` ignores the lock)
+    for _ in range(2):
+        try:
+            fd = os.open(str(lock), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if _lock_owner_alive(lock):
+                return None  # another shard is merging right now
+            lock.unlink(missing_ok=True)  # stale: its owner was killed during the merge
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}@{platform.node()}")
+        break
+    else:
         return None
     try:
         if output.exists() and not overwrite:
@@ -365,21 +315,24 @@ def distill_sharded(method: Method, dataset: ImageDataset, teacher: Any, output:
                     extra_meta: Optional[Dict[str, Any]] = None) -> Optional[DistilledSet]:
     """Run this process's share of the classes into `<output>.parts/`, then merge when complete.
 
-    Under torchrun every rank takes classes c % WORLD_SIZE == RANK and rank 0 merges after a barrier.
-    With `shard` ('i/n' or (i, n)) this process takes shard i and the shard that completes the set
-    merges (or run `merge_parts` / `ddkit merge` later). Without either, one process does every class
-    (with per-class files, hence resumable). Returns the merged set where this process merged, else None.
+    Under torchrun (process group joined at the entry point, `ddkit.ranks.process_group()`) every rank
+    takes classes c % WORLD_SIZE == RANK and rank 0 merges after a barrier. With `shard` ('i/n' or
+    (i, n)) this process takes shard i and the shard that completes the set merges (or `ddkit merge`
+    later). Without either, one process does every class — still one part per class on disk, so a
+    killed run resumes with `resume=True`. Returns the merged set where this process merged, else None.
     extra_meta: JSON-safe facts added to the merged meta (e.g. {"dataset_root": …}).
     """
     env = dist_env()
-    if shard is not None and env.torchrun and env.world > 1:
+    multi = env.torchrun and env.world > 1
+    if shard is not None and multi:
         raise DDKitError("--shard and torchrun both split the classes: use one of them")
+    if multi and not group_ready():
+        raise DDKitError("launched by torchrun but no process group is joined: wrap the call in "
+                         "`with ddkit.ranks.process_group():` (the CLI does)")
     out = Path(output)
     if out.exists() and not overwrite:
         raise FileExistsError(f"output {out} exists; pass --overwrite to replace it")
-    multi = env.torchrun and env.world > 1
-    owned = multi and not _initialised()  # leave a group the caller made (e.g. for DDP evaluation) alone
-    rank, world = (init_distributed().rank, env.world) if multi else (0, 1)
+    rank, world = (env.rank, env.world) if multi else (0, 1)
     if shard is not None:
         rank, world = parse_shard(shard) if isinstance(shard, str) else (int(shard[0]), int(shard[1]))
     dev = device if isinstance(device, torch.device) else get_device(device)
@@ -393,7 +346,5 @@ def distill_sharded(method: Method, dataset: ImageDataset, teacher: Any, output:
         barrier()  # every rank's parts are on disk
         result = merge_parts(parts, out, overwrite=overwrite) if merge and rank == 0 else None
         barrier()  # nobody leaves before the merged output exists
-        if owned:
-            cleanup_distributed()
         return result
     return _try_merge_once(parts, out, overwrite) if merge else None

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 
@@ -121,6 +121,34 @@ def _umask_modes(root: Path) -> None:
             os.chmod(os.path.join(dirpath, f), 0o666 & ~mask)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host (a process of another user counts as alive)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_orphans(out: str | Path) -> List[Path]:
+    """Delete the temporaries a killed writer left beside `out` (`.<name>.tmp-<pid>-*`, `.<name>.old-<pid>`).
+
+    Only those whose writer process is gone: a concurrent writer's folder is left alone. Returns what
+    was removed.
+    """
+    out = Path(out)
+    gone = []
+    for p in list(out.parent.glob(f".{out.name}.tmp-*")) + list(out.parent.glob(f".{out.name}.old-*")):
+        tail = p.name[len(out.name) + 2:].split("-")  # ["tmp" | "old", pid, ...]
+        if len(tail) < 2 or not tail[1].isdigit() or pid_alive(int(tail[1])):
+            continue
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        gone.append(p)
+    return gone
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Write a folder atomically: yield a temporary sibling, then rename it onto `out`.
@@ -132,7 +160,8 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     if out.exists() and not overwrite:
         raise FileExistsError(f"output {out} exists; pass --overwrite to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    remove_orphans(out)  # a killed earlier run's temporary folder would otherwise stay forever
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         yield tmp
         _umask_modes(tmp)

@@ -17,7 +17,7 @@ from ddkit.evaluate.losses import (LOSSES, cross_entropy, gift, kl_div, list_los
 from ddkit.evaluate.metrics import ars, hlr, ior, lrs, lrs_from_gaps, mean_std, normalize_score, summarize
 from ddkit.evaluate.recipes import (RECIPES, Recipe, auto_factor, cim_batch_size, get_recipe, list_recipes,
                                     rded_batch_size, resolve_recipe)
-from ddkit.evaluate.report import results_markdown, run_evaluation, split_val
+from ddkit.evaluate.runner import results_markdown, run_evaluation, split_val
 from ddkit.evaluate.train import Plan, RunResult, budget_iterations, lr_factor, make_plan
 
 __all__ = [

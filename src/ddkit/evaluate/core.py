@@ -18,7 +18,7 @@ import torch
 from ddkit.config import to_dict
 from ddkit.data.base import ImageDataset
 from ddkit.distilled import DistilledSet
-from ddkit.evaluate import distributed as edist
+from ddkit.evaluate import parallel as edist
 from ddkit.evaluate.config import EvalConfig, resolve_regime
 from ddkit.evaluate.losses import LOSSES, make_criterion
 from ddkit.evaluate.metrics import summarize
@@ -195,7 +195,7 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
 
     Under torchrun (joined lazily) the seeds are spread over the ranks and gathered, giving the
     single-process result; with cfg.ddp every seed is one DDP run over all ranks (see
-    `ddkit.evaluate.distributed`). Only rank 0 prints; every rank returns the full EvalResult.
+    `ddkit.evaluate.parallel`). Only rank 0 prints; every rank returns the full EvalResult.
 
     Example:
         >>> res = evaluate(dset, test, EvalConfig(recipe="cim", regime="hl", epochs=50))

@@ -34,6 +34,7 @@ from typing import Any, Dict, List, Tuple
 
 from ddkit.evaluate.config import EvalConfig, resolve_regime
 from ddkit.evaluate.losses import LOSSES
+from ddkit.geometry import auto_factor
 from ddkit.registry import Registry, UnknownNameError
 from ddkit.utils import DDKitError
 
@@ -184,11 +185,6 @@ def rded_batch_size(ipc: int, num_classes: int) -> int:
         return 100
     base = 10 if ipc <= 1 else 50 if ipc <= 10 else 100
     return base * (2 if num_classes >= 100 else 1)
-
-
-def auto_factor(image_size: int) -> int:
-    """RDED's crop factor: 1 at ≤ 64 px (CIFAR, Tiny), 2 above (ImageNet family)."""
-    return 1 if image_size <= 64 else 2
 
 
 def resolve_recipe(cfg: EvalConfig, *, n_images: int, num_classes: int, ipc: int, image_size: int,

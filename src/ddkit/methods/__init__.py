@@ -1,6 +1,6 @@
-"""Condensation methods: `create_method(name, **cfg)`, `list_methods()`, `register_method`."""
-from ddkit.methods.base import (METHODS, Method, MethodConfig, check_ipc, create_method, list_methods, method_spec,
-                                per_class, register_method)
+"""Condensation methods: `create_method(name, **cfg)`, `list_methods()`, `register_method`, `ClassResult`."""
+from ddkit.methods.base import (METHODS, ClassResult, Method, MethodConfig, assemble, check_ipc, create_method,
+                                list_methods, method_spec, register_method)
 
-__all__ = ["METHODS", "Method", "MethodConfig", "check_ipc", "create_method", "list_methods", "method_spec",
-           "per_class", "register_method"]
+__all__ = ["METHODS", "ClassResult", "Method", "MethodConfig", "assemble", "check_ipc", "create_method",
+           "list_methods", "method_spec", "register_method"]

@@ -1,26 +1,28 @@
-"""Method registry and the shared driver every condensation method runs through.
+"""The method contract, the registry and the one driver every condensation method runs through.
 
-Contract: a method is a function `fn(dataset, teacher, cfg, *, device, progress) -> DistilledSet`
-registered with `@register_method(name, config=CfgClass)`. `create_method(name, **overrides)` binds a
-frozen config; calling the result runs the method and fills meta.json facts (method, config, dataset,
-teacher, ipc, seed, wall time, peak memory) so no method repeats that bookkeeping.
-Per-class work gets a generator seeded from (seed, class) so a class's result never depends on which
-other classes share its batch, process or GPU.
+A method is one function that knows nothing but its algorithm:
 
-Class scope (sharding, resume): `ddkit.distributed` runs a class-separable method inside
-`class_scope(classes, on_done)`. Drivers then loop over `scoped_classes(num_classes)` instead of all
-classes and report each finished class with `class_done(...)`, so it can be written to disk at once.
-`per_class` does both by itself; a method with its own loop (lic) calls the two functions. Outside a
-scope both are no-ops and every class runs.
+    @register_method("dm", config=DMConfig, needs_teacher=False)
+    def dm(dataset, teacher, cfg, classes, *, device, progress) -> Iterator[ClassResult]:
+        for c in classes:
+            yield ClassResult(c, images_of_class_c)
+
+It is given the classes to condense and yields one `ClassResult` per class (in any order; a method
+that couples classes — `class_separable=False` — may yield them all at the end). The driver
+(`Method.run`, used by `Method.__call__` and by `ddkit.distributed`) checks the inputs, times each
+class, moves results to the CPU, shows the progress bar and, in `ddkit.distributed`, writes one part
+per class, resumes and shards. No method touches any of that, so a method that forgets nothing can
+never run the wrong classes. Per-class work should draw from `make_generator(seed, …, class)` so a
+class's result never depends on which other classes share its process or GPU.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
+import importlib
+import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Type
 
 import torch
 from tqdm.auto import tqdm
@@ -29,7 +31,10 @@ from ddkit.config import field, to_dict
 from ddkit.data.base import ImageDataset
 from ddkit.distilled import DistilledSet
 from ddkit.registry import Registry
-from ddkit.utils import DDKitError, get_device, make_generator, peak_memory_mb, reset_peak_memory
+from ddkit.utils import DDKitError, get_device, peak_memory_mb, reset_peak_memory
+
+#: built-in method modules, imported on first use of the registry (each registers itself)
+BUILTIN_MODULES = ["random", "lic", "dynamics", "coresets", "el2n", "rded", "cad"]
 
 
 @dataclass(frozen=True)
@@ -41,9 +46,43 @@ class MethodConfig:
 
 
 @dataclass(frozen=True)
+class ClassResult:
+    """One finished class.
+
+    images: N_c×C×H×W float in [0,1] pixel space (optimised sets may leave it); soft: label tensors with N_c
+    rows (→ DistilledSet.soft); extras: other per-row tensors (e.g. "source_index" → meta["source_indices"]);
+    meta: JSON-safe per-class facts (→ meta[key] = list over classes); set_meta: JSON-safe facts about the
+    whole set, equal for every class (e.g. the mosaic factor); labels: N_c int64, default all == cls;
+    seconds: compute time, measured by the driver when left NaN.
+    """
+
+    cls: int
+    images: torch.Tensor
+    soft: Dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    extras: Dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    meta: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    set_meta: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    labels: Optional[torch.Tensor] = None
+    seconds: float = math.nan
+
+    def on_cpu(self, seconds: float) -> "ClassResult":
+        """A copy with CPU tensors (images float32), labels filled in and `seconds` set when unknown."""
+        cpu = lambda d: {k: v.detach().cpu() for k, v in d.items()}  # noqa: E731
+        imgs = self.images.detach().float().cpu()
+        labels = (self.labels.detach().long().cpu() if self.labels is not None
+                  else torch.full((len(imgs),), int(self.cls), dtype=torch.long))
+        return dataclasses.replace(self, cls=int(self.cls), images=imgs, labels=labels, soft=cpu(self.soft),
+                                   extras=cpu(self.extras), seconds=seconds if math.isnan(self.seconds)
+                                   else float(self.seconds))
+
+
+MethodFn = Callable[..., Iterator[ClassResult]]
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     name: str
-    fn: Callable[..., DistilledSet]
+    fn: MethodFn
     config: Type[MethodConfig]
     needs_teacher: bool
     description: str
@@ -54,16 +93,32 @@ METHODS: Registry[MethodSpec] = Registry("method")
 
 
 def register_method(name: str, config: Type[MethodConfig] = MethodConfig, aliases: Sequence[str] = (),
-                    needs_teacher: bool = False, class_separable: bool = True) -> Callable:
-    """Decorator: register a condensation method under `name` (+ peers' spellings as aliases)."""
+                    needs_teacher: bool = False, class_separable: bool = True) -> Callable[[MethodFn], MethodFn]:
+    """Decorator: register a condensation method under `name` (+ peers' spellings as aliases).
 
-    def deco(fn: Callable[..., DistilledSet]) -> Callable[..., DistilledSet]:
+    The function's signature is `fn(dataset, teacher, cfg, classes, *, device, progress)` and it yields
+    one ClassResult per class of `classes`; the first line of its docstring is its description.
+    """
+
+    def deco(fn: MethodFn) -> MethodFn:
         doc = (fn.__doc__ or "").strip().splitlines()
         METHODS.register(name, aliases=aliases, obj=MethodSpec(name, fn, config, needs_teacher,
                                                                doc[0] if doc else "", class_separable))
         return fn
 
     return deco
+
+
+_LOADED = False
+
+
+def _load_builtin() -> None:
+    """Import the built-in method modules once (they register themselves)."""
+    global _LOADED
+    if not _LOADED:
+        _LOADED = True
+        for mod in BUILTIN_MODULES:
+            importlib.import_module(f"ddkit.methods.{mod}")
 
 
 def list_methods() -> List[str]:
@@ -73,8 +128,40 @@ def list_methods() -> List[str]:
 
 
 def method_spec(name: str) -> MethodSpec:
+    """The registered spec of `name` (any alias); unknown names fail with the list of known ones."""
     _load_builtin()
     return METHODS.get(name)
+
+
+def check_ipc(dataset: ImageDataset, need: int, what: str = "ipc") -> None:
+    """Refuse when some class has fewer than `need` images (name the class)."""
+    for c, n in enumerate(dataset.class_counts()):
+        if n < need:
+            raise DDKitError(f"{what} needs {need} images per class but class {c} ({dataset.classes[c]!r}) has only {n}")
+
+
+def assemble(results: Sequence[ClassResult], classes: Sequence[str], mean: Sequence[float], std: Sequence[float],
+             meta: Optional[Dict[str, Any]] = None) -> DistilledSet:
+    """The DistilledSet of finished classes, in class order (the same rule as merging on-disk parts).
+
+    Per-class meta becomes lists over classes; extras become flat per-row lists ("source_index" →
+    "source_indices"); set_meta is taken once; class_seconds lists each class's compute time.
+    """
+    if not results:
+        raise DDKitError("no class was condensed: the method was given (or yielded) no classes")
+    rs = sorted(results, key=lambda r: r.cls)
+    out: Dict[str, Any] = {}
+    for r in rs:
+        out.update(r.set_meta)
+    for key in dict.fromkeys(k for r in rs for k in r.meta):
+        out[key] = [r.meta.get(key) for r in rs]
+    for key in dict.fromkeys(k for r in rs for k in r.extras):
+        out["source_indices" if key == "source_index" else key] = torch.cat([r.extras[key] for r in rs]).tolist()
+    out["class_seconds"] = [None if math.isnan(r.seconds) else r.seconds for r in rs]
+    out.update(meta or {})
+    soft = {k: torch.cat([r.soft[k] for r in rs]) for k in rs[0].soft}
+    return DistilledSet(torch.cat([r.images for r in rs]), torch.cat([r.labels for r in rs]), list(classes),
+                        list(mean), list(std), soft=soft, meta=out)
 
 
 class Method:
@@ -88,27 +175,65 @@ class Method:
     def name(self) -> str:
         return self.spec.name
 
-    def __call__(self, dataset: ImageDataset, teacher: Any = None, *, device: str | torch.device | None = None,
-                 progress: bool = True) -> DistilledSet:
-        dev = get_device(device) if not isinstance(device, torch.device) else device
+    def check(self, dataset: ImageDataset, teacher: Any, classes: Optional[Sequence[int]]) -> List[int]:
+        """Refuse impossible runs before any compute; return the sorted classes to run."""
         if self.spec.needs_teacher and teacher is None:
-            raise DDKitError(f"method {self.name!r} needs a teacher: pass --teacher CKPT (train one with `ddkit teacher train`)")
+            raise DDKitError(f"method {self.name!r} needs a teacher: pass --teacher CKPT (train one with "
+                             f"`ddkit teacher train`)")
         if teacher is not None and list(teacher.classes) != list(dataset.classes):
             raise DDKitError(f"teacher classes {list(teacher.classes)[:5]}… differ from the dataset's "
                              f"{list(dataset.classes)[:5]}…: use a teacher trained on this class list")
         if self.config.ipc < 1:
             raise DDKitError(f"--ipc must be ≥ 1, got {self.config.ipc}")
+        k = dataset.num_classes
+        todo = list(range(k)) if classes is None else sorted({int(c) for c in classes})
+        bad = [c for c in todo if not 0 <= c < k]
+        if bad:
+            raise DDKitError(f"class {bad[0]} does not exist: the dataset has {k} classes")
+        if not self.spec.class_separable and todo != list(range(k)):
+            raise DDKitError(f"method {self.name!r} couples classes (class_separable=False): it runs on all "
+                             f"classes at once, not on a shard; parallelise over seeds instead")
+        return todo
+
+    def run(self, dataset: ImageDataset, teacher: Any = None, *, classes: Optional[Sequence[int]] = None,
+            device: str | torch.device | None = None, progress: bool = True) -> Iterator[ClassResult]:
+        """Yield the method's result for each class of `classes` (default all) as it finishes, on the CPU."""
+        dev = device if isinstance(device, torch.device) else get_device(device)
+        todo = self.check(dataset, teacher, classes)
+        seen: set = set()
+        t = time.perf_counter()
+        for r in self.spec.fn(dataset, teacher, self.config, list(todo), device=dev, progress=progress):
+            if int(r.cls) not in todo or int(r.cls) in seen:
+                raise DDKitError(f"method {self.name!r} yielded class {r.cls}, which it was not asked for "
+                                 f"(or twice)")
+            seen.add(int(r.cls))
+            now = time.perf_counter()
+            yield r.on_cpu(now - t)
+            t = time.perf_counter()  # time spent by the consumer (e.g. writing a part) is not the class's
+        missing = [c for c in todo if c not in seen]
+        if missing:
+            raise DDKitError(f"method {self.name!r} yielded no result for class(es) {missing[:10]}")
+
+    def facts(self, dataset: ImageDataset, teacher: Any, device: torch.device) -> Dict[str, Any]:
+        """The meta.json facts the driver records for every set (never the method's job)."""
+        return dict(method=self.name, config=to_dict(self.config), ipc=self.config.ipc, seed=self.config.seed,
+                    dataset=dataset.name, split=dataset.split, device=str(device),
+                    teacher=(teacher.meta.get("path") or teacher.arch) if teacher is not None else None,
+                    teacher_arch=getattr(teacher, "arch", None))
+
+    def __call__(self, dataset: ImageDataset, teacher: Any = None, *, device: str | torch.device | None = None,
+                 progress: bool = True, classes: Optional[Sequence[int]] = None) -> DistilledSet:
+        """Run on `classes` (default all) in this process and return the assembled set."""
+        dev = device if isinstance(device, torch.device) else get_device(device)
+        todo = self.check(dataset, teacher, classes)
         reset_peak_memory(dev)
         t0 = time.perf_counter()
-        out = self.spec.fn(dataset, teacher, self.config, device=dev, progress=progress)
-        wall = time.perf_counter() - t0
-        out.meta.update(
-            method=self.name, config=to_dict(self.config), ipc=self.config.ipc, seed=self.config.seed,
-            dataset=dataset.name, split=dataset.split, wall_seconds=wall, peak_memory_mb=peak_memory_mb(dev),
-            device=str(dev), teacher=(teacher.meta.get("path") or teacher.arch) if teacher is not None else None,
-            teacher_arch=getattr(teacher, "arch", None),
-        )
-        return out
+        bar = tqdm(self.run(dataset, teacher, classes=todo, device=dev, progress=progress), total=len(todo),
+                   desc=self.name, unit="class", disable=not progress, dynamic_ncols=True, mininterval=1.0)
+        results = list(bar)
+        facts = self.facts(dataset, teacher, dev)
+        facts.update(wall_seconds=time.perf_counter() - t0, peak_memory_mb=peak_memory_mb(dev))
+        return assemble(results, dataset.classes, dataset.mean, dataset.std, facts)
 
 
 def create_method(name: str, **overrides: Any) -> Method:
@@ -119,120 +244,3 @@ def create_method(name: str, **overrides: Any) -> Method:
     if bad:
         raise DDKitError(f"method {spec.name!r} has no option(s) {', '.join(sorted(bad))}; valid: {', '.join(sorted(valid))}")
     return Method(spec, spec.config(**overrides))
-
-
-def check_ipc(dataset: ImageDataset, need: int, what: str = "ipc") -> None:
-    """Refuse when some class has fewer than `need` images (name the class)."""
-    counts = dataset.class_counts()
-    for c, n in enumerate(counts):
-        if n < need:
-            raise DDKitError(f"{what} needs {need} images per class but class {c} ({dataset.classes[c]!r}) has only {n}")
-
-
-# -- class scope ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ClassResult:
-    """One finished class, as reported to the scope's callback (all tensors on CPU).
-
-    images: N_c×C×H×W float; labels: N_c int64; soft: label tensors with N_c rows (go to DistilledSet.soft);
-    extras: other per-row tensors (e.g. "source_index"); meta: JSON-safe per-class facts; seconds: compute time.
-    """
-
-    cls: int
-    images: torch.Tensor
-    labels: torch.Tensor
-    soft: Dict[str, torch.Tensor]
-    extras: Dict[str, torch.Tensor]
-    meta: Dict[str, Any]
-    seconds: float
-
-
-_SCOPE: contextvars.ContextVar[Optional[Tuple[List[int], Callable[[ClassResult], None]]]] = \
-    contextvars.ContextVar("ddkit_class_scope", default=None)
-
-
-@contextlib.contextmanager
-def class_scope(classes: Sequence[int], on_class_done: Callable[[ClassResult], None]) -> Iterator[None]:
-    """Restrict scope-aware drivers to `classes` and call `on_class_done` as each class finishes."""
-    token = _SCOPE.set((sorted(int(c) for c in classes), on_class_done))
-    try:
-        yield
-    finally:
-        _SCOPE.reset(token)
-
-
-def scoped_classes(num_classes: int) -> List[int]:
-    """The classes a driver must run: the active scope's, else all of them."""
-    scope = _SCOPE.get()
-    if scope is None:
-        return list(range(num_classes))
-    bad = [c for c in scope[0] if not 0 <= c < num_classes]
-    if bad:
-        raise DDKitError(f"class scope holds class {bad[0]} but the dataset has {num_classes} classes")
-    return list(scope[0])
-
-
-def class_done(c: int, images: torch.Tensor, *, soft: Optional[Dict[str, torch.Tensor]] = None,
-               extras: Optional[Dict[str, torch.Tensor]] = None, meta: Optional[Dict[str, Any]] = None,
-               seconds: float = float("nan")) -> None:
-    """Report that class `c` is finished (no-op outside a scope); tensors are copied to CPU."""
-    scope = _SCOPE.get()
-    if scope is None:
-        return
-    cpu = lambda d: {k: v.detach().cpu() for k, v in (d or {}).items()}  # noqa: E731
-    imgs = images.detach().float().cpu()
-    scope[1](ClassResult(int(c), imgs, torch.full((len(imgs),), int(c), dtype=torch.long), cpu(soft),
-                         cpu(extras), dict(meta or {}), float(seconds)))
-
-
-def per_class(dataset: ImageDataset, fn: Callable[[int, torch.Generator], Tuple[torch.Tensor, Dict[str, torch.Tensor]]],
-              seed: int, *, desc: str = "classes", progress: bool = True,
-              classes: Optional[Sequence[int]] = None,
-              on_class_done: Optional[Callable[[ClassResult], None]] = None
-              ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
-    """Run `fn(c, generator)` for each class with a generator seeded by (seed, c); stack the results.
-
-    `fn` returns (images float N_c×C×H×W, extra label tensors with N_c rows). Returns (images, labels, extras).
-    `classes` None means the active class scope's classes (all classes outside a scope); finished
-    classes are reported to the scope and to `on_class_done`.
-    """
-    scoped = classes is None
-    cls = scoped_classes(dataset.num_classes) if scoped else list(classes)
-    images: List[torch.Tensor] = []
-    labels: List[torch.Tensor] = []
-    extras: Dict[str, List[torch.Tensor]] = {}
-    for c in tqdm(cls, desc=desc, disable=not progress, dynamic_ncols=True, mininterval=1.0):
-        t0 = time.perf_counter()
-        imgs, ex = fn(c, make_generator(seed, "class", c))
-        images.append(imgs.detach().float().cpu())
-        labels.append(torch.full((len(imgs),), c, dtype=torch.long))
-        ex = {k: v.detach().cpu() for k, v in ex.items()}
-        for k, v in ex.items():
-            extras.setdefault(k, []).append(v)
-        seconds = time.perf_counter() - t0
-        if scoped:
-            class_done(c, images[-1], extras=ex, seconds=seconds)
-        if on_class_done is not None:
-            on_class_done(ClassResult(c, images[-1], labels[-1], {}, ex, {}, seconds))
-    if not images:  # an empty class list (e.g. every class of a shard already done)
-        raise DDKitError("per_class was given no classes to run")
-    return torch.cat(images), torch.cat(labels), {k: torch.cat(v) for k, v in extras.items()}
-
-
-_LOADED = False
-
-
-def _load_builtin() -> None:
-    """Import the built-in method modules once (they register themselves)."""
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    import importlib
-
-    for mod in ("random", "lic", "dynamics", "coresets", "el2n", "rded", "cad", "sre2l", "dwa"):
-        try:
-            importlib.import_module(f"ddkit.methods.{mod}")
-        except ModuleNotFoundError as e:  # a method module not written yet must not break the others
-            if e.name != f"ddkit.methods.{mod}":
-                raise

@@ -39,17 +39,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
 from ddkit.config import field
 from ddkit.data.base import ImageDataset, to_float
-from ddkit.distilled import DistilledSet
-from ddkit.methods.base import MethodConfig, check_ipc, register_method
+from ddkit.methods.base import ClassResult, MethodConfig, check_ipc, register_method
 from ddkit.methods.dynamics import DynamicsConfig, dynamics_for, window_std
-from ddkit.methods.rded import (NORMALIZATIONS, PatchScorer, build_set, check_pools, check_teacher_shape,
-                                resolve_factor, run_classes)
+from ddkit.methods.rded import (NORMALIZATIONS, PatchScorer, check_pools, check_teacher_shape, resolve_factor,
+                                run_classes)
 from ddkit.utils import DDKitError
 
 SCORES = ("p_true", "el2n")
@@ -247,23 +246,23 @@ def cad_scores(dataset: ImageDataset, cfg: CADConfig, device: Any, progress: boo
 
 # Not class-separable: the scoring run trains on every class at once (sharding by class would redo it).
 @register_method("cad-prune", config=CADConfig, aliases=("cad", "cadprune"), class_separable=False)
-def cad_prune(dataset: ImageDataset, teacher: Any, cfg: CADConfig, *, device: torch.device,
-              progress: bool = True) -> DistilledSet:
+def cad_prune(dataset: ImageDataset, teacher: Any, cfg: CADConfig, classes: Sequence[int], *,
+              device: torch.device, progress: bool = True) -> Iterator[ClassResult]:
     """CAD-Prune: per class the ipc real images with the highest compute-aware difficulty."""
     check_ipc(dataset, cfg.ipc, "cad-prune")
     cad, info = cad_scores(dataset, cfg, device, progress)
-    picks = top_per_class(cad, dataset.labels.cpu(), dataset.num_classes, cfg.ipc)
-    idx = torch.cat(picks)
-    meta = {"source_indices": idx.tolist(), "cad_selected_mean": [float(cad[p].mean()) for p in picks],
-            "cad_class_mean": [float(cad[dataset.labels.cpu() == c].mean()) for c in range(dataset.num_classes)],
-            "intended_regime": "hl", **info}
-    return DistilledSet(to_float(dataset.get(idx)), dataset.labels[idx].cpu(), dataset.classes, dataset.mean,
-                        dataset.std, meta=meta)
+    labels = dataset.labels.cpu()
+    picks = top_per_class(cad, labels, dataset.num_classes, cfg.ipc)
+    set_meta = {"intended_regime": "hl", **info}
+    for c in classes:
+        yield ClassResult(c, to_float(dataset.get(picks[c])), extras={"source_index": picks[c]},
+                          meta={"cad_selected_mean": float(cad[picks[c]].mean()),
+                                "cad_class_mean": float(cad[labels == c].mean())}, set_meta=set_meta)
 
 
 @register_method("ca2d", config=CA2DConfig, needs_teacher=True, class_separable=False)
-def ca2d(dataset: ImageDataset, teacher: Any, cfg: CA2DConfig, *, device: torch.device,
-         progress: bool = True) -> DistilledSet:
+def ca2d(dataset: ImageDataset, teacher: Any, cfg: CA2DConfig, classes: Sequence[int], *, device: torch.device,
+         progress: bool = True) -> Iterator[ClassResult]:
     """CA2D: RDED's lowest-CE patches, stitched f×f, taken from the CAD-Prune pool (hard labels)."""
     factor = resolve_factor(cfg.factor, dataset.image_size)
     need = cfg.ipc * factor ** 2
@@ -273,12 +272,10 @@ def ca2d(dataset: ImageDataset, teacher: Any, cfg: CA2DConfig, *, device: torch.
     cad, info = cad_scores(dataset, cfg, device, progress)
     pools = top_per_class(cad, dataset.labels.cpu(), dataset.num_classes, pool_n)
     scorer = PatchScorer(teacher, device, cfg.normalization, cfg.max_batch, cfg.amp)
-    classes = list(range(dataset.num_classes))
-    parts = run_classes(classes, lambda c: (dataset.get(pools[c]), pools[c]), scorer, cfg.ipc, factor,
-                        cfg.num_crop, cfg.scale_min, cfg.seed, cfg.store_labels, "ca2d", progress)
     reading = ("paper text: patches 'from this coreset' (every coreset image gives its best patch)"
                if cfg.pool == "coreset" else "reproduction's ASSUME 8: top-pool_size by CAD, then RDED's lowest-CE pick")
     meta = {"normalization": cfg.normalization, "num_crop": cfg.num_crop, "pool": f"cad-{cfg.pool}",
             "pool_reading": reading,
             "pool_per_class": pool_n, "intended_regime": "hl", "intended_recipe": "hardtruths-hl", **info}
-    return build_set(dataset, classes, *parts, factor, meta)
+    yield from run_classes(classes, lambda c: (dataset.get(pools[c]), pools[c]), scorer, cfg.ipc, factor,
+                           cfg.num_crop, cfg.scale_min, cfg.seed, cfg.store_labels, meta)

@@ -19,19 +19,18 @@ import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 
 from ddkit.config import config_hash, field
 from ddkit.data.base import ImageDataset, to_float
-from ddkit.distilled import DistilledSet
-from ddkit.methods.base import MethodConfig, check_ipc, per_class, register_method
+from ddkit.methods.base import ClassResult, MethodConfig, check_ipc, register_method
 from ddkit.methods.coresets_scores import (HIGHER_IS_HARDER, ccs_select, compute_score, difficulty, herding_select,
                                            kcenter_select, select_by_difficulty)
 from ddkit.methods.dynamics import Dynamics, DynamicsConfig, dynamics_for
 from ddkit.models import feature_extractor
-from ddkit.utils import DDKitError, autocast
+from ddkit.utils import DDKitError, autocast, make_generator
 
 _D = DynamicsConfig()
 
@@ -88,20 +87,21 @@ def _summary(values: torch.Tensor) -> Dict[str, float]:
     return {"min": float(v.min()), "mean": float(v.mean()), "max": float(v.max())}
 
 
-def _result(dataset: ImageDataset, picks: Callable[[int, torch.Generator], torch.Tensor], cfg: MethodConfig,
-            desc: str, progress: bool, score: Optional[torch.Tensor], extra_meta: Dict[str, Any]) -> DistilledSet:
-    """Run per-class `picks(c, g)` -> dataset indices; build the DistilledSet with provenance."""
-    def one(c: int, g: torch.Generator):
-        sel = picks(c, g)
-        return to_float(dataset.get(sel)), {"source_index": sel}
+def _results(dataset: ImageDataset, picks: Callable[[int, torch.Generator], torch.Tensor], cfg: MethodConfig,
+             classes: Sequence[int], score: Optional[torch.Tensor], info: Dict[str, Any]) -> Iterator[ClassResult]:
+    """Yield each class's `picks(c, g)` (dataset indices, g seeded by (seed, class)) with provenance.
 
-    images, labels, extras = per_class(dataset, one, cfg.seed, desc=desc, progress=progress)
-    src = extras["source_index"]
-    meta: Dict[str, Any] = {"source_indices": src.tolist()}
+    With a score, every pick is made first (index arithmetic only) so the set-level summary of the
+    selected scores is known to every class; feature methods (no score) pick lazily, class by class.
+    """
+    chosen = {c: picks(c, make_generator(cfg.seed, "class", c)) for c in classes} if score is not None else {}
+    set_meta: Dict[str, Any] = {"scores": info}
     if score is not None:
-        extra_meta = {**extra_meta, "all": _summary(score), "selected": _summary(score[src])}
-    meta["scores"] = extra_meta
-    return DistilledSet(images, labels, dataset.classes, dataset.mean, dataset.std, meta=meta)
+        sel = torch.cat([chosen[c] for c in classes])
+        set_meta = {"scores": {**info, "all": _summary(score), "selected": _summary(score[sel])}}
+    for c in classes:
+        idx = chosen[c] if score is not None else picks(c, make_generator(cfg.seed, "class", c))
+        yield ClassResult(c, to_float(dataset.get(idx)), extras={"source_index": idx}, set_meta=set_meta)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -143,9 +143,9 @@ class DynUncConfig(ScoreConfig):
     span: int = field(10, "J: record points per sliding std window (Dyn-Unc uses 10 on ImageNet)")
 
 
-def _score_method(score_name: str, doc: str) -> Callable[..., DistilledSet]:
-    def fn(dataset: ImageDataset, teacher: Any, cfg: ScoreConfig, *, device: torch.device,
-           progress: bool = True) -> DistilledSet:
+def _score_method(score_name: str, doc: str) -> Callable[..., Iterator[ClassResult]]:
+    def fn(dataset: ImageDataset, teacher: Any, cfg: ScoreConfig, classes: Sequence[int], *,
+           device: torch.device, progress: bool = True) -> Iterator[ClassResult]:
         check_ipc(dataset, cfg.ipc)
         dyn = load_dynamics(dataset, cfg, device, progress)
         score = compute_score(score_name, dyn, early_reduce=getattr(cfg, "early_reduce", "last"),
@@ -159,7 +159,7 @@ def _score_method(score_name: str, doc: str) -> Callable[..., DistilledSet]:
         info = {"score": score_name, "higher_is_harder": HIGHER_IS_HARDER[score_name], "mode": cfg.mode,
                 "dynamics": cfg.dynamics_path or config_hash(proxy_dynamics_config(cfg)),
                 "proxy_train_acc": (dyn.meta.get("train_acc") or [None])[-1]}
-        return _result(dataset, picks, cfg, score_name, progress, score, info)
+        yield from _results(dataset, picks, cfg, classes, score, info)
 
     fn.__doc__ = doc
     fn.__name__ = f"coreset_{score_name.replace('-', '_')}"
@@ -197,8 +197,8 @@ class CCSConfig(ProxyConfig):
 
 
 @register_method("ccs", config=CCSConfig, aliases=("coverage-centric",), class_separable=False)
-def ccs(dataset: ImageDataset, teacher: Any, cfg: CCSConfig, *, device: torch.device,
-        progress: bool = True) -> DistilledSet:
+def ccs(dataset: ImageDataset, teacher: Any, cfg: CCSConfig, classes: Sequence[int], *, device: torch.device,
+        progress: bool = True) -> Iterator[ClassResult]:
     """CCS: AUM mislabel cut, then stratified sampling over equal-width score strata (per class)."""
     check_ipc(dataset, cfg.ipc)
     if cfg.ccs_score not in HIGHER_IS_HARDER:
@@ -214,7 +214,7 @@ def ccs(dataset: ImageDataset, teacher: Any, cfg: CCSConfig, *, device: torch.de
 
     info = {"score": cfg.ccs_score, "mislabel_ratio": cfg.mislabel_ratio, "strata": cfg.strata,
             "dynamics": cfg.dynamics_path or config_hash(proxy_dynamics_config(cfg))}
-    return _result(dataset, picks, cfg, "ccs", progress, score, info)
+    yield from _results(dataset, picks, cfg, classes, score, info)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -252,8 +252,8 @@ class _Embedder:
 
 
 @register_method("herding", config=FeatureConfig, needs_teacher=True)
-def herding(dataset: ImageDataset, teacher: Any, cfg: FeatureConfig, *, device: torch.device,
-            progress: bool = True) -> DistilledSet:
+def herding(dataset: ImageDataset, teacher: Any, cfg: FeatureConfig, classes: Sequence[int], *,
+            device: torch.device, progress: bool = True) -> Iterator[ClassResult]:
     """Herding on teacher features per class: the running mean tracks the class mean (argmin)."""
     check_ipc(dataset, cfg.ipc)
     emb = _Embedder(teacher, cfg.feature_layer, device, cfg.batch_size, cfg.amp)
@@ -262,12 +262,12 @@ def herding(dataset: ImageDataset, teacher: Any, cfg: FeatureConfig, *, device: 
         idx = dataset.class_indices(c)
         return idx[herding_select(emb(dataset.get(idx)), cfg.ipc).cpu()]
 
-    return _result(dataset, picks, cfg, "herding", progress, None, {"layer": cfg.feature_layer})
+    yield from _results(dataset, picks, cfg, classes, None, {"layer": cfg.feature_layer})
 
 
 @register_method("kcenter", config=KCenterConfig, aliases=("k-center", "kcenter-greedy"), needs_teacher=True)
-def kcenter(dataset: ImageDataset, teacher: Any, cfg: KCenterConfig, *, device: torch.device,
-            progress: bool = True) -> DistilledSet:
+def kcenter(dataset: ImageDataset, teacher: Any, cfg: KCenterConfig, classes: Sequence[int], *,
+            device: torch.device, progress: bool = True) -> Iterator[ClassResult]:
     """k-center greedy on teacher features per class: farthest-first traversal."""
     check_ipc(dataset, cfg.ipc)
     if cfg.start not in ("random", "mean"):
@@ -283,4 +283,4 @@ def kcenter(dataset: ImageDataset, teacher: Any, cfg: KCenterConfig, *, device: 
             first = int(torch.randint(len(idx), (1,), generator=g))
         return idx[kcenter_select(f, cfg.ipc, first).cpu()]
 
-    return _result(dataset, picks, cfg, "kcenter", progress, None, {"layer": cfg.feature_layer, "start": cfg.start})
+    yield from _results(dataset, picks, cfg, classes, None, {"layer": cfg.feature_layer, "start": cfg.start})

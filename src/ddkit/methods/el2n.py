@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +28,7 @@ import torch.nn.functional as F
 from ddkit.augment import Normalize, dsa
 from ddkit.config import config_hash, field
 from ddkit.data.base import ImageDataset, to_float
-from ddkit.distilled import DistilledSet
-from ddkit.methods.base import check_ipc, register_method
+from ddkit.methods.base import ClassResult, check_ipc, register_method
 from ddkit.methods.coresets import EarlyScoreConfig, load_dynamics, proxy_dynamics_config
 from ddkit.methods.coresets_scores import compute_score, early_score, select_by_difficulty
 from ddkit.methods.dynamics import dynamics_for
@@ -138,14 +137,18 @@ def val_accuracy(model: torch.nn.Module, dataset: ImageDataset, idx: torch.Tenso
     return correct / max(1, len(idx))
 
 
-def _set(dataset: ImageDataset, picks: torch.Tensor, meta: Dict[str, Any]) -> DistilledSet:
-    return DistilledSet(to_float(dataset.get(picks)), dataset.labels[picks].cpu(), dataset.classes, dataset.mean,
-                        dataset.std, meta={"source_indices": picks.tolist(), **meta})
+def _per_class(dataset: ImageDataset, picks: torch.Tensor, classes: Sequence[int], set_meta: Dict[str, Any]
+               ) -> Iterator[ClassResult]:
+    """One ClassResult per class of the selected dataset indices `picks` (class-major, as selected)."""
+    labels = dataset.labels[picks].cpu()
+    for c in classes:
+        sel = picks[labels == c]
+        yield ClassResult(c, to_float(dataset.get(sel)), extras={"source_index": sel}, set_meta=set_meta)
 
 
 @register_method("el2n-best", config=El2nBestConfig, aliases=("el2n_best",), class_separable=False)
-def el2n_best(dataset: ImageDataset, teacher: Any, cfg: El2nBestConfig, *, device: torch.device,
-              progress: bool = True) -> DistilledSet:
+def el2n_best(dataset: ImageDataset, teacher: Any, cfg: El2nBestConfig, classes: Sequence[int], *,
+              device: torch.device, progress: bool = True) -> Iterator[ClassResult]:
     """EL2N-Best: the EL2N window chosen by a held-out validation slice (SelMatch-style search)."""
     check_ipc(dataset, cfg.ipc)
     diff = compute_score("el2n", load_dynamics(dataset, cfg, device, progress), early_reduce=cfg.early_reduce)
@@ -166,17 +169,18 @@ def el2n_best(dataset: ImageDataset, teacher: Any, cfg: El2nBestConfig, *, devic
         return val_accuracy(model, dataset, val_idx, device)
 
     beta, picks, results = window_search(cfg.offsets, build, score)
-    return _set(dataset, picks, {"scores": {"score": "el2n", "mode": "window", "window_offset": beta,
+    set_meta = {"scores": {"score": "el2n", "mode": "window", "window_offset": beta,
                                             "dynamics": cfg.dynamics_path or config_hash(proxy_dynamics_config(cfg))},
                                  "el2n_best": {"offsets": {str(k): v for k, v in results.items()}, "chosen": beta,
                                                "selected_on": f"{cfg.val_per_class}/class held out of "
                                                               f"{dataset.name}/{dataset.split}"},
-                                 "intended_regime": "hl"})
+                                 "intended_regime": "hl"}
+    yield from _per_class(dataset, picks, classes, set_meta)
 
 
 @register_method("el2n-sl", config=El2nSLConfig, aliases=("el2n_sl",), needs_teacher=True, class_separable=False)
-def el2n_sl(dataset: ImageDataset, teacher: Any, cfg: El2nSLConfig, *, device: torch.device,
-            progress: bool = True) -> DistilledSet:
+def el2n_sl(dataset: ImageDataset, teacher: Any, cfg: El2nSLConfig, classes: Sequence[int], *,
+            device: torch.device, progress: bool = True) -> Iterator[ClassResult]:
     """EL2N-SL (hard truths Definition 1): EL2N of an SL-trained proxy against the teacher's soft labels."""
     from ddkit.teachers import predict_logits
 
@@ -197,9 +201,10 @@ def el2n_sl(dataset: ImageDataset, teacher: Any, cfg: El2nSLConfig, *, device: t
                                                                      cfg.mode, cfg.window_offset, cfg.window_unit)]
                        for c in range(dataset.num_classes)])
     sel = score[picks]
-    return _set(dataset, picks, {"scores": {"score": "el2n-sl", "mode": cfg.mode, "temperature": cfg.temperature,
+    set_meta = {"scores": {"score": "el2n-sl", "mode": cfg.mode, "temperature": cfg.temperature,
                                             "dynamics": config_hash(dcfg),
                                             "all": {"min": float(score.min()), "mean": float(score.mean()),
                                                     "max": float(score.max())},
                                             "selected": {"min": float(sel.min()), "mean": float(sel.mean()),
-                                                         "max": float(sel.max())}}})
+                                                         "max": float(sel.max())}}}
+    yield from _per_class(dataset, picks, classes, set_meta)

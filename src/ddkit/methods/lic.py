@@ -25,17 +25,15 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 from ddkit.augment import Identity, Normalize, cim_condense_aug
 from ddkit.config import field
 from ddkit.data.base import ImageDataset, to_float
-from ddkit.distilled import DistilledSet
-from ddkit.methods.base import MethodConfig, class_done, register_method, scoped_classes
+from ddkit.methods.base import ClassResult, MethodConfig, register_method
 from ddkit.methods.lic_ops import (DISTANCES, DOWNSAMPLE_MODES, SELECTIONS, cross_entropy_per_sample, expand,
                                    herding, select_ranked, squeeze)
 from ddkit.methods.lic_optim import Compensator
@@ -219,8 +217,8 @@ def _sync(device: torch.device) -> None:
 
 
 @register_method("lic", config=LICConfig, aliases=("cim",), needs_teacher=True)
-def lic(dataset: ImageDataset, teacher: Any, cfg: LICConfig, *, device: torch.device,
-        progress: bool = True) -> DistilledSet:
+def lic(dataset: ImageDataset, teacher: Any, cfg: LICConfig, classes: Sequence[int], *, device: torch.device,
+        progress: bool = True) -> Iterator[ClassResult]:
     """LIC/CIM: select confident real images, squeeze f² per image, compensate with a feature-matched residual."""
     n = _check_inputs(dataset, teacher, cfg)
     layer = cfg.feature_layer
@@ -234,26 +232,19 @@ def lic(dataset: ImageDataset, teacher: Any, cfg: LICConfig, *, device: torch.de
     packed = cfg.pack_classes if cfg.pack_classes is not None else device.type == "cuda"
     comp = Compensator(tch.extractor, tch.norm, cim_condense_aug() if cfg.augment else Identity(), cfg,
                        device, packed=packed, prep=tch.prep)
-
-    images: List[torch.Tensor] = []
-    soft: Dict[str, List[torch.Tensor]] = {}
-    selected: List[List[int]] = []
-    kept_ce: List[Optional[List[float]]] = []
-    first, last, curves = [], [], []
-    timings = {"pool_wait_s": 0.0, "select_s": 0.0, "compensate_s": 0.0, "labels_s": 0.0}
-    classes = scoped_classes(dataset.num_classes)  # all classes, or a shard's (ddkit.distributed)
+    set_meta = {"feature_layer": layer, "factor": cfg.factor, "images_per_mosaic": cfg.factor ** 2,
+                "packed_forwards": packed}
+    classes = list(classes)
     steps = [classes[s:s + cfg.classes_per_step] for s in range(0, len(classes), cfg.classes_per_step)]
-    bar = tqdm(total=len(classes), desc="lic", disable=not progress, dynamic_ncols=True, mininterval=1.0)
     for step, pools, waited in _prefetched(dataset, steps, cfg):
-        timings["pool_wait_s"] += waited
         t0 = time.perf_counter()
-        reals, mosaics = [], []
+        reals, mosaics, picked = [], [], []
         for c, (pool, pool_idx) in zip(step, pools):
             ranked, idx, ce = _select(pool, pool_idx, c, tch, cfg, n)
             reals.append(ranked)
             mosaics.append(squeeze(ranked, cfg.factor, cfg.downsample))
-            selected.append(idx.tolist())
-            kept_ce.append(ce.tolist() if ce is not None else None)
+            # selected_indices: dataset index of the rank-r image; mosaic m, cell k holds rank k·ipc+m.
+            picked.append({"selected_indices": idx.tolist(), "selected_ce": ce.tolist() if ce is not None else None})
         _sync(device)
         t1 = time.perf_counter()
         gens = [make_generator(cfg.seed, "lic", "augment", c) for c in step]
@@ -264,37 +255,15 @@ def lic(dataset: ImageDataset, teacher: Any, cfg: LICConfig, *, device: torch.de
             tj = time.perf_counter()
             final = finals[j].clamp(0, 1) if cfg.clamp else finals[j]
             labels_c = _region_labels(tch, final, cfg) if cfg.store_labels else {}
-            for k, v in labels_c.items():
-                soft.setdefault(k, []).append(v)
-            images.append(final.detach().float().cpu())
+            meta = dict(picked[j])
             if len(losses):
-                first.append(float(losses[0, j]))
-                last.append(float(losses[-1, j]))
-                curves.append(losses[:, j])
-            # sharding/resume hook: hand the finished class over so it is on disk before the next step
-            i = len(selected) - len(step) + j
-            class_done(c, images[-1], soft=labels_c, meta={
-                "selected_indices": selected[i], "selected_ce": kept_ce[i],
-                **({"loss_first": first[-1], "loss_last": last[-1]} if len(losses) else {})},
-                seconds=(t2 - t0) / len(step) + time.perf_counter() - tj)
-        _sync(device)
-        timings["select_s"] += t1 - t0
-        timings["compensate_s"] += t2 - t1
-        timings["labels_s"] += time.perf_counter() - t2
-        bar.update(len(step))
-    bar.close()
-
-    labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(cfg.ipc)
-    meta: Dict[str, Any] = {
-        "feature_layer": layer, "factor": cfg.factor, "images_per_mosaic": cfg.factor ** 2,
-        "packed_forwards": packed,
-        # selected_indices[c][r] = dataset index of class c's rank-r image; mosaic m, cell k holds rank k·ipc+m.
-        "selected_indices": selected, "selected_ce": kept_ce, "timings": timings,
-    }
-    if curves:
-        mean_curve = torch.stack(curves, 1).mean(1)
-        marks = sorted(set(torch.linspace(0, len(mean_curve) - 1, min(11, len(mean_curve))).round().long().tolist()))
-        meta.update(loss_first=first, loss_last=last,
-                    loss_curve={str(i): float(mean_curve[i]) for i in marks})
-    return DistilledSet(torch.cat(images), labels, dataset.classes, dataset.mean, dataset.std,
-                        soft={k: torch.cat(v) for k, v in soft.items()}, meta=meta)
+                curve = losses[:, j]
+                marks = sorted(set(torch.linspace(0, len(curve) - 1, min(11, len(curve))).round().long().tolist()))
+                meta.update(loss_first=float(curve[0]), loss_last=float(curve[-1]),
+                            loss_curve={str(i): float(curve[i]) for i in marks})
+            _sync(device)
+            share = (t1 - t0) / len(step), (t2 - t1) / len(step)
+            meta["timings"] = {"pool_wait_s": waited / len(step), "select_s": share[0], "compensate_s": share[1],
+                               "labels_s": time.perf_counter() - tj}
+            yield ClassResult(c, final, soft=labels_c, meta=meta, set_meta=set_meta,
+                              seconds=sum(share) + time.perf_counter() - tj)

@@ -5,12 +5,13 @@ Per class, `ipc` real images drawn without replacement with a generator seeded b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
 
 import torch
 
 from ddkit.data.base import ImageDataset, to_float
-from ddkit.distilled import DistilledSet
-from ddkit.methods.base import MethodConfig, check_ipc, per_class, register_method
+from ddkit.methods.base import ClassResult, MethodConfig, check_ipc, register_method
+from ddkit.utils import make_generator
 
 
 @dataclass(frozen=True)
@@ -19,15 +20,10 @@ class RandomConfig(MethodConfig):
 
 
 @register_method("random", config=RandomConfig, aliases=("random-real", "rand"))
-def random_subset(dataset: ImageDataset, teacher, cfg: RandomConfig, *, device: torch.device,
-                  progress: bool = True) -> DistilledSet:
+def random_subset(dataset: ImageDataset, teacher: Any, cfg: RandomConfig, classes: Sequence[int], *,
+                  device: torch.device, progress: bool = True) -> Iterator[ClassResult]:
     """Class-balanced random real images (the baseline)."""
     check_ipc(dataset, cfg.ipc)
-
-    def one(c: int, g: torch.Generator):
-        imgs, idx = dataset.class_images(c, cfg.ipc, generator=g)
-        return to_float(imgs), {"source_index": idx}
-
-    images, labels, extras = per_class(dataset, one, cfg.seed, desc="random", progress=progress)
-    meta = {"source_indices": extras["source_index"].tolist()}
-    return DistilledSet(images, labels, dataset.classes, dataset.mean, dataset.std, meta=meta)
+    for c in classes:
+        imgs, idx = dataset.class_images(c, cfg.ipc, generator=make_generator(cfg.seed, "class", c))
+        yield ClassResult(c, to_float(imgs), extras={"source_index": idx})

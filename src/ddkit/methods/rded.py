@@ -25,22 +25,18 @@ The patch machinery (`PatchScorer`, `best_patches`, `extract_and_stitch`) is sha
 from __future__ import annotations
 
 import copy
-import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ddkit.augment import RandomResizedCrop, resized_crop
 from ddkit.config import field
 from ddkit.data.base import ImageDataset, to_float
-from ddkit.distilled import DistilledSet
-from ddkit.evaluate.recipes import auto_factor
-from ddkit.methods.base import MethodConfig, class_done, register_method, scoped_classes
-from ddkit.methods.lic_ops import cell_bounds, downsample
+from ddkit.geometry import auto_factor, cell_bounds, downsample
+from ddkit.methods.base import ClassResult, MethodConfig, register_method
 from ddkit.utils import DDKitError, autocast, make_generator
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -210,62 +206,38 @@ def extract_and_stitch(pool_u8: torch.Tensor, pool_idx: torch.Tensor, label: int
     return mosaics.float().cpu(), pool_idx[order], ce[order]
 
 
-def build_set(dataset: ImageDataset, classes: List[int], mosaics: List[torch.Tensor], sources: List[torch.Tensor],
-              ces: List[torch.Tensor], softs: List[Dict[str, torch.Tensor]], factor: int,
-              meta: Dict[str, Any]) -> DistilledSet:
-    """Assemble the DistilledSet shared by RDED and CA2D (class-major images, optional stored logits)."""
-    images = torch.cat(mosaics)
-    labels = torch.cat([torch.full((len(m),), c, dtype=torch.long) for c, m in zip(classes, mosaics)])
-    soft = {k: torch.cat([s[k] for s in softs]) for k in (softs[0] if softs else {})}
-    meta = dict(meta)
-    meta.update(
-        factor=factor, images_per_mosaic=factor * factor,
-        # source_indices: per class, the ipc·f² dataset indices in rank order; mosaic m cell k = rank k·ipc+m.
-        source_indices=torch.cat(sources).tolist(),
-        patch_ce_mean=[float(c.mean()) for c in ces],
-    )
-    return DistilledSet(images, labels, dataset.classes, dataset.mean, dataset.std, soft=soft, meta=meta)
-
-
-def run_classes(classes: List[int], pool_of: Callable[[int], Tuple[torch.Tensor, torch.Tensor]], scorer: PatchScorer,
-                ipc: int, factor: int, num_crop: int, scale_min: float, seed: int, store_labels: bool, desc: str,
-                progress: bool) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor], List[Dict]]:
+def run_classes(classes: Sequence[int], pool_of: Callable[[int], Tuple[torch.Tensor, torch.Tensor]],
+                scorer: PatchScorer, ipc: int, factor: int, num_crop: int, scale_min: float, seed: int,
+                store_labels: bool, set_meta: Dict[str, Any]) -> Iterator[ClassResult]:
     """RDED steps 2–5 for each class of `classes` on the pool `pool_of(c)` -> (uint8 images, indices).
 
-    Each finished class is reported with `class_done` (sharding/resume; a no-op outside a class scope).
-    Returns per-class lists (mosaics, source indices, CE, stored-label dicts).
+    Yields one ClassResult per class: the ipc mosaics, their ranked source indices (extras
+    "source_index": per class the ipc·f² dataset indices in rank order; mosaic m cell k = rank k·ipc+m),
+    optional stored logits, and the mean patch CE. Shared by RDED and CA2D.
     """
-    mosaics, sources, ces, softs = [], [], [], []
-    for c in tqdm(classes, desc=desc, disable=not progress, dynamic_ncols=True, mininterval=1.0):
-        t0 = time.perf_counter()
+    set_meta = {**set_meta, "factor": factor, "images_per_mosaic": factor * factor}
+    for c in classes:
         pool, idx = pool_of(c)
         m, src, ce = extract_and_stitch(pool, idx, c, scorer, ipc, factor, num_crop, scale_min,
                                         make_generator(seed, "rded", "crop", c))
         soft = {"soft": scorer.logits(m)} if store_labels else {}
-        mosaics.append(m)
-        sources.append(src)
-        ces.append(ce)
-        softs.append(soft)
-        class_done(c, m, soft=soft, extras={"source_index": src}, meta={"patch_ce_mean": float(ce.mean())},
-                   seconds=time.perf_counter() - t0)
-    return mosaics, sources, ces, softs
+        yield ClassResult(c, m, soft=soft, extras={"source_index": src}, meta={"patch_ce_mean": float(ce.mean())},
+                          set_meta=set_meta)
 
 
 @register_method("rded", config=RDEDConfig, needs_teacher=True)
-def rded(dataset: ImageDataset, teacher: Any, cfg: RDEDConfig, *, device: torch.device,
-         progress: bool = True) -> DistilledSet:
+def rded(dataset: ImageDataset, teacher: Any, cfg: RDEDConfig, classes: Sequence[int], *, device: torch.device,
+         progress: bool = True) -> Iterator[ClassResult]:
     """RDED: lowest-CE RandomResizedCrop patches of a random real pool, stitched f×f per image."""
     factor = resolve_factor(cfg.factor, dataset.image_size)
     check_teacher_shape(dataset, teacher, factor)
     check_pools(dataset, cfg.pool_size, cfg.ipc * factor ** 2, "rded")
     scorer = PatchScorer(teacher, device, cfg.normalization, cfg.max_batch, cfg.amp)
-    classes = scoped_classes(dataset.num_classes)  # all classes, or a shard's (ddkit.distributed)
 
     def pool_of(c: int) -> Tuple[torch.Tensor, torch.Tensor]:
         return dataset.class_images(c, cfg.pool_size, generator=make_generator(cfg.seed, "class", c))
 
-    parts = run_classes(classes, pool_of, scorer, cfg.ipc, factor, cfg.num_crop, cfg.scale_min, cfg.seed,
-                        cfg.store_labels, "rded", progress)
     meta = {"normalization": cfg.normalization, "num_crop": cfg.num_crop, "pool": "random",
             "intended_regime": "slkd", "intended_recipe": "rded"}
-    return build_set(dataset, classes, *parts, factor, meta)
+    yield from run_classes(classes, pool_of, scorer, cfg.ipc, factor, cfg.num_crop, cfg.scale_min, cfg.seed,
+                           cfg.store_labels, meta)

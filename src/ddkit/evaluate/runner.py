@@ -8,7 +8,9 @@
 <output>/results.md                          the same as a markdown table
 ```
 The folder is written atomically (temporary sibling, then rename); an existing one is refused
-unless overwrite=True. Under torchrun only rank 0 writes it and prints (see evaluate/distributed.py).
+unless overwrite=True. Under torchrun only rank 0 writes it and prints (see evaluate/parallel.py).
+The evaluator judges sets without knowing who made them: baselines (e.g. the random real subset of the
+same IPC) are given by the caller, as sets or as functions of the train pool they must be drawn from.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import dataclasses
 import json
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import yaml
@@ -25,8 +27,8 @@ from safetensors.torch import save_file
 from ddkit.config import to_dict
 from ddkit.data.base import ImageDataset
 from ddkit.distilled import DistilledSet
-from ddkit.distributed import barrier, cleanup_distributed
-from ddkit.evaluate import distributed as edist
+from ddkit.ranks import barrier
+from ddkit.evaluate import parallel as edist
 from ddkit.evaluate.config import EvalConfig, resolve_regime
 from ddkit.evaluate.core import DEFAULT_STUDENT, EvalResult, check_classes, evaluate, soft_labels_for
 from ddkit.evaluate.losses import LOSSES
@@ -37,6 +39,9 @@ from ddkit.utils import DDKitError, git_revision, machine_info, make_generator
 from ddkit.validate import json_safe
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+#: a baseline: a set, or a function of the train pool (train minus any validation slice) that draws one
+Baseline = Union[DistilledSet, Callable[[ImageDataset], DistilledSet]]
 
 
 def split_val(train: ImageDataset, fraction: float, seed: int) -> Tuple[ImageDataset, ImageDataset]:
@@ -85,12 +90,16 @@ def results_markdown(results: Sequence[EvalResult], summary: Dict[str, Any]) -> 
 
 
 def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, train: Optional[ImageDataset] = None,
-                   teacher: Any = None, output: str, overwrite: bool = False, with_random: bool = False,
+                   teacher: Any = None, output: str, overwrite: bool = False,
+                   baselines: Optional[Mapping[str, Baseline]] = None,
                    students: Optional[Tuple[str, ...]] = None, device: Any = None, progress: bool = True
                    ) -> Dict[str, Any]:
-    """Evaluate the set at `distilled_dir` (and a random real subset of the same IPC with with_random)
-    for each student, write the output folder atomically, print the table; return summary.json's dict.
-    Under torchrun every rank calls it; the process group is joined here (and left at the end)."""
+    """Evaluate the set at `distilled_dir` and each of `baselines` for each student under the same
+    protocol, write the output folder atomically, print the table; return summary.json's dict.
+
+    baselines: {name: set or pool -> set}; "random" gets the IOR column (acc(distilled) − acc(random)).
+    A callable is given the train pool (train minus the validation slice), so a baseline never sees
+    validation images. Under torchrun every rank calls it inside the entry point's process group."""
     ctx = edist.setup(cfg, device)
     dev = ctx.device
     progress = progress and ctx.main
@@ -103,8 +112,12 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
         if cfg.label_store is None:
             cfg = dataclasses.replace(cfg, label_store=str(Path(distilled_dir) / "fkd"))
     check_classes(distilled, test, teacher)
-    if (with_random or cfg.budget_epochs is not None or cfg.val_fraction > 0) and train is None:
-        raise DDKitError("--with-random, --budget-epochs and --val-fraction need the train split")
+    baselines = dict(baselines or {})
+    if "distilled" in baselines:
+        raise DDKitError("a baseline cannot be named 'distilled' (that is the set under evaluation)")
+    with_random = "random" in baselines
+    if (baselines or cfg.budget_epochs is not None or cfg.val_fraction > 0) and train is None:
+        raise DDKitError("--with-random (baselines), --budget-epochs and --val-fraction need the train split")
     if train is not None and list(train.classes) != list(distilled.classes):
         raise DDKitError("the train split's classes differ from the distilled set's")
     # Resolve once up front so a bad flag fails before any training and config.yaml shows the values.
@@ -113,8 +126,8 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
     if cfg.epochs is not None and cfg.budget_epochs is not None:
         raise DDKitError("give either --epochs or --budget-epochs, not both")
     needs_logits = LOSSES.get(recipe.loss_for(regime)).needs_logits
-    if teacher is None and needs_logits and cfg.labels == "online" and (regime == "slkd" or (regime == "sl" and with_random)):
-        # Fail before any training: the random subset never has stored soft labels.
+    if teacher is None and needs_logits and cfg.labels == "online" and (regime == "slkd" or (regime == "sl" and baselines)):
+        # Fail before any training: a baseline subset (random) has no stored soft labels.
         raise DDKitError(f"regime {regime} needs a teacher here (online labels, or soft labels for the random "
                          "subset): pass --teacher CKPT")
     full = len(train) if train is not None else None
@@ -122,10 +135,9 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
                      eval_every=cfg.eval_every)
     val, pool = (split_val(train, cfg.val_fraction, cfg.seed) if cfg.val_fraction > 0 else (None, train))
     sets: Dict[str, DistilledSet] = {"distilled": distilled}
-    if with_random:
-        from ddkit.methods import create_method
-
-        sets["random"] = create_method("random", ipc=distilled.ipc, seed=cfg.seed)(pool, device="cpu", progress=False)
+    for name, b in baselines.items():
+        sets[name] = b if isinstance(b, DistilledSet) else b(pool)
+        check_classes(sets[name], test, teacher)
     names = list(students) if students else [cfg.student]
 
     with edist.rank_output_dir(output, overwrite, ctx.main) as tmp:
@@ -136,7 +148,7 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
             "distilled": str(distilled_dir), "test": f"{test.name}/{test.split} ({len(test)} images)",
             "train": f"{train.name}/{train.split} ({len(train)} images)" if train is not None else None,
             "teacher": (teacher.meta.get("path") or teacher.arch) if teacher is not None else None,
-            "students": names, "with_random": with_random, "device": str(dev),
+            "students": names, "baselines": list(baselines), "with_random": with_random, "device": str(dev),
             "git_revision": git_revision(), "machine": machine_info(dev), **ctx.describe(),
         }
         conf = json.loads(json.dumps(conf, default=str))  # plain types only (torch's version is a str subclass)
@@ -171,7 +183,8 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
                             "distilled": a.mean, "random": b.mean}
         if iors:
             summary["ior"] = iors
-            summary["random_subset"] = {"method": "random", "ipc": distilled.ipc, "seed": cfg.seed,
+            rnd = sets["random"]
+            summary["random_subset"] = {"method": rnd.meta.get("method"), "ipc": rnd.ipc, "seed": rnd.meta.get("seed"),
                                         "drawn_from": f"{pool.name}/{pool.split} ({len(pool)} images)"}
         if regime == "hl" and cfg.full_acc is not None:
             summary["hlr"] = {st: {"hlr": hlr(cfg.full_acc, r.mean), "full_acc": cfg.full_acc, "syn_acc": r.mean}
@@ -181,7 +194,6 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
         (tmp / "results.md").write_text(f"# ddkit evaluate: {distilled_dir}\n\n" + md)
     if ctx.main:
         print(md)
-    if ctx.owned:
-        barrier()  # nobody leaves the group before rank 0 has renamed the output into place
-        cleanup_distributed()
+    if ctx.world > 1:
+        barrier()  # nobody leaves before rank 0 has renamed the output into place
     return summary

@@ -34,7 +34,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ddkit.data.base import ImageDataset
-from ddkit.distributed import dist_env, init_distributed
+from ddkit.ranks import dist_env, group_ready
 from ddkit.evaluate.train import Plan, RunResult, StudentTrainer
 from ddkit.utils import DDKitError, atomic_dir, get_device, make_generator
 
@@ -44,7 +44,7 @@ class EvalDist:
     """Where this process sits during `evaluate`: rank, world size, its device, and the mode.
 
     mode: "single" (one process, or W = 1), "seeds" (seed indices spread over ranks) or "ddp"
-    (every seed trained by all ranks together). `owned`: this call created the process group.
+    (every seed trained by all ranks together).
     """
 
     rank: int = 0
@@ -52,7 +52,6 @@ class EvalDist:
     device: torch.device = torch.device("cpu")
     mode: str = "single"
     sync_bn: bool = False
-    owned: bool = False
 
     @property
     def main(self) -> bool:
@@ -214,16 +213,15 @@ def run_log_path(output: Path, seed: int) -> Path:
 
 
 def setup(cfg: Any, device: Any = None) -> EvalDist:
-    """This process's EvalDist; joins torchrun's process group lazily (RANK set, WORLD_SIZE > 1).
+    """This process's EvalDist, from the process group the entry point joined (`ddkit.ranks`).
 
-    A group the caller already initialised is used as is (and left alone). Under torchrun a CUDA device
+    The group is never started or stopped here; without one (a plain process) this is rank 0 of 1. Under torchrun a CUDA device
     without an index becomes cuda:LOCAL_RANK, one GPU per process.
     """
     env = dist_env()
-    owned = False
-    if not (dist.is_available() and dist.is_initialized()) and env.torchrun and env.world > 1:
-        init_distributed()
-        owned = True
+    if env.torchrun and env.world > 1 and not group_ready():
+        raise DDKitError("launched by torchrun but no process group is joined: wrap the call in "
+                         "`with ddkit.ranks.process_group():` (the CLI does)")
     dev = device if isinstance(device, torch.device) else get_device(device)
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return EvalDist(device=dev)
@@ -234,7 +232,7 @@ def setup(cfg: Any, device: Any = None) -> EvalDist:
     if mode == "seeds" and cfg.seeds < world and rank == 0:
         warnings.warn(f"{cfg.seeds} seed(s) over {world} ranks: {world - cfg.seeds} rank(s) stay idle; use more "
                       f"--seeds, or --ddp to train each seed on all ranks", stacklevel=3)
-    return EvalDist(rank, world, dev, mode, bool(getattr(cfg, "sync_bn", False)), owned)
+    return EvalDist(rank, world, dev, mode, bool(getattr(cfg, "sync_bn", False)))
 
 
 @contextlib.contextmanager

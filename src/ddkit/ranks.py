@@ -1,0 +1,88 @@
+"""Process topology: where this process sits (rank, world) and the one process group of a torchrun launch.
+
+Rank/world come from torchrun's environment (`"RANK" in os.environ`, as nanoGPT). The process group is
+started once, at the entry point (`ddkit.cli`, or a library user's `with process_group():`), and left
+there; library code only asks `dist_env()` / `is_main()` / `barrier()` and never starts or stops it.
+Class shards (which classes this process condenses) are a different thing: `ddkit.distributed`.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from datetime import timedelta
+from typing import Iterator, Optional
+
+import torch
+import torch.distributed as dist
+
+
+@dataclasses.dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits: rank, world size, local rank, and whether torchrun launched it."""
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    torchrun: bool = False
+
+
+def dist_env() -> DistInfo:
+    """(rank, world, local_rank) from torchrun's environment; (0, 1, 0) when not launched by it."""
+    if "RANK" not in os.environ:
+        return DistInfo()
+    return DistInfo(int(os.environ["RANK"]), int(os.environ.get("WORLD_SIZE", 1)),
+                    int(os.environ.get("LOCAL_RANK", 0)), True)
+
+
+def init_distributed(backend: Optional[str] = None, timeout_s: float = 24 * 3600) -> DistInfo:
+    """Join torchrun's process group (gloo on CPU, nccl on CUDA) when launched by torchrun; idempotent.
+    The long timeout is deliberate: ranks done early wait at the final barrier for the slowest one."""
+    info = dist_env()
+    if not info.torchrun or info.world == 1:
+        return info
+    if not dist.is_initialized():
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        if backend == "nccl":
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    return info
+
+
+def _initialised() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op outside an initialised process group)."""
+    if _initialised():
+        nccl = dist.get_backend() == "nccl"
+        dist.barrier(device_ids=[torch.cuda.current_device()] if nccl else None)
+
+
+def is_main() -> bool:
+    """True on rank 0 (and in a plain single process)."""
+    return dist.get_rank() == 0 if _initialised() else dist_env().rank == 0
+
+
+def cleanup_distributed() -> None:
+    """Leave the process group if one was initialised."""
+    if _initialised():
+        dist.destroy_process_group()
+
+
+
+def group_ready() -> bool:
+    """True when a process group is initialised (torchrun with world > 1, joined at the entry point)."""
+    return _initialised()
+
+
+@contextlib.contextmanager
+def process_group(backend: Optional[str] = None) -> Iterator[DistInfo]:
+    """Join torchrun's process group for the duration of a command (a no-op in a plain process)."""
+    owned = dist_env().torchrun and dist_env().world > 1 and not _initialised()
+    info = init_distributed(backend)
+    try:
+        yield info
+    finally:
+        if owned:
+            cleanup_distributed()

@@ -1,0 +1,94 @@
+"""The house rules of issue #11, as tests that fail when an arrow appears that must never exist.
+
+Imports run one way: data / models / augment → teachers → methods → set format → evaluate → study /
+report → CLI. Each check runs in a fresh interpreter, so a module another test imported cannot hide
+an arrow.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddkit.distilled import DistilledSet
+from ddkit.distributed import _try_merge_once, distill_parts, parts_dir_for
+from ddkit.methods import create_method
+from ddkit.utils import atomic_dir
+from tests.test_distributed import make_setup
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _loaded_after(code: str) -> list:
+    """ddkit module names in sys.modules after running `code` in a fresh interpreter."""
+    prog = code + "\nimport sys, json; print(json.dumps(sorted(m for m in sys.modules if m.startswith('ddkit'))))"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_methods_never_load_the_evaluator():
+    mods = _loaded_after("import ddkit.methods as m; m.list_methods()")  # every built-in method module
+    assert "ddkit.methods.lic" in mods and "ddkit.methods.cad" in mods
+    assert not [m for m in mods if m.startswith("ddkit.evaluate")], mods
+
+
+def test_evaluator_never_loads_a_method():
+    mods = _loaded_after("import ddkit.evaluate")
+    assert "ddkit.evaluate.core" in mods
+    assert not [m for m in mods if m.startswith("ddkit.methods")], mods
+
+
+@pytest.mark.parametrize("pkg", ["ddkit.data", "ddkit.models", "ddkit.teachers", "ddkit.methods", "ddkit.evaluate",
+                                 "ddkit.distributed", "ddkit.labels", "ddkit.study", "ddkit.dcs", "ddkit.demo"])
+def test_core_knows_no_command_line(pkg):
+    assert "ddkit.cli" not in _loaded_after(f"import {pkg}")
+
+
+def test_shards_do_not_start_process_groups():
+    """Only the entry point joins torchrun's group: library modules never call init_process_group."""
+    hits = [p.relative_to(ROOT).as_posix() for p in (ROOT / "src" / "ddkit").rglob("*.py")
+            if "init_process_group" in p.read_text() and p.name != "ranks.py"]
+    assert hits == []
+
+
+def test_stale_merge_lock_of_a_killed_merger_is_broken(tmp_path):
+    """kill -9 during the merge leaves .merge.lock: the next run must still merge (not 'shard done')."""
+    ds, _ = make_setup(3)
+    m = create_method("random", ipc=2)
+    out = tmp_path / "set"
+    parts = parts_dir_for(out)
+    distill_parts(m, ds, None, parts, progress=False)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    (parts / ".merge.lock").write_text(f"{dead}@{os.uname().nodename}")
+    merged = _try_merge_once(parts, out, overwrite=False)
+    assert merged is not None and out.is_dir() and not (parts / ".merge.lock").exists()
+    # a live owner's lock is respected
+    (parts / ".merge.lock").write_text(f"{os.getpid()}@{os.uname().nodename}")
+    assert _try_merge_once(parts, tmp_path / "other", overwrite=False) is None
+
+
+def test_orphan_temporary_folder_of_a_killed_writer_is_removed(tmp_path):
+    out = tmp_path / "set"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    orphan = tmp_path / f".set.tmp-{dead}-abc123"
+    orphan.mkdir()
+    (orphan / "images.safetensors").write_bytes(b"half")
+    live = tmp_path / f".set.tmp-{os.getpid()}-zzz"  # a concurrent writer of this very process: kept
+    live.mkdir()
+    DistilledSet(torch.zeros(2, 1, 4, 4), torch.tensor([0, 1]), ["a", "b"], [0.5], [0.25]).save(out, pngs=False)
+    assert out.is_dir() and not orphan.exists() and live.exists()
+
+
+def test_atomic_dir_names_its_writer(tmp_path):
+    with atomic_dir(tmp_path / "x") as tmp:
+        assert tmp.name.startswith(f".x.tmp-{os.getpid()}-")
+        time.sleep(0)
