@@ -31,6 +31,7 @@ from ddkit.config import field, to_dict
 from ddkit.data.base import ImageDataset
 from ddkit.distilled import DistilledSet
 from ddkit.registry import Registry
+from ddkit.teachers.frozen import teacher_identity
 from ddkit.utils import DDKitError, get_device, peak_memory_mb, reset_peak_memory
 
 #: built-in method modules, imported on first use of the registry (each registers itself)
@@ -218,7 +219,7 @@ class Method:
         """The meta.json facts the driver records for every set (never the method's job)."""
         return dict(method=self.name, config=to_dict(self.config), ipc=self.config.ipc, seed=self.config.seed,
                     dataset=dataset.name, split=dataset.split, device=str(device),
-                    teacher=(teacher.meta.get("path") or teacher.arch) if teacher is not None else None,
+                    teacher=teacher_identity(teacher),
                     teacher_arch=getattr(teacher, "arch", None))
 
     def __call__(self, dataset: ImageDataset, teacher: Any = None, *, device: str | torch.device | None = None,

@@ -15,7 +15,6 @@ precomputed `dynamics_path`; recordings are cached under `dynamics_cache` (defau
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +28,8 @@ from ddkit.methods.base import ClassResult, MethodConfig, check_ipc, register_me
 from ddkit.methods.coresets_scores import (HIGHER_IS_HARDER, ccs_select, compute_score, difficulty, herding_select,
                                            kcenter_select, select_by_difficulty)
 from ddkit.methods.dynamics import Dynamics, DynamicsConfig, dynamics_for
-from ddkit.models import feature_extractor
-from ddkit.utils import DDKitError, autocast, make_generator
+from ddkit.teachers.frozen import FrozenTeacher
+from ddkit.utils import DDKitError, make_generator
 
 _D = DynamicsConfig()
 
@@ -232,23 +231,10 @@ class KCenterConfig(FeatureConfig):
     start: str = field("random", "first centre: random (seeded; DeepCore) or mean (closest to the class mean)")
 
 
-class _Embedder:
-    """A private device copy of the teacher computing flattened features of uint8 images."""
-
-    def __init__(self, teacher: Any, layer: str, device: torch.device, batch_size: int, amp: bool) -> None:
-        self.net = feature_extractor(copy.deepcopy(teacher.model).to(device).eval(), layer).eval()
-        self.mean = torch.tensor(teacher.mean, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(teacher.std, device=device).view(1, -1, 1, 1)
-        self.device, self.bs, self.amp = device, batch_size, amp
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        out = []
-        for i in range(0, len(images), self.bs):
-            x = (to_float(images[i:i + self.bs].to(self.device)) - self.mean) / self.std
-            with autocast(self.device, self.amp):
-                out.append(self.net(x).float().flatten(1))
-        return torch.cat(out)
+def _embedder(teacher: Any, cfg: FeatureConfig, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """images (uint8 or [0,1]) -> flattened teacher features at cfg.feature_layer, chunked."""
+    ft = FrozenTeacher(teacher, device, amp=cfg.amp, channels_last=False, max_batch=cfg.batch_size)
+    return lambda images: ft.features(images, cfg.feature_layer)
 
 
 @register_method("herding", config=FeatureConfig, needs_teacher=True)
@@ -256,7 +242,7 @@ def herding(dataset: ImageDataset, teacher: Any, cfg: FeatureConfig, classes: Se
             device: torch.device, progress: bool = True) -> Iterator[ClassResult]:
     """Herding on teacher features per class: the running mean tracks the class mean (argmin)."""
     check_ipc(dataset, cfg.ipc)
-    emb = _Embedder(teacher, cfg.feature_layer, device, cfg.batch_size, cfg.amp)
+    emb = _embedder(teacher, cfg, device)
 
     def picks(c: int, g: torch.Generator) -> torch.Tensor:
         idx = dataset.class_indices(c)
@@ -272,7 +258,7 @@ def kcenter(dataset: ImageDataset, teacher: Any, cfg: KCenterConfig, classes: Se
     check_ipc(dataset, cfg.ipc)
     if cfg.start not in ("random", "mean"):
         raise DDKitError(f"unknown --start {cfg.start!r}; use random or mean")
-    emb = _Embedder(teacher, cfg.feature_layer, device, cfg.batch_size, cfg.amp)
+    emb = _embedder(teacher, cfg, device)
 
     def picks(c: int, g: torch.Generator) -> torch.Tensor:
         idx = dataset.class_indices(c)

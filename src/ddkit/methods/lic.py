@@ -20,7 +20,6 @@ packed into shared forwards for throughput (results then agree to float rounding
 """
 from __future__ import annotations
 
-import copy
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -30,15 +29,16 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ddkit.augment import Identity, Normalize, cim_condense_aug
+from ddkit.augment import Identity, cim_condense_aug
 from ddkit.config import field
 from ddkit.data.base import ImageDataset, to_float
 from ddkit.methods.base import ClassResult, MethodConfig, register_method
 from ddkit.methods.lic_ops import (DISTANCES, DOWNSAMPLE_MODES, SELECTIONS, cross_entropy_per_sample, expand,
                                    herding, select_ranked, squeeze)
 from ddkit.methods.lic_optim import Compensator
-from ddkit.models import default_feature_layer, feature_extractor
-from ddkit.utils import DDKitError, autocast, make_generator
+from ddkit.models import default_feature_layer
+from ddkit.teachers.frozen import FrozenTeacher
+from ddkit.utils import DDKitError, make_generator
 
 
 @dataclass(frozen=True)
@@ -84,50 +84,6 @@ class LICConfig(MethodConfig):
                 raise DDKitError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
         if self.iterations < 0:
             raise DDKitError(f"--iterations must be ≥ 0, got {self.iterations}")
-
-
-class _Teacher:
-    """The method's private, device-resident copy of the teacher (the caller's object is not touched)."""
-
-    def __init__(self, teacher: Any, cfg: LICConfig, device: torch.device, layer: str) -> None:
-        self.device = device
-        self.cuda = device.type == "cuda"
-        self.amp = cfg.amp and self.cuda
-        self.channels_last = cfg.channels_last and self.cuda
-        net = copy.deepcopy(teacher.model).to(device).eval().requires_grad_(False)
-        if self.channels_last:
-            net = net.to(memory_format=torch.channels_last)
-        self.net = net
-        self.norm = Normalize(teacher.mean, teacher.std)
-        try:
-            self.extractor = feature_extractor(net, layer).eval()
-        except ValueError as e:
-            raise DDKitError(f"--feature-layer: {e}") from None
-        self._penultimate: Optional[nn.Module] = None
-
-    def prep(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    @torch.no_grad()
-    def logits(self, x01: torch.Tensor, max_batch: int) -> torch.Tensor:
-        """fp32 logits of [0,1] images (any device), chunked; normalised here."""
-        out = []
-        for i in range(0, len(x01), max_batch):
-            x = self.norm.apply(to_float(x01[i:i + max_batch].to(self.device)), {})
-            with autocast(self.device, self.amp):
-                out.append(self.net(self.prep(x)).float())
-        return torch.cat(out)
-
-    @torch.no_grad()
-    def penultimate(self, x01: torch.Tensor, max_batch: int) -> torch.Tensor:
-        if self._penultimate is None:
-            self._penultimate = feature_extractor(self.net, "penultimate").eval()
-        out = []
-        for i in range(0, len(x01), max_batch):
-            x = self.norm.apply(to_float(x01[i:i + max_batch].to(self.device)), {})
-            with autocast(self.device, self.amp):
-                out.append(self._penultimate(self.prep(x)).float().flatten(1))
-        return torch.cat(out)
 
 
 def _check_inputs(dataset: ImageDataset, teacher: Any, cfg: LICConfig) -> int:
@@ -182,11 +138,11 @@ def _prefetched(dataset: ImageDataset, steps: List[List[int]], cfg: LICConfig
         loader.shutdown(wait=True, cancel_futures=True)
 
 
-def _select(pool: torch.Tensor, idx: torch.Tensor, c: int, tch: _Teacher, cfg: LICConfig, n: int):
+def _select(pool: torch.Tensor, idx: torch.Tensor, c: int, tch: FrozenTeacher, cfg: LICConfig, n: int):
     """The n key samples of class c's pool in rank order: (ranked float images on device, indices, scores)."""
     g = make_generator(cfg.seed, "lic", "select", c)
     if cfg.selection == "herding":
-        order = herding(tch.penultimate(pool, cfg.max_batch), n)
+        order = herding(tch.features(pool, "penultimate", cfg.max_batch), n)
         scores = cross_entropy_per_sample(tch.logits(pool, cfg.max_batch), c)
     elif cfg.selection == "random":
         order = select_ranked(torch.zeros(len(pool)), n, "random", g)
@@ -200,7 +156,7 @@ def _select(pool: torch.Tensor, idx: torch.Tensor, c: int, tch: _Teacher, cfg: L
     return ranked, idx[order], kept
 
 
-def _region_labels(tch: _Teacher, final: torch.Tensor, cfg: LICConfig) -> Dict[str, torch.Tensor]:
+def _region_labels(tch: FrozenTeacher, final: torch.Tensor, cfg: LICConfig) -> Dict[str, torch.Tensor]:
     """soft: logits of each whole image (ipc×K); region_soft: of each upsampled cell (ipc×f²×K, row-major)."""
     f2 = cfg.factor ** 2
     soft = tch.logits(final, cfg.max_batch)
@@ -228,9 +184,13 @@ def lic(dataset: ImageDataset, teacher: Any, cfg: LICConfig, classes: Sequence[i
         except KeyError:
             raise DDKitError(f"no default feature layer for teacher arch {teacher.arch!r}: pass --feature-layer "
                              f"(e.g. penultimate)") from None
-    tch = _Teacher(teacher, cfg, device, layer)
+    tch = FrozenTeacher(teacher, device, amp=cfg.amp, channels_last=cfg.channels_last, max_batch=cfg.max_batch)
+    try:
+        extractor = tch.extractor(layer)
+    except ValueError as e:
+        raise DDKitError(f"--feature-layer: {e}") from None
     packed = cfg.pack_classes if cfg.pack_classes is not None else device.type == "cuda"
-    comp = Compensator(tch.extractor, tch.norm, cim_condense_aug() if cfg.augment else Identity(), cfg,
+    comp = Compensator(extractor, tch.norm, cim_condense_aug() if cfg.augment else Identity(), cfg,
                        device, packed=packed, prep=tch.prep)
     set_meta = {"feature_layer": layer, "factor": cfg.factor, "images_per_mosaic": cfg.factor ** 2,
                 "packed_forwards": packed}

@@ -24,7 +24,6 @@ The patch machinery (`PatchScorer`, `best_patches`, `extract_and_stitch`) is sha
 """
 from __future__ import annotations
 
-import copy
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
@@ -37,6 +36,7 @@ from ddkit.config import field
 from ddkit.data.base import ImageDataset, to_float
 from ddkit.geometry import auto_factor, cell_bounds, downsample
 from ddkit.methods.base import ClassResult, MethodConfig, register_method
+from ddkit.teachers.frozen import FrozenTeacher
 from ddkit.utils import DDKitError, autocast, make_generator
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -91,9 +91,8 @@ class PatchScorer:
         self.size = int(teacher.image_size)
         self.max_batch = int(max_batch)
         self.amp = amp and device.type == "cuda"
-        # A private copy when it must move, so the caller's teacher stays where it is.
-        same = teacher.device == device
-        self.net = (teacher.model if same else copy.deepcopy(teacher.model).to(device)).eval().requires_grad_(False)
+        # The shared frozen view: a private copy only when it must move (the caller's teacher stays put).
+        self.net = FrozenTeacher(teacher, device, amp=amp, channels_last=False).net
         stats = (IMAGENET_MEAN, IMAGENET_STD) if normalization == "imagenet" else (teacher.mean, teacher.std)
         self.mean = torch.tensor(stats[0], dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(stats[1], dtype=torch.float32, device=device).view(1, -1, 1, 1)
