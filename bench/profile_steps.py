@@ -42,6 +42,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -52,12 +53,20 @@ from ddkit.augment import Identity, cim_condense_aug
 from ddkit.evaluate import EvalConfig, make_criterion, make_plan, resolve_recipe
 from ddkit.evaluate.losses import LOSSES
 from ddkit.evaluate.train import StudentTrainer, Targets, Views, teacher_forward
-from ddkit.methods.lic import LICConfig, _Teacher
+from ddkit.methods.lic import LICConfig
 from ddkit.methods.lic_ops import expand, pair_distance, squeeze
 from ddkit.methods.lic_optim import Compensator
 from ddkit.models import create_model, default_feature_layer
 from ddkit.teachers import Teacher
+from ddkit.teachers.frozen import FrozenTeacher
 from ddkit.utils import autocast, get_device, git_revision, machine_info, make_generator
+
+
+def _lic_teacher(teacher: Teacher, cfg: LICConfig, dev: torch.device, layer: str) -> SimpleNamespace:
+    """LIC's view of the teacher (ddkit.teachers.frozen), with the matched layer's extractor as `.extractor`."""
+    ft = FrozenTeacher(teacher, dev, amp=cfg.amp, channels_last=cfg.channels_last, max_batch=cfg.max_batch)
+    return SimpleNamespace(net=ft.net, norm=ft.norm, prep=ft.prep, extractor=ft.extractor(layer))
+
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 STAGE_PREFIXES = ("lic.", "eval.")
@@ -247,7 +256,7 @@ def lic_bench(size: int, arch: str, arch_kw: dict, ipc: int, iterations: int, ar
     teacher = Teacher(net, arch, [f"c{i}" for i in range(10)], MEAN, STD, image_size=size, arch_kw=arch_kw)
     layer = default_feature_layer(arch, size)
     cfg = LICConfig(ipc=ipc, iterations=iterations, store_labels=False)
-    tch = _Teacher(teacher, cfg, dev, layer)
+    tch = _lic_teacher(teacher, cfg, dev, layer)
     n = ipc * cfg.factor ** 2
     g = torch.Generator().manual_seed(0)
     reals = [torch.rand(n, 3, size, size, generator=g).to(dev)]
@@ -285,14 +294,14 @@ def lic_fixed_real_bench(size: int, arch: str, arch_kw: dict, ipc: int, iteratio
     net = create_model(arch, num_classes=10, image_size=size, **arch_kw)
     teacher = Teacher(net, arch, [f"c{i}" for i in range(10)], MEAN, STD, image_size=size, arch_kw=arch_kw)
     cfg = LICConfig(ipc=ipc, iterations=iterations, store_labels=False, augment=False)
-    tch = _Teacher(teacher, cfg, dev, default_feature_layer(arch, size))
+    tch = _lic_teacher(teacher, cfg, dev, default_feature_layer(arch, size))
     n = ipc * cfg.factor ** 2
     reals = [torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0)).to(dev)]
     mosaics = [squeeze(reals[0], cfg.factor, cfg.downsample)]
     once = Compensator(tch.extractor, tch.norm, Identity(), cfg, dev, packed=False, prep=tch.prep)
     every = Compensator(tch.extractor, tch.norm, Identity(), cfg, dev, packed=False, prep=tch.prep)
     every.shared_draw = True  # Identity draws nothing, so the loop recomputes the real features each step
-    tch_cl = _Teacher(teacher, cfg, dev, default_feature_layer(arch, size))
+    tch_cl = _lic_teacher(teacher, cfg, dev, default_feature_layer(arch, size))
     tch_cl.net.to(memory_format=torch.channels_last)  # the extractor shares these modules
     cl = Compensator(tch_cl.extractor, tch_cl.norm, Identity(), cfg, dev, packed=False,
                      prep=lambda x: x.contiguous(memory_format=torch.channels_last))

@@ -35,7 +35,7 @@ from ddkit.teachers.frozen import teacher_identity
 from ddkit.utils import DDKitError, get_device, peak_memory_mb, reset_peak_memory
 
 #: built-in method modules, imported on first use of the registry (each registers itself)
-BUILTIN_MODULES = ["random", "lic", "dynamics", "coresets", "el2n", "rded", "cad"]
+BUILTIN_MODULES = ["random", "lic", "dynamics", "coresets", "el2n", "rded", "cad", "sre2l", "dwa"]
 
 
 @dataclass(frozen=True)
