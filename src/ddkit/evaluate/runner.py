@@ -105,17 +105,17 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
     progress = progress and ctx.main
     distilled = DistilledSet.load(distilled_dir)
     regime = resolve_regime(cfg.regime)
+    baselines = dict(baselines or {})
+    if "distilled" in baselines:
+        raise DDKitError("a baseline cannot be named 'distilled' (that is the set under evaluation)")
+    with_random = "random" in baselines
     if cfg.labels == "stored":  # the set's own `ddkit relabel` store (evaluate/stored.py)
-        if with_random:
+        if baselines:
             raise DDKitError("--labels stored trains from this set's label store; --with-random has none: "
                              "distill and relabel the random subset and evaluate it on its own")
         if cfg.label_store is None:
             cfg = dataclasses.replace(cfg, label_store=str(Path(distilled_dir) / "fkd"))
     check_classes(distilled, test, teacher)
-    baselines = dict(baselines or {})
-    if "distilled" in baselines:
-        raise DDKitError("a baseline cannot be named 'distilled' (that is the set under evaluation)")
-    with_random = "random" in baselines
     if (baselines or cfg.budget_epochs is not None or cfg.val_fraction > 0) and train is None:
         raise DDKitError("--with-random (baselines), --budget-epochs and --val-fraction need the train split")
     if train is not None and list(train.classes) != list(distilled.classes):
