@@ -191,10 +191,10 @@ def test_non_separable_method_refused_on_a_shard_not_on_all_classes(tmp_path):
         distill_sharded(create_method("ccs", ipc=1), ds, None, tmp_path / "b", shard="1/2", progress=False)
 
 
-def _register_contract_methods() -> None:
-    """Two misbehaving methods: one yields a class it was not asked for, one forgets a class."""
-    if "test-extra-class" in METHODS.names():
-        return
+@pytest.fixture
+def bad_methods():
+    """Two misbehaving methods, registered for one test only (the live registry must stay the shipped one):
+    one yields a class it was not asked for, one forgets a class."""
 
     @register_method("test-extra-class", config=MethodConfig)
     def _extra(dataset, teacher, cfg, classes, *, device, progress=True):
@@ -208,9 +208,12 @@ def _register_contract_methods() -> None:
         for c in classes[:-1]:
             yield ClassResult(c, to_float(dataset.get(dataset.class_indices(c)[:cfg.ipc])))
 
+    yield
+    METHODS.unregister("test-extra-class")
+    METHODS.unregister("test-missing-class")
 
-def test_driver_refuses_a_method_that_breaks_the_contract(tmp_path):
-    _register_contract_methods()
+
+def test_driver_refuses_a_method_that_breaks_the_contract(tmp_path, bad_methods):
     ds, _ = make_setup(4)
     with pytest.raises(DDKitError, match="not asked for"):
         distill_parts(create_method("test-extra-class", ipc=2), ds, None, tmp_path / "a", [1, 3], progress=False)

@@ -67,6 +67,13 @@ class Registry(Generic[T]):
             raise UnknownNameError(f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(known)}")
         return self._display[key]
 
+    def unregister(self, name: str) -> None:
+        """Remove `name` and its aliases (a test's or a plugin's temporary entry); unknown names fail."""
+        key = _norm(self.resolve(name))
+        del self._items[key], self._display[key]
+        for a in [a for a, k in self._aliases.items() if k == key]:
+            del self._aliases[a]
+
     def get(self, name: str) -> T:
         return self._items[_norm(self.resolve(name))]
 
