@@ -28,7 +28,7 @@ from ddkit.config import field
 from ddkit.data.base import ImageDataset
 from ddkit.methods.base import ClassResult, register_method
 from ddkit.methods.recover import adjust_weights, restore_weights
-from ddkit.methods.sre2l import RecoverConfig, registered, resolve_spec, run_recover
+from ddkit.methods.sre2l import RecoverConfig, resolve_spec, run_recover
 from ddkit.utils import DDKitError
 
 #: DWA defaults by dataset family (same keys as sre2l.PRESETS), from the official README/scripts.
@@ -59,6 +59,8 @@ class DWAConfig(RecoverConfig):
                                       "the official perterb.py first_step")
 
 
+@register_method("dwa", config=DWAConfig, aliases=("DWA", "directed-weight-adjustment"),
+                 needs_teacher=True)
 def dwa(dataset: ImageDataset, teacher: Any, cfg: DWAConfig, classes: Sequence[int], *,
         device: torch.device, progress: bool = True) -> Iterator[ClassResult]:
     """DWA: SRe2L recover from real images through a teacher adjusted on those images, restored per class."""
@@ -85,4 +87,3 @@ def dwa(dataset: ImageDataset, teacher: Any, cfg: DWAConfig, classes: Sequence[i
                            adjust=adjust)
 
 
-register_method("dwa", config=DWAConfig, aliases=("DWA", "directed-weight-adjustment"), needs_teacher=True)(registered(dwa))

@@ -216,41 +216,10 @@ def run_recover(name: str, dataset: ImageDataset, teacher: Any, cfg: RecoverConf
 
 def _result(c: int, images: torch.Tensor, extras: Dict[str, torch.Tensor], meta: Dict[str, Any],
             set_meta: Dict[str, Any], seconds: float) -> ClassResult:
-    """A ClassResult under the method contract of issue #11 (and the older one until it lands)."""
-    names = {f.name for f in dataclasses.fields(ClassResult)}
-    kw = dict(cls=c, images=images, labels=torch.full((len(images),), c, dtype=torch.long), soft={},
-              extras=extras, meta=meta, set_meta=set_meta, seconds=seconds)
-    return ClassResult(**{k: v for k, v in kw.items() if k in names})
+    return ClassResult(c, images, extras=extras, meta=meta, set_meta=set_meta, seconds=seconds)
 
 
-def registered(gen: Callable[..., Iterator[ClassResult]]) -> Callable[..., Any]:
-    """The registered entry of a per-class generator. The method-contract driver (issue #11) calls it
-    with the classes and consumes the ClassResults; the older driver calls it without them and gets the
-    whole DistilledSet of its class scope (finished classes reported as they come)."""
-
-    def fn(dataset: ImageDataset, teacher: Any, cfg: RecoverConfig, classes: Optional[Sequence[int]] = None, *,
-           device: torch.device, progress: bool = True) -> Any:
-        if classes is not None:
-            return gen(dataset, teacher, cfg, classes, device=device, progress=progress)
-        from ddkit.distilled import DistilledSet
-        from ddkit.methods.base import class_done, scoped_classes
-
-        done = []
-        for r in gen(dataset, teacher, cfg, scoped_classes(dataset.num_classes), device=device, progress=progress):
-            class_done(r.cls, r.images, extras=r.extras, meta=r.meta, seconds=r.seconds)
-            done.append(r)
-        meta = dict(getattr(done[-1], "set_meta", {}) or {}) if done else {}
-        meta["per_class"] = {str(r.cls): r.meta for r in done}
-        extras = {k: torch.cat([r.extras[k] for r in done]) for k in (done[0].extras if done else {})}
-        if "source_index" in extras:
-            meta["source_indices"] = extras["source_index"].tolist()
-        return DistilledSet(torch.cat([r.images for r in done]), torch.cat([r.labels for r in done]),
-                            dataset.classes, dataset.mean, dataset.std, meta=meta)
-
-    fn.__doc__, fn.__name__ = gen.__doc__, gen.__name__
-    return fn
-
-
+@register_method("sre2l", config=SRe2LConfig, aliases=("SRe2L", "squeeze-recover-relabel"), needs_teacher=True)
 def sre2l(dataset: ImageDataset, teacher: Any, cfg: SRe2LConfig, classes: Sequence[int], *,
           device: torch.device, progress: bool = True) -> Iterator[ClassResult]:
     """SRe2L recover: noise optimised to match the BN teacher's CE and BN statistics (per class)."""
@@ -258,14 +227,10 @@ def sre2l(dataset: ImageDataset, teacher: Any, cfg: SRe2LConfig, classes: Sequen
     yield from run_recover("sre2l", dataset, teacher, cfg, classes, spec, facts, device=device, progress=progress)
 
 
+@register_method("cda", config=CDAConfig, aliases=("CDA", "curriculum-data-augmentation"), needs_teacher=True)
 def cda(dataset: ImageDataset, teacher: Any, cfg: CDAConfig, classes: Sequence[int], *,
         device: torch.device, progress: bool = True) -> Iterator[ClassResult]:
     """CDA: SRe2L recover with the RandomResizedCrop scale annealed from easy (1.0) to hard (0.08)."""
     spec, facts = resolve_spec(cfg, "cda", int(dataset.images.shape[-1]))
     yield from run_recover("cda", dataset, teacher, cfg, classes, spec, facts, device=device, progress=progress)
 
-
-register_method("sre2l", config=SRe2LConfig, aliases=("SRe2L", "squeeze-recover-relabel"),
-                needs_teacher=True)(registered(sre2l))
-register_method("cda", config=CDAConfig, aliases=("CDA", "curriculum-data-augmentation"),
-                needs_teacher=True)(registered(cda))
