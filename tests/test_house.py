@@ -92,3 +92,30 @@ def test_atomic_dir_names_its_writer(tmp_path):
     with atomic_dir(tmp_path / "x") as tmp:
         assert tmp.name.startswith(f".x.tmp-{os.getpid()}-")
         time.sleep(0)
+
+
+def test_regime_is_parsed_once_at_the_config():
+    from ddkit.evaluate import EvalConfig, Regime
+    from ddkit.utils import DDKitError
+
+    assert EvalConfig(regime="SL+KD").regime == "slkd" == Regime.SLKD
+    assert EvalConfig(regime="hard").regime == "hl" and type(EvalConfig(regime="soft").regime) is str
+    import dataclasses
+    assert dataclasses.replace(EvalConfig(), regime="kd").regime == "slkd"
+    with pytest.raises(DDKitError, match="unknown regime"):
+        EvalConfig(regime="labels")
+
+
+def test_one_optimiser_builder_for_teacher_dynamics_and_evaluator():
+    """No stage builds SGD/AdamW itself; ddkit.optim groups decay as each protocol says."""
+    for rel in ("teachers/train.py", "methods/dynamics.py", "evaluate/train.py"):
+        text = (ROOT / "src" / "ddkit" / rel).read_text()
+        assert "torch.optim.SGD(" not in text and "torch.optim.AdamW(" not in text, rel
+    from ddkit.optim import make_optimizer
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    opt = make_optimizer(net, "sgd", 0.1, weight_decay=5e-4, decay_norm_bias=False, nesterov=True)
+    assert [g["weight_decay"] for g in opt.param_groups] == [5e-4, 0.0]
+    assert [len(g["params"]) for g in opt.param_groups] == [1, 3]  # conv weight | conv bias, bn weight, bn bias
+    assert opt.param_groups[0]["nesterov"] is True
+    assert len(make_optimizer(net, "AdamW", 1e-3, weight_decay=0.01).param_groups) == 1

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from ddkit.data.base import ImageDataset, to_float
 from ddkit.distilled import DistilledSet
-from ddkit.evaluate import EvalConfig, resolve_regime
+from ddkit.evaluate import EvalConfig
 from ddkit.evaluate.losses import LOSSES, make_criterion
 from ddkit.evaluate.recipes import resolve_recipe
 from ddkit.evaluate.train import StudentTrainer, Targets, Views, make_plan, train_run
@@ -207,7 +207,7 @@ def student_test_losses(distilled: DistilledSet, test: ImageDataset, cfg: EvalCo
                         ) -> List[Tuple[float, float]]:
     """(test accuracy, test cross-entropy) of each of cfg.seeds students trained as `evaluate` trains them
     under HL (same recipe resolution, plan, seeds, init and augmentation draws)."""
-    if resolve_regime(cfg.regime) != "hl":
+    if cfg.regime != "hl":
         raise DDKitError("the DCS study trains students under hl (hard labels); use --regime hl")
     dev = device if isinstance(device, torch.device) else get_device(device)
     n, k, size = len(distilled), distilled.num_classes, distilled.images.shape[-1]

@@ -10,7 +10,7 @@ for FactorCrop cells when the set stores them), `slkd` (the teacher labels every
 online). Recipes (`cim`, `rded`, `sre2l`, `hardtruths-hl`, `hardtruths-sl`, `dc`) are data; every
 field is overridable through EvalConfig. `budget_epochs` fixes compute in full-dataset epochs.
 """
-from ddkit.evaluate.config import REGIMES, EvalConfig, resolve_regime
+from ddkit.evaluate.config import REGIMES, EvalConfig, Regime, resolve_regime
 from ddkit.evaluate.core import EvalResult, check_classes, evaluate, teacher_soft_labels
 from ddkit.evaluate.losses import (LOSSES, cross_entropy, gift, kl_div, list_losses, make_criterion, mse_ce,
                                    mse_logits, soft_cross_entropy)
@@ -25,6 +25,6 @@ __all__ = [
     "auto_factor", "budget_iterations", "check_classes", "cim_batch_size", "cross_entropy", "evaluate",
     "get_recipe", "gift", "hlr", "ior", "kl_div", "list_losses", "list_recipes", "lr_factor", "lrs",
     "lrs_from_gaps", "make_criterion", "make_plan", "mean_std", "mse_ce", "mse_logits", "normalize_score",
-    "rded_batch_size", "resolve_recipe", "resolve_regime", "results_markdown", "run_evaluation",
+    "Regime", "rded_batch_size", "resolve_recipe", "resolve_regime", "results_markdown", "run_evaluation",
     "soft_cross_entropy", "split_val", "summarize", "teacher_soft_labels",
 ]

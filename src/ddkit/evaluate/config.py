@@ -6,6 +6,7 @@ overrides, batch size, iteration count, evaluation epochs) are printed and saved
 """
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -17,13 +18,26 @@ REGIMES = {"hl": "hl", "hard": "hl", "sl": "sl", "soft": "sl", "slkd": "slkd", "
            "sl_kd": "slkd", "kd": "slkd"}
 
 
+class Regime(str, enum.Enum):
+    """The three label regimes of the hard-truths paper; a str, so `regime == "hl"` reads naturally."""
+
+    HL = "hl"  # hard labels
+    SL = "sl"  # one fixed teacher soft label per image
+    SLKD = "slkd"  # the teacher labels every augmented view online
+
+    @classmethod
+    def parse(cls, name: "str | Regime") -> "Regime":
+        """The regime of any accepted spelling (hl/hard, sl/soft, slkd/sl+kd/kd…); DDKitError otherwise."""
+        key = REGIMES.get(str(getattr(name, "value", name)).strip().lower())
+        if key is None:
+            raise DDKitError(f"unknown regime {name!r}; use hl (hard labels), sl (one fixed soft label per image) "
+                             "or slkd (teacher relabels every augmented view)")
+        return cls(key)
+
+
 def resolve_regime(name: str) -> str:
-    """'hl' | 'sl' | 'slkd' for any accepted spelling; DDKitError listing the regimes otherwise."""
-    key = REGIMES.get(str(name).strip().lower())
-    if key is None:
-        raise DDKitError(f"unknown regime {name!r}; use hl (hard labels), sl (one fixed soft label per image) "
-                         "or slkd (teacher relabels every augmented view)")
-    return key
+    """'hl' | 'sl' | 'slkd' (plain str) for any accepted spelling; DDKitError listing the regimes otherwise."""
+    return Regime.parse(name).value
 
 
 @dataclass(frozen=True)
@@ -89,3 +103,7 @@ class EvalConfig:
                              "ranks) instead of one seed per rank; for single runs too slow for one GPU")
     sync_bn: bool = field(False, "with --ddp: SyncBatchNorm, so BatchNorm sees the global batch as in one "
                                  "process (CUDA only)")
+
+    def __post_init__(self) -> None:
+        # The regime is parsed once, here: every later reader sees the canonical "hl" | "sl" | "slkd".
+        object.__setattr__(self, "regime", resolve_regime(self.regime))

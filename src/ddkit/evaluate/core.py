@@ -19,7 +19,7 @@ from ddkit.config import to_dict
 from ddkit.data.base import ImageDataset
 from ddkit.distilled import DistilledSet
 from ddkit.evaluate import parallel as edist
-from ddkit.evaluate.config import EvalConfig, resolve_regime
+from ddkit.evaluate.config import EvalConfig
 from ddkit.evaluate.losses import LOSSES, make_criterion
 from ddkit.evaluate.metrics import summarize
 from ddkit.evaluate.recipes import Recipe, resolve_recipe
@@ -204,7 +204,7 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
     ctx = edist.setup(cfg, device)
     dev = ctx.device
     progress = progress and ctx.main
-    regime = resolve_regime(cfg.regime)
+    regime = cfg.regime  # canonical: EvalConfig parses it once
     check_classes(distilled, test, teacher)
     if cfg.epochs is not None and cfg.budget_epochs is not None:
         raise DDKitError("give either --epochs or --budget-epochs, not both")
@@ -339,7 +339,7 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
 def soft_labels_for(distilled: DistilledSet, cfg: EvalConfig, teacher: Any, device: torch.device
                     ) -> Optional[torch.Tensor]:
     """The SL targets `evaluate` would compute with the teacher (None when stored or not SL)."""
-    regime = resolve_regime(cfg.regime)
+    regime = cfg.regime  # canonical: EvalConfig parses it once
     if regime != "sl" or "soft" in distilled.soft or teacher is None:
         return None
     return teacher_soft_labels(distilled.images, teacher, device, cfg.test_batch_size)

@@ -199,7 +199,7 @@ def resolve_recipe(cfg: EvalConfig, *, n_images: int, num_classes: int, ipc: int
     base = get_recipe(cfg.recipe)
     names = {f.name for f in dataclasses.fields(Recipe)}
     over = {k: v for k, v in dataclasses.asdict(cfg).items() if k in names and v is not None and k != "name"}
-    regime = resolve_regime(cfg.regime)
+    regime = cfg.regime  # canonical: EvalConfig parses it once
     if cfg.loss is not None:
         over[f"{regime}_loss"] = cfg.loss
     r = dataclasses.replace(base, **over)

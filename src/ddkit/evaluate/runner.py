@@ -29,7 +29,7 @@ from ddkit.data.base import ImageDataset
 from ddkit.distilled import DistilledSet
 from ddkit.ranks import barrier
 from ddkit.evaluate import parallel as edist
-from ddkit.evaluate.config import EvalConfig, resolve_regime
+from ddkit.evaluate.config import EvalConfig
 from ddkit.evaluate.core import DEFAULT_STUDENT, EvalResult, check_classes, evaluate, soft_labels_for
 from ddkit.evaluate.losses import LOSSES
 from ddkit.evaluate.metrics import hlr, ior, summarize
@@ -104,7 +104,7 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
     dev = ctx.device
     progress = progress and ctx.main
     distilled = DistilledSet.load(distilled_dir)
-    regime = resolve_regime(cfg.regime)
+    regime = cfg.regime  # canonical: EvalConfig parses it once
     baselines = dict(baselines or {})
     if "distilled" in baselines:
         raise DDKitError("a baseline cannot be named 'distilled' (that is the set under evaluation)")

@@ -27,7 +27,7 @@ from ddkit.augment import (Augment, Compose, FactorCrop, Flip, Identity, Normali
                            ShufflePatches, dsa)
 from ddkit.config import dump, field
 from ddkit.distilled import DistilledSet
-from ddkit.evaluate.config import EvalConfig, resolve_regime
+from ddkit.evaluate.config import EvalConfig
 from ddkit.evaluate.losses import LOSSES
 from ddkit.evaluate.recipes import Recipe, resolve_recipe
 from ddkit.evaluate.train import StudentTrainer, Targets, Views, mix_soft_targets
@@ -228,7 +228,7 @@ def open_stored(cfg: EvalConfig, distilled: DistilledSet, recipe: Recipe, device
     """Open cfg.label_store for this set and recipe (DDKitError when they do not match)."""
     if cfg.labels != "stored":
         raise DDKitError(f"unknown --labels {cfg.labels!r}; use online (the regime's own targets) or stored")
-    if resolve_regime(cfg.regime) != "slkd" or not LOSSES.get(recipe.slkd_loss).needs_logits:
+    if cfg.regime != "slkd" or not LOSSES.get(recipe.slkd_loss).needs_logits:
         raise DDKitError("--labels stored replaces the online teacher of --regime slkd: use --regime slkd "
                          "(with a loss on logits)")
     if cfg.ddp:

@@ -25,6 +25,7 @@ from ddkit.augment import (Augment, Compose, CutMix, FactorCrop, Flip, Identity,
                            RandomResizedCrop, ShufflePatches, dsa)
 from ddkit.evaluate.losses import LossSpec, make_criterion
 from ddkit.evaluate.recipes import Recipe
+from ddkit.optim import make_optimizer
 from ddkit.trackers import record
 from ddkit.utils import DDKitError, autocast, stage
 
@@ -108,18 +109,9 @@ def lr_factor(recipe: Recipe, epoch: int, total_epochs: float) -> float:
 
 
 def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    """AdamW or SGD; weight decay on every parameter, or only on ndim > 1 ones (RDED/SRe2L)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if recipe.wd_norm_bias:
-        groups: List[Dict[str, Any]] = [{"params": params, "weight_decay": recipe.weight_decay}]
-    else:
-        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": recipe.weight_decay},
-                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
-    if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=recipe.lr, betas=(0.9, 0.999))
-    if recipe.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum)
-    raise DDKitError(f"unknown optimizer {recipe.optimizer!r}; use adamw or sgd")
+    """The recipe's AdamW or SGD (ddkit.optim); weight decay on every parameter, or only ndim > 1 (RDED/SRe2L)."""
+    return make_optimizer(model, recipe.optimizer, recipe.lr, weight_decay=recipe.weight_decay,
+                          momentum=recipe.momentum, decay_norm_bias=recipe.wd_norm_bias)
 
 
 # ---------------------------------------------------------------------------------------------------------

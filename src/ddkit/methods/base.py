@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import pkgutil
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Type
@@ -34,8 +35,9 @@ from ddkit.registry import Registry
 from ddkit.teachers.frozen import teacher_identity
 from ddkit.utils import DDKitError, get_device, peak_memory_mb, reset_peak_memory
 
-#: built-in method modules, imported on first use of the registry (each registers itself)
-BUILTIN_MODULES = ["random", "lic", "dynamics", "coresets", "el2n", "rded", "cad", "sre2l", "dwa"]
+#: modules of this package that hold no method (helpers); every other module is imported on first use of
+#: the registry and registers itself — so adding a method is adding one file
+HELPER_MODULES = {"base", "lic_ops", "lic_optim", "coresets_scores", "recover"}
 
 
 @dataclass(frozen=True)
@@ -113,12 +115,19 @@ def register_method(name: str, config: Type[MethodConfig] = MethodConfig, aliase
 _LOADED = False
 
 
+def builtin_modules() -> List[str]:
+    """The method modules shipped in ddkit.methods (every module but the helpers), in name order."""
+    import ddkit.methods as pkg
+
+    return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name not in HELPER_MODULES)
+
+
 def _load_builtin() -> None:
     """Import the built-in method modules once (they register themselves)."""
     global _LOADED
     if not _LOADED:
         _LOADED = True
-        for mod in BUILTIN_MODULES:
+        for mod in builtin_modules():
             importlib.import_module(f"ddkit.methods.{mod}")
 
 

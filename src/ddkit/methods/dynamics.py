@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 from ddkit.config import config_hash, field, to_dict
 from ddkit.data.base import ImageDataset, to_float
 from ddkit.models import create_model, resolve_model_name
+from ddkit.optim import make_optimizer
 from ddkit.teachers.train import random_flip_translate
 from ddkit.utils import DDKitError, atomic_dir, autocast, derive_seed, make_generator
 
@@ -261,14 +262,6 @@ def _lr_lambda(cfg: DynamicsConfig, steps: int) -> Callable[[int], float]:
     raise DDKitError(f"unknown dynamics schedule {cfg.schedule!r}; use step, cosine or none")
 
 
-def _optimizer(model: nn.Module, cfg: DynamicsConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise DDKitError(f"unknown dynamics optimizer {cfg.optimizer!r}; use sgd or adamw")
-
-
 def record_dynamics(train: ImageDataset, cfg: DynamicsConfig = DynamicsConfig(),
                     device: Union[str, torch.device] = "cpu", progress: bool = True,
                     soft_targets: Optional[torch.Tensor] = None) -> Dynamics:
@@ -316,7 +309,7 @@ def record_dynamics(train: ImageDataset, cfg: DynamicsConfig = DynamicsConfig(),
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
             torch.manual_seed(derive_seed(cfg.seed, "dynamics-init", run))
             model = create_model(arch, train.num_classes, train.image_size, train.channels, **kw).to(dev)
-        opt = _optimizer(model, cfg)
+        opt = make_optimizer(model, cfg.optimizer, cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, steps))
         gen = make_generator(cfg.seed, "dynamics-train", run, device=dev)
         rec = _Recorder(model, images, labels, mean, std, dev, cfg.amp, soft=soft, temperature=cfg.temperature)

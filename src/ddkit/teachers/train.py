@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ddkit.config import field, to_dict
 from ddkit.data.base import ImageDataset, to_float
 from ddkit.models import create_model, resolve_model_name
+from ddkit.optim import make_optimizer
 from ddkit.teachers.core import Teacher, accuracy
 from ddkit.trackers import record
 from ddkit.utils import autocast, derive_seed, make_generator
@@ -74,13 +75,6 @@ def random_flip_translate(x: torch.Tensor, translate: int, flip: bool, generator
     return x
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list:
-    # Decay on norm scales and biases hurts small-batch BN nets and buys nothing (airbench, timm).
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def _scheduler(opt: torch.optim.Optimizer, cfg: TeacherConfig, total: int):
     if cfg.schedule == "onecycle":
         # Momentum stays fixed at cfg.momentum (cycling it would override the configured value).
@@ -128,8 +122,8 @@ def train_teacher(train: ImageDataset, test: Optional[ImageDataset], cfg: Teache
     translate = round(train.image_size / 8) if cfg.translate < 0 else cfg.translate
     flip = (train.channels != 1) if cfg.flip is None else cfg.flip
 
-    opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
-                          nesterov=cfg.nesterov)
+    opt = make_optimizer(model, "sgd", cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                         nesterov=cfg.nesterov, decay_norm_bias=False)
     sched = _scheduler(opt, cfg, total)
     gen = make_generator(cfg.seed, "teacher-train", device=dev)
     history = []
