@@ -71,8 +71,8 @@ def acc_vs_budget(rows: Sequence[Mapping[str, Any]]):
 
 def acc_vs_ipc(rows: Sequence[Mapping[str, Any]], baseline: str = "random"):
     """One panel per regime. With several IPCs: accuracy vs IPC, one line per method. With one IPC:
-    horizontal bars per method (the `baseline` method's accuracy drawn as a dashed line), so a method
-    below random stands out. Rows: method, ipc, regime, mean, std (fractions)."""
+    one dot per method with its std (the `baseline` method's accuracy drawn as a dashed line; red: below
+    it), so a method below random stands out. Rows: method, ipc, regime, mean, std (fractions)."""
     rows = [r for r in rows if _finite(r.get("mean"))]
     if not rows:
         return None
@@ -109,7 +109,9 @@ def acc_vs_ipc(rows: Sequence[Mapping[str, Any]], baseline: str = "random"):
         base = by.get(baseline)
         colors = ["#999999" if m == baseline else ("#2b7bba" if base is None or (m in by and by[m]["mean"] >= base["mean"])
                                                    else "#d62728") for m in methods]
-        ax.barh(ys, vals, xerr=errs, color=colors, capsize=2)
+        # Dots, not bars: the axis may start near the worst method, where the differences that matter show.
+        for y, v, e, c in zip(ys, vals, errs, colors):
+            ax.errorbar([v], [y], xerr=[e], fmt="o", color=c, ecolor=c, capsize=2, markersize=5)
         if base is not None:  # the caption names the dashed line: a legend would cover the bars' ends
             ax.axvline(100 * base["mean"], color="k", linestyle="--", linewidth=1)
         ax.set_yticks(ys)
@@ -117,7 +119,7 @@ def acc_vs_ipc(rows: Sequence[Mapping[str, Any]], baseline: str = "random"):
         ax.invert_yaxis()
         ax.set_title(f"{REGIME_NAMES.get(regime, regime)}, IPC {ipcs[0]}")
         ax.set_xlabel("test accuracy (%)")
-        ax.grid(alpha=0.3, axis="x")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 
