@@ -75,6 +75,18 @@ def _build_teacher(t: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     add_dataclass_args(tt, TeacherConfig, skip=("arch",))
 
 
+def _build_experts(x: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    from ddkit.config import add_dataclass_args
+    from ddkit.teachers.experts import ExpertConfig
+
+    xt = x.add_subparsers(dest="experts_command", metavar="ACTION").add_parser(
+        "train", help="train an expert buffer (one atomic file per expert; rerun the same command to resume)")
+    _common(xt)
+    xt.add_argument("--output", required=True, help="buffer folder; a folder made with other options is refused")
+    xt.add_argument("--shard", default=None, help="i/n: train experts e with e %% n == i (torchrun: RANK/WORLD_SIZE)")
+    add_dataclass_args(xt, ExpertConfig)
+
+
 def _build_distill(d: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     from ddkit.config import add_dataclass_args
     from ddkit.methods import method_spec
@@ -184,6 +196,8 @@ SUBCOMMANDS: Dict[str, Tuple[str, Optional[Builder]]] = {
     "methods": ("list condensation methods", None),
     "recipes": ("list evaluation recipes", None),
     "teacher": ("train a teacher: `ddkit teacher train --dataset … --model … --output …`", _build_teacher),
+    "experts": ("expert trajectories for mtt/datm: `ddkit experts train --dataset … --output BUF`",
+                _build_experts),
     "distill": ("condense a dataset with a method (`ddkit distill --method lic --help` lists that method's "
                 "options)", _build_distill),
     "evaluate": ("train students on a distilled set and report test accuracy", _build_evaluate),
@@ -275,6 +289,22 @@ def cmd_teacher(args: argparse.Namespace) -> int:
                                      log_path=f"{out}.metrics.jsonl")
     save_teacher(teacher, out, record=run_record(args, cfg, model=cfg.arch))
     print(f"test accuracy {metrics['test_acc']:.4f}  ({metrics['train_seconds']:.0f} s)  saved {out}.safetensors")
+    return 0
+
+
+def cmd_experts(args: argparse.Namespace) -> int:
+    from ddkit.config import dump, from_args
+    from ddkit.teachers.experts import ExpertConfig, parse_shard, train_experts
+    from ddkit.utils import get_device
+
+    if args.experts_command != "train":
+        print("usage: ddkit experts train --dataset … --output BUF [--preset cpu] [--shard i/n]", file=sys.stderr)
+        return EXIT_USAGE
+    cfg = from_args(ExpertConfig, args)
+    print(dump(cfg, title="experts"))
+    done = train_experts(_dataset(args, "train"), _dataset(args, "test"), cfg, args.output,
+                         device=get_device(args.device), shard=parse_shard(args.shard), progress=not args.no_progress)
+    print(f"trained {len(done)} expert(s) {done}; buffer {args.output}")
     return 0
 
 
@@ -439,7 +469,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"datasets": cmd_list, "models": cmd_list, "methods": cmd_list, "recipes": cmd_list,
-            "teacher": cmd_teacher, "distill": cmd_distill, "evaluate": cmd_evaluate, "inspect": cmd_inspect,
+            "teacher": cmd_teacher, "experts": cmd_experts, "distill": cmd_distill, "evaluate": cmd_evaluate, "inspect": cmd_inspect,
             "demo": cmd_demo, "study": cmd_study, "dcs": cmd_dcs, "merge": cmd_merge, "relabel": cmd_relabel}
 
 
