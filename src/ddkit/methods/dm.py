@@ -31,19 +31,19 @@ from ddkit.methods.matching_ops import (LossLog, RealPool, Space, check_real_ini
 from ddkit.utils import DDKitError, make_generator
 
 #: CPU preset: fewer iterations and a smaller real batch (not a paper setting; recorded in meta).
-DM_CPU = {"iterations": 200, "batch_real": 64}
+DM_CPU = {"iterations": 100, "batch_real": 32}
 
 
 @dataclass(frozen=True)
 class DMConfig(MethodConfig):
     """DM options; defaults are main_DM.py's and the README's (matching-synthesis.md §3(b))."""
 
-    preset: str = field("paper", "paper: official defaults; cpu: 200 iterations, 64 real images per class; "
+    preset: str = field("paper", "paper: official defaults; cpu: 100 iterations, 32 real images per class; "
                                  "explicit options override both")
     iterations: Optional[int] = field(None, "iterations, inclusive range as main_DM.py:106 (paper 20000, "
-                                            "main_DM.py:20; cpu 200)")
+                                            "main_DM.py:20; cpu 100)")
     batch_real: Optional[int] = field(None, "real images per class per iteration (paper 256, main_DM.py:25; "
-                                            "cpu 64)")
+                                            "cpu 32)")
     lr_img: Optional[float] = field(None, "SGD lr on the normalised pixels (paper: 1 for IPC ≤ 50, 10 for IPC "
                                           "≥ 100, CIFAR-10 README)")
     momentum_img: float = field(0.5, "SGD momentum of the image optimiser (main_DM.py:102)")
