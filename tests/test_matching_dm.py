@@ -75,7 +75,7 @@ def test_dm_loss_is_squared_distance_of_mean_embeddings_under_a_shared_draw():
     p = aug.sample(1, real.shape, generator=make_generator(0, "a"))
     want = ((net.embed(aug.apply(real, p)).mean(0) - net.embed(aug.apply(real[:1], p))[0]) ** 2).sum()
     assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-5)
-    assert float(dm_loss(net, real, real, aug, make_generator(1, "a"))) == pytest.approx(0.0, abs=1e-9)
+    assert float(dm_loss(net, real, real, aug, make_generator(1, "a")).detach()) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_dm_presets_and_nan_guard():
