@@ -168,9 +168,10 @@ def train_expert(index: int, train: ImageDataset, test: Optional[ImageDataset], 
         traj, record = list(st["traj"]), st["record"]
     aug: Augment = dsa(eff["dsa_strategy"], mode="single")
     n, bs, epochs = len(train), min(eff["batch_size"], len(train)), eff["epochs"]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     bar = tqdm(total=epochs, initial=len(traj) - 1, desc=f"expert {index}", disable=not progress, leave=False)
-    for epoch in range(len(traj) - 1, epochs):
+    start_epoch = len(traj) - 1
+    for epoch in range(start_epoch, epochs):
         lr = eff["lr"] * (0.1 if eff["decay"] and epoch >= epochs // 2 + 1 else 1.0)
         for grp in opt.param_groups:
             grp["lr"] = lr
@@ -205,7 +206,8 @@ def train_expert(index: int, train: ImageDataset, test: Optional[ImageDataset], 
     trajectory = torch.stack(traj)
     atomic_write_bytes(out / f"{name}.safetensors",
                        save({"trajectory": trajectory.contiguous()}, metadata={"record": json.dumps(record)}))
-    facts = {"seconds_this_process": time.perf_counter() - t0, "machine": machine_info(device),
+    facts = {"seconds_this_process": time.perf_counter() - t0, "cpu_seconds_this_process": time.process_time() - cpu0,
+             "epochs_this_process": epochs - start_epoch, "machine": machine_info(device),
              "bytes": (out / f"{name}.safetensors").stat().st_size}
     atomic_write_bytes(out / f"{name}.json", json.dumps(facts, indent=1).encode())
     partial.unlink(missing_ok=True)
