@@ -48,7 +48,7 @@ def test_mtt_unroll_with_n_equal_m_on_the_experts_data_and_lr_reproduces_the_exp
     assert lr.grad is not None and torch.isfinite(lr.grad)
     wrong = unroll(fnet, start, syn, train.labels, torch.tensor(3 * cfg.lr), 2, Batches(len(syn), None, g),
                    Identity(), g)
-    assert float(param_loss(wrong, start, target)) > 1.0  # a wrong step size is far from the expert
+    assert float(param_loss(wrong, start, target).detach()) > 1.0  # a wrong step size is far from the expert
 
 
 def test_datm_range_schedule_matches_the_official_rule():
