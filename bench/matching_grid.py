@@ -36,13 +36,9 @@ RECIPES = {"hl": "hardtruths-hl", "sl": "hardtruths-sl"}
 
 
 def _iterations(ds: DistilledSet) -> int:
-    """Iterations run in total (DM runs its iterations once per class)."""
-    per_class = ds.meta.get("per_class_meta") or ds.meta.get("class_meta") or {}
-    if isinstance(per_class, dict) and per_class:
-        return sum(int(m.get("iterations_run", 0)) for m in per_class.values())
-    if isinstance(per_class, list) and per_class:
-        return sum(int(m.get("iterations_run", 0)) for m in per_class)
-    return int(ds.meta.get("iterations_run", 0))
+    """Iterations run in total: an int for coupled methods, a list over classes for DM (one run per class)."""
+    v = ds.meta.get("iterations_run", 0)
+    return int(sum(v)) if isinstance(v, list) else int(v or 0)
 
 
 def _distill(args, method: str, ipc: int, train, teacher, buffer: str, dev):
@@ -107,7 +103,7 @@ def main() -> int:
             iters = _iterations(ds)
             wall = ds.meta.get("bench_distill_wall_seconds")
             state["sets"][name] = {
-                "method": method, "ipc": ipc, "preset": ds.meta.get("preset") or (ds.meta.get("set_meta") or {}).get("preset"),
+                "method": method, "ipc": ipc, "preset": ds.meta.get("preset"),
                 "distill_wall_seconds": wall, "distill_cpu_seconds": ds.meta.get("bench_distill_cpu_seconds"),
                 "iterations_run": iters, "wall_seconds_per_iteration": (wall / iters) if wall and iters else None,
                 "settings": ds.meta.get("settings"), "meta_keys": sorted(ds.meta)}
