@@ -127,8 +127,8 @@ def main() -> int:
                         "eval_seconds": time.perf_counter() - t0, "eval_config": to_dict(cfg)}
                 state["cells"].append(cell)
                 atomic_write_bytes(out, json.dumps(state, indent=1, default=str).encode())
-                print(f"{name:14s} {regime:3s} {100 * res.mean:5.1f} ± {100 * res.std:.1f}  ({cell['eval_seconds']:.0f} s)",
-                      flush=True)
+                print(f"{name:14s} {regime:3s} {100 * res.mean:5.1f} ± {100 * res.std:.1f}  "
+                      f"({cell['eval_seconds']:.0f} s)", flush=True)
     return 0
 
 

@@ -21,7 +21,7 @@ class_separable=False (at IPC 1 there is no inner loop and the per-class results
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -77,7 +77,7 @@ class DCConfig(MethodConfig):
 
 @dataclass(frozen=True)
 class DSAConfig(DCConfig):
-    """DSA = DC + siamese augmentation; README command: --init real --dsa_strategy color_crop_cutout_flip_scale_rotate."""
+    """DSA = DC + siamese augmentation (README: --init real --dsa_strategy color_crop_cutout_flip_scale_rotate)."""
 
     init: str = field("real", "real (DSA README command, matching-synthesis.md §2(b)) or noise")
     dsa: bool = field(True, "siamese DSA on the real and synthetic batch (utils.py:487-536)")

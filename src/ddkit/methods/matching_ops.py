@@ -22,7 +22,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ddkit.augment.zca import Space
-from ddkit.data.base import ImageDataset, to_float
+from ddkit.data.base import ImageDataset
 from ddkit.models import create_model
 from ddkit.utils import DDKitError, derive_seed
 

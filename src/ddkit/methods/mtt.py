@@ -213,5 +213,5 @@ def mtt(dataset: ImageDataset, teacher: Any, cfg: MTTConfig, classes: Sequence[i
 @register_method("datm", config=DATMConfig, aliases=("difficulty-aligned-tm",), class_separable=False)
 def datm(dataset: ImageDataset, teacher: Any, cfg: DATMConfig, classes: Sequence[int], *, device: torch.device,
          progress: bool = True) -> Iterator[ClassResult]:
-    """DATM: MTT with a difficulty-aligned start range, correct-sample init and learned soft labels (Guo et al. 2024)."""
+    """DATM: MTT + difficulty-aligned start range, correct-sample init, learned soft labels (Guo et al. 2024)."""
     yield from _run("datm", dataset, teacher, cfg, classes, device, progress)

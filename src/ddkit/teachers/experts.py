@@ -326,7 +326,8 @@ def load_buffer(path: str | Path, dataset: ImageDataset, *, arch: str, zca: bool
     if norm["kind"] != kind:
         raise DDKitError(f"expert buffer {p} was trained with {norm['kind']} inputs but the distillation asks for "
                          f"{kind}: pass --zca {'true' if norm['kind'] == 'zca' else 'false'} or retrain the experts")
-    if [round(v, 6) for v in norm["mean"] + norm["std"]] != [round(v, 6) for v in list(dataset.mean) + list(dataset.std)]:
+    ours = list(dataset.mean) + list(dataset.std)
+    if [round(v, 6) for v in norm["mean"] + norm["std"]] != [round(v, 6) for v in ours]:
         raise DDKitError(f"expert buffer {p} was trained with mean/std {norm['mean']}/{norm['std']}, the dataset "
                          f"uses {list(dataset.mean)}/{list(dataset.std)}")
     epochs = int(h["config"]["epochs"])
