@@ -124,6 +124,25 @@ INDEX = {'datasets': [{'name': 'cifar10',
               'description': 'CDA: SRe2L recover with the RandomResizedCrop scale annealed from easy (1.0) to hard '
                              '(0.08).',
               'needs_teacher': True},
+             {'name': 'datm',
+              'aliases': ['difficulty-aligned-tm'],
+              'description': 'DATM: MTT + difficulty-aligned start range, correct-sample init, learned soft labels '
+                             '(Guo et al. 2024).',
+              'needs_teacher': False},
+             {'name': 'dc',
+              'aliases': ['dataset-condensation', 'gradient-matching'],
+              'description': 'DC: gradient matching on fresh random ConvNets (Zhao et al. 2021, official main.py).',
+              'needs_teacher': False},
+             {'name': 'dm',
+              'aliases': ['distribution-matching'],
+              'description': 'DM: match mean embeddings of real and synthetic images under fresh random ConvNets '
+                             '(Zhao & Bilen 2023).',
+              'needs_teacher': False},
+             {'name': 'dsa',
+              'aliases': ['dc-dsa', 'siamese-augmentation'],
+              'description': 'DSA: DC with one augmentation draw shared by the real and synthetic batch (Zhao & '
+                             'Bilen 2021).',
+              'needs_teacher': False},
              {'name': 'dwa',
               'aliases': ['directed-weight-adjustment', 'dwa'],
               'description': 'DWA: SRe2L recover from real images through a teacher adjusted on those images, '
@@ -185,6 +204,11 @@ INDEX = {'datasets': [{'name': 'cifar10',
               'description': 'LIC/CIM: select confident real images, squeeze f² per image, compensate with a '
                              'feature-matched residual.',
               'needs_teacher': True},
+             {'name': 'mtt',
+              'aliases': ['tm', 'trajectory-matching'],
+              'description': 'MTT: match N student steps on the set to M expert epochs, learnable step size '
+                             '(Cazenavette et al. 2022).',
+              'needs_teacher': False},
              {'name': 'random',
               'aliases': ['rand', 'random-real'],
               'description': 'Class-balanced random real images (the baseline).',
