@@ -65,7 +65,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", required=True)
     p.add_argument("--cache-dir", default="runs/cache")
-    p.add_argument("--teacher", required=True, help="teacher for k-center features and SL labels")
+    p.add_argument("--teacher", default=None, help="teacher for k-center features and SL labels (without one: "
+                   "only sets that need no teacher are distilled, and only HL is evaluated)")
     p.add_argument("--buffer", required=True, help="expert buffer for mtt/datm (ddkit experts train)")
     p.add_argument("--methods", default="random,kcenter," + ",".join(MATCHING))
     p.add_argument("--ipcs", default="1,10")
@@ -93,12 +94,16 @@ def main() -> int:
         idx = torch.cat([test.class_images(c, args.test_per_class, generator=g)[1] for c in range(test.num_classes)])
         test = test.subset(idx.sort().values)
     state["test_images"] = len(test)
-    teacher = load_teacher(args.teacher, dataset=train, device=dev)
-    state["teacher"] = {"path": args.teacher, "arch": teacher.arch, "test_acc": teacher.meta.get("accuracy"),
-                        "sanity_acc": check_teacher(teacher, test, device=dev)}
+    teacher = load_teacher(args.teacher, dataset=train, device=dev) if args.teacher else None
+    if teacher is not None:
+        state["teacher"] = {"path": args.teacher, "arch": teacher.arch, "test_acc": teacher.meta.get("accuracy"),
+                            "sanity_acc": check_teacher(teacher, test, device=dev)}
     done = {(c["set"], c["regime"]) for c in state["cells"]}
     for method in args.methods.split(","):
         for ipc in [int(x) for x in args.ipcs.split(",")]:
+            if teacher is None and method_spec(method).needs_teacher:
+                print(f"{method}: skipped (needs --teacher)", flush=True)
+                continue
             name, ds = _distill(args, method, ipc, train, teacher, args.buffer, dev)
             iters = _iterations(ds)
             wall = ds.meta.get("bench_distill_wall_seconds")
@@ -112,7 +117,7 @@ def main() -> int:
                 print(f"{name:14s} distilled in {wall or 0:.0f} s ({iters} iterations)", flush=True)
                 continue
             for regime in args.regimes.split(","):
-                if (name, regime) in done:
+                if (name, regime) in done or (regime != "hl" and teacher is None):
                     continue
                 cfg = EvalConfig(recipe=RECIPES[regime], regime=regime, student="convnet-d3", seeds=args.seeds,
                                  budget_epochs=args.budget_epochs, num_evals=1)
