@@ -126,7 +126,7 @@ def main() -> int:
                                set_name=name)
                 cell = {"set": name, "method": method, "ipc": ipc, "regime": regime, "recipe": cfg.recipe,
                         "budget_epochs": args.budget_epochs, "accs": res.accs, "seeds": res.seeds, "mean": res.mean,
-                        "std": res.std, "soft_labels": res.soft_label_source,
+                        "std": res.std, "soft_labels": res.soft_label_source, "distill_seconds": wall,
                         "plan": {"iterations": res.plan.iterations, "batch_size": res.plan.batch_size,
                                  "epochs": res.plan.epochs, "samples": res.plan.samples},
                         "eval_seconds": time.perf_counter() - t0, "eval_config": to_dict(cfg)}
