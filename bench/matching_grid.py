@@ -41,6 +41,18 @@ def _iterations(ds: DistilledSet) -> int:
     return int(sum(v)) if isinstance(v, list) else int(v or 0)
 
 
+def _save(out: Path, state: dict) -> None:
+    """Write `state`, merged with what other processes of the same grid wrote meanwhile (cells by set and
+    regime, sets by name), so several processes can fill one file."""
+    if out.exists():
+        disk = json.loads(out.read_text())
+        have = {(c["set"], c["regime"]) for c in state["cells"]}
+        state["cells"] += [c for c in disk.get("cells", []) if (c["set"], c["regime"]) not in have]
+        state["sets"] = {**disk.get("sets", {}), **state["sets"]}
+        state.setdefault("teacher", disk.get("teacher"))
+    _save(out, state)
+
+
 def _distill(args, method: str, ipc: int, train, teacher, buffer: str, dev):
     name = f"{method}_ipc{ipc}"
     set_dir = Path(args.set_dir) / name
@@ -112,7 +124,7 @@ def main() -> int:
                 "distill_wall_seconds": wall, "distill_cpu_seconds": ds.meta.get("bench_distill_cpu_seconds"),
                 "iterations_run": iters, "wall_seconds_per_iteration": (wall / iters) if wall and iters else None,
                 "settings": ds.meta.get("settings"), "meta_keys": sorted(ds.meta)}
-            atomic_write_bytes(out, json.dumps(state, indent=1, default=str).encode())
+            _save(out, state)
             if args.distill_only:
                 print(f"{name:14s} distilled in {wall or 0:.0f} s ({iters} iterations)", flush=True)
                 continue
@@ -131,7 +143,7 @@ def main() -> int:
                                  "epochs": res.plan.epochs, "samples": res.plan.samples},
                         "eval_seconds": time.perf_counter() - t0, "eval_config": to_dict(cfg)}
                 state["cells"].append(cell)
-                atomic_write_bytes(out, json.dumps(state, indent=1, default=str).encode())
+                _save(out, state)
                 print(f"{name:14s} {regime:3s} {100 * res.mean:5.1f} ± {100 * res.std:.1f}  "
                       f"({cell['eval_seconds']:.0f} s)", flush=True)
     return 0
