@@ -50,7 +50,7 @@ def _save(out: Path, state: dict) -> None:
         state["cells"] += [c for c in disk.get("cells", []) if (c["set"], c["regime"]) not in have]
         state["sets"] = {**disk.get("sets", {}), **state["sets"]}
         state.setdefault("teacher", disk.get("teacher"))
-    _save(out, state)
+    atomic_write_bytes(out, json.dumps(state, indent=1, default=str).encode())
 
 
 def _distill(args, method: str, ipc: int, train, teacher, buffer: str, dev):
