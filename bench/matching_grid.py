@@ -123,7 +123,8 @@ def main() -> int:
                 "method": method, "ipc": ipc, "preset": ds.meta.get("preset"),
                 "distill_wall_seconds": wall, "distill_cpu_seconds": ds.meta.get("bench_distill_cpu_seconds"),
                 "iterations_run": iters, "wall_seconds_per_iteration": (wall / iters) if wall and iters else None,
-                "settings": ds.meta.get("settings"), "meta_keys": sorted(ds.meta)}
+                "settings": ds.meta.get("settings"), "git_revision": ds.meta.get("git_revision"),
+                "command": state["command"]}
             _save(out, state)
             if args.distill_only:
                 print(f"{name:14s} distilled in {wall or 0:.0f} s ({iters} iterations)", flush=True)
@@ -141,7 +142,8 @@ def main() -> int:
                         "std": res.std, "soft_labels": res.soft_label_source, "distill_seconds": wall,
                         "plan": {"iterations": res.plan.iterations, "batch_size": res.plan.batch_size,
                                  "epochs": res.plan.epochs, "samples": res.plan.samples},
-                        "eval_seconds": time.perf_counter() - t0, "eval_config": to_dict(cfg)}
+                        "eval_seconds": time.perf_counter() - t0, "eval_config": to_dict(cfg),
+                        "command": state["command"], "git_revision": state["git_revision"]}
                 state["cells"].append(cell)
                 _save(out, state)
                 print(f"{name:14s} {regime:3s} {100 * res.mean:5.1f} ± {100 * res.std:.1f}  "
