@@ -64,7 +64,9 @@ def test_datm_range_schedule_matches_the_official_rule():
     s1 = settings(DATMConfig(ipc=1))
     assert (s1["max_start_epoch"], s1["sequential_generation"], s1["threshold"], s1["lr_lr"]) == (4, False, 1.1, 1e-7)
     assert settings(MTTConfig(ipc=10))["max_start_epoch"] == 20 and settings(MTTConfig(ipc=7))["syn_steps"] == 20
-    assert settings(MTTConfig(ipc=10, preset="cpu"))["iterations"] == 30
+    cpu = settings(MTTConfig(ipc=10, preset="cpu"))
+    assert (cpu["iterations"], cpu["lr_img"], cpu["lr_lr"], cpu["zca"]) == (30, 1000.0, 1e-7, False)
+    assert settings(DATMConfig(ipc=10, preset="cpu"))["lr_img"] == 100.0
 
 
 def test_buffer_checks_fail_with_one_line(tmp_path):

@@ -57,9 +57,14 @@ DATM_TABLE = {1: {"lr_img": 100.0, "lr_lr": 1e-7, "lr_y": 5.0, "threshold": 1.1,
               50: {"lr_img": 1000.0, "max_start_epoch": 40, "current_max_start_epoch": 20,
                    "expansion_end_epoch": 2000}}
 #: CPU preset (not a paper setting): short unrolls on a small batch, a short run, a shallow start range that
-#: fits the CPU expert buffer (8 epochs), no ZCA (one mean/std buffer serves every IPC).
+#: fits the CPU expert buffer (8 epochs), no ZCA (one mean/std buffer serves every IPC), and the smallest
+#: official step-size lr (1e-7, MTT/DATM IPC 1): with experts of a few steps per epoch the target distance is
+#: tiny and lr_lr 1e-5 drove syn_lr to 1e7 and the loss to NaN within 6 iterations (MTT, IPC 10, CIFAR-10).
 TM_CPU = {"iterations": 30, "syn_steps": 10, "expert_epochs": 2, "max_start_epoch": 4, "batch_syn": 20, "zca": False,
-          "current_max_start_epoch": 2, "expansion_end_epoch": 20}
+          "current_max_start_epoch": 2, "expansion_end_epoch": 20, "lr_lr": 1e-7}
+#: MTT's IPC-10 lr_img 1e5 is a ZCA-space value ([unverified] row); the CPU preset runs without ZCA, so it
+#: uses the IPC-1/50 value.
+MTT_CPU = {**TM_CPU, "lr_img": 1000.0}
 MTT_KEYS = ("iterations", "syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "zca", "lr_img", "lr_lr")
 DATM_KEYS = MTT_KEYS + ("lr_y", "threshold", "min_start_epoch", "current_max_start_epoch", "expansion_end_epoch",
                         "sequential_generation")
@@ -70,7 +75,7 @@ class MTTConfig(MethodConfig):
     """MTT options; None = the preset's value (paper: CIFAR-10 table by IPC, else distill.py's defaults)."""
 
     preset: str = field("paper", "paper: official values by IPC; cpu: 30 iterations, 10 steps on 20 images, "
-                                 "start epoch < 4, no ZCA; explicit options override both")
+                                 "start epoch < 4, no ZCA, lr_img 1000, lr_lr 1e-7; explicit options override both")
     buffer: str = field("", "expert buffer folder from `ddkit experts train` (required)")
     model: str = field("convnet-d3", "student/expert network (must match the buffer)")
     iterations: Optional[int] = field(None, "iterations, inclusive range (paper 5000, distill.py; cpu 30)")
@@ -93,7 +98,7 @@ class DATMConfig(MTTConfig):
     """DATM options; None = the preset's value (paper: configs/CIFAR10/ConvIN/IPC*.yaml by IPC)."""
 
     preset: str = field("paper", "paper: DATM's YAML by IPC; cpu: 30 iterations, 10 steps on 20 images, start "
-                                 "epoch < 4, no ZCA; explicit options override both")
+                                 "epoch < 4, no ZCA, lr_lr 1e-7; explicit options override both")
     iterations: Optional[int] = field(None, "iterations (paper 10000, the YAMLs; cpu 30)")
     syn_steps: Optional[int] = field(None, "student steps N per iteration (paper 80)")
     max_start_epoch: Optional[int] = field(None, "final upper bound of the start epoch (paper 4/20/40)")
@@ -118,7 +123,7 @@ def settings(cfg: MTTConfig) -> Dict[str, Any]:
         paper = {**DATM_DEFAULTS, **DATM_TABLE.get(cfg.ipc, {})}
         return resolve_settings(cfg, DATM_KEYS, paper, TM_CPU)
     paper = {**MTT_DEFAULTS, **MTT_TABLE.get(cfg.ipc, {})}
-    return resolve_settings(cfg, MTT_KEYS, paper, {k: v for k, v in TM_CPU.items() if k in MTT_KEYS})
+    return resolve_settings(cfg, MTT_KEYS, paper, {k: v for k, v in MTT_CPU.items() if k in MTT_KEYS})
 
 
 def _run(name: str, dataset: ImageDataset, teacher: Any, cfg: MTTConfig, classes: Sequence[int],
