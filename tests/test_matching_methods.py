@@ -69,10 +69,10 @@ def test_mtt_and_datm_end_to_end_with_learned_and_teacher_labels(toy_buffer):
 def test_nan_loss_stops_with_one_line_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "set"
     rc = main(["distill", "--dataset", "digits", "--device", "cpu", "--no-progress", "--method", "dm", "--ipc", "1",
-               "--model", "mlp", "--iterations", "3", "--batch-real", "8", "--lr-img", "nan", "--output", str(out)])
+               "--model", "mlp", "--iterations", "3", "--batch-real", "8", "--lr-img", "1e30", "--output", str(out)])
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "iteration 1 (lr_img=nan)" in err[0]
+    assert len(err) == 1 and "iteration 1 (lr_img=1e+30)" in err[0] and "nothing was written" in err[0]
     assert not out.exists()
     # the driver's resume folder may exist, but it holds no part of the failed class (class 0 here)
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
