@@ -254,3 +254,22 @@ def test_bfloat16_input():
     x = image(2).bfloat16()
     out = dsa()(x, generator=gen())
     assert out.dtype == torch.bfloat16 and out.shape == x.shape
+
+
+@pytest.mark.parametrize("name", sorted(SPATIAL))
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_ops_keep_the_input_layout(name, channels_last):
+    # One layout per network: an augmentation must not switch NCHW views to channels_last (or back).
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = image(4).contiguous(memory_format=fmt)
+    for seed in range(6):  # OneOf picks differ by seed: cover the translate branch
+        out = SPATIAL[name]()(x, generator=gen(seed))
+        assert out.is_contiguous(memory_format=fmt), (name, seed, out.stride())
+
+
+def test_translate_same_values_in_either_layout():
+    x = image(3)
+    p = Translate().sample(3, x.shape, generator=gen(2))
+    a = Translate().apply(x, p)
+    b = Translate().apply(x.contiguous(memory_format=torch.channels_last), p)
+    assert a.is_contiguous() and torch.equal(a, b)

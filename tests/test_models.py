@@ -191,3 +191,17 @@ def test_convnet_loads_flat_peer_keys(norm: str, per_block: int) -> None:
     dst.load_state_dict(flat, strict=True)
     x = torch.randn(2, 3, 16, 16)
     assert torch.equal(src(x), dst(x))
+
+
+def test_torchvision_is_imported_only_for_torchvision_models():
+    # Startup: importing the library and building a ConvNet must not pay for torchvision (and torch._dynamo).
+    import subprocess
+    import sys
+
+    code = ("import sys, ddkit.models, ddkit.augment, ddkit.evaluate\n"
+            "ddkit.models.create_model('ConvNet-3', num_classes=10)\n"
+            "assert 'torchvision' not in sys.modules, 'torchvision imported'\n"
+            "ddkit.models.create_model('resnet18_modified', num_classes=10)\n"
+            "assert 'torchvision' in sys.modules\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -57,10 +57,35 @@ def stage(name: str) -> contextlib.AbstractContextManager:
     return torch.profiler.record_function(name) if torch.autograd._profiler_enabled() else contextlib.nullcontext()
 
 
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (no GradScaler needed); a no-op on CPU, where bf16 is slower than fp32."""
+_CPU_BF16: Optional[bool] = None
+
+
+def cpu_bf16_native() -> bool:
+    """True when this CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo) and
+    oneDNN has bf16 kernels. Without them bf16 is emulated and slower than fp32 (checked once, cached)."""
+    global _CPU_BF16
+    if _CPU_BF16 is None:
+        flags = set()
+        try:
+            with open("/proc/cpuinfo") as fh:
+                for line in fh:
+                    if line.startswith("flags"):
+                        flags = set(line.split(":", 1)[1].split())
+                        break
+        except OSError:
+            pass
+        mkldnn = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+        _CPU_BF16 = mkldnn and bool(flags & {"avx512_bf16", "amx_bf16"})
+    return _CPU_BF16
+
+
+def autocast(device: torch.device, enabled: bool = True, cpu: bool = False) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (no GradScaler needed). On CPU only when asked (`cpu=True`) and the CPU has
+    native bf16 (`cpu_bf16_native`); otherwise a no-op, since emulated bf16 is slower than fp32."""
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if cpu and device.type == "cpu" and cpu_bf16_native():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -57,6 +57,18 @@ def per_sample(p: torch.Tensor, x: torch.Tensor, name: str = "param") -> torch.T
     return p.reshape(p.shape[0], *([1] * (x.dim() - 1)))
 
 
+def layout_of(x: torch.Tensor) -> torch.memory_format:
+    """The memory format an op should hand back for input `x`: channels_last when `x` is a 4-d
+    channels_last tensor (and not also plain contiguous, as 1×1 images or C = 1 are), else contiguous.
+
+    Ops that build their output through indexing or permutes use it so that the layout chosen for a
+    network (NCHW on CPU, channels_last on CUDA) survives augmentation instead of changing by accident.
+    """
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def expand_batch(t: torch.Tensor, b: int, name: str = "param") -> torch.Tensor:
     """Expand a leading dim of 1 to b (a view); check that any other leading dim equals b."""
     if t.shape[0] == b:

@@ -10,9 +10,7 @@ from typing import Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import roi_align
-
-from ddkit.augment.base import Augment, Params, expand_batch, hw, rand, randint
+from ddkit.augment.base import Augment, Params, expand_batch, hw, layout_of, rand, randint
 
 Size = Union[int, Sequence[int]]
 
@@ -40,18 +38,22 @@ def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: Size, antialias: bo
     oh, ow = hw(size)
     boxes = expand_batch(boxes.to(device=x.device, dtype=torch.float32), b, "box")
     top, left, bh, bw = boxes.unbind(-1)
+    fmt = layout_of(x)  # resampling returns NCHW: hand back the input's layout
     if antialias:
+        from torchvision.ops import roi_align  # torchvision only when an antialiased crop runs
+
         rois = torch.stack([torch.arange(b, device=x.device, dtype=torch.float32),
                             left, top, left + bw, top + bh], -1)
         dt = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
         out = roi_align(x.to(dt), rois.to(dt), (oh, ow), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-        return out.to(x.dtype)
+        return out.to(x.dtype).contiguous(memory_format=fmt)
     ys = _axis_coords(top, bh, oh)  # b×oh
     xs = _axis_coords(left, bw, ow)  # b×ow
     gy = 2 * ys / max(h - 1, 1) - 1
     gx = 2 * xs / max(w - 1, 1) - 1
     grid = torch.stack([gx[:, None, :].expand(b, oh, ow), gy[:, :, None].expand(b, oh, ow)], -1)
-    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=True)
+    out = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=True)
+    return out.contiguous(memory_format=fmt)
 
 
 class RandomResizedCrop(Augment):
@@ -175,9 +177,10 @@ class ShufflePatches(Augment):
         if self.factor == 1:
             return x
         b, c, h, w = x.shape
+        fmt = layout_of(x)
         cp = expand_batch(params["col_perm"].to(x.device), b, "col_perm")
         rp = expand_batch(params["row_perm"].to(x.device), b, "row_perm")
         ci = _strip_index(cp, w)[:, None, None, :].expand(b, c, h, w)
         x = x.gather(-1, ci)
         ri = _strip_index(rp, h)[:, None, :, None].expand(b, c, h, w)
-        return x.gather(-2, ri)
+        return x.gather(-2, ri).contiguous(memory_format=fmt)

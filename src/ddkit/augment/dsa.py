@@ -18,8 +18,8 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
-from ddkit.augment.base import (Augment, Compose, Identity, OneOf, Params, expand_batch, hw, per_sample,
-                                rand, randint)
+from ddkit.augment.base import (Augment, Compose, Identity, OneOf, Params, expand_batch, hw, layout_of,
+                                per_sample, rand, randint)
 
 
 def _round(v: float) -> int:
@@ -90,14 +90,17 @@ class Translate(Augment):
         xp = F.pad(x, (1, 1, 1, 1))
         bidx = torch.arange(b, device=x.device)[:, None, None]
         out = xp[bidx, :, rows[:, :, None], cols[:, None, :]]  # b×h×w×C (advanced dims first)
-        return out.permute(0, 3, 1, 2)
+        # The permuted gather is a channels_last view; hand back the input's layout, else every step
+        # that draws a translate runs the network channels_last (GroupNorm's slow path on CPU).
+        return out.permute(0, 3, 1, 2).contiguous(memory_format=layout_of(x))
 
 
 def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     # DSA samples with align_corners=True and zero padding; a (1,2,3) theta is expanded to the batch.
     theta = expand_batch(theta.to(device=x.device, dtype=torch.float32), x.shape[0], "theta")
     grid = F.affine_grid(theta, list(x.shape), align_corners=True)
-    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=True)
+    out = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out.contiguous(memory_format=layout_of(x))  # grid_sample returns NCHW whatever the input
 
 
 class Scale(Augment):

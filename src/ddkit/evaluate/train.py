@@ -167,8 +167,8 @@ def mix_soft_targets(t: torch.Tensor, mixer, params, prob_space: bool, temperatu
     return T * torch.log(p.clamp_min(1e-12))
 
 
-def teacher_forward(teacher, set_mean, set_std, image_size: int, device: torch.device, amp: bool
-                    ) -> Callable[[torch.Tensor], torch.Tensor]:
+def teacher_forward(teacher, set_mean, set_std, image_size: int, device: torch.device, amp: bool,
+                    cpu_amp: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """Teacher logits of student views (normalised with the SET's stats), with no grad, eval mode and the
     same autocast. Views are mapped back to pixels and renormalised with the teacher's own stats when
     they differ (e.g. RDED's ImageNet stats on CIFAR), and resized when the teacher expects another size."""
@@ -185,7 +185,7 @@ def teacher_forward(teacher, set_mean, set_std, image_size: int, device: torch.d
                 x = teacher.normalize(x * s + m)
             if size != x.shape[-1]:
                 x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-            with autocast(device, amp):
+            with autocast(device, amp, cpu=cpu_amp):
                 return model(x).float()
 
     return fn
@@ -262,11 +262,14 @@ class StudentTrainer:
 
     def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: Recipe, plan: Plan,
                  views: Views, targets: Targets, criterion, *, device: torch.device, order_gen: torch.Generator,
-                 aug_gen: torch.Generator, amp: bool = True, channels_last: bool = True) -> None:
+                 aug_gen: torch.Generator, amp: bool = True, channels_last: bool = True,
+                 cpu_amp: bool = False, cpu_channels_last: bool = False) -> None:
         self.model, self.images, self.labels = model, images, labels
         self.recipe, self.plan, self.views, self.targets, self.crit = recipe, plan, views, targets, criterion
-        self.device, self.amp = device, amp
-        self.channels_last = channels_last and device.type == "cuda"
+        self.device, self.amp, self.cpu_amp = device, amp, cpu_amp
+        # One layout per network: channels_last on CUDA; on CPU only when asked (a compiled student),
+        # since eager GroupNorm is several times slower channels_last there.
+        self.channels_last = channels_last and (device.type == "cuda" or cpu_channels_last)
         self.stream = BatchStream(plan.n_images, plan.batch_size, order_gen)
         self.aug_gen = aug_gen
         self.opt = build_optimizer(model, recipe)
@@ -293,7 +296,7 @@ class StudentTrainer:
         with stage("eval.targets"):  # the online teacher's forward under SL+KD
             t, y_probs = self.targets(view, idx, y, cell, self.views.mixer, mp)
         self.model.train()
-        with stage("eval.student_forward"), autocast(self.device, self.amp):
+        with stage("eval.student_forward"), autocast(self.device, self.amp, cpu=self.cpu_amp):
             out = self.model(view)
         with stage("eval.loss"):
             loss = self.crit(out, t, y_probs)

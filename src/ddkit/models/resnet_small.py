@@ -6,48 +6,58 @@ so the peers' `{dataset}_resnet18_modified.pth` checkpoints load unchanged.
 
 DD-Ranking's `ResNet-18-BN` is the modified net at ≤ 64 px and the plain torchvision net above
 (peers.md §4.4), so it is registered as its own name rather than as an alias.
+
+torchvision is imported only when one of these nets is built: importing ddkit.models (and so every
+command) does not pay for torchvision and, through it, torch._dynamo.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch.nn as nn
-import torchvision
 
 from ddkit.models.factory import register_model
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torchvision.models import ResNet
 
 SMALL_INPUT_MAX = 64  # at or below this side the stem is modified (CIFAR 32 px, Tiny 64 px)
 
 
-def modify_for_small_inputs(model: torchvision.models.ResNet, channels: int = 3) -> torchvision.models.ResNet:
+def modify_for_small_inputs(model: "ResNet", channels: int = 3) -> "ResNet":
     """3×3 stride-1 stem without max-pool: keeps 32 px inputs at 32×32 through layer1."""
     model.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
     return model
 
 
-def _plain(fn: Callable[..., torchvision.models.ResNet], num_classes: int, channels: int,
-           **kw: Any) -> torchvision.models.ResNet:
-    model = fn(weights=None, num_classes=num_classes, **kw)
+def _resnet(name: str, num_classes: int, **kw: Any) -> "ResNet":
+    import torchvision  # here, not at module import (see the module docstring)
+
+    return getattr(torchvision.models, name)(weights=None, num_classes=num_classes, **kw)
+
+
+def _plain(name: str, num_classes: int, channels: int, **kw: Any) -> "ResNet":
+    model = _resnet(name, num_classes, **kw)
     if channels != 3:
         old = model.conv1
         model.conv1 = nn.Conv2d(channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
     return model
 
 
-def _modified_builder(fn: Callable[..., torchvision.models.ResNet], depth: int):
+def _modified_builder(depth: int):
     def build(num_classes: int, image_size: int = 32, channels: int = 3, **kw: Any) -> nn.Module:
-        return modify_for_small_inputs(fn(weights=None, num_classes=num_classes, **kw), channels)
+        return modify_for_small_inputs(_resnet(f"resnet{depth}", num_classes, **kw), channels)
 
     build.__doc__ = f"torchvision resnet{depth} with a 3×3 stride-1 stem and no max-pool (CIFAR/Tiny)."
     return build
 
 
-def _ddranking_builder(fn: Callable[..., torchvision.models.ResNet], depth: int):
+def _ddranking_builder(depth: int):
     def build(num_classes: int, image_size: int = 32, channels: int = 3, **kw: Any) -> nn.Module:
         if image_size > SMALL_INPUT_MAX:
-            return _plain(fn, num_classes, channels, **kw)
-        return modify_for_small_inputs(fn(weights=None, num_classes=num_classes, **kw), channels)
+            return _plain(f"resnet{depth}", num_classes, channels, **kw)
+        return modify_for_small_inputs(_resnet(f"resnet{depth}", num_classes, **kw), channels)
 
     build.__doc__ = (f"DD-Ranking's ResNet-{depth}-BN: modified stem at ≤{SMALL_INPUT_MAX} px, "
                      f"plain torchvision resnet{depth} above.")
@@ -55,11 +65,11 @@ def _ddranking_builder(fn: Callable[..., torchvision.models.ResNet], depth: int)
 
 
 register_model("resnet18_modified", aliases=("resnet18_cifar", "resnet18-small"))(
-    _modified_builder(torchvision.models.resnet18, 18))
+    _modified_builder(18))
 register_model("resnet50_modified", aliases=("resnet50_cifar", "resnet50-small"))(
-    _modified_builder(torchvision.models.resnet50, 50))
+    _modified_builder(50))
 # CIM's data README also lists resnet101_modified teachers (93.06 % C10, 70.51 % C100).
 register_model("resnet101_modified", aliases=("resnet101_cifar",))(
-    _modified_builder(torchvision.models.resnet101, 101))
-register_model("ResNet-18-BN", aliases=("resnet18bn",))(_ddranking_builder(torchvision.models.resnet18, 18))
-register_model("ResNet-50-BN", aliases=("resnet50bn",))(_ddranking_builder(torchvision.models.resnet50, 50))
+    _modified_builder(101))
+register_model("ResNet-18-BN", aliases=("resnet18bn",))(_ddranking_builder(18))
+register_model("ResNet-50-BN", aliases=("resnet50bn",))(_ddranking_builder(50))
