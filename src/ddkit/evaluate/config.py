@@ -99,6 +99,13 @@ class EvalConfig:
     amp: bool = field(True, "bf16 autocast on CUDA (no effect on CPU)")
     channels_last: bool = field(True, "channels_last memory format on CUDA")
     compile: bool = field(False, "torch.compile the student (CUDA only)")
+    cpu_amp: bool = field(False, "bf16 autocast on CPU for the student and the online teacher, where the CPU "
+                                 "computes bf16 natively (AVX512-BF16/AMX, checked at run time; else fp32). Off "
+                                 "until equal accuracy is shown (bench/results/bf16_accuracy_cpu.json)")
+    stack: int = field(1, "train up to N seeds of this evaluation as one stacked model (torch.func vmap; nets "
+                          "without BatchNorm or dropout, else one at a time); results equal the one-at-a-time "
+                          "runs within float tolerance. 1: one at a time (on CPU stacking measured slower, "
+                          "bench/results/stacked_cpu.json)")
     ddp: bool = field(False, "under torchrun: train each seed data-parallel (DDP, the global batch split over "
                              "ranks) instead of one seed per rank; for single runs too slow for one GPU")
     sync_bn: bool = field(False, "with --ddp: SyncBatchNorm, so BatchNorm sees the global batch as in one "

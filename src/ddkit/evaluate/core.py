@@ -23,6 +23,7 @@ from ddkit.evaluate.config import EvalConfig
 from ddkit.evaluate.losses import LOSSES, make_criterion
 from ddkit.evaluate.metrics import summarize
 from ddkit.evaluate.recipes import Recipe, resolve_recipe
+from ddkit.evaluate.stacked import run_stacked
 from ddkit.evaluate.train import Plan, RunResult, Targets, Views, make_plan, teacher_forward, train_run
 from ddkit.models import create_model
 from ddkit.utils import DDKitError, derive_seed
@@ -210,6 +211,8 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
         raise DDKitError("give either --epochs or --budget-epochs, not both")
     if cfg.seeds < 1:
         raise DDKitError(f"--seeds must be >= 1, got {cfg.seeds}")
+    if cfg.stack < 1:
+        raise DDKitError(f"--stack must be >= 1 (1 = one student at a time), got {cfg.stack}")
     n, k = len(distilled), distilled.num_classes
     if n == 0:
         raise DDKitError("the distilled set is empty")
@@ -265,7 +268,7 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
             teacher.to(dev)
         if dev.type == "cuda" and cfg.channels_last:
             teacher.model.to(memory_format=torch.channels_last)
-        teacher_fn = teacher_forward(teacher, distilled.mean, distilled.std, size, dev, cfg.amp)
+        teacher_fn = teacher_forward(teacher, distilled.mean, distilled.std, size, dev, cfg.amp, cfg.cpu_amp)
         source = "online teacher"
     targets = Targets(regime, k, spec, recipe.temperature, soft=soft, region=region, teacher_fn=teacher_fn)
     crit = make_criterion(spec.name, temperature=recipe.temperature, t2_scale=recipe.t2_scale,
@@ -298,7 +301,28 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
               f"soft labels: {source or 'none'}")
     runs: List[Tuple[int, RunResult]] = []
     t0 = time.perf_counter()
-    for r in ctx.run_indices(cfg.seeds):
+    todo = ctx.run_indices(cfg.seeds)
+    if cfg.stack > 1 and ctx.mode == "single" and stored is None and len(todo) > 1:  # seeds as one stacked model
+        def build(seed: int):
+            with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+                torch.manual_seed(derive_seed(seed, "init"))  # the same init draw as the loop below
+                return create_model(student, num_classes=k, image_size=size, channels=distilled.images.shape[1],
+                                    **kw).to(dev)
+
+        def log_path(seed: int) -> Optional[Path]:
+            if output is None:
+                return None
+            log = edist.run_log_path(Path(output), seed)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            return log
+
+        done = run_stacked(build, [cfg.seed + r for r in todo], cfg.stack, images=images, labels=labels,
+                           recipe=recipe, plan=plan, views=views, targets=targets, criterion=crit, device=dev,
+                           amp=cfg.amp, cpu_amp=cfg.cpu_amp, evaluate=test_acc, validate=val_acc, log_path=log_path,
+                           progress=progress, desc=f"{set_name}/{student}")
+        runs += list(zip(todo, done))
+        todo = todo[len(done):]
+    for r in todo:
         seed = cfg.seed + r
         # Seed the global RNGs too (dropout, torchvision inits) inside a fork so callers are unaffected.
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
@@ -311,7 +335,7 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
             net = torch.compile(model) if (cfg.compile and dev.type == "cuda") else model
             make = ctx.make_trainer if stored is None else stored.make_trainer
             trainer = make(seed, ctx.wrap(net), images, labels, recipe, plan, views, targets, crit,
-                           amp=cfg.amp, channels_last=cfg.channels_last)
+                           amp=cfg.amp, channels_last=cfg.channels_last, cpu_amp=cfg.cpu_amp)
             log = None
             if output is not None:
                 log = edist.run_log_path(Path(output), seed)

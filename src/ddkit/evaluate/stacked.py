@@ -1,0 +1,218 @@
+"""Several students in one pass: the seeds of one evaluation trained as ONE stacked model.
+
+The S students' parameters are stacked along a new leading dim (`torch.func.stack_module_state`) and
+one `vmap(functional_call)` forward/backward trains them all, so S small batches become one set of
+larger (grouped) kernels. Each student keeps everything a one-at-a-time run has:
+  * its own init (the same `derive_seed(seed, "init")` draw as `evaluate`'s loop),
+  * its own batch order (seed, "order") and augmentation draws (seed, "aug"),
+  * its own targets (the online teacher on ITS views under SL+KD),
+  * its own optimiser state: SGD/AdamW update every element independently, so one optimiser over the
+    stacked tensors is S optimisers; weight decay follows each tensor's per-student rank,
+  * the same schedule (every student of one evaluation shares the plan),
+so its numbers equal the one-at-a-time run's within float tolerance (grouped kernels round differently;
+tests/test_stacked.py checks it). Test accuracy is scored on each student copied back into an
+ordinary module, with the same scorer as `train_run`.
+
+Only nets without batch statistics or randomness inside the forward can be stacked (ConvNet with
+instance/no norm, MLP): BatchNorm's running stats and dropout are refused by `stackable` and those
+students train one at a time. Default off on CPU: bench/results/stacked_cpu.json measured S stacked
+students slower than S in a row there (oneDNN's grouped convolutions are slower than S plain ones at
+these batch sizes); the lever is meant for launch-bound GPUs, not measured yet.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from torch.func import functional_call, stack_module_state, vmap
+from tqdm.auto import tqdm
+
+from ddkit.evaluate.recipes import Recipe
+from ddkit.evaluate.train import BatchStream, Plan, RunResult, Targets, Views, lr_factor
+from ddkit.utils import DDKitError, autocast, make_generator, stage
+
+_STATELESS = (nn.Conv2d, nn.Linear, nn.GroupNorm, nn.LayerNorm, nn.ReLU, nn.GELU, nn.SiLU, nn.AvgPool2d,
+              nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity, nn.Sequential)
+
+
+def stackable(model: nn.Module) -> bool:
+    """True when the net has no buffers (no batch statistics), no BatchNorm/Dropout, and every leaf layer
+    is a plain stateless one (ConvNet-IN/-NN, MLP): then vmap over stacked weights is the S separate nets."""
+    if any(True for _ in model.buffers()):
+        return False
+    for m in model.modules():
+        if isinstance(m, (nn.modules.batchnorm._NormBase, nn.Dropout)):
+            return False
+        if not any(True for _ in m.children()) and not isinstance(m, _STATELESS):
+            return False  # an unknown leaf layer: train it one at a time to be safe
+    return True
+
+
+def run_stacked(build: Callable[[int], nn.Module], seeds: Sequence[int], stack: int, *, images: torch.Tensor,
+                labels: torch.Tensor, recipe: Recipe, plan: Plan, views: Views, targets: Targets, criterion,
+                device: torch.device, amp: bool, cpu_amp: bool, evaluate: Callable[[nn.Module], float],
+                validate: Optional[Callable[[nn.Module], float]], log_path: Callable[[int], Optional[Path]],
+                progress: bool, desc: str) -> List[RunResult]:
+    """Train `seeds` in groups of `stack` stacked students (`build(seed)` makes seed's fresh student,
+    as evaluate's loop does); [] when the net cannot be stacked, so the caller trains one at a time."""
+    out: List[RunResult] = []
+    for g0 in range(0, len(seeds), stack):
+        group = list(seeds[g0:g0 + stack])
+        models = [build(s) for s in group]
+        if not stackable(models[0]):
+            return []
+        tr = StackedTrainer(models, group, images, labels, recipe, plan, views, targets, criterion, device=device,
+                            amp=amp, cpu_amp=cpu_amp)
+        res = train_stacked(tr, evaluate=evaluate, validate=validate, log_paths=[log_path(s) for s in group],
+                            progress=progress, desc=f"{desc}/seeds{group[0]}-{group[-1]}")
+        out += res
+        if progress:
+            for r in res:
+                print(f"[evaluate] {desc} seed {r.seed}: test acc {r.final_acc:.4f} (loss {r.final_loss:.4f}, "
+                      f"{r.images_per_s:.0f} img/s per student, {len(group)} stacked)")
+    return out
+
+
+def _optimizer(params: Dict[str, torch.Tensor], ranks: Dict[str, int], recipe: Recipe) -> torch.optim.Optimizer:
+    """`build_optimizer` for stacked tensors: the decay split uses each tensor's per-student rank."""
+    ps = list(params.values())
+    if recipe.wd_norm_bias:
+        groups: List[Dict[str, Any]] = [{"params": ps, "weight_decay": recipe.weight_decay}]
+    else:
+        groups = [{"params": [params[k] for k in params if ranks[k] > 1], "weight_decay": recipe.weight_decay},
+                  {"params": [params[k] for k in params if ranks[k] <= 1], "weight_decay": 0.0}]
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=recipe.lr, betas=(0.9, 0.999))
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum)
+    raise DDKitError(f"unknown optimizer {recipe.optimizer!r}; use adamw or sgd")
+
+
+class StackedTrainer:
+    """S students of one architecture trained together; `step()` returns their S losses (detached)."""
+
+    def __init__(self, models: Sequence[nn.Module], seeds: Sequence[int], images: torch.Tensor, labels: torch.Tensor,
+                 recipe: Recipe, plan: Plan, views: Views, targets: Targets, criterion, *, device: torch.device,
+                 amp: bool = True, cpu_amp: bool = False) -> None:
+        if len(models) != len(seeds) or not models:
+            raise ValueError("one model per seed, at least one")
+        self.models, self.seeds = list(models), list(seeds)
+        self.images, self.labels = images, labels
+        self.recipe, self.plan, self.views, self.targets, self.crit = recipe, plan, views, targets, criterion
+        self.device, self.amp, self.cpu_amp = device, amp, cpu_amp
+        self.base = copy.deepcopy(self.models[0]).to("meta")  # structure only; weights come stacked
+        params, _ = stack_module_state(self.models)
+        self.params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+        ranks = {k: v.ndim - 1 for k, v in self.params.items()}
+        self.opt = _optimizer(self.params, ranks, recipe)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda it: lr_factor(recipe, plan.epoch_of(it), plan.epochs))
+        self.streams = [BatchStream(plan.n_images, plan.batch_size, make_generator(s, "order")) for s in seeds]
+        self.aug_gens = [make_generator(s, "aug") for s in seeds]
+        self.forward = vmap(lambda p, x: functional_call(self.base, p, (x,)))
+        self.it = 0
+        self.last_lr = recipe.lr
+
+    def step(self) -> torch.Tensor:
+        """One iteration of every student; returns the S losses."""
+        views, tgts = [], []
+        for stream, g in zip(self.streams, self.aug_gens):
+            with stage("eval.batch"):
+                idx = stream.next().to(self.device, non_blocking=True)
+                x = self.images[idx]
+                x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+                y = self.labels[idx]
+            with stage("eval.augment"):
+                view, cell, mp = self.views(x, g)
+            with stage("eval.targets"):
+                tgts.append(self.targets(view, idx, y, cell, self.views.mixer, mp))
+            views.append(view)
+        with stage("eval.student_forward"), autocast(self.device, self.amp, cpu=self.cpu_amp):
+            out = self.forward(self.params, torch.stack(views))
+        with stage("eval.loss"):
+            losses = torch.stack([self.crit(out[i], t, yp) for i, (t, yp) in enumerate(tgts)])
+        with stage("eval.backward"):
+            self.opt.zero_grad(set_to_none=True)
+            losses.sum().backward()  # disjoint parameters: each student gets its own loss's gradient
+        with stage("eval.optimizer"):
+            self.opt.step()
+        self.last_lr = float(self.opt.param_groups[0]["lr"])
+        self.sched.step()
+        self.it += 1
+        return losses.detach()
+
+    def student(self, i: int) -> nn.Module:
+        """Student i as an ordinary module (its current weights copied into its template)."""
+        m = self.models[i]
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                p.copy_(self.params[name][i])
+        return m
+
+
+def train_stacked(trainer: StackedTrainer, *, evaluate: Callable[[nn.Module], float],
+                  validate: Optional[Callable[[nn.Module], float]] = None,
+                  log_paths: Optional[Sequence[Optional[Path]]] = None, progress: bool = True,
+                  desc: str = "students") -> List[RunResult]:
+    """`train_run` for S stacked students: the same per-student metrics.jsonl lines (images/s counts
+    each student's own samples over the shared wall time) and one RunResult per seed."""
+    plan, S = trainer.plan, len(trainer.seeds)
+    evals = set(plan.eval_epochs)
+    res = [RunResult(seed=s, final_acc=float("nan"), final_loss=float("nan")) for s in trainer.seeds]
+    paths = list(log_paths) if log_paths is not None else [None] * S
+    fhs = [open(p, "w") if p is not None else None for p in paths]
+    bar = tqdm(total=plan.iterations, desc=desc, disable=not progress, dynamic_ncols=True, mininterval=0.5,
+               leave=False)
+    loss_sum = torch.zeros(S, device=trainer.device)
+    n_it, t_epoch, train_s = 0, time.perf_counter(), 0.0
+    try:
+        for it in range(plan.iterations):
+            loss_sum += trainer.step()
+            n_it += 1
+            bar.update(1)
+            done = ((it + 1) * plan.batch_size) // plan.n_images
+            last = it + 1 == plan.iterations
+            if done == (it * plan.batch_size) // plan.n_images and not last:
+                continue
+            epoch = plan.total_epochs if last else done
+            if not (last or epoch in evals or epoch % plan.log_every == 0):
+                continue
+            losses = (loss_sum / n_it).tolist()
+            secs = time.perf_counter() - t_epoch
+            train_s += secs
+            for i, loss in enumerate(losses):
+                if not math.isfinite(loss):
+                    raise DDKitError(f"{desc} seed {trainer.seeds[i]}: the loss became {loss} in epoch {epoch}; "
+                                     "lower --lr or check the set")
+                rec: Dict[str, Any] = {"epoch": epoch, "iteration": it + 1, "loss": loss, "lr": trainer.last_lr,
+                                       "seconds": secs, "images_per_s": n_it * plan.batch_size / max(secs, 1e-9),
+                                       "stacked_students": S}
+                if epoch in evals or last:
+                    model = trainer.student(i)
+                    rec["test_acc"] = evaluate(model)
+                    res[i].test_history.append((epoch, rec["test_acc"]))
+                    if validate is not None:
+                        rec["val_acc"] = validate(model)
+                        res[i].val_history.append((epoch, rec["val_acc"]))
+                if fhs[i] is not None:
+                    fhs[i].write(json.dumps(rec) + "\n")
+                res[i].final_loss = loss
+            bar.set_postfix(loss=f"{sum(losses) / S:.4f}", refresh=False)
+            loss_sum.zero_()
+            n_it, t_epoch = 0, time.perf_counter()
+    finally:
+        bar.close()
+        for fh in fhs:
+            if fh is not None:
+                fh.close()
+    for r in res:
+        r.final_acc = r.test_history[-1][1]
+        r.seconds = train_s
+        r.images_per_s = plan.samples / max(train_s, 1e-9)
+    return res
