@@ -98,7 +98,9 @@ class EvalConfig:
     test_batch_size: int = field(500, "batch size for test/validation inference")
     amp: bool = field(True, "bf16 autocast on CUDA (no effect on CPU)")
     channels_last: bool = field(True, "channels_last memory format on CUDA")
-    compile: bool = field(False, "torch.compile the student (CUDA only)")
+    compile: bool = field(False, "torch.compile the student (on CPU also the online teacher; both then run "
+                                 "channels_last). Off: on CPU it pays only after its compile time, "
+                                 "bench/results/student_speed_*_cpu.json")
     cpu_amp: bool = field(False, "bf16 autocast on CPU for the student and the online teacher, where the CPU "
                                  "computes bf16 natively (AVX512-BF16/AMX, checked at run time; else fp32). Off "
                                  "until equal accuracy is shown (bench/results/bf16_accuracy_cpu.json)")

@@ -266,9 +266,10 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
     if regime == "slkd" and spec.needs_logits and stored is None:
         if teacher.device != dev:
             teacher.to(dev)
-        if dev.type == "cuda" and cfg.channels_last:
+        if cfg.channels_last and (dev.type == "cuda" or cfg.compile):
             teacher.model.to(memory_format=torch.channels_last)
-        teacher_fn = teacher_forward(teacher, distilled.mean, distilled.std, size, dev, cfg.amp, cfg.cpu_amp)
+        teacher_fn = teacher_forward(teacher, distilled.mean, distilled.std, size, dev, cfg.amp, cfg.cpu_amp,
+                                     compile=cfg.compile and dev.type == "cpu")
         source = "online teacher"
     targets = Targets(regime, k, spec, recipe.temperature, soft=soft, region=region, teacher_fn=teacher_fn)
     crit = make_criterion(spec.name, temperature=recipe.temperature, t2_scale=recipe.t2_scale,
@@ -330,12 +331,15 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
             model = create_model(student, num_classes=k, image_size=size, channels=distilled.images.shape[1], **kw)
             model = ctx.prepare(model)
             model.to(dev)
-            if dev.type == "cuda" and cfg.channels_last:
+            # One layout per network: channels_last on CUDA, and on CPU for a compiled student (its fused
+            # kernels are fastest there); eager CPU students stay NCHW (GroupNorm is slow channels_last).
+            if cfg.channels_last and (dev.type == "cuda" or cfg.compile):
                 model.to(memory_format=torch.channels_last)
-            net = torch.compile(model) if (cfg.compile and dev.type == "cuda") else model
+            net = torch.compile(model) if cfg.compile else model
             make = ctx.make_trainer if stored is None else stored.make_trainer
             trainer = make(seed, ctx.wrap(net), images, labels, recipe, plan, views, targets, crit,
-                           amp=cfg.amp, channels_last=cfg.channels_last, cpu_amp=cfg.cpu_amp)
+                           amp=cfg.amp, channels_last=cfg.channels_last, cpu_amp=cfg.cpu_amp,
+                           cpu_channels_last=cfg.compile)
             log = None
             if output is not None:
                 log = edist.run_log_path(Path(output), seed)

@@ -168,11 +168,13 @@ def mix_soft_targets(t: torch.Tensor, mixer, params, prob_space: bool, temperatu
 
 
 def teacher_forward(teacher, set_mean, set_std, image_size: int, device: torch.device, amp: bool,
-                    cpu_amp: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+                    cpu_amp: bool = False, compile: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """Teacher logits of student views (normalised with the SET's stats), with no grad, eval mode and the
     same autocast. Views are mapped back to pixels and renormalised with the teacher's own stats when
     they differ (e.g. RDED's ImageNet stats on CIFAR), and resized when the teacher expects another size."""
     model = teacher.model.eval()
+    if compile:  # the compiled student's layout (channels_last) then costs the teacher nothing
+        model = torch.compile(model)
     same = (tuple(map(float, teacher.mean)) == tuple(map(float, set_mean))
             and tuple(map(float, teacher.std)) == tuple(map(float, set_std)))
     m = torch.tensor(set_mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
