@@ -127,6 +127,15 @@ def main(argv=None) -> int:
             trainers[v].step()
         setup_s[v], setup_cpu_s[v] = time.perf_counter() - t0, time.process_time() - c0
     batch = trainers[names[0]].plan.batch_size
+    # FLOPs of one step (student forward + backward, and the teacher's forward under SL+KD), counted by
+    # torch's FlopCounterMode on an eager fp32 trainer: the same work for every variant.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = build("fp32", args, images, labels)
+    counter.step()
+    with FlopCounterMode(display=False) as fc:
+        counter.step()
+    flop_per_image = fc.get_total_flops() / batch
     rates: Dict[str, List[float]] = {v: [] for v in names}
     cpu_rates: Dict[str, List[float]] = {v: [] for v in names}  # per CPU second: robust to other processes
     for _ in range(args.rounds):
@@ -140,7 +149,8 @@ def main(argv=None) -> int:
     res = {"command": " ".join(["python", "bench/student_speed.py"] + list(argv if argv is not None else sys.argv[1:])),
            "git_revision": git_revision(), "machine": machine_info(), "data": "synthetic random pixels (speed only)",
            "recipe": args.recipe, "regime": args.regime, "ipc": args.ipc, "batch": batch, "threads": args.threads,
-           "steps_per_round": args.steps, "rounds": args.rounds, "setup_and_warmup_seconds": setup_s,
+           "steps_per_round": args.steps, "rounds": args.rounds, "gflop_per_image_step": flop_per_image / 1e9,
+           "gflops_note": "achieved GFLOP/s = FlopCounterMode FLOPs per image x images per CPU second (one thread)", "setup_and_warmup_seconds": setup_s,
            "setup_and_warmup_cpu_seconds": setup_cpu_s,
            "variants": {}}
     for v in names:
@@ -150,11 +160,14 @@ def main(argv=None) -> int:
                               f"ratio_to_{base}_median": statistics.median(ratio),
                               f"ratio_to_{base}_range": [min(ratio), max(ratio)],
                               "images_per_cpu_s_median": statistics.median(cpu_rates[v]),
+                              "achieved_gflops_per_cpu_s": statistics.median(cpu_rates[v]) * flop_per_image / 1e9,
                               f"cpu_time_ratio_to_{base}_median": statistics.median(cratio),
                               f"cpu_time_ratio_to_{base}_range": [min(cratio), max(cratio)]}
         print(f"{v:16s} {statistics.median(rates[v]):8.1f} img/s   x{statistics.median(ratio):.2f} "
               f"({min(ratio):.2f}-{max(ratio):.2f}) wall, x{statistics.median(cratio):.2f} "
-              f"({min(cratio):.2f}-{max(cratio):.2f}) CPU time vs {base}   setup {setup_s[v]:.1f}s", flush=True)
+              f"({min(cratio):.2f}-{max(cratio):.2f}) CPU time vs {base}   "
+              f"{statistics.median(cpu_rates[v]) * flop_per_image / 1e9:.0f} GFLOP/CPU-s   setup {setup_s[v]:.1f}s "
+              f"({setup_cpu_s[v]:.1f} CPU s)", flush=True)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(res, indent=2, default=str))
