@@ -101,6 +101,7 @@ def test_evaluate_stacked_equals_sequential(data, tmp_path, regime):
         assert abs(a.final_acc - b.final_acc) <= 1.0 / len(test) + 1e-9  # one image may flip on a tie
         assert a.final_loss == pytest.approx(b.final_loss, rel=1e-4, abs=1e-6)
         assert [e for e, _ in a.test_history] == [e for e, _ in b.test_history]
+        assert b.class_accs is not None and len(b.class_accs) == K
     lines = [json.loads(x) for x in (out / "seed2" / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["epoch"] == one.plan.total_epochs and "test_acc" in lines[-1]
 

@@ -320,7 +320,7 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
         done = run_stacked(build, [cfg.seed + r for r in todo], cfg.stack, images=images, labels=labels,
                            recipe=recipe, plan=plan, views=views, targets=targets, criterion=crit, device=dev,
                            amp=cfg.amp, cpu_amp=cfg.cpu_amp, evaluate=test_acc, validate=val_acc, log_path=log_path,
-                           progress=progress, desc=f"{set_name}/{student}")
+                           progress=progress, desc=f"{set_name}/{student}", class_accs=lambda: per_class[0])
         runs += list(zip(todo, done))
         todo = todo[len(done):]
     for r in todo:

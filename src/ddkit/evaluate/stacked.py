@@ -58,7 +58,7 @@ def run_stacked(build: Callable[[int], nn.Module], seeds: Sequence[int], stack: 
                 labels: torch.Tensor, recipe: Recipe, plan: Plan, views: Views, targets: Targets, criterion,
                 device: torch.device, amp: bool, cpu_amp: bool, evaluate: Callable[[nn.Module], float],
                 validate: Optional[Callable[[nn.Module], float]], log_path: Callable[[int], Optional[Path]],
-                progress: bool, desc: str) -> List[RunResult]:
+                progress: bool, desc: str, class_accs: Optional[Callable[[], Any]] = None) -> List[RunResult]:
     """Train `seeds` in groups of `stack` stacked students (`build(seed)` makes seed's fresh student,
     as evaluate's loop does); [] when the net cannot be stacked, so the caller trains one at a time."""
     out: List[RunResult] = []
@@ -70,7 +70,7 @@ def run_stacked(build: Callable[[int], nn.Module], seeds: Sequence[int], stack: 
         tr = StackedTrainer(models, group, images, labels, recipe, plan, views, targets, criterion, device=device,
                             amp=amp, cpu_amp=cpu_amp)
         res = train_stacked(tr, evaluate=evaluate, validate=validate, log_paths=[log_path(s) for s in group],
-                            progress=progress, desc=f"{desc}/seeds{group[0]}-{group[-1]}")
+                            progress=progress, desc=f"{desc}/seeds{group[0]}-{group[-1]}", class_accs=class_accs)
         out += res
         if progress:
             for r in res:
@@ -159,9 +159,10 @@ class StackedTrainer:
 def train_stacked(trainer: StackedTrainer, *, evaluate: Callable[[nn.Module], float],
                   validate: Optional[Callable[[nn.Module], float]] = None,
                   log_paths: Optional[Sequence[Optional[Path]]] = None, progress: bool = True,
-                  desc: str = "students") -> List[RunResult]:
+                  desc: str = "students", class_accs: Optional[Callable[[], Any]] = None) -> List[RunResult]:
     """`train_run` for S stacked students: the same per-student metrics.jsonl lines (images/s counts
-    each student's own samples over the shared wall time) and one RunResult per seed."""
+    each student's own samples over the shared wall time) and one RunResult per seed. `class_accs`
+    reads the per-class accuracies the scorer left behind, taken after each student's last evaluation."""
     plan, S = trainer.plan, len(trainer.seeds)
     evals = set(plan.eval_epochs)
     res = [RunResult(seed=s, final_acc=float("nan"), final_loss=float("nan")) for s in trainer.seeds]
@@ -197,6 +198,8 @@ def train_stacked(trainer: StackedTrainer, *, evaluate: Callable[[nn.Module], fl
                     model = trainer.student(i)
                     rec["test_acc"] = evaluate(model)
                     res[i].test_history.append((epoch, rec["test_acc"]))
+                    if class_accs is not None:
+                        res[i].class_accs = class_accs()
                     if validate is not None:
                         rec["val_acc"] = validate(model)
                         res[i].val_history.append((epoch, rec["val_acc"]))
