@@ -6,6 +6,7 @@ synthetic CIFAR-shape set (random pixels, random weights: only speed is measured
   * `translate_view`: the DSA translate as it was before the layout fix (it returned the permuted,
     channels_last gather, so steps that draw a translate ran the whole network channels_last);
   * `fp32`: the library's CPU default; `bf16`: bf16 autocast on CPU (student and online teacher);
+    `bf16_translate_view`: bf16 with the old translate;
   * `cl`, `bf16_cl`: channels_last student, teacher and views (the CUDA layout, forced on the CPU);
   * `compile`, `bf16_compile`: torch.compile of the student (and teacher) forward, channels_last.
 Variants run the same draws (same seeds), so each sees the same sequence of DSA ops. The report
@@ -61,7 +62,7 @@ def swap_translate(aug) -> None:
             swap_translate(op)
 
 
-VARIANTS = ("translate_view", "fp32", "bf16", "cl", "bf16_cl", "compile", "bf16_compile")
+VARIANTS = ("translate_view", "fp32", "bf16", "bf16_translate_view", "cl", "bf16_cl", "compile", "bf16_compile")
 
 
 def build(variant: str, args, images, labels) -> Callable[[], torch.Tensor]:
@@ -88,7 +89,7 @@ def build(variant: str, args, images, labels) -> Callable[[], torch.Tensor]:
     torch.manual_seed(1)
     model = create_model("convnet-d3", num_classes=k).to(memory_format=fmt)
     views = Views(recipe, size, MEAN, STD)
-    if variant == "translate_view":
+    if variant.endswith("translate_view"):
         swap_translate(views.post)
     net = torch.compile(model) if compiled else model
     tr = StudentTrainer(net, images, labels, recipe, plan, views, targets, crit, device=dev,

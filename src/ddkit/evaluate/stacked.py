@@ -80,7 +80,8 @@ def run_stacked(build: Callable[[int], nn.Module], seeds: Sequence[int], stack: 
 
 
 def _optimizer(params: Dict[str, torch.Tensor], ranks: Dict[str, int], recipe: Recipe) -> torch.optim.Optimizer:
-    """`build_optimizer` for stacked tensors: the decay split uses each tensor's per-student rank."""
+    """`build_optimizer` (ddkit.optim's rules) for stacked tensors: ddkit.optim splits the decay on
+    p.ndim, which counts the stacking dim here, so the split uses each tensor's per-student rank."""
     ps = list(params.values())
     if recipe.wd_norm_bias:
         groups: List[Dict[str, Any]] = [{"params": ps, "weight_decay": recipe.weight_decay}]
