@@ -9,14 +9,17 @@ import shutil
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from ddkit.cli import main
 from ddkit.distilled import DistilledSet
 from ddkit.models import create_model
-from ddkit.teachers import Teacher, save_teacher
+from ddkit.data import create_dataset
+from ddkit.teachers import Teacher, TeacherConfig, save_teacher, train_teacher
 
 CPU = ["--device", "cpu", "--no-progress"]
 DIGITS = ["--dataset", "digits", *CPU]
@@ -42,6 +45,16 @@ def base(tmp_path_factory) -> Path:
     net = create_model("convnet-d1", 10, 8, 1, width=8)
     save_teacher(Teacher(net, "convnet-d1", [str(i) for i in range(10)], [0.5], [0.25], 8, 1,
                          meta={"dataset": "digits"}, arch_kw={"width": 8}), root / "teacher")
+    train, test = (create_dataset("digits", split=s, progress=False) for s in ("train", "test"))
+    good, m = train_teacher(train, test, TeacherConfig(arch="convnet-d1-bn", arch_kw={"width": 16}, epochs=8,
+                                                      batch_size=64), device="cpu", progress=False)
+    assert m["test_acc"] > 0.9
+    save_teacher(good, root / "good")
+    for split, classes in (("train", "ab"), ("val", "a")):  # an image folder whose val/ lacks class b
+        for c in classes:
+            (root / "folder" / split / c).mkdir(parents=True)
+            for k in range(2):
+                Image.fromarray(np.full((8, 8, 3), 40 * k, dtype=np.uint8)).save(root / "folder" / split / c / f"{k}.png")
     return root
 
 
@@ -151,10 +164,10 @@ def _eval_set(base: Path, tmp: Path) -> List[str]:
     return ["evaluate", str(base / "set"), *DIGITS, "--regime", "hl", "--output", str(tmp / "ev")]
 
 
-def _teacher_case(edit: Callable[[Path], None], command: str = "distill"):
+def _teacher_case(edit: Callable[[Path], None], source: str = "teacher"):
     def make(base: Path, tmp: Path):
         for suf in (".safetensors", ".json"):
-            shutil.copy(base / f"teacher{suf}", tmp / f"teacher{suf}")
+            shutil.copy(base / f"{source}{suf}", tmp / f"teacher{suf}")
         edit(tmp)
         argv = ["distill", *DIGITS, "--method", "herding", "--ipc", "1", "--teacher", str(tmp / "teacher"),
                 "--output", str(tmp / "out")]
@@ -168,6 +181,13 @@ def _teacher_json(**kw):
         m.update(kw)
         (t / "teacher.json").write_text(json.dumps(m))
     return edit
+
+
+def _swap_classes(t: Path) -> None:
+    w = load_file(str(t / "teacher.safetensors"))
+    for k in ("classifier.weight", "classifier.bias"):
+        w[k][[3, 5]] = w[k][[5, 3]].clone()
+    save_file(w, str(t / "teacher.safetensors"))
 
 
 def _pth(content: Callable[[Path], None]):
@@ -254,6 +274,11 @@ CASES = {
     "teacher-pth-evil-pickle": (_pth(lambda p: p.write_bytes(pickle.dumps(_Evil(), protocol=2))), "refuses to unpickle"),
     "teacher-pth-truncated": (_pth(lambda p: (torch.save({"a": torch.zeros(3)}, p),
                                               p.write_bytes(p.read_bytes()[:50]))), "not a readable torch checkpoint"),
+    "teacher-wrong-mean-std": (_teacher_case(_teacher_json(mean=[0.6], std=[0.1]), "good"), "its json records"),
+    "teacher-classes-3-5-swapped": (_teacher_case(_swap_classes, "good"), "json records"),
+    "teacher-at-chance": (_teacher_case(lambda t: None), "class-order mismatch"),
+    "teacher-train-diverges": (_cli(lambda b, t: ["teacher", "train", *DIGITS, "--model", "convnet-d1", "--epochs", "2",
+                                                  "--lr", "1000", "--output", str(t / "t")]), "diverged at lr 1000"),
     "teacher-not-found": (_cli(lambda b, t: [*_distill_out(b, t), "--method", "herding", "--teacher",
                                              str(t / "nope")]), "not found"),
     # -- datasets ------------------------------------------------------------------------------------
@@ -261,6 +286,9 @@ CASES = {
                                               ["distill", "--dataset", f"tar:{t / 'x.tar'}", *CPU,
                                                "--cache-dir", str(t / "cache"), "--output", str(t / "o")])[1],
                                 lambda b, t: [t / "x.tar"]), "cannot read archive"),
+    "test-split-missing-class": (_cli(lambda b, t: ["evaluate", str(b / "set"), "--dataset", f"folder:{b / 'folder'}",
+                                                    *CPU, "--cache-dir", str(t / "cache"), "--output", str(t / "ev")]),
+                                 "lacks class folder(s) b"),
     "folder-missing": (_cli(lambda b, t: ["distill", "--dataset", f"folder:{t / 'nope'}", *CPU,
                                           "--output", str(t / "o")]), "not found"),
     "dataset-unknown": (_cli(lambda b, t: ["distill", "--dataset", "cifar11", *CPU, "--output", str(t / "o")]),
@@ -301,3 +329,5 @@ def test_bad_input_is_refused_with_one_line(case, base, tmp_path, capsys, monkey
     assert needle in lines[0], (case, lines[0])
     assert {str(p): _snapshot(p) for p in protect} == before, f"{case} changed a file it was given"
     assert not (tmp_path / "MARKER-never-created").exists()
+    for name in ("out", "ev", "o", "t.safetensors", "t.json"):  # nothing half-made is left behind
+        assert not (tmp_path / name).exists(), (case, name)

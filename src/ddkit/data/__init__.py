@@ -78,7 +78,7 @@ def create_dataset(name: str, root: str | Path | None = None, split: str = "trai
     if spec is not None:
         kind, path = spec
         return load_image_files(kind, path, split, name=f"{kind}:{path}", classes=cls, image_size=image_size,
-                                channels=3, cache_dir=cache, progress=progress)
+                                channels=None, cache_dir=cache, progress=progress)
     canonical = _resolve(name)
     req = Request(canonical, Path(root).expanduser() if root is not None else None, split, cls, image_size, cache,
                   bool(download), bool(progress))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
 from ..utils import DDKitError
 from .base import ImageDataset
@@ -60,6 +61,10 @@ def resolve_classes(train_classes: Sequence[str], split_classes: Sequence[str],
     extra = sorted(present - set(names))
     if extra:
         raise DDKitError(f"{where} has class folder {extra[0]!r} that the train split lacks; pass an explicit class list")
+    missing = sorted(set(names) - present)
+    if missing:
+        raise DDKitError(f"{where} lacks class folder(s) {', '.join(missing[:5])} that the train split has: accuracy "
+                         f"over the other classes would not be comparable; add them or pass an explicit class list")
     return names
 
 
@@ -258,14 +263,17 @@ def _build_tar(tar_path: Path, split: str, classes: Optional[Sequence[str]], ima
 
 
 def load_image_files(kind: str, path: Path, split: str, *, name: str, classes: Optional[Sequence[str]] = None,
-                     image_size: Optional[int] = None, channels: int = 3, cache_dir: Optional[Path] = None,
+                     image_size: Optional[int] = None, channels: Optional[int] = None,
+                     cache_dir: Optional[Path] = None,
                      progress: bool = True, stats: Optional[Stats] = None) -> ImageDataset:
     """Load split `split` of an ImageFolder tree (kind 'folder') or a tar of one (kind 'tar'), cached.
 
     `stats` gives known mean/std (named sets); without it they come from the decoded train split.
+    `channels` None keeps the files' channel count: grey images stay 1 channel (see keep_grey), so
+    flip/normalisation defaults that depend on it see the truth; 1 or 3 forces L or RGB.
     """
     path = Path(path).expanduser().resolve()
-    mode = "L" if channels == 1 else "RGB"
+    mode = "L" if channels == 1 else "RGB"  # grey files are found after decoding (keep_grey)
     if kind == "tar":
         if not path.is_file():
             raise DDKitError(f"tar archive {path} not found; give the path to a .tar or .tar.gz of <split>/<class>/ folders")
@@ -282,6 +290,13 @@ def load_image_files(kind: str, path: Path, split: str, *, name: str, classes: O
     key_parts = {"kind": kind, "source": fingerprint, "classes": list(classes) if classes is not None else None,
                  "image_size": image_size, "mode": mode}
     images, labels, meta = cached_arrays(cache_dir, name, split, key_parts, build)
+    counts = torch.bincount(labels, minlength=len(meta["classes"]))
+    if bool((counts == 0).any()):
+        empty = [meta["classes"][c] for c in torch.nonzero(counts == 0).flatten().tolist()]
+        raise DDKitError(f"{path} split {split!r} has no images of class(es) {', '.join(empty[:5])}: accuracy over "
+                         f"the other classes would not be comparable; add the images or pass an explicit class list")
+    if channels is None:
+        images = keep_grey(images)
     if stats is None:
         if split == "train":
             stats = (tuple(meta["mean"]), tuple(meta["std"]))
@@ -289,7 +304,25 @@ def load_image_files(kind: str, path: Path, split: str, *, name: str, classes: O
             train = load_image_files(kind, path, "train", name=name, classes=classes, image_size=image_size,
                                      channels=channels, cache_dir=cache_dir, progress=progress)
             stats = (train.mean, train.std)
+    if len(stats[0]) != images.shape[1]:  # statistics of the 3 decoded (equal) channels of a grey set
+        stats = (tuple(stats[0][:images.shape[1]]), tuple(stats[1][:images.shape[1]]))
     return ImageDataset(images, labels, meta["classes"], stats[0], stats[1], name, split)
+
+
+def keep_grey(images: torch.Tensor) -> torch.Tensor:
+    """1 channel when every image's R, G and B are equal (grey files decoded as RGB), else `images` as is.
+
+    Checked on the decoded pixels, not on the first file's mode, so a colour set holding a few grey
+    JPEGs (ImageNet has some) stays RGB; a colour first image settles it at once.
+    """
+    if images.ndim != 4 or images.shape[1] != 3 or len(images) == 0:
+        return images
+    first = images[0]
+    if not (torch.equal(first[0], first[1]) and torch.equal(first[0], first[2])):
+        return images
+    if bool((images[:, 0] == images[:, 1]).all()) and bool((images[:, 0] == images[:, 2]).all()):
+        return images[:, :1].contiguous()
+    return images
 
 
 # -- Tiny-ImageNet -------------------------------------------------------------------------------

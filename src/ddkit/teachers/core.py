@@ -1,6 +1,7 @@
 """The Teacher object and batched inference helpers shared with the evaluator."""
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
@@ -138,24 +139,59 @@ def accuracy(model: Union[nn.Module, Teacher], ds: ImageDataset, mean: Optional[
     return correct / max(1, len(ds))
 
 
+def _recorded_accuracy(teacher: Teacher, test: ImageDataset) -> Optional[float]:
+    """The test accuracy the teacher's json records for this very dataset (a fraction), else None."""
+    acc = teacher.meta.get("accuracy")
+    same = bool(test.name) and teacher.meta.get("dataset") == test.name
+    if not same or isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0.0 < acc <= 1.0:
+        return None
+    return float(acc)
+
+
 def check_teacher(teacher: Teacher, test: ImageDataset, n: int = 512, min_ratio: float = 2.0,
                   device: Optional[Union[str, torch.device]] = None, seed: int = 0) -> float:
-    """Accuracy on a seeded sample of `n` real test images; raise DDKitError when near chance.
+    """Accuracy on a seeded sample of `n` real test images; raise DDKitError when the teacher is not what it claims.
 
-    The bar is min_ratio × chance, capped at halfway between chance and 100 % so that 2-class sets
-    stay passable. A teacher that fails it almost always sees classes in another order than the
-    dataset (RDED issues #3/#4/#6) or the wrong normalisation. Returns the accuracy.
+    Three checks, each refused with one line: (1) near chance: below min_ratio × chance, capped at halfway
+    between chance and 100 % so 2-class sets stay passable (almost always a class-order mismatch between
+    checkpoint and dataset, RDED issues #3/#4/#6); (2) far below the accuracy its own json records for
+    this dataset (wrong mean/std, a damaged or swapped checkpoint): more than max(5 points, 4 binomial
+    standard errors of the sample); (3) one class far below the rest: a class with ≥ 20 sampled images
+    under a third of the median class accuracy, when that median is ≥ 2× chance (two classes swapped
+    in the classifier). Returns the accuracy.
     """
     if teacher.num_classes != test.num_classes:
         raise DDKitError(f"teacher has {teacher.num_classes} classes but {test.name or 'the test set'} has "
                          f"{test.num_classes}; use a teacher trained on this dataset")
     k = min(n, len(test))
     idx = torch.randperm(len(test), generator=make_generator(seed, "check_teacher"))[:k]
-    acc = accuracy(teacher, test.subset(idx), device=device)
+    sample = test.subset(idx)
+    logits = predict_logits(teacher, sample.images, device=device)
+    hit = (logits.argmax(1) == sample.labels).float()
+    acc = float(hit.mean()) if k else 0.0
     chance = 1.0 / test.num_classes
     bar = min(min_ratio * chance, (1.0 + chance) / 2)
+    skip = "; pass --skip-teacher-check to use it anyway"
     if acc < bar:
         raise DDKitError(f"teacher {teacher.arch} gets {acc:.1%} on {k} {test.name or 'test'} images, below "
                          f"{bar:.1%} ({min_ratio:g}× chance): the usual cause is a class-order mismatch between "
                          f"checkpoint and dataset (else wrong normalisation or arch)")
+    recorded = _recorded_accuracy(teacher, test)
+    if recorded is not None:
+        tol = max(0.05, 4 * math.sqrt(max(recorded * (1 - recorded), 1e-4) / max(k, 1)))
+        if acc < recorded - tol:
+            raise DDKitError(f"teacher {teacher.arch} gets {acc:.1%} on {k} {test.name} test images but its json "
+                             f"records {recorded:.1%}: wrong mean/std in the json, or a damaged or altered "
+                             f"checkpoint{skip}")
+    per_class = [(c, float(hit[sample.labels == c].mean())) for c in range(test.num_classes)
+                 if int((sample.labels == c).sum()) >= 20]
+    if len(per_class) >= 3:
+        median = sorted(a for _, a in per_class)[len(per_class) // 2]
+        # Only a teacher that is clearly better than chance per class can show one class "far below".
+        low = [(c, a) for c, a in per_class if a < median / 3] if median >= 2 * chance else []
+        if low:
+            names = ", ".join(f"{teacher.classes[c]!r} {a:.0%}" for c, a in low[:5])
+            raise DDKitError(f"teacher {teacher.arch}: class(es) {names} far below the median class accuracy "
+                             f"{median:.0%} on {k} test images: classes swapped or mislabelled in the "
+                             f"checkpoint{skip}")
     return acc
