@@ -124,7 +124,7 @@ def load_yaml(path: str | Path | None) -> Dict[str, Any]:
 
 
 # -- `-c FILE` for every subcommand ---------------------------------------------------------------
-#: flags that say how to run, not what to compute: never recorded, so a saved file cannot delete anything
+#: never recorded: the file itself, and --overwrite (so a saved file can never delete anything)
 _NOT_RECORDED = ("config", "overwrite")
 
 
