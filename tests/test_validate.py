@@ -73,7 +73,11 @@ def test_check_teacher_flags_swapped_classes(good_teacher, digits):
     t.meta["accuracy"] = None  # only the per-class rule can see it
     w, b = t.model.classifier.weight.data, t.model.classifier.bias.data
     w[[3, 5]], b[[3, 5]] = w[[5, 3]].clone(), b[[5, 3]].clone()
-    with pytest.raises(DDKitError, match=r"class\(es\) '3' .*'5' .*far below"):
+    with pytest.raises(DDKitError, match=r"predicted as each other \('3'→'5' .*'5'→'3' .*swapped"):
+        check_teacher(t, test)
+    w[[3, 5]], b[[3, 5]] = w[[5, 3]].clone(), b[[5, 3]].clone()
+    w[4], b[4] = -10.0, -10.0  # class 4 never predicted: weak, not swapped -> a warning only
+    with pytest.warns(UserWarning, match=r"class\(es\) '4' 0% far below"):
         check_teacher(t, test)
 
 
