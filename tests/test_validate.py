@@ -86,7 +86,8 @@ def test_divergence_rule():
     assert _divergence(9.0, 0, 10, 0.2) is None  # the first epoch may still be settling
     assert "diverged at lr 0.2" in _divergence(5.8, 3, 10, 0.2)  # issue 14: digits at 0.2 reached loss 5.8
     assert "--lr 0.05" in _divergence(float("nan"), 0, 10, 0.2)
-    assert default_lr("resnet18_modified") == 0.2 and default_lr("some-timm-net") > 0
+    assert default_lr("resnet18_modified") == 0.2 and default_lr("convnet-d3-bn") == 0.05
+    assert default_lr("vgg11") == 0.1
 
 
 def test_teacher_training_that_diverges_says_so_with_its_lr(digits):
