@@ -49,7 +49,13 @@ def test_evaluate_config_round_trips(tmp_path):
     s, e1, e2 = tmp_path / "s", tmp_path / "e1", tmp_path / "e2"
     assert main(["distill", *DIGITS, "--ipc", "2", "--output", str(s)]) == 0
     assert main(["evaluate", str(s), *DIGITS, "--regime", "hl", "--epochs", "2", "--seeds", "1",
-                 "--student", "convnet-d1", "--student-width", "8", "--output", str(e1)]) == 0
+                 "--output", str(e1)]) == 0
+    assert (e1 / "runs" / "distilled" / "convnet-d3").is_dir()  # the resolved student, not "None"
+
+    def no_nan(c):
+        raise AssertionError(f"bare {c} in summary.json")
+    summary = json.loads((e1 / "summary.json").read_text(), parse_constant=no_nan)
+    assert summary["results"][0]["std_ddof1"] is None and "ddof-1 std" in summary["nulls"]
     saved = yaml.safe_load((e1 / "config.yaml").read_text())
     assert saved["command"] == "evaluate" and saved["args"]["distilled"] == str(s)
     assert "recipe" in saved and "plan" in saved  # the evaluator's resolved facts stay in the file
