@@ -7,7 +7,8 @@ Each repeat runs every (tree, command) pair once in a fresh interpreter, in the 
 background job slowing the shared machine hits both trees alike (interleaved, not back-to-back
 blocks). CPU seconds are the child's user+sys from resource.getrusage (what the command costs
 on an idle box); wall seconds include waiting for the shared CPUs. Reports median and min.
-`--baseline-src` is a `src/` folder of an earlier revision (e.g. `git archive REV src | tar -x`).
+`--src` / `--baseline-src` are `src/` folders of two revisions (e.g. `git archive REV src | tar -x`),
+so the measured code cannot change while the bench runs.
 """
 from __future__ import annotations
 
@@ -41,11 +42,12 @@ def run_once(src: Path, argv: list) -> tuple:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--src", default=str(ROOT / "src"), help="src/ folder measured as 'this' (default: this checkout's)")
     p.add_argument("--baseline-src", default=None, help="src/ folder of the revision to compare against")
     p.add_argument("--repeats", type=int, default=7, help="interleaved repeats per (tree, command)")
     p.add_argument("--output", default="bench/results/cli_startup.json", help="JSON result path")
     args = p.parse_args(argv)
-    trees = {"this": ROOT / "src"}
+    trees = {"this": Path(args.src).resolve()}
     if args.baseline_src:
         trees["baseline"] = Path(args.baseline_src).resolve()
     samples = {(t, " ".join(c)): [] for t in trees for c in COMMANDS}
@@ -67,7 +69,7 @@ def main(argv=None) -> int:
 
     rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     out = {"command": " ".join([sys.executable, *sys.argv]), "git_revision": rev, "machine": machine_info(),
-           "baseline_src": args.baseline_src, "repeats": args.repeats, "interleaved": True,
+           "src": args.src, "baseline_src": args.baseline_src, "repeats": args.repeats, "interleaved": True,
            "load_average_1_5_15min_before": loads, "load_average_1_5_15min_after": [round(x, 2) for x in os.getloadavg()],
            "results": rows}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

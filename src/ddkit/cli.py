@@ -1,5 +1,9 @@
 """`ddkit` command line: parse, then call library functions — no logic lives here.
 
+This file is the parser and entry point; what each command does is in cli_commands.py. Only the
+chosen command's flags are built (SUBCOMMANDS), so `--help`, `--version` and the list commands
+never import torch (they read the static name index, ddkit/names.py).
+
 Stage flags are generated from the stage's frozen dataclass (`ddkit.config.add_dataclass_args`);
 `-c config.yaml` only sets defaults; the resolved config is printed and saved next to the outputs.
 User errors (DDKitError, unknown names, missing files, existing outputs) print one line and exit 2.
@@ -14,19 +18,25 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ddkit import __version__
+from ddkit.cli_commands import (EXIT_USAGE, cmd_dcs, cmd_demo, cmd_distill, cmd_evaluate, cmd_experts, cmd_export,
+                                cmd_import, cmd_inspect, cmd_list, cmd_merge, cmd_relabel, cmd_study, cmd_teacher)
 
-EXIT_USAGE = 2
 
-
-def _common(p: argparse.ArgumentParser, dataset: bool = True) -> None:
+def _common(p: argparse.ArgumentParser, dataset: bool = True, dataset_default: Optional[str] = "digits") -> None:
     p.add_argument("-c", "--config", default=None, help="YAML file whose keys set flag defaults")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: auto)")
     if dataset:
-        p.add_argument("--dataset", default="digits",
-                       help="dataset name (see `ddkit datasets`), folder:<path> or tar:<path> (default: digits)")
+        p.add_argument("--dataset", default=dataset_default,
+                       help="dataset name (see `ddkit datasets`), folder:<path> or tar:<path> "
+                            f"(default: {dataset_default or 'none'})")
         p.add_argument("--data-root", default=None, help="where the dataset files are (default: per dataset)")
         p.add_argument("--download", action="store_true", help="download torchvision datasets when missing (needs internet)")
         p.add_argument("--cache-dir", default=None, help="decoded-image cache (default: $DDKIT_CACHE or ~/.cache/ddkit)")
+        p.add_argument("--classes", default=None, metavar="A,B,..",
+                       help="keep only these classes, labelled in this order (default: all)")
+        p.add_argument("--max-per-class", type=int, default=None, metavar="N",
+                       help="quick trials: at most N train images per class, a class-balanced subset drawn with "
+                            "seed 0 and recorded in the outputs; the test split stays whole (default: all)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _log_flags(p)
 
@@ -174,6 +184,33 @@ def _build_dcs(dc: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     dc.add_argument("--output", default=None, help="write the markdown result here")
 
 
+def _build_import(im: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    im.add_argument("source", help="an ImageFolder of PNG/JPEG (RDED 00000/, SRe2L new000/, …), a folder with "
+                                   "images.pt + labels.pt (DD-Ranking/MTT/DC-Bench) or a .safetensors file")
+    _common(im, dataset_default=None)
+    im.add_argument("--format", default="auto", choices=("auto", "imagefolder", "ddranking", "safetensors"),
+                    help="source format (default: auto, from the files present)")
+    im.add_argument("--pixel-space", default=None, choices=("unit", "normalized"),
+                    help="how the source's tensors are stored: [0,1] pixels or (x-mean)/std (default: normalized "
+                         "for ddranking, as MTT/DATM/DC save them; unit otherwise)")
+    im.add_argument("--method", default=None, help="name to record as the set's method, e.g. rded (default: "
+                                                  "imported-<format>)")
+    im.add_argument("--output", required=True, help="ddkit distilled-set folder to write")
+    im.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
+def _build_export(ex: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    ex.add_argument("distilled", help="ddkit distilled-set folder")
+    ex.add_argument("--format", required=True, choices=("imagefolder", "ddranking", "safetensors"),
+                    help="imagefolder: PNGs per class (lossy for optimised sets); ddranking: images.pt + labels.pt; "
+                         "safetensors: one file, exact floats")
+    ex.add_argument("--pixel-space", default=None, choices=("unit", "normalized"),
+                    help="ddranking only: normalized (x-mean)/std as MTT/DATM/DC save them, or unit [0,1] pixels "
+                         "(default: normalized)")
+    ex.add_argument("--output", required=True, help="folder to write")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
 def _build_inspect(i: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     i.add_argument("path", help="distilled-set folder")
 
@@ -206,6 +243,9 @@ SUBCOMMANDS: Dict[str, Tuple[str, Optional[Builder]]] = {
     "merge": ("assemble OUTPUT from the per-class files in OUTPUT.parts/ (after --shard runs)", _build_merge),
     "study": ("resumable grids; `ddkit study hard-truths` runs method × IPC × budget × regime", _build_study),
     "dcs": ("Distillation Correlation Score: does a method's loss predict students' test loss?", _build_dcs),
+    "import": ("turn a set made elsewhere (ImageFolder, DD-Ranking images.pt, safetensors) into a ddkit set",
+               _build_import),
+    "export": ("write a ddkit set as an ImageFolder, DD-Ranking images.pt/labels.pt or safetensors", _build_export),
     "inspect": ("print a summary of a distilled set", _build_inspect),
     "demo": ("offline end-to-end demo on digits (teacher, every method, evaluation, report)", _build_demo),
 }
@@ -244,239 +284,11 @@ def build_parser(argv: Sequence[str] = (), full: bool = False) -> argparse.Argum
     return parser
 
 
-def _dataset(args: argparse.Namespace, split: str):
-    from ddkit.data import create_dataset
-
-    return create_dataset(args.dataset, root=args.data_root, split=split, cache_dir=args.cache_dir,
-                          download=args.download, progress=not args.no_progress)
-
-
-def _teacher(args: argparse.Namespace, dataset, device):
-    if not args.teacher:
-        return None
-    from ddkit.teachers import load_teacher
-
-    return load_teacher(args.teacher, arch=args.teacher_arch, dataset=dataset, device=device)
-
-
-def cmd_list(args: argparse.Namespace) -> int:
-    from ddkit import names
-
-    # The static copy unless a plugin added names (then the live registries, which hold them).
-    index = names.live_index() if _plugins_loaded() else names.static_index()
-    print(names.format_list(args.command, index))
-    return 0
-
-
-def cmd_teacher(args: argparse.Namespace) -> int:
-    from ddkit.config import dump, from_args, run_record
-    from ddkit.teachers import TeacherConfig, save_teacher, train_teacher
-    from ddkit.utils import get_device
-    from ddkit.validate import check_config
-
-    if args.teacher_command != "train":
-        print("usage: ddkit teacher train --dataset … --model … --output …", file=sys.stderr)
-        return EXIT_USAGE
-    out = Path(args.output)
-    if (Path(f"{out}.safetensors").exists() or Path(f"{out}.json").exists()) and not args.overwrite:
-        raise FileExistsError(f"teacher {out}.safetensors exists; pass --overwrite to replace it")
-    cfg = from_args(TeacherConfig, args, base={"arch": args.model_arch} if args.model_arch else None)
-    check_config(cfg)
-    print(dump(cfg, title="teacher"))
-    device = get_device(args.device)
-    train, test = _dataset(args, "train"), _dataset(args, "test")
-    teacher, metrics = train_teacher(train, test, cfg, device=device, progress=not args.no_progress,
-                                     log_path=f"{out}.metrics.jsonl")
-    save_teacher(teacher, out, record=run_record(args, cfg, model=cfg.arch))
-    print(f"test accuracy {metrics['test_acc']:.4f}  ({metrics['train_seconds']:.0f} s)  saved {out}.safetensors")
-    return 0
-
-
-def cmd_experts(args: argparse.Namespace) -> int:
-    from ddkit.config import dump, from_args
-    from ddkit.teachers.experts import ExpertConfig, parse_shard, train_experts
-    from ddkit.utils import get_device
-
-    if args.experts_command != "train":
-        print("usage: ddkit experts train --dataset … --output BUF [--preset cpu] [--shard i/n]", file=sys.stderr)
-        return EXIT_USAGE
-    cfg = from_args(ExpertConfig, args)
-    print(dump(cfg, title="experts"))
-    done = train_experts(_dataset(args, "train"), _dataset(args, "test"), cfg, args.output,
-                         device=get_device(args.device), shard=parse_shard(args.shard), progress=not args.no_progress)
-    print(f"trained {len(done)} expert(s) {done}; buffer {args.output}")
-    return 0
-
-
-def cmd_distill(args: argparse.Namespace) -> int:
-    from ddkit.config import dump, from_args, save_record
-    from ddkit.distributed import distill_sharded
-    from ddkit.methods import create_method, method_spec
-    from ddkit.ranks import is_main
-    from ddkit.utils import get_device
-    from ddkit.validate import check_config
-
-    spec = method_spec(args.method)
-    out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"output {out} exists; pass --overwrite to replace it")
-    cfg = from_args(spec.config, args)
-    check_config(cfg)
-    if is_main():
-        print(dump(cfg, title=f"method {spec.name}"))
-    device = get_device(args.device)
-    train = _dataset(args, "train")
-    teacher = _teacher(args, train, device)
-    if teacher is not None and not args.skip_teacher_check:
-        from ddkit.teachers import check_teacher
-
-        acc = check_teacher(teacher, _dataset(args, "test"), device=device)
-        if is_main():
-            print(f"teacher sanity check: {acc:.3f} accuracy on a sample of real test images")
-    method = create_method(spec.name, **{k: getattr(cfg, k) for k in cfg.__dataclass_fields__})
-    # Always through per-class parts, even in one process: a killed run loses one class at most, and
-    # --resume only decides whether existing parts are reused.
-    result = distill_sharded(method, train, teacher, out, shard=args.shard, resume=args.resume,
-                             overwrite=args.overwrite, device=device, progress=not args.no_progress,
-                             merge=not args.no_merge, extra_meta={"dataset_root": args.data_root})
-    if result is None:
-        if is_main():
-            print(f"shard done; when every shard has finished, merge with `ddkit merge {out}`")
-        return 0
-    if is_main():
-        save_record(out / "config.yaml", args, cfg)
-        print(result.summary())
-        print(f"saved {out}")
-    return 0
-
-
-def cmd_merge(args: argparse.Namespace) -> int:
-    from ddkit.distributed import merge_parts, parts_dir_for
-
-    result = merge_parts(parts_dir_for(args.output), args.output, overwrite=args.overwrite, pngs=not args.no_pngs)
-    print(result.summary())
-    print(f"saved {args.output}")
-    return 0
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ddkit.config import from_args, save_record
-    from ddkit.distilled import load_distilled
-    from ddkit.evaluate import EvalConfig, run_evaluation
-
-    from ddkit.ranks import is_main
-    from ddkit.utils import get_device
-    from ddkit.validate import check_config
-
-    cfg = from_args(EvalConfig, args)
-    check_config(cfg)
-    device = get_device(args.device)
-    distilled = load_distilled(args.distilled)  # fail early with a clear message on a bad folder
-    test = _dataset(args, "test")
-    train = _dataset(args, "train")
-    teacher = _teacher(args, train, device)
-    students = tuple(s for s in args.students.split(",") if s) if args.students else None
-    baselines = {"random": _random_baseline(distilled.ipc, cfg.seed)} if args.with_random else None
-    run_evaluation(args.distilled, cfg, test=test, train=train, teacher=teacher, output=args.output,
-                   overwrite=args.overwrite, baselines=baselines, students=students, device=device,
-                   progress=not args.no_progress)
-    save_record(Path(args.output) / "config.yaml", args, cfg)  # above the evaluator's resolved facts
-    if is_main():  # the page is drawn from the finished folder, at the report layer (the evaluator never imports it)
-        from ddkit.html_report import write_eval_html
-
-        print(f"report: {write_eval_html(args.output, args.distilled)}")
-    return 0
-
-
-def _random_baseline(ipc: int, seed: int):
-    """The random real subset of the same IPC, drawn by the `random` method from the pool the evaluator gives."""
-    from ddkit.methods import create_method
-
-    method = create_method("random", ipc=ipc, seed=seed)
-    return lambda pool: method(pool, device="cpu", progress=False)
-
-
-def cmd_relabel(args: argparse.Namespace) -> int:
-    from ddkit.config import from_args
-    from ddkit.evaluate.stored import RelabelConfig, relabel
-    from ddkit.validate import check_config
-
-    cfg = from_args(RelabelConfig, args)
-    check_config(cfg)
-    relabel(args.distilled, _teacher(args, None, "cpu"), cfg, device=args.device, progress=not args.no_progress)
-    return 0
-
-
-def cmd_study(args: argparse.Namespace) -> int:
-    from ddkit.config import dump, from_args, parse_key_values, save_record
-    from ddkit.study import StudyConfig, run_study
-    from ddkit.utils import get_device
-    from ddkit.validate import check_config, check_outputs, io_paths
-
-    if args.study_command != "hard-truths":
-        print("usage: ddkit study hard-truths --dataset … --teacher … [--ipcs 10,50 --budgets 2,5,10,20 …]",
-              file=sys.stderr)
-        return EXIT_USAGE
-    from ddkit.study import preset_fields
-
-    preset = getattr(args, "preset", None)  # from a flag or the -c file (both land in args)
-    # The preset fills what neither the file nor a flag sets.
-    cfg = from_args(StudyConfig, args, base=preset_fields(preset) if preset else None)
-    check_config(cfg)
-    check_outputs([cfg.output_dir], io_paths(args)[1])
-    print(dump(cfg, title="study hard-truths"))
-    device = get_device(args.device)
-    train, test = _dataset(args, "train"), _dataset(args, "test")
-    res = run_study(train, test, _teacher(args, train, device), cfg, device=device, progress=not args.no_progress,
-                    method_overrides=parse_key_values(args.method_opt, dotted=True),
-                    eval_overrides=parse_key_values(args.eval_opt))
-    save_record(Path(cfg.output_dir) / "config.yaml", args, cfg)
-    print(f"{res.evaluated} cells evaluated, {res.skipped} already done; report: {res.report}")
-    return 0
-
-
-def cmd_dcs(args: argparse.Namespace) -> int:
-    from ddkit.dcs import dcs_study
-    from ddkit.evaluate import EvalConfig
-    from ddkit.utils import get_device
-
-    device = get_device(args.device)
-    train, test = _dataset(args, "train"), _dataset(args, "test")
-    cfg = EvalConfig(recipe="hardtruths-hl", regime="hl", seeds=1, budget_epochs=args.budget_epochs)
-    res = dcs_study(train, test, args.loss, ipcs=tuple(int(x) for x in args.ipcs.split(",")), subsets=args.subsets,
-                    eval_cfg=cfg, teacher=_teacher(args, train, device), seed=args.seed, device=device,
-                    progress=not args.no_progress)
-    text = res.to_markdown()
-    print(text)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n")
-    return 0
-
-
-def cmd_inspect(args: argparse.Namespace) -> int:
-    from ddkit.distilled import load_distilled
-
-    print(load_distilled(args.path).summary())
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from ddkit.demo import run_demo
-
-    run_demo(args.output, device=args.device, progress=not args.no_progress)
-    return 0
-
-
 COMMANDS = {"datasets": cmd_list, "models": cmd_list, "methods": cmd_list, "recipes": cmd_list,
-            "teacher": cmd_teacher, "experts": cmd_experts, "distill": cmd_distill, "evaluate": cmd_evaluate, "inspect": cmd_inspect,
-            "demo": cmd_demo, "study": cmd_study, "dcs": cmd_dcs, "merge": cmd_merge, "relabel": cmd_relabel}
-
-
-def _plugins_loaded() -> bool:
-    from ddkit.plugins import loaded_plugins
-
-    return bool(loaded_plugins())
+            "teacher": cmd_teacher, "experts": cmd_experts, "distill": cmd_distill, "evaluate": cmd_evaluate,
+            "inspect": cmd_inspect,
+            "demo": cmd_demo, "study": cmd_study, "dcs": cmd_dcs, "merge": cmd_merge, "relabel": cmd_relabel,
+            "import": cmd_import, "export": cmd_export}
 
 
 def _is_user_error(e: BaseException) -> bool:

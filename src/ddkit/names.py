@@ -39,10 +39,13 @@ def live_index(exclude: Dict[str, set] | None = None) -> Dict[str, List[Dict[str
         if name in skip.get("datasets", ()):
             continue
         row: Dict[str, Any] = {"name": name, "aliases": DATASETS.aliases_of(name)}
-        info = FACTS.get(name) or getattr(DATASETS.get(name), "ddkit_info", None)
+        loader = DATASETS.get(name)
+        info = FACTS.get(name) or getattr(loader, "ddkit_info", None)  # a plugin's facts, when it gave them
         if info is not None:
             row.update(num_classes=info.num_classes, image_size=info.image_size, channels=info.channels,
                        how_to_get=info.how_to_get)
+        else:
+            row["description"] = ((loader.__doc__ or "").strip().splitlines() or [""])[0]
         out["datasets"].append(row)
     for name, _ in MODELS.items():
         if name not in skip.get("models", ()):
@@ -76,7 +79,7 @@ def format_list(family: str, index: Dict[str, List[Dict[str, Any]]]) -> str:
                 lines.append(f"{r['name']:16s} {r['num_classes']:5d} classes  {r['image_size']:4d} px  "
                              f"{r['channels']} ch  {r['how_to_get']}")
             else:
-                lines.append(r["name"])
+                lines.append(f"{r['name']:16s} {r.get('description', '')}".rstrip())
         lines.append("folder:<path>    any ImageFolder with train/ and val/ or test/;  tar:<path>  a .tar(.gz) of one")
     elif family == "models":
         lines += [r["name"] + (f"  (aliases: {', '.join(r['aliases'])})" if r["aliases"] else "") for r in rows]

@@ -16,6 +16,7 @@ from typing import List, Optional, Sequence
 from ..registry import UnknownNameError
 from ..utils import DDKitError
 from .base import DatasetInfo, ImageDataset, to_float, to_uint8
+from .custom import class_balanced_subset, register_dataset, subset_facts
 from .cache import compute_mean_std, default_cache_dir, default_data_root
 from .facts import CLASS_NAMES, FACTS, normalize_split
 from .filebacked import FileImageDataset
@@ -25,7 +26,7 @@ from .sources import DATASETS, Request
 __all__ = [
     "create_dataset", "list_datasets", "dataset_info", "ImageDataset", "FileImageDataset", "DatasetInfo",
     "to_float", "to_uint8", "compute_mean_std", "default_cache_dir", "default_data_root", "FACTS", "CLASS_NAMES",
-    "DATASETS",
+    "DATASETS", "register_dataset", "class_balanced_subset", "subset_facts",
 ]
 
 _PATH_KINDS = ("folder", "tar")

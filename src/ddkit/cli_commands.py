@@ -1,0 +1,312 @@
+"""What each `ddkit` command does once its flags are parsed: load data, call the library, print.
+
+Kept apart from cli.py (the parser and entry point) so the parser stays small; every import is
+inside a function, so importing this module costs nothing (the instant commands import no torch).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+EXIT_USAGE = 2
+
+
+def _plugins_loaded() -> bool:
+    from ddkit.plugins import loaded_plugins
+
+    return bool(loaded_plugins())
+
+
+def _dataset(args: argparse.Namespace, split: str):
+    """One split as the flags ask: `--classes` on every split, `--max-per-class` on the train split."""
+    from ddkit.data import class_balanced_subset, create_dataset
+
+    ds = create_dataset(args.dataset, root=args.data_root, split=split, cache_dir=args.cache_dir,
+                        download=args.download, progress=not args.no_progress, classes=_classes(args))
+    if split == "train" and args.max_per_class is not None:
+        ds = class_balanced_subset(ds, args.max_per_class, seed=SUBSET_SEED)
+    return ds
+
+
+SUBSET_SEED = 0  # fixed, so |train| identifies the subset in every cache key that counts images
+
+
+def _classes(args: argparse.Namespace) -> Optional[List[str]]:
+    return [c.strip() for c in args.classes.split(",") if c.strip()] if getattr(args, "classes", None) else None
+
+
+def _subset_record(args: argparse.Namespace, train) -> Optional[Dict[str, Any]]:
+    """The facts of `--classes` / `--max-per-class` that every output records (None without them)."""
+    from ddkit.data import subset_facts
+
+    return subset_facts(train, args.max_per_class, _classes(args), seed=SUBSET_SEED)
+
+
+def _write_subset_record(folder: str | Path, record: Optional[Dict[str, Any]]) -> None:
+    if record is not None:
+        import json
+
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "data_subset.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _teacher(args: argparse.Namespace, dataset, device):
+    if not args.teacher:
+        return None
+    from ddkit.teachers import load_teacher
+
+    return load_teacher(args.teacher, arch=args.teacher_arch, dataset=dataset, device=device)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from ddkit import names
+
+    # The static copy unless a plugin added names (then the live registries, which hold them).
+    index = names.live_index() if _plugins_loaded() else names.static_index()
+    print(names.format_list(args.command, index))
+    return 0
+
+
+def cmd_teacher(args: argparse.Namespace) -> int:
+    from ddkit.config import dump, from_args, run_record
+    from ddkit.teachers import TeacherConfig, save_teacher, train_teacher
+    from ddkit.utils import get_device
+    from ddkit.validate import check_config
+
+    if args.teacher_command != "train":
+        print("usage: ddkit teacher train --dataset … --model … --output …", file=sys.stderr)
+        return EXIT_USAGE
+    out = Path(args.output)
+    if (Path(f"{out}.safetensors").exists() or Path(f"{out}.json").exists()) and not args.overwrite:
+        raise FileExistsError(f"teacher {out}.safetensors exists; pass --overwrite to replace it")
+    cfg = from_args(TeacherConfig, args, base={"arch": args.model_arch} if args.model_arch else None)
+    check_config(cfg)
+    print(dump(cfg, title="teacher"))
+    device = get_device(args.device)
+    train, test = _dataset(args, "train"), _dataset(args, "test")
+    teacher, metrics = train_teacher(train, test, cfg, device=device, progress=not args.no_progress,
+                                     log_path=f"{out}.metrics.jsonl")
+    record = _subset_record(args, train)
+    if record is not None:  # the teacher json's "dataset" says which images it saw
+        teacher.meta["dataset"] = (f"{train.name} (subset: max {record['max_per_class']}/class, seed "
+                                   f"{record['seed']}, {record['images']} images)")
+    save_teacher(teacher, out, record=run_record(args, cfg, model=cfg.arch))
+    print(f"test accuracy {metrics['test_acc']:.4f}  ({metrics['train_seconds']:.0f} s)  saved {out}.safetensors")
+    return 0
+
+
+def cmd_experts(args: argparse.Namespace) -> int:
+    from ddkit.config import dump, from_args
+    from ddkit.teachers.experts import ExpertConfig, parse_shard, train_experts
+    from ddkit.utils import get_device
+
+    if args.experts_command != "train":
+        print("usage: ddkit experts train --dataset … --output BUF [--preset cpu] [--shard i/n]", file=sys.stderr)
+        return EXIT_USAGE
+    cfg = from_args(ExpertConfig, args)
+    print(dump(cfg, title="experts"))
+    done = train_experts(_dataset(args, "train"), _dataset(args, "test"), cfg, args.output,
+                         device=get_device(args.device), shard=parse_shard(args.shard), progress=not args.no_progress)
+    print(f"trained {len(done)} expert(s) {done}; buffer {args.output}")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from ddkit.config import dump, from_args, save_record
+    from ddkit.distributed import distill_sharded
+    from ddkit.methods import create_method, method_spec
+    from ddkit.ranks import is_main
+    from ddkit.utils import get_device
+    from ddkit.validate import check_config
+
+    spec = method_spec(args.method)
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"output {out} exists; pass --overwrite to replace it")
+    cfg = from_args(spec.config, args)
+    check_config(cfg)
+    if is_main():
+        print(dump(cfg, title=f"method {spec.name}"))
+    device = get_device(args.device)
+    train = _dataset(args, "train")
+    teacher = _teacher(args, train, device)
+    if teacher is not None and not args.skip_teacher_check:
+        from ddkit.teachers import check_teacher
+
+        acc = check_teacher(teacher, _dataset(args, "test"), device=device)
+        if is_main():
+            print(f"teacher sanity check: {acc:.3f} accuracy on a sample of real test images")
+    method = create_method(spec.name, **{k: getattr(cfg, k) for k in cfg.__dataclass_fields__})
+    # Always through per-class parts, even in one process: a killed run loses one class at most, and
+    # --resume only decides whether existing parts are reused.
+    result = distill_sharded(method, train, teacher, out, shard=args.shard, resume=args.resume,
+                             overwrite=args.overwrite, device=device, progress=not args.no_progress,
+                             merge=not args.no_merge, extra_meta={"dataset_root": args.data_root,
+                                                                  "data_subset": _subset_record(args, train)})
+    if result is None:
+        if is_main():
+            print(f"shard done; when every shard has finished, merge with `ddkit merge {out}`")
+        return 0
+    if is_main():
+        save_record(out / "config.yaml", args, cfg)
+        print(result.summary())
+        print(f"saved {out}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from ddkit.distributed import merge_parts, parts_dir_for
+
+    result = merge_parts(parts_dir_for(args.output), args.output, overwrite=args.overwrite, pngs=not args.no_pngs)
+    print(result.summary())
+    print(f"saved {args.output}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ddkit.config import from_args, save_record
+    from ddkit.distilled import load_distilled
+    from ddkit.evaluate import EvalConfig, run_evaluation
+
+    from ddkit.ranks import is_main
+    from ddkit.utils import get_device
+    from ddkit.validate import check_config
+
+    cfg = from_args(EvalConfig, args)
+    check_config(cfg)
+    device = get_device(args.device)
+    distilled = load_distilled(args.distilled)  # fail early with a clear message on a bad folder
+    test = _dataset(args, "test")
+    train = _dataset(args, "train")
+    teacher = _teacher(args, train, device)
+    students = tuple(s for s in args.students.split(",") if s) if args.students else None
+    baselines = {"random": _random_baseline(distilled.ipc, cfg.seed)} if args.with_random else None
+    run_evaluation(args.distilled, cfg, test=test, train=train, teacher=teacher, output=args.output,
+                   overwrite=args.overwrite, baselines=baselines, students=students, device=device,
+                   progress=not args.no_progress)
+    save_record(Path(args.output) / "config.yaml", args, cfg)  # above the evaluator's resolved facts
+    if is_main():
+        _write_subset_record(args.output, _subset_record(args, train))
+    if is_main():  # the page is drawn from the finished folder, at the report layer (the evaluator never imports it)
+        from ddkit.html_report import write_eval_html
+
+        print(f"report: {write_eval_html(args.output, args.distilled)}")
+    return 0
+
+
+def _random_baseline(ipc: int, seed: int):
+    """The random real subset of the same IPC, drawn by the `random` method from the pool the evaluator gives."""
+    from ddkit.methods import create_method
+
+    method = create_method("random", ipc=ipc, seed=seed)
+    return lambda pool: method(pool, device="cpu", progress=False)
+
+
+def cmd_relabel(args: argparse.Namespace) -> int:
+    from ddkit.config import from_args
+    from ddkit.evaluate.stored import RelabelConfig, relabel
+    from ddkit.validate import check_config
+
+    cfg = from_args(RelabelConfig, args)
+    check_config(cfg)
+    relabel(args.distilled, _teacher(args, None, "cpu"), cfg, device=args.device, progress=not args.no_progress)
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from ddkit.config import dump, from_args, parse_key_values, save_record
+    from ddkit.study import StudyConfig, run_study
+    from ddkit.utils import get_device
+    from ddkit.validate import check_config, check_outputs, io_paths
+
+    if args.study_command != "hard-truths":
+        print("usage: ddkit study hard-truths --dataset … --teacher … [--ipcs 10,50 --budgets 2,5,10,20 …]",
+              file=sys.stderr)
+        return EXIT_USAGE
+    from ddkit.study import preset_fields
+
+    preset = getattr(args, "preset", None)  # from a flag or the -c file (both land in args)
+    # The preset fills what neither the file nor a flag sets.
+    cfg = from_args(StudyConfig, args, base=preset_fields(preset) if preset else None)
+    check_config(cfg)
+    check_outputs([cfg.output_dir], io_paths(args)[1])
+    print(dump(cfg, title="study hard-truths"))
+    device = get_device(args.device)
+    train, test = _dataset(args, "train"), _dataset(args, "test")
+    _write_subset_record(cfg.output_dir, _subset_record(args, train))
+    res = run_study(train, test, _teacher(args, train, device), cfg, device=device, progress=not args.no_progress,
+                    method_overrides=parse_key_values(args.method_opt, dotted=True),
+                    eval_overrides=parse_key_values(args.eval_opt))
+    save_record(Path(cfg.output_dir) / "config.yaml", args, cfg)
+    print(f"{res.evaluated} cells evaluated, {res.skipped} already done; report: {res.report}")
+    return 0
+
+
+def cmd_dcs(args: argparse.Namespace) -> int:
+    from ddkit.dcs import dcs_study
+    from ddkit.evaluate import EvalConfig
+    from ddkit.utils import get_device
+
+    device = get_device(args.device)
+    train, test = _dataset(args, "train"), _dataset(args, "test")
+    cfg = EvalConfig(recipe="hardtruths-hl", regime="hl", seeds=1, budget_epochs=args.budget_epochs)
+    res = dcs_study(train, test, args.loss, ipcs=tuple(int(x) for x in args.ipcs.split(",")), subsets=args.subsets,
+                    eval_cfg=cfg, teacher=_teacher(args, train, device), seed=args.seed, device=device,
+                    progress=not args.no_progress)
+    text = res.to_markdown()
+    record = _subset_record(args, train)
+    if record is not None:
+        text += (f"\n\nData subset: max {record['max_per_class']} train images per class (seed {record['seed']}), "
+                 f"classes {record['classes'] or 'all'}, {record['images']} train images.")
+    print(text)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text + "\n")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from ddkit.interop import import_set
+
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"output {out} exists; pass --overwrite to replace it")
+    # The test split gives the class list, normalisation and size the set must match (what evaluate uses).
+    target = _dataset(args, "test") if args.dataset else None
+    result = import_set(args.source, args.format, dataset=target, pixel_space=args.pixel_space, method=args.method)
+    result.meta["data_subset"] = {"classes": _classes(args)} if _classes(args) else None
+    result.save(out, overwrite=args.overwrite)
+    print(result.summary())
+    cmap = result.meta["imported"].get("class_map")
+    if cmap:
+        print("class folders: " + ", ".join(f"{k} -> {v}" for k, v in list(cmap.items())[:10])
+              + (" …" if len(cmap) > 10 else ""))
+    print(f"saved {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ddkit.distilled import load_distilled
+    from ddkit.interop import export_set
+
+    out = export_set(load_distilled(args.distilled), args.output, args.format, pixel_space=args.pixel_space,
+                     overwrite=args.overwrite)
+    print((out / "README.md").read_text().split("\n\n")[2])
+    print(f"saved {out}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from ddkit.distilled import load_distilled
+
+    print(load_distilled(args.path).summary())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ddkit.demo import run_demo
+
+    run_demo(args.output, device=args.device, progress=not args.no_progress)
+    return 0
