@@ -150,13 +150,13 @@ def test_small_scale_preset_is_table_4(tmp_path):
 
 
 def test_preset_through_the_cli_keeps_explicit_flags(tmp_path, monkeypatch):
-    from ddkit import cli
+    from ddkit import cli, cli_commands
 
     got = {}
     monkeypatch.setattr(study, "run_study", lambda *a, **kw: got.update(cfg=a[3], kw=kw) or
                         study.StudyResult([], tmp_path / "r.csv", tmp_path / "r.md", 0, 0))
-    monkeypatch.setattr(cli, "_dataset", lambda args, split: make_toy(4, K, 8))
-    monkeypatch.setattr(cli, "_teacher", lambda *a: None)
+    monkeypatch.setattr(cli_commands, "_dataset", lambda args, split: make_toy(4, K, 8))  # the commands' helpers
+    monkeypatch.setattr(cli_commands, "_teacher", lambda *a: None)
     assert cli.main(["study", "hard-truths", "--dataset", "toy", "--preset", "small-scale", "--seeds", "1",
                      "--methods", "random", "--device", "cpu"]) == 0
     cfg = got["cfg"]
