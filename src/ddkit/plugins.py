@@ -108,6 +108,14 @@ def load_entry_points() -> List[str]:
     return done
 
 
+def forget_loaded() -> None:
+    """Forget what was loaded (file plugins can then be imported afresh); registrations stay until
+    their registries' `unregister` removes them."""
+    _LOADED.clear()
+    for key in [k for k in sys.modules if k.startswith("ddkit_plugin_")]:
+        del sys.modules[key]
+
+
 def loaded_plugins() -> List[str]:
     """The plugins loaded in this process, in order."""
     return list(_LOADED)

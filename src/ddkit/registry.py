@@ -56,6 +56,13 @@ class Registry(Generic[T]):
 
         return deco(obj) if obj is not None else deco
 
+    def unregister(self, name: str) -> None:
+        """Remove `name` and its aliases (a plugin being reloaded or replaced; test clean-up)."""
+        key = _norm(self.resolve(name))
+        del self._items[key], self._display[key]
+        for a in [a for a, k in self._aliases.items() if k == key]:
+            del self._aliases[a]
+
     def resolve(self, name: str) -> str:
         """Canonical name for `name` or alias; raises UnknownNameError listing known names."""
         key = _norm(name)
