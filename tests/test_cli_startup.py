@@ -32,7 +32,7 @@ raise SystemExit(rc)
 
 def _probe(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=env, timeout=600)
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["--version"], ["methods"], ["models"], ["datasets"], ["recipes"], []])
@@ -57,7 +57,7 @@ def test_static_index_equals_live_registries():
     # A fresh interpreter: other tests register throwaway methods in this process's registries.
     code = "import json; from ddkit import names; print(json.dumps(names.live_index()))"
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr
     live = json.loads(r.stdout)
     static = names.static_index()

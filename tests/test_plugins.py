@@ -145,9 +145,9 @@ def test_entry_point_plugin_of_an_installed_distribution(tmp_path):
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, str(site)]))
     r = subprocess.run([sys.executable, "-m", "ddkit", "methods"], capture_output=True, text=True, env=env,
-                       timeout=300)
+                       timeout=600)
     assert r.returncode == 0, r.stderr
     assert "fake-ext-kmeans" in r.stdout and "random" in r.stdout
     r = subprocess.run([sys.executable, "-m", "ddkit", "--version"], capture_output=True, text=True, env=env,
-                       timeout=300)
+                       timeout=600)
     assert r.returncode == 0 and r.stdout.startswith("ddkit ")  # --version loads no plugin
