@@ -23,9 +23,9 @@ import torch.nn as nn
 
 from ddkit.config import field
 from ddkit.data.base import to_float
-from ddkit.distilled import DistilledSet
-from ddkit.methods.base import MethodConfig, check_ipc, per_class
+from ddkit.methods.base import ClassResult, MethodConfig, check_ipc
 from ddkit.plugins import register_dataset, register_method, register_model
+from ddkit.utils import make_generator
 
 
 @register_dataset("plugin-blobs", num_classes=3, image_size=8, channels=1, description="three brightness classes")
@@ -48,22 +48,20 @@ class KMeansConfig(MethodConfig):
 
 
 @register_method("plugin-kmeans", config=KMeansConfig)
-def kmeans(dataset, teacher, cfg, *, device, progress=True):
+def kmeans(dataset, teacher, cfg, classes, *, device, progress=True):
     """Per-class k-means in pixel space: each class's ipc centroids."""
     check_ipc(dataset, cfg.ipc)
-
-    def one(c, g):
+    for c in classes:  # only the classes the driver gives (it shards, resumes and merges)
         x = to_float(dataset.class_images(c)[0]).flatten(1)
+        g = make_generator(cfg.seed, "plugin-kmeans", c)
         centers = x[torch.randperm(len(x), generator=g)[:cfg.ipc]].clone()
         for _ in range(cfg.iterations):
             assign = torch.cdist(x, centers).argmin(1)
             for k in range(cfg.ipc):
                 if (assign == k).any():
                     centers[k] = x[assign == k].mean(0)
-        return centers.view(cfg.ipc, *dataset.images.shape[1:]), {}
-
-    images, labels, _ = per_class(dataset, one, cfg.seed, desc="kmeans", progress=progress)
-    return DistilledSet(images, labels, dataset.classes, dataset.mean, dataset.std)
+        yield ClassResult(c, centers.view(cfg.ipc, *dataset.images.shape[1:]), meta={"inertia": float(
+            torch.cdist(x, centers).min(1).values.pow(2).sum())})
 '''
 
 BLOBS = ["--dataset", "plugin-blobs", "--device", "cpu", "--no-progress"]
