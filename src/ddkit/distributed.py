@@ -45,7 +45,7 @@ from ddkit.data.base import ImageDataset
 from ddkit.distilled import DistilledSet
 from ddkit.methods.base import ClassResult, Method, assemble
 from ddkit.ranks import barrier, dist_env, group_ready
-from ddkit.utils import DDKitError, get_device, peak_memory_mb
+from ddkit.utils import DDKitError, get_device, peak_memory_mb, pid_alive
 
 PART_FORMAT = "ddkit-part/1"
 _PART = re.compile(r"^class_(\d+)\.safetensors$")
@@ -271,13 +271,7 @@ def _lock_owner_alive(lock: Path) -> bool:
         return False  # empty or unreadable: its writer died between create and write
     if host != platform.node():
         return True
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError):
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid.isdigit() and pid_alive(int(pid))
 
 
 def _try_merge_once(parts_dir: Path, output: Path, overwrite: bool) -> Optional[DistilledSet]:
