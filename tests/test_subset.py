@@ -64,3 +64,22 @@ def test_teacher_and_evaluate_record_subset(tmp_path):
                  "--seeds", "1", "--output", str(ev)]) == 0
     rec = json.loads((ev / "data_subset.json").read_text())
     assert rec["per_class"] == [10] * 10 and rec["split"] == "train"
+
+
+def test_teacher_at_chance_after_a_smoke_schedule_is_saved_with_a_warning(tmp_path):
+    # 1 epoch of 100 images is a single optimizer step: at chance by design, so it is saved, with a warning.
+    t = tmp_path / "teacher"
+    with pytest.warns(UserWarning, match="too short to judge"):
+        assert main(["teacher", "train", *DIGITS, "--max-per-class", "10", "--model", "convnet-d1", "--epochs", "1",
+                     "--lr", "1e-6", "--output", str(t)]) == 0
+    assert (tmp_path / "teacher.json").exists()
+
+
+def test_teacher_at_chance_after_a_real_schedule_is_refused(tmp_path, capsys):
+    # 60 steps at a vanishing lr leaves the network at chance: that is a failed training, refused with its lr.
+    t = tmp_path / "teacher"
+    assert main(["teacher", "train", *DIGITS, "--max-per-class", "30", "--model", "convnet-d1", "--epochs", "60",
+                 "--batch-size", "256", "--lr", "1e-7", "--output", str(t)]) == 2
+    err = capsys.readouterr().err
+    assert "did not converge" in err and "nothing was saved" in err
+    assert not (tmp_path / "teacher.json").exists()

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
@@ -58,6 +59,10 @@ class TeacherConfig:
 #: bench/results/teacher_lr.json: ConvNets diverge at 0.2 on a short schedule (digits, 2 epochs: loss 9 -> 14)
 #: and converge at 0.05 on every variant (digits, 40 epochs: D1 99.2 %, D3 94.2 %, D3-BN 99.7 %, D1-NN 98.1 %).
 DEFAULT_LR: Dict[str, float] = {"resnet": 0.2, "ResNet": 0.2, "convnet": 0.05, "mlp": 0.2}
+#: Fewer optimizer steps than this cannot be judged: a teacher at chance after them is saved with a warning
+#: (a smoke test), not refused as "did not converge". 50 steps of batch 256 at lr 0.05 already put the digits
+#: ConvNet-D1 far above chance (bench/results/teacher_lr.json: 40 epochs x 5 steps).
+MIN_JUDGED_STEPS = 50
 FALLBACK_LR = 0.1  # torchvision/timm names: torchvision's reference classification recipe (lr 0.1 at batch 256)
 
 
@@ -221,8 +226,15 @@ def train_teacher(train: ImageDataset, test: Optional[ImageDataset], cfg: Teache
         log.close()
     chance = 1.0 / train.num_classes
     if test_acc is not None and test_acc < min(2 * chance, (1 + chance) / 2):
-        raise DDKitError(f"teacher ended at {test_acc:.1%} test accuracy (chance {chance:.1%}): training did not "
-                         f"converge at lr {lr:g}; lower --lr (e.g. --lr {lr / 4:g}) or train longer; nothing was saved")
+        if total >= MIN_JUDGED_STEPS:
+            raise DDKitError(f"teacher ended at {test_acc:.1%} test accuracy (chance {chance:.1%}) after {total} steps: "
+                             f"training did not converge at lr {lr:g}; lower --lr (e.g. --lr {lr / 4:g}) or train "
+                             "longer; nothing was saved")
+        # A smoke-test schedule (a handful of steps) is expected to sit at chance: refusing it would say
+        # "lower the lr" when the truth is "this was never meant to learn". Save it and say so.
+        warnings.warn(f"teacher ended at {test_acc:.1%} test accuracy (chance {chance:.1%}) after only {total} "
+                      f"optimizer steps (< {MIN_JUDGED_STEPS}): too short to judge convergence; saved anyway, "
+                      "do not use it for results")
     metrics = {"test_acc": test_acc, "train_seconds": seconds, "epochs": cfg.epochs,
                "images_per_s": total * bs / max(seconds, 1e-9), "history": history}
     model.to(memory_format=torch.contiguous_format)
