@@ -30,6 +30,10 @@ from ddkit.methods import create_method
 from ddkit.utils import atomic_write_bytes, cpu_bf16_native, git_revision, machine_info
 
 RECIPE = {"hl": "dc", "slkd": "cim"}
+#: --protocol hardtruths: the paper's small-scale recipes (Table 4), so the fp32 runs double as the random
+#: cells of the hard-truths grid (issue #16).
+PROTOCOLS = {"ddranking": RECIPE, "hardtruths": {"hl": "hardtruths-hl", "sl": "hardtruths-sl",
+                                                 "slkd": "hardtruths-slkd"}}
 VARIANTS = {"fp32": {}, "bf16": {"cpu_amp": True}, "compile": {"compile": True},
             "bf16_compile": {"cpu_amp": True, "compile": True}}
 
@@ -42,6 +46,8 @@ def main() -> int:
     p.add_argument("--teacher-expert", default=None, help="slkd teacher = the last checkpoint of expert 0 of this "
                    "ddkit expert buffer (a trained ConvNet; used when no teacher checkpoint exists)")
     p.add_argument("--regimes", default="hl,slkd")
+    p.add_argument("--protocol", default="ddranking", choices=sorted(PROTOCOLS),
+                   help="ddranking: HL = the dc recipe, SL+KD = cim; hardtruths: the hardtruths-* recipes")
     p.add_argument("--variants", default="fp32,bf16")
     p.add_argument("--ipc", type=int, default=10)
     p.add_argument("--epochs", type=int, default=100)
@@ -68,29 +74,32 @@ def main() -> int:
     state["test_images"] = len(test)
     ds = create_method("random", ipc=args.ipc, seed=0)(train, progress=False)
     teacher = None
-    if "slkd" in args.regimes and args.teacher_expert:
+    needs_teacher = any(r in ("sl", "slkd") for r in args.regimes.split(","))
+    if needs_teacher and args.teacher_expert:
         teacher = expert_teacher(Path(args.teacher_expert), train)
         from ddkit.teachers import accuracy
 
         state["teacher"] = {"expert_buffer": args.teacher_expert, "checkpoint": "expert_0000, last epoch",
                             "arch": teacher.arch, "test_acc": accuracy(teacher.model, test, teacher.mean, teacher.std,
                                                                        device=dev, batch_size=500)}
-    elif "slkd" in args.regimes:
+    elif needs_teacher:
         from ddkit.teachers import load_teacher
 
         teacher = load_teacher(args.teacher, dataset=train, device=dev)
         state["teacher"] = {"path": args.teacher, "arch": teacher.arch, "test_acc": teacher.meta.get("accuracy")}
     variants = [v for v in args.variants.split(",") if v]
+    recipes = PROTOCOLS[args.protocol]
+    state["protocol"] = args.protocol
     for regime in args.regimes.split(","):
         for seed in range(args.seeds):
             for v in variants:
                 if (regime, v, seed) in done:
                     continue
-                cfg = EvalConfig(recipe=RECIPE[regime], regime=regime, student="convnet-d3", seeds=1, seed=seed,
+                cfg = EvalConfig(recipe=recipes[regime], regime=regime, student="convnet-d3", seeds=1, seed=seed,
                                  epochs=args.epochs, num_evals=1, **VARIANTS[v])
                 t0, c0 = time.perf_counter(), time.process_time()
-                res = evaluate(ds, test, cfg, teacher if regime == "slkd" else None, device=dev, progress=False)
-                run = {"regime": regime, "recipe": RECIPE[regime], "variant": v, "seed": seed,
+                res = evaluate(ds, test, cfg, teacher if regime in ("sl", "slkd") else None, device=dev, progress=False)
+                run = {"regime": regime, "recipe": recipes[regime], "variant": v, "seed": seed,
                        "acc": res.accs[0], "final_loss": res.runs[0].final_loss,
                        "train_images_per_s": res.runs[0].images_per_s, "train_seconds": res.runs[0].seconds,
                        "wall_seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
