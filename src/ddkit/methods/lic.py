@@ -16,7 +16,10 @@ depend on which classes share its step. `classes_per_step` classes are optimised
 chunked to at most `max_batch` images (gradient accumulation) to bound peak memory. With
 `pack_classes` off (the CPU default) every forward holds one class's rows at class-relative chunk
 offsets, so per-class results are bit-identical whatever `classes_per_step` is; on CUDA classes are
-packed into shared forwards for throughput (results then agree to float rounding).
+packed into shared forwards for throughput (results then agree to float rounding). The selection
+forward (step 2) of `lookahead` classes runs in shared fixed-shape forwards of exactly `max_batch`
+images (`ddkit.teachers.shared`), bit-identical whatever the grouping; `cpu_amp` runs it in bf16 on
+CPUs with native bf16 (compensation and stored labels stay fp32).
 """
 from __future__ import annotations
 
@@ -38,7 +41,8 @@ from ddkit.methods.lic_ops import (DISTANCES, DOWNSAMPLE_MODES, SELECTIONS, cros
 from ddkit.methods.lic_optim import Compensator
 from ddkit.models import default_feature_layer
 from ddkit.teachers.frozen import FrozenTeacher
-from ddkit.utils import DDKitError, make_generator
+from ddkit.teachers.shared import groups
+from ddkit.utils import DDKitError, cpu_bf16_native, make_generator
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,10 @@ class LICConfig(MethodConfig):
     pack_classes: Optional[bool] = field(None, "share forwards between the classes of a step: None = on CUDA "
                                                "only (CPU keeps per-class forwards, bit-identical)")
     amp: bool = field(True, "bf16 autocast for teacher passes on CUDA (Δx and AdamW stay fp32)")
+    lookahead: int = field(16, "classes whose selection forwards are shared (rounded up to whole steps); "
+                               "results are the same bytes for any value; memory: their uint8 pools")
+    cpu_amp: bool = field(False, "bf16 autocast for the selection forward on CPU, where the CPU has native bf16 "
+                                 "(off: see docs/performance.md, RDED / selection passes)")
     channels_last: bool = field(True, "channels_last teacher and inputs on CUDA")
 
     def __post_init__(self) -> None:
@@ -79,7 +87,7 @@ class LICConfig(MethodConfig):
         for value, valid, name in checks:
             if value not in valid:
                 raise DDKitError(f"unknown {name} {value!r}; choose one of {', '.join(valid)}")
-        for name in ("pool_size", "factor", "classes_per_step", "max_batch"):
+        for name in ("pool_size", "factor", "classes_per_step", "max_batch", "lookahead"):
             if getattr(self, name) < 1:
                 raise DDKitError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
         if self.iterations < 0:
@@ -117,10 +125,10 @@ def _load_pools(dataset: ImageDataset, classes: List[int], cfg: LICConfig) -> Li
 
 def _prefetched(dataset: ImageDataset, steps: List[List[int]], cfg: LICConfig
                 ) -> Iterator[Tuple[List[int], List[Tuple[torch.Tensor, torch.Tensor]], float]]:
-    """Yield (step, its pools, seconds waited for them) while a background thread reads the next step's.
+    """Yield (group, its pools, seconds waited for them) while a background thread reads the next group's.
 
     Reading a pool can mean decoding hundreds of JPEGs; overlapping it with the device work of the
-    previous step hides it. Only that one thread touches the dataset, so loaders need not be thread-safe.
+    previous group hides it. Only that one thread touches the dataset, so loaders need not be thread-safe.
     """
     if not steps:
         return
@@ -138,22 +146,31 @@ def _prefetched(dataset: ImageDataset, steps: List[List[int]], cfg: LICConfig
         loader.shutdown(wait=True, cancel_futures=True)
 
 
-def _select(pool: torch.Tensor, idx: torch.Tensor, c: int, tch: FrozenTeacher, cfg: LICConfig, n: int):
-    """The n key samples of class c's pool in rank order: (ranked float images on device, indices, scores)."""
-    g = make_generator(cfg.seed, "lic", "select", c)
-    if cfg.selection == "herding":
-        order = herding(tch.features(pool, "penultimate", cfg.max_batch), n)
-        scores = cross_entropy_per_sample(tch.logits(pool, cfg.max_batch), c)
-    elif cfg.selection == "random":
-        order = select_ranked(torch.zeros(len(pool)), n, "random", g)
-        scores = None
+def _select_group(pools: Sequence[Tuple[torch.Tensor, torch.Tensor]], group: Sequence[int], tch: FrozenTeacher,
+                  cfg: LICConfig, n: int) -> List[Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]:
+    """The n key samples of each class of `group`, in rank order: per class (uint8 ranked images on CPU,
+    their dataset indices, their scores or None). The teacher forwards of the whole group are shared
+    fixed-shape forwards, so each class's choice is the same whichever classes share them."""
+    images = [pool for pool, _ in pools]
+    if cfg.selection == "random":
+        scores: List[Optional[torch.Tensor]] = [None] * len(group)
     else:
-        scores = cross_entropy_per_sample(tch.logits(pool, cfg.max_batch), c)
-        order = select_ranked(scores, n, cfg.selection, g)
-    order = order.cpu()
-    ranked = to_float(pool[order].to(tch.device))
-    kept = scores.cpu()[order] if scores is not None else None
-    return ranked, idx[order], kept
+        logits = tch.shared_logits(images, cfg.cpu_amp, cfg.max_batch)
+        scores = [cross_entropy_per_sample(z, c) for z, c in zip(logits, group)]
+    if cfg.selection == "herding":
+        feats = tch.shared_features(images, "penultimate", cfg.cpu_amp, cfg.max_batch)
+    out = []
+    for j, (c, (pool, idx)) in enumerate(zip(group, pools)):
+        if cfg.selection == "herding":
+            order = herding(feats[j], n)
+        else:
+            g = make_generator(cfg.seed, "lic", "select", c)
+            order = select_ranked(scores[j] if scores[j] is not None else torch.zeros(len(pool)), n,
+                                  cfg.selection, g)
+        order = order.cpu()
+        kept = scores[j].cpu()[order] if scores[j] is not None else None
+        out.append((pool[order], idx[order], kept))
+    return out
 
 
 def _region_labels(tch: FrozenTeacher, final: torch.Tensor, cfg: LICConfig) -> Dict[str, torch.Tensor]:
@@ -193,37 +210,52 @@ def lic(dataset: ImageDataset, teacher: Any, cfg: LICConfig, classes: Sequence[i
     comp = Compensator(extractor, tch.norm, cim_condense_aug() if cfg.augment else Identity(), cfg,
                        device, packed=packed, prep=tch.prep)
     set_meta = {"feature_layer": layer, "factor": cfg.factor, "images_per_mosaic": cfg.factor ** 2,
-                "packed_forwards": packed}
+                "packed_forwards": packed,
+                "selection_bf16": tch.amp or (cfg.cpu_amp and device.type == "cpu" and cpu_bf16_native())}
     classes = list(classes)
-    steps = [classes[s:s + cfg.classes_per_step] for s in range(0, len(classes), cfg.classes_per_step)]
-    for step, pools, waited in _prefetched(dataset, steps, cfg):
+    # a group is whole steps: its pools are read ahead in one go and its selection forwards are shared
+    group_size = -(-max(cfg.lookahead, cfg.classes_per_step) // cfg.classes_per_step) * cfg.classes_per_step
+    for group, pools, waited in _prefetched(dataset, groups(classes, group_size), cfg):
         t0 = time.perf_counter()
-        reals, mosaics, picked = [], [], []
-        for c, (pool, pool_idx) in zip(step, pools):
-            ranked, idx, ce = _select(pool, pool_idx, c, tch, cfg, n)
-            reals.append(ranked)
-            mosaics.append(squeeze(ranked, cfg.factor, cfg.downsample))
-            # selected_indices: dataset index of the rank-r image; mosaic m, cell k holds rank k·ipc+m.
-            picked.append({"selected_indices": idx.tolist(), "selected_ce": ce.tolist() if ce is not None else None})
+        chosen = _select_group(pools, group, tch, cfg, n)
         _sync(device)
-        t1 = time.perf_counter()
-        gens = [make_generator(cfg.seed, "lic", "augment", c) for c in step]
-        finals, losses = comp.run(reals, mosaics, gens)  # losses: iterations × len(step) on CPU
+        select_share = (time.perf_counter() - t0) / len(group)
+        for s0 in range(0, len(group), cfg.classes_per_step):
+            yield from _step(group[s0:s0 + cfg.classes_per_step], chosen[s0:s0 + cfg.classes_per_step], tch,
+                             comp, cfg, set_meta, device, waited / len(group), select_share)
+
+
+def _step(step: List[int], chosen: List[Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]],
+          tch: FrozenTeacher, comp: Compensator, cfg: LICConfig, set_meta: Dict[str, Any], device: torch.device,
+          pool_wait: float, select_share: float) -> Iterator[ClassResult]:
+    """Squeeze, compensate and label one step's classes (their key samples chosen), yielding each."""
+    t0 = time.perf_counter()
+    reals, mosaics, picked = [], [], []
+    for ranked_u8, idx, ce in chosen:
+        ranked = to_float(ranked_u8.to(tch.device))
+        reals.append(ranked)
+        mosaics.append(squeeze(ranked, cfg.factor, cfg.downsample))
+        # selected_indices: dataset index of the rank-r image; mosaic m, cell k holds rank k·ipc+m.
+        picked.append({"selected_indices": idx.tolist(), "selected_ce": ce.tolist() if ce is not None else None})
+    _sync(device)
+    t1 = time.perf_counter()
+    gens = [make_generator(cfg.seed, "lic", "augment", c) for c in step]
+    finals, losses = comp.run(reals, mosaics, gens)  # losses: iterations × len(step) on CPU
+    _sync(device)
+    t2 = time.perf_counter()
+    for j, c in enumerate(step):
+        tj = time.perf_counter()
+        final = finals[j].clamp(0, 1) if cfg.clamp else finals[j]
+        labels_c = _region_labels(tch, final, cfg) if cfg.store_labels else {}
+        meta = dict(picked[j])
+        if len(losses):
+            curve = losses[:, j]
+            marks = sorted(set(torch.linspace(0, len(curve) - 1, min(11, len(curve))).round().long().tolist()))
+            meta.update(loss_first=float(curve[0]), loss_last=float(curve[-1]),
+                        loss_curve={str(i): float(curve[i]) for i in marks})
         _sync(device)
-        t2 = time.perf_counter()
-        for j, c in enumerate(step):
-            tj = time.perf_counter()
-            final = finals[j].clamp(0, 1) if cfg.clamp else finals[j]
-            labels_c = _region_labels(tch, final, cfg) if cfg.store_labels else {}
-            meta = dict(picked[j])
-            if len(losses):
-                curve = losses[:, j]
-                marks = sorted(set(torch.linspace(0, len(curve) - 1, min(11, len(curve))).round().long().tolist()))
-                meta.update(loss_first=float(curve[0]), loss_last=float(curve[-1]),
-                            loss_curve={str(i): float(curve[i]) for i in marks})
-            _sync(device)
-            share = (t1 - t0) / len(step), (t2 - t1) / len(step)
-            meta["timings"] = {"pool_wait_s": waited / len(step), "select_s": share[0], "compensate_s": share[1],
-                               "labels_s": time.perf_counter() - tj}
-            yield ClassResult(c, final, soft=labels_c, meta=meta, set_meta=set_meta,
-                              seconds=sum(share) + time.perf_counter() - tj)
+        share = select_share + (t1 - t0) / len(step), (t2 - t1) / len(step)
+        meta["timings"] = {"pool_wait_s": pool_wait, "select_s": share[0], "compensate_s": share[1],
+                           "labels_s": time.perf_counter() - tj}
+        yield ClassResult(c, final, soft=labels_c, meta=meta, set_meta=set_meta,
+                          seconds=sum(share) + time.perf_counter() - tj)

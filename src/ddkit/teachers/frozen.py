@@ -6,12 +6,14 @@ a private copy on `device` only when the weights live elsewhere (the caller's te
 eval mode with gradients off, the teacher's own normalisation, chunked no-grad logits and flattened
 features, truncated feature extractors for gradient paths (LIC), and a stable identity string for
 provenance and fingerprints. bf16 autocast and channels_last apply on CUDA only (CPU stays fp32, so
-CPU results are bit-identical to the earlier per-method copies).
+CPU results are bit-identical to the earlier per-method copies); `shared_logits` / `shared_features`
+score the candidates of several classes in fixed-shape shared forwards (`ddkit.teachers.shared`), in
+bf16 on CPU too when asked (`cpu_amp`) and the CPU computes bf16 natively.
 """
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -19,6 +21,7 @@ import torch.nn as nn
 from ddkit.augment import Normalize
 from ddkit.data.base import to_float
 from ddkit.models import feature_extractor
+from ddkit.teachers.shared import shared_forward, tensor_rows
 from ddkit.utils import autocast
 
 
@@ -77,6 +80,28 @@ class FrozenTeacher:
                  ) -> torch.Tensor:
         """fp32 flattened features at `layer` of [0,1] images, chunked."""
         return self._chunked(self.extractor(layer), x01, max_batch).flatten(1)
+
+    @torch.no_grad()
+    def shared_logits(self, pools: Sequence[torch.Tensor], cpu_amp: bool = False,
+                      max_batch: Optional[int] = None) -> List[torch.Tensor]:
+        """fp32 logits of each [0,1] (or uint8) image set in `pools`, all sets streamed through shared
+        forwards of exactly `max_batch` rows (the last zero-padded), so each set's logits are the same
+        bytes whichever other sets share its forwards. `cpu_amp`: bf16 autocast on a CPU with native bf16."""
+        return self._shared(self.net, pools, cpu_amp, max_batch)
+
+    @torch.no_grad()
+    def shared_features(self, pools: Sequence[torch.Tensor], layer: str = "penultimate", cpu_amp: bool = False,
+                        max_batch: Optional[int] = None) -> List[torch.Tensor]:
+        """fp32 flattened features at `layer` of each image set, in shared fixed-shape forwards."""
+        return [f.flatten(1) for f in self._shared(self.extractor(layer), pools, cpu_amp, max_batch)]
+
+    def _shared(self, net: nn.Module, pools: Sequence[torch.Tensor], cpu_amp: bool,
+                max_batch: Optional[int]) -> List[torch.Tensor]:
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            with autocast(self.device, self.amp, cpu=cpu_amp):
+                return net(self.prep(x)).float()
+
+        return shared_forward(fn, [tensor_rows(p, self.normalize) for p in pools], int(max_batch or self.max_batch))
 
     def _chunked(self, net: nn.Module, x01: torch.Tensor, max_batch: Optional[int]) -> torch.Tensor:
         step = int(max_batch or self.max_batch)
