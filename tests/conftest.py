@@ -1,8 +1,11 @@
 """Shared fixtures: tiny generated datasets (tests never touch ../shared)."""
 from __future__ import annotations
 
+from typing import Iterator, Tuple
+
 import pytest
 import torch
+import torch.nn as nn
 
 from ddkit.data.base import ImageDataset
 
@@ -22,3 +25,43 @@ def make_toy(n_per_class: int = 20, num_classes: int = 4, size: int = 8, channel
 @pytest.fixture
 def toy() -> ImageDataset:
     return make_toy()
+
+
+@pytest.fixture(scope="module")
+def toy_pair() -> Tuple[ImageDataset, ImageDataset]:
+    """The evaluator tests' train/test pair: 20 train and 10 test images per class, 4 classes, 8 px."""
+    return make_toy(20, 4, 8, seed=0), make_toy(10, 4, 8, seed=1, split="test")
+
+
+class MeanOracle(nn.Module):
+    """A constructed teacher for make_toy data: logits fall with the distance of the mean pixel to each class's
+    intensity (inputs normalised with the toy set's mean 0.5, std 0.25)."""
+
+    def __init__(self, k: int = 4) -> None:
+        super().__init__()
+        self.centres = nn.Parameter(((torch.arange(k) + 0.5) / k * 200 / 255 - 0.5) / 0.25)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -(x.float().mean(dim=(1, 2, 3))[:, None] - self.centres[None]) ** 2
+
+
+@pytest.fixture(scope="module")
+def toy_eval(toy_pair):
+    """(train, test, a random IPC-2 set of train, the MeanOracle teacher): the evaluator tests' inputs."""
+    from ddkit.methods import create_method
+    from ddkit.teachers import Teacher
+
+    train, test = toy_pair
+    dset = create_method("random", ipc=2, seed=0)(train, progress=False)
+    teacher = Teacher(MeanOracle(), "oracle", train.classes, train.mean, train.std, image_size=8)
+    return train, test, dset, teacher
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for a module (use with `pytestmark = pytest.mark.usefixtures("one_thread")`): tiny nets
+    are dominated by thread-pool wake-ups on a shared 2-core box, and extra threads only contend. Restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

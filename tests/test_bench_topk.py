@@ -30,13 +30,7 @@ def _load_script():
     return mod
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny convs run fastest on one thread; extra threads only contend with whatever else shares the machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

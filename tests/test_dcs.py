@@ -15,7 +15,6 @@ from ddkit.models import create_model
 from ddkit.teachers import Teacher
 from ddkit.utils import DDKitError
 
-from tests.conftest import make_toy
 
 
 def test_perfect_and_anti_correlation():
@@ -45,8 +44,8 @@ def test_grouped_dcs_holds_size_fixed():
 
 
 @pytest.fixture(scope="module")
-def data():
-    return make_toy(20, 4, 8), make_toy(10, 4, 8, seed=1, split="test")
+def data(toy_pair):
+    return toy_pair
 
 
 CFG = EvalConfig(recipe="hardtruths-hl", regime="hl", seeds=2, student="convnet-d1", student_width=8, epochs=4)

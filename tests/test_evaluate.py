@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-import torch.nn as nn
 
 from ddkit.data.base import ImageDataset
 from ddkit.distilled import DistilledSet
@@ -17,41 +16,10 @@ from ddkit.evaluate.train import Targets
 from ddkit.methods import create_method
 from ddkit.teachers import Teacher
 from ddkit.utils import DDKitError
-from tests.conftest import make_toy
+from tests.conftest import MeanOracle, make_toy
 
 K = 4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny nets are dominated by thread-pool wake-ups on a shared 2-core box; restored afterwards.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-class Oracle(nn.Module):
-    """A constructed teacher for the toy data: logits fall with the distance of the mean pixel to each class's
-    intensity (inputs are normalised with mean 0.5, std 0.25, as the toy set)."""
-
-    def __init__(self, k: int = K) -> None:
-        super().__init__()
-        centres01 = (torch.arange(k) + 0.5) / k * 200 / 255
-        self.centres = nn.Parameter((centres01 - 0.5) / 0.25)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = x.float().mean(dim=(1, 2, 3))
-        return -(m[:, None] - self.centres[None]) ** 2
-
-
-@pytest.fixture(scope="module")
-def data():
-    train = make_toy(20, K, 8, seed=0)
-    test = make_toy(10, K, 8, seed=1, split="test")
-    dset = create_method("random", ipc=2, seed=0)(train, progress=False)
-    teacher = Teacher(Oracle(), "oracle", train.classes, train.mean, train.std, image_size=8)
-    return train, test, dset, teacher
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg(**kw) -> EvalConfig:
@@ -119,8 +87,8 @@ def test_schedules():
 
 # --- training -------------------------------------------------------------------------------------------
 
-def test_hl_trains_above_chance_and_reproduces(data):
-    _, test, dset, _ = data
+def test_hl_trains_above_chance_and_reproduces(toy_eval):
+    _, test, dset, _ = toy_eval
     c = cfg(seeds=2)
     a = evaluate(dset, test, c, progress=False)
     b = evaluate(dset, test, c, progress=False)
@@ -130,8 +98,8 @@ def test_hl_trains_above_chance_and_reproduces(data):
     assert a.to_dict()["n"] == 2 and a.to_dict()["std"] == pytest.approx(abs(a.accs[0] - a.accs[1]) / 2)
 
 
-def test_slkd_with_teacher_trains_above_chance(data):
-    _, test, dset, teacher = data
+def test_slkd_with_teacher_trains_above_chance(toy_eval):
+    _, test, dset, teacher = toy_eval
     res = evaluate(dset, test, cfg(regime="slkd", epochs=150), teacher, progress=False)
     assert res.soft_label_source == "online teacher"
     assert res.mean > 0.5
@@ -139,8 +107,8 @@ def test_slkd_with_teacher_trains_above_chance(data):
     assert res.mean > 0.5
 
 
-def test_sl_uses_stored_soft_labels(data):
-    _, test, dset, _ = data
+def test_sl_uses_stored_soft_labels(toy_eval):
+    _, test, dset, _ = toy_eval
     # Stored labels point every image to the NEXT class: a student trained on them predicts y+1.
     wrong = torch.nn.functional.one_hot((dset.labels + 1) % K, K).float() * 6.0
     shifted_set = dataclasses.replace(dset, soft={"soft": wrong})
@@ -149,8 +117,8 @@ def test_sl_uses_stored_soft_labels(data):
     assert res.soft_label_source == "stored" and res.mean > 0.5
 
 
-def test_mosaic_sets_are_decoded_when_the_recipe_has_no_crop(data):
-    _, test, dset, _ = data
+def test_mosaic_sets_are_decoded_when_the_recipe_has_no_crop(toy_eval):
+    _, test, dset, _ = toy_eval
     mosaic = dataclasses.replace(dset, meta={**dset.meta, "factor": 2})  # e.g. a LIC set: 2×2 mosaics
     res = evaluate(mosaic, test, cfg(recipe="hardtruths-hl", epochs=2), progress=False)
     assert (res.recipe.crop, res.recipe.factor, res.info["decoded_mosaic_factor"]) == ("factor", 2, 2)
@@ -170,13 +138,13 @@ def test_region_soft_labels_pick_the_cell():
     assert torch.equal(out, torch.stack([region[0, 3], soft[2], region[1, 1]]))
 
 
-def test_errors(data):
-    _, test, dset, teacher = data
+def test_errors(toy_eval):
+    _, test, dset, teacher = toy_eval
     with pytest.raises(DDKitError, match="teacher"):
         evaluate(dset, test, cfg(regime="slkd"), None, progress=False)
     with pytest.raises(DDKitError, match="soft labels"):
         evaluate(dset, test, cfg(regime="sl"), None, progress=False)
-    other = Teacher(Oracle(), "oracle", ["a", "b", "c", "d"], test.mean, test.std, image_size=8)
+    other = Teacher(MeanOracle(), "oracle", ["a", "b", "c", "d"], test.mean, test.std, image_size=8)
     with pytest.raises(DDKitError, match="classes"):
         evaluate(dset, test, cfg(regime="slkd"), other, progress=False)
     bad_test = make_toy(5, K + 1, 8, seed=3, split="test")
@@ -188,8 +156,8 @@ def test_errors(data):
         evaluate(dset, test, cfg(recipe="bogus"), progress=False)
 
 
-def test_run_evaluation_outputs(data, tmp_path):
-    train, test, dset, teacher = data
+def test_run_evaluation_outputs(toy_eval, tmp_path):
+    train, test, dset, teacher = toy_eval
     d = tmp_path / "set"
     dset.save(d, pngs=False)
     out = tmp_path / "eval"

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-import torch.nn as nn
 
 from ddkit.evaluate import EvalConfig, evaluate, make_plan, resolve_recipe, run_evaluation
 from ddkit.evaluate.parallel import EvalDist, setup, unwrap
@@ -21,7 +20,7 @@ from ddkit.methods import create_method
 from ddkit.models import create_model
 from ddkit.teachers import Teacher, accuracy
 from ddkit.utils import DDKitError, make_generator
-from tests.conftest import make_toy
+from tests.conftest import MeanOracle, make_toy
 
 K, WORLD = 4, 2
 SEEDS = dict(recipe="cim", regime="hl", student="convnet-d1", student_width=8, seeds=3, epochs=8, num_evals=2)
@@ -30,22 +29,11 @@ DDP = dict(recipe="cim", regime="slkd", student="convnet-d1-bn", student_width=8
            batch_size=8, ddp=True)
 
 
-class Oracle(nn.Module):
-    """A constructed teacher for the toy data (logits fall with the distance of the mean pixel to each class)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.centres = nn.Parameter(((torch.arange(K) + 0.5) / K * 200 / 255 - 0.5) / 0.25)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return -(x.float().mean(dim=(1, 2, 3))[:, None] - self.centres[None]) ** 2
-
-
 def make_data():
     train = make_toy(20, K, 8, seed=0)
     test = make_toy(9, K, 8, seed=1, split="test")  # 36 images: shards of 18, and 12 with W = 3
     dset = create_method("random", ipc=4, seed=0)(train, progress=False)
-    return test, dset, Teacher(Oracle(), "oracle", train.classes, train.mean, train.std, image_size=8)
+    return test, dset, Teacher(MeanOracle(), "oracle", train.classes, train.mean, train.std, image_size=8)
 
 
 def _worker(rank: int, tmp: Path, port: int) -> None:

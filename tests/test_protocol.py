@@ -7,45 +7,16 @@ import dataclasses
 
 import pytest
 import torch
-import torch.nn as nn
 
 import ddkit.study as study
 from ddkit.config import add_dataclass_args, from_args
 from ddkit.evaluate import EvalConfig, evaluate, get_recipe, resolve_recipe
-from ddkit.methods import create_method
 from ddkit.study import PRESETS, StudyConfig, preset_config, read_results, run_study
-from ddkit.teachers import Teacher
 from ddkit.utils import DDKitError
 from tests.conftest import make_toy
 
 K = 4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-class MeanOracle(nn.Module):
-    """Logits fall with the distance of the mean pixel to each class's intensity (the toy data's rule)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.centres = nn.Parameter(((torch.arange(K) + 0.5) / K * 200 / 255 - 0.5) / 0.25)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return -(x.float().mean(dim=(1, 2, 3))[:, None] - self.centres[None]) ** 2
-
-
-@pytest.fixture(scope="module")
-def data():
-    train, test = make_toy(20, K, 8, seed=0), make_toy(10, K, 8, seed=1, split="test")
-    dset = create_method("random", ipc=2, seed=0)(train, progress=False)
-    teacher = Teacher(MeanOracle(), "oracle", train.classes, train.mean, train.std, image_size=8)
-    return train, test, dset, teacher
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small(**kw) -> EvalConfig:
@@ -67,8 +38,8 @@ def test_cim_crop_factor_follows_the_set():
     assert (old.crop, old.factor) == ("factor", 2)
 
 
-def test_summary_says_which_crop_ran(data, capsys):
-    _, test, dset, _ = data
+def test_summary_says_which_crop_ran(toy_eval, capsys):
+    _, test, dset, _ = toy_eval
     res = evaluate(dset, test, small(recipe="cim"), progress=True)
     assert res.recipe.crop == "none" and res.info["crop"] == "none (set factor 1)"
     assert "crop none (set factor 1)" in capsys.readouterr().out
@@ -80,8 +51,8 @@ def test_summary_says_which_crop_ran(data, capsys):
 
 # --- 5. SL: one fixed soft label per image unless asked ---------------------------------------------------
 
-def test_sl_one_label_per_image_by_default_region_and_named_keys_on_request(data, monkeypatch):
-    _, test, dset, _ = data
+def test_sl_one_label_per_image_by_default_region_and_named_keys_on_request(toy_eval, monkeypatch):
+    _, test, dset, _ = toy_eval
     n = len(dset)
     soft = torch.randn(n, K)
     lic = dataclasses.replace(dset, meta={**dset.meta, "factor": 2},
@@ -109,20 +80,20 @@ def test_sl_one_label_per_image_by_default_region_and_named_keys_on_request(data
 
 # --- 6. SL+KD as the paper: CutMix views relabelled online, KL --------------------------------------------
 
-def test_hardtruths_slkd_recipe_is_the_study_default(data):
+def test_hardtruths_slkd_recipe_is_the_study_default(toy_eval):
     r = get_recipe("hardtruths-slkd")
     assert (r.mix, r.mix_alpha, r.slkd_loss, r.temperature, r.t2_scale) == ("cutmix", 1.0, "kl", 20.0, False)
     assert (r.optimizer, r.lr, r.schedule, r.epochs, r.batch_size) == ("adamw", 1e-3, "cosine", 300, 256)
     assert StudyConfig().recipe_for("slkd") == "hardtruths-slkd"
-    _, test, dset, teacher = data
+    _, test, dset, teacher = toy_eval
     res = evaluate(dset, test, small(recipe="hardtruths-slkd", regime="slkd", epochs=3), teacher, progress=False)
     assert res.soft_label_source == "online teacher" and res.recipe.mix == "cutmix"
 
 
 # --- 7. best-of-test recorded, never the headline --------------------------------------------------------
 
-def test_best_of_test_is_recorded_beside_the_last_epoch_headline(data):
-    _, test, dset, _ = data
+def test_best_of_test_is_recorded_beside_the_last_epoch_headline(toy_eval):
+    _, test, dset, _ = toy_eval
     res = evaluate(dset, test, small(recipe="hardtruths-hl", epochs=6, num_evals=3, seeds=2), progress=False)
     d = res.to_dict()
     best = d["best_of_test"]
@@ -163,8 +134,8 @@ def test_preset_through_the_cli_keeps_explicit_flags(tmp_path, monkeypatch):
     assert (cfg.preset, cfg.epochs, cfg.seeds, cfg.methods, cfg.ipcs) == ("small-scale", 300, 1, ("random",), (10, 50))
 
 
-def test_study_epochs_mode_runs_each_ipc_at_its_own_k(tmp_path, monkeypatch):
-    train, test = make_toy(20, K, 8), make_toy(10, K, 8, seed=1, split="test")
+def test_study_epochs_mode_runs_each_ipc_at_its_own_k(tmp_path, monkeypatch, toy_pair):
+    train, test = toy_pair
     calls = []
     real = study.evaluate
     monkeypatch.setattr(study, "evaluate", lambda *a, **kw: calls.append(a[2]) or real(*a, **kw))

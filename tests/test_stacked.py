@@ -15,23 +15,14 @@ from ddkit.methods import create_method
 from ddkit.models import create_model
 from ddkit.teachers import Teacher
 from ddkit.utils import DDKitError, derive_seed, make_generator
-from tests.conftest import make_toy
 
 K = 4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def data():
-    train = make_toy(20, K, 8, seed=0)
-    test = make_toy(10, K, 8, seed=1, split="test")
+def data(toy_pair):
+    train, test = toy_pair
     dset = create_method("random", ipc=3, seed=0)(train, progress=False)
     torch.manual_seed(5)
     tnet = create_model("convnet-d1", num_classes=K, image_size=8, width=8).eval()
