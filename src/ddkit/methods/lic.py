@@ -17,7 +17,7 @@ chunked to at most `max_batch` images (gradient accumulation) to bound peak memo
 `pack_classes` off (the CPU default) every forward holds one class's rows at class-relative chunk
 offsets, so per-class results are bit-identical whatever `classes_per_step` is; on CUDA classes are
 packed into shared forwards for throughput (results then agree to float rounding). The selection
-forward (step 2) of `lookahead` classes runs in shared fixed-shape forwards of exactly `max_batch`
+forward (step 2) of `lookahead` classes runs in shared fixed-shape forwards of exactly `score_batch`
 images (`ddkit.teachers.shared`), bit-identical whatever the grouping; `cpu_amp` runs it in bf16 on
 CPUs with native bf16 (compensation and stored labels stay fp32).
 """
@@ -41,7 +41,7 @@ from ddkit.methods.lic_ops import (DISTANCES, DOWNSAMPLE_MODES, SELECTIONS, cros
 from ddkit.methods.lic_optim import Compensator
 from ddkit.models import default_feature_layer
 from ddkit.teachers.frozen import FrozenTeacher
-from ddkit.teachers.shared import groups
+from ddkit.teachers.shared import groups, score_batch
 from ddkit.utils import DDKitError, cpu_bf16_native, make_generator
 
 
@@ -75,6 +75,9 @@ class LICConfig(MethodConfig):
     pack_classes: Optional[bool] = field(None, "share forwards between the classes of a step: None = on CUDA "
                                                "only (CPU keeps per-class forwards, bit-identical)")
     amp: bool = field(True, "bf16 autocast for teacher passes on CUDA (Δx and AdamW stay fp32)")
+    score_batch: int = field(0, "images in every selection forward (the last zero-padded, so results do not depend "
+                                "on the grouping); 0 = auto: 32 on CPU (measured fastest, docs/performance.md), "
+                                "max_batch on CUDA")
     lookahead: int = field(16, "classes whose selection forwards are shared (rounded up to whole steps); "
                                "results are the same bytes for any value; memory: their uint8 pools")
     cpu_amp: bool = field(False, "bf16 autocast for the selection forward on CPU, where the CPU has native bf16 "
@@ -90,6 +93,8 @@ class LICConfig(MethodConfig):
         for name in ("pool_size", "factor", "classes_per_step", "max_batch", "lookahead"):
             if getattr(self, name) < 1:
                 raise DDKitError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
+        if self.score_batch < 0:
+            raise DDKitError(f"--score-batch must be ≥ 0 (0 = auto), got {self.score_batch}")
         if self.iterations < 0:
             raise DDKitError(f"--iterations must be ≥ 0, got {self.iterations}")
 
@@ -147,7 +152,7 @@ def _prefetched(dataset: ImageDataset, steps: List[List[int]], cfg: LICConfig
 
 
 def _select_group(pools: Sequence[Tuple[torch.Tensor, torch.Tensor]], group: Sequence[int], tch: FrozenTeacher,
-                  cfg: LICConfig, n: int) -> List[Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]:
+                  cfg: LICConfig, n: int, batch: int) -> List[Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]:
     """The n key samples of each class of `group`, in rank order: per class (uint8 ranked images on CPU,
     their dataset indices, their scores or None). The teacher forwards of the whole group are shared
     fixed-shape forwards, so each class's choice is the same whichever classes share them."""
@@ -155,10 +160,10 @@ def _select_group(pools: Sequence[Tuple[torch.Tensor, torch.Tensor]], group: Seq
     if cfg.selection == "random":
         scores: List[Optional[torch.Tensor]] = [None] * len(group)
     else:
-        logits = tch.shared_logits(images, cfg.cpu_amp, cfg.max_batch)
+        logits = tch.shared_logits(images, cfg.cpu_amp, batch)
         scores = [cross_entropy_per_sample(z, c) for z, c in zip(logits, group)]
     if cfg.selection == "herding":
-        feats = tch.shared_features(images, "penultimate", cfg.cpu_amp, cfg.max_batch)
+        feats = tch.shared_features(images, "penultimate", cfg.cpu_amp, batch)
     out = []
     for j, (c, (pool, idx)) in enumerate(zip(group, pools)):
         if cfg.selection == "herding":
@@ -212,12 +217,14 @@ def lic(dataset: ImageDataset, teacher: Any, cfg: LICConfig, classes: Sequence[i
     set_meta = {"feature_layer": layer, "factor": cfg.factor, "images_per_mosaic": cfg.factor ** 2,
                 "packed_forwards": packed,
                 "selection_bf16": tch.amp or (cfg.cpu_amp and device.type == "cpu" and cpu_bf16_native())}
+    batch = score_batch(cfg.score_batch, device, cfg.max_batch)
+    set_meta["score_batch"] = batch
     classes = list(classes)
     # a group is whole steps: its pools are read ahead in one go and its selection forwards are shared
     group_size = -(-max(cfg.lookahead, cfg.classes_per_step) // cfg.classes_per_step) * cfg.classes_per_step
     for group, pools, waited in _prefetched(dataset, groups(classes, group_size), cfg):
         t0 = time.perf_counter()
-        chosen = _select_group(pools, group, tch, cfg, n)
+        chosen = _select_group(pools, group, tch, cfg, n, batch)
         _sync(device)
         select_share = (time.perf_counter() - t0) / len(group)
         for s0 in range(0, len(group), cfg.classes_per_step):

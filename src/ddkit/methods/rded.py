@@ -23,7 +23,7 @@ The patch machinery (`PatchScorer`, `best_patches_many`, `run_classes`) is share
 (`ddkit.methods.cad`), which only swaps the random pool for a CAD-Prune pool.
 
 Engineering: the crops of `lookahead` classes are scored together, streamed through fixed-shape
-teacher forwards of exactly `max_batch` patches (`ddkit.teachers.shared`: the last one zero-padded),
+teacher forwards of exactly `score_batch` patches (`ddkit.teachers.shared`: the last one zero-padded),
 then the classes are yielded one by one. A class's crops, scores and mosaics are the same bytes
 whether it runs alone or with any other classes (test_rded, test_golden). `cpu_amp` runs those
 scoring forwards in bf16 on CPUs with native bf16 (off by default: docs/performance.md).
@@ -45,6 +45,7 @@ from ddkit.geometry import auto_factor, cell_bounds, downsample
 from ddkit.methods.base import ClassResult, MethodConfig, register_method
 from ddkit.teachers.frozen import FrozenTeacher
 from ddkit.teachers.shared import Rows, groups, shared_forward
+from ddkit.teachers.shared import score_batch as score_batch_for
 from ddkit.utils import DDKitError, autocast, cpu_bf16_native, make_generator
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -69,8 +70,10 @@ class RDEDConfig(MethodConfig):
                                           "(RDED's quirk)")
     store_labels: bool = field(False, "store the teacher's logits of each final image as 'soft' (RDED stores "
                                       "none; its recipe relabels online)")
-    max_batch: int = field(256, "patches per teacher forward: every scoring forward has exactly this many "
-                                "(the last zero-padded), so results do not depend on the grouping")
+    max_batch: int = field(256, "most images in one teacher forward (bounds peak memory)")
+    score_batch: int = field(0, "patches in every crop-scoring forward (the last zero-padded, so results do not "
+                                "depend on the grouping); 0 = auto: 32 on CPU (measured fastest, "
+                                "docs/performance.md), max_batch on CUDA")
     amp: bool = field(True, "bf16 autocast for teacher passes on CUDA (CE is computed in fp32)")
     lookahead: int = field(DEFAULT_LOOKAHEAD, "classes whose crops are scored in shared teacher forwards before "
                                               "they are yielded one by one (results are the same bytes for any "
@@ -87,6 +90,8 @@ class RDEDConfig(MethodConfig):
                 raise DDKitError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
         if self.factor < 0:
             raise DDKitError(f"--factor must be ≥ 0 (0 = auto), got {self.factor}")
+        if self.score_batch < 0:
+            raise DDKitError(f"--score-batch must be ≥ 0 (0 = auto), got {self.score_batch}")
         if not 0 < self.scale_min <= 1:
             raise DDKitError(f"--scale-min must be in (0, 1], got {self.scale_min}")
 
@@ -100,12 +105,13 @@ class PatchScorer:
     """The method's device copy of the teacher: CE of patches zero-padded in normalised space, batched."""
 
     def __init__(self, teacher: Any, device: torch.device, normalization: str = "dataset",
-                 max_batch: int = 256, amp: bool = True, cpu_amp: bool = False) -> None:
+                 max_batch: int = 256, amp: bool = True, cpu_amp: bool = False, score_batch: int = 0) -> None:
         if normalization == "imagenet" and teacher.channels != 3:
             raise DDKitError(f"normalization 'imagenet' needs 3-channel images, the teacher has {teacher.channels}")
         self.device = device
         self.size = int(teacher.image_size)
         self.max_batch = int(max_batch)
+        self.score_batch = score_batch_for(score_batch, device, self.max_batch)  # rows of every scoring forward
         self.amp = amp and device.type == "cuda"
         self.cpu_amp = bool(cpu_amp)  # scoring forwards only; stored logits stay fp32
         # The shared frozen view: a private copy only when it must move (the caller's teacher stays put).
@@ -179,7 +185,7 @@ def best_patches_many(pools: Sequence[torch.Tensor], labels: Sequence[int], scor
     boxes = [rrc.sample(len(p) * num_crop, p.shape, generator=g)["box"].to(p.device)
              for p, g in zip(pools, generators)]
     logits = shared_forward(scorer.forward, [_crop_rows(p, b, num_crop, patch, scorer) for p, b in zip(pools, boxes)],
-                            scorer.max_batch)
+                            scorer.score_batch)
     out = []
     for pool, box, z, label in zip(pools, boxes, logits, labels):
         n = len(pool)
@@ -197,7 +203,7 @@ def best_patches(pool01: torch.Tensor, label: int, scorer: PatchScorer, num_crop
 
     Returns (patches n×C×patch×patch in [0,1], their CE (n,), their boxes n×4 (top, left, h, w)).
     Crop j of image i is box row i·num_crop + j; ties keep the first crop. The crops are scored in
-    forwards of `scorer.max_batch` without being kept, then only the winners are cut again (same box,
+    forwards of `scorer.score_batch` without being kept, then only the winners are cut again (same box,
     same pixels), so memory holds one forward's crops, not pool × num_crop patches.
     """
     return best_patches_many([pool01], [label], scorer, num_crop, patch, scale_min, [generator])[0]
@@ -298,12 +304,13 @@ def rded(dataset: ImageDataset, teacher: Any, cfg: RDEDConfig, classes: Sequence
     factor = resolve_factor(cfg.factor, dataset.image_size)
     check_teacher_shape(dataset, teacher, factor)
     check_pools(dataset, cfg.pool_size, cfg.ipc * factor ** 2, "rded")
-    scorer = PatchScorer(teacher, device, cfg.normalization, cfg.max_batch, cfg.amp, cfg.cpu_amp)
+    scorer = PatchScorer(teacher, device, cfg.normalization, cfg.max_batch, cfg.amp, cfg.cpu_amp, cfg.score_batch)
 
     def pool_of(c: int) -> Tuple[torch.Tensor, torch.Tensor]:
         return dataset.class_images(c, cfg.pool_size, generator=make_generator(cfg.seed, "class", c))
 
     meta = {"normalization": cfg.normalization, "num_crop": cfg.num_crop, "pool": "random",
-            "intended_regime": "slkd", "intended_recipe": "rded", "scoring_bf16": scoring_bf16(scorer)}
+            "intended_regime": "slkd", "intended_recipe": "rded", "scoring_bf16": scoring_bf16(scorer),
+            "score_batch": scorer.score_batch}
     yield from run_classes(classes, pool_of, scorer, cfg.ipc, factor, cfg.num_crop, cfg.scale_min, cfg.seed,
                            cfg.store_labels, meta, lookahead=cfg.lookahead)

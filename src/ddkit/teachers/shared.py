@@ -89,6 +89,20 @@ def shared_forward(fn: Callable[[torch.Tensor], torch.Tensor], requests: Sequenc
             for o in outs]
 
 
+#: rows per scoring forward on CPU when a method's `score_batch` is 0 (auto). Measured (bench/selection_speed.py,
+#: docs/performance.md): a ConvNet-3 forward at 32 px runs faster per image at 32 rows than at 256 on one
+#: CPU core (the activations of a small batch stay in cache); CUDA keeps the method's max_batch.
+CPU_SCORE_BATCH = 32
+
+
+def score_batch(requested: int, device: torch.device, max_batch: int) -> int:
+    """The fixed rows per shared scoring forward: `requested` when > 0, else CPU_SCORE_BATCH on CPU and
+    `max_batch` elsewhere."""
+    if requested > 0:
+        return int(requested)
+    return min(CPU_SCORE_BATCH, int(max_batch)) if device.type == "cpu" else int(max_batch)
+
+
 def groups(items: Sequence[int], size: int) -> List[List[int]]:
     """`items` in consecutive groups of at most `size` (the look-ahead of a method's shared forwards)."""
     size = max(1, int(size))
