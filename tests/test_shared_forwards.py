@@ -14,7 +14,7 @@ from ddkit.methods.rded import RDEDConfig
 from ddkit.models import create_model
 from ddkit.teachers import Teacher
 from ddkit.teachers.frozen import FrozenTeacher
-from ddkit.teachers.shared import Rows, groups, shared_forward, tensor_rows
+from ddkit.teachers.shared import CPU_SCORE_BATCH, Rows, groups, score_batch, shared_forward, tensor_rows
 from ddkit.utils import DDKitError, cpu_bf16_native
 
 from tests.conftest import make_toy
@@ -166,8 +166,16 @@ def test_lic_cpu_amp_selection_runs_and_is_recorded(setup):
     assert torch.equal(out[2].images, alone.images)
 
 
-def test_lookahead_must_be_positive():
-    with pytest.raises(DDKitError, match="lookahead"):
-        RDEDConfig(lookahead=0)
-    with pytest.raises(DDKitError, match="lookahead"):
-        LICConfig(lookahead=0)
+def test_lookahead_and_score_batch_checks_and_auto_score_batch(setup):
+    for cfg in (RDEDConfig, LICConfig):
+        with pytest.raises(DDKitError, match="lookahead"):
+            cfg(lookahead=0)
+        with pytest.raises(DDKitError, match="score-batch"):
+            cfg(score_batch=-1)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert score_batch(0, cpu, 256) == CPU_SCORE_BATCH and score_batch(0, cpu, 8) == 8
+    assert score_batch(0, cuda, 256) == 256 and score_batch(7, cuda, 256) == 7
+    ds, t = setup
+    r = _classes("rded", ds, t, [0], ipc=1, factor=2, num_crop=2, score_batch=5)[0]
+    l = _classes("lic", ds, t, [0], ipc=1, iterations=0)[0]
+    assert r.set_meta["score_batch"] == 5 and l.set_meta["score_batch"] == CPU_SCORE_BATCH
