@@ -43,6 +43,7 @@ from ddkit.evaluate.train import StudentTrainer, Targets, Views, make_plan, trai
 from ddkit.models import create_model, feature_extractor
 from ddkit.report import markdown_table
 from ddkit.teachers import accuracy, predict_logits
+from ddkit.teachers.frozen import FrozenTeacher
 from ddkit.utils import DDKitError, derive_seed, get_device, make_generator
 
 LossFn = Callable[[DistilledSet, ImageDataset, torch.device], float]
@@ -159,14 +160,14 @@ def feature_mean_loss(teacher: Any, real_per_class: int = 256, seed: int = 0) ->
     if teacher is None:
         raise DDKitError("the feature_mean distillation loss needs a teacher: pass --teacher CKPT")
     cache: Dict[str, torch.Tensor] = {}
+    # fp32 (amp off) on the teacher's own device: the features are compared across subsets, not trained on
+    ft = FrozenTeacher(teacher, teacher.device, amp=False, channels_last=False, max_batch=512)
 
     def fn(subset: DistilledSet, train: ImageDataset, device: torch.device) -> float:
-        net = feature_extractor(teacher.model, "penultimate").eval()
-        dev = teacher.device
         if "real" not in cache:
             x, y = _real_reference(train, real_per_class, seed)
-            cache["real"] = _class_means(_embed(net, x, teacher.mean, teacher.std, dev), y, train.num_classes)
-        syn = _class_means(_embed(net, subset.images, teacher.mean, teacher.std, dev), subset.labels, train.num_classes)
+            cache["real"] = _class_means(ft.features(x, "penultimate").cpu(), y, train.num_classes)
+        syn = _class_means(ft.features(subset.images, "penultimate").cpu(), subset.labels, train.num_classes)
         return float((cache["real"] - syn).pow(2).sum())
 
     return fn

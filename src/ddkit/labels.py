@@ -35,7 +35,6 @@ top-10: 300 · 10,000 · (10 · 4 + 4) B = 132 MB (120 MB values + indices, 12 M
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -47,8 +46,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ddkit.augment import Augment, Normalize, Params, select
-from ddkit.utils import DDKitError, atomic_write_bytes, autocast, get_device, make_generator
+from ddkit.augment import Augment, Params, select
+from ddkit.teachers.frozen import FrozenTeacher
+from ddkit.utils import DDKitError, atomic_write_bytes, get_device, make_generator
 
 FORMAT = "ddkit-labels/1"
 FILLS = ("uniform", "neg_inf")
@@ -225,7 +225,8 @@ def build_label_store(images: Any, teacher: Any, aug: Augment, epochs: int, seed
 
     Args:
         images: float N×C×H×W in [0,1] (uint8 accepted) or a DistilledSet.
-        teacher: a ddkit Teacher (model, mean, std, classes); a private copy runs on `device`.
+        teacher: a ddkit Teacher (model, mean, std, classes), seen through `FrozenTeacher` on `device`
+            (a private copy only when its weights live elsewhere).
         aug: per-sample, replayable augmentation of [0,1] images (e.g. Compose([RandomResizedCrop, Flip])).
         epochs, seed: views (e, i) for e < epochs, params drawn from (seed, "labels", e).
         topk: None = full fp16 logits; k = top-k values + indices + log-sum-exp (module docstring).
@@ -271,16 +272,14 @@ def build_label_store(images: Any, teacher: Any, aug: Augment, epochs: int, seed
     meta["epochs_done"] = start
     store = LabelStore(path, meta, images, aug)
     dev = get_device(device) if not isinstance(device, torch.device) else device
-    net = copy.deepcopy(teacher.model).to(dev).eval().requires_grad_(False)
-    norm = Normalize(teacher.mean, teacher.std)
+    ft = FrozenTeacher(teacher, dev, amp=amp, channels_last=False, max_batch=batch_size)
     arrays = {name: store._array(name, "r+") for name in spec}
     bar = tqdm(total=(epochs - start) * n, desc="relabel", disable=not progress, dynamic_ncols=True, mininterval=1.0)
     for e in range(start, epochs):
         for a in range(0, n, batch_size):
             idx = torch.arange(a, min(a + batch_size, n))
             x = aug.apply(images[a:a + len(idx)].to(dev), store.params(e, idx))
-            with torch.no_grad(), autocast(dev, amp):
-                logits = net(norm.apply(x, {})).float().clamp(-_F16_MAX, _F16_MAX)
+            logits = ft.logits(x).clamp(-_F16_MAX, _F16_MAX)
             if topk is None:
                 arrays["logits"][e, a:a + len(idx)] = logits.half().cpu().numpy()
             else:

@@ -45,6 +45,7 @@ from ddkit.distilled import DistilledSet
 from ddkit.evaluate import EvalConfig, evaluate, get_recipe, resolve_regime
 from ddkit.grids import write_preview
 from ddkit.methods import create_method, method_spec
+from ddkit.teachers.frozen import teacher_identity
 from ddkit.study_report import rank_table, write_report  # noqa: F401  (rank_table re-exported)
 from ddkit.utils import DDKitError, get_device, git_revision, machine_info
 
@@ -171,7 +172,7 @@ def _protocol(cfg: StudyConfig, train: Any, teacher: Any, eval_overrides: Mappin
     return {"dataset": train.name, "train_size": len(train), "student": cfg.student, "student_width": cfg.student_width,
             "recipes": {r: cfg.recipe_for(r) for r in ("hl", "sl", "slkd")}, "seeds": cfg.seeds, "seed": cfg.seed,
             "epochs": cfg.epochs, "preset": cfg.preset,
-            "teacher": (teacher.meta.get("path") or teacher.arch) if teacher is not None else None,
+            "teacher": teacher_identity(teacher),
             "eval_overrides": {k: eval_overrides[k] for k in sorted(eval_overrides)}}
 
 

@@ -35,6 +35,7 @@ from ddkit.evaluate.losses import LOSSES
 from ddkit.evaluate.metrics import hlr, ior, summarize
 from ddkit.evaluate.recipes import resolve_recipe
 from ddkit.evaluate.train import make_plan
+from ddkit.teachers.frozen import teacher_identity
 from ddkit.utils import DDKitError, git_revision, machine_info, make_generator
 from ddkit.validate import json_safe
 
@@ -147,7 +148,7 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
                      "samples_seen": plan.samples, "eval_epochs": list(plan.eval_epochs)},
             "distilled": str(distilled_dir), "test": f"{test.name}/{test.split} ({len(test)} images)",
             "train": f"{train.name}/{train.split} ({len(train)} images)" if train is not None else None,
-            "teacher": (teacher.meta.get("path") or teacher.arch) if teacher is not None else None,
+            "teacher": teacher_identity(teacher),
             "students": names, "baselines": list(baselines), "with_random": with_random, "device": str(dev),
             "git_revision": git_revision(), "machine": machine_info(dev), **ctx.describe(),
         }

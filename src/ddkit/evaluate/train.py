@@ -26,6 +26,7 @@ from ddkit.augment import (Augment, Compose, CutMix, FactorCrop, Flip, Identity,
 from ddkit.evaluate.losses import LossSpec, make_criterion
 from ddkit.evaluate.recipes import Recipe
 from ddkit.optim import make_optimizer
+from ddkit.teachers.frozen import FrozenTeacher
 from ddkit.trackers import record
 from ddkit.utils import DDKitError, autocast, stage
 
@@ -169,12 +170,12 @@ def mix_soft_targets(t: torch.Tensor, mixer, params, prob_space: bool, temperatu
 
 def teacher_forward(teacher, set_mean, set_std, image_size: int, device: torch.device, amp: bool,
                     cpu_amp: bool = False, compile: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Teacher logits of student views (normalised with the SET's stats), with no grad, eval mode and the
-    same autocast. Views are mapped back to pixels and renormalised with the teacher's own stats when
-    they differ (e.g. RDED's ImageNet stats on CIFAR), and resized when the teacher expects another size."""
-    model = teacher.model.eval()
-    if compile:  # the compiled student's layout (channels_last) then costs the teacher nothing
-        model = torch.compile(model)
+    """Teacher logits of student views (normalised with the SET's stats) through the one `FrozenTeacher`
+    (no grad, eval mode, the same autocast). Views are mapped back to pixels and renormalised with the
+    teacher's own stats when they differ (e.g. RDED's ImageNet stats on CIFAR), and resized when the
+    teacher expects another size. The views keep the student's layout (channels_last is set on the
+    teacher's net by the caller), so the frozen view is asked for no layout of its own."""
+    ft = FrozenTeacher(teacher, device, amp=amp, channels_last=False, cpu_amp=cpu_amp, compile=compile)
     same = (tuple(map(float, teacher.mean)) == tuple(map(float, set_mean))
             and tuple(map(float, teacher.std)) == tuple(map(float, set_std)))
     m = torch.tensor(set_mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -184,11 +185,10 @@ def teacher_forward(teacher, set_mean, set_std, image_size: int, device: torch.d
     def fn(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             if not same:
-                x = teacher.normalize(x * s + m)
+                x = ft.normalize(x * s + m)
             if size != x.shape[-1]:
                 x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-            with autocast(device, amp, cpu=cpu_amp):
-                return model(x).float()
+            return ft.forward_normalized(x)
 
     return fn
 

@@ -19,7 +19,6 @@ data. SRe2L itself batches 100 classes × 1 image per step; `classes_per_batch` 
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from ddkit.config import field
 from ddkit.data.base import ImageDataset, to_float
 from ddkit.methods.base import ClassResult, MethodConfig, check_ipc, register_method
 from ddkit.methods.recover import RecoverSpec, class_targets, recover, require_bn, valid_bounds
+from ddkit.teachers.frozen import FrozenTeacher
 from ddkit.utils import DDKitError, make_generator
 
 #: Per-dataset defaults, chosen by image size (preset "auto": ≤ 32 px cifar, ≤ 64 px tiny, else imagenet).
@@ -138,9 +138,10 @@ def resolve_spec(cfg: RecoverConfig, method: str, image_size: int,
 
 
 def teacher_copy(teacher: Any, device: torch.device, what: str) -> nn.Module:
-    """A private eval-mode copy of the teacher's network on `device` (refused without BatchNorm)."""
+    """A private eval-mode copy of the teacher's network on `device` (refused without BatchNorm): the BN hooks
+    and DWA's weight steps must never touch the caller's teacher."""
     require_bn(teacher.model, what, getattr(teacher, "arch", None))
-    return copy.deepcopy(teacher.model).to(device).eval().requires_grad_(False)
+    return FrozenTeacher(teacher, device, amp=False, channels_last=False, private=True).net
 
 
 #: Hook for DWA: (model, class, real normalised images of the class or None) -> context manager that

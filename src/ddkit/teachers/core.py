@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from ddkit.data.base import ImageDataset, to_float
 from ddkit.models import feature_extractor
+from ddkit.teachers.frozen import FrozenTeacher
 from ddkit.utils import DDKitError, autocast, make_generator
 
 
@@ -120,6 +121,10 @@ def predict_logits(model_or_teacher: Union[nn.Module, Teacher], images: torch.Te
     for the call (its mode is restored) and moved to `device` (default: where its weights are).
     """
     model, m, s, dev = _resolve(model_or_teacher, mean, std, device)
+    if isinstance(model_or_teacher, Teacher) and mean is None and std is None:
+        # a teacher is seen through the one frozen view (its weights now live on `dev`: no copy is made)
+        ft = FrozenTeacher(model_or_teacher, dev, amp=True, channels_last=False, max_batch=batch_size)
+        return ft.logits(images).cpu()
     outs = [z.cpu() for z in _batched_logits(model, images, m, s, dev, batch_size)]
     return torch.cat(outs) if outs else torch.empty(0, 0)
 

@@ -2,11 +2,13 @@
 
 Before it, LIC, RDED/CA2D, the feature coresets, the soft-label store and the evaluator each kept a
 private copy of the teacher with its own normalisation and chunking. This object does that once:
-a private copy on `device` only when the weights live elsewhere (the caller's teacher never moves),
-eval mode with gradients off, the teacher's own normalisation, chunked no-grad logits and flattened
+a private copy on `device` only when the weights live elsewhere or the caller asks for one (`private`:
+SRe2L/DWA hook and perturb the net; the caller's teacher never moves), eval mode with gradients off, the teacher's own normalisation, chunked no-grad logits and flattened
 features, truncated feature extractors for gradient paths (LIC), and a stable identity string for
 provenance and fingerprints. bf16 autocast and channels_last apply on CUDA only (CPU stays fp32, so
-CPU results are bit-identical to the earlier per-method copies); `shared_logits` / `shared_features`
+CPU results are bit-identical to the earlier per-module copies: the evaluator's online teacher, the
+soft-label store, DCS's feature loss, `predict_logits`; the evaluator's `--cpu-amp` is the constructor's
+`cpu_amp`); `shared_logits` / `shared_features`
 score the candidates of several classes in fixed-shape shared forwards (`ddkit.teachers.shared`), in
 bf16 on CPU too when asked (`cpu_amp`) and the CPU computes bf16 natively.
 """
@@ -41,17 +43,20 @@ class FrozenTeacher:
     """
 
     def __init__(self, teacher: Any, device: torch.device, *, amp: bool = True, channels_last: bool = True,
-                 max_batch: int = 256) -> None:
+                 max_batch: int = 256, cpu_amp: bool = False, compile: bool = False, private: bool = False) -> None:
         self.teacher = teacher
         self.device = device
         cuda = device.type == "cuda"
         self.amp = amp and cuda
+        self.cpu_amp = cpu_amp
         self.channels_last = channels_last and cuda
         self.max_batch = int(max_batch)
-        same = next(teacher.model.parameters()).device == device and not self.channels_last
+        same = next(teacher.model.parameters()).device == device and not self.channels_last and not private
         net = teacher.model if same else copy.deepcopy(teacher.model).to(device)
         net = net.eval().requires_grad_(False)
         self.net = net.to(memory_format=torch.channels_last) if self.channels_last else net
+        # compiled only for whole-net forwards; extractors truncate the plain net (see `extractor`)
+        self._forward = torch.compile(self.net) if compile else self.net
         self.norm = Normalize(teacher.mean, teacher.std)
         self.identity = teacher_identity(teacher)
         self._extractors: Dict[str, nn.Module] = {}
@@ -71,9 +76,16 @@ class FrozenTeacher:
         return self._extractors[layer]
 
     @torch.no_grad()
+    def forward_normalized(self, x: torch.Tensor) -> torch.Tensor:
+        """fp32 logits of one batch that is already normalised with the teacher's stats and on this device
+        (the evaluator's online teacher: student views arrive normalised, in the student's layout)."""
+        with autocast(self.device, self.amp, cpu=self.cpu_amp):
+            return self._forward(x).float()
+
+    @torch.no_grad()
     def logits(self, x01: torch.Tensor, max_batch: Optional[int] = None) -> torch.Tensor:
         """fp32 logits of [0,1] images, chunked to at most `max_batch` per forward."""
-        return self._chunked(self.net, x01, max_batch)
+        return self._chunked(self._forward, x01, max_batch)
 
     @torch.no_grad()
     def features(self, x01: torch.Tensor, layer: str = "penultimate", max_batch: Optional[int] = None
@@ -108,6 +120,6 @@ class FrozenTeacher:
         out = []
         for i in range(0, len(x01), step):
             x = self.normalize(x01[i:i + step])
-            with autocast(self.device, self.amp):
+            with autocast(self.device, self.amp, cpu=self.cpu_amp):
                 out.append(net(self.prep(x)).float())
-        return torch.cat(out)
+        return torch.cat(out) if out else torch.empty(0, 0, device=self.device)
