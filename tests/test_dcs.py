@@ -80,3 +80,22 @@ def test_teacher_ce_loss_and_tiny_study(data):
     assert "size held fixed" in res.to_markdown()
     with pytest.raises(DDKitError, match="needs a teacher"):
         make_distill_loss("feature_mean", None)
+
+
+def test_dcs_trains_through_the_evaluators_public_hook(data):
+    """DCS holds no student loop of its own: `evaluate(on_student=…)` hands it each trained student."""
+    from pathlib import Path
+
+    import ddkit.dcs
+    from ddkit.teachers import accuracy
+
+    text = Path(ddkit.dcs.__file__).read_text()
+    assert "train_run" not in text and "StudentTrainer" not in text and "make_plan" not in text
+    train, test = data
+    s = create_method("random", ipc=3)(train, device="cpu", progress=False)
+    seen = []
+    res = evaluate(s, test, dataclasses.replace(CFG, stack=2), device="cpu", progress=False,
+                   on_student=lambda seed, m: seen.append((seed, accuracy(m, test, s.mean, s.std, device="cpu"))))
+    assert [seed for seed, _ in seen] == res.seeds == [0, 1]  # one call per seed, in order (no stacking)
+    assert [a for _, a in seen] == res.accs  # the trained student itself, not a copy
+    assert res.accs == evaluate(s, test, CFG, device="cpu", progress=False).accs

@@ -21,8 +21,8 @@ plus any `extra_sets` (coresets or distilled sets; grouped by their IPC). Distil
 * `teacher_ce`: mean teacher cross-entropy of S (the RDED/LIC selection criterion, "realism").
 
 Test loss: `ddkit.evaluate.evaluate` reports accuracies and the TRAIN loss only, so `student_test_losses`
-trains the students with the evaluator's own building blocks (same recipe resolution, plan, seeds and
-data path as `evaluate` under HL) and scores the test cross-entropy of each trained student.
+has `evaluate` train the students (HL; its recipe resolution, plan, seeds and data path) and scores the
+test cross-entropy of each trained student through the evaluator's public `on_student` hook.
 """
 from __future__ import annotations
 
@@ -36,13 +36,10 @@ import torch.nn.functional as F
 
 from ddkit.data.base import ImageDataset, to_float
 from ddkit.distilled import DistilledSet
-from ddkit.evaluate import EvalConfig
-from ddkit.evaluate.losses import LOSSES, make_criterion
-from ddkit.evaluate.recipes import resolve_recipe
-from ddkit.evaluate.train import StudentTrainer, Targets, Views, make_plan, train_run
+from ddkit.evaluate import EvalConfig, evaluate
 from ddkit.models import create_model, feature_extractor
 from ddkit.report import markdown_table
-from ddkit.teachers import accuracy, predict_logits
+from ddkit.teachers import predict_logits
 from ddkit.teachers.frozen import FrozenTeacher
 from ddkit.utils import DDKitError, derive_seed, get_device, make_generator
 
@@ -206,38 +203,20 @@ def make_distill_loss(name: str, teacher: Any = None, **kw: Any) -> LossFn:
 def student_test_losses(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, *,
                         full_train_size: Optional[int] = None, device: Any = None, progress: bool = False
                         ) -> List[Tuple[float, float]]:
-    """(test accuracy, test cross-entropy) of each of cfg.seeds students trained as `evaluate` trains them
-    under HL (same recipe resolution, plan, seeds, init and augmentation draws)."""
+    """(test accuracy, test cross-entropy) of each of cfg.seeds students, trained by `evaluate` itself under
+    HL; its public `on_student` hook hands over each trained student, whose test cross-entropy is scored here."""
     if cfg.regime != "hl":
         raise DDKitError("the DCS study trains students under hl (hard labels); use --regime hl")
     dev = device if isinstance(device, torch.device) else get_device(device)
-    n, k, size = len(distilled), distilled.num_classes, distilled.images.shape[-1]
-    recipe = resolve_recipe(cfg, n_images=n, num_classes=k, ipc=distilled.ipc, image_size=size)
-    plan = make_plan(recipe, n, budget_epochs=cfg.budget_epochs, full_train_size=full_train_size)
-    spec = LOSSES.get(recipe.loss_for("hl"))
-    crit = make_criterion(spec.name, temperature=recipe.temperature, t2_scale=recipe.t2_scale,
-                          mse_weight=recipe.mse_weight, ce_weight=recipe.ce_weight)
-    kw = {"width": cfg.student_width} if cfg.student_width is not None else {}
-    student = cfg.student or "convnet-d3"
-    images, labels = distilled.images.to(dev), distilled.labels.to(dev)
-    out = []
-    for r in range(cfg.seeds):
-        seed = cfg.seed + r
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            torch.manual_seed(derive_seed(seed, "init"))
-            model = create_model(student, num_classes=k, image_size=size, channels=images.shape[1], **kw).to(dev)
-            if dev.type == "cuda" and cfg.channels_last:
-                model.to(memory_format=torch.channels_last)
-            trainer = StudentTrainer(model, images, labels, recipe, plan, Views(recipe, size, distilled.mean, distilled.std),
-                                     Targets("hl", k, spec, recipe.temperature), crit, device=dev,
-                                     order_gen=make_generator(seed, "order"), aug_gen=make_generator(seed, "aug"),
-                                     amp=cfg.amp, channels_last=cfg.channels_last)
-            res = train_run(trainer, seed, progress=progress, desc=f"dcs/seed{seed}",
-                            evaluate=lambda m: accuracy(m, test, distilled.mean, distilled.std, device=dev,
-                                                        batch_size=cfg.test_batch_size))
+    losses: List[float] = []
+
+    def test_loss(seed: int, model: torch.nn.Module) -> None:
         z = predict_logits(model, test.images, distilled.mean, distilled.std, device=dev, batch_size=cfg.test_batch_size)
-        out.append((res.final_acc, float(F.cross_entropy(z.float(), test.labels.cpu()))))
-    return out
+        losses.append(float(F.cross_entropy(z.float(), test.labels.cpu())))
+
+    res = evaluate(distilled, test, cfg, full_train_size=full_train_size, device=dev, progress=progress,
+                   set_name="dcs", on_student=test_loss)
+    return list(zip(res.accs, losses))
 
 
 # ----------------------------------------------------------------------------------------------------

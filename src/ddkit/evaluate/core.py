@@ -11,7 +11,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -181,7 +181,8 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
              full_train_size: Optional[int] = None, device: Any = None, progress: bool = True,
              output: Optional[Path] = None, val: Optional[ImageDataset] = None,
              soft_labels: Optional[torch.Tensor] = None, soft_source: str = "provided",
-             set_name: str = "distilled") -> EvalResult:
+             set_name: str = "distilled", on_student: Optional[Callable[[int, torch.nn.Module], None]] = None
+             ) -> EvalResult:
     """Train `cfg.seeds` fresh students on `distilled` and report last-epoch test accuracy.
 
     Args:
@@ -193,6 +194,9 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
         output: when given, per-run metrics.jsonl files are written under it (seed<k>/metrics.jsonl).
         val: optional validation split (recorded; only used for the val-selected number).
         soft_labels: precomputed SL logits (N×K) to reuse across students (`soft_source` names them).
+        on_student: the public hook for callers that measure more than accuracy (DCS's test loss):
+            called as on_student(seed, student) with each trained student, in the process that trained it,
+            before the next seed starts; students then train one at a time (no --stack).
 
     Under torchrun (joined lazily) the seeds are spread over the ranks and gathered, giving the
     single-process result; with cfg.ddp every seed is one DDP run over all ranks (see
@@ -303,7 +307,7 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
     runs: List[Tuple[int, RunResult]] = []
     t0 = time.perf_counter()
     todo = ctx.run_indices(cfg.seeds)
-    if cfg.stack > 1 and ctx.mode == "single" and stored is None and len(todo) > 1:  # seeds as one stacked model
+    if cfg.stack > 1 and ctx.mode == "single" and stored is None and len(todo) > 1 and on_student is None:  # seeds as one stacked model
         def build(seed: int):
             with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
                 torch.manual_seed(derive_seed(seed, "init"))  # the same init draw as the loop below
@@ -347,6 +351,8 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
             res = train_run(trainer, seed, evaluate=test_acc, validate=val_acc,
                             log_path=log, progress=progress, desc=f"{set_name}/{student}/seed{seed}")
         res.class_accs, per_class[0] = per_class[0], None  # from the last (headline) test evaluation
+        if on_student is not None:
+            on_student(seed, model)
         runs.append((r, res))
         if progress:
             print(f"[evaluate] {set_name}/{student} seed {seed}: test acc {res.final_acc:.4f} "
