@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import ddkit.methods.cad  # noqa: F401  (registers cad-prune / ca2d until the lead adds them to the built-ins)
+from ddkit.config import build
 from ddkit.methods.base import create_method
 from ddkit.methods.cad import (CA2DConfig, CADConfig, cad_from_scores, dynamics_config, record_plan, scoring_epochs,
                                top_per_class)
@@ -74,7 +75,7 @@ def test_record_plan_rule():
     assert record_plan(0.5, 6, 2, steps_per_epoch=10) == (1, 1)       # m = 16 > steps: every iteration
     assert record_plan(10.5, 6, 2, steps_per_epoch=10) == (11, 0)     # ⌊10.5⌋ = 10 ≥ 8 points at epoch ends
     assert record_plan(20, 6, 2, steps_per_epoch=10, points_per_epoch=2) == (20, 5)
-    d = dynamics_config(CADConfig(budget_epochs=2, proxy_batch_size=8), 2.0, 80)
+    d = dynamics_config(build(CADConfig, dict(budget_epochs=2, proxy_batch_size=8)), 2.0, 80)
     assert (d.epochs, d.record_every, d.early_epochs) == (2, 2, 2.0)
 
 
@@ -104,7 +105,7 @@ def toy():
 
 def test_cad_prune_end_to_end_selects_top_cad(toy, tmp_path_factory):
     cache = str(tmp_path_factory.mktemp("dyn"))
-    cfg = CADConfig(ipc=3, budget_epochs=2, dynamics_cache=cache, span=6, **PROXY)  # an explicit J (IN-1K's)
+    cfg = build(CADConfig, dict(ipc=3, budget_epochs=2, dynamics_cache=cache, span=6, **PROXY))  # an explicit J (IN-1K's)
     out = create_method("cad-prune", **{k: getattr(cfg, k) for k in cfg.__dataclass_fields__})(
         toy, device="cpu", progress=False)
     # the recording is cached: reload it and redo Eq. 1–2 + the class-balanced top-ipc by hand
@@ -140,9 +141,9 @@ def test_fractional_budget_truncates_points_and_falls_back(toy, tmp_path_factory
         toy, device="cpu", progress=False)
     assert six.meta["cad_span"] == 3 and six.meta["cad_span_fallback_used"]  # J = 6 asked, R < J + W
     # compute-matched: the scoring run stops at K (its dynamics hold no point past the budget)
-    dcfg = dynamics_config(CADConfig(ipc=2, budget_epochs=0.5, **PROXY), 0.5, len(toy))
+    dcfg = dynamics_config(build(CADConfig, dict(ipc=2, budget_epochs=0.5, **PROXY)), 0.5, len(toy))
     assert dcfg.epochs == 1 and dcfg.stop_epochs == 0.5
-    assert dynamics_config(CADConfig(ipc=2, budget_epochs=2, **PROXY), 2.0, len(toy)).stop_epochs == 0.0
+    assert dynamics_config(build(CADConfig, dict(ipc=2, budget_epochs=2, **PROXY)), 2.0, len(toy)).stop_epochs == 0.0
 
 
 def test_ca2d_pool_is_the_cad_coreset(toy, tmp_path_factory):

@@ -42,7 +42,7 @@ def test_distill_config_picks_the_method_options(tmp_path):
                    "proxy_epochs: 1\nproxy-width: 8\n")
     assert main(["distill", "-c", str(cfg), "--output", str(tmp_path / "h")]) == 0
     meta = json.loads((tmp_path / "h" / "meta.json").read_text())
-    assert meta["method"] == "el2n-easy" and meta["config"]["proxy_epochs"] == 1
+    assert meta["method"] == "el2n-easy" and meta["config"]["proxy"]["epochs"] == 1
 
 
 def test_evaluate_config_round_trips(tmp_path):

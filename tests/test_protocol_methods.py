@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn as nn
 
+from ddkit.config import build
 from ddkit.methods.base import create_method, method_spec
 from ddkit.methods.cad import CADConfig, cad_from_scores, dynamics_config, resolve_span
-from ddkit.methods.coresets import El2nEasyConfig, proxy_dynamics_config
+from ddkit.methods.coresets import El2nEasyConfig
 from ddkit.methods.dynamics import DynamicsConfig, _lr_lambda, _Recorder
 from ddkit.methods.el2n import El2nBestConfig, holdout
 from ddkit.models import create_model
@@ -35,17 +36,17 @@ def test_cad_span_rule_is_whole_run_outside_imagenet():
 
 
 def test_cad_early_checkpoint_ablation_keeps_the_long_runs_schedule():
-    cfg = CADConfig(budget_epochs=3, early_checkpoint_of=30, **TINY)
+    cfg = build(CADConfig, dict(budget_epochs=3, early_checkpoint_of=30, **TINY))
     d = dynamics_config(cfg, 3.0, 80)
     assert d.schedule_epochs == 30.0 and d.epochs == 3
     steps = 10
-    matched = _lr_lambda(dynamics_config(CADConfig(budget_epochs=3, **TINY), 3.0, 80), steps)
+    matched = _lr_lambda(dynamics_config(build(CADConfig, dict(budget_epochs=3, **TINY)), 3.0, 80), steps)
     early = _lr_lambda(d, steps)
     assert matched(2 * steps) == pytest.approx(0.1)  # StepLR@151/300 compressed to K = 3: decayed by epoch 2
     assert all(early(it) == 1.0 for it in range(3 * steps))  # 3 epochs of a 30-epoch schedule: no decay yet
     assert _lr_lambda(DynamicsConfig(epochs=3, schedule="cosine", schedule_epochs=30), steps)(3 * steps) > 0.97
     with pytest.raises(DDKitError, match="≥ the budget"):
-        dynamics_config(CADConfig(budget_epochs=3, early_checkpoint_of=2, **TINY), 3.0, 80)
+        dynamics_config(build(CADConfig, dict(budget_epochs=3, early_checkpoint_of=2, **TINY)), 3.0, 80)
     toy = make_toy(20, 4, 8)
     out = create_method("cad-prune", ipc=2, budget_epochs=2, early_checkpoint_of=20, dynamics_cache="none", **TINY)(
         toy, device="cpu", progress=False)
@@ -67,10 +68,10 @@ def test_ca2d_states_its_pool_reading():
 
 def test_el2n_defaults_are_paul_et_al():
     c = El2nEasyConfig()
-    assert (c.proxy_runs, c.proxy_early_epochs) == (10, 20.0) and c.proxy_epochs >= 20
-    d = proxy_dynamics_config(c)
+    assert (c.proxy.runs, c.proxy.early_epochs) == (10, 20.0) and c.proxy.epochs >= 20
+    d = c.proxy
     assert (d.runs, d.early_epochs, d.temperature) == (10, 20.0, 0.0)
-    assert El2nBestConfig().proxy_runs == 10
+    assert El2nBestConfig().proxy.runs == 10
 
 
 def test_el2n_best_picks_the_window_on_a_held_out_slice(tmp_path, monkeypatch):

@@ -324,7 +324,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             load_entry_points()
             for spec in plugin_specs:
                 load_plugin(spec)
-        from ddkit.config import parse_with_config
+        from ddkit.config_file import parse_with_config
 
         args = parse_with_config(build_parser, argv, _method_from_argv)
         if not args.command:

@@ -70,7 +70,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:
-    from ddkit.config import dump, from_args, run_record
+    from ddkit.config import dump, from_args
+    from ddkit.config_file import run_record
     from ddkit.teachers import TeacherConfig, save_teacher, train_teacher
     from ddkit.utils import get_device
     from ddkit.validate import check_config
@@ -114,7 +115,8 @@ def cmd_experts(args: argparse.Namespace) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from ddkit.config import dump, from_args, save_record
+    from ddkit.config import dump, from_args
+    from ddkit.config_file import save_record
     from ddkit.distributed import distill_sharded
     from ddkit.methods import create_method, method_spec
     from ddkit.ranks import is_main
@@ -166,7 +168,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ddkit.config import from_args, save_record
+    from ddkit.config import from_args
+    from ddkit.config_file import save_record
     from ddkit.distilled import load_distilled
     from ddkit.evaluate import EvalConfig, run_evaluation
 
@@ -216,7 +219,8 @@ def cmd_relabel(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from ddkit.config import dump, from_args, parse_key_values, save_record
+    from ddkit.config import dump, from_args, parse_key_values
+    from ddkit.config_file import save_record
     from ddkit.study import StudyConfig, run_study
     from ddkit.utils import get_device
     from ddkit.validate import check_config, check_outputs, io_paths

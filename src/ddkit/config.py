@@ -2,8 +2,14 @@
 
 A stage config is a frozen dataclass whose field defaults are the paper's, each with a
 `metadata={"help": ...}` one-line reason. `add_dataclass_args` turns it into kebab-case
-flags; `-c config.yaml` only sets defaults (timm's two-stage parse); the resolved config is
+flags; `-c config.yaml` only sets defaults (timm's two-stage parse, see ddkit.config_file); the resolved config is
 printed and saved next to the outputs. Nothing mutates a config after parsing.
+
+A field whose type is itself a config dataclass (e.g. a coreset's `proxy: DynamicsConfig`) is a nested
+sub-config: it is flattened to prefixed flags (`proxy.epochs` -> `--proxy-epochs`, key `proxy_epochs`),
+optionally only for the sub-fields its metadata lists (`field(..., only=(...))`); `build` accepts the
+flat prefixed keys, a nested mapping or an instance, and `flat_dict` gives the flat keys back (what a
+saved config.yaml holds).
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import dataclasses
 import json
 import typing
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
+from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar
 
 import yaml
 
@@ -31,6 +37,82 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"ddkit: error: {self.prog}: {message}; see `{self.prog} --help`\n")
+
+
+def _nested_type(f: dataclasses.Field, hints: Dict[str, Any]) -> Optional[type]:
+    """The sub-config class of a nested field, else None."""
+    tp = hints[f.name]
+    return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+
+
+def flat_fields(cls: Type[Any]) -> List[Tuple[str, dataclasses.Field, Any, Any]]:
+    """(flat name, field, type hint, default) of every option of `cls`, nested sub-configs flattened
+    (`proxy.epochs` -> `proxy_epochs`, with the sub-field's help and the nested default's value)."""
+    hints = typing.get_type_hints(cls)
+    out: List[Tuple[str, dataclasses.Field, Any, Any]] = []
+    for f in dataclasses.fields(cls):
+        sub = _nested_type(f, hints)
+        if sub is None:
+            out.append((f.name, f, hints[f.name], _default(f)))
+            continue
+        inner, only = typing.get_type_hints(sub), f.metadata.get("only")
+        base = _default(f)
+        for g in dataclasses.fields(sub):
+            if only is None or g.name in only:
+                out.append((f"{f.name}_{g.name}", g, inner[g.name], getattr(base, g.name)))
+    return out
+
+
+def option_names(cls: Type[Any]) -> List[str]:
+    """Every key `build(cls, …)` accepts: the flat option names and the nested fields' own names."""
+    return sorted({n for n, *_ in flat_fields(cls)} | {f.name for f in dataclasses.fields(cls)})
+
+
+def _subs(cls: Type[Any]) -> Dict[str, Tuple[str, str]]:
+    """{flat name: (nested field, sub-field)} of the flattened options of `cls`."""
+    hints = typing.get_type_hints(cls)
+    out: Dict[str, Tuple[str, str]] = {}
+    for f in dataclasses.fields(cls):
+        sub, only = _nested_type(f, hints), f.metadata.get("only")
+        for g in dataclasses.fields(sub) if sub is not None else ():
+            if only is None or g.name in only:
+                out[f"{f.name}_{g.name}"] = (f.name, g.name)
+    return out
+
+
+def build(cls: Type[C], values: Dict[str, Any]) -> C:
+    """`cls(**values)` where a nested sub-config may be given as flat prefixed keys (`proxy_epochs=1`), a
+    mapping (`proxy={"epochs": 1}`) or an instance; the flat keys apply over the nested default.
+    Unknown keys raise ValueError naming them."""
+    unknown = sorted(set(values) - set(option_names(cls)))
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {', '.join(unknown)}")
+    subs, hints = _subs(cls), typing.get_type_hints(cls)
+    kw = {k: v for k, v in values.items() if k not in subs}
+    for f in dataclasses.fields(cls):
+        sub = _nested_type(f, hints)
+        if sub is None:
+            continue
+        flat = {subs[k][1]: v for k, v in values.items() if k in subs and subs[k][0] == f.name}
+        given = kw.get(f.name)
+        if isinstance(given, dict):
+            given = sub(**given)
+        if flat or given is not None:
+            kw[f.name] = dataclasses.replace(given if given is not None else _default(f), **flat)
+    return cls(**kw)
+
+
+def flat_dict(cfg: Any) -> Dict[str, Any]:
+    """to_dict(cfg) with each nested sub-config spelled as its flat prefixed keys (the flags' own names)."""
+    subs = _subs(type(cfg))
+    nested = {parent for parent, _ in subs.values()}
+    out = {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in nested}
+    out.update({k: to_dict(getattr(getattr(cfg, parent), name)) for k, (parent, name) in subs.items()})
+    return out
 
 
 def _flag(name: str) -> str:
@@ -57,29 +139,26 @@ def _base_type(tp: Any) -> Any:
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: Type[Any], prefix: str = "", skip: tuple = ()) -> None:
     """Add one flag per field of dataclass `cls` (field `foo_bar` -> `--foo-bar`)."""
-    hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(cls.__name__)
-    for f in dataclasses.fields(cls):
-        if f.name in skip or f.metadata.get("cli") is False:
+    for name, f, hint, default in flat_fields(cls):
+        if name in skip or f.metadata.get("cli") is False:
             continue
-        tp = _base_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        tp = _base_type(hint)
         # argparse %-formats help strings: escape literal percent signs.
         help_ = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
-        dest = prefix + f.name
+        dest = prefix + name
         if tp is bool:
-            act = group.add_argument(_flag(prefix + f.name), dest=dest, type=_bool, nargs="?", const=True,
-                               default=argparse.SUPPRESS, metavar="BOOL", help=help_)
+            act = group.add_argument(_flag(dest), dest=dest, type=_bool, nargs="?", const=True,
+                                     default=argparse.SUPPRESS, metavar="BOOL", help=help_)
         elif typing.get_origin(tp) in (tuple, list):
             inner = typing.get_args(tp)[0] if typing.get_args(tp) else str
-            act = group.add_argument(_flag(prefix + f.name), dest=dest, default=argparse.SUPPRESS,
-                               type=lambda s, t=inner: tuple(t(x) for x in s.split(",") if x),
-                               metavar="A,B,..", help=help_)
+            act = group.add_argument(_flag(dest), dest=dest, default=argparse.SUPPRESS,
+                                     type=lambda s, t=inner: tuple(t(x) for x in s.split(",") if x),
+                                     metavar="A,B,..", help=help_)
         else:
-            act = group.add_argument(_flag(prefix + f.name), dest=dest, type=tp, default=argparse.SUPPRESS,
-                                     help=help_)
+            act = group.add_argument(_flag(dest), dest=dest, type=tp, default=argparse.SUPPRESS, help=help_)
         # What `-c FILE` needs to check a YAML value the way the flag would: may it be null, is it a list.
-        act.ddkit_optional = type(None) in typing.get_args(hints[f.name])  # type: ignore[attr-defined]
+        act.ddkit_optional = type(None) in typing.get_args(hint)  # type: ignore[attr-defined]
         act.ddkit_list = typing.get_origin(tp) in (tuple, list)  # type: ignore[attr-defined]
 
 
@@ -87,240 +166,10 @@ def from_args(cls: Type[C], ns: argparse.Namespace | Dict[str, Any], prefix: str
     """Build a frozen `cls` from parsed flags over optional YAML defaults `base`."""
     values = dict(base or {})
     src = vars(ns) if isinstance(ns, argparse.Namespace) else ns
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - names
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys in config: {', '.join(sorted(unknown))}")
-    for n in names:
+    for n in option_names(cls):
         if prefix + n in src:
             values[n] = src[prefix + n]
-    return cls(**values)
-
-
-def load_yaml(path: str | Path | None) -> Dict[str, Any]:
-    """Read a YAML config file into a mapping; DDKitError naming the file (and line) when it is not one."""
-    from ddkit.utils import DDKitError
-
-    if not path:
-        return {}
-    p = Path(path)
-    if not p.is_file():
-        raise DDKitError(f"config file {p} not found")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise DDKitError(f"config file {p} is not valid YAML{where} ({problem}); fix the file") from None
-    except UnicodeDecodeError:
-        raise DDKitError(f"config file {p} is not a text file; give a YAML file of option: value lines") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise DDKitError(f"config file {p} must hold a mapping of option: value lines, found a "
-                         f"{type(data).__name__}")
-    return data
-
-
-# -- `-c FILE` for every subcommand ---------------------------------------------------------------
-#: never recorded: the file itself, and --overwrite (so a saved file can never delete anything)
-_NOT_RECORDED = ("config", "overwrite")
-
-
-def _options(parser: argparse.ArgumentParser) -> Dict[str, argparse.Action]:
-    """{canonical key: action} of one (sub)parser; the key is the long flag with underscores, or the positional."""
-    out: Dict[str, argparse.Action] = {}
-    for a in parser._actions:
-        if isinstance(a, (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)):
-            continue
-        longs = [s for s in a.option_strings if s.startswith("--")]
-        out[longs[0][2:].replace("-", "_") if longs else a.dest] = a
-    return out
-
-
-def _lookup(options: Dict[str, argparse.Action], key: Any) -> Optional[str]:
-    k = str(key).strip().lstrip("-").replace("-", "_")
-    if k in options:
-        return k
-    return next((name for name, a in options.items() if a.dest == k), None)  # the dest spelling also works
-
-
-def command_parser(parser: argparse.ArgumentParser, argv: Sequence[str]) -> Tuple[Optional[argparse.ArgumentParser], str]:
-    """The leaf subparser `argv` selects (e.g. `teacher train`) and its name; (None, '') when there is none."""
-    p, names, pos = parser, [], 0
-    while True:
-        sub = next((a for a in p._actions if isinstance(a, argparse._SubParsersAction)), None)
-        if sub is None:
-            return p, " ".join(names)
-        tok = next(((i, t) for i, t in enumerate(argv) if i >= pos and not t.startswith("-")), None)
-        if tok is None or tok[1] not in sub.choices:
-            return None, ""
-        p, pos = sub.choices[tok[1]], tok[0] + 1
-        names.append(tok[1])
-
-
-def config_path_from_argv(argv: Sequence[str]) -> Optional[str]:
-    """The value of -c/--config in argv (the last one wins, as argparse does), without parsing."""
-    found = None
-    for i, a in enumerate(argv):
-        if a in ("-c", "--config") and i + 1 < len(argv):
-            found = argv[i + 1]
-        elif a.startswith("--config="):
-            found = a.split("=", 1)[1]
-    return found
-
-
-def config_options(path: str | Path, command: str) -> Dict[str, Any]:
-    """The option: value mapping of a -c file: flat, or the `args` of a file a ddkit run saved."""
-    from ddkit.utils import DDKitError
-
-    data = load_yaml(path)
-    if "command" in data and "args" in data:  # a run's saved config.yaml (see run_record)
-        if data["command"] != command:
-            raise DDKitError(f"{path} records a `ddkit {data['command']}` run; use it with `ddkit {data['command']} "
-                             f"-c {path}`, not `ddkit {command}`")
-        if not isinstance(data["args"], dict):
-            raise DDKitError(f"{path}: 'args' must be a mapping of option: value")
-        return dict(data["args"])
-    return data
-
-
-def _convert(a: argparse.Action, key: str, value: Any, where: str) -> Any:
-    """A YAML value as the flag would have parsed it; DDKitError (one line) when it cannot be."""
-    from ddkit.utils import DDKitError
-
-    def bad(want: str) -> DDKitError:
-        return DDKitError(f"{where}: {key}: {value!r} is not {want}")
-
-    if value is None:
-        if getattr(a, "ddkit_optional", False) or (a.option_strings and a.default is None):
-            return None
-        raise bad("allowed to be empty (null)")
-    if isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    if isinstance(a, argparse._AppendAction):
-        return [_convert_one(a, x, bad) for x in (value if isinstance(value, list) else [value])]
-    return _convert_one(a, value, bad)
-
-
-def _convert_one(a: argparse.Action, value: Any, bad: Any) -> Any:
-    t = a.type
-    if isinstance(value, dict):
-        raise bad("a single value")
-    if isinstance(value, list):
-        if t is not None and not getattr(a, "ddkit_list", False):
-            raise bad("a single value")
-        value = ",".join(str(x) for x in value)  # the flag's own comma syntax
-    try:
-        if t is None:
-            out: Any = value if isinstance(value, str) else str(value)
-        elif t is int:
-            if isinstance(value, bool) or isinstance(value, float):
-                raise ValueError
-            out = int(value)
-        elif t is float:
-            if isinstance(value, bool):
-                raise ValueError
-            out = float(value)
-        elif t is _bool and isinstance(value, bool):
-            out = value
-        else:
-            out = t(str(value))
-    except (ValueError, TypeError, argparse.ArgumentTypeError):
-        want = {int: "a whole number", float: "a number", _bool: "true or false"}.get(t, "a valid value")
-        raise bad(want) from None
-    if a.choices is not None and out not in a.choices:
-        raise bad(f"one of {', '.join(map(str, a.choices))}")
-    return out
-
-
-def apply_config_file(parser: argparse.ArgumentParser, command: str, path: str | Path) -> None:
-    """Make the options of `path` the defaults of `parser` (flags on the command line still win).
-
-    Every key must be an option of `ddkit COMMAND` (either spelling: `batch_size` or `batch-size`);
-    an unknown key fails with the list of valid ones. Values are checked as the flag would check them.
-    """
-    from ddkit.utils import DDKitError
-
-    options = _options(parser)
-    opts = config_options(path, command)
-    valid = sorted(k for k in options if k not in ("config",))
-    unknown = [str(k) for k in opts if _lookup(options, k) in (None, "config")]
-    if unknown:
-        raise DDKitError(f"{path}: unknown key(s) {', '.join(unknown)} for `ddkit {command}`; valid keys: "
-                         f"{', '.join(valid)}")
-    defaults: Dict[str, Any] = {}
-    for k, v in opts.items():
-        name = _lookup(options, k)
-        a = options[name]  # type: ignore[index]
-        defaults[a.dest] = _convert(a, name, v, str(path))  # type: ignore[arg-type]
-        if a.option_strings:
-            a.required = False
-        elif a.nargs is None:
-            a.nargs = "?"  # a positional the file gives may be left off the command line
-    parser.set_defaults(**defaults)
-
-
-def run_record(ns: argparse.Namespace, *cfgs: Any, **extra: Any) -> Dict[str, Any]:
-    """{"command", "args"}: every option of the run `ns` (parsed by parse_with_config), resolved, as -c reads it.
-
-    Stage dataclasses `cfgs` fill the options left at their defaults; `extra` overrides (e.g. model=arch).
-    """
-    resolved: Dict[str, Any] = {}
-    for c in cfgs:
-        resolved.update(to_dict(c))
-    args: Dict[str, Any] = {}
-    for name, a in _options(ns._parser).items():
-        if a.dest in _NOT_RECORDED:
-            continue
-        if a.dest in resolved:
-            args[name] = resolved[a.dest]
-        elif hasattr(ns, a.dest):
-            args[name] = to_dict(getattr(ns, a.dest))
-    args.update(to_dict(extra))
-    return {"command": ns._command, "args": args}
-
-
-def save_record(path: str | Path, ns: argparse.Namespace, *cfgs: Any, **extra: Any) -> None:
-    """Write a run's config.yaml: its run_record first (what `-c` reads), then what the file already held
-    (the evaluator's resolved recipe, plan and machine, kept for reading). Under torchrun rank 0 writes."""
-    import os
-
-    from ddkit.utils import atomic_write_bytes
-
-    if os.environ.get("RANK", "0") != "0":
-        return
-    p = Path(path)
-    old = yaml.safe_load(p.read_text()) if p.is_file() else None
-    keep = {k: v for k, v in old.items() if k not in ("command", "args")} if isinstance(old, dict) else {}
-    atomic_write_bytes(p, yaml.safe_dump({**run_record(ns, *cfgs, **extra), **keep}, sort_keys=False).encode())
-
-
-def parse_with_config(build_parser: Callable[[Sequence[str]], argparse.ArgumentParser], argv: List[str],
-                      method_from_argv: Callable[[Sequence[str]], Optional[str]]) -> argparse.Namespace:
-    """Parse argv; with -c FILE its options become the chosen subcommand's defaults (flags still win).
-
-    Every subcommand gets -c. The namespace carries `_parser` (the subcommand's) and `_command` for run_record.
-    """
-    path = config_path_from_argv(argv)
-    build_argv = argv
-    if path and argv[:1] == ["distill"] and method_from_argv(argv) is None:
-        # The method decides which options exist, so the file's `method:` picks the option set.
-        m = config_options(path, "distill").get("method")
-        build_argv = argv + ["--method", str(m)] if m else argv
-    parser = build_parser(build_argv)
-    leaf, command = command_parser(parser, argv)
-    if leaf is not None:
-        if not any(a.dest == "config" for a in leaf._actions):
-            leaf.add_argument("-c", "--config", default=None, help="YAML file whose keys set flag defaults")
-        if path:
-            apply_config_file(leaf, command, path)
-    args = parser.parse_args(argv)
-    args._parser, args._command = leaf, command
-    return args
+    return build(cls, values)
 
 
 def parse_key_values(items: "list[str]", dotted: bool = False) -> Dict[str, Any]:

@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from tqdm.auto import tqdm
 
-from ddkit.config import config_hash, field
+from ddkit.config import config_hash, field, option_names
 from ddkit.distilled import DistilledSet
 from ddkit.evaluate import EvalConfig, evaluate, get_recipe, resolve_regime
 from ddkit.grids import write_preview
@@ -180,7 +180,7 @@ def _set_for(method: str, ipc: int, budget: float, cfg: StudyConfig, train: Any,
              overrides: Mapping[str, Any], device: Any, progress: bool) -> DistilledSet:
     """Build (or load from out/sets/) the set of one (method, ipc[, budget])."""
     spec = method_spec(method)
-    fields = {f.name for f in dataclasses.fields(spec.config)}
+    fields = set(option_names(spec.config))
     kw: Dict[str, Any] = {"ipc": ipc, "seed": cfg.seed}
     name = f"{spec.name}-ipc{ipc}-seed{cfg.seed}"
     if "budget_epochs" in fields:
@@ -231,7 +231,7 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
         raise DDKitError(f"unknown evaluator option(s) {', '.join(sorted(set(eval_overrides) - known))}; "
                          f"known: {', '.join(sorted(known))}")
     for name, opts in method_overrides.items():
-        mknown = {f.name for f in dataclasses.fields(method_spec(name).config)}
+        mknown = set(option_names(method_spec(name).config))
         if set(opts) - mknown:
             raise DDKitError(f"unknown option(s) {', '.join(sorted(set(opts) - mknown))} for method {name}; "
                              f"see `ddkit distill --method {name} --help`")

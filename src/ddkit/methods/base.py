@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Type
 import torch
 from tqdm.auto import tqdm
 
-from ddkit.config import field, to_dict
+from ddkit.config import build, field, option_names, to_dict
 from ddkit.data.base import ImageDataset
 from ddkit.distilled import DistilledSet
 from ddkit.registry import Registry
@@ -249,8 +249,8 @@ class Method:
 def create_method(name: str, **overrides: Any) -> Method:
     """Look up `name` and bind its config with `overrides` (unknown keys fail with the valid ones)."""
     spec = method_spec(name)
-    valid = {f.name for f in dataclasses.fields(spec.config)}
-    bad = set(overrides) - valid
+    valid = option_names(spec.config)  # nested sub-configs by their flat keys too (proxy_epochs)
+    bad = set(overrides) - set(valid)
     if bad:
-        raise DDKitError(f"method {spec.name!r} has no option(s) {', '.join(sorted(bad))}; valid: {', '.join(sorted(valid))}")
-    return Method(spec, spec.config(**overrides))
+        raise DDKitError(f"method {spec.name!r} has no option(s) {', '.join(sorted(bad))}; valid: {', '.join(valid)}")
+    return Method(spec, build(spec.config, overrides))

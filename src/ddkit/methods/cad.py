@@ -37,6 +37,7 @@ lowest-CE selection; the reproduction's "ASSUME 8").
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -57,7 +58,7 @@ CA2D_POOLS = ("coreset", "top_pool")
 
 @dataclass(frozen=True)
 class CADConfig(MethodConfig):
-    """CAD-Prune options (hardtruths §2); proxy_* configure the compute-matched scoring run."""
+    """CAD-Prune options (hardtruths §2); `proxy` (--proxy-*) configures the compute-matched scoring run."""
 
     budget_epochs: Optional[float] = field(None, "K: downstream compute budget in FULL-data epochs (the evaluator's "
                                                  "--budget-epochs); None = downstream_epochs·ipc·C/|D|")
@@ -72,16 +73,12 @@ class CADConfig(MethodConfig):
                                  "reproduction's choice)")
     points_per_epoch: int = field(0, "record points per full-data epoch; 0 = 1 when K is a whole number ≥ J+W, "
                                      "else ceil((J+W)/K)")
-    proxy_arch: str = field("convnet-d3", "scoring model (the small-scale HL student, ConvNet-D3)")
-    proxy_width: Optional[int] = field(None, "ConvNet width of the scoring model (None: the model's default)")
-    proxy_batch_size: int = field(256, "scoring-run batch size (hard-truths HL: 256)")
-    proxy_optimizer: str = field("sgd", "scoring-run optimizer (hard-truths HL: SGD)")
-    proxy_lr: float = field(0.01, "scoring-run lr (hard-truths HL: 0.01)")
-    proxy_momentum: float = field(0.9, "scoring-run SGD momentum (DC/DSA default)")
-    proxy_weight_decay: float = field(5e-4, "scoring-run weight decay (DC/DSA default)")
-    proxy_schedule: str = field("step", "step: ×0.1 at round(K·151/300) (HL StepLR@151/300 compressed to K); "
-                                        "cosine; none")
-    proxy_augment: str = field("flip_translate", "scoring-run augmentation: flip_translate or none")
+    proxy: DynamicsConfig = field(DynamicsConfig(arch="convnet-d3"),
+                                  "the compute-matched scoring run (flags --proxy-*): the small-scale HL student "
+                                  "ConvNet-D3, SGD lr 0.01 momentum 0.9, wd 5e-4, batch 256, StepLR compressed "
+                                  "to K, flip+translate (hard truths HL / DC-DSA); its length follows the budget",
+                                  only=("arch", "width", "batch_size", "optimizer", "lr", "momentum",
+                                        "weight_decay", "schedule", "augment"))
     dynamics_cache: Optional[str] = field(None, "folder caching the scoring run (shared by cad-prune and ca2d at the "
                                                 "same K); None = $DDKIT_CACHE/dynamics, 'none' = no cache")
     early_checkpoint_of: float = field(0.0, "ablation (Table 14): score the first K epochs of a run scheduled for "
@@ -195,19 +192,15 @@ def top_per_class(scores: torch.Tensor, labels: torch.Tensor, num_classes: int, 
 
 def dynamics_config(cfg: CADConfig, k: float, n_train: int) -> DynamicsConfig:
     """The recorder's config for a K-epoch compute-matched run (all points kept as 'early' so EL2N is R×N)."""
-    bs = min(cfg.proxy_batch_size, n_train)
+    bs = min(cfg.proxy.batch_size, n_train)
     epochs, every = record_plan(k, cfg.span or IMAGENET_SPAN, cfg.windows, max(1, n_train // bs),
                                 cfg.points_per_epoch)
     if cfg.early_checkpoint_of and cfg.early_checkpoint_of < k - 1e-9:
         raise DDKitError(f"--early-checkpoint-of {cfg.early_checkpoint_of} must be ≥ the budget K = {k:g}")
     stop = 0.0 if abs(k - epochs) < 1e-9 else float(k)  # fractional K: stop inside the last epoch
-    return DynamicsConfig(arch=cfg.proxy_arch, width=cfg.proxy_width, epochs=epochs, stop_epochs=stop,
-                          batch_size=cfg.proxy_batch_size,
-                          optimizer=cfg.proxy_optimizer, lr=cfg.proxy_lr, momentum=cfg.proxy_momentum,
-                          weight_decay=cfg.proxy_weight_decay,
-                          schedule=cfg.proxy_schedule, augment=cfg.proxy_augment, runs=1, seed=cfg.seed,
-                          record_every=every, early_epochs=float(epochs), amp=cfg.amp,
-                          schedule_epochs=float(cfg.early_checkpoint_of))
+    return dataclasses.replace(cfg.proxy, epochs=epochs, stop_epochs=stop, runs=1, seed=cfg.seed,
+                               record_every=every, early_epochs=float(epochs), amp=cfg.amp,
+                               schedule_epochs=float(cfg.early_checkpoint_of))
 
 
 def cad_scores(dataset: ImageDataset, cfg: CADConfig, device: Any, progress: bool = True

@@ -10,7 +10,8 @@ Selection modes (score methods): `easy` keeps the lowest difficulty per class, `
 `window` a contiguous window (see coresets_scores.select_by_difficulty). Difficulty directions are in
 coresets_scores.HIGHER_IS_HARDER (AUM is the only "higher = easier" score).
 
-The proxy is configured by flat `proxy_*` fields (mirroring DynamicsConfig) or replaced by a
+The proxy is configured by one nested `proxy: DynamicsConfig` (flattened to `--proxy-*` flags by
+ddkit.config, so `--proxy-epochs 1`, `proxy_epochs: 1` and `proxy: {epochs: 1}` all set it) or replaced by a
 precomputed `dynamics_path`; recordings are cached under `dynamics_cache` (default $DDKIT_CACHE/dynamics).
 """
 from __future__ import annotations
@@ -32,6 +33,10 @@ from ddkit.teachers.frozen import FrozenTeacher
 from ddkit.utils import DDKitError, make_generator
 
 _D = DynamicsConfig()
+#: the DynamicsConfig fields a coreset exposes as --proxy-* flags (the SL temperature and the schedule
+#: length belong to EL2N-SL and CAD-Prune's ablation, which set them themselves)
+PROXY_FLAGS = tuple(f.name for f in dataclasses.fields(DynamicsConfig) if f.name not in ("schedule_epochs",
+                                                                                           "temperature"))
 
 
 @dataclass(frozen=True)
@@ -40,29 +45,8 @@ class ProxyConfig(MethodConfig):
 
     dynamics_path: str = field("", "precomputed dynamics folder (Dynamics.save); '' = record, or reuse the cache")
     dynamics_cache: str = field("", "dynamics cache; '' = $DDKIT_CACHE/dynamics (~/.cache/ddkit/dynamics), 'none' = off")
-    proxy_arch: str = field(_D.arch, "proxy model trained on the full split to record dynamics")
-    proxy_width: Optional[int] = field(_D.width, "proxy ConvNet width (None = 128)")
-    proxy_epochs: int = field(_D.epochs, "K: full-data epochs of the proxy run")
-    proxy_batch_size: int = field(_D.batch_size, "proxy batch size")
-    proxy_optimizer: str = field(_D.optimizer, "sgd or adamw")
-    proxy_lr: float = field(_D.lr, "proxy lr (DC/DSA ConvNet value; ResNets want 0.1)")
-    proxy_momentum: float = field(_D.momentum, "proxy SGD momentum")
-    proxy_weight_decay: float = field(_D.weight_decay, "proxy weight decay")
-    proxy_schedule: str = field(_D.schedule, "step (×0.1 at round(K·151/300)), cosine or none")
-    proxy_augment: str = field(_D.augment, "flip_translate or none")
-    proxy_runs: int = field(_D.runs, "seeded proxies EL2N/GraNd average over (Paul et al. use 10)")
-    proxy_seed: int = field(_D.seed, "proxy seed, separate from the selection seed so seeds share one recording")
-    proxy_record_every: int = field(_D.record_every, "0 = record per epoch; N = every N iterations")
-    proxy_stop_epochs: float = field(_D.stop_epochs, "stop the proxy after this many (fractional) epochs; 0 = epochs")
-    proxy_early_epochs: float = field(_D.early_epochs, "EL2N/GraNd points at epoch ≤ this; 0 = max(1, 10% of K)")
-    proxy_amp: bool = field(_D.amp, "bf16 autocast for the proxy (CUDA only)")
-
-
-def proxy_dynamics_config(cfg: ProxyConfig) -> DynamicsConfig:
-    """The DynamicsConfig described by the flat `proxy_*` fields of a method config (fields it lacks, e.g.
-    the SL proxy's temperature, keep DynamicsConfig's defaults)."""
-    return DynamicsConfig(**{f.name: getattr(cfg, "proxy_" + f.name) for f in dataclasses.fields(DynamicsConfig)
-                             if hasattr(cfg, "proxy_" + f.name)})
+    proxy: DynamicsConfig = field(_D, "the proxy run that records the dynamics (DynamicsConfig; flags --proxy-*)",
+                                  only=PROXY_FLAGS)
 
 
 def load_dynamics(dataset: ImageDataset, cfg: ProxyConfig, device: torch.device, progress: bool) -> Dynamics:
@@ -78,7 +62,7 @@ def load_dynamics(dataset: ImageDataset, cfg: ProxyConfig, device: torch.device,
     else:
         from ddkit.data.cache import default_cache_dir
         cache = default_cache_dir() / "dynamics"
-    return dynamics_for(dataset, proxy_dynamics_config(cfg), cache, device, progress)
+    return dynamics_for(dataset, cfg.proxy, cache, device, progress)
 
 
 def _summary(values: torch.Tensor) -> Dict[str, float]:
@@ -119,11 +103,11 @@ class ScoreConfig(ProxyConfig):
 @dataclass(frozen=True)
 class EarlyScoreConfig(ScoreConfig):
     """EL2N/GraNd: Paul et al.'s defaults, the score at epoch 20 averaged over 10 independently seeded proxies
-    (hardtruths §6; their CIFAR-10 setting). Lower proxy_runs / proxy_early_epochs for cheap runs."""
+    (hardtruths §6; their CIFAR-10 setting). Lower --proxy-runs / --proxy-early-epochs for cheap runs."""
 
-    proxy_epochs: int = field(20, "K: full-data epochs of the proxy run (EL2N needs only up to the early point)")
-    proxy_runs: int = field(10, "seeded proxies EL2N/GraNd average over (Paul et al.: 10)")
-    proxy_early_epochs: float = field(20.0, "EL2N/GraNd points at epoch ≤ this (Paul et al.: epoch 20 on CIFAR-10)")
+    proxy: DynamicsConfig = field(dataclasses.replace(_D, epochs=20, runs=10, early_epochs=20.0),
+                                  "the proxy run: Paul et al.'s 10 seeded proxies scored at epoch 20 of 20 "
+                                  "(CIFAR-10); flags --proxy-*", only=PROXY_FLAGS)
     early_reduce: str = field("last", "EL2N/GraNd at the last early point (Paul et al.) or mean over them (CCS)")
 
 
@@ -156,7 +140,7 @@ def _score_method(score_name: str, doc: str) -> Callable[..., Iterator[ClassResu
             return idx[select_by_difficulty(diff[idx], cfg.ipc, cfg.mode, cfg.window_offset, cfg.window_unit)]
 
         info = {"score": score_name, "higher_is_harder": HIGHER_IS_HARDER[score_name], "mode": cfg.mode,
-                "dynamics": cfg.dynamics_path or config_hash(proxy_dynamics_config(cfg)),
+                "dynamics": cfg.dynamics_path or config_hash(cfg.proxy),
                 "proxy_train_acc": (dyn.meta.get("train_acc") or [None])[-1]}
         yield from _results(dataset, picks, cfg, classes, score, info)
 
@@ -212,7 +196,7 @@ def ccs(dataset: ImageDataset, teacher: Any, cfg: CCSConfig, classes: Sequence[i
         return idx[ccs_select(score[idx], aum_all[idx], cfg.ipc, cfg.mislabel_ratio, cfg.strata, g)]
 
     info = {"score": cfg.ccs_score, "mislabel_ratio": cfg.mislabel_ratio, "strata": cfg.strata,
-            "dynamics": cfg.dynamics_path or config_hash(proxy_dynamics_config(cfg))}
+            "dynamics": cfg.dynamics_path or config_hash(cfg.proxy)}
     yield from _results(dataset, picks, cfg, classes, score, info)
 
 

@@ -1,8 +1,8 @@
 """`el2n-best` (SelMatch-style window search over an EL2N ranking) and `el2n-sl` (hard truths Definition 1).
 
 EL2N-Best (hardtruths §2.5, §7): "EL2N-Best obtained using the sliding-window approach of Lee and Chung".
-Per class the samples are ordered easy→hard by EL2N (Paul et al.: mean over `proxy_runs` proxies at epoch
-`proxy_early_epochs`); a window of ipc consecutive samples starts at ⌊β·n_c⌋ (clamped), and β is swept over
+Per class the samples are ordered easy→hard by EL2N (Paul et al.: mean over `proxy.runs` proxies at epoch
+`proxy.early_epochs`); a window of ipc consecutive samples starts at ⌊β·n_c⌋ (clamped), and β is swept over
 `offsets` (the reproduction's {0, 0.1, …, 0.9}). Each candidate trains a fresh student with the small-scale
 HL protocol (ConvNet-D3, SGD 0.01 momentum 0.9 wd 5e-4, ×0.1 at E/2+1, DSA, batch 256, `search_epochs`) and
 the window with the best accuracy on a VALIDATION slice carved from the train split wins. The paper picked
@@ -12,7 +12,7 @@ held out, never selected, and are the only thing the choice sees. The test set i
 EL2N-SL (hardtruths §4.4): EL2N-SL(x) = (1/T)·E‖p(w_t, x) − q(x)‖₂ with q the teacher's fixed soft label and
 p the student's softmax, both at temperature T, during SL training. A proxy trains on the full split with the
 SL loss (KL at T to the teacher's logits of the un-augmented image, `ddkit.methods.dynamics`) and the score is
-averaged over `proxy_runs` runs at `proxy_early_epochs`, like EL2N. Selection follows `mode` ("easy" by default,
+averaged over `proxy.runs` runs at `proxy.early_epochs`, like EL2N. Selection follows `mode` ("easy" by default,
 mirroring the study's EL2N-easy [I]: Fig. 2b only reports that the score concentrates in the easy–mid range).
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from ddkit.augment import Normalize, dsa
 from ddkit.config import config_hash, field
 from ddkit.data.base import ImageDataset, to_float
 from ddkit.methods.base import ClassResult, check_ipc, register_method
-from ddkit.methods.coresets import EarlyScoreConfig, load_dynamics, proxy_dynamics_config
+from ddkit.methods.coresets import EarlyScoreConfig, load_dynamics
 from ddkit.methods.coresets_scores import compute_score, early_score, select_by_difficulty
 from ddkit.methods.dynamics import dynamics_for
 from ddkit.models import create_model
@@ -170,7 +170,7 @@ def el2n_best(dataset: ImageDataset, teacher: Any, cfg: El2nBestConfig, classes:
 
     beta, picks, results = window_search(cfg.offsets, build, score)
     set_meta = {"scores": {"score": "el2n", "mode": "window", "window_offset": beta,
-                                            "dynamics": cfg.dynamics_path or config_hash(proxy_dynamics_config(cfg))},
+                                            "dynamics": cfg.dynamics_path or config_hash(cfg.proxy)},
                                  "el2n_best": {"offsets": {str(k): v for k, v in results.items()}, "chosen": beta,
                                                "selected_on": f"{cfg.val_per_class}/class held out of "
                                                               f"{dataset.name}/{dataset.split}"},
@@ -188,7 +188,7 @@ def el2n_sl(dataset: ImageDataset, teacher: Any, cfg: El2nSLConfig, classes: Seq
     if cfg.temperature <= 0:
         raise DDKitError(f"--temperature must be > 0, got {cfg.temperature}")
     q = predict_logits(teacher, dataset.images, device=device, batch_size=1000).float().cpu()
-    dcfg = dataclasses.replace(proxy_dynamics_config(cfg), temperature=float(cfg.temperature))
+    dcfg = dataclasses.replace(cfg.proxy, temperature=float(cfg.temperature))
     if cfg.dynamics_path:
         raise DDKitError("el2n-sl records its own SL proxy; --dynamics-path is not supported")
     from ddkit.data.cache import default_cache_dir
