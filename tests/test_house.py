@@ -108,10 +108,16 @@ def test_regime_is_parsed_once_at_the_config():
 
 def test_one_optimiser_builder_for_teacher_dynamics_and_evaluator():
     """No stage builds SGD/AdamW itself; ddkit.optim groups decay as each protocol says."""
-    for rel in ("teachers/train.py", "methods/dynamics.py", "evaluate/train.py"):
+    for rel in ("teachers/train.py", "methods/dynamics.py", "evaluate/train.py", "evaluate/stacked.py"):
         text = (ROOT / "src" / "ddkit" / rel).read_text()
         assert "torch.optim.SGD(" not in text and "torch.optim.AdamW(" not in text, rel
-    from ddkit.optim import make_optimizer
+    # one epoch loop for the one-at-a-time and the stacked students (evaluate/train.py's epoch_lines)
+    assert "range(plan.iterations)" not in (ROOT / "src" / "ddkit" / "evaluate" / "stacked.py").read_text()
+    from ddkit.optim import decay_groups, make_optimizer
+
+    stacked = [torch.zeros(3, 4, 2), torch.zeros(3, 4)]  # S=3 students: a weight (rank 2) and a bias (rank 1)
+    groups = decay_groups(stacked, 0.1, decay_norm_bias=False, ranks=[t.ndim - 1 for t in stacked])
+    assert [len(g["params"]) for g in groups] == [1, 1] and groups[0]["params"][0] is stacked[0]
 
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
     opt = make_optimizer(net, "sgd", 0.1, weight_decay=5e-4, decay_norm_bias=False, nesterov=True)

@@ -34,7 +34,8 @@ from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
 from ddkit.evaluate.recipes import Recipe
-from ddkit.evaluate.train import BatchStream, Plan, RunResult, Targets, Views, lr_factor
+from ddkit.evaluate.train import BatchStream, Plan, RunResult, Targets, Views, epoch_lines, lr_factor
+from ddkit.optim import decay_groups, optimizer_for
 from ddkit.utils import DDKitError, autocast, make_generator, stage
 
 _STATELESS = (nn.Conv2d, nn.Linear, nn.GroupNorm, nn.LayerNorm, nn.ReLU, nn.GELU, nn.SiLU, nn.AvgPool2d,
@@ -79,20 +80,12 @@ def run_stacked(build: Callable[[int], nn.Module], seeds: Sequence[int], stack: 
     return out
 
 
-def _optimizer(params: Dict[str, torch.Tensor], ranks: Dict[str, int], recipe: Recipe) -> torch.optim.Optimizer:
-    """`build_optimizer` (ddkit.optim's rules) for stacked tensors: ddkit.optim splits the decay on
-    p.ndim, which counts the stacking dim here, so the split uses each tensor's per-student rank."""
+def _optimizer(params: Dict[str, torch.Tensor], recipe: Recipe) -> torch.optim.Optimizer:
+    """`build_optimizer`'s rules (ddkit.optim) for stacked tensors: ndim counts the stacking dim here,
+    so the decay split uses each tensor's per-student rank (ndim − 1)."""
     ps = list(params.values())
-    if recipe.wd_norm_bias:
-        groups: List[Dict[str, Any]] = [{"params": ps, "weight_decay": recipe.weight_decay}]
-    else:
-        groups = [{"params": [params[k] for k in params if ranks[k] > 1], "weight_decay": recipe.weight_decay},
-                  {"params": [params[k] for k in params if ranks[k] <= 1], "weight_decay": 0.0}]
-    if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=recipe.lr, betas=(0.9, 0.999))
-    if recipe.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum)
-    raise DDKitError(f"unknown optimizer {recipe.optimizer!r}; use adamw or sgd")
+    groups = decay_groups(ps, recipe.weight_decay, recipe.wd_norm_bias, ranks=[p.ndim - 1 for p in ps])
+    return optimizer_for(groups, recipe.optimizer, recipe.lr, momentum=recipe.momentum)
 
 
 class StackedTrainer:
@@ -110,8 +103,7 @@ class StackedTrainer:
         self.base = copy.deepcopy(self.models[0]).to("meta")  # structure only; weights come stacked
         params, _ = stack_module_state(self.models)
         self.params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-        ranks = {k: v.ndim - 1 for k, v in self.params.items()}
-        self.opt = _optimizer(self.params, ranks, recipe)
+        self.opt = _optimizer(self.params, recipe)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda it: lr_factor(recipe, plan.epoch_of(it), plan.epochs))
         self.streams = [BatchStream(plan.n_images, plan.batch_size, make_generator(s, "order")) for s in seeds]
@@ -165,37 +157,26 @@ def train_stacked(trainer: StackedTrainer, *, evaluate: Callable[[nn.Module], fl
     each student's own samples over the shared wall time) and one RunResult per seed. `class_accs`
     reads the per-class accuracies the scorer left behind, taken after each student's last evaluation."""
     plan, S = trainer.plan, len(trainer.seeds)
-    evals = set(plan.eval_epochs)
     res = [RunResult(seed=s, final_acc=float("nan"), final_loss=float("nan")) for s in trainer.seeds]
     paths = list(log_paths) if log_paths is not None else [None] * S
     fhs = [open(p, "w") if p is not None else None for p in paths]
     bar = tqdm(total=plan.iterations, desc=desc, disable=not progress, dynamic_ncols=True, mininterval=0.5,
                leave=False)
     loss_sum = torch.zeros(S, device=trainer.device)
-    n_it, t_epoch, train_s = 0, time.perf_counter(), 0.0
+    train_s = 0.0
     try:
-        for it in range(plan.iterations):
-            loss_sum += trainer.step()
-            n_it += 1
-            bar.update(1)
-            done = ((it + 1) * plan.batch_size) // plan.n_images
-            last = it + 1 == plan.iterations
-            if done == (it * plan.batch_size) // plan.n_images and not last:
-                continue
-            epoch = plan.total_epochs if last else done
-            if not (last or epoch in evals or epoch % plan.log_every == 0):
-                continue
+        for epoch, iteration, n_it, t_start, evaluated in epoch_lines(plan, trainer.step, loss_sum, bar):
             losses = (loss_sum / n_it).tolist()
-            secs = time.perf_counter() - t_epoch
+            secs = time.perf_counter() - t_start
             train_s += secs
             for i, loss in enumerate(losses):
                 if not math.isfinite(loss):
                     raise DDKitError(f"{desc} seed {trainer.seeds[i]}: the loss became {loss} in epoch {epoch}; "
                                      "lower --lr or check the set")
-                rec: Dict[str, Any] = {"epoch": epoch, "iteration": it + 1, "loss": loss, "lr": trainer.last_lr,
+                rec: Dict[str, Any] = {"epoch": epoch, "iteration": iteration, "loss": loss, "lr": trainer.last_lr,
                                        "seconds": secs, "images_per_s": n_it * plan.batch_size / max(secs, 1e-9),
                                        "stacked_students": S}
-                if epoch in evals or last:
+                if evaluated:
                     model = trainer.student(i)
                     rec["test_acc"] = evaluate(model)
                     res[i].test_history.append((epoch, rec["test_acc"]))
@@ -208,8 +189,6 @@ def train_stacked(trainer: StackedTrainer, *, evaluate: Callable[[nn.Module], fl
                     fhs[i].write(json.dumps(rec) + "\n")
                 res[i].final_loss = loss
             bar.set_postfix(loss=f"{sum(losses) / S:.4f}", refresh=False)
-            loss_sum.zero_()
-            n_it, t_epoch = 0, time.perf_counter()
     finally:
         bar.close()
         for fh in fhs:

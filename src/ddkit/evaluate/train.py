@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -317,6 +317,32 @@ class StudentTrainer:
         return self.last_lr
 
 
+def epoch_lines(plan: Plan, step: Callable[[], torch.Tensor], loss_sum: torch.Tensor,
+                bar: Any) -> Iterator[Tuple[int, int, int, float, bool]]:
+    """The epoch loop `train_run` and `train_stacked` share: run `step` plan.iterations times, adding each
+    loss into `loss_sum`; at every line the log keeps (each plan.log_every epochs, each evaluation epoch,
+    the last iteration) yield (epoch, iteration, steps summed, start time of those steps, evaluate?).
+    The caller reads `loss_sum` (its one sync), takes the seconds from the start time, evaluates, and
+    resumes; the sum is then cleared and the next line's clock starts, so evaluation time is never
+    counted as training."""
+    evals = set(plan.eval_epochs)
+    n_it, t_start = 0, time.perf_counter()
+    for it in range(plan.iterations):
+        loss_sum += step()
+        n_it += 1
+        bar.update(1)
+        done = ((it + 1) * plan.batch_size) // plan.n_images
+        last = it + 1 == plan.iterations
+        if done == (it * plan.batch_size) // plan.n_images and not last:
+            continue
+        epoch = plan.total_epochs if last else done
+        if not (last or epoch in evals or epoch % plan.log_every == 0):
+            continue  # keep accumulating: this line will cover several epochs
+        yield epoch, it + 1, n_it, t_start, epoch in evals or last
+        loss_sum.zero_()
+        n_it, t_start = 0, time.perf_counter()
+
+
 def train_run(trainer: StudentTrainer, seed: int, *, evaluate: Callable[[nn.Module], float],
               validate: Optional[Callable[[nn.Module], float]] = None, log_path: Optional[Path] = None,
               progress: bool = True, desc: str = "student") -> RunResult:
@@ -324,33 +350,22 @@ def train_run(trainer: StudentTrainer, seed: int, *, evaluate: Callable[[nn.Modu
     mean loss, lr, training seconds and images/s since the previous line, plus test/val accuracy when
     evaluated. The sync for the loss happens once per line, not per step."""
     plan = trainer.plan
-    evals = set(plan.eval_epochs)
     res = RunResult(seed=seed, final_acc=float("nan"), final_loss=float("nan"))
     fh = open(log_path, "w") if log_path is not None else None
     bar = tqdm(total=plan.iterations, desc=desc, disable=not progress, dynamic_ncols=True, mininterval=0.5,
                leave=False)
     loss_sum = torch.zeros((), device=trainer.device)
-    n_it, t_epoch, train_s = 0, time.perf_counter(), 0.0
+    train_s = 0.0
     try:
-        for it in range(plan.iterations):
-            loss_sum += trainer.step()
-            n_it += 1
-            bar.update(1)
-            done = ((it + 1) * plan.batch_size) // plan.n_images
-            last = it + 1 == plan.iterations
-            if done == (it * plan.batch_size) // plan.n_images and not last:
-                continue
-            epoch = plan.total_epochs if last else done
-            if not (last or epoch in evals or epoch % plan.log_every == 0):
-                continue  # keep accumulating: this line will cover several epochs
+        for epoch, iteration, n_it, t_start, evaluated in epoch_lines(plan, trainer.step, loss_sum, bar):
             loss = float(loss_sum) / n_it  # one sync per epoch
-            secs = time.perf_counter() - t_epoch
+            secs = time.perf_counter() - t_start
             train_s += secs
             if not math.isfinite(loss):
                 raise DDKitError(f"{desc}: the loss became {loss} in epoch {epoch}; lower --lr or check the set")
-            rec: Dict[str, Any] = {"epoch": epoch, "iteration": it + 1, "loss": loss, "lr": trainer.lr(),
+            rec: Dict[str, Any] = {"epoch": epoch, "iteration": iteration, "loss": loss, "lr": trainer.lr(),
                                    "seconds": secs, "images_per_s": n_it * plan.batch_size / max(secs, 1e-9)}
-            if epoch in evals or last:
+            if evaluated:
                 rec["test_acc"] = evaluate(trainer.model)
                 res.test_history.append((epoch, rec["test_acc"]))
                 if validate is not None:
@@ -364,8 +379,6 @@ def train_run(trainer: StudentTrainer, seed: int, *, evaluate: Callable[[nn.Modu
             if fh is not None:
                 fh.write(json.dumps(rec) + "\n")
             res.final_loss = loss
-            loss_sum.zero_()
-            n_it, t_epoch = 0, time.perf_counter()
     finally:
         bar.close()
         if fh is not None:
