@@ -29,7 +29,7 @@ import torch
 
 from ddkit.evaluate import EvalConfig, make_criterion, make_plan, resolve_recipe
 from ddkit.evaluate.losses import LOSSES
-from ddkit.evaluate.train import StudentTrainer, Targets, Views, build_optimizer, teacher_forward
+from ddkit.evaluate.student import StudentTrainer, Targets, Views, build_optimizer, teacher_forward
 from ddkit.models import create_model
 from ddkit.teachers import Teacher
 from ddkit.utils import autocast, get_device, git_revision, machine_info, make_generator, peak_memory_mb

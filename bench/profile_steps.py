@@ -11,7 +11,7 @@ Workloads (random weights and random images: only speed is measured, nothing is 
     per-sample DSA → online ConvNet-3 teacher → MSE → AdamW; ConvNet-3 student.
 For each: the wall time per step (median of interleaved rounds, no profiler running) and a torch.profiler
 run giving the top ops by self CPU time and the time per stage. Stages are the profiler labels the library
-sets while a profiler runs (`lic.*` in methods/lic_optim.py, `eval.*` in evaluate/train.py).
+sets while a profiler runs (`lic.*` in methods/lic_optim.py, `eval.*` in evaluate/student.py).
 
 Before/after pairs (medians over interleaved rounds; "before" variants are emulated here, the "after"
 one is always the library's code path):
@@ -52,7 +52,7 @@ from torch.profiler import ProfilerActivity, profile
 from ddkit.augment import Identity, cim_condense_aug
 from ddkit.evaluate import EvalConfig, make_criterion, make_plan, resolve_recipe
 from ddkit.evaluate.losses import LOSSES
-from ddkit.evaluate.train import StudentTrainer, Targets, Views, teacher_forward
+from ddkit.evaluate.student import StudentTrainer, Targets, Views, teacher_forward
 from ddkit.methods.lic import LICConfig
 from ddkit.methods.lic_ops import expand, pair_distance, squeeze
 from ddkit.methods.lic_optim import Compensator

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ddkit.evaluate import EvalConfig, make_criterion, make_plan, resolve_recipe
 from ddkit.evaluate.losses import LOSSES
 from ddkit.evaluate.stacked import StackedTrainer
-from ddkit.evaluate.train import StudentTrainer, Targets, Views, teacher_forward
+from ddkit.evaluate.student import StudentTrainer, Targets, Views, teacher_forward
 from ddkit.models import create_model
 from ddkit.teachers import Teacher
 from ddkit.utils import derive_seed, git_revision, machine_info, make_generator

@@ -48,11 +48,11 @@ from ddkit.config import add_dataclass_args, field, from_args, to_dict
 from ddkit.data import create_dataset
 from ddkit.data.base import ImageDataset
 from ddkit.distilled import DistilledSet
-from ddkit.evaluate.core import check_classes
+from ddkit.evaluate.evaluator import check_classes
 from ddkit.evaluate.losses import kl_div
 from ddkit.evaluate.metrics import summarize
 from ddkit.evaluate.recipes import Recipe
-from ddkit.evaluate.train import build_optimizer, lr_factor
+from ddkit.evaluate.student import build_optimizer, lr_factor
 from ddkit.labels import FILLS, LabelStore, build_label_store, label_store_nbytes
 from ddkit.models import create_model
 from ddkit.teachers import Teacher, accuracy, check_teacher, load_teacher

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from ddkit.evaluate import EvalConfig, make_criterion, make_plan, resolve_recipe
 from ddkit.evaluate.losses import LOSSES
-from ddkit.evaluate.train import StudentTrainer, Targets, Views, teacher_forward
+from ddkit.evaluate.student import StudentTrainer, Targets, Views, teacher_forward
 from ddkit.models import create_model
 from ddkit.teachers import Teacher
 from ddkit.utils import git_revision, machine_info, make_generator

@@ -12,7 +12,7 @@ from ddkit.distilled import DistilledSet
 from ddkit.evaluate import (EvalConfig, budget_iterations, cim_batch_size, evaluate, get_recipe, list_recipes,
                             lr_factor, make_plan, rded_batch_size, resolve_recipe, run_evaluation)
 from ddkit.evaluate.losses import LOSSES
-from ddkit.evaluate.train import Targets
+from ddkit.evaluate.student import Targets
 from ddkit.methods import create_method
 from ddkit.teachers import Teacher
 from ddkit.utils import DDKitError

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 
 from ddkit.evaluate import EvalConfig, evaluate, make_plan, resolve_recipe, run_evaluation
 from ddkit.evaluate.parallel import EvalDist, setup, unwrap
-from ddkit.evaluate.train import StudentTrainer
+from ddkit.evaluate.student import StudentTrainer
 from ddkit.methods import create_method
 from ddkit.models import create_model
 from ddkit.teachers import Teacher, accuracy
@@ -41,7 +41,7 @@ def _worker(rank: int, tmp: Path, port: int) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    import ddkit.evaluate.core as core
+    import ddkit.evaluate.evaluator as core
     from ddkit.ranks import cleanup_distributed, init_distributed
 
     init_distributed()  # the entry point's job (ddkit.cli joins it once per command)

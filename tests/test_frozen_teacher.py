@@ -50,7 +50,7 @@ def test_no_private_copy_on_the_same_device_unless_asked():
 
 
 def test_online_teacher_of_the_evaluator_matches_the_former_expression():
-    from ddkit.evaluate.train import teacher_forward
+    from ddkit.evaluate.student import teacher_forward
 
     t, x = _teacher(), _images()
     set_mean, set_std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)

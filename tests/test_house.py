@@ -41,7 +41,7 @@ def test_methods_never_load_the_evaluator():
 
 def test_evaluator_never_loads_a_method():
     mods = _loaded_after("import ddkit.evaluate")
-    assert "ddkit.evaluate.core" in mods
+    assert "ddkit.evaluate.evaluator" in mods
     assert not [m for m in mods if m.startswith("ddkit.methods")], mods
 
 
@@ -108,10 +108,10 @@ def test_regime_is_parsed_once_at_the_config():
 
 def test_one_optimiser_builder_for_teacher_dynamics_and_evaluator():
     """No stage builds SGD/AdamW itself; ddkit.optim groups decay as each protocol says."""
-    for rel in ("teachers/train.py", "methods/dynamics.py", "evaluate/train.py", "evaluate/stacked.py"):
+    for rel in ("teachers/train.py", "methods/dynamics.py", "evaluate/student.py", "evaluate/stacked.py"):
         text = (ROOT / "src" / "ddkit" / rel).read_text()
         assert "torch.optim.SGD(" not in text and "torch.optim.AdamW(" not in text, rel
-    # one epoch loop for the one-at-a-time and the stacked students (evaluate/train.py's epoch_lines)
+    # one epoch loop for the one-at-a-time and the stacked students (evaluate/student.py's epoch_lines)
     assert "range(plan.iterations)" not in (ROOT / "src" / "ddkit" / "evaluate" / "stacked.py").read_text()
     from ddkit.optim import decay_groups, make_optimizer
 

@@ -9,7 +9,7 @@ import torch
 from ddkit.augment import Mixup
 from ddkit.evaluate.losses import (LOSSES, cross_entropy, gift, kl_div, make_criterion, mse_ce, mse_logits,
                                    soft_cross_entropy)
-from ddkit.evaluate.train import mix_soft_targets
+from ddkit.evaluate.student import mix_soft_targets
 from ddkit.registry import UnknownNameError
 
 LN3 = math.log(3.0)

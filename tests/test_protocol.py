@@ -57,7 +57,7 @@ def test_sl_one_label_per_image_by_default_region_and_named_keys_on_request(toy_
     soft = torch.randn(n, K)
     lic = dataclasses.replace(dset, meta={**dset.meta, "factor": 2},
                               soft={"soft": soft, "region_soft": torch.randn(n, 4, K), "learned": -soft})
-    import ddkit.evaluate.core as core
+    import ddkit.evaluate.evaluator as core
 
     seen = []
     real = core.Targets

@@ -12,7 +12,7 @@ from ddkit.distilled import DistilledSet
 from ddkit.evaluate import EvalConfig
 from ddkit.evaluate.losses import LOSSES, make_criterion
 from ddkit.evaluate.stored import RelabelConfig, open_stored, relabel, set_recipe
-from ddkit.evaluate.train import Targets, Views, make_plan
+from ddkit.evaluate.student import Targets, Views, make_plan
 from ddkit.labels import LabelStore
 from ddkit.models import create_model
 from ddkit.teachers import Teacher

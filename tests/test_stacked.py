@@ -10,7 +10,7 @@ import torch.nn as nn
 from ddkit.evaluate import EvalConfig, evaluate, make_criterion, make_plan, resolve_recipe
 from ddkit.evaluate.losses import LOSSES
 from ddkit.evaluate.stacked import StackedTrainer, stackable
-from ddkit.evaluate.train import StudentTrainer, Targets, Views, teacher_forward
+from ddkit.evaluate.student import StudentTrainer, Targets, Views, teacher_forward
 from ddkit.methods import create_method
 from ddkit.models import create_model
 from ddkit.teachers import Teacher

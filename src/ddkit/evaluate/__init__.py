@@ -10,15 +10,15 @@ for FactorCrop cells when the set stores them), `slkd` (the teacher labels every
 online). Recipes (`cim`, `rded`, `sre2l`, `hardtruths-hl`, `hardtruths-sl`, `dc`) are data; every
 field is overridable through EvalConfig. `budget_epochs` fixes compute in full-dataset epochs.
 """
-from ddkit.evaluate.config import REGIMES, EvalConfig, Regime, resolve_regime
-from ddkit.evaluate.core import EvalResult, check_classes, evaluate, teacher_soft_labels
+from ddkit.evaluate.protocol import REGIMES, EvalConfig, Regime, resolve_regime
+from ddkit.evaluate.evaluator import EvalResult, check_classes, evaluate, teacher_soft_labels
 from ddkit.evaluate.losses import (LOSSES, cross_entropy, gift, kl_div, list_losses, make_criterion, mse_ce,
                                    mse_logits, soft_cross_entropy)
 from ddkit.evaluate.metrics import ars, hlr, ior, lrs, lrs_from_gaps, mean_std, normalize_score, summarize
 from ddkit.evaluate.recipes import (RECIPES, Recipe, auto_factor, cim_batch_size, get_recipe, list_recipes,
                                     rded_batch_size, resolve_recipe)
 from ddkit.evaluate.runner import results_markdown, run_evaluation, split_val
-from ddkit.evaluate.train import Plan, RunResult, budget_iterations, lr_factor, make_plan
+from ddkit.evaluate.student import Plan, RunResult, budget_iterations, lr_factor, make_plan
 
 __all__ = [
     "EvalConfig", "EvalResult", "Plan", "REGIMES", "RECIPES", "LOSSES", "Recipe", "RunResult", "ars",

@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ddkit.data.base import ImageDataset
 from ddkit.ranks import dist_env, group_ready
-from ddkit.evaluate.train import Plan, RunResult, StudentTrainer
+from ddkit.evaluate.student import Plan, RunResult, StudentTrainer
 from ddkit.utils import DDKitError, atomic_dir, get_device, make_generator
 
 

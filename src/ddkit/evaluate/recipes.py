@@ -32,7 +32,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, List, Tuple
 
-from ddkit.evaluate.config import EvalConfig, resolve_regime
+from ddkit.evaluate.protocol import EvalConfig, resolve_regime
 from ddkit.evaluate.losses import LOSSES
 from ddkit.geometry import auto_factor
 from ddkit.registry import Registry, UnknownNameError

@@ -29,12 +29,12 @@ from ddkit.data.base import ImageDataset
 from ddkit.distilled import DistilledSet
 from ddkit.ranks import barrier
 from ddkit.evaluate import parallel as edist
-from ddkit.evaluate.config import EvalConfig
-from ddkit.evaluate.core import DEFAULT_STUDENT, EvalResult, check_classes, evaluate, soft_labels_for
+from ddkit.evaluate.protocol import EvalConfig
+from ddkit.evaluate.evaluator import DEFAULT_STUDENT, EvalResult, check_classes, evaluate, soft_labels_for
 from ddkit.evaluate.losses import LOSSES
 from ddkit.evaluate.metrics import hlr, ior, summarize
 from ddkit.evaluate.recipes import resolve_recipe
-from ddkit.evaluate.train import make_plan
+from ddkit.evaluate.student import make_plan
 from ddkit.teachers.frozen import teacher_identity
 from ddkit.utils import DDKitError, git_revision, machine_info, make_generator
 from ddkit.validate import json_safe

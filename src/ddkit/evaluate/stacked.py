@@ -34,7 +34,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
 from ddkit.evaluate.recipes import Recipe
-from ddkit.evaluate.train import BatchStream, Plan, RunResult, Targets, Views, epoch_lines, lr_factor
+from ddkit.evaluate.student import BatchStream, Plan, RunResult, Targets, Views, epoch_lines, lr_factor
 from ddkit.optim import decay_groups, optimizer_for
 from ddkit.utils import DDKitError, autocast, make_generator, stage
 

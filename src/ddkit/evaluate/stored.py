@@ -27,10 +27,10 @@ from ddkit.augment import (Augment, Compose, FactorCrop, Flip, Identity, Normali
                            ShufflePatches, dsa)
 from ddkit.config import dump, field
 from ddkit.distilled import DistilledSet
-from ddkit.evaluate.config import EvalConfig
+from ddkit.evaluate.protocol import EvalConfig
 from ddkit.evaluate.losses import LOSSES
 from ddkit.evaluate.recipes import Recipe, resolve_recipe
-from ddkit.evaluate.train import StudentTrainer, Targets, Views, mix_soft_targets
+from ddkit.evaluate.student import StudentTrainer, Targets, Views, mix_soft_targets
 from ddkit.labels import LabelStore, build_label_store
 from ddkit.utils import DDKitError, get_device, make_generator
 

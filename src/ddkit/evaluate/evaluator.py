@@ -19,12 +19,12 @@ from ddkit.config import to_dict
 from ddkit.data.base import ImageDataset
 from ddkit.distilled import DistilledSet
 from ddkit.evaluate import parallel as edist
-from ddkit.evaluate.config import EvalConfig
+from ddkit.evaluate.protocol import EvalConfig
 from ddkit.evaluate.losses import LOSSES, make_criterion
 from ddkit.evaluate.metrics import summarize
 from ddkit.evaluate.recipes import Recipe, resolve_recipe
 from ddkit.evaluate.stacked import run_stacked
-from ddkit.evaluate.train import Plan, RunResult, Targets, Views, make_plan, teacher_forward, train_run
+from ddkit.evaluate.student import Plan, RunResult, Targets, Views, make_plan, teacher_forward, train_run
 from ddkit.models import create_model
 from ddkit.utils import DDKitError, derive_seed
 
