@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -112,7 +113,8 @@ def test_unknown_key_lists_valid_keys_for_every_subcommand(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("bogus: 1\n")
     for argv in (["evaluate", "x"], ["study", "hard-truths"], ["teacher", "train"], ["inspect", "x"],
-                 ["merge", "x"], ["dcs"], ["demo"]):
+                 ["merge", "x"], ["dcs"], ["demo"], ["experts", "train"], ["relabel", "x"], ["import", "x"],
+                 ["export", "x"], ["distill"]):
         assert _run([*argv, "-c", str(cfg)]) == 2
         line = _one_line(capsys)
         assert "unknown key(s) bogus" in line and "valid keys:" in line, line
@@ -123,3 +125,104 @@ def test_help_still_shows_defaults_with_reasons(capsys):
         main(["evaluate", "--help"])
     out = capsys.readouterr().out
     assert "(default: cim)" in out and "named evaluation preset" in out
+
+
+# --- the commands whose records came last: merge, experts, relabel, dcs, import, export, demo, teacher ---------
+
+def _same_files(a, b, pattern):
+    fa, fb = sorted(a.rglob(pattern)), sorted(b.rglob(pattern))
+    assert fa and [f.relative_to(a) for f in fa] == [f.relative_to(b) for f in fb]
+    assert all(x.read_bytes() == y.read_bytes() for x, y in zip(fa, fb))
+
+
+def test_sharded_distill_then_merge_saves_the_one_process_record(tmp_path, capsys):
+    out, again = tmp_path / "sharded", tmp_path / "again"
+    for i in range(2):
+        assert main(["distill", *DIGITS, "--ipc", "2", "--seed", "4", "--shard", f"{i}/2", "--no-merge",
+                     "--output", str(out)]) == 0
+    parts = yaml.safe_load((tmp_path / "sharded.parts" / "config.yaml").read_text())
+    assert parts["command"] == "distill" and not {"shard", "no_merge", "resume"} & set(parts["args"])
+    assert main(["merge", str(out)]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["args"] == parts["args"] and saved["merged_by"]["command"] == "merge"
+    assert main(["distill", "-c", str(out / "config.yaml"), "--output", str(again)]) == 0  # one process, same set
+    _same_files(out, again, "*.safetensors")
+    capsys.readouterr()
+    assert _run(["merge", "-c", str(out / "config.yaml")]) == 2
+    assert "records a `ddkit distill` run; use it with `ddkit distill -c" in _one_line(capsys)
+
+
+def test_a_shard_that_merges_records_no_shard(tmp_path):
+    out = tmp_path / "s"
+    for i in range(2):  # the second shard completes the set and merges it
+        assert main(["distill", *DIGITS, "--ipc", "1", "--shard", f"{i}/2", "--output", str(out)]) == 0
+    assert "shard" not in yaml.safe_load((out / "config.yaml").read_text())["args"]
+
+
+def test_experts_config_round_trips(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    opts = ["--arch", "mlp", "--num-experts", "1", "--epochs", "1", "--subset-per-class", "5", "--test-limit", "10"]
+    assert main(["experts", "train", *DIGITS, *opts, "--shard", "0/1", "--output", str(a)]) == 0
+    saved = yaml.safe_load((a / "config.yaml").read_text())
+    assert saved["command"] == "experts train" and saved["args"]["num_experts"] == 1 and "shard" not in saved["args"]
+    assert main(["experts", "train", "-c", str(a / "config.yaml"), "--output", str(b)]) == 0
+    _same_files(a, b, "expert_*.safetensors")
+
+
+def test_teacher_and_relabel_configs_round_trip(tmp_path):
+    t, t2, s = tmp_path / "t", tmp_path / "t2", tmp_path / "set"
+    train = ["--model", "convnet-d1", "--epochs", "1", "--batch-size", "64", "--lr", "0.05"]
+    assert main(["teacher", "train", *DIGITS, *train, "--output", str(t)]) == 0
+    assert main(["teacher", "train", "-c", f"{t}.json", "--output", str(t2)]) == 0  # the json is the record
+    assert Path(f"{t}.safetensors").read_bytes() == Path(f"{t2}.safetensors").read_bytes()
+    assert main(["distill", *DIGITS, "--ipc", "1", "--output", str(s)]) == 0
+    assert main(["relabel", str(s), "--teacher", str(t), "--epochs", "1", "--no-progress", "--device", "cpu"]) == 0
+    saved = s / "fkd" / "config.yaml"
+    assert yaml.safe_load(saved.read_text())["args"]["epochs"] == 1
+    assert main(["relabel", "-c", str(saved), "--store", str(tmp_path / "fkd2")]) == 0
+    _same_files(s / "fkd", tmp_path / "fkd2", "*.npy")
+
+
+def test_dcs_config_round_trips_and_never_overwrites_its_input(tmp_path, capsys):
+    a, b = tmp_path / "a" / "dcs.md", tmp_path / "b" / "dcs.md"
+    assert main(["dcs", *DIGITS, "--loss", "dm", "--ipcs", "1", "--subsets", "2", "--budget-epochs", "0.02",
+                 "--output", str(a)]) == 0
+    rec = a.with_name("dcs.config.yaml")
+    saved = yaml.safe_load(rec.read_text())
+    assert saved["args"]["subsets"] == 2 and saved["student_protocol"]["recipe"] == "hardtruths-hl"
+    assert main(["dcs", "-c", str(rec), "--output", str(b)]) == 0
+    assert a.read_text() == b.read_text()
+    before = rec.read_bytes()
+    capsys.readouterr()
+    assert _run(["dcs", "-c", str(rec), "--subsets", "3"]) == 2  # the same --output would rewrite the record read
+    assert "is the input" in _one_line(capsys) and rec.read_bytes() == before
+
+
+def test_import_and_export_configs_round_trip(tmp_path):
+    s, e1, e2, i1, i2 = (tmp_path / n for n in ("s", "e1", "e2", "i1", "i2"))
+    assert main(["distill", *DIGITS, "--ipc", "1", "--output", str(s)]) == 0
+    assert main(["export", str(s), "--format", "ddranking", "--output", str(e1)]) == 0
+    assert yaml.safe_load((e1 / "config.yaml").read_text())["args"]["format"] == "ddranking"
+    assert main(["export", "-c", str(e1 / "config.yaml"), "--output", str(e2)]) == 0
+    _same_files(e1, e2, "*.pt")
+    assert main(["import", str(e1), *DIGITS, "--method", "mine", "--output", str(i1)]) == 0
+    assert yaml.safe_load((i1 / "config.yaml").read_text())["args"]["method"] == "mine"
+    assert main(["import", "-c", str(i1 / "config.yaml"), "--output", str(i2)]) == 0
+    _same_files(i1, i2, "*.safetensors")
+
+
+def test_demo_config_round_trips(tmp_path, monkeypatch):
+    import ddkit.demo
+
+    calls = []
+
+    def fake_demo(output, device, progress, cfg):  # the demo itself takes half an hour; its flags are what counts
+        calls.append((Path(output).name, device, progress, cfg))
+        Path(output).mkdir(parents=True, exist_ok=True)
+    monkeypatch.setattr(ddkit.demo, "run_demo", fake_demo)
+    a = tmp_path / "a"
+    assert main(["demo", "--device", "cpu", "--no-progress", "--output", str(a)]) == 0
+    saved = yaml.safe_load((a / "config.yaml").read_text())
+    assert saved["command"] == "demo" and saved["demo"]["ipc"] == ddkit.demo.DemoConfig().ipc
+    assert main(["demo", "-c", str(a / "config.yaml"), "--output", str(tmp_path / "b")]) == 0
+    assert calls[1] == ("b", *calls[0][1:]) and calls[0][1:3] == ("cpu", False)

@@ -100,6 +100,7 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 def cmd_experts(args: argparse.Namespace) -> int:
     from ddkit.config import dump, from_args
+    from ddkit.config_file import save_record
     from ddkit.teachers.experts import ExpertConfig, parse_shard, train_experts
     from ddkit.utils import get_device
 
@@ -110,6 +111,8 @@ def cmd_experts(args: argparse.Namespace) -> int:
     print(dump(cfg, title="experts"))
     done = train_experts(_dataset(args, "train"), _dataset(args, "test"), cfg, args.output,
                          device=get_device(args.device), shard=parse_shard(args.shard), progress=not args.no_progress)
+    # Expert e's bytes depend on (seed, e) only, not on the shard that trained it: the record is the whole buffer.
+    save_record(Path(args.output) / "config.yaml", args, cfg, drop=("shard",))
     print(f"trained {len(done)} expert(s) {done}; buffer {args.output}")
     return 0
 
@@ -117,7 +120,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
 def cmd_distill(args: argparse.Namespace) -> int:
     from ddkit.config import dump, from_args
     from ddkit.config_file import save_record
-    from ddkit.distributed import distill_sharded
+    from ddkit.distributed import distill_sharded, parts_dir_for
     from ddkit.methods import create_method, method_spec
     from ddkit.ranks import is_main
     from ddkit.utils import get_device
@@ -147,12 +150,16 @@ def cmd_distill(args: argparse.Namespace) -> int:
                              overwrite=args.overwrite, device=device, progress=not args.no_progress,
                              merge=not args.no_merge, extra_meta={"dataset_root": args.data_root,
                                                                   "data_subset": _subset_record(args, train)})
+    # The set's bytes do not depend on how the classes were split (seeds come from (seed, class)), so the
+    # record is the whole one-process run; a shard that does not merge leaves it in OUTPUT.parts/ for `merge`.
+    unsplit = ("shard", "resume", "no_merge")
     if result is None:
+        save_record(parts_dir_for(out) / "config.yaml", args, cfg, drop=unsplit)
         if is_main():
             print(f"shard done; when every shard has finished, merge with `ddkit merge {out}`")
         return 0
     if is_main():
-        save_record(out / "config.yaml", args, cfg)
+        save_record(out / "config.yaml", args, cfg, drop=unsplit)
         print(result.summary())
         print(f"saved {out}")
     return 0
@@ -161,10 +168,29 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from ddkit.distributed import merge_parts, parts_dir_for
 
-    result = merge_parts(parts_dir_for(args.output), args.output, overwrite=args.overwrite, pngs=not args.no_pngs)
+    parts = parts_dir_for(args.output)
+    result = merge_parts(parts, args.output, overwrite=args.overwrite, pngs=not args.no_pngs)
+    _save_merged_record(parts, args)
     print(result.summary())
     print(f"saved {args.output}")
     return 0
+
+
+def _save_merged_record(parts: Path, args: argparse.Namespace) -> None:
+    """The merged set's config.yaml: the shards' distill record (`ddkit distill -c SET/config.yaml` makes the same
+    set in one process), with this merge beside it for reading; the merge's own record when the parts carry none
+    (parts written through the Python API)."""
+    import yaml
+
+    from ddkit.config_file import load_yaml, run_record, save_record
+    from ddkit.utils import atomic_write_bytes
+
+    src, dst = parts / "config.yaml", Path(args.output) / "config.yaml"
+    shards = load_yaml(src) if src.is_file() else None
+    if isinstance(shards, dict) and shards.get("command") == "distill":
+        atomic_write_bytes(dst, yaml.safe_dump({**shards, "merged_by": run_record(args)}, sort_keys=False).encode())
+    else:
+        save_record(dst, args)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -209,12 +235,15 @@ def _random_baseline(ipc: int, seed: int):
 
 def cmd_relabel(args: argparse.Namespace) -> int:
     from ddkit.config import from_args
+    from ddkit.config_file import save_record
     from ddkit.evaluate.stored import RelabelConfig, relabel
     from ddkit.validate import check_config
 
     cfg = from_args(RelabelConfig, args)
     check_config(cfg)
-    relabel(args.distilled, _teacher(args, None, "cpu"), cfg, device=args.device, progress=not args.no_progress)
+    store = relabel(args.distilled, _teacher(args, None, "cpu"), cfg, device=args.device,
+                    progress=not args.no_progress)
+    save_record(Path(store.path) / "config.yaml", args, cfg)  # beside the store's meta.json
     return 0
 
 
@@ -266,12 +295,19 @@ def cmd_dcs(args: argparse.Namespace) -> int:
                  f"classes {record['classes'] or 'all'}, {record['images']} train images.")
     print(text)
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n")
+        from ddkit.config_file import save_record
+        from ddkit.validate import record_beside
+
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+        save_record(record_beside(out), args, facts={"student_protocol": cfg})  # `dcs -c OUT.config.yaml` repeats it
     return 0
 
 
+
 def cmd_import(args: argparse.Namespace) -> int:
+    from ddkit.config_file import save_record
     from ddkit.interop import import_set
 
     out = Path(args.output)
@@ -282,6 +318,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     result = import_set(args.source, args.format, dataset=target, pixel_space=args.pixel_space, method=args.method)
     result.meta["data_subset"] = {"classes": _classes(args)} if _classes(args) else None
     result.save(out, overwrite=args.overwrite)
+    save_record(out / "config.yaml", args)
     print(result.summary())
     cmap = result.meta["imported"].get("class_map")
     if cmap:
@@ -292,11 +329,13 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from ddkit.config_file import save_record
     from ddkit.distilled import load_distilled
     from ddkit.interop import export_set
 
     out = export_set(load_distilled(args.distilled), args.output, args.format, pixel_space=args.pixel_space,
                      overwrite=args.overwrite)
+    save_record(out / "config.yaml", args)  # a file at the top: ImageFolder readers look at class folders only
     print((out / "README.md").read_text().split("\n\n")[2])
     print(f"saved {out}")
     return 0
@@ -310,7 +349,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ddkit.demo import run_demo
+    from ddkit.config_file import save_record
+    from ddkit.demo import DemoConfig, run_demo
 
-    run_demo(args.output, device=args.device, progress=not args.no_progress)
+    cfg = DemoConfig()  # fixed sizes, not flags: recorded for reading beside the flags `-c` reads
+    run_demo(args.output, device=args.device, progress=not args.no_progress, cfg=cfg)
+    save_record(Path(args.output) / "config.yaml", args, facts={"demo": cfg})
     return 0

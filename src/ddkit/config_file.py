@@ -186,17 +186,19 @@ def apply_config_file(parser: argparse.ArgumentParser, command: str, path: str |
     parser.set_defaults(**defaults)
 
 
-def run_record(ns: argparse.Namespace, *cfgs: Any, **extra: Any) -> Dict[str, Any]:
+def run_record(ns: argparse.Namespace, *cfgs: Any, drop: Sequence[str] = (), **extra: Any) -> Dict[str, Any]:
     """{"command", "args"}: every option of the run `ns` (parsed by parse_with_config), resolved, as -c reads it.
 
-    Stage dataclasses `cfgs` fill the options left at their defaults; `extra` overrides (e.g. model=arch).
+    Stage dataclasses `cfgs` fill the options left at their defaults; `extra` overrides (e.g. model=arch);
+    `drop` names option dests left out (how the work was split, e.g. shard/resume, when the bytes do not
+    depend on it, so the file repeats the whole run).
     """
     resolved: Dict[str, Any] = {}
     for c in cfgs:
         resolved.update(flat_dict(c))
     args: Dict[str, Any] = {}
     for name, a in _options(ns._parser).items():
-        if a.dest in _NOT_RECORDED:
+        if a.dest in _NOT_RECORDED or a.dest in drop:
             continue
         if a.dest in resolved:
             args[name] = resolved[a.dest]
@@ -206,9 +208,10 @@ def run_record(ns: argparse.Namespace, *cfgs: Any, **extra: Any) -> Dict[str, An
     return {"command": ns._command, "args": args}
 
 
-def save_record(path: str | Path, ns: argparse.Namespace, *cfgs: Any, **extra: Any) -> None:
-    """Write a run's config.yaml: its run_record first (what `-c` reads), then what the file already held
-    (the evaluator's resolved recipe, plan and machine, kept for reading). Under torchrun rank 0 writes."""
+def save_record(path: str | Path, ns: argparse.Namespace, *cfgs: Any, drop: Sequence[str] = (),
+                facts: Optional[Dict[str, Any]] = None, **extra: Any) -> None:
+    """Write a run's config.yaml: its run_record first (what `-c` reads), then `facts` and what the file already
+    held (the evaluator's resolved recipe, plan and machine, kept for reading). Under torchrun rank 0 writes."""
     import os
 
     from ddkit.utils import atomic_write_bytes
@@ -218,7 +221,8 @@ def save_record(path: str | Path, ns: argparse.Namespace, *cfgs: Any, **extra: A
     p = Path(path)
     old = yaml.safe_load(p.read_text()) if p.is_file() else None
     keep = {k: v for k, v in old.items() if k not in ("command", "args")} if isinstance(old, dict) else {}
-    atomic_write_bytes(p, yaml.safe_dump({**run_record(ns, *cfgs, **extra), **keep}, sort_keys=False).encode())
+    record = {**run_record(ns, *cfgs, drop=drop, **extra), **to_dict(facts or {}), **keep}
+    atomic_write_bytes(p, yaml.safe_dump(record, sort_keys=False).encode())
 
 
 def parse_with_config(build_parser: Callable[[Sequence[str]], argparse.ArgumentParser], argv: List[str],

@@ -59,6 +59,8 @@ def io_paths(args: Any) -> Tuple[List[Any], List[Any]]:
         outputs += [f"{out}.safetensors", f"{out}.json"]
     if out and getattr(args, "command", None) == "distill":
         outputs.append(f"{out}.parts")
+    if out and getattr(args, "command", None) == "dcs":  # its record, which `-c` may be reading
+        outputs.append(record_beside(out))
     inputs = [getattr(args, k, None) for k in ("distilled", "path", "data_root", "cache_dir")]
     if getattr(args, "command", None) != "study":  # a study resumes in its folder and never deletes it
         inputs.append(getattr(args, "config", None))
@@ -71,6 +73,12 @@ def io_paths(args: Any) -> Tuple[List[Any], List[Any]]:
         stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
         inputs += [teacher, f"{stem}.safetensors", f"{stem}.json"]
     return outputs, inputs
+
+
+def record_beside(output: str | Path) -> Path:
+    """Where a command whose --output is one file (`ddkit dcs`) keeps its run record: FILE's stem + .config.yaml."""
+    out = Path(output)
+    return out.with_name(out.stem + ".config.yaml")
 
 
 # -- files ---------------------------------------------------------------------------------------
