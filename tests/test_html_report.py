@@ -208,8 +208,41 @@ def test_study_writes_report_html_pngs_and_curves(tmp_path):
     for name in sets:  # study sets get PNGs too: the per-image view and the legible grid
         assert (out / "sets" / name / "preview.png").is_file() and (out / "sets" / name / "images").is_dir()
     assert (out / "runs" / "random-ipc1-K0.1-hl" / "seed0" / "metrics.jsonl").is_file()
-    # 2 plots (budget, IPC) + curves + the grid
-    assert text.count("data:image/png;base64,") == 4
+    rec = json.loads((out / "runs" / "random-ipc1-K0.1-hl" / "class_accs.json").read_text())
+    assert rec["classes"] == [str(i) for i in range(10)] and len(rec["class_accs"]) == 1 and rec["budget"] == "0.1"
+    # 2 plots (budget, IPC) + per class (random alone: its accuracies) + curves + the grid
+    assert text.count("data:image/png;base64,") == 5 and "Accuracy per class vs random" in text
+
+
+def _study_cell(runs: Path, method: str, ipc: int, budget: str, regime: str, per_seed: list) -> None:
+    cell = runs / f"{method}-ipc{ipc}-K{budget}-{regime}"
+    cell.mkdir(parents=True)
+    (cell / "class_accs.json").write_text(json.dumps({"method": method, "ipc": ipc, "budget": budget, "regime": regime,
+                                                      "classes": ["cat", "dog", "ship"], "class_accs": per_seed}))
+
+
+def test_study_report_plots_each_method_against_random_per_class(tmp_path):
+    from ddkit.html_report import study_per_class_panels, write_study_html
+
+    runs = tmp_path / "runs"
+    rows = [{"method": m, "ipc": 10, "budget": b, "regime": g, "mean": 0.5, "std": 0.0, "n": 2}
+            for m in ("random", "lic", "rded") for b in (1.0, 2.0) for g in ("hl", "slkd")]
+    for g in ("hl", "slkd"):
+        _study_cell(runs, "random", 10, "2", g, [[0.5, 0.4, 0.9], [0.7, 0.4, 0.7]])
+        _study_cell(runs, "lic", 10, "2", g, [[0.9, 0.1, 0.8], [0.9, 0.3, 0.8]])
+        _study_cell(runs, "rded", 10, "1", g, [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # not the largest budget
+    classes, panels = study_per_class_panels(runs, rows)
+    assert classes == ["cat", "dog", "ship"] and list(panels) == ["HL, IPC 10, 2 ep", "SL+KD, IPC 10, 2 ep"]
+    assert panels["HL, IPC 10, 2 ep"] == {"lic": pytest.approx([0.9, 0.2, 0.8]),
+                                          "random": pytest.approx([0.6, 0.4, 0.8])}
+    page = write_study_html(tmp_path, rows, {"ipcs": [10]})
+    text = page.read_text()
+    assert "Accuracy per class vs random" in text and 'alt="per-class accuracy vs random"' in text
+    pngs = re.findall(r'alt="per-class accuracy vs random" src="data:image/png;base64,([^"]+)"', text)
+    plot = np.asarray(Image.open(io.BytesIO(base64.b64decode(pngs[0]))).convert("RGB"))
+    assert plot.shape[0] > 300 and len(np.unique(plot.reshape(-1, 3), axis=0)) > 50  # two panels, drawn
+    widths = image_widths(page)  # every image of the page decodes in the browser
+    assert len(widths) == text.count("data:image/png;base64,") and all(w > 0 for w in widths), widths
 
 
 def test_per_class_accuracy_matches_the_headline():

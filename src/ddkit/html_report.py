@@ -282,6 +282,7 @@ def write_study_html(output_dir: str | Path, rows: Sequence[Mapping[str, Any]], 
     rep.heading("Accuracy vs IPC")
     rep.figure(plots.acc_vs_ipc([r for r in finite if float(r["budget"]) == top]),
                f"at the largest budget ({top:g} full-data epochs)" if top is not None else "", "accuracy vs IPC")
+    _study_per_class_section(rep, out / "runs", finite)
     add_curves(rep, out / "runs", "mean over seeds per cell (method-ipc-budget-regime)")
     sets = sorted(p for p in (out / "sets").glob("*") if (p / "meta.json").is_file()) if (out / "sets").is_dir() else []
     if sets:
@@ -293,3 +294,37 @@ def write_study_html(output_dir: str | Path, rows: Sequence[Mapping[str, Any]], 
                 break
             shown += add_grid(rep, p.name, p)
     return rep.write(out / "report.html")
+
+
+def study_per_class_panels(runs_dir: str | Path, rows: Sequence[Mapping[str, Any]]
+                           ) -> Tuple[Sequence[str], Dict[str, Dict[str, List[float]]]]:
+    """(classes, {"<regime>, IPC i, b ep": {method: per-class accuracy, mean over seeds}}) from the study's
+    runs/*/class_accs.json, at each regime's and IPC's largest budget among the finished `rows`."""
+    top: Dict[Tuple[str, int], float] = {}
+    for r in rows:
+        key = (r["regime"], int(r["ipc"]))
+        top[key] = max(top.get(key, float("-inf")), float(r["budget"]))
+    classes: Sequence[str] = ()
+    panels: Dict[str, Dict[str, List[float]]] = {}
+    for f in sorted(Path(runs_dir).glob("*/class_accs.json")):
+        rec = json.loads(f.read_text())
+        key = (rec["regime"], int(rec["ipc"]))
+        if key not in top or float(rec["budget"]) != top[key] or not rec.get("class_accs"):
+            continue
+        if classes and list(rec["classes"]) != list(classes):
+            continue  # one class list per page (a study has one test split)
+        classes, per_seed = rec["classes"], rec["class_accs"]
+        title = f"{plots.REGIME_NAMES.get(key[0], key[0])}, IPC {key[1]}, {top[key]:g} ep"
+        panels.setdefault(title, {})[rec["method"]] = [sum(s[c] for s in per_seed) / len(per_seed)
+                                                       for c in range(len(classes))]
+    return classes, dict(sorted(panels.items()))
+
+
+def _study_per_class_section(rep: HtmlReport, runs_dir: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Distilled vs random per class (issue #15), when the cells recorded per-class accuracies."""
+    fig = plots.per_class_vs_baseline(*study_per_class_panels(runs_dir, rows))
+    if fig is not None:
+        rep.heading("Accuracy per class vs random")
+        rep.figure(fig, "last-epoch test accuracy per class, mean over seeds, each method minus the random subset "
+                   "of the same cell (points); one panel per regime and IPC at its largest budget",
+                   "per-class accuracy vs random")

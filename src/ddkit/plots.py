@@ -160,6 +160,49 @@ def per_class_panels(classes: Sequence[str], panels: Mapping[str, Mapping[str, S
     return fig
 
 
+def per_class_vs_baseline(classes: Sequence[str], panels: Mapping[str, Mapping[str, Sequence[float]]],
+                          baseline: str = "random"):
+    """Per-class accuracy of many methods against the baseline, one heatmap per panel ({panel title: {method:
+    per-class accuracies}}), stacked: rows = methods, columns = classes, colour and number = method − baseline in
+    points (diverging, white = equal), the baseline's own accuracy under each class name. A heatmap, not bars,
+    because a study has a dozen methods; a panel without the baseline shows accuracies (%). Series without a
+    full per-class list are left out; None when nothing is left."""
+    kept = {t: {m: list(v) for m, v in ser.items() if v is not None and len(v) == len(classes)}
+            for t, ser in panels.items()}
+    kept = {t: ser for t, ser in kept.items() if ser}
+    if not kept or not classes:
+        return None
+    k = len(classes)
+    heights = [0.32 * max(1, len([m for m in ser if m != baseline])) + 1.5 for ser in kept.values()]
+    fig = _figure(min(16.0, max(4.5, 0.5 * k + 2.5)), sum(heights))
+    axes = fig.subplots(len(kept), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+    for ax, (title, ser) in zip(axes, kept.items()):
+        base = ser.get(baseline)
+        names = [m for m in ser if m != baseline] or [baseline]
+        diff = base is not None and names != [baseline]
+        vals = [[100 * (ser[m][c] - base[c]) if diff else 100 * ser[m][c] for c in range(k)] for m in names]
+        lim = max([abs(v) for row in vals for v in row] + [1.0])
+        im = ax.imshow(vals, cmap="RdBu" if diff else "viridis", vmin=-lim if diff else 0, vmax=lim if diff else 100,
+                       aspect="auto", interpolation="nearest")
+        if k <= 24:  # numbers stay legible up to about two dozen columns
+            for i, row in enumerate(vals):
+                for c, v in enumerate(row):
+                    dark = abs(v) > 0.6 * lim if diff else v < 40  # white text on the dark ends of the scale
+                    ax.text(c, i, f"{v:+.0f}" if diff else f"{v:.0f}", ha="center", va="center", fontsize=7,
+                            color="white" if dark else "black")
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels(names, fontsize=8)
+        ax.set_xticks(range(k))
+        labels = [f"{c}\n{100 * base[i]:.0f}%" if diff else str(c) for i, c in enumerate(classes)]
+        rotate = k > 12 or max(len(str(c)) for c in classes) > 5
+        ax.set_xticklabels(labels, fontsize=7, rotation=45 if rotate else 0, ha="right" if rotate else "center")
+        ax.set_title(title + (f" (under each class: {baseline}'s accuracy)" if diff else ""), fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01,
+                     label=f"points vs {baseline}" if diff else "test accuracy (%)")
+    fig.tight_layout()
+    return fig
+
+
 Curve = List[Dict[str, Any]]  # metrics.jsonl records: epoch, loss, test_acc (sometimes)
 
 

@@ -23,8 +23,9 @@ study.json pins the protocol (student, recipes, seeds, dataset): a rerun with an
 same folder is refused. runs.jsonl gets one line per invocation (command, git revision, machine, cells
 done). Several processes may share a folder when they take different methods (`--methods`): each
 re-reads results.csv before every cell and skips what another finished. report.md (tables, per-regime
-ranks, accuracy-vs-budget plot) and report.html (the same with IOR/HLR, plots, training curves from
-runs/<cell>/seed<k>/metrics.jsonl and set grids) are rewritten from every row of results.csv at the end.
+ranks, accuracy-vs-budget plot) and report.html (the same with IOR/HLR, plots, per-class accuracy vs random
+from runs/<cell>/class_accs.json, training curves from runs/<cell>/seed<k>/metrics.jsonl and set grids) are
+rewritten from every row of results.csv at the end.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from tqdm.auto import tqdm
 
@@ -47,7 +48,7 @@ from ddkit.grids import write_preview
 from ddkit.methods import create_method, method_spec
 from ddkit.teachers.frozen import teacher_identity
 from ddkit.study_report import rank_table, write_report  # noqa: F401  (rank_table re-exported)
-from ddkit.utils import DDKitError, get_device, git_revision, machine_info
+from ddkit.utils import DDKitError, atomic_write_bytes, get_device, git_revision, machine_info
 
 COLUMNS = ("method", "ipc", "budget", "regime", "recipe", "student", "mean", "std", "n", "accs", "seeds",
            "seconds", "set_seconds", "iterations", "batch_size", "epochs", "samples_seen", "best_of_test", "crop")
@@ -166,6 +167,17 @@ def _append(path: Path, row: Dict[str, Any]) -> None:
         w.writerow({k: row.get(k, "") for k in COLUMNS})
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def _save_class_accs(cell: Path, summary: Mapping[str, Any], classes: Sequence[str], method: str, ipc: int,
+                     budget: str, regime: str) -> None:
+    """runs/<cell>/class_accs.json: the cell's last-epoch per-class test accuracies (per seed), for the report's
+    per-class plot (results.csv keeps one row per cell; a cell finished before this file existed has none)."""
+    if summary.get("class_accs"):
+        rec = {"method": method, "ipc": ipc, "budget": budget, "regime": regime, "classes": list(classes),
+               "class_accs": summary["class_accs"]}
+        cell.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(cell / "class_accs.json", json.dumps(rec).encode())
 
 
 def _protocol(cfg: StudyConfig, train: Any, teacher: Any, eval_overrides: Mapping[str, Any]) -> Dict[str, Any]:
@@ -288,9 +300,11 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
                     ecfg = EvalConfig(recipe=cfg.recipe_for(regime), regime=regime, seeds=cfg.seeds,
                                       seed=cfg.seed, student=cfg.student, student_width=cfg.student_width,
                                       **length, **eval_overrides)
+                    cell = out / "runs" / f"{spec.name}-ipc{ipc}-K{_bkey(b)}-{regime}"
                     res = evaluate(s, test, ecfg, teacher, full_train_size=len(train), device=dev, progress=progress,
-                                   set_name=f"{spec.name}/ipc{ipc}/K{_bkey(b)}/{regime}",
-                                   output=out / "runs" / f"{spec.name}-ipc{ipc}-K{_bkey(b)}-{regime}")
+                                   set_name=f"{spec.name}/ipc{ipc}/K{_bkey(b)}/{regime}", output=cell)
+                    summary = res.to_dict()
+                    _save_class_accs(cell, summary, test.classes, spec.name, ipc, _bkey(b), regime)
                     row = {"method": spec.name, "ipc": ipc, "budget": _bkey(b), "regime": regime,
                            "recipe": ecfg.recipe, "student": res.student, "mean": res.mean, "std": res.std,
                            "n": len(res.accs), "accs": ";".join(f"{a:.6f}" for a in res.accs),
@@ -299,7 +313,7 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
                            "set_seconds": f"{float(s.meta.get('wall_seconds', float('nan'))):.2f}",
                            "iterations": res.plan.iterations, "batch_size": res.plan.batch_size,
                            "epochs": f"{res.plan.epochs:.4f}", "samples_seen": res.plan.samples,
-                           "best_of_test": res.to_dict().get("best_of_test", {}).get("mean", ""),
+                           "best_of_test": summary.get("best_of_test", {}).get("mean", ""),
                            "crop": res.info.get("crop", "")}
                     _append(csv_path, row)
                     evaluated += 1

@@ -1,4 +1,5 @@
-"""The hard-truths study's report: per-regime tables, mean ranks and the accuracy-vs-budget plot.
+"""The hard-truths study's report: per-regime tables, mean ranks and the accuracy-vs-budget plot (report.html
+adds the per-class heatmap of each method against random, html_report.study_per_class_panels).
 
 `write_report(folder)` rebuilds report.md (+ acc_vs_budget.png) and report.html from every row of results.csv, so
 it also works on a partial, resumed grid; cells with best-of-test recorded show it in brackets.
