@@ -57,6 +57,10 @@ def main() -> int:
                    "(a fixed stratified subset, to save CPU on a crowded machine); 0 = the full test split")
     p.add_argument("--output", required=True)
     args = p.parse_args()
+    unknown = [r for r in args.regimes.split(",") if r not in PROTOCOLS[args.protocol]]
+    if unknown:
+        p.error(f"--protocol {args.protocol} has no recipe for regime(s) {unknown}; "
+                f"it has {sorted(PROTOCOLS[args.protocol])}")
     torch.set_num_threads(args.threads)
     dev = torch.device("cpu")
     out = Path(args.output)
