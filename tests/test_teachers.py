@@ -66,6 +66,23 @@ def test_training_is_seeded(data) -> None:
     assert torch.equal(a(x), b(x))
 
 
+def test_cpu_amp_runs_bf16_only_where_native(data, monkeypatch) -> None:
+    """--cpu-amp trains under bf16 autocast where the CPU has bf16 (different weights from fp32), and is
+    exactly the fp32 run where it has not (the flag falls back, it never emulates)."""
+    import ddkit.utils as utils
+    train, _ = data
+    cfg = dataclasses.replace(CFG, epochs=1)
+    x = train.images[:8]
+    fp32 = train_teacher(train, None, cfg, "cpu", progress=False)[0](x)
+    monkeypatch.setattr(utils, "_CPU_BF16", False)
+    assert torch.equal(train_teacher(train, None, dataclasses.replace(cfg, cpu_amp=True), "cpu", progress=False)[0](x),
+                       fp32)
+    monkeypatch.setattr(utils, "_CPU_BF16", None)
+    if utils.cpu_bf16_native():
+        bf16 = train_teacher(train, None, dataclasses.replace(cfg, cpu_amp=True), "cpu", progress=False)[0](x)
+        assert not torch.equal(bf16, fp32) and torch.allclose(bf16.softmax(1), fp32.softmax(1), atol=0.2)
+
+
 def test_flip_translate_matches_per_sample_reference() -> None:
     x = torch.randint(0, 255, (16, 2, 5, 7), dtype=torch.uint8)
     g = torch.Generator().manual_seed(1)

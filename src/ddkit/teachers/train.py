@@ -50,7 +50,10 @@ class TeacherConfig:
     translate: int = field(-1, "max random shift in px (pad and crop); -1 = round(image_size/8), 4 px at 32 px")
     flip: Optional[bool] = field(None, "random horizontal flip; None = on unless the set has 1 channel (digits)")
     seed: int = field(0, "seeds init, order and augmentation")
-    amp: bool = field(True, "bf16 autocast (CUDA only; CPU stays fp32)")
+    amp: bool = field(True, "bf16 autocast on CUDA")
+    cpu_amp: bool = field(False, "bf16 autocast on CPU too, where the CPU computes bf16 natively "
+                                 "(utils.cpu_bf16_native; else fp32). Off: CPU results stay fp32 and comparable "
+                                 "across CPUs (docs/performance.md, issue 17)")
     channels_last: bool = field(True, "NHWC memory layout for faster convs (CUDA only)")
     eval_every: int = field(0, "test every k epochs (0 = only at the end)")
 
@@ -183,7 +186,7 @@ def train_teacher(train: ImageDataset, test: Optional[ImageDataset], cfg: Teache
             x = (to_float(x) - mean) / std
             if cfg.channels_last and cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(dev, cfg.amp):
+            with autocast(dev, cfg.amp, cpu=cfg.cpu_amp):
                 out = model(x)
             loss = F.cross_entropy(out.float(), labels[idx], label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
