@@ -11,7 +11,9 @@ momentum 0.9 / wd 5e-4, `loss.item()` and a top-1 accuracy every step, the sched
 ddkit runs the same work through `StudentTrainer` (what `ddkit evaluate` trains with) under the `dc`
 recipe: DSA single mode over the same six ops, SGD with the same values, batch min(256, N), KL at
 T = 20 under SL+KD. Variants: `ddkit` (library default on CPU: fp32, eager, NCHW), `ddkit_bf16`
-(`--cpu-amp`), `ddkit_bf16_compile` (`--cpu-amp --compile`). Each round runs --epochs epochs of every
+(`--cpu-amp`), `ddkit_bf16_compile` (`--cpu-amp --compile`), and `ddranking`: the real DD-Ranking 0.2.0
+`train_one_epoch` + `DSA` + `KLDivergenceLoss` when the package is importable (install it in a separate venv
+for this bench only: it pins numpy < 2). Each round runs --epochs epochs of every
 variant in turn (same images per variant); the report gives images/s (median over rounds) and
 each variant's ratio to the plain loop, round by round, on wall time and on process CPU time.
 Random pixels and random teacher weights: speed only (accuracy: bench/bf16_accuracy.py).
@@ -145,6 +147,38 @@ def plain_epoch_fn(images, labels, teacher, regime: str) -> Callable[[], int]:
     return epoch
 
 
+def ddranking_epoch_fn(images, labels, teacher, regime: str) -> Callable[[], int]:
+    """One epoch of the real DD-Ranking 0.2.0 loop (`ddranking.utils.train_one_epoch` with its `DSA`, 'S' mode,
+    and its `KLDivergenceLoss`); needs the package importable (a separate venv for this bench, never a ddkit
+    dependency). Same model, optimiser, batch and data as the plain loop; the teacher as DD-Ranking holds it
+    (eval mode, parameters not frozen)."""
+    from ddranking.aug import DSA
+    from ddranking.loss import KLDivergenceLoss
+    from ddranking.utils import train_one_epoch
+    torch.manual_seed(1)
+    model = create_model("convnet-d3", num_classes=10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=10 ** 6, gamma=0.1)
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    ds = TensorDataset((images - mean) / std, labels)
+    loader = DataLoader(ds, batch_size=256, sampler=RandomSampler(ds), num_workers=0)
+    # DC/DSA's ParamDiffAug values, the ones DD-Ranking's configs pass as aug_params
+    aug = DSA({"scale": 1.2, "rotate": 15.0, "crop": 0.125, "cutout": 0.5, "flip": 0.5, "brightness": 1.0,
+               "saturation": 2.0, "contrast": 0.5}, seed=-1, aug_mode="S")
+    loss_fn = KLDivergenceLoss(temperature=T) if regime == "slkd" else torch.nn.CrossEntropyLoss()
+    count = [0]
+
+    def epoch() -> int:
+        train_one_epoch(count[0], model, loader, loss_fn, opt, soft_label_mode="M" if regime == "slkd" else "S",
+                        aug_func=aug, tea_models=[teacher] if regime == "slkd" else None, lr_scheduler=sched,
+                        log_interval=10 ** 9, device="cpu")
+        count[0] += 1
+        return len(ds)
+
+    return epoch
+
+
 def ddkit_epoch_fn(images, labels, tnet, regime: str, bf16: bool, compiled: bool) -> Callable[[], int]:
     """The same images per call through StudentTrainer (dc recipe; KL at T = 20 under SL+KD)."""
     n, k = len(images), 10
@@ -202,6 +236,8 @@ def main(argv=None) -> int:
         c0 = time.process_time()
         if v == "plain":
             fns[v] = plain_epoch_fn(images, labels, tnet, args.regime)
+        elif v == "ddranking":
+            fns[v] = ddranking_epoch_fn(images, labels, tnet, args.regime)
         else:
             torch.manual_seed(0)  # the same teacher weights, a fresh copy (a compiled variant converts its layout)
             fns[v] = ddkit_epoch_fn(images, labels, create_model("convnet-d3", num_classes=10).eval(), args.regime,
