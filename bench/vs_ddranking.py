@@ -109,8 +109,8 @@ class PlainDSA:
         return x * mask.unsqueeze(1)
 
 
-def plain_epoch_fn(images, labels, teacher, regime: str) -> Callable[[], int]:
-    """One epoch of the DD-Ranking-style loop per call; returns the images seen."""
+def _plain_setup(images, labels):
+    """The student, SGD, StepLR and DataLoader both DD-Ranking loops (plain and real) train with."""
     torch.manual_seed(1)
     model = create_model("convnet-d3", num_classes=10)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -119,6 +119,12 @@ def plain_epoch_fn(images, labels, teacher, regime: str) -> Callable[[], int]:
     std = torch.tensor(STD).view(1, 3, 1, 1)
     ds = TensorDataset((images - mean) / std, labels)  # their sets are stored normalised
     loader = DataLoader(ds, batch_size=256, sampler=RandomSampler(ds), num_workers=0)
+    return model, opt, sched, ds, loader
+
+
+def plain_epoch_fn(images, labels, teacher, regime: str) -> Callable[[], int]:
+    """One epoch of the DD-Ranking-style loop per call; returns the images seen."""
+    model, opt, sched, ds, loader = _plain_setup(images, labels)
     aug = PlainDSA()
     stats = {"loss": [], "acc": []}
 
@@ -155,14 +161,7 @@ def ddranking_epoch_fn(images, labels, teacher, regime: str) -> Callable[[], int
     from ddranking.aug import DSA
     from ddranking.loss import KLDivergenceLoss
     from ddranking.utils import train_one_epoch
-    torch.manual_seed(1)
-    model = create_model("convnet-d3", num_classes=10)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=10 ** 6, gamma=0.1)
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
-    ds = TensorDataset((images - mean) / std, labels)
-    loader = DataLoader(ds, batch_size=256, sampler=RandomSampler(ds), num_workers=0)
+    model, opt, sched, ds, loader = _plain_setup(images, labels)
     # DC/DSA's ParamDiffAug values, the ones DD-Ranking's configs pass as aug_params
     aug = DSA({"scale": 1.2, "rotate": 15.0, "crop": 0.125, "cutout": 0.5, "flip": 0.5, "brightness": 1.0,
                "saturation": 2.0, "contrast": 0.5}, seed=-1, aug_mode="S")
