@@ -69,7 +69,38 @@ def test_study_writes_results_and_skips_finished_cells(tmp_path, counted):
     assert [(x["evaluated"], x["skipped"]) for x in runs] == [(2, 0), (0, 2), (1, 1)]
     assert all(x["git_revision"] and x["machine"]["cpu_count"] and x["device"] == "cpu" for x in runs)
     with pytest.raises(DDKitError, match="another protocol"):
-        run_study(train, test, None, output_dir=str(out), device="cpu", progress=False, **{**GRID, "seeds": 2})
+        run_study(train, test, None, output_dir=str(out), device="cpu", progress=False,
+                  **{**GRID, "student_width": 4})
+
+
+def test_study_more_seeds_tops_up_finished_cells(tmp_path, counted):
+    train, test = make_toy(20, 4, 8), make_toy(10, 4, 8, seed=1, split="test")
+    out = tmp_path / "ht"
+    grid = {**GRID, "methods": ("random",), "budgets": (0.5, 1.0)}
+    run_study(train, test, None, output_dir=str(out), device="cpu", progress=False, **grid)
+    one = {r["budget"]: r for r in read_results(out / "results.csv")}
+    counted.clear()
+    r = run_study(train, test, None, output_dir=str(out), device="cpu", progress=False, **{**grid, "seeds": 3})
+    # only the two missing students per cell, seeded after the first
+    assert r.evaluated == 2 and [(c.seed, c.seeds) for c in counted] == [(1, 2), (1, 2)]
+    rows = read_results(out / "results.csv")
+    assert len(rows) == 2 and all(x["seeds"] == [0, 1, 2] and x["n"] == 3 and len(x["accs"]) == 3 for x in rows)
+    for x in rows:
+        assert x["accs"][0] == pytest.approx(one[x["budget"]]["accs"][0], abs=1e-6)  # the first seed is kept
+        assert x["mean"] == pytest.approx(sum(x["accs"]) / 3, abs=1e-6)
+    assert json.loads((out / "study.json").read_text())["protocol"]["seeds"] == 3
+    with open(out / "results.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 4  # append-only: the one-seed rows stay, superseded
+    # the same three seeds from scratch give the same cell (a top-up is not a different protocol)
+    counted.clear()
+    fresh = run_study(train, test, None, output_dir=str(tmp_path / "fresh"), device="cpu", progress=False,
+                      **{**grid, "seeds": 3})
+    assert [c.seeds for c in counted] == [3, 3]
+    for a, b in zip(sorted(rows, key=lambda x: x["budget"]), sorted(fresh.rows, key=lambda x: x["budget"])):
+        assert a["accs"] == pytest.approx(b["accs"], abs=1e-6)
+    counted.clear()
+    r = run_study(train, test, None, output_dir=str(out), device="cpu", progress=False, **{**grid, "seeds": 2})
+    assert (r.evaluated, r.skipped) == (0, 2) and counted == []
 
 
 def test_study_skips_cells_another_process_finished(tmp_path, monkeypatch):

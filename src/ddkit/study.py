@@ -19,8 +19,10 @@ whose config has `budget_epochs` (cad-prune, ca2d: the scoring run is compute-ma
 budget), and cached under output_dir/sets/. Scoring runs are cached under output_dir/dynamics/ when the
 method has a `dynamics_cache` option. Each finished cell is appended to results.csv at once (one row:
 mean/std/accs/seeds/seconds) and skipped on a rerun, so an interrupted study resumes where it stopped.
-study.json pins the protocol (student, recipes, seeds, dataset): a rerun with another protocol in the
-same folder is refused. runs.jsonl gets one line per invocation (command, git revision, machine, cells
+study.json pins the protocol (student, recipes, dataset, evaluator options): a rerun with another protocol in
+the same folder is refused, except for more `seeds`: a rerun with --seeds 3 over cells of one seed trains only
+the two missing students per cell (seeds seed+1, seed+2) and appends the cell again with all three (the last
+row of a cell wins). runs.jsonl gets one line per invocation (command, git revision, machine, cells
 done). Several processes may share a folder when they take different methods (`--methods`): each
 re-reads results.csv before every cell and skips what another finished. report.md (tables, per-regime
 ranks, accuracy-vs-budget plot) and report.html (the same with IOR/HLR, plots, per-class accuracy vs random
@@ -44,6 +46,7 @@ from tqdm.auto import tqdm
 from ddkit.config import config_hash, field, option_names
 from ddkit.distilled import DistilledSet
 from ddkit.evaluate import EvalConfig, evaluate, get_recipe, resolve_regime
+from ddkit.evaluate.metrics import mean_std
 from ddkit.grids import write_preview
 from ddkit.methods import create_method, method_spec
 from ddkit.teachers.frozen import teacher_identity
@@ -89,7 +92,8 @@ class StudyConfig:
                             "Table 4)")
     student: Optional[str] = field(None, "student architecture (None: the teacher's)")
     student_width: Optional[int] = field(None, "ConvNet/MLP student width (None: the model's default)")
-    seeds: int = field(3, "students per cell (mean ± std over them)")
+    seeds: int = field(3, "students per cell (mean ± std over them); more seeds on a finished folder trains only "
+                            "the missing students of each cell")
     seed: int = field(0, "method seed (sets) and base student seed")
     output_dir: str = field("runs/hard-truths", "folder of sets/, results.csv, report.md (rerun to resume)")
 
@@ -149,12 +153,40 @@ def read_results(path: Path) -> List[Dict[str, Any]]:
             row["accs"] = [float(x) for x in r["accs"].split(";") if x]
             row["seeds"] = [int(x) for x in r["seeds"].split(";") if x]
             rows.append(row)
-    return rows
+    # A cell topped up with more seeds is appended again with all of its seeds: the last row of a key wins,
+    # in the place of the key's first row (results.csv stays append-only, so a kill never loses a cell).
+    latest: Dict[Tuple[str, int, str, str], Dict[str, Any]] = {}
+    for row in rows:
+        latest[_key(row["method"], row["ipc"], row["budget"], row["regime"])] = row
+    return list(latest.values())
 
 
-def _done(path: Path) -> set:
-    """Keys of the cells already in results.csv."""
-    return {_key(r["method"], r["ipc"], r["budget"], r["regime"]) for r in read_results(path)}
+def _cells(path: Path) -> Dict[Tuple[str, int, str, str], Dict[str, Any]]:
+    """The cells already in results.csv, by key (the row with all of each cell's seeds)."""
+    return {_key(r["method"], r["ipc"], r["budget"], r["regime"]): r for r in read_results(path)}
+
+
+def _seeds_missing(cells: Mapping[Tuple[str, int, str, str], Dict[str, Any]], key: Tuple[str, int, str, str],
+                   seeds: int) -> int:
+    """How many more students the cell `key` needs to have `seeds` (0: done)."""
+    row = cells.get(key)
+    return seeds if row is None else max(0, seeds - len(row["accs"]))
+
+
+def _merge(prev: Optional[Mapping[str, Any]], row: Dict[str, Any]) -> Dict[str, Any]:
+    """`row` (the new seeds of a cell) joined with `prev` (its earlier seeds): the cell with all of them."""
+    if prev is None:
+        return row
+    accs = list(prev["accs"]) + [float(a) for a in row["accs"].split(";") if a]
+    seeds = list(prev["seeds"]) + [int(x) for x in row["seeds"].split(";") if x]
+    mean, std, n = mean_std(accs)
+    n_old, n_new = len(prev["accs"]), n - len(prev["accs"])
+    best = ""  # best-of-test is stored as a mean over seeds: weight each part by its seeds
+    if row.get("best_of_test") not in (None, "") and prev.get("best_of_test") == prev.get("best_of_test"):
+        best = (float(prev["best_of_test"]) * n_old + float(row["best_of_test"]) * n_new) / n
+    return {**row, "mean": mean, "std": std, "n": n, "accs": ";".join(f"{a:.6f}" for a in accs),
+            "seeds": ";".join(str(x) for x in seeds), "best_of_test": best,
+            "seconds": f"{float(prev['seconds']) + float(row['seconds']):.2f}"}
 
 
 def _append(path: Path, row: Dict[str, Any]) -> None:
@@ -170,12 +202,16 @@ def _append(path: Path, row: Dict[str, Any]) -> None:
 
 
 def _save_class_accs(cell: Path, summary: Mapping[str, Any], classes: Sequence[str], method: str, ipc: int,
-                     budget: str, regime: str) -> None:
+                     budget: str, regime: str, top_up: bool = False) -> None:
     """runs/<cell>/class_accs.json: the cell's last-epoch per-class test accuracies (per seed), for the report's
     per-class plot (results.csv keeps one row per cell; a cell finished before this file existed has none)."""
     if summary.get("class_accs"):
+        accs = list(summary["class_accs"])
+        path = cell / "class_accs.json"
+        if top_up and path.is_file():  # the earlier seeds' per-class accuracies come first
+            accs = json.loads(path.read_text())["class_accs"] + accs
         rec = {"method": method, "ipc": ipc, "budget": budget, "regime": regime, "classes": list(classes),
-               "class_accs": summary["class_accs"]}
+               "class_accs": accs}
         cell.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(cell / "class_accs.json", json.dumps(rec).encode())
 
@@ -265,9 +301,14 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
     proto = _protocol(cfg, train, teacher, eval_overrides)
     pfile = out / "study.json"
     if pfile.is_file():
-        old = json.loads(pfile.read_text()).get("protocol")
-        if old != json.loads(json.dumps(proto)):
+        pinned = json.loads(pfile.read_text())
+        old = pinned.get("protocol") or {}
+        # More seeds is not another protocol: finished cells get only their missing students (a top-up).
+        if {**old, "seeds": None} != json.loads(json.dumps({**proto, "seeds": None})):
             raise DDKitError(f"{out} holds a study run with another protocol ({old}); use another --output-dir")
+        if cfg.seeds > int(old.get("seeds") or 0):
+            atomic_write_bytes(pfile, json.dumps({**pinned, "protocol": {**old, "seeds": cfg.seeds}},
+                                                 indent=1).encode())
     else:
         pfile.write_text(json.dumps({"protocol": proto, "config": dataclasses.asdict(cfg)}, indent=1))
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -283,7 +324,8 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
             for b in cfg.budgets_for(ipc, train.num_classes, len(train)):
                 # results.csv is re-read before every set and cell, so another process working on the same
                 # folder (e.g. started with other --methods) never has its finished cells redone here.
-                todo = [r for r in cfg.regimes if _key(spec.name, ipc, b, r) not in _done(csv_path)]
+                cells = _cells(csv_path)
+                todo = [r for r in cfg.regimes if _seeds_missing(cells, _key(spec.name, ipc, b, r), cfg.seeds)]
                 skipped += len(cfg.regimes) - len(todo)
                 bar.update(len(cfg.regimes) - len(todo))
                 if not todo:
@@ -292,19 +334,25 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
                              dev, progress)
                 for regime in todo:
                     bar.set_postfix_str(f"{spec.name} ipc {ipc} K {_bkey(b)} {regime}")
-                    if _key(spec.name, ipc, b, regime) in _done(csv_path):
+                    cells = _cells(csv_path)
+                    prev = cells.get(_key(spec.name, ipc, b, regime))
+                    missing = _seeds_missing(cells, _key(spec.name, ipc, b, regime), cfg.seeds)
+                    if not missing:
                         skipped += 1
                         bar.update(1)
                         continue
                     length = {"epochs": cfg.epochs} if cfg.epochs is not None else {"budget_epochs": b}
-                    ecfg = EvalConfig(recipe=cfg.recipe_for(regime), regime=regime, seeds=cfg.seeds,
-                                      seed=cfg.seed, student=cfg.student, student_width=cfg.student_width,
+                    # A top-up trains the seeds after the cell's last one (students are seeded by seed + i).
+                    first = cfg.seed if prev is None else max(prev["seeds"], default=cfg.seed - 1) + 1
+                    ecfg = EvalConfig(recipe=cfg.recipe_for(regime), regime=regime, seeds=missing,
+                                      seed=first, student=cfg.student, student_width=cfg.student_width,
                                       **length, **eval_overrides)
                     cell = out / "runs" / f"{spec.name}-ipc{ipc}-K{_bkey(b)}-{regime}"
                     res = evaluate(s, test, ecfg, teacher, full_train_size=len(train), device=dev, progress=progress,
                                    set_name=f"{spec.name}/ipc{ipc}/K{_bkey(b)}/{regime}", output=cell)
                     summary = res.to_dict()
-                    _save_class_accs(cell, summary, test.classes, spec.name, ipc, _bkey(b), regime)
+                    _save_class_accs(cell, summary, test.classes, spec.name, ipc, _bkey(b), regime,
+                                     top_up=prev is not None)
                     row = {"method": spec.name, "ipc": ipc, "budget": _bkey(b), "regime": regime,
                            "recipe": ecfg.recipe, "student": res.student, "mean": res.mean, "std": res.std,
                            "n": len(res.accs), "accs": ";".join(f"{a:.6f}" for a in res.accs),
@@ -315,7 +363,7 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
                            "epochs": f"{res.plan.epochs:.4f}", "samples_seen": res.plan.samples,
                            "best_of_test": summary.get("best_of_test", {}).get("mean", ""),
                            "crop": res.info.get("crop", "")}
-                    _append(csv_path, row)
+                    _append(csv_path, _merge(prev, row))
                     evaluated += 1
                     bar.update(1)
     bar.close()
