@@ -22,13 +22,13 @@ from ddkit.teachers import load_teacher, predict_logits
 from ddkit.utils import atomic_write_bytes
 
 
-def main() -> int:
+def main(argv: list | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("sets_dirs", nargs="+", help="folders whose sub-folders are distilled sets")
     p.add_argument("--teacher", required=True)
     p.add_argument("--output", required=True)
     p.add_argument("--device", default="cpu")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     dev = torch.device(args.device)
     teacher = load_teacher(args.teacher, device=dev)
     out = {}
