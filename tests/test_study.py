@@ -91,6 +91,9 @@ def test_study_more_seeds_tops_up_finished_cells(tmp_path, counted):
     assert json.loads((out / "study.json").read_text())["protocol"]["seeds"] == 3
     with open(out / "results.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 4  # append-only: the one-seed rows stay, superseded
+    for x in rows:  # per-class accuracies: one list per seed, the first seed's kept in front
+        got = json.loads((out / "runs" / f"random-ipc2-K{x['budget']:g}-hl" / "class_accs.json").read_text())
+        assert len(got["class_accs"]) == 3
     # the same three seeds from scratch give the same cell (a top-up is not a different protocol)
     counted.clear()
     fresh = run_study(train, test, None, output_dir=str(tmp_path / "fresh"), device="cpu", progress=False,

@@ -34,6 +34,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -182,7 +183,7 @@ def _merge(prev: Optional[Mapping[str, Any]], row: Dict[str, Any]) -> Dict[str, 
     mean, std, n = mean_std(accs)
     n_old, n_new = len(prev["accs"]), n - len(prev["accs"])
     best = ""  # best-of-test is stored as a mean over seeds: weight each part by its seeds
-    if row.get("best_of_test") not in (None, "") and prev.get("best_of_test") == prev.get("best_of_test"):
+    if row.get("best_of_test") not in (None, "") and not math.isnan(float(prev.get("best_of_test", "nan"))):
         best = (float(prev["best_of_test"]) * n_old + float(row["best_of_test"]) * n_new) / n
     return {**row, "mean": mean, "std": std, "n": n, "accs": ";".join(f"{a:.6f}" for a in accs),
             "seeds": ";".join(str(x) for x in seeds), "best_of_test": best,
@@ -202,14 +203,15 @@ def _append(path: Path, row: Dict[str, Any]) -> None:
 
 
 def _save_class_accs(cell: Path, summary: Mapping[str, Any], classes: Sequence[str], method: str, ipc: int,
-                     budget: str, regime: str, top_up: bool = False) -> None:
+                     budget: str, regime: str, n_prev: int = 0) -> None:
     """runs/<cell>/class_accs.json: the cell's last-epoch per-class test accuracies (per seed), for the report's
     per-class plot (results.csv keeps one row per cell; a cell finished before this file existed has none)."""
     if summary.get("class_accs"):
         accs = list(summary["class_accs"])
         path = cell / "class_accs.json"
-        if top_up and path.is_file():  # the earlier seeds' per-class accuracies come first
-            accs = json.loads(path.read_text())["class_accs"] + accs
+        if n_prev and path.is_file():  # the earlier seeds' per-class accuracies come first; entries past them
+            # are from a top-up killed before its row was appended, which this run retrains
+            accs = json.loads(path.read_text())["class_accs"][:n_prev] + accs
         rec = {"method": method, "ipc": ipc, "budget": budget, "regime": regime, "classes": list(classes),
                "class_accs": accs}
         cell.mkdir(parents=True, exist_ok=True)
@@ -352,7 +354,7 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
                                    set_name=f"{spec.name}/ipc{ipc}/K{_bkey(b)}/{regime}", output=cell)
                     summary = res.to_dict()
                     _save_class_accs(cell, summary, test.classes, spec.name, ipc, _bkey(b), regime,
-                                     top_up=prev is not None)
+                                     n_prev=0 if prev is None else len(prev["accs"]))
                     row = {"method": spec.name, "ipc": ipc, "budget": _bkey(b), "regime": regime,
                            "recipe": ecfg.recipe, "student": res.student, "mean": res.mean, "std": res.std,
                            "n": len(res.accs), "accs": ";".join(f"{a:.6f}" for a in res.accs),
