@@ -83,6 +83,21 @@ def test_cpu_amp_runs_bf16_only_where_native(data, monkeypatch) -> None:
         assert not torch.equal(bf16, fp32) and torch.allclose(bf16.softmax(1), fp32.softmax(1), atol=0.2)
 
 
+def test_compile_trains_the_same_network(data, tmp_path: Path) -> None:
+    """--compile trains the same weights as eager (fp32: up to fused-kernel rounding), leaves the model a plain
+    NCHW module, and saves/loads without torch.compile's `_orig_mod.` prefix."""
+    train, test = data
+    cfg = dataclasses.replace(CFG, epochs=1)
+    eager, _ = train_teacher(train, None, cfg, "cpu", progress=False)
+    comp, _ = train_teacher(train, None, dataclasses.replace(cfg, compile=True), "cpu", progress=False)
+    assert type(comp.model) is type(eager.model) and not hasattr(comp.model, "_orig_mod")
+    x = test.images
+    assert torch.allclose(comp(x).softmax(1), eager(x).softmax(1), atol=2e-3)
+    assert comp(x).argmax(1).eq(eager(x).argmax(1)).float().mean() >= 0.95
+    w, _ = save_teacher(comp, tmp_path / "compiled")
+    assert torch.equal(load_teacher(w, dataset=test)(x), comp(x))
+
+
 def test_flip_translate_matches_per_sample_reference() -> None:
     x = torch.randint(0, 255, (16, 2, 5, 7), dtype=torch.uint8)
     g = torch.Generator().manual_seed(1)

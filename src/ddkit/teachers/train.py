@@ -54,7 +54,10 @@ class TeacherConfig:
     cpu_amp: bool = field(False, "bf16 autocast on CPU too, where the CPU computes bf16 natively "
                                  "(utils.cpu_bf16_native; else fp32). Off: CPU results stay fp32 and comparable "
                                  "across CPUs (docs/performance.md, issue 17)")
-    channels_last: bool = field(True, "NHWC memory layout for faster convs (CUDA only)")
+    channels_last: bool = field(True, "NHWC memory layout for faster convs (CUDA only; on CPU too with --compile)")
+    compile: bool = field(False, "torch.compile the network for training (on CPU with channels_last, whose fused "
+                                 "kernels are fastest there); pays after its compile time (~1 min), so for "
+                                 "schedules of several epochs (bench/results/teacher_compile_cpu.json)")
     eval_every: int = field(0, "test every k epochs (0 = only at the end)")
 
 
@@ -150,8 +153,14 @@ def train_teacher(train: ImageDataset, test: Optional[ImageDataset], cfg: Teache
         torch.manual_seed(derive_seed(cfg.seed, "teacher-init"))
         model = create_model(arch, train.num_classes, train.image_size, train.channels, **cfg.arch_kw)
     model.to(dev)
-    if cfg.channels_last and cuda:
+    # channels_last where it is fastest: always on CUDA, on CPU only under compile (eager CPU convs and
+    # GroupNorm/InstanceNorm are slower NHWC; the compiled graph fuses them).
+    nhwc = cfg.channels_last and (cuda or cfg.compile)
+    if nhwc:
         model.to(memory_format=torch.channels_last)
+    # The compiled wrapper shares the parameters with `model`: the optimizer, the test passes and the saved
+    # weights all use `model` itself.
+    net = torch.compile(model) if cfg.compile else model
 
     images, labels = train.images.to(dev), train.labels.to(dev)  # uint8 stays compact on the device
     mean = torch.tensor(train.mean, device=dev).view(1, -1, 1, 1)
@@ -184,10 +193,10 @@ def train_teacher(train: ImageDataset, test: Optional[ImageDataset], cfg: Teache
             idx = perm[i * bs:(i + 1) * bs]
             x = random_flip_translate(images[idx], translate, flip, gen)
             x = (to_float(x) - mean) / std
-            if cfg.channels_last and cuda:
+            if nhwc:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(dev, cfg.amp, cpu=cfg.cpu_amp):
-                out = model(x)
+                out = net(x)
             loss = F.cross_entropy(out.float(), labels[idx], label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
