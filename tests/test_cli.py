@@ -18,6 +18,7 @@ def teacher_path(tmp_path_factory):
     rc = main(["teacher", "train", *DIGITS, "--model", "convnet-d2", "--epochs", "3", "--lr", "0.05",
                "--batch-size", "128", "--output", str(out)])
     assert rc == 0
+    assert not (out.parent / (out.name + ".ckpt")).exists()  # the resume checkpoint goes once the teacher is saved
     return out
 
 

@@ -98,6 +98,38 @@ def test_compile_trains_the_same_network(data, tmp_path: Path) -> None:
     assert torch.equal(load_teacher(w, dataset=test)(x), comp(x))
 
 
+class _Killed(Exception):
+    pass
+
+
+def test_checkpoint_resumes_to_the_uninterrupted_weights(data, tmp_path: Path, monkeypatch) -> None:
+    """A run killed after epoch 2 of 3 and restarted with the same checkpoint ends with the weights, test history
+    and epoch log of a run that never stopped; another recipe's checkpoint is refused."""
+    import ddkit.teachers.train as tt
+    train, test = data
+    cfg = dataclasses.replace(CFG, epochs=3, eval_every=1)
+    ref, ref_m = train_teacher(train, test, cfg, "cpu", progress=False)
+    ckpt, log = tmp_path / "t.ckpt", tmp_path / "t.metrics.jsonl"
+    real = tt._log_epoch
+
+    def kill_after_two(run, rec, total, fh):
+        real(run, rec, total, fh)
+        if rec["epoch"] == 2:
+            raise _Killed
+
+    monkeypatch.setattr(tt, "_log_epoch", kill_after_two)
+    with pytest.raises(_Killed):
+        train_teacher(train, test, cfg, "cpu", progress=False, log_path=log, checkpoint=ckpt)
+    monkeypatch.setattr(tt, "_log_epoch", real)
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 2
+    with pytest.raises(DDKitError, match="lr"):
+        train_teacher(train, test, dataclasses.replace(cfg, lr=0.1), "cpu", progress=False, checkpoint=ckpt)
+    got, got_m = train_teacher(train, test, cfg, "cpu", progress=False, log_path=log, checkpoint=ckpt)
+    assert torch.equal(got(test.images), ref(test.images))
+    assert got_m["history"] == ref_m["history"] and len(got_m["history"]) == 3
+    assert [json.loads(x)["epoch"] for x in log.read_text().splitlines()] == [1, 2, 3]
+
+
 def test_flip_translate_matches_per_sample_reference() -> None:
     x = torch.randint(0, 255, (16, 2, 5, 7), dtype=torch.uint8)
     g = torch.Generator().manual_seed(1)

@@ -87,13 +87,18 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     print(dump(cfg, title="teacher"))
     device = get_device(args.device)
     train, test = _dataset(args, "train"), _dataset(args, "test")
+    # Written after every epoch and removed once the teacher is saved: a killed run resumes where it stopped.
+    ckpt = Path(f"{out}.ckpt")
+    if ckpt.is_file():
+        print(f"resuming from {ckpt} (delete it to start over)")
     teacher, metrics = train_teacher(train, test, cfg, device=device, progress=not args.no_progress,
-                                     log_path=f"{out}.metrics.jsonl")
+                                     log_path=f"{out}.metrics.jsonl", checkpoint=ckpt)
     record = _subset_record(args, train)
     if record is not None:  # the teacher json's "dataset" says which images it saw
         teacher.meta["dataset"] = (f"{train.name} (subset: max {record['max_per_class']}/class, seed "
                                    f"{record['seed']}, {record['images']} images)")
     save_teacher(teacher, out, record=run_record(args, cfg, model=cfg.arch))
+    ckpt.unlink(missing_ok=True)
     print(f"test accuracy {metrics['test_acc']:.4f}  ({metrics['train_seconds']:.0f} s)  saved {out}.safetensors")
     return 0
 

@@ -8,6 +8,7 @@ Python), bf16 autocast and channels_last on CUDA. 40 epochs of resnet18_modified
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import time
@@ -27,7 +28,7 @@ from ddkit.models import create_model, resolve_model_name
 from ddkit.optim import make_optimizer
 from ddkit.teachers.core import Teacher, accuracy
 from ddkit.trackers import record
-from ddkit.utils import DDKitError, autocast, derive_seed, make_generator
+from ddkit.utils import DDKitError, atomic_write_bytes, autocast, derive_seed, make_generator
 
 
 @dataclass(frozen=True)
@@ -133,10 +134,40 @@ def _log_epoch(run: str, rec: Dict[str, Any], total: int, fh: Any) -> None:
         fh.flush()
 
 
+def _save_checkpoint(path: Path, cfg: TeacherConfig, epoch: int, model: nn.Module, opt: torch.optim.Optimizer,
+                     sched: Any, gen: torch.Generator, history: list, seconds: float) -> None:
+    """Everything the next epoch depends on, written atomically (a kill mid-write keeps the previous one)."""
+    buf = io.BytesIO()
+    torch.save({"recipe": to_dict(cfg), "epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
+                "sched": sched.state_dict(), "gen": gen.get_state(), "history": history, "seconds": seconds}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_checkpoint(path: Path, cfg: TeacherConfig, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+                     gen: torch.Generator) -> Tuple[int, list, float]:
+    """Restore a run from `path` (epochs done, test history, seconds so far); refuses another recipe's run."""
+    state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain types only: no code
+    theirs, ours = state["recipe"], json.loads(json.dumps(to_dict(cfg)))
+    diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    if diff:
+        raise DDKitError(f"checkpoint {path} is another training run (differs in {', '.join(diff)}); delete it to "
+                         "start over, or train with the recipe it was started with")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    gen.set_state(state["gen"].to(gen.get_state().device))
+    return int(state["epoch"]), list(state["history"]), float(state["seconds"])
+
+
 def train_teacher(train: ImageDataset, test: Optional[ImageDataset], cfg: TeacherConfig,
                   device: Union[str, torch.device], progress: bool = True,
-                  log_path: Optional[Union[str, Path]] = None) -> Tuple[Teacher, Dict[str, Any]]:
+                  log_path: Optional[Union[str, Path]] = None,
+                  checkpoint: Optional[Union[str, Path]] = None) -> Tuple[Teacher, Dict[str, Any]]:
     """Train `cfg.arch` on `train`; returns (Teacher, metrics).
+
+    checkpoint: a file written after every epoch (weights, optimizer, schedule, augmentation RNG); when it exists
+    at the start, training resumes after its last epoch and ends with the weights an uninterrupted run gives
+    (same device and threads). A checkpoint of another recipe is refused.
 
     metrics: test_acc (None without a test set), train_seconds, images_per_s, epochs, history
     (test accuracy every `eval_every` epochs). Every epoch gives one record (epoch, loss, lr, seconds,
@@ -176,16 +207,22 @@ def train_teacher(train: ImageDataset, test: Optional[ImageDataset], cfg: Teache
                          nesterov=cfg.nesterov, decay_norm_bias=False)
     sched = _scheduler(opt, cfg, total)
     gen = make_generator(cfg.seed, "teacher-train", device=dev)
-    history = []
+    history: list = []
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    start, done_s = 0, 0.0
+    if ckpt is not None and ckpt.is_file():
+        start, history, done_s = _load_checkpoint(ckpt, cfg, model, opt, sched, gen)
     # A stage-level bar: it stays on screen when done (one line per finished stage).
-    bar = tqdm(total=total, disable=not progress, desc=f"teacher {arch}", unit="step", leave=True)
+    bar = tqdm(total=total, initial=start * steps, disable=not progress, desc=f"teacher {arch}", unit="step",
+               leave=True)
     if log_path is not None:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "w") if log_path is not None else None
+    # A resumed run appends to the epochs it already logged (their lines are the checkpoint's history).
+    log = open(log_path, "a" if start else "w") if log_path is not None else None
     last_rec: Dict[str, Any] = {}
-    t0 = t_epoch = time.perf_counter()
+    t0 = t_epoch = time.perf_counter() - done_s
     diverged: Optional[str] = None
-    for epoch in range(cfg.epochs):
+    for epoch in range(start, cfg.epochs):
         model.train()
         perm = torch.randperm(n, device=dev, generator=gen)
         loss_sum = torch.zeros((), device=dev)
@@ -215,6 +252,8 @@ def train_teacher(train: ImageDataset, test: Optional[ImageDataset], cfg: Teache
             history.append({"epoch": epoch + 1, "test_acc": accuracy(model, test, train.mean, train.std, dev)})
             last_rec["test_acc"] = history[-1]["test_acc"]
         diverged = _divergence(epoch_loss, epoch, train.num_classes, lr)
+        if ckpt is not None and not diverged and epoch + 1 < cfg.epochs:
+            _save_checkpoint(ckpt, cfg, epoch + 1, model, opt, sched, gen, history, time.perf_counter() - t0)
         if epoch + 1 < cfg.epochs or diverged:  # the last epoch's line waits for the final test accuracy
             _log_epoch(f"teacher {arch}", last_rec, cfg.epochs, log)
         if diverged:
