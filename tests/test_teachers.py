@@ -124,6 +124,8 @@ def test_checkpoint_resumes_to_the_uninterrupted_weights(data, tmp_path: Path, m
     assert torch.load(ckpt, weights_only=True)["epoch"] == 2
     with pytest.raises(DDKitError, match="lr"):
         train_teacher(train, test, dataclasses.replace(cfg, lr=0.1), "cpu", progress=False, checkpoint=ckpt)
+    with pytest.raises(DDKitError, match="other data"):
+        train_teacher(_patterns(48, 0), test, cfg, "cpu", progress=False, checkpoint=ckpt)
     got, got_m = train_teacher(train, test, cfg, "cpu", progress=False, log_path=log, checkpoint=ckpt)
     assert torch.equal(got(test.images), ref(test.images))
     assert got_m["history"] == ref_m["history"] and len(got_m["history"]) == 3

@@ -134,19 +134,22 @@ def _log_epoch(run: str, rec: Dict[str, Any], total: int, fh: Any) -> None:
         fh.flush()
 
 
-def _save_checkpoint(path: Path, cfg: TeacherConfig, epoch: int, model: nn.Module, opt: torch.optim.Optimizer,
+def _save_checkpoint(path: Path, cfg: TeacherConfig, data: str, epoch: int, model: nn.Module, opt: torch.optim.Optimizer,
                      sched: Any, gen: torch.Generator, history: list, seconds: float) -> None:
     """Everything the next epoch depends on, written atomically (a kill mid-write keeps the previous one)."""
     buf = io.BytesIO()
-    torch.save({"recipe": to_dict(cfg), "epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
+    torch.save({"recipe": to_dict(cfg), "data": data, "epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
                 "sched": sched.state_dict(), "gen": gen.get_state(), "history": history, "seconds": seconds}, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _load_checkpoint(path: Path, cfg: TeacherConfig, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+def _load_checkpoint(path: Path, cfg: TeacherConfig, data: str, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
                      gen: torch.Generator) -> Tuple[int, list, float]:
     """Restore a run from `path` (epochs done, test history, seconds so far); refuses another recipe's run."""
     state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain types only: no code
+    if state.get("data") != data:
+        raise DDKitError(f"checkpoint {path} was trained on other data ({state.get('data')}, not {data}); delete it "
+                         "to start over")
     theirs, ours = state["recipe"], json.loads(json.dumps(to_dict(cfg)))
     diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
     if diff:
@@ -209,9 +212,11 @@ def train_teacher(train: ImageDataset, test: Optional[ImageDataset], cfg: Teache
     gen = make_generator(cfg.seed, "teacher-train", device=dev)
     history: list = []
     ckpt = Path(checkpoint) if checkpoint is not None else None
+    # Which images the run trains on (a --max-per-class subset or another split must not resume this run).
+    data_id = f"{train.name}/{train.split}: {n} images, labels sum {int(train.labels.sum())}"
     start, done_s = 0, 0.0
     if ckpt is not None and ckpt.is_file():
-        start, history, done_s = _load_checkpoint(ckpt, cfg, model, opt, sched, gen)
+        start, history, done_s = _load_checkpoint(ckpt, cfg, data_id, model, opt, sched, gen)
     # A stage-level bar: it stays on screen when done (one line per finished stage).
     bar = tqdm(total=total, initial=start * steps, disable=not progress, desc=f"teacher {arch}", unit="step",
                leave=True)
@@ -253,7 +258,7 @@ def train_teacher(train: ImageDataset, test: Optional[ImageDataset], cfg: Teache
             last_rec["test_acc"] = history[-1]["test_acc"]
         diverged = _divergence(epoch_loss, epoch, train.num_classes, lr)
         if ckpt is not None and not diverged and epoch + 1 < cfg.epochs:
-            _save_checkpoint(ckpt, cfg, epoch + 1, model, opt, sched, gen, history, time.perf_counter() - t0)
+            _save_checkpoint(ckpt, cfg, data_id, epoch + 1, model, opt, sched, gen, history, time.perf_counter() - t0)
         if epoch + 1 < cfg.epochs or diverged:  # the last epoch's line waits for the final test accuracy
             _log_epoch(f"teacher {arch}", last_rec, cfg.epochs, log)
         if diverged:
