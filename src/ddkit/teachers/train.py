@@ -134,18 +134,20 @@ def _log_epoch(run: str, rec: Dict[str, Any], total: int, fh: Any) -> None:
         fh.flush()
 
 
-def _save_checkpoint(path: Path, cfg: TeacherConfig, data: str, epoch: int, model: nn.Module, opt: torch.optim.Optimizer,
-                     sched: Any, gen: torch.Generator, history: list, seconds: float) -> None:
+def _save_checkpoint(path: Path, cfg: TeacherConfig, data: str, epoch: int, model: nn.Module,
+                     opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator, history: list,
+                     seconds: float) -> None:
     """Everything the next epoch depends on, written atomically (a kill mid-write keeps the previous one)."""
     buf = io.BytesIO()
-    torch.save({"recipe": to_dict(cfg), "data": data, "epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
-                "sched": sched.state_dict(), "gen": gen.get_state(), "history": history, "seconds": seconds}, buf)
+    torch.save({"recipe": to_dict(cfg), "data": data, "epoch": epoch, "model": model.state_dict(),
+                "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(), "history": history,
+                "seconds": seconds}, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _load_checkpoint(path: Path, cfg: TeacherConfig, data: str, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
-                     gen: torch.Generator) -> Tuple[int, list, float]:
-    """Restore a run from `path` (epochs done, test history, seconds so far); refuses another recipe's run."""
+def _load_checkpoint(path: Path, cfg: TeacherConfig, data: str, model: nn.Module, opt: torch.optim.Optimizer,
+                     sched: Any, gen: torch.Generator) -> Tuple[int, list, float]:
+    """Restore a run from `path` (epochs done, test history, seconds so far); refuses other data or recipe."""
     state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain types only: no code
     if state.get("data") != data:
         raise DDKitError(f"checkpoint {path} was trained on other data ({state.get('data')}, not {data}); delete it "
@@ -158,7 +160,7 @@ def _load_checkpoint(path: Path, cfg: TeacherConfig, data: str, model: nn.Module
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
     sched.load_state_dict(state["sched"])
-    gen.set_state(state["gen"].to(gen.get_state().device))
+    gen.set_state(state["gen"])  # generator states are CPU byte tensors on every device
     return int(state["epoch"]), list(state["history"]), float(state["seconds"])
 
 
@@ -170,7 +172,7 @@ def train_teacher(train: ImageDataset, test: Optional[ImageDataset], cfg: Teache
 
     checkpoint: a file written after every epoch (weights, optimizer, schedule, augmentation RNG); when it exists
     at the start, training resumes after its last epoch and ends with the weights an uninterrupted run gives
-    (same device and threads). A checkpoint of another recipe is refused.
+    (same device and threads). A checkpoint of another recipe or of other training data is refused.
 
     metrics: test_acc (None without a test set), train_seconds, images_per_s, epochs, history
     (test accuracy every `eval_every` epochs). Every epoch gives one record (epoch, loss, lr, seconds,
