@@ -104,6 +104,36 @@ def test_el2n_best_picks_the_window_on_a_held_out_slice(tmp_path, monkeypatch):
     assert out.labels.tolist() == [0, 0, 1, 1]
 
 
+def test_el2n_best_candidate_fast_path_runs_bf16_and_compiled_like_eager(monkeypatch):
+    """search_cpu_amp forwards in bf16 where the CPU has it (fp32 elsewhere); search_compile trains the same
+    network as eager and returns the plain module."""
+    from ddkit.methods.el2n import train_candidate
+    from ddkit.utils import cpu_bf16_native
+
+    ds = make_toy(n_per_class=4, num_classes=2, size=8)
+    x, y = ds.images.float() / 255, ds.labels
+    base = dict(ipc=2, search_epochs=2, search_arch="convnet-d1", search_width=8, search_batch_size=4,
+                search_dsa="none")
+    dtypes = []
+    real = create_model
+
+    def spy_model(*a, **k):
+        net = real(*a, **k)
+        net.register_forward_hook(lambda mod, inp, out: dtypes.append(out.dtype))
+        return net
+
+    import ddkit.methods.el2n as m
+    with monkeypatch.context() as mp:
+        mp.setattr(m, "create_model", spy_model)
+        train_candidate(x, y, ds, El2nBestConfig(**base, search_cpu_amp=True), torch.device("cpu"), 0)
+    assert set(dtypes) == {torch.bfloat16 if cpu_bf16_native() else torch.float32}
+    eager = train_candidate(x, y, ds, El2nBestConfig(**base), torch.device("cpu"), 0)
+    comp = train_candidate(x, y, ds, El2nBestConfig(**base, search_compile=True), torch.device("cpu"), 0)
+    assert not hasattr(comp, "_orig_mod") and set(comp.state_dict()) == set(eager.state_dict())
+    probe = torch.rand(6, 3, 8, 8)
+    assert torch.allclose(comp(probe).softmax(1), eager(probe).softmax(1), atol=2e-3)
+
+
 class _Lin(nn.Module):
     def __init__(self) -> None:
         super().__init__()

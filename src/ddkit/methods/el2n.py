@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ddkit.augment import Normalize, dsa
 from ddkit.config import config_hash, field
@@ -33,7 +34,7 @@ from ddkit.methods.coresets import EarlyScoreConfig, load_dynamics
 from ddkit.methods.coresets_scores import compute_score, early_score, select_by_difficulty
 from ddkit.methods.dynamics import dynamics_for
 from ddkit.models import create_model
-from ddkit.utils import DDKitError, derive_seed, make_generator
+from ddkit.utils import DDKitError, autocast, derive_seed, make_generator
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,12 @@ class El2nBestConfig(EarlyScoreConfig):
     search_lr: float = field(0.01, "candidate SGD lr (hard-truths HL Table 4)")
     search_batch_size: int = field(256, "candidate batch size (hard-truths HL Table 4; capped at the set size)")
     search_dsa: str = field("color_crop_cutout_flip_scale_rotate", "candidate DSA strategy ('none' = off)")
+    # The search is the method's whole cost (|offsets| × search_epochs student epochs), so it gets the evaluator's
+    # CPU fast path; off by default because bf16 may move a near-tie between two windows (chosen β is recorded).
+    search_cpu_amp: bool = field(False, "bf16 autocast for candidate training on CPU (native-bf16 CPUs only; "
+                                        "else a no-op), as the evaluator's cpu_amp")
+    search_compile: bool = field(False, "torch.compile the candidate student (on CPU channels_last), as the "
+                                        "evaluator's compile; pays after its compile time (~1 min)")
 
     def __post_init__(self) -> None:
         if self.mode != "window" or not self.offsets or not all(0.0 <= b <= 1.0 for b in self.offsets):
@@ -67,18 +74,22 @@ class El2nSLConfig(EarlyScoreConfig):
     temperature: float = field(20.0, "T of the SL loss and of Definition 1 (hard-truths SL: KL T = 20, Table 4)")
 
 
-def window_search(offsets: Sequence[float], build: Callable[[float], Any], score: Callable[[Any], float]
-                  ) -> Tuple[float, Any, Dict[float, float]]:
-    """(best β, its candidate, {β: score}) over `offsets`; `score` is higher-better, ties keep the first β."""
+def window_search(offsets: Sequence[float], build: Callable[[float], Any], score: Callable[[Any], float],
+                  progress: bool = False) -> Tuple[float, Any, Dict[float, float]]:
+    """(best β, its candidate, {β: score}) over `offsets`; `score` is higher-better, ties keep the first β.
+    `progress` shows a bar over the candidates (each is a full student training)."""
     if not offsets:
         raise DDKitError("a window search needs at least one offset")
     results: Dict[float, float] = {}
     best: Optional[Tuple[float, Any]] = None
-    for beta in offsets:
+    bar = tqdm(offsets, desc="el2n-best windows", unit="candidate", disable=not progress, dynamic_ncols=True,
+               leave=False)
+    for beta in bar:
         cand = build(float(beta))
         results[float(beta)] = float(score(cand))
         if best is None or results[float(beta)] > results[best[0]]:
             best = (float(beta), cand)
+        bar.set_postfix(best=f"β={best[0]:g} {results[best[0]]:.3f}")
     assert best is not None
     return best[0], best[1], results
 
@@ -103,6 +114,11 @@ def train_candidate(images01: torch.Tensor, labels: torch.Tensor, dataset: Image
         model = create_model(cfg.search_arch, dataset.num_classes, dataset.image_size, dataset.channels, **kw)
     model.to(device).train()
     x_all, y_all = images01.to(device), labels.to(device)
+    # channels_last is where compiled CPU kernels are fastest (the evaluator's layout rule); eager stays NCHW.
+    cl = cfg.search_compile and device.type == "cpu"
+    if cl:
+        model.to(memory_format=torch.channels_last)
+    net = torch.compile(model) if cfg.search_compile else model
     n = len(y_all)
     bs = min(cfg.search_batch_size, n)
     iters = math.ceil(cfg.search_epochs * n / bs)
@@ -119,7 +135,11 @@ def train_candidate(images01: torch.Tensor, labels: torch.Tensor, dataset: Image
             group["lr"] = cfg.search_lr * (0.1 if (it * bs) // n >= milestone else 1.0)
         x = norm.apply(x_all[idx.to(device)], {})
         x = aug.apply(x, aug.sample(len(idx), x.shape, generator=g))
-        loss = F.cross_entropy(model(x), y_all[idx.to(device)])
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, enabled=False, cpu=cfg.search_cpu_amp):
+            logits = net(x)
+        loss = F.cross_entropy(logits.float(), y_all[idx.to(device)])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -168,7 +188,7 @@ def el2n_best(dataset: ImageDataset, teacher: Any, cfg: El2nBestConfig, classes:
                                 cfg.seed)
         return val_accuracy(model, dataset, val_idx, device)
 
-    beta, picks, results = window_search(cfg.offsets, build, score)
+    beta, picks, results = window_search(cfg.offsets, build, score, progress)
     set_meta = {"scores": {"score": "el2n", "mode": "window", "window_offset": beta,
                                             "dynamics": cfg.dynamics_path or config_hash(cfg.proxy)},
                                  "el2n_best": {"offsets": {str(k): v for k, v in results.items()}, "chosen": beta,
