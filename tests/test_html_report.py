@@ -259,3 +259,40 @@ def test_per_class_accuracy_matches_the_headline():
     for run in res.runs:
         assert len(run.class_accs) == 3
         assert sum(a * n for a, n in zip(run.class_accs, sizes)) / sum(sizes) == pytest.approx(run.final_acc, abs=1e-12)
+
+
+@pytest.mark.parametrize("n_regimes", [1, 2, 3])
+def test_one_ipc_panels_list_methods_top_down_whatever_the_panel_count(n_regimes):
+    """The dot panels share their y axis; each panel once inverted the shared axis, so with an even number
+    of panels the first method ended at the bottom."""
+    from ddkit.plots import acc_vs_ipc
+
+    rows = [dict(method=m, ipc=10, regime=g, mean=0.1 * (i + 1), std=0.0)
+            for g in ("hl", "sl", "slkd")[:n_regimes] for i, m in enumerate(("random", "a", "b"))]
+    fig = acc_vs_ipc(rows)
+    fig.canvas.draw()
+    ticks = dict(zip(fig.axes[0].get_yticks(), (t.get_text() for t in fig.axes[0].get_yticklabels())))
+    assert ticks[0] == "random"  # y = 0 is the first method …
+    for ax in fig.axes:
+        bottom, top = ax.get_ylim()
+        assert bottom > top  # … drawn at the top of every panel
+
+
+def test_plot_study_cells_script_draws_one_ipc_and_refuses_ambiguous_budgets(tmp_path):
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "plot_study_cells.py"
+    spec = importlib.util.spec_from_file_location("plot_study_cells", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    head = "method,ipc,budget,regime,recipe,student,mean,std,n,accs,seeds,seconds\n"
+    lines = [f"{m},10,{b},{g},r,s,{acc},0.0,1,{acc},0,1.0" for b in (0.6, 2) for g in ("hl", "sl")
+             for m, acc in (("random", 0.3), ("x", 0.4))]
+    csv = tmp_path / "results.csv"
+    csv.write_text(head + "\n".join(lines) + "\n")
+    with pytest.raises(SystemExit, match="choose one with --budget"):
+        mod.main([str(csv), "--ipc", "10", "--output", str(tmp_path / "a.png")])
+    with pytest.raises(SystemExit, match="no rows with IPC 50"):
+        mod.main([str(csv), "--ipc", "50", "--output", str(tmp_path / "a.png")])
+    assert mod.main([str(csv), "--ipc", "10", "--budget", "2", "--output", str(tmp_path / "a.png")]) == 0
+    assert Image.open(tmp_path / "a.png").size[0] > 100

@@ -116,7 +116,8 @@ def acc_vs_ipc(rows: Sequence[Mapping[str, Any]], baseline: str = "random"):
             ax.axvline(100 * base["mean"], color="k", linestyle="--", linewidth=1)
         ax.set_yticks(ys)
         ax.set_yticklabels(methods, fontsize=8)
-        ax.invert_yaxis()
+        if not ax.yaxis_inverted():  # shared y: inverting every panel would flip it back on even counts
+            ax.invert_yaxis()
         ax.set_title(f"{REGIME_NAMES.get(regime, regime)}, IPC {ipcs[0]}")
         ax.set_xlabel("test accuracy (%)")
         ax.grid(alpha=0.3)
