@@ -4,6 +4,8 @@
 # end), two one-thread shards started as the teacher's and the IPC-50 coreset job's slots free up (WAIT_FOR), then
 # `ddkit merge` into the study's set name for these options (lic-ipc50-seed0-<config_hash({'iterations': 50})>)
 # and the study's HL and SL cells. Usage: SHARD=0 WAIT_FOR=run_teacher_bn.sh bash run_d.sh
+# As run (2026-12-02): SHARD=1 WAIT_FOR=run_c.sh at 01:20 (done 01:31; its merge refused: 5 classes missing),
+# SHARD=0 WAIT_FOR=none-such at 01:32 (done 01:40; merged, then the study: HL and SL done 01:52).
 source /work/runs/grid8/opts.sh
 export OMP_NUM_THREADS=1 PYTHONPATH=/work/runs/s17/code/src
 TEACHER=/work/main/bench/teachers/cifar10_jpeg75_convnet3_e8
