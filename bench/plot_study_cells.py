@@ -24,6 +24,8 @@ def main(argv=None) -> int:
     ap.add_argument("--baseline", default="random", help="method drawn as the dashed line (default: random)")
     ap.add_argument("--output", type=Path, required=True, help="PNG to write")
     a = ap.parse_args(argv)
+    if not a.results.is_file():
+        sys.exit(f"{a.results}: no such file (a study's results.csv)")
     rows = [r for r in read_results(a.results) if int(r["ipc"]) == a.ipc
             and (a.budget is None or abs(float(r["budget"]) - a.budget) < 1e-9)]
     budgets = sorted({float(r["budget"]) for r in rows})

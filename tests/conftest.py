@@ -1,6 +1,10 @@
 """Shared fixtures: tiny generated datasets (tests never touch ../shared)."""
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Iterator, Tuple
 
 import pytest
@@ -8,6 +12,17 @@ import torch
 import torch.nn as nn
 
 from ddkit.data.base import ImageDataset
+
+
+def load_bench_script(filename: str) -> ModuleType:
+    """bench/<filename> loaded as a module (bench/ is not a package), registered in sys.modules so that
+    dataclasses can resolve the script's string annotations."""
+    path = Path(__file__).resolve().parents[1] / "bench" / filename
+    spec = importlib.util.spec_from_file_location(f"bench_{path.stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def make_toy(n_per_class: int = 20, num_classes: int = 4, size: int = 8, channels: int = 3, seed: int = 0,

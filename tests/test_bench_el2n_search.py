@@ -2,24 +2,13 @@
 timed and scored on held-out images that are not among the candidate's."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "el2n_search_fastpath.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("el2n_search_fastpath", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+from tests.conftest import load_bench_script
 
 
 def test_child_run_times_two_candidates_and_scores_them(tmp_path, capsys):
-    mod = _load_script()
+    mod = load_bench_script("el2n_search_fastpath.py")
     assert set(mod.VARIANTS) == {"fp32", "bf16", "bf16_compile"}
     assert mod.VARIANTS["bf16_compile"] == {"search_cpu_amp": True, "search_compile": True}
     for variant in ("fp32", "bf16"):

@@ -1,32 +1,22 @@
 """bench/profile_steps.py runs end to end on tiny shapes and writes the documented JSON structure."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
 
 from ddkit.utils import stage
-
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "profile_steps.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("profile_steps", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.conftest import load_bench_script
 
 
 def test_profile_steps_tiny(tmp_path):
     out = tmp_path / "profile.json"
     threads = torch.get_num_threads()
     try:
-        rc = _load().main(["--device", "cpu", "--threads", "1", "--size", "16", "--width", "16",
-                           "--lic-iterations", "2", "--large-size", "32", "--large-iterations", "1",
-                           "--eval-steps", "2", "--draw-steps", "4", "--rounds", "1", "--top", "5",
-                           "--output", str(out)])
+        rc = load_bench_script("profile_steps.py").main(
+            ["--device", "cpu", "--threads", "1", "--size", "16", "--width", "16", "--lic-iterations", "2",
+             "--large-size", "32", "--large-iterations", "1", "--eval-steps", "2", "--draw-steps", "4",
+             "--rounds", "1", "--top", "5", "--output", str(out)])
     finally:
         torch.set_num_threads(threads)
     assert rc == 0

@@ -3,29 +3,17 @@ with exactly one label (1/K) and is the most-predicted class for all images (100
 teacher's own predictions say."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from ddkit.distilled import DistilledSet
 from ddkit.teachers import TeacherConfig, load_teacher, predict_logits, save_teacher, train_teacher
-from tests.conftest import make_toy
+from tests.conftest import load_bench_script, make_toy
 
 K = 4
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "teacher_agreement.py"
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("teacher_agreement_bench", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_agreement_and_top_class_share(tmp_path):
@@ -41,7 +29,8 @@ def test_agreement_and_top_class_share(tmp_path):
     DistilledSet(images[idx], toy.labels[idx], toy.classes, toy.mean, toy.std).save(sets / "subset", pngs=False)
     (sets / "not-a-set").mkdir()
     out = tmp_path / "agree.json"
-    assert _load_script().main(["--teacher", str(tmp_path / "teacher"), "--output", str(out), str(sets)]) == 0
+    bench = load_bench_script("teacher_agreement.py")
+    assert bench.main(["--teacher", str(tmp_path / "teacher"), "--output", str(out), str(sets)]) == 0
     got = json.loads(out.read_text())
     assert set(got) == {"same", "subset"}
     assert got["same"] == {"agree": 100.0 / K, "top_class_share": 100.0}

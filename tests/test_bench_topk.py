@@ -2,9 +2,7 @@
 top-k with k = all classes reproduces the full store exactly, and reruns resume instead of retraining."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,19 +13,9 @@ from ddkit.distilled import DistilledSet
 from ddkit.labels import label_store_nbytes
 from ddkit.teachers import TeacherConfig, save_teacher, train_teacher
 from ddkit.utils import DDKitError
-from tests.conftest import make_toy
+from tests.conftest import load_bench_script, make_toy
 
 K, S = 4, 8
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "topk_labels.py"
-
-
-def _load_script():
-    # bench/ is not a package: load the script as a module from its path.
-    spec = importlib.util.spec_from_file_location("topk_labels_bench", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses resolve the script's string annotations through sys.modules
-    spec.loader.exec_module(mod)
-    return mod
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -62,7 +50,7 @@ def _argv(root: Path, *extra: str) -> list:
 
 
 def test_topk_bench_end_to_end(files):
-    bench = _load_script()
+    bench = load_bench_script("topk_labels.py")
     assert bench.main(_argv(files)) == 0
     res = json.loads((files / "out.json").read_text())
     assert {"command", "git_revision", "machine", "protocol", "data", "teacher"} <= set(res)

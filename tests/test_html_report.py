@@ -279,12 +279,9 @@ def test_one_ipc_panels_list_methods_top_down_whatever_the_panel_count(n_regimes
 
 
 def test_plot_study_cells_script_draws_one_ipc_and_refuses_ambiguous_budgets(tmp_path):
-    import importlib.util
+    from tests.conftest import load_bench_script
 
-    script = Path(__file__).resolve().parents[1] / "bench" / "plot_study_cells.py"
-    spec = importlib.util.spec_from_file_location("plot_study_cells", script)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_bench_script("plot_study_cells.py")
     head = "method,ipc,budget,regime,recipe,student,mean,std,n,accs,seeds,seconds\n"
     lines = [f"{m},10,{b},{g},r,s,{acc},0.0,1,{acc},0,1.0" for b in (0.6, 2) for g in ("hl", "sl")
              for m, acc in (("random", 0.3), ("x", 0.4))]
@@ -292,6 +289,8 @@ def test_plot_study_cells_script_draws_one_ipc_and_refuses_ambiguous_budgets(tmp
     csv.write_text(head + "\n".join(lines) + "\n")
     with pytest.raises(SystemExit, match="choose one with --budget"):
         mod.main([str(csv), "--ipc", "10", "--output", str(tmp_path / "a.png")])
+    with pytest.raises(SystemExit, match="no such file"):
+        mod.main([str(tmp_path / "missing.csv"), "--ipc", "10", "--output", str(tmp_path / "a.png")])
     with pytest.raises(SystemExit, match="no rows with IPC 50"):
         mod.main([str(csv), "--ipc", "50", "--output", str(tmp_path / "a.png")])
     assert mod.main([str(csv), "--ipc", "10", "--budget", "2", "--output", str(tmp_path / "a.png")]) == 0
