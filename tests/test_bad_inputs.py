@@ -305,6 +305,98 @@ def _output_is_teacher(base: Path, tmp: Path):
 CASES["distill-output-is-teacher"] = (_output_is_teacher, "is the input")
 
 
+# -- issue #25 (A): one rule for every command — no write is, contains or lies inside a read ------------------
+
+
+def _src_folder(base: Path, tmp: Path) -> Path:
+    """An ImageFolder source for `import` (two classes of grey PNGs)."""
+    src = tmp / "src"
+    if not src.exists():
+        shutil.copytree(base / "folder" / "train", src)
+    return src
+
+
+def _teacher_copy(base: Path, tmp: Path) -> Path:
+    """The tiny teacher copied into tmp/tdir/ (returns its stem)."""
+    (tmp / "tdir").mkdir(exist_ok=True)
+    for suf in (".safetensors", ".json"):
+        shutil.copy(base / f"teacher{suf}", tmp / "tdir" / f"teacher{suf}")
+    return tmp / "tdir" / "teacher"
+
+
+def _buffer(tmp: Path) -> Path:
+    """Something standing for an expert buffer (the rule refuses before the buffer is read)."""
+    buf = tmp / "buf"
+    buf.mkdir(exist_ok=True)
+    (buf / "buffer.json").write_text("{}")
+    return buf
+
+
+def _plugin_file(tmp: Path) -> Path:
+    p = tmp / "plug" / "p.py"
+    p.parent.mkdir(exist_ok=True)
+    p.write_text("X = 1\n")
+    return p
+
+
+#: id -> (argv(base, tmp), protected(base, tmp)); every argv writes onto something it reads. The needle is
+#: "destroy that input" for all of them.
+WALK = {
+    # the five destroyed-data cases of the issue
+    "import-output-is-source": (lambda b, t: ["import", str(_src_folder(b, t)), "--dataset", "digits", *CPU,
+                                              "--output", str(t / "src"), "--overwrite"], lambda b, t: [t / "src"]),
+    "import-output-inside-source": (lambda b, t: ["import", str(_src_folder(b, t)), "--dataset", "digits", *CPU,
+                                                  "--output", str(t / "src" / "imported"), "--overwrite"],
+                                    lambda b, t: [t / "src"]),
+    "relabel-store-is-set": (lambda b, t: ["relabel", str(_copy_set(b, t)), "--teacher", str(b / "teacher"), *CPU,
+                                           "--store", str(t / "set"), "--overwrite"], lambda b, t: [t / "set"]),
+    "relabel-store-holds-teacher": (lambda b, t: ["relabel", str(_copy_set(b, t)), "--teacher",
+                                                  str(_teacher_copy(b, t)), *CPU, "--store", str(t / "tdir"),
+                                                  "--overwrite"], lambda b, t: [t / "set", t / "tdir"]),
+    "relabel-store-is-a-set-file": (lambda b, t: ["relabel", str(_copy_set(b, t)), "--teacher", str(b / "teacher"),
+                                                  *CPU, "--store", str(t / "set" / "images.safetensors"),
+                                                  "--overwrite"], lambda b, t: [t / "set"]),
+    "distill-output-is-buffer": (lambda b, t: ["distill", *DIGITS, "--method", "mtt", "--buffer", str(_buffer(t)),
+                                               "--output", str(t / "buf"), "--overwrite"], lambda b, t: [t / "buf"]),
+    # every other command, one read each
+    "teacher-output-holds-cache": (lambda b, t: ["teacher", "train", *DIGITS, "--cache-dir", str(t / "c" / "cache"),
+                                                 "--output", str(t / "c"), "--overwrite"], lambda b, t: []),
+    "experts-output-is-config": (lambda b, t: (t.joinpath("x.yaml").write_text("seed: 0\n"),
+                                               ["experts", "train", *DIGITS, "-c", str(t / "x.yaml"),
+                                                "--output", str(t / "x.yaml")])[1], lambda b, t: [t / "x.yaml"]),
+    "distill-output-is-dynamics": (lambda b, t: ["distill", *DIGITS, "--method", "el2n-easy", "--dynamics-path",
+                                                 str(_buffer(t)), "--output", str(t / "buf"), "--overwrite"],
+                                   lambda b, t: [t / "buf"]),
+    "distill-parts-is-buffer": (lambda b, t: ["distill", *DIGITS, "--method", "mtt", "--buffer",
+                                              str(_buffer(t)).replace("buf", "o.parts"),
+                                              "--output", str(t / "o")], lambda b, t: []),
+    "distill-output-holds-plugin": (lambda b, t: ["--plugin", str(_plugin_file(t)), "distill", *DIGITS,
+                                                  "--output", str(t / "plug"), "--overwrite"],
+                                    lambda b, t: [t / "plug"]),
+    "evaluate-output-is-label-store": (lambda b, t: ["evaluate", str(b / "set"), *DIGITS, "--labels", "stored",
+                                                     "--label-store", str(_buffer(t)), "--output", str(t / "buf"),
+                                                     "--overwrite"], lambda b, t: [t / "buf"]),
+    "evaluate-log-dir-is-set": (lambda b, t: ["evaluate", str(_copy_set(b, t)), *DIGITS, "--log", "csv",
+                                              "--log-dir", str(t / "set"), "--output", str(t / "ev")],
+                                lambda b, t: [t / "set"]),
+    "study-output-holds-teacher": (lambda b, t: ["study", "hard-truths", *DIGITS, "--teacher",
+                                                 str(_teacher_copy(b, t)), "--output-dir", str(t / "tdir")],
+                                   lambda b, t: [t / "tdir"]),
+    "dcs-output-is-teacher-json": (lambda b, t: ["dcs", *DIGITS, "--teacher", str(_teacher_copy(b, t)),
+                                                 "--output", str(t / "tdir" / "teacher.json")],
+                                   lambda b, t: [t / "tdir"]),
+    "export-output-is-set": (lambda b, t: ["export", str(_copy_set(b, t)), "--format", "safetensors",
+                                           "--output", str(t / "set"), "--overwrite"], lambda b, t: [t / "set"]),
+}
+
+#: commands that read nothing a write could reach (merge's parts sit beside its output; inspect writes nothing;
+#: demo reads nothing of the user's) — listed so that a new command must be placed in one table or the other
+NOTHING_TO_DESTROY = {"merge", "inspect", "demo"}
+
+for _id, (_argv, _protect) in WALK.items():
+    CASES[f"io-{_id}"] = (_cli(_argv, _protect), "destroy that input")
+
+
 def test_battery_has_at_least_40_distinct_bad_inputs():
     assert len(CASES) >= 40
 
@@ -331,3 +423,25 @@ def test_bad_input_is_refused_with_one_line(case, base, tmp_path, capsys, monkey
     assert not (tmp_path / "MARKER-never-created").exists()
     for name in ("out", "ev", "o", "t.safetensors", "t.json"):  # nothing half-made is left behind
         assert not (tmp_path / name).exists(), (case, name)
+
+
+def test_every_command_is_walked_by_the_io_rule():
+    """The table walks every command that has flags; the rule's own table declares every command."""
+    from ddkit.cli import SUBCOMMANDS
+    from ddkit.safe_paths import READS, WRITES
+
+    commands = {c for c, (_, build) in SUBCOMMANDS.items() if build is not None}
+    walked = {i.split("-")[0] for i in WALK}
+    assert commands == walked | NOTHING_TO_DESTROY, commands ^ (walked | NOTHING_TO_DESTROY)
+    assert commands == set(READS) == set(WRITES)
+
+
+def test_relabel_default_store_inside_the_set_is_allowed(base, tmp_path):
+    """The one declared exception: a label store is a new entry of its set (SET/fkd)."""
+    import argparse
+
+    from ddkit.safe_paths import check_paths
+
+    s = _copy_set(base, tmp_path)
+    check_paths(argparse.Namespace(command="relabel", distilled=str(s), teacher=str(base / "teacher")))
+    check_paths(argparse.Namespace(command="relabel", distilled=str(s), store=str(s / "fkd2"), teacher=None))

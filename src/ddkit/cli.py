@@ -131,7 +131,12 @@ def _build_evaluate(e: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     e.add_argument("--teacher-arch", default=None, help="architecture of --teacher when the file does not say")
     e.add_argument("--output", required=True, help="output folder for metrics.jsonl, summary.json, results.md, report.html")
     e.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    e.add_argument("--with-random", action="store_true", help="also evaluate a random real subset of the same IPC")
+    e.add_argument("--no-random", action="store_true",
+                   help="skip the random baseline: by default a random real subset of the set's IPC is evaluated "
+                        "beside it (same recipe, regime, epochs, seeds, student) and gives the IOR column")
+    e.add_argument("--with-random", action="store_true",
+                   help="deprecated, the random baseline is now the default; kept so old scripts and configs run "
+                        "(with it, a random subset that cannot be drawn is an error instead of a note)")
     e.add_argument("--students", default=None, help="comma-separated student models for a cross-architecture table")
     add_dataclass_args(e, EvalConfig)
 
@@ -331,10 +336,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             build_parser(argv).print_help()
             return EXIT_USAGE
         if SUBCOMMANDS[args.command][1] is not None:  # the list commands stay torch-free
-            from ddkit.validate import check_device, check_outputs, io_paths
+            from ddkit.safe_paths import check_paths
+            from ddkit.validate import check_device
 
             check_device(getattr(args, "device", None))
-            check_outputs(*io_paths(args))
+            check_paths(args, plugin_specs)  # one rule for every command: no write touches a read
         with _feedback(args), _process_group():  # torchrun: the one place the group is joined and left
             return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -24,55 +24,24 @@ from ddkit.utils import DDKitError
 # -- outputs never touch inputs ----------------------------------------------------------------
 
 
-def _real(p: str | Path) -> Path:
-    return Path(p).expanduser().resolve()
-
-
 def check_outputs(outputs: Iterable[Optional[str | Path]], inputs: Iterable[Optional[str | Path]]) -> None:
     """Refuse any output that is, contains or is inside an input (an --overwrite would delete the input).
 
-    Paths are compared after resolving symlinks and `..`; None entries are ignored.
+    Paths are compared after resolving symlinks and `..`; None entries are ignored. The rule and the
+    per-command table of what each command reads and writes live in ddkit.safe_paths.
     """
-    ins = [(_real(i), str(i)) for i in inputs if i]
-    for o in outputs:
-        if not o:
-            continue
-        ro = _real(o)
-        for ri, raw in ins:
-            if ro == ri:
-                how = "is"
-            elif ri.is_relative_to(ro):
-                how = "contains"
-            elif ro.is_relative_to(ri):
-                how = "is inside"
-            else:
-                continue
-            raise DDKitError(f"output {o} {how} the input {raw}; writing it would destroy that input: "
-                             f"choose another --output")
+    from ddkit.safe_paths import Declared, check_declared
+
+    check_declared([Declared(str(o), "output") for o in outputs if o],
+                   [Declared(str(i), "the set") for i in inputs if i])
 
 
 def io_paths(args: Any) -> Tuple[List[Any], List[Any]]:
-    """(outputs, inputs) named by a parsed `ddkit` command line, for check_outputs."""
-    outputs = [getattr(args, k, None) for k in ("output", "output_dir")]
-    out = getattr(args, "output", None)
-    if out and getattr(args, "command", None) == "teacher":
-        outputs += [f"{out}.safetensors", f"{out}.json"]
-    if out and getattr(args, "command", None) == "distill":
-        outputs.append(f"{out}.parts")
-    if out and getattr(args, "command", None) == "dcs":  # its record, which `-c` may be reading
-        outputs.append(record_beside(out))
-    inputs = [getattr(args, k, None) for k in ("distilled", "path", "data_root", "cache_dir")]
-    if getattr(args, "command", None) != "study":  # a study resumes in its folder and never deletes it
-        inputs.append(getattr(args, "config", None))
-    kind, sep, rest = str(getattr(args, "dataset", "") or "").partition(":")
-    if sep and kind.strip().lower() in ("folder", "tar") and rest.strip():
-        inputs.append(rest.strip())
-    teacher = str(getattr(args, "teacher", "") or "")
-    if teacher and not teacher.startswith("torchvision:"):
-        p = Path(teacher)
-        stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
-        inputs += [teacher, f"{stem}.safetensors", f"{stem}.json"]
-    return outputs, inputs
+    """(outputs, inputs) named by a parsed `ddkit` command line (ddkit.safe_paths.declared, as plain paths)."""
+    from ddkit.safe_paths import declared
+
+    writes, reads = declared(args)
+    return [w.path for w in writes], [r.path for r in reads]
 
 
 def record_beside(output: str | Path) -> Path:

@@ -32,9 +32,8 @@ from ddkit.evaluate.losses import LOSSES
 from ddkit.evaluate.recipes import Recipe, resolve_recipe
 from ddkit.evaluate.student import StudentTrainer, Targets, Views, mix_soft_targets
 from ddkit.labels import LabelStore, build_label_store
+from ddkit.safe_paths import DEFAULT_STORE  # <SET>/fkd: beside the set's files, replaced with the set
 from ddkit.utils import DDKitError, get_device, make_generator
-
-DEFAULT_STORE = "fkd"  # <SET>/fkd: beside the set's files, replaced with the set
 
 
 class InNormalised(Augment):
