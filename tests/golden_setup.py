@@ -1,12 +1,26 @@
 """The fixed setup behind the same-seed-same-bytes test (tests/test_golden.py): digits, a seeded tiny teacher.
 
-Kept importable so the hashes can be recomputed with `python -m tests.golden_setup` after a deliberate change.
+What "same seed, same bytes" promises (README): bit-identical sets and accuracies on one kind of CPU (the same
+torch version and the same kernel capability, AVX512 / AVX2 / DEFAULT, as `torch.backends.cpu.
+get_cpu_capability()` reports it); across kinds, optimised pixels and soft labels agree to a tolerance, because
+other vector kernels round differently (PyTorch's reproducibility note). Selected real images and labels are
+exact everywhere.
+
+Kept importable so the records can be remade after a deliberate change:
+    python -m tests.golden_setup                      # this kind's hashes (paste into tests/test_golden.py)
+    python -m tests.golden_setup --write-reference    # tests/golden_reference.safetensors (the tolerance check)
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 python -m tests.golden_setup
+                                                      # the forced AVX2 kind's hashes
 """
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import sys
 import warnings
-from typing import Dict
+from pathlib import Path
+from typing import Dict, Tuple
 
 import torch
 
@@ -22,6 +36,30 @@ CASES = {
     "herding": {"ipc": 3},
     "cad-prune": {"ipc": 3, "budget_epochs": 1, "points_per_epoch": 4, "span": 2, "windows": 2, "proxy_width": 8},
 }
+REFERENCE = Path(__file__).with_name("golden_reference.safetensors")
+
+
+#: environment switches that make this CPU run another kind's kernels (ATen, oneDNN, MKL): the forced path of
+#: tests/test_golden.py, which pretends the capability differs
+FORCE_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
+def _vendor() -> str:
+    """The CPU vendor string (MKL picks other code paths on other vendors), or "unknown"."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    m = re.search(r"^vendor_id\s*:\s*(\S+)", text, re.M)
+    return m.group(1) if m else "unknown"
+
+
+def cpu_kind() -> str:
+    """The kind of CPU whose bytes are promised identical: torch version, ATen's kernel capability, the vendor,
+    and "(forced)" when an environment switch of FORCE_AVX2 is set."""
+    forced = " (forced)" if any(k in os.environ for k in FORCE_AVX2) else ""
+    return (f"torch {torch.__version__.split('+')[0]} / {torch.backends.cpu.get_cpu_capability()} / "
+            f"{_vendor()}{forced}")
 
 
 def setup():
@@ -39,31 +77,46 @@ def digest(t: torch.Tensor) -> str:
                           + t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
 
 
-def hashes() -> Dict[str, Dict[str, str]]:
-    """{method: {"images": h, "labels": h}} for every case."""
+def outputs() -> Tuple[Dict[str, torch.Tensor], Tuple[float, ...]]:
+    """({"method.images" | "method.labels" | "method.soft.K": tensor}, HL accuracies of the random set)."""
+    from ddkit.evaluate import EvalConfig, evaluate
     from ddkit.methods import create_method
 
     torch.set_num_threads(1)
     ds, teacher = setup()
-    out = {}
+    out: Dict[str, torch.Tensor] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name, kw in CASES.items():
             s = create_method(name, **kw)(ds, teacher, device="cpu", progress=False)
-            out[name] = {"images": digest(s.images), "labels": digest(s.labels),
-                         **{f"soft.{k}": digest(v) for k, v in sorted(s.soft.items())}}
-    from ddkit.evaluate import EvalConfig, evaluate
+            out[f"{name}.images"], out[f"{name}.labels"] = s.images.contiguous(), s.labels.contiguous()
+            out.update({f"{name}.soft.{k}": v.contiguous() for k, v in sorted(s.soft.items())})
+        test = create_dataset("digits", split="test")
+        rand = create_method("random", **CASES["random"])(ds, teacher, device="cpu", progress=False)
+        cfg = EvalConfig(recipe="dc", regime="hl", student="convnet-d2", student_width=8, seeds=2, epochs=40,
+                         dsa="none", flip=False)
+        res = evaluate(rand, test, cfg, device="cpu", progress=False)
+    return out, tuple(res.accs)
 
-    test = create_dataset("digits", split="test")
-    rand = create_method("random", **CASES["random"])(ds, teacher, device="cpu", progress=False)
-    cfg = EvalConfig(recipe="dc", regime="hl", student="convnet-d2", student_width=8, seeds=2, epochs=40,
-                     dsa="none", flip=False)
-    res = evaluate(rand, test, cfg, device="cpu", progress=False)
-    out["evaluate"] = {"accs": [f"{a:.6f}" for a in res.accs]}
+
+def hashes(tensors: Dict[str, torch.Tensor], accs: Tuple[float, ...]) -> Dict[str, Dict[str, object]]:
+    """{method: {"images": h, "labels": h, "soft.K": h}, "evaluate": {"accs": [...]}}."""
+    out: Dict[str, Dict[str, object]] = {}
+    for key, t in tensors.items():
+        method, part = key.split(".", 1)
+        out.setdefault(method, {})[part] = digest(t)
+    out["evaluate"] = {"accs": [f"{a:.6f}" for a in accs]}
     return out
 
 
 if __name__ == "__main__":
     import json
 
-    print(json.dumps(hashes(), indent=1))
+    from safetensors.torch import save_file
+
+    tensors, accs = outputs()
+    if "--write-reference" in sys.argv:
+        save_file(tensors, str(REFERENCE), metadata={"cpu_kind": cpu_kind(), "accs": json.dumps(accs)})
+        print(f"wrote {REFERENCE} ({cpu_kind()})")
+    else:
+        print(json.dumps({cpu_kind(): hashes(tensors, accs)}, indent=1))
