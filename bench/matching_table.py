@@ -1,5 +1,6 @@
-"""Render the matching-family JSON (bench/matching_grid.py, bench/matching_timing.py) as docs/results.md tables,
-with the published anchors printed beside ours (numbers are read from the files, never typed by hand).
+"""Render the matching-family JSON (bench/matching_grid.py, bench/matching_timing.py) as markdown tables (the first
+CPU-sized run's, now in docs/results-archive.md), with the published anchors printed beside ours (numbers are read
+from the files, never typed by hand). bench/results_doc.py reuses ANCHORS for docs/results.md.
 
     python bench/matching_table.py bench/results/matching_cifar10_cpu.json [bench/results/matching_timing_cpu.json]
 """
