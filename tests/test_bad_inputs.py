@@ -397,6 +397,96 @@ for _id, (_argv, _protect) in WALK.items():
     CASES[f"io-{_id}"] = (_cli(_argv, _protect), "destroy that input")
 
 
+# -- issue #25 (B, D): what `import` reads passes the checks of a set ddkit wrote ------------------------------
+
+
+def _st_source(images=None, labels=None, header=None, **soft):
+    """A safetensors source for `import` (20 digits-shaped images, 2 per class) with edits."""
+    def make(base: Path, tmp: Path):
+        g = torch.Generator().manual_seed(1)
+        t = {"images": torch.rand(20, 1, 8, 8, generator=g) if images is None else images,
+             "labels": torch.arange(10).repeat_interleave(2) if labels is None else labels, **soft}
+        save_file(t, str(tmp / "src.safetensors"), metadata=header)
+        return ["import", str(tmp / "src.safetensors"), "--dataset", "digits", *CPU, "--output", str(tmp / "o")], \
+            [tmp / "src.safetensors"]
+    return make
+
+
+def _pt_source(images=None, labels=None, edit=None):
+    """A DD-Ranking source (images.pt + labels.pt) for `import`."""
+    def make(base: Path, tmp: Path):
+        src = tmp / "dd"
+        src.mkdir()
+        g = torch.Generator().manual_seed(2)
+        torch.save(torch.randn(20, 1, 8, 8, generator=g) * 0.3 if images is None else images, src / "images.pt")
+        torch.save(torch.arange(10).repeat_interleave(2) if labels is None else labels, src / "labels.pt")
+        if edit is not None:
+            edit(src)
+        return ["import", str(src), "--dataset", "digits", *CPU, "--output", str(tmp / "o")], [src]
+    return make
+
+
+def _st_bytes(edit: Callable[[bytes], bytes]):
+    """A safetensors source whose bytes are edited after writing (truncated, lying header, …)."""
+    def make(base: Path, tmp: Path):
+        argv, protect = _st_source()(base, tmp)
+        p = tmp / "src.safetensors"
+        p.write_bytes(edit(p.read_bytes()))
+        return argv, protect
+    return make
+
+
+def _lying_header(b: bytes) -> bytes:
+    n = int.from_bytes(b[:8], "little")
+    head = json.loads(b[8:8 + n])
+    head["images"]["shape"] = [40, 1, 8, 8]  # twice the bytes the data holds
+    new = json.dumps(head).encode().ljust(n)
+    return b[:8] + new[:n] + b[8 + n:] if len(new) <= n else len(new).to_bytes(8, "little") + new + b[8 + n:]
+
+
+def _wrong_dtype(b: bytes) -> bytes:
+    n = int.from_bytes(b[:8], "little")
+    return b[:8] + b[8:8 + n].replace(b'"F32"', b'"F64"') + b[8 + n:]
+
+
+def _ragged_soft(src: Path) -> None:
+    torch.save([torch.zeros(10)] * 19 + [torch.zeros(7)], src / "labels.pt")
+
+
+IMPORTS = {
+    "import-st-0-255-floats": (_st_source(images=torch.rand(20, 1, 8, 8) * 255), "--pixel-scale 255"),
+    "import-st-float-labels": (_st_source(labels=torch.arange(20, dtype=torch.float32) / 2 + 0.7),
+                               "is not a whole class index"),
+    "import-st-nan-pixels": (_st_source(images=torch.full((20, 1, 8, 8), float("nan"))), "NaN or Inf"),
+    "import-st-inf-pixels": (_st_source(images=torch.zeros(20, 1, 8, 8).index_fill_(0, torch.tensor([3]),
+                                                                                   float("inf"))), "NaN or Inf"),
+    "import-st-nan-soft": (_st_source(soft=torch.full((20, 10), float("nan"))), "NaN or Inf"),
+    "import-st-soft-19-rows": (_st_source(soft=torch.zeros(19, 10)), "has 19 rows for 20 images"),
+    "import-st-label-10": (_st_source(labels=torch.arange(20) // 2 + 1), "label 10 is outside 0..9"),
+    "import-st-classes-a-dict": (_st_source(header={"classes": '{"a": 1}'}), "must be a JSON list of names"),
+    "import-st-truncated": (_st_bytes(lambda b: b[:len(b) // 2]), "truncated"),
+    "import-st-lying-header": (_st_bytes(_lying_header), "safetensors"),
+    "import-st-wrong-dtype": (_st_bytes(_wrong_dtype), "safetensors"),
+    "import-st-zip-disguised": (_cli(lambda b, t: (torch.save({"images": torch.zeros(2)}, t / "src.safetensors"),
+                                                   ["import", str(t / "src.safetensors"), "--dataset", "digits",
+                                                    *CPU, "--output", str(t / "o")])[1],
+                                     lambda b, t: [t / "src.safetensors"]), "torch.save/zip archive"),
+    "import-st-pickle-disguised": (_cli(lambda b, t: (t.joinpath("src.safetensors").write_bytes(
+        pickle.dumps(_Evil(), protocol=2)), ["import", str(t / "src.safetensors"), "--dataset", "digits", *CPU,
+                                            "--output", str(t / "o")])[1], lambda b, t: [t / "src.safetensors"]),
+                                   "Python pickle"),
+    "import-pt-negative-labels": (_pt_source(labels=torch.arange(20) // 2 - 1), "label -1 is outside 0..9"),
+    "import-pt-nan-pixels": (_pt_source(images=torch.full((20, 1, 8, 8), float("nan"))), "NaN or Inf"),
+    "import-pt-nan-soft": (_pt_source(labels=torch.full((20, 10), float("nan"))), "NaN or Inf"),
+    "import-pt-ragged-soft": (_pt_source(edit=_ragged_soft), "labels are not one tensor"),
+    "import-pt-evil-labels": (_pt_source(edit=lambda s: (s / "labels.pt").write_bytes(
+        pickle.dumps(_Evil(), protocol=2))), "weights_only=True"),
+    "import-pt-truncated-images": (_pt_source(edit=lambda s: (s / "images.pt").write_bytes(
+        (s / "images.pt").read_bytes()[:100])), "images.pt: not a tensor file"),
+}
+CASES.update(IMPORTS)
+
+
 def test_battery_has_at_least_40_distinct_bad_inputs():
     assert len(CASES) >= 40
 

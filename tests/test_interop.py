@@ -157,3 +157,39 @@ def test_import_errors_are_one_line(tmp_path, capsys):
     assert "zebra" in capsys.readouterr().err
     assert main(["import", str(tmp_path / "f"), "--device", "cpu", "--output", str(tmp_path / "o")]) == 2
     assert "--dataset" in capsys.readouterr().err
+
+
+def test_uint8_safetensors_import_is_unit_pixels_and_comma_classes_parse(tmp_path):
+    """#25 (4, 8): uint8 pixels are 0..255 by their dtype; a comma-separated `classes` header is a list."""
+    from safetensors.torch import save_file
+
+    u8 = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8)
+    save_file({"images": u8, "labels": torch.tensor([0, 0, 1, 1, 2, 2])}, str(tmp_path / "s.safetensors"),
+              metadata={"classes": "a, b,c", "mean": "[0.5]", "std": "[0.25]"})
+    ds = import_set(tmp_path / "s.safetensors")
+    assert ds.classes == ["a", "b", "c"]
+    assert torch.equal(ds.images, u8.float() / 255) and float(ds.images.max()) <= 1.0
+    assert ds.meta["imported"]["pixel_scale"] == 255.0
+
+
+def test_pixel_scale_flag_reads_0_255_floats(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    x = torch.randint(0, 256, (20, 1, 8, 8)).float()
+    save_file({"images": x, "labels": torch.arange(10).repeat_interleave(2)}, str(tmp_path / "s.safetensors"))
+    assert main(["import", str(tmp_path / "s.safetensors"), *DIGITS, "--output", str(tmp_path / "a")]) == 2
+    assert "--pixel-scale 255" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    assert main(["import", str(tmp_path / "s.safetensors"), *DIGITS, "--pixel-scale", "255",
+                 "--output", str(tmp_path / "a")]) == 0
+    assert torch.allclose(load_distilled(tmp_path / "a").images, x / 255)
+
+
+def test_imagefolder_missing_a_class_warns_by_name(real_set, tmp_path, capsys):
+    """#25 (8): a set without class 7 imports (a choice the user may make) but never silently."""
+    images, labels, _ = real_set
+    keep = labels != 7
+    _write_folder(tmp_path / "src", images[keep], labels[keep], lambda c: f"{c:05d}")
+    assert main(["import", str(tmp_path / "src"), *DIGITS, "--output", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the imported set has no image of 1 class(es): 7" in err
+    assert load_distilled(tmp_path / "a").meta["imported"]["missing_classes"] == ["7"]

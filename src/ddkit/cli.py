@@ -198,6 +198,9 @@ def _build_import(im: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     im.add_argument("--pixel-space", default=None, choices=("unit", "normalized"),
                     help="how the source's tensors are stored: [0,1] pixels or (x-mean)/std (default: normalized "
                          "for ddranking, as MTT/DATM/DC save them; unit otherwise)")
+    im.add_argument("--pixel-scale", type=float, default=None, metavar="N",
+                    help="unit pixels run 0..N, e.g. 255 for integer or 0–255 float tensors (default: 255 for "
+                         "uint8 tensors, 1 otherwise)")
     im.add_argument("--method", default=None, help="name to record as the set's method, e.g. rded (default: "
                                                   "imported-<format>)")
     im.add_argument("--output", required=True, help="ddkit distilled-set folder to write")

@@ -320,7 +320,12 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise FileExistsError(f"output {out} exists; pass --overwrite to replace it")
     # The test split gives the class list, normalisation and size the set must match (what evaluate uses).
     target = _dataset(args, "test") if args.dataset else None
-    result = import_set(args.source, args.format, dataset=target, pixel_space=args.pixel_space, method=args.method)
+    result = import_set(args.source, args.format, dataset=target, pixel_space=args.pixel_space, method=args.method,
+                        pixel_scale=getattr(args, "pixel_scale", None))
+    gone = result.meta["imported"].get("missing_classes")
+    if gone:  # not an error (a set may cover some classes on purpose), but never silent
+        print(f"ddkit: warning: the imported set has no image of {len(gone)} class(es): "
+              f"{', '.join(gone[:10])}{' …' if len(gone) > 10 else ''}", file=sys.stderr)
     result.meta["data_subset"] = {"classes": _classes(args)} if _classes(args) else None
     result.save(out, overwrite=args.overwrite)
     save_record(out / "config.yaml", args)

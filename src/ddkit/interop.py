@@ -30,7 +30,9 @@ import torch
 
 from ddkit.data.base import to_uint8
 from ddkit.distilled import DistilledSet
+from ddkit.loaders import check_finite, check_labels, missing_classes, read_pt, read_safetensors, safetensors_metadata
 from ddkit.utils import DDKitError, atomic_dir
+from ddkit.validate import check_set
 
 FORMATS = ("imagefolder", "ddranking", "safetensors")
 PIXEL_SPACES = ("unit", "normalized")
@@ -109,10 +111,7 @@ def read_imagefolder(root: Path, classes: Sequence[str], channels: int) -> Tuple
 
 
 def _torch_load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)  # tensors only: no code runs
-    except Exception as e:  # noqa: BLE001  (any unpickling refusal is the same user-facing problem)
-        raise DDKitError(f"{path}: not a tensor file torch.load(weights_only=True) can read ({str(e)[:120]})") from None
+    return read_pt(path, "tensor file")  # tensors only (weights_only=True): no code runs
 
 
 def read_tensor_files(src: Path) -> Tuple[torch.Tensor, torch.Tensor, dict]:
@@ -134,9 +133,20 @@ def read_tensor_files(src: Path) -> Tuple[torch.Tensor, torch.Tensor, dict]:
             raise DDKitError(f"{img_file} holds images only and {lab_file} is missing")
         labels = _torch_load(lab_file)
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        raise DDKitError(f"{img_file}: expected an N×C×H×W tensor, got {type(images).__name__}")
+        shape = f" of shape {tuple(images.shape)}" if isinstance(images, torch.Tensor) else ""
+        raise DDKitError(f"{img_file}: expected an N×C×H×W tensor, got {type(images).__name__}{shape}")
+    if not isinstance(labels, torch.Tensor):
+        try:  # a list of per-image labels; ragged soft rows cannot become one tensor
+            labels = torch.as_tensor(labels)
+        except (ValueError, TypeError, RuntimeError) as e:
+            raise DDKitError(f"{img_file.parent}: labels are not one tensor ({str(e).splitlines()[0][:80]}); "
+                             f"save N hard labels or an N×K soft-label tensor") from None
     side = folder / "ddkit_meta.json"
-    return images.float(), torch.as_tensor(labels), json.loads(side.read_text()) if side.is_file() else {}
+    if side.is_file():
+        from ddkit.loaders import read_json
+
+        return images, labels, read_json(side, "sidecar")
+    return images, labels, {}
 
 
 def _json_or_str(v: str) -> Any:
@@ -148,16 +158,14 @@ def _json_or_str(v: str) -> Any:
 
 def read_safetensors_file(src: Path) -> Tuple[Dict[str, torch.Tensor], dict]:
     """All tensors of a safetensors file and its header facts (classes, mean, std, …) as JSON values."""
-    from safetensors import safe_open
-
     if src.is_dir():
         files = sorted(src.glob("*.safetensors"))
         if len(files) != 1:
             raise DDKitError(f"{src}: expected one .safetensors file, found {len(files)}")
         src = files[0]
-    with safe_open(str(src), framework="pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-        header = {k: _json_or_str(v) for k, v in (f.metadata() or {}).items()}
+    # The sniffing reader: a truncated file, a lying header or a pickle/zip in disguise is one line.
+    tensors = read_safetensors(src, "safetensors set")
+    header = {k: _json_or_str(v) for k, v in safetensors_metadata(src, "safetensors set").items()}
     if "images" not in tensors or "labels" not in tensors:
         raise DDKitError(f"{src}: needs tensors 'images' and 'labels', has {sorted(tensors)}")
     return tensors, header
@@ -177,11 +185,14 @@ def detect_format(src: Path) -> str:
 
 
 def import_set(src: str | Path, fmt: str = "auto", *, dataset: Any = None, pixel_space: Optional[str] = None,
-               method: Optional[str] = None) -> DistilledSet:
+               method: Optional[str] = None, pixel_scale: Optional[float] = None) -> DistilledSet:
     """A peer's set as a DistilledSet in `dataset`'s class order (dataset: an ImageDataset, usually its test split).
 
     `dataset` gives the class list, normalisation, channels and size; it may be None only when the
-    source carries them itself (a ddkit export). `pixel_space` overrides the format's default.
+    source carries them itself (a ddkit export). `pixel_space` overrides the format's default;
+    `pixel_scale` says unit-space pixels run 0..scale (uint8 tensors are 0..255 by their dtype).
+    The result passes the checks of a set ddkit wrote (ddkit.validate.check_set) and its pixels lie
+    near [0, 1]; classes without any image are listed in `meta["imported"]["missing_classes"]`.
     """
     src = Path(src).expanduser()
     if not src.exists():
@@ -192,6 +203,8 @@ def import_set(src: str | Path, fmt: str = "auto", *, dataset: Any = None, pixel
     space = pixel_space or DEFAULT_PIXEL_SPACE[fmt]
     if space not in PIXEL_SPACES:
         raise DDKitError(f"unknown pixel space {space!r}; use unit ([0,1] pixels) or normalized ((x-mean)/std)")
+    if pixel_scale is not None and not (pixel_scale > 0 and pixel_scale < float("inf")):
+        raise DDKitError(f"--pixel-scale must be a finite number > 0, got {pixel_scale}")
     facts: Dict[str, Any] = {}
     soft: Dict[str, torch.Tensor] = {}
     info: Dict[str, Any] = {"source": str(src), "format": fmt}
@@ -205,29 +218,39 @@ def import_set(src: str | Path, fmt: str = "auto", *, dataset: Any = None, pixel
         space = pixel_space or facts.get("pixel_space", space)
         hard_file = (src if src.is_dir() else src.parent) / "hard_labels.pt"
         if lab.ndim == 2:  # soft labels (DATM/DD-Ranking: logits); the hard label is stored beside or argmax
+            _check_soft("labels.pt", lab, src)
             soft["soft"] = lab.float()
-            labels = _torch_load(hard_file).long() if hard_file.is_file() else lab.argmax(1)
+            labels = _torch_load(hard_file) if hard_file.is_file() else lab.argmax(1)
+            if not isinstance(labels, torch.Tensor):
+                raise DDKitError(f"{hard_file}: expected a tensor of N hard labels, got {type(labels).__name__}")
             info["hard_labels"] = "hard_labels.pt" if hard_file.is_file() else "argmax of labels.pt"
         else:
-            labels = lab.long()
+            labels = lab
     else:
         tensors, facts = read_safetensors_file(src)
-        images, labels = tensors.pop("images").float(), tensors.pop("labels").long()
+        images, labels = tensors.pop("images"), tensors.pop("labels")
+        for k, v in tensors.items():
+            _check_soft(k, v, src)
         soft = {k: v.float() for k, v in tensors.items()}
         space = pixel_space or facts.get("pixel_space", space)
-    classes = facts.get("classes") or (list(dataset.classes) if dataset is not None else None)
-    mean = facts.get("mean") or (dataset.mean if dataset is not None else None)
-    std = facts.get("std") or (dataset.std if dataset is not None else None)
+    images = _unit_scale(images, src, space, pixel_scale, info)
+    classes = _names(facts.get("classes"), src) or (list(dataset.classes) if dataset is not None else None)
+    mean = _numbers(facts.get("mean"), "mean", src) or (dataset.mean if dataset is not None else None)
+    std = _numbers(facts.get("std"), "std", src) or (dataset.std if dataset is not None else None)
     if classes is None or mean is None or std is None:
         raise DDKitError(f"{src} does not name its classes and normalisation: pass --dataset NAME")
+    fix = "fix the source or re-export it"
+    where = f"imported {src}"
+    labels = check_labels(labels, len(classes), where, fix)  # before anything counts per class
+    check_finite(images, where, fix)
     if space == "normalized":  # back to [0,1] pixels; float64 so the only error is the final float32 rounding
         m, s = (torch.tensor(v, dtype=torch.float64).view(1, -1, 1, 1) for v in (mean, std))
         images = (images.double() * s + m).float()
-    if len(classes) <= int(labels.max()):
-        raise DDKitError(f"{src}: label {int(labels.max())} but only {len(classes)} classes")
+    _check_range(images, src, space)
     info.update(pixel_space=space, source_classes=list(classes))
     meta = dict(facts.get("meta") or {})
     meta.update(method=method or meta.get("method") or f"imported-{fmt}", imported=info)
+    check_set(images, labels, list(classes), soft, meta, where=where, fix=fix)
     out = DistilledSet(images.contiguous(), labels, list(classes), mean, std, soft, meta)
     if dataset is not None:
         if list(mean) != list(dataset.mean) or list(std) != list(dataset.std):
@@ -238,7 +261,82 @@ def import_set(src: str | Path, fmt: str = "auto", *, dataset: Any = None, pixel
         if tuple(images.shape[1:]) != (dataset.channels, dataset.image_size, dataset.image_size):
             raise DDKitError(f"{src}: images are {tuple(images.shape[1:])} but {dataset.name} is "
                              f"{dataset.channels}×{dataset.image_size}×{dataset.image_size}")
+    gone = missing_classes(out.labels, out.classes)
+    if gone:  # the CLI prints it as a warning; evaluate would silently score classes it never saw
+        info["missing_classes"] = gone
     return out
+
+
+#: how far an imported set's [0,1] pixels may stray before it is a scale mistake, not an optimised set
+#: (LIC/MTT sets drift a little outside [0,1]; 0–255 or (x-mean)/std pixels read as unit go far beyond)
+PIXEL_SLACK = (-1.0, 2.0)
+
+
+def _unit_scale(images: torch.Tensor, src: Path, space: str, scale: Optional[float], info: Dict[str, Any]) -> torch.Tensor:
+    """Float pixels: uint8 by their dtype (0..255), other integers only with --pixel-scale."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        raise DDKitError(f"{src}: images must be an N×C×H×W tensor")
+    if images.dtype == torch.bool or images.is_complex():
+        raise DDKitError(f"{src}: images are {images.dtype}, not pixels")
+    if images.dtype == torch.uint8 and scale is None:
+        scale = 255.0
+    elif not images.is_floating_point() and scale is None:
+        raise DDKitError(f"{src}: images are {images.dtype} integers; pass --pixel-scale N when they run 0..N "
+                         f"(e.g. 255)")
+    if scale is not None:
+        if space != "unit":
+            raise DDKitError(f"{src}: --pixel-scale applies to unit pixels, not --pixel-space {space}")
+        info["pixel_scale"] = float(scale)
+        return (images.double() / float(scale)).float()
+    return images.float()
+
+
+def _check_range(images: torch.Tensor, src: Path, space: str) -> None:
+    lo, hi = float(images.min()), float(images.max())
+    if lo < PIXEL_SLACK[0] or hi > PIXEL_SLACK[1]:
+        hint = ("pass --pixel-scale 255 if they are 0–255 pixels" if hi > 10 else
+                "pass --pixel-space normalized if they are (x-mean)/std" if space == "unit" else
+                "pass --pixel-space unit if they are [0,1] pixels")
+        raise DDKitError(f"{src}: pixels span [{lo:.3g}, {hi:.3g}] after reading them as {space} pixels, far "
+                         f"outside [0, 1]: {hint} (--pixel-scale N: pixels run 0..N)")
+
+
+def _check_soft(name: str, t: Any, src: Path) -> None:
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        what = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+        raise DDKitError(f"{src}: soft label {name!r} must be a float tensor, found {what}")
+    check_finite(t, f"{src}: soft label {name!r}", "fix the source or re-export it")
+
+
+def _names(v: Any, src: Path) -> Optional[List[str]]:
+    """The header's class list: a JSON list of names, or a comma-separated string (another tool's habit)."""
+    if v is None or v == []:
+        return None
+    if isinstance(v, str):
+        v = [c.strip() for c in v.split(",")]
+    if not isinstance(v, list) or not all(isinstance(c, (str, int)) and str(c).strip() for c in v):
+        raise DDKitError(f"{src}: header 'classes' must be a JSON list of names (e.g. [\"cat\", \"dog\"]) or "
+                         f"comma-separated names (cat,dog), found {str(v)[:60]!r}")
+    names = [str(c).strip() for c in v]
+    if len(set(names)) != len(names):
+        raise DDKitError(f"{src}: header 'classes' names a class twice ({', '.join(names[:8])})")
+    return names
+
+
+def _numbers(v: Any, key: str, src: Path) -> Optional[List[float]]:
+    if v is None or v == []:
+        return None
+    if isinstance(v, str):
+        try:
+            v = [float(x) for x in v.split(",")]
+        except ValueError:
+            v = None
+    if (not isinstance(v, list) or not v or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                     for x in v)):
+        raise DDKitError(f"{src}: header {key!r} must be a JSON list of numbers, e.g. [0.5, 0.5, 0.5]")
+    if key == "std" and min(v) <= 0:
+        raise DDKitError(f"{src}: header 'std' must be > 0, found {v}")
+    return [float(x) for x in v]
 
 
 # -- export ------------------------------------------------------------------------------------

@@ -115,14 +115,14 @@ def read_json(path: str | Path, what: str = "file") -> Dict[str, Any]:
 
 
 def check_set(images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
-              soft: Mapping[str, torch.Tensor], meta: Mapping[str, Any], where: str = "the set") -> None:
+              soft: Mapping[str, torch.Tensor], meta: Mapping[str, Any], where: str = "the set",
+              fix: str = "re-create it with `ddkit distill`") -> None:
     """Refuse a set whose tensors would silently give wrong results.
 
     Checks: ≥ 1 image, N×C×H×W images, one integer label per image inside [0, K), finite pixels and
     soft labels, soft-label rows/classes matching, and the meta `factor` agreeing with the R = f²
     cells stored in `region_soft`.
     """
-    fix = "re-create it with `ddkit distill`"
     k = len(classes)
     if images.ndim != 4:
         raise DDKitError(f"{where}: images must be N×C×H×W, found shape {tuple(images.shape)}; {fix}")
