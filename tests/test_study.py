@@ -152,3 +152,131 @@ def test_study_config_cli_round_trip():
                                                "--methods", "random,cad-prune"]))
     assert cfg.ipcs == (10, 50) and cfg.budgets == (2.0, 5.0) and cfg.regimes == ("hl", "slkd")
     assert cfg.recipe_for("sl+kd") == "hardtruths-slkd" and StudyConfig().recipe_for("hl") == "hardtruths-hl"
+
+
+def _bytes(folder, *names):
+    return {n: (folder / n).read_bytes() for n in names}
+
+
+def test_study_refuses_a_resume_with_other_method_or_eval_options(tmp_path, counted):
+    """Issue #24: cells are pinned to their fully resolved options; only more seeds of the same ones resume."""
+    train, test = make_toy(20, 4, 8), make_toy(10, 4, 8, seed=1, split="test")
+    out = tmp_path / "ht"
+    grid = {**GRID, "methods": ("cad-prune",)}
+    run_study(train, test, None, output_dir=str(out), device="cpu", progress=False, method_overrides=PROXY, **grid)
+    rec = json.loads((out / "runs" / "cad-prune-ipc2-K0.5-hl" / "options.json").read_text())
+    assert rec["method_options"]["proxy_width"] == 8 and rec["eval_options"]["budget_epochs"] == 0.5
+    assert "dynamics_cache" not in rec["method_options"] and "seed" not in rec["eval_options"]
+    kept = _bytes(out, "results.csv", "study.json", "runs/cad-prune-ipc2-K0.5-hl/options.json")
+    counted.clear()
+    other = {"cad-prune": {**PROXY["cad-prune"], "proxy_width": 4}}
+    for budgets in ((0.5,), (1.0,)):  # the finished cell itself, or a new cell of the same method
+        with pytest.raises(DDKitError) as e:
+            run_study(train, test, None, output_dir=str(out), device="cpu", progress=False, method_overrides=other,
+                      **{**grid, "budgets": budgets})
+        assert str(e.value) == (f"{out / 'runs' / 'cad-prune-ipc2-K0.5-hl'} (a finished cell) was made with "
+                                f"cad-prune.proxy_width=8; this run has 4: use another --output-dir")
+    with pytest.raises(DDKitError, match=r"another protocol or data: it was made with eval_overrides.num_evals=\(unset\); "
+                                         r"this run has 1: use another --output-dir$"):
+        run_study(train, test, None, output_dir=str(out), device="cpu", progress=False, method_overrides=PROXY,
+                  eval_overrides={"num_evals": 1}, **grid)
+    assert counted == [] and _bytes(out, *kept) == kept
+    assert len(list((out / "sets").iterdir())) == 1  # no set was built for the refused options
+    # the same options with more seeds is still a top-up of the pinned cell
+    r = run_study(train, test, None, output_dir=str(out), device="cpu", progress=False, method_overrides=PROXY,
+                  **{**grid, "seeds": 2})
+    assert r.evaluated == 1 and [(c.seed, c.seeds) for c in counted] == [(1, 1)]
+    assert read_results(out / "results.csv")[0]["seeds"] == [0, 1]
+
+
+def test_study_resumes_cells_without_recorded_options(tmp_path, counted):
+    """A cell finished before options.json existed is unknown: accepted (and pinned when it is topped up)."""
+    train, test = make_toy(20, 4, 8), make_toy(10, 4, 8, seed=1, split="test")
+    out = tmp_path / "ht"
+    grid = {**GRID, "methods": ("cad-prune",)}
+    run_study(train, test, None, output_dir=str(out), device="cpu", progress=False, method_overrides=PROXY, **grid)
+    opts = out / "runs" / "cad-prune-ipc2-K0.5-hl" / "options.json"
+    opts.unlink()
+    pinned = json.loads((out / "study.json").read_text())
+    del pinned["data"]  # a study.json from before the data was pinned
+    (out / "study.json").write_text(json.dumps(pinned))
+    counted.clear()
+    other = {"cad-prune": {**PROXY["cad-prune"], "proxy_width": 4}}
+    r = run_study(train, test, None, output_dir=str(out), device="cpu", progress=False, method_overrides=other, **grid)
+    assert (r.evaluated, r.skipped) == (0, 1) and not opts.exists()
+    assert "data" in json.loads((out / "study.json").read_text())  # pinned from now on
+    r = run_study(train, test, None, output_dir=str(out), device="cpu", progress=False, method_overrides=other,
+                  **{**grid, "seeds": 2})
+    assert r.evaluated == 1 and json.loads(opts.read_text())["method_options"]["proxy_width"] == 4
+    with pytest.raises(DDKitError, match="proxy_width=4; this run has 8"):
+        run_study(train, test, None, output_dir=str(out), device="cpu", progress=False, method_overrides=PROXY,
+                  **{**grid, "seeds": 3})
+
+
+def test_study_refuses_a_resume_on_other_data(tmp_path, counted):
+    """Issue #25: another draw of the same size, or other classes, is other data; nothing is rewritten."""
+    train, test = make_toy(20, 4, 8), make_toy(10, 4, 8, seed=1, split="test")
+    out = tmp_path / "ht"
+    grid = {**GRID, "methods": ("random",)}
+    run_study(train, test, None, output_dir=str(out), device="cpu", progress=False, **grid)
+    kept = _bytes(out, "results.csv", "study.json")
+    counted.clear()
+    with pytest.raises(DDKitError, match=r"^\S+ holds a study run with another protocol or data: it was made with "
+                                         r"data.train.content=\w+; this run has \w+: use another --output-dir$"):
+        run_study(make_toy(20, 4, 8, seed=5), test, None, output_dir=str(out), device="cpu", progress=False, **grid)
+    fewer = make_toy(10, 4, 8, seed=1, split="test")
+    fewer.classes = ["a", "b", "c", "d"]
+    with pytest.raises(DDKitError, match=r'data.test.classes=\["class0", "class1", "class2", "class3"\]; this run '
+                                         r'has \["a", "b", "c", "d"\]'):
+        run_study(train, fewer, None, output_dir=str(out), device="cpu", progress=False, **grid)
+    assert counted == [] and _bytes(out, *kept) == kept
+    r = run_study(train, test, None, output_dir=str(out), device="cpu", progress=False, **grid)
+    assert (r.evaluated, r.skipped) == (0, 1)
+
+
+def test_study_cli_refuses_other_classes_and_subset(tmp_path, capsys):
+    """`--classes 2,3` on a folder made with 0,1 exits 2 naming the classes; data_subset.json is untouched."""
+    from ddkit.cli import main
+
+    out = tmp_path / "study"
+    args = ["study", "hard-truths", "--dataset", "digits", "--device", "cpu", "--no-progress", "--methods", "random",
+            "--ipcs", "1", "--budgets", "0.05", "--regimes", "hl", "--seeds", "1", "--student", "convnet-d1",
+            "--student-width", "8", "--output-dir", str(out)]
+    assert main([*args, "--classes", "0,1"]) == 0
+    capsys.readouterr()
+    kept = _bytes(out, "results.csv", "study.json", "data_subset.json")
+    assert main([*args, "--classes", "2,3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'data.train.classes=["0", "1"]' in err[0] and '["2", "3"]' in err[0]
+    assert main([*args, "--classes", "0,1", "--max-per-class", "5"]) == 2
+    assert "data.train.per_class" in capsys.readouterr().err
+    assert _bytes(out, *kept) == kept
+    # an older folder (study.json without "data"): its data_subset.json still names the classes it was made on
+    pinned = json.loads((out / "study.json").read_text())
+    del pinned["data"]
+    (out / "study.json").write_text(json.dumps(pinned))
+    kept = _bytes(out, "results.csv", "study.json", "data_subset.json")
+    assert main([*args, "--classes", "2,3"]) == 2
+    assert 'data_subset.classes=["0", "1"]; this run has ["2", "3"]' in capsys.readouterr().err
+    assert _bytes(out, *kept) == kept
+    assert main([*args, "--classes", "0,1"]) == 0
+    assert "0 cells evaluated, 1 already done" in capsys.readouterr().out
+
+
+def test_study_keys_teacher_weights_and_what_counts_as_a_difference():
+    import types
+
+    import torch
+
+    from ddkit import study_keys as sk
+
+    teacher = types.SimpleNamespace(model=torch.nn.Linear(2, 2))
+    before = sk.teacher_weights(teacher)
+    with torch.no_grad():
+        teacher.model.weight[0, 0] += 1  # the same path may hold another checkpoint
+    assert sk.teacher_weights(teacher) != before and sk.teacher_weights(None) is None
+    assert sk.differences({"a": 1}, {"a": 1, "b": 2}) == []  # a key an older ddkit did not record: unknown
+    assert sk.differences({"eval_overrides": {}}, {"eval_overrides": {"lr": 0.1}}) == [
+        ("eval_overrides.lr", sk.UNSET, 0.1)]  # but an option the user added is a difference
+    assert sk.describe("runs/x", [("el2n-easy.proxy_epochs", 1, 2)]) == (
+        "runs/x was made with el2n-easy.proxy_epochs=1; this run has 2: use another --output-dir")

@@ -273,10 +273,10 @@ def cmd_study(args: argparse.Namespace) -> int:
     print(dump(cfg, title="study hard-truths"))
     device = get_device(args.device)
     train, test = _dataset(args, "train"), _dataset(args, "test")
-    _write_subset_record(cfg.output_dir, _subset_record(args, train))
+    # run_study writes data_subset.json itself, after it checked a resumed folder was made on the same data.
     res = run_study(train, test, _teacher(args, train, device), cfg, device=device, progress=not args.no_progress,
                     method_overrides=parse_key_values(args.method_opt, dotted=True),
-                    eval_overrides=parse_key_values(args.eval_opt))
+                    eval_overrides=parse_key_values(args.eval_opt), data_subset=_subset_record(args, train))
     save_record(Path(cfg.output_dir) / "config.yaml", args, cfg)
     print(f"{res.evaluated} cells evaluated, {res.skipped} already done; report: {res.report}")
     return 0

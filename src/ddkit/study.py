@@ -19,8 +19,10 @@ whose config has `budget_epochs` (cad-prune, ca2d: the scoring run is compute-ma
 budget), and cached under output_dir/sets/. Scoring runs are cached under output_dir/dynamics/ when the
 method has a `dynamics_cache` option. Each finished cell is appended to results.csv at once (one row:
 mean/std/accs/seeds/seconds) and skipped on a rerun, so an interrupted study resumes where it stopped.
-study.json pins the protocol (student, recipes, dataset, evaluator options): a rerun with another protocol in
-the same folder is refused, except for more `seeds`: a rerun with --seeds 3 over cells of one seed trains only
+study.json pins the protocol (student, recipes, dataset, evaluator options) and the data (both splits' classes,
+sizes and content, the teacher's weights), runs/<cell>/options.json each finished cell's fully resolved method and
+evaluator options (ddkit.study_keys): a rerun with another protocol, other data or other options for a finished
+cell of its methods is refused before anything in the folder is written, except for more `seeds`: a rerun with --seeds 3 over cells of one seed trains only
 the two missing students per cell (seeds seed+1, seed+2) and appends the cell again with all three (the last
 row of a cell wins). runs.jsonl gets one line per invocation (command, git revision, machine, cells
 done). Several processes may share a folder when they take different methods (`--methods`): each
@@ -44,7 +46,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from tqdm.auto import tqdm
 
-from ddkit.config import config_hash, field, option_names
+from ddkit.config import field, option_names
+from ddkit import study_keys
 from ddkit.distilled import DistilledSet
 from ddkit.evaluate import EvalConfig, evaluate, get_recipe, resolve_regime
 from ddkit.evaluate.metrics import mean_std
@@ -230,17 +233,7 @@ def _set_for(method: str, ipc: int, budget: float, cfg: StudyConfig, train: Any,
              overrides: Mapping[str, Any], device: Any, progress: bool) -> DistilledSet:
     """Build (or load from out/sets/) the set of one (method, ipc[, budget])."""
     spec = method_spec(method)
-    fields = set(option_names(spec.config))
-    kw: Dict[str, Any] = {"ipc": ipc, "seed": cfg.seed}
-    name = f"{spec.name}-ipc{ipc}-seed{cfg.seed}"
-    if "budget_epochs" in fields:
-        kw["budget_epochs"] = float(budget)
-        name += f"-K{_bkey(budget)}"
-    if "dynamics_cache" in fields:
-        kw["dynamics_cache"] = str(out / "dynamics")
-    kw.update(overrides)
-    if overrides:
-        name += f"-{config_hash(dict(overrides))}"
+    kw, name = study_keys.method_kw(spec, ipc, budget, cfg, out, overrides)
     path = out / "sets" / name
     if (path / "meta.json").is_file():
         return DistilledSet.load(path)
@@ -254,7 +247,8 @@ def _set_for(method: str, ipc: int, budget: float, cfg: StudyConfig, train: Any,
 def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[StudyConfig] = None, *,
               device: Any = None, progress: bool = True,
               method_overrides: Optional[Mapping[str, Mapping[str, Any]]] = None,
-              eval_overrides: Optional[Mapping[str, Any]] = None, **fields: Any) -> StudyResult:
+              eval_overrides: Optional[Mapping[str, Any]] = None,
+              data_subset: Optional[Mapping[str, Any]] = None, **fields: Any) -> StudyResult:
     """Run every missing cell of the grid, append each to results.csv, then write report.md.
 
     Args:
@@ -263,6 +257,12 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
         config: the grid and protocol; `fields` override its fields (e.g. ipcs=(10,), budgets=(2,)).
         method_overrides: per-method config options, e.g. {"cad-prune": {"span": 4}} (part of the set's cache key).
         eval_overrides: extra EvalConfig fields for every cell (e.g. {"batch_size": 128}).
+        data_subset: the --classes/--max-per-class record (ddkit.data.subset_facts; None: the whole dataset),
+            written to data_subset.json once the resume checks pass.
+
+    A folder made with another protocol, other data or a teacher with other weights, or holding a finished cell
+    of one of `config.methods` made with other resolved method/evaluator options, is refused (DDKitError, one
+    line naming what differs) before anything in it is written; more seeds with the same options is a top-up.
     """
     cfg = dataclasses.replace(config or StudyConfig(), **fields)
     cfg = dataclasses.replace(cfg, ipcs=tuple(int(i) for i in cfg.ipcs), budgets=tuple(float(b) for b in cfg.budgets),
@@ -299,22 +299,28 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
             raise DDKitError(f"{', '.join(needy)} need a teacher: pass --teacher CKPT or drop them")
     dev = device if hasattr(device, "type") else get_device(device)
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     proto = _protocol(cfg, train, teacher, eval_overrides)
-    pfile = out / "study.json"
-    if pfile.is_file():
-        pinned = json.loads(pfile.read_text())
+    data = study_keys.study_data(train, test, teacher)
+    pfile, csv_path = out / "study.json", out / "results.csv"
+    # Every refusal comes before the first write into the folder (study.json, data_subset.json, sets, rows).
+    pinned = json.loads(pfile.read_text()) if pfile.is_file() else None
+    if pinned is not None:
+        study_keys.check_protocol(out, pinned, proto, data, data_subset)
+    study_keys.check_cells(out, read_results(csv_path), specs, cfg, method_overrides, eval_overrides)
+    out.mkdir(parents=True, exist_ok=True)
+    if pinned is not None:
         old = pinned.get("protocol") or {}
-        # More seeds is not another protocol: finished cells get only their missing students (a top-up).
-        if {**old, "seeds": None} != json.loads(json.dumps({**proto, "seeds": None})):
-            raise DDKitError(f"{out} holds a study run with another protocol ({old}); use another --output-dir")
-        if cfg.seeds > int(old.get("seeds") or 0):
-            atomic_write_bytes(pfile, json.dumps({**pinned, "protocol": {**old, "seeds": cfg.seeds}},
-                                                 indent=1).encode())
+        # More seeds is not another protocol: finished cells get only their missing students (a top-up). Keys an
+        # older study.json lacks (data, new protocol keys) are pinned now, so later resumes are checked on them.
+        seeds = max(cfg.seeds, int(old.get("seeds") or 0))
+        new = study_keys.as_json({**pinned, "protocol": {**proto, "seeds": seeds}, "data": data})
+        if new != pinned:
+            atomic_write_bytes(pfile, json.dumps(new, indent=1).encode())
     else:
-        pfile.write_text(json.dumps({"protocol": proto, "config": dataclasses.asdict(cfg)}, indent=1))
+        pfile.write_text(json.dumps({"protocol": proto, "config": dataclasses.asdict(cfg), "data": data}, indent=1))
+    if data_subset is not None:
+        (out / "data_subset.json").write_text(json.dumps(data_subset, indent=1) + "\n")
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    csv_path = out / "results.csv"
     evaluated = skipped = 0
     # The study-level bar stays on screen (leave=True): "cell k / N" over the whole grid, skipped cells included.
     n_cells = len(specs) * len(cfg.regimes) * sum(len(cfg.budgets_for(i, train.num_classes, len(train)))
@@ -343,13 +349,14 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
                         skipped += 1
                         bar.update(1)
                         continue
-                    length = {"epochs": cfg.epochs} if cfg.epochs is not None else {"budget_epochs": b}
+                    cell = out / "runs" / study_keys.cell_name(spec.name, ipc, b, regime)
+                    rec = study_keys.cell_options(spec, ipc, b, regime, cfg, out, method_overrides.get(spec.name, {}),
+                                                  eval_overrides)
+                    if prev is not None:  # another process may have finished it since the checks above
+                        study_keys.check_cell(out, cell.name, study_keys.read_cell_record(cell), rec)
                     # A top-up trains the seeds after the cell's last one (students are seeded by seed + i).
                     first = cfg.seed if prev is None else max(prev["seeds"], default=cfg.seed - 1) + 1
-                    ecfg = EvalConfig(recipe=cfg.recipe_for(regime), regime=regime, seeds=missing,
-                                      seed=first, student=cfg.student, student_width=cfg.student_width,
-                                      **length, **eval_overrides)
-                    cell = out / "runs" / f"{spec.name}-ipc{ipc}-K{_bkey(b)}-{regime}"
+                    ecfg = study_keys.eval_config(cfg, regime, b, eval_overrides, seeds=missing, seed=first)
                     res = evaluate(s, test, ecfg, teacher, full_train_size=len(train), device=dev, progress=progress,
                                    set_name=f"{spec.name}/ipc{ipc}/K{_bkey(b)}/{regime}", output=cell)
                     summary = res.to_dict()
@@ -365,6 +372,7 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
                            "epochs": f"{res.plan.epochs:.4f}", "samples_seen": res.plan.samples,
                            "best_of_test": summary.get("best_of_test", {}).get("mean", ""),
                            "crop": res.info.get("crop", "")}
+                    study_keys.write_cell_record(cell, rec)  # before the row: a finished row has its options
                     _append(csv_path, _merge(prev, row))
                     evaluated += 1
                     bar.update(1)
