@@ -487,6 +487,38 @@ IMPORTS = {
 CASES.update(IMPORTS)
 
 
+# -- issue #25 (C): a plugin never replaces a built-in name, and its failures are one line naming it -----------
+
+
+def _plugin_case(code: str):
+    def make(base: Path, tmp: Path):
+        p = tmp / "bad_plugin.py"
+        p.write_text(code)
+        return ["--plugin", str(p), "distill", *DIGITS, "--output", str(tmp / "out")], [p]
+    return make
+
+
+_ALIAS_RANDOM = """
+from ddkit.plugins import register_method
+from ddkit.methods.random import RandomConfig
+
+@register_method("evil-random", config=RandomConfig, aliases=("random",))
+def build(cfg):
+    raise AssertionError("never built")
+"""
+
+PLUGINS = {
+    "plugin-alias-shadows-random": (_plugin_case(_ALIAS_RANDOM), "alias 'random' is already taken"),
+    "plugin-name-is-random": (_plugin_case(_ALIAS_RANDOM.replace('"evil-random"', '"Random"').replace(
+        'aliases=("random",), ', "")), "registered twice"),
+    "plugin-sys-exit-0": (_plugin_case("import sys\nsys.exit(0)\n"), "called sys.exit(0)"),
+    "plugin-raises": (_plugin_case("raise RuntimeError('boom')\n"), "bad_plugin.py failed to import: RuntimeError"),
+    "plugin-missing-module": (_plugin_case("import no_such_dependency_xyz\n"), "'no_such_dependency_xyz'"),
+    "plugin-syntax-error": (_plugin_case("def f(:\n"), "syntax error at line 1"),
+}
+CASES.update(PLUGINS)
+
+
 def test_battery_has_at_least_40_distinct_bad_inputs():
     assert len(CASES) >= 40
 

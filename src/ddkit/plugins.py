@@ -16,12 +16,13 @@ This module stays free of torch until a `register_*` is called, so the CLI can l
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
 import sys
 from pathlib import Path
-from typing import Any, Callable, List
+from typing import Any, Callable, Iterator, List
 
 ENTRY_POINT_GROUP = "ddkit.plugins"
 
@@ -71,19 +72,44 @@ def load_plugin(spec: str) -> str:
             module = importlib.util.module_from_spec(mod_spec)
             sys.modules[key] = module
             try:
-                mod_spec.loader.exec_module(module)
+                with _one_line_failure(f"plugin file {spec}"):
+                    mod_spec.loader.exec_module(module)
             except BaseException:
                 del sys.modules[key]
                 raise
     else:
         try:
-            importlib.import_module(spec)
-        except ModuleNotFoundError as e:
+            with _one_line_failure(f"plugin {spec}"):
+                importlib.import_module(spec)
+        except ModuleNotFoundError as e:  # only the module itself missing, not something it imports
             if e.name and spec.startswith(e.name):
                 raise _user_error(f"plugin {spec!r}: no such file or module") from None
-            raise
+            raise _user_error(f"plugin {spec}: it imports {e.name!r}, which is not installed") from None
     _LOADED.append(spec)
     return spec
+
+
+@contextlib.contextmanager
+def _one_line_failure(what: str) -> Iterator[None]:
+    """Whatever importing a plugin raises becomes one line naming the plugin (#25): a syntax error, a missing
+    dependency, an exception, a name that is already registered, or a `sys.exit()` at import (which would
+    otherwise end the command with that code having done nothing). Ctrl-C stays Ctrl-C."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise
+    except ModuleNotFoundError as e:
+        if what.startswith("plugin file") or not e.name:
+            raise _user_error(f"{what}: it imports {e.name or 'a module'!r}, which is not installed") from None
+        raise  # load_plugin tells "no such module" from a missing dependency
+    except SyntaxError as e:
+        raise _user_error(f"{what}: syntax error at line {e.lineno}: {e.msg}") from None
+    except SystemExit as e:
+        raise _user_error(f"{what} called sys.exit({e.code!r}) while being imported; a plugin only registers "
+                          f"names, the command did not run") from None
+    except Exception as e:  # noqa: BLE001 - any failure of the user's code is theirs to fix
+        msg = " ".join(str(e).split())[:160]
+        raise _user_error(f"{what} failed to import: {type(e).__name__}: {msg}") from None
 
 
 def entry_points() -> list:
@@ -100,9 +126,10 @@ def load_entry_points() -> List[str]:
         tag = f"{ep.name} = {ep.value}"
         if tag in _LOADED:
             continue
-        obj = ep.load()
-        if callable(obj) and ":" in ep.value:
-            obj()
+        with _one_line_failure(f"plugin entry point {tag}"):
+            obj = ep.load()
+            if callable(obj) and ":" in ep.value:
+                obj()
         _LOADED.append(tag)
         done.append(tag)
     return done

@@ -48,6 +48,14 @@ class Registry(Generic[T]):
             key = _norm(name)
             if key in self._items or key in self._aliases:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
+            # An alias must not shadow a name either: aliases resolve first, so a plugin's alias `random`
+            # would silently replace the built-in method (#25). Checked before anything is stored.
+            for a in aliases:
+                ak = _norm(a)
+                if ak != key and (ak in self._items or ak in self._aliases):
+                    owner = self._display.get(self._aliases.get(ak, ak), a)
+                    raise ValueError(f"{self.kind} {name!r}: alias {a!r} is already taken by {self.kind} "
+                                     f"{owner!r}; a registration never replaces a name: choose another alias")
             self._items[key] = o
             self._display[key] = name
             for a in aliases:
