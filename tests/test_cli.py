@@ -187,3 +187,39 @@ def test_config_file_sets_defaults_and_flags_win(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("- not a mapping\n")
     assert main(["distill", *DIGITS, "-c", str(bad), "--output", str(tmp_path / "x")]) == 2
+
+
+def test_evaluate_random_by_default_no_random_skips_it_and_an_undrawable_one_is_a_note(tmp_path, capsys):
+    """Random beside the set is the default; --no-random leaves it out; a random subset that cannot be drawn
+    (a class smaller than the IPC) is one line of output, and an error only when --with-random asked for it."""
+    s = tmp_path / "set"
+    assert main(["distill", *DIGITS, "--ipc", "2", "--output", str(s)]) == 0
+    tiny = ["--regime", "hl", "--recipe", "dc", "--epochs", "1", "--seeds", "1", "--student", "convnet-d1",
+            "--student-width", "8"]
+    assert main(["evaluate", str(s), *DIGITS, *tiny, "--no-random", "--output", str(tmp_path / "a")]) == 0
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert [r["set"] for r in summary["results"]] == ["distilled"] and "skipped_baselines" not in summary
+    assert not (tmp_path / "a" / "runs" / "random").exists()
+    page = (tmp_path / "a" / "report.html").read_text()
+    assert "<td>random</td>" not in page and "No random baseline in this run" in page
+    capsys.readouterr()
+    # one image per class in the train split: a random subset of IPC 2 cannot be drawn
+    assert main(["evaluate", str(s), *DIGITS, *tiny, "--max-per-class", "1", "--output", str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    notes = [x for x in out.splitlines() if "random" in x and "not evaluated" in x]
+    assert notes == ["random baseline not evaluated: ipc needs 2 images per class but class 0 ('0') has only 1"], out
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert [r["set"] for r in summary["results"]] == ["distilled"]
+    assert summary["skipped_baselines"]["random"].startswith("ipc needs 2")
+    assert "Random baseline not evaluated: ipc needs 2" in (tmp_path / "b" / "report.html").read_text()
+    assert main(["evaluate", str(s), *DIGITS, *tiny, "--max-per-class", "1", "--with-random",
+                 "--output", str(tmp_path / "c")]) == 2
+    assert "ipc needs 2 images per class" in _err(capsys) and not (tmp_path / "c").exists()
+
+
+def test_evaluate_help_says_random_is_the_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--no-random skip the random baseline: by default a random real subset" in text
+    assert "--with-random deprecated, the random baseline is now the default" in text

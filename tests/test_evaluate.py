@@ -179,3 +179,29 @@ def test_run_evaluation_outputs(toy_eval, tmp_path):
     assert "| convnet-d1 | random |" in (out / "results.md").read_text()
     with pytest.raises(FileExistsError):
         run_evaluation(str(d), c, test=test, train=train, teacher=teacher, output=str(out), progress=False)
+
+
+def test_run_evaluation_leaves_out_an_optional_baseline_it_cannot_draw(toy_eval, tmp_path, capsys):
+    """The CLI's default random subset is optional: a class smaller than the IPC or no train split is a one-line
+    note (and summary.json's skipped_baselines), not a failure; a required baseline still fails in one line."""
+    train, test, dset, _ = toy_eval
+    d = tmp_path / "set"
+    dset.save(d, pngs=False)
+    too_big = create_method("random", ipc=30, seed=0)  # the toy pool has 20 images per class
+    base = {"random": lambda pool: too_big(pool, progress=False)}
+    c = cfg(epochs=1)
+    summary = run_evaluation(str(d), c, test=test, train=train, output=str(tmp_path / "a"), baselines=base,
+                             optional=("random",), progress=False)
+    note = [x for x in capsys.readouterr().out.splitlines() if "baseline not evaluated" in x]
+    assert note == ["random baseline not evaluated: ipc needs 30 images per class but class 0 ('class0') has only 20"]
+    assert [r["set"] for r in summary["results"]] == ["distilled"] and "ior" not in summary
+    assert summary["skipped_baselines"]["random"].startswith("ipc needs 30") and summary["ipc"] == 2
+    assert "random baseline not evaluated: ipc needs 30" in (tmp_path / "a" / "results.md").read_text()
+    summary = run_evaluation(str(d), c, test=test, train=None, output=str(tmp_path / "b"), baselines=base,
+                             optional=("random",), progress=False)
+    assert "no train split" in summary["skipped_baselines"]["random"]
+    with pytest.raises(DDKitError, match="needs 30 images per class"):
+        run_evaluation(str(d), c, test=test, train=train, output=str(tmp_path / "c"), baselines=base, progress=False)
+    with pytest.raises(DDKitError, match="drawn from the train split"):
+        run_evaluation(str(d), c, test=test, train=None, output=str(tmp_path / "c"), baselines=base, progress=False)
+    assert not (tmp_path / "c").exists()

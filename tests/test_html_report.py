@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Tuple
 
 import numpy as np
 import pytest
@@ -174,16 +175,38 @@ def test_browser_check_catches_a_broken_image(tmp_path):
 DIGITS = ["--dataset", "digits", "--device", "cpu", "--no-progress"]
 
 
-def test_evaluate_cli_writes_report_html_with_ior_and_hlr(tmp_path):
+def _capture_acc_titles(monkeypatch) -> list:
+    """The titles of the accuracy panel(s) as the report draws them (they are inside a PNG, not the HTML)."""
+    from ddkit import plots
+
+    titles: list = []
+    real = plots.acc_vs_ipc
+
+    def spy(*a, **kw):
+        fig = real(*a, **kw)
+        titles.extend(ax.get_title() for ax in fig.axes)
+        return fig
+    monkeypatch.setattr(plots, "acc_vs_ipc", spy)
+    return titles
+
+
+def test_evaluate_cli_writes_report_html_with_ior_and_hlr(tmp_path, monkeypatch):
+    """No flag: the random subset of the set's IPC is evaluated beside it (the IOR), and the accuracy panel is
+    titled with the set's IPC (it once said 'IPC 0')."""
     from ddkit.cli import main
 
     s = tmp_path / "set"
-    assert main(["distill", *DIGITS, "--method", "random", "--seed", "3", "--ipc", "2", "--output", str(s)]) == 0
+    assert main(["distill", *DIGITS, "--method", "random", "--seed", "3", "--ipc", "10", "--output", str(s)]) == 0
     ev = tmp_path / "eval"
-    assert main(["evaluate", str(s), *DIGITS, "--regime", "hl", "--epochs", "2", "--seeds", "1", "--student",
-                 "convnet-d1", "--student-width", "8", "--with-random", "--full-acc", "0.9", "--output", str(ev)]) == 0
+    titles = _capture_acc_titles(monkeypatch)
+    assert main(["evaluate", str(s), *DIGITS, "--regime", "hl", "--recipe", "dc", "--epochs", "2", "--seeds", "1",
+                 "--student", "convnet-d1", "--student-width", "8", "--full-acc", "0.9", "--output", str(ev)]) == 0
+    assert titles == ["HL, IPC 10"]
     text = (ev / "report.html").read_text()
     summary = json.loads((ev / "summary.json").read_text())
+    assert [r["set"] for r in summary["results"]] == ["distilled", "random"] and summary["ipc"] == 10
+    assert summary["random_subset"]["ipc"] == 10 and summary["random_subset"]["seed"] == 0
+    assert "<td>random</td>" in text and 'alt="accuracy per set at IPC 10"' in text and "No random baseline" not in text
     ior = 100 * summary["ior"]["convnet-d1"]["ior"]
     hlr = 100 * summary["hlr"]["convnet-d1"]["hlr"]
     assert f">{ior:+.2f}</td>" in text and f">{hlr:+.2f}</td>" in text
@@ -191,6 +214,59 @@ def test_evaluate_cli_writes_report_html_with_ior_and_hlr(tmp_path):
     assert text.count("data:image/png;base64,") == 4 and "Accuracy per class" in text
     for r in summary["results"]:  # per-class accuracies weighted by class size give the headline exactly
         assert r["classes"] == [str(i) for i in range(10)] and len(r["class_accs"]) == 1
+    assert all(w > 0 for w in image_widths(ev / "report.html"))
+
+
+def _eval_folder(root: Path, acc_epochs: list, summary_ipc=None, meta_ipc=None) -> Tuple[Path, Path]:
+    """A finished evaluate folder written by hand (no training): a 2-per-class set whose meta states `meta_ipc`
+    (or no IPC), summary.json, one run's metrics.jsonl with 4 epochs of loss and test accuracy at `acc_epochs`."""
+    from ddkit.methods import create_method
+    from tests.conftest import make_toy
+
+    ds = create_method("random", ipc=2, seed=0)(make_toy(6, 3, 8), progress=False)
+    ds.save(root / "set", pngs=False)
+    meta = json.loads((root / "set" / "meta.json").read_text())  # save() records the label count; override it
+    meta.pop("ipc")
+    (root / "set" / "meta.json").write_text(json.dumps({**meta, **({"ipc": meta_ipc} if meta_ipc else {})}))
+    ev = root / "ev"
+    run = ev / "runs" / "distilled" / "convnet-d1" / "seed0"
+    run.mkdir(parents=True)
+    recs = [{"epoch": e, "loss": 2.0 / e, **({"test_acc": 0.1 * e} if e in acc_epochs else {})} for e in range(1, 5)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    row = {"student": "convnet-d1", "set": "distilled", "mean": 0.4, "std": 0.0, "n": 1, "accs": [0.4],
+           "iterations": 4, "batch_size": 6}
+    summary = {"regime": "hl", "recipe": "dc", "results": [row, {**row, "set": "random", "mean": 0.3, "accs": [0.3]}],
+               "ior": {"convnet-d1": {"ior": 0.1, "per_seed": [0.1], "distilled": 0.4, "random": 0.3}},
+               **({"ipc": summary_ipc} if summary_ipc is not None else {})}
+    (ev / "summary.json").write_text(json.dumps(summary))
+    return ev, root / "set"
+
+
+@pytest.mark.parametrize("summary_ipc, meta_ipc, want", [(10, None, 10), (None, 10, 10), (None, None, 2)])
+def test_eval_report_titles_the_accuracy_panel_with_the_sets_ipc(tmp_path, monkeypatch, summary_ipc, meta_ipc, want):
+    """summary.json's IPC, else the set's meta["ipc"] (a folder from before summary.json said it), else the
+    images per class counted from the labels: never 'IPC 0'."""
+    from ddkit.html_report import write_eval_html
+
+    ev, s = _eval_folder(tmp_path, [4], summary_ipc, meta_ipc)
+    titles = _capture_acc_titles(monkeypatch)
+    text = write_eval_html(ev, s).read_text()
+    assert titles == [f"HL, IPC {want}"] and f'alt="accuracy per set at IPC {want}"' in text
+
+
+def test_eval_report_draws_the_test_accuracy_curve_only_from_three_points(tmp_path):
+    from ddkit.html_report import load_curves, write_eval_html
+    from ddkit.plots import training_curves
+
+    ev, s = _eval_folder(tmp_path / "one", [4])
+    text = write_eval_html(ev, s).read_text()
+    assert 'alt="training curves: loss"' in text and "loss and test accuracy" not in text
+    assert "Test accuracy was measured at 1 epoch (epoch 4), too few for a curve: see the table." in text
+    assert len(training_curves(load_curves(ev / "runs")).axes) == 1
+    ev, s = _eval_folder(tmp_path / "three", [2, 3, 4])
+    text = write_eval_html(ev, s).read_text()
+    assert 'alt="training curves: loss and test accuracy"' in text and "too few for a curve" not in text
+    assert len(training_curves(load_curves(ev / "runs")).axes) == 2
     assert all(w > 0 for w in image_widths(ev / "report.html"))
 
 

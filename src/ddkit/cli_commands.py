@@ -216,10 +216,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     train = _dataset(args, "train")
     teacher = _teacher(args, train, device)
     students = tuple(s for s in args.students.split(",") if s) if args.students else None
-    baselines = {"random": _random_baseline(distilled.ipc, cfg.seed)} if args.with_random else None
+    # The random real subset is judged beside every set unless --no-random (which wins over a config file's
+    # old `with_random: true`); it is optional, i.e. a note when it cannot be drawn, unless --with-random asked.
+    baselines = None if args.no_random else {"random": _random_baseline(distilled.ipc, cfg.seed)}
+    optional = () if args.with_random else ("random",)
     run_evaluation(args.distilled, cfg, test=test, train=train, teacher=teacher, output=args.output,
-                   overwrite=args.overwrite, baselines=baselines, students=students, device=device,
-                   progress=not args.no_progress)
+                   overwrite=args.overwrite, baselines=baselines, optional=optional, students=students,
+                   device=device, progress=not args.no_progress)
     save_record(Path(args.output) / "config.yaml", args, cfg)  # above the evaluator's resolved facts
     if is_main():
         _write_subset_record(args.output, _subset_record(args, train))

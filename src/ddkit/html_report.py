@@ -146,13 +146,26 @@ def load_curves(root: str | Path) -> Dict[str, List[List[Dict[str, Any]]]]:
     return groups
 
 
-def add_curves(rep: HtmlReport, root: str | Path, caption: str, title: str = "Training curves") -> bool:
-    """Training curves of every run under root (one line per group, mean over seeds)."""
+def add_curves(rep: HtmlReport, root: str | Path, caption: str, title: str = "Training curves",
+               loss_caption: Optional[str] = None) -> bool:
+    """Training curves of every run under root (one line per group, mean over seeds). The test-accuracy panel
+    needs plots.MIN_CURVE_POINTS evaluations; with fewer, the loss panel stands alone (captioned `loss_caption`,
+    default `caption`) and a note says when the accuracy was measured (a lone dot on an axis reads like a
+    broken plot)."""
     curves = load_curves(root) if Path(root).is_dir() else {}
     if not curves:
         return False
     rep.heading(title)
-    return rep.figure(plots.training_curves(curves), caption, "training curves")
+    epochs = plots.acc_epochs(curves)
+    with_acc = len(epochs) >= plots.MIN_CURVE_POINTS
+    drawn = rep.figure(plots.training_curves(curves), caption if with_acc else (loss_caption or caption),
+                       "training curves: loss and test accuracy" if with_acc else "training curves: loss")
+    if drawn and not with_acc:
+        n = len(epochs)
+        at = f" (epoch{'s' if n > 1 else ''} {', '.join(f'{e:g}' for e in epochs)})" if n else ""
+        rep.text(f"Test accuracy was measured at {n} epoch{'s' if n != 1 else ''}{at}, too few for a curve: "
+                 "see the table.", note=True)
+    return drawn
 
 
 def add_grid(rep: HtmlReport, name: str, set_dir: str | Path, distilled: Any = None) -> bool:
@@ -192,6 +205,12 @@ def write_eval_html(output_dir: str | Path, distilled_dir: Optional[str | Path] 
         distilled_dir = (yaml.safe_load((out / "config.yaml").read_text()) or {}).get("distilled")
     results = summary.get("results", [])
     regime = summary.get("regime", "")
+    distilled = _load_set(distilled_dir)
+    ipc = summary.get("ipc")
+    if ipc is None and distilled is not None:  # a folder written before summary.json recorded the IPC
+        from ddkit.evaluate.runner import set_ipc
+
+        ipc = set_ipc(distilled)
     rep = HtmlReport(f"ddkit evaluate: {distilled_dir or out.name}")
     rep.text(f"Regime {plots.REGIME_NAMES.get(regime, regime)}, recipe `{summary.get('recipe')}`; headline = "
              "last-epoch test accuracy (%), mean ± std (ddof 0) over n seeds. IOR = acc(distilled) − acc(random "
@@ -208,20 +227,41 @@ def write_eval_html(output_dir: str | Path, distilled_dir: Optional[str | Path] 
                      signed(iv), signed(hv, higher_is_better=False), f"{r['iterations']} × {r['batch_size']}"])
     rep.heading("Results")
     rep.table(["student", "set", "acc %", "n", "per seed", "IOR", "HLR", "iterations × batch"], rows)
-    if not iors:
-        rep.text("IOR needs `--with-random`; HLR needs `--full-acc` (the full-data HL accuracy) under HL.", note=True)
+    skipped = (summary.get("skipped_baselines") or {}).get("random")
+    if skipped:
+        rep.text(f"Random baseline not evaluated: {skipped}. IOR needs it.", note=True)
+    elif not iors:
+        rep.text("No random baseline in this run (`ddkit evaluate` adds it unless `--no-random`); IOR needs it.",
+                 note=True)
+    if not hlrs and regime == "hl":
+        rep.text("HLR needs `--full-acc` (the full-data HL accuracy) under HL.", note=True)
     bars = [{"method": f"{r['set']}" + (f" / {r['student']}" if len({x['student'] for x in results}) > 1 else ""),
-             "ipc": 0, "regime": regime, "mean": r["mean"], "std": r["std"]} for r in results]
+             "ipc": ipc, "regime": regime, "mean": r["mean"], "std": r["std"]} for r in results]
     rep.heading("Accuracy")
-    rep.figure(plots.acc_vs_ipc(bars, baseline="random"), "test accuracy per set and student (error bars: std "
-               "over seeds)", "accuracy per set")
+    at = f" at IPC {ipc}" if ipc is not None else ""
+    dashed = "; dashed line: random" if any(r["set"] == "random" for r in results) else ""
+    rep.figure(plots.acc_vs_ipc(bars, baseline="random"),
+               f"test accuracy per set and student{at} (error bars: std over seeds{dashed})", f"accuracy per set{at}")
     _per_class_section(rep, results)
     add_curves(rep, out / "runs", "mean over seeds of each set/student: training loss every logged epoch, test "
-               "accuracy at the recipe's evaluation epochs")
+               "accuracy at the recipe's evaluation epochs",
+               loss_caption="mean over seeds of each set/student: training loss every logged epoch")
     if distilled_dir and Path(distilled_dir).is_dir():
         rep.heading("The set")
-        add_grid(rep, Path(distilled_dir).name, distilled_dir)
+        add_grid(rep, Path(distilled_dir).name, distilled_dir, distilled)
     return rep.write(out / "report.html")
+
+
+def _load_set(distilled_dir: Optional[str | Path]) -> Any:
+    """The evaluated set, or None when its folder is gone or unreadable (add_grid then says why)."""
+    if not distilled_dir or not Path(distilled_dir).is_dir():
+        return None
+    from ddkit.distilled import DistilledSet
+
+    try:
+        return DistilledSet.load(distilled_dir)
+    except Exception:  # the report must not fail on the set: it is re-rendered from the folder's own files
+        return None
 
 
 def _per_class_section(rep: HtmlReport, results: Sequence[Mapping[str, Any]]) -> None:

@@ -72,12 +72,13 @@ def acc_vs_budget(rows: Sequence[Mapping[str, Any]]):
 def acc_vs_ipc(rows: Sequence[Mapping[str, Any]], baseline: str = "random"):
     """One panel per regime. With several IPCs: accuracy vs IPC, one line per method. With one IPC:
     one dot per method with its std (the `baseline` method's accuracy drawn as a dashed line; red: below
-    it), so a method below random stands out. Rows: method, ipc, regime, mean, std (fractions)."""
+    it), so a method below random stands out. Rows: method, ipc, regime, mean, std (fractions); an unknown
+    ipc (None) leaves the IPC out of the title rather than inventing one."""
     rows = [r for r in rows if _finite(r.get("mean"))]
     if not rows:
         return None
     regimes = list(dict.fromkeys(r["regime"] for r in rows))
-    ipcs = sorted({int(r["ipc"]) for r in rows})
+    ipcs = sorted({int(r["ipc"]) for r in rows if r.get("ipc") is not None})
     methods = list(dict.fromkeys(r["method"] for r in rows))
     if len(ipcs) > 1:
         fig = _figure(4.2 * len(regimes), 3.4)
@@ -99,7 +100,7 @@ def acc_vs_ipc(rows: Sequence[Mapping[str, Any]], baseline: str = "random"):
         axes[0].legend(fontsize=7)
         fig.tight_layout()
         return fig
-    fig = _figure(3.6 * len(regimes), 0.8 + 0.28 * len(methods))
+    fig = _figure(3.6 * len(regimes), 1.1 + 0.3 * len(methods))
     axes = fig.subplots(1, len(regimes), squeeze=False, sharey=True)[0]
     for ax, regime in zip(axes, regimes):
         by = {r["method"]: r for r in rows if r["regime"] == regime}
@@ -116,9 +117,11 @@ def acc_vs_ipc(rows: Sequence[Mapping[str, Any]], baseline: str = "random"):
             ax.axvline(100 * base["mean"], color="k", linestyle="--", linewidth=1)
         ax.set_yticks(ys)
         ax.set_yticklabels(methods, fontsize=8)
-        if not ax.yaxis_inverted():  # shared y: inverting every panel would flip it back on even counts
-            ax.invert_yaxis()
-        ax.set_title(f"{REGIME_NAMES.get(regime, regime)}, IPC {ipcs[0]}")
+        # First method on top, half a row of room above and below: with the default margins the first and last
+        # dots sat on the frame, half hidden (two methods: every dot). Fixed limits, not invert_yaxis(): the
+        # panels share y, and inverting each one flipped it back on even panel counts.
+        ax.set_ylim(len(methods) - 0.5, -0.5)
+        ax.set_title(f"{REGIME_NAMES.get(regime, regime)}" + (f", IPC {ipcs[0]}" if ipcs else ""))
         ax.set_xlabel("test accuracy (%)")
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -206,19 +209,37 @@ def per_class_vs_baseline(classes: Sequence[str], panels: Mapping[str, Mapping[s
 
 Curve = List[Dict[str, Any]]  # metrics.jsonl records: epoch, loss, test_acc (sometimes)
 
+#: fewer test evaluations than this make no curve (one or two dots say less than the table beside them)
+MIN_CURVE_POINTS = 3
 
-def training_curves(curves: Mapping[str, Sequence[Curve]], max_lines: int = 20):
+
+def acc_epochs(curves: Mapping[str, Sequence[Curve]]) -> List[float]:
+    """The epochs at which test accuracy was measured, of the run group measured most often."""
+    return max(([e for e, _ in _mean_by_epoch([list(c) for c in v if c], "test_acc")] for v in curves.values()),
+               key=len, default=[])
+
+
+def training_curves(curves: Mapping[str, Sequence[Curve]], max_lines: int = 20,
+                    min_acc_points: int = MIN_CURVE_POINTS):
     """Loss (left) and test accuracy (right) vs epoch; one line per named run group, the mean over its
-    runs (seeds) at each epoch they share. `curves`: {label: [records of seed 0, records of seed 1, …]}."""
+    runs (seeds) at each epoch they share. `curves`: {label: [records of seed 0, records of seed 1, …]}.
+    The accuracy panel is drawn only when some group has at least `min_acc_points` evaluations; otherwise
+    the figure is the loss panel alone (the caller says where the few accuracies are)."""
     items = [(k, [list(c) for c in v if c]) for k, v in curves.items()]
     items = [(k, v) for k, v in items if v][:max_lines]
     if not items:
         return None
-    fig = _figure(10, 3.4)
-    ax_loss, ax_acc = fig.subplots(1, 2)
+    with_acc = len(acc_epochs(dict(items))) >= min_acc_points
+    fig = _figure(10 if with_acc else 5.5, 3.4)
+    if with_acc:
+        ax_loss, ax_acc = fig.subplots(1, 2)
+    else:
+        ax_loss, ax_acc = fig.subplots(1, 1), None
     any_acc = False
     for label, runs in items:
         for key, ax in (("loss", ax_loss), ("test_acc", ax_acc)):
+            if ax is None:
+                continue
             pts = _mean_by_epoch(runs, key)
             if not pts:
                 continue
@@ -232,13 +253,14 @@ def training_curves(curves: Mapping[str, Sequence[Curve]], max_lines: int = 20):
     if losses and max(losses) > 20 * min(losses):  # log only when the loss spans decades
         ax_loss.set_yscale("log")
     ax_loss.grid(alpha=0.3)
-    ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("test accuracy (%)")
-    ax_acc.grid(alpha=0.3)
+    if ax_acc is not None:
+        ax_acc.set_xlabel("epoch")
+        ax_acc.set_ylabel("test accuracy (%)")
+        ax_acc.grid(alpha=0.3)
     handles, labels = ax_loss.get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    if not any_acc:
+    if ax_acc is not None and not any_acc:
         ax_acc.text(0.5, 0.5, "no test evaluations recorded", ha="center", va="center", transform=ax_acc.transAxes)
     fig.tight_layout()
     return fig

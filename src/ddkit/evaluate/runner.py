@@ -4,13 +4,17 @@
 <output>/config.yaml                         resolved EvalConfig + recipe + plan + inputs + machine
 <output>/runs/<set>/<student>/seed<k>/metrics.jsonl   one line per epoch (loss, lr, seconds, images/s, accs)
 <output>/soft_labels.safetensors             SL targets computed by the teacher (when it had to)
-<output>/summary.json                        per student × set: accs per seed, seeds, mean, std (ddof 0), n, IOR
+<output>/summary.json                        per student × set: accs per seed, seeds, mean, std (ddof 0), n, IOR;
+                                             the set's IPC; optional baselines left out, with the reason
 <output>/results.md                          the same as a markdown table
 ```
 The folder is written atomically (temporary sibling, then rename); an existing one is refused
 unless overwrite=True. Under torchrun only rank 0 writes it and prints (see evaluate/parallel.py).
 The evaluator judges sets without knowing who made them: baselines (e.g. the random real subset of the
 same IPC) are given by the caller, as sets or as functions of the train pool they must be drawn from.
+A baseline the caller marks optional (the CLI's default random subset) is left out with a one-line note
+when this protocol cannot have it (no train split, a class smaller than the IPC, `--labels stored`, SL
+without a teacher), so a default never turns into a failure the user did not ask for.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import dataclasses
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import yaml
@@ -64,6 +68,17 @@ def _pct(v: float) -> str:
     return f"{100 * v:.2f}"
 
 
+def set_ipc(ds: DistilledSet) -> int:
+    """The set's IPC as its maker stated it (meta["ipc"]), else images per class counted from the labels.
+
+    The stated value comes first because it is what the user asked for (`--ipc 10`); the count is the
+    fallback for imported sets whose meta does not say."""
+    v = ds.meta.get("ipc")
+    if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+        return v
+    return ds.ipc
+
+
 def results_markdown(results: Sequence[EvalResult], summary: Dict[str, Any]) -> str:
     """A markdown table: one row per student × set, then IOR / HLR when available."""
     r0 = results[0]
@@ -92,7 +107,7 @@ def results_markdown(results: Sequence[EvalResult], summary: Dict[str, Any]) -> 
 
 def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, train: Optional[ImageDataset] = None,
                    teacher: Any = None, output: str, overwrite: bool = False,
-                   baselines: Optional[Mapping[str, Baseline]] = None,
+                   baselines: Optional[Mapping[str, Baseline]] = None, optional: Collection[str] = (),
                    students: Optional[Tuple[str, ...]] = None, device: Any = None, progress: bool = True
                    ) -> Dict[str, Any]:
     """Evaluate the set at `distilled_dir` and each of `baselines` for each student under the same
@@ -100,7 +115,9 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
 
     baselines: {name: set or pool -> set}; "random" gets the IOR column (acc(distilled) − acc(random)).
     A callable is given the train pool (train minus the validation slice), so a baseline never sees
-    validation images. Under torchrun every rank calls it inside the entry point's process group."""
+    validation images. Under torchrun every rank calls it inside the entry point's process group.
+    optional: names of baselines left out with a one-line note (printed, and recorded as summary.json's
+    "skipped_baselines") instead of an error when they cannot be drawn or judged under this protocol."""
     ctx = edist.setup(cfg, device)
     dev = ctx.device
     progress = progress and ctx.main
@@ -109,16 +126,30 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
     baselines = dict(baselines or {})
     if "distilled" in baselines:
         raise DDKitError("a baseline cannot be named 'distilled' (that is the set under evaluation)")
-    with_random = "random" in baselines
+    optional = set(optional)
+    skipped: Dict[str, str] = {}
+
+    def leave_out(reason: str, error: str) -> None:
+        """Drop the optional baselines for `reason`; raise `error` when a baseline the caller required is left."""
+        for name in [n for n in baselines if n in optional]:
+            skipped[name] = reason
+            del baselines[name]
+        if baselines:
+            raise DDKitError(error)
+
     if cfg.labels == "stored":  # the set's own `ddkit relabel` store (evaluate/stored.py)
         if baselines:
-            raise DDKitError("--labels stored trains from this set's label store; --with-random has none: "
-                             "distill and relabel the random subset and evaluate it on its own")
+            leave_out("--labels stored trains from this set's label store, which a random subset does not have",
+                      "--labels stored trains from this set's label store; a baseline has none: distill and "
+                      "relabel the random subset and evaluate it on its own")
         if cfg.label_store is None:
             cfg = dataclasses.replace(cfg, label_store=str(Path(distilled_dir) / "fkd"))
     check_classes(distilled, test, teacher)
-    if (baselines or cfg.budget_epochs is not None or cfg.val_fraction > 0) and train is None:
-        raise DDKitError("--with-random (baselines), --budget-epochs and --val-fraction need the train split")
+    if baselines and train is None:
+        leave_out("no train split to draw it from (give the dataset's train split)",
+                  "a baseline (the random subset) is drawn from the train split: give the train split")
+    if (cfg.budget_epochs is not None or cfg.val_fraction > 0) and train is None:
+        raise DDKitError("--budget-epochs and --val-fraction need the train split")
     if train is not None and list(train.classes) != list(distilled.classes):
         raise DDKitError("the train split's classes differ from the distilled set's")
     # Resolve once up front so a bad flag fails before any training and config.yaml shows the values.
@@ -127,18 +158,32 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
     if cfg.epochs is not None and cfg.budget_epochs is not None:
         raise DDKitError("give either --epochs or --budget-epochs, not both")
     needs_logits = LOSSES.get(recipe.loss_for(regime)).needs_logits
-    if teacher is None and needs_logits and cfg.labels == "online" and (regime == "slkd" or (regime == "sl" and baselines)):
-        # Fail before any training: a baseline subset (random) has no stored soft labels.
-        raise DDKitError(f"regime {regime} needs a teacher here (online labels, or soft labels for the random "
-                         "subset): pass --teacher CKPT")
+    no_teacher = teacher is None and needs_logits and cfg.labels == "online"
+    if no_teacher and regime == "sl" and baselines:
+        # Before any training: a baseline subset (random) has no stored soft labels, only a teacher gives them.
+        leave_out(f"regime {regime} needs teacher soft labels for it: pass --teacher CKPT",
+                  f"regime {regime} needs a teacher here (soft labels for the random subset): pass --teacher CKPT")
+    if no_teacher and regime == "slkd":
+        raise DDKitError(f"regime {regime} needs a teacher here (online labels): pass --teacher CKPT")
     full = len(train) if train is not None else None
     plan = make_plan(recipe, len(distilled), budget_epochs=cfg.budget_epochs, full_train_size=full,
                      eval_every=cfg.eval_every)
     val, pool = (split_val(train, cfg.val_fraction, cfg.seed) if cfg.val_fraction > 0 else (None, train))
     sets: Dict[str, DistilledSet] = {"distilled": distilled}
-    for name, b in baselines.items():
-        sets[name] = b if isinstance(b, DistilledSet) else b(pool)
+    for name, b in list(baselines.items()):
+        try:
+            sets[name] = b if isinstance(b, DistilledSet) else b(pool)
+        except DDKitError as e:  # e.g. a class of the pool smaller than the IPC
+            if name not in optional:
+                raise
+            skipped[name] = str(e)
+            del baselines[name]
+            continue
         check_classes(sets[name], test, teacher)
+    with_random = "random" in baselines
+    if ctx.main:
+        for name, why in skipped.items():
+            print(f"{name} baseline not evaluated: {why}")
     names = list(students) if students else [cfg.student]
 
     with edist.rank_output_dir(output, overwrite, ctx.main) as tmp:
@@ -149,7 +194,8 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
             "distilled": str(distilled_dir), "test": f"{test.name}/{test.split} ({len(test)} images)",
             "train": f"{train.name}/{train.split} ({len(train)} images)" if train is not None else None,
             "teacher": teacher_identity(teacher),
-            "students": names, "baselines": list(baselines), "with_random": with_random, "device": str(dev),
+            "students": names, "baselines": list(baselines), "with_random": with_random,
+            "skipped_baselines": skipped, "device": str(dev),
             "git_revision": git_revision(), "machine": machine_info(dev), **ctx.describe(),
         }
         conf = json.loads(json.dumps(conf, default=str))  # plain types only (torch's version is a str subclass)
@@ -173,8 +219,11 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
                 results.append(res)
         summary: Dict[str, Any] = {
             "headline": "last-epoch test accuracy (fraction), mean ± std (ddof 0) over n seeds",
-            "regime": regime, "recipe": recipe.name, "results": [r.to_dict() for r in results],
+            "regime": regime, "recipe": recipe.name, "ipc": set_ipc(distilled),
+            "results": [r.to_dict() for r in results],
         }
+        if skipped:
+            summary["skipped_baselines"] = skipped
         by = {(r.student, r.set_name): r for r in results}
         iors = {}
         for st in dict.fromkeys(r.student for r in results):
@@ -192,7 +241,9 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
                               for (st, name), r in by.items() if name == "distilled"}
         (tmp / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, default=str, allow_nan=False))
         md = results_markdown(results, summary)
-        (tmp / "results.md").write_text(f"# ddkit evaluate: {distilled_dir}\n\n" + md)
+        # The file keeps the skipped baselines' reasons; the console said them once already, before training.
+        notes = "".join(f"\n{name} baseline not evaluated: {why}\n" for name, why in skipped.items())
+        (tmp / "results.md").write_text(f"# ddkit evaluate: {distilled_dir}\n\n" + md + notes)
     if ctx.main:
         print(md)
     if ctx.world > 1:
