@@ -519,6 +519,110 @@ PLUGINS = {
 CASES.update(PLUGINS)
 
 
+# -- issue #25 (D): label stores and expert buffers through the loader layer: one line naming the file --------
+
+
+def _store_case(edit: Callable[[Path], None]):
+    """A 2-epoch label store of the set (relabelled in-process), edited, then `evaluate --labels stored`."""
+    def make(base: Path, tmp: Path):
+        from ddkit.evaluate.stored import RelabelConfig, relabel
+        from ddkit.teachers import load_teacher
+
+        s = _copy_set(base, tmp)
+        relabel(s, load_teacher(base / "teacher", device="cpu"), RelabelConfig(epochs=2, recipe="sre2l"),
+                device="cpu", progress=False)
+        edit(s / "fkd")
+        argv = ["evaluate", str(s), *DIGITS, "--labels", "stored", "--regime", "slkd", "--recipe", "sre2l",
+                "--epochs", "1", "--seeds", "1", "--output", str(tmp / "ev")]
+        return argv, [s]
+    return make
+
+
+def _store_meta(**kw):
+    def edit(store: Path) -> None:
+        m = json.loads((store / "meta.json").read_text())
+        for k, v in kw.items():
+            if v is None:
+                m.pop(k)
+            else:
+                m[k] = v
+        (store / "meta.json").write_text(json.dumps(m))
+    return edit
+
+
+def _npy_other_shape(store: Path) -> None:
+    np.save(store / "logits.npy", np.zeros((2, 20, 7), dtype=np.float16))
+
+
+def _npy_objects(store: Path) -> None:
+    np.save(store / "logits.npy", np.array([{"a": 1}] * 4, dtype=object), allow_pickle=True)
+
+
+def _buffer_case(edit: Callable[[Path], None]):
+    """A one-expert MLP buffer on digits (2 epochs, 5 images per class), edited, then `distill --method mtt`."""
+    def make(base: Path, tmp: Path):
+        from ddkit.teachers.experts import ExpertConfig, train_experts
+
+        train = create_dataset("digits", split="train", progress=False)
+        buf = tmp / "buf"
+        train_experts(train, None, ExpertConfig(arch="mlp", num_experts=1, epochs=2, batch_size=16,
+                                                dsa_strategy="none", subset_per_class=5, test_limit=0),
+                      buf, device="cpu", progress=False)
+        edit(buf)
+        argv = ["distill", *DIGITS, "--method", "mtt", "--preset", "cpu", "--buffer", str(buf), "--model", "mlp",
+                "--ipc", "1", "--max-start-epoch", "1", "--expert-epochs", "1", "--zca", "false",
+                "--output", str(tmp / "out")]
+        return argv, [buf]
+    return make
+
+
+def _buffer_json(**kw):
+    def edit(buf: Path) -> None:
+        h = json.loads((buf / "buffer.json").read_text())
+        for k, v in kw.items():
+            if v is None:
+                h.pop(k)
+            else:
+                h[k] = v
+        (buf / "buffer.json").write_text(json.dumps(h))
+    return edit
+
+
+def _evil_partial(base: Path, tmp: Path):
+    """`experts train` resuming over a planted pickle where its partial file would be."""
+    argv = ["experts", "train", *DIGITS, "--arch", "mlp", "--num-experts", "1", "--epochs", "2", "--batch-size", "16",
+            "--dsa-strategy", "none", "--subset-per-class", "5", "--test-limit", "0", "--output", str(tmp / "buf")]
+    assert main(argv) == 0
+    (tmp / "buf" / "expert_0000.safetensors").unlink()
+    (tmp / "buf" / ".expert_0000.partial.pt").write_bytes(pickle.dumps(_Evil(), protocol=2))
+    return argv, [tmp / "buf"]
+
+
+STORES_AND_BUFFERS = {
+    "store-meta-no-fingerprint": (_store_case(_store_meta(images_fingerprint=None)),
+                                  "lacks the key(s) images_fingerprint"),
+    "store-meta-more-epochs": (_store_case(_store_meta(epochs_done=5, epochs=5)), "has shape (2, 20, 10), "
+                               "expected (5, 20, 10)"),
+    "store-meta-done-beyond-epochs": (_store_case(_store_meta(epochs_done=3)), "3 of 2 epochs done"),
+    "store-logits-other-shape": (_store_case(_npy_other_shape), "logits.npy has shape (2, 20, 7)"),
+    "store-logits-truncated": (_store_case(_truncate("logits.npy", 200)), "logits.npy is not a readable .npy array"
+                               " (truncated"),
+    "store-logits-objects": (_store_case(_npy_objects), "holds Python objects"),
+    "store-meta-not-json": (_store_case(lambda st: (st / "meta.json").write_text("{oops")),
+                            "meta.json is not valid JSON"),
+    "mtt-expert-truncated": (_buffer_case(_truncate("expert_0000.safetensors", 300)),
+                             "expert_0000.safetensors is truncated"),
+    "mtt-expert-pickle": (_buffer_case(lambda b: (b / "expert_0000.safetensors").write_bytes(
+        pickle.dumps(_Evil(), protocol=2))), "Python pickle"),
+    "mtt-buffer-no-normalisation": (_buffer_case(_buffer_json(normalisation=None)),
+                                    "lacks the key(s) normalisation"),
+    "mtt-buffer-json-corrupt": (_buffer_case(lambda b: (b / "buffer.json").write_text("{")),
+                                "buffer.json is not valid JSON"),
+    "experts-resume-evil-partial": (_evil_partial, ".expert_0000.partial.pt: not a tensor file"),
+}
+CASES.update(STORES_AND_BUFFERS)
+
+
 def test_battery_has_at_least_40_distinct_bad_inputs():
     assert len(CASES) >= 40
 

@@ -140,7 +140,7 @@ def test_pickle_in_label_store_and_dataset_cache_never_runs(evil, tmp_path):
     np.save(store / "logits.npy", obj, allow_pickle=True)
     s = LabelStore.__new__(LabelStore)
     s.path, s._arrays = store, {}
-    with pytest.raises(ValueError):  # "cannot be memory-mapped: Python objects" — never unpickled
+    with pytest.raises(DDKitError, match="holds Python objects"):  # the loader layer's line — never unpickled
         s._array("logits")
     _never_ran(tmp_path)
     shutil.rmtree(store)

@@ -47,6 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ddkit.augment import Augment, Params, select
+from ddkit.loaders import read_json_keys, read_npy
 from ddkit.teachers.frozen import FrozenTeacher
 from ddkit.utils import DDKitError, atomic_write_bytes, get_device, make_generator
 
@@ -95,9 +96,8 @@ class LabelStore:
         path = Path(path)
         if not (path / "meta.json").is_file():
             raise FileNotFoundError(f"{path} is not a ddkit label store (no meta.json): build it with build_label_store")
-        meta = json.loads((path / "meta.json").read_text())
-        if meta.get("format") != FORMAT:
-            raise DDKitError(f"{path}: unknown label-store format {meta.get('format')!r}")
+        meta = _read_meta(path)
+        _check_arrays(path, meta)
         if images is not None and _fingerprint(images) != meta["images_fingerprint"]:
             raise DDKitError(f"the images given differ from those {path} was built from: pass the same distilled set")
         if aug is not None and repr(aug) != meta["aug"]:
@@ -133,7 +133,11 @@ class LabelStore:
     def _array(self, name: str, mode: str = "r") -> np.ndarray:
         arr = self._arrays.get(name)
         if arr is None or (mode == "r+" and not arr.flags.writeable):
-            arr = self._arrays[name] = np.load(self.path / f"{name}.npy", mmap_mode=mode)
+            meta = getattr(self, "meta", None)  # a bare store (tests) has no promises to check
+            dt, shape = _arrays_spec(self.num_images, self.num_classes, self.epochs, self.topk)[name] if meta \
+                else (None, None)
+            arr = self._arrays[name] = read_npy(self.path / f"{name}.npy", "label-store array", mmap_mode=mode,
+                                                dtype=dt, shape=shape)
         return arr
 
     def _check(self, epoch: int, indices: torch.Tensor) -> np.ndarray:
@@ -211,6 +215,34 @@ class EpochViews(torch.utils.data.Dataset):
         return x[0], y[0]
 
 
+#: meta.json keys a store must hold, with their types (a hand-edited or foreign meta is one line, not a KeyError)
+_META_TYPES: Dict[str, Any] = {"format": str, "num_images": int, "num_classes": int, "epochs": int,
+                               "epochs_done": int, "seed": int, "image_shape": list, "aug": str,
+                               "images_fingerprint": str}
+
+
+def _read_meta(path: Path) -> Dict[str, Any]:
+    """A store's meta.json with every key the reader uses, of the right type and in range."""
+    where = "label-store meta"
+    meta = read_json_keys(path / "meta.json", where, keys=(*_META_TYPES, "topk"), types=_META_TYPES)
+    if meta["format"] != FORMAT:
+        raise DDKitError(f"{path}: unknown label-store format {meta['format']!r}")
+    n, k, e, done, topk = (meta[x] for x in ("num_images", "num_classes", "epochs", "epochs_done", "topk"))
+    if n < 1 or k < 1 or e < 1 or not 0 <= done <= e:
+        raise DDKitError(f"{where} {path / 'meta.json'}: {done} of {e} epochs done, {n} images, {k} classes is "
+                         f"not a store; rebuild it with `ddkit relabel --overwrite`")
+    if topk is not None and (not isinstance(topk, int) or isinstance(topk, bool) or not 1 <= topk <= k):
+        raise DDKitError(f"{where} {path / 'meta.json'}: topk {topk!r} must be null or 1..{k}; rebuild the store")
+    return meta
+
+
+def _check_arrays(path: Path, meta: Dict[str, Any]) -> None:
+    """Every array present with the dtype and shape its meta promises (so reads never index past its end)."""
+    for name, (dt, shape) in _arrays_spec(meta["num_images"], meta["num_classes"], meta["epochs"],
+                                          meta["topk"]).items():
+        read_npy(path / f"{name}.npy", "label-store array", mmap_mode="r", dtype=dt, shape=shape)
+
+
 def _arrays_spec(n: int, k: int, epochs: int, topk: Optional[int]) -> Dict[str, Tuple[np.dtype, tuple]]:
     if topk is None:
         return {"logits": (np.dtype(np.float16), (epochs, n, k))}
@@ -255,7 +287,7 @@ def build_label_store(images: Any, teacher: Any, aug: Augment, epochs: int, seed
     spec = _arrays_spec(n, k, epochs, topk)
     start = 0
     if path.exists() and resume and (path / "meta.json").is_file():
-        old = json.loads((path / "meta.json").read_text())
+        old = _read_meta(path)
         diff = [key for key in meta if key != "epochs_done" and old.get(key) != meta[key]]
         if diff:
             raise DDKitError(f"{path} was built with other {', '.join(diff)}: use another path or overwrite=True")

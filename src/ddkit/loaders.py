@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from ddkit.utils import DDKitError
-from ddkit.validate import read_json, read_safetensors
+from ddkit.validate import check_safetensors, read_json, read_safetensors
 
-__all__ = ["read_safetensors", "safetensors_metadata", "read_pt", "read_npy", "read_json", "read_json_keys",
+__all__ = ["check_safetensors", "read_safetensors", "safetensors_metadata", "read_pt", "read_npy", "read_json", "read_json_keys",
            "check_finite", "check_labels", "one_line"]
 
 

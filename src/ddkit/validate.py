@@ -63,11 +63,8 @@ def _sniff(path: Path, head: bytes) -> Optional[str]:
     return None
 
 
-def read_safetensors(path: str | Path, what: str = "file") -> Dict[str, torch.Tensor]:
-    """Tensors of a .safetensors file; DDKitError naming the file when it is truncated, empty or a pickle."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+def check_safetensors(path: str | Path, what: str = "file") -> Path:
+    """Refuse, from its header alone, a .safetensors file that is missing, truncated, empty or a pickle/zip."""
     p = Path(path)
     if not p.is_file():
         raise DDKitError(f"{what} {p} not found")
@@ -90,6 +87,15 @@ def read_safetensors(path: str | Path, what: str = "file") -> Dict[str, torch.Te
         need = 0  # an unreadable header: safetensors' own message below says what is wrong
     if need > size:
         raise DDKitError(f"{what} {p} is truncated ({size} of {need} bytes); re-create or re-copy it")
+    return p
+
+
+def read_safetensors(path: str | Path, what: str = "file") -> Dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file; DDKitError naming the file when it is truncated, empty or a pickle."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    p = check_safetensors(path, what)
     try:
         return load_file(str(p))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:

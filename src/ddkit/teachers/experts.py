@@ -36,6 +36,8 @@ from ddkit.augment import DEFAULT_STRATEGY, Augment, Identity, dsa
 from ddkit.augment.zca import ZCA, Space, fit_zca
 from ddkit.config import field, to_dict
 from ddkit.data.base import ImageDataset
+from ddkit.loaders import (check_safetensors, read_json, read_json_keys, read_pt, read_safetensors,
+                           safetensors_metadata)
 from ddkit.models import create_model, resolve_model_name
 from ddkit.utils import DDKitError, atomic_write_bytes, derive_seed, machine_info, make_generator
 
@@ -114,11 +116,11 @@ def _space(train: ImageDataset, eff: Dict[str, Any], out: Path) -> Space:
     """mean/std normalisation, or the ZCA stored in the buffer (fitted once on the expert training set)."""
     if not eff["zca"]:
         return Space(train.mean, train.std)
-    from safetensors.torch import load_file, save
+    from safetensors.torch import save
 
     path = out / "zca.safetensors"
     if path.exists():
-        return Space(train.mean, train.std, ZCA.from_state(load_file(str(path))))
+        return Space(train.mean, train.std, _zca(path))
     zca = fit_zca(train.images)
     atomic_write_bytes(path, save(zca.state()))
     return Space(train.mean, train.std, zca)
@@ -161,11 +163,16 @@ def train_expert(index: int, train: ImageDataset, test: Optional[ImageDataset], 
     traj: List[torch.Tensor] = [flat_params(model)]
     record: Dict[str, Any] = {"index": index, "test_acc": [], "train_loss": [], "train_acc": []}
     if partial.exists():  # resume after the last finished epoch
-        st = torch.load(partial, map_location="cpu", weights_only=True)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        g.set_state(st["rng"])
-        traj, record = list(st["traj"]), st["record"]
+        # weights_only: a planted pickle is refused (one line naming the file), never run.
+        st = read_pt(partial, f"partial expert file (delete it to restart expert {index})")
+        try:
+            model.load_state_dict(st["model"])
+            opt.load_state_dict(st["opt"])
+            g.set_state(st["rng"])
+            traj, record = list(st["traj"]), dict(st["record"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise DDKitError(f"partial expert file {partial} does not hold this expert's state "
+                             f"({' '.join(str(e).split())[:100]}); delete it to restart expert {index}") from None
     aug: Augment = dsa(eff["dsa_strategy"], mode="single")
     n, bs, epochs = len(train), min(eff["batch_size"], len(train)), eff["epochs"]
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -235,7 +242,7 @@ def train_experts(train: ImageDataset, test: Optional[ImageDataset], cfg: Expert
     out.mkdir(parents=True, exist_ok=True)
     hpath = out / "buffer.json"
     if hpath.exists():
-        old = json.loads(hpath.read_text())
+        old = read_json(hpath, "expert buffer header")
         if old != json.loads(json.dumps(header)):
             diff = sorted(k for k in set(old) | set(header) if old.get(k) != json.loads(json.dumps(header)).get(k))
             raise DDKitError(f"expert buffer {out} was made with other settings ({', '.join(diff)} differ); "
@@ -284,16 +291,25 @@ class ExpertBuffer:
     def trajectory(self, i: int) -> torch.Tensor:
         """(epochs+1)×P float32 parameters of expert `i` (index into the finished files)."""
         if self._cache[0] != i:
-            from safetensors.torch import load_file
-
-            self._cache = (i, load_file(str(self.files[i]))["trajectory"])
+            t = read_safetensors(self.files[i], "expert file").get("trajectory")
+            shape = (self.epochs + 1, int(self.header["num_params"]))
+            if t is None or tuple(t.shape) != shape or not t.is_floating_point():
+                found = "no 'trajectory'" if t is None else f"{t.dtype} {tuple(t.shape)}"
+                raise DDKitError(f"expert file {self.files[i]} holds {found}, expected float "
+                                 f"{shape[0]}×{shape[1]}; delete it and rerun `ddkit experts train` (it resumes)")
+            if not bool(torch.isfinite(t).all()):
+                raise DDKitError(f"expert file {self.files[i]} holds NaN or Inf parameters; delete it and rerun "
+                                 f"`ddkit experts train` (it resumes)")
+            self._cache = (i, t)
         return self._cache[1]  # type: ignore[return-value]
 
     def record(self, i: int) -> Dict[str, Any]:
-        from safetensors import safe_open
-
-        with safe_open(str(self.files[i]), "pt") as f:
-            return json.loads(f.metadata()["record"])
+        meta = safetensors_metadata(self.files[i], "expert file")
+        try:
+            return json.loads(meta["record"])
+        except (KeyError, ValueError):
+            raise DDKitError(f"expert file {self.files[i]} lacks a readable 'record' header; delete it and rerun "
+                             f"`ddkit experts train` (it resumes)") from None
 
 
 def load_buffer(path: str | Path, dataset: ImageDataset, *, arch: str, zca: bool, need_epochs: int) -> ExpertBuffer:
@@ -308,7 +324,11 @@ def load_buffer(path: str | Path, dataset: ImageDataset, *, arch: str, zca: bool
     hint = f"build one with `ddkit experts train --dataset {dataset.name} --output {p}`"
     if not hpath.is_file():
         raise DDKitError(f"no expert buffer at {p} (no buffer.json): {hint}")
-    h = json.loads(hpath.read_text())
+    # Every key read below, checked first: a hand-edited or foreign header is one line, not a KeyError.
+    h = read_json_keys(hpath, "expert buffer header", keys=("format", "dataset", "classes", "image_size", "channels",
+                                                            "arch", "normalisation", "num_params", "config"),
+                       types={"classes": list, "image_size": int, "channels": int, "num_params": int,
+                              "normalisation": dict, "config": dict})
     if h.get("format") != FORMAT:
         raise DDKitError(f"{hpath} is not a ddkit expert buffer (format {h.get('format')!r})")
     if h["dataset"] != dataset.name or h["classes"] != list(dataset.classes):
@@ -322,6 +342,12 @@ def load_buffer(path: str | Path, dataset: ImageDataset, *, arch: str, zca: bool
         raise DDKitError(f"expert buffer {p} holds {h['arch']} experts but the distillation uses {want}: "
                          f"pass --model {h['arch']} or train experts for {want}")
     norm = h["normalisation"]
+    if (not all(k in norm for k in ("kind", "mean", "std")) or not isinstance(norm["mean"], list)
+            or not isinstance(norm["std"], list)):
+        raise DDKitError(f"expert buffer header {hpath}: 'normalisation' must hold kind, mean and std lists; "
+                         f"{hint}")
+    if not isinstance(h["config"].get("epochs"), int) or not isinstance(h["config"].get("lr"), (int, float)):
+        raise DDKitError(f"expert buffer header {hpath}: 'config' must hold whole 'epochs' and a number 'lr'; {hint}")
     kind = "zca" if zca else "meanstd"
     if norm["kind"] != kind:
         raise DDKitError(f"expert buffer {p} was trained with {norm['kind']} inputs but the distillation asks for "
@@ -338,9 +364,20 @@ def load_buffer(path: str | Path, dataset: ImageDataset, *, arch: str, zca: bool
     if not files:
         raise DDKitError(f"expert buffer {p} has no finished expert yet: finish it with `ddkit experts train` "
                          "(it resumes)")
+    for f in files:  # before any work: a truncated or disguised expert is refused from its header
+        check_safetensors(f, "expert file")
+        safetensors_metadata(f, "expert file")
     space = Space(dataset.mean, dataset.std)
     if zca:
-        from safetensors.torch import load_file
-
-        space = Space(dataset.mean, dataset.std, ZCA.from_state(load_file(str(p / "zca.safetensors"))))
+        space = Space(dataset.mean, dataset.std, _zca(p / "zca.safetensors"))
     return ExpertBuffer(p, h, files, space)
+
+
+def _zca(path: Path) -> ZCA:
+    """The buffer's fitted ZCA transform, read through the loader layer."""
+    state = read_safetensors(path, "ZCA file of the expert buffer")
+    try:
+        return ZCA.from_state(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise DDKitError(f"ZCA file {path} is not a ZCA state ({' '.join(str(e).split())[:80]}); delete it and "
+                         f"rerun `ddkit experts train`") from None
