@@ -623,6 +623,27 @@ STORES_AND_BUFFERS = {
 CASES.update(STORES_AND_BUFFERS)
 
 
+# -- issue #25 (E): YAML with size and alias limits --------------------------------------------------------
+
+
+def _laughs(key: str) -> str:
+    """A "billion laughs": eleven levels of nine aliases each, ending under an option ddkit knows."""
+    text = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+    for i in range(1, 12):
+        text += f"l{i}: &l{i} [{', '.join(['*a' if i == 1 else f'*l{i - 1}'] * 9)}]\n"
+    return text + f"{key}: *l11\n"
+
+
+YAMLS = {
+    "yaml-laughs-classes": (_yaml_case(_laughs("classes"), _distill_out), "aliases expand to more than"),
+    "yaml-laughs-epochs": (_yaml_case(_laughs("epochs"), lambda b, t: ["teacher", "train", *DIGITS, "--output",
+                                                                       str(t / "t")]), "aliases expand to more than"),
+    "yaml-laughs-ipcs": (_yaml_case(_laughs("ipcs"), lambda b, t: ["dcs", *DIGITS]), "aliases expand to more than"),
+    "yaml-too-big": (_yaml_case("# " + "x" * (1 << 20) + "\nipc: 1\n", _distill_out), "more than a config holds"),
+}
+CASES.update(YAMLS)
+
+
 def test_battery_has_at_least_40_distinct_bad_inputs():
     assert len(CASES) >= 40
 

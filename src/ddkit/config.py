@@ -25,6 +25,61 @@ import yaml
 C = TypeVar("C")
 
 
+# -- YAML with limits (#25): a config is a few hundred option lines, never a "billion laughs" ------------------
+#: largest config file read (bytes), and most nodes its aliases may expand to
+YAML_MAX_BYTES = 1 << 20
+YAML_MAX_NODES = 20_000
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a document whose aliases expand beyond YAML_MAX_NODES nodes (the
+    "billion laughs": nine aliases per level give 9^k values from a few lines), before anything is built."""
+
+    def compose_document(self) -> Any:  # noqa: D102 - pyyaml's hook
+        node = super().compose_document()
+        _check_expansion(node)
+        return node
+
+
+class YamlTooLarge(ValueError):
+    """A YAML document that expands beyond YAML_MAX_NODES nodes."""
+
+
+def _check_expansion(root: Any) -> None:
+    """Count the nodes `root` expands to, each alias counted at full size (memoised per node)."""
+    size: Dict[int, int] = {}
+    stack = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if id(node) in size:
+            continue
+        kids = ([k for pair in node.value for k in pair] if isinstance(node, yaml.MappingNode) else
+                list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        if not done:
+            stack.append((node, True))
+            stack.extend((k, False) for k in kids if id(k) not in size)
+            continue
+        total = 1 + sum(size.get(id(k), 0) for k in kids)
+        if total > YAML_MAX_NODES:
+            raise YamlTooLarge(f"its aliases expand to more than {YAML_MAX_NODES} values")
+        size[id(node)] = total
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """YAML text → plain values (safe_load) with size and alias-expansion limits; DDKitError naming `where`."""
+    from ddkit.utils import DDKitError
+
+    if len(text) > YAML_MAX_BYTES:
+        raise DDKitError(f"{where} is {len(text)} characters, more than a config holds ({YAML_MAX_BYTES}); "
+                         f"give a file of option: value lines")
+    try:
+        return yaml.load(text, Loader=_LimitedLoader)  # noqa: S506 - a SafeLoader subclass
+    except YamlTooLarge as e:
+        raise DDKitError(f"{where}: {e}; a config needs no alias expansion at that scale") from None
+    except RecursionError:
+        raise DDKitError(f"{where} nests too deeply to be a config") from None
+
+
 def field(default: Any, help: str, **kw: Any) -> Any:
     """A dataclass field with a default and the one-line reason shown in --help."""
     if isinstance(default, (list, dict, set)):
@@ -185,7 +240,7 @@ def parse_key_values(items: "list[str]", dotted: bool = False) -> Dict[str, Any]
         key, sep, val = it.partition("=")
         if not sep or not key:
             raise DDKitError(f"expected KEY=VALUE, got {it!r}")
-        value = yaml.safe_load(val)
+        value = safe_yaml(val, f"option {key}")
         if dotted:
             name, dot, opt = key.partition(".")
             if not dot or not name or not opt:

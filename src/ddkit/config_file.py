@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from ddkit.config import _bool, flat_dict, to_dict
+from ddkit.config import YAML_MAX_BYTES, _bool, flat_dict, safe_yaml, to_dict
 
 
 def load_yaml(path: str | Path | None) -> Dict[str, Any]:
@@ -23,8 +23,11 @@ def load_yaml(path: str | Path | None) -> Dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise DDKitError(f"config file {p} not found")
+    if p.stat().st_size > YAML_MAX_BYTES:  # before reading it: a config is a few hundred lines
+        raise DDKitError(f"config file {p} is {p.stat().st_size} bytes, more than a config holds "
+                         f"({YAML_MAX_BYTES}); give a file of option: value lines")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = safe_yaml(p.read_text(), f"config file {p}")  # size and alias-expansion limits
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
