@@ -3,6 +3,7 @@ exit code 2, exactly one stderr line that names the fix, no traceback, and every
 byte-identical (issue #14). Each case is one distinct bad input; docs/refuses.md lists them by rule."""
 from __future__ import annotations
 
+import errno
 import json
 import pickle
 import shutil
@@ -653,7 +654,11 @@ def test_bad_input_is_refused_with_one_line(case, base, tmp_path, capsys, monkey
     monkeypatch.chdir(tmp_path)  # an evil pickle that did run would leave its marker here
     build, needle = CASES[case]
     argv, protect = build(base, tmp_path)
-    protect = [*protect, base]
+    _assert_refused(case, argv, [*protect, base], needle, tmp_path, capsys)
+
+
+def _assert_refused(case: str, argv: List[str], protect: List[Path], needle: str, tmp_path: Path, capsys) -> None:
+    """Exit 2, one stderr line holding `needle`, no traceback, every given file byte-identical, no leftovers."""
     before = {str(p): _snapshot(p) for p in protect}
     capsys.readouterr()
     try:
@@ -668,8 +673,11 @@ def test_bad_input_is_refused_with_one_line(case, base, tmp_path, capsys, monkey
     assert needle in lines[0], (case, lines[0])
     assert {str(p): _snapshot(p) for p in protect} == before, f"{case} changed a file it was given"
     assert not (tmp_path / "MARKER-never-created").exists()
-    for name in ("out", "ev", "o", "t.safetensors", "t.json"):  # nothing half-made is left behind
+    # nothing half-made is left behind: outputs, an empty OUTPUT.parts/ (#25), writers' temporaries
+    for name in ("out", "ev", "o", "t.safetensors", "t.json", "out.parts", "o.parts"):
         assert not (tmp_path / name).exists(), (case, name)
+    left = [p for p in tmp_path.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name]
+    assert not left, (case, left)
 
 
 def test_every_command_is_walked_by_the_io_rule():
@@ -692,3 +700,110 @@ def test_relabel_default_store_inside_the_set_is_allowed(base, tmp_path):
     s = _copy_set(base, tmp_path)
     check_paths(argparse.Namespace(command="relabel", distilled=str(s), teacher=str(base / "teacher")))
     check_paths(argparse.Namespace(command="relabel", distilled=str(s), store=str(s / "fkd2"), teacher=None))
+
+
+# -- issue #25 (F): a full disk is one line and leaves nothing half-written; parts and --overwrite leftovers ----
+
+
+def _enospc(*_a, **_k):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _safetensors_full(*_a, **_k):
+    from safetensors import SafetensorError
+
+    raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                          '"No space left on device" })')
+
+
+def _half_then_full(orig):
+    """Path.write_bytes that writes half of a temporary file, then finds the disk full."""
+    def write_bytes(self, data):
+        if ".tmp-" in self.name:
+            orig(self, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return orig(self, data)
+    return write_bytes
+
+
+DISK_FULL = {
+    # the set's safetensors (safetensors' own writer: a SafetensorError before #25)
+    "distill-set-save": ("safetensors.torch.save_file", lambda: _safetensors_full),
+    # the first class part (Python's writer): the half part and the empty OUTPUT.parts/ go
+    "distill-part": ("ddkit.distributed.os.fsync", lambda: _enospc),
+    # a label store's arrays: no 0-byte logits.npy without meta
+    "relabel-arrays": ("os.posix_fallocate", lambda: _enospc),
+    # every atomic_write_bytes (records, report.html, meta.json): the temporary goes
+    "export-record": ("pathlib.Path.write_bytes", lambda: _half_then_full(Path.write_bytes)),
+}
+
+
+def _disk_full_argv(case: str, base: Path, tmp: Path) -> Tuple[List[str], List[Path]]:
+    if case.startswith("distill"):
+        return ["distill", *DIGITS, "--ipc", "1", "--output", str(tmp / "out")], []
+    if case.startswith("relabel"):
+        s = _copy_set(base, tmp)
+        return ["relabel", str(s), "--teacher", str(base / "teacher"), *CPU, "--epochs", "1"], [s]
+    s = _copy_set(base, tmp)
+    return ["export", str(s), "--format", "safetensors", "--output", str(tmp / "o")], [s]
+
+
+@pytest.mark.parametrize("case", sorted(DISK_FULL))
+def test_full_disk_is_one_line_and_leaves_nothing(case, base, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv, protect = _disk_full_argv(case, base, tmp_path)
+    target, fake = DISK_FULL[case]
+    monkeypatch.setattr(target, fake())
+    if case == "distill-set-save":  # the classes were finished before the set's save failed: they are kept …
+        argv, parts = [*argv[:-1], str(tmp_path / "sv")], tmp_path / "sv.parts"
+    _assert_refused(case, argv, [*protect, base], "No space left on device", tmp_path, capsys)
+    if case.startswith("relabel"):
+        assert not (tmp_path / "set" / "fkd").exists()
+    if case == "distill-set-save":  # … and the same command, once there is space, reuses them without --resume
+        assert parts.is_dir() and not (tmp_path / "sv").exists()
+        monkeypatch.undo()
+        assert main(argv) == 0 and (tmp_path / "sv" / "images.safetensors").is_file()
+
+
+def test_refused_distill_leaves_no_parts_and_a_finished_run_reruns(tmp_path, capsys):
+    """#25 (16): a refused run removes the OUTPUT.parts/ it made; the same command after deleting the set
+    reuses the finished run's parts (no --resume needed) and gives the same bytes."""
+    out = tmp_path / "out"
+    argv = ["distill", *DIGITS, "--ipc", "2", "--output", str(out)]
+    assert main(argv) == 0
+    first = (out / "images.safetensors").read_bytes()
+    shutil.rmtree(out)
+    assert main(argv) == 0, capsys.readouterr().err
+    assert (out / "images.safetensors").read_bytes() == first
+    capsys.readouterr()
+    assert main(["distill", *DIGITS, "--ipc", "500", "--max-per-class", "3", "--output", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o.parts").exists() and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", ["export", "distill"])
+def test_overwrite_onto_a_file_leaves_no_old_copy(command, base, tmp_path):
+    """#25 (17): --overwrite onto an existing *file* replaced it but left .NAME.old-PID behind."""
+    target = tmp_path / "target"
+    target.write_text("a file in the way")
+    argv = (["export", str(base / "set"), "--format", "safetensors", "--output", str(target), "--overwrite"]
+            if command == "export" else ["distill", *DIGITS, "--ipc", "1", "--output", str(target), "--overwrite"])
+    assert main(argv) == 0
+    assert target.is_dir()
+    assert not [p.name for p in tmp_path.iterdir() if ".old-" in p.name or ".tmp-" in p.name]
+
+
+def test_unsharded_run_merged_by_a_concurrent_writer_says_saved(tmp_path, capsys, monkeypatch):
+    """#25 (19): two writers of one unsharded run; the loser found the set merged by the other and used to
+    print "shard done; merge with `ddkit merge`" although nothing was left to do."""
+    import ddkit.distributed as dist
+
+    real = dist._try_merge_once
+
+    def other_writer_merges_first(parts, output, overwrite):
+        real(parts, output, overwrite)  # the concurrent run wins the merge …
+        return None  # … so this one finds it done
+    monkeypatch.setattr(dist, "_try_merge_once", other_writer_merges_first)
+    assert main(["distill", *DIGITS, "--ipc", "1", "--output", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "merged by a concurrent run" in out and "ddkit merge" not in out
+    assert (tmp_path / "out" / "images.safetensors").is_file()

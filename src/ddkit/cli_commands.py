@@ -6,9 +6,10 @@ inside a function, so importing this module costs nothing (the instant commands 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 EXIT_USAGE = 2
 
@@ -48,8 +49,23 @@ def _write_subset_record(folder: str | Path, record: Optional[Dict[str, Any]]) -
     if record is not None:
         import json
 
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        (Path(folder) / "data_subset.json").write_text(json.dumps(record, indent=1) + "\n")
+        from ddkit.utils import atomic_write_bytes
+
+        atomic_write_bytes(Path(folder) / "data_subset.json", (json.dumps(record, indent=1) + "\n").encode())
+
+
+@contextlib.contextmanager
+def _whole_or_nothing(out: str | Path) -> Iterator[None]:
+    """The steps after an output folder was renamed into place (its config.yaml record): when one fails, e.g.
+    on a full disk, the new folder goes too, so no half-written output stays visible (#25). Safe because
+    ddkit.safe_paths already refused any output that is, holds or lies inside an input."""
+    try:
+        yield
+    except OSError:
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _teacher(args: argparse.Namespace, dataset, device):
@@ -158,13 +174,21 @@ def cmd_distill(args: argparse.Namespace) -> int:
     # The set's bytes do not depend on how the classes were split (seeds come from (seed, class)), so the
     # record is the whole one-process run; a shard that does not merge leaves it in OUTPUT.parts/ for `merge`.
     unsplit = ("shard", "resume", "no_merge")
+    if result is None and args.shard is None and not args.no_merge:
+        # One unsharded run whose merge a concurrent run of the same command did (or is doing): the set's
+        # bytes are the same whoever merges, so this is success, not a shard waiting for `ddkit merge` (#25).
+        if is_main():
+            print(f"saved {out} (merged by a concurrent run of the same command)" if out.is_dir() else
+                  f"a concurrent run of the same command is merging {out}; it is complete when that run ends")
+        return 0
     if result is None:
         save_record(parts_dir_for(out) / "config.yaml", args, cfg, drop=unsplit)
         if is_main():
             print(f"shard done; when every shard has finished, merge with `ddkit merge {out}`")
         return 0
     if is_main():
-        save_record(out / "config.yaml", args, cfg, drop=unsplit)
+        with _whole_or_nothing(out):
+            save_record(out / "config.yaml", args, cfg, drop=unsplit)
         print(result.summary())
         print(f"saved {out}")
     return 0
@@ -175,7 +199,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     parts = parts_dir_for(args.output)
     result = merge_parts(parts, args.output, overwrite=args.overwrite, pngs=not args.no_pngs)
-    _save_merged_record(parts, args)
+    with _whole_or_nothing(args.output):
+        _save_merged_record(parts, args)
     print(result.summary())
     print(f"saved {args.output}")
     return 0
@@ -331,7 +356,8 @@ def cmd_import(args: argparse.Namespace) -> int:
               f"{', '.join(gone[:10])}{' …' if len(gone) > 10 else ''}", file=sys.stderr)
     result.meta["data_subset"] = {"classes": _classes(args)} if _classes(args) else None
     result.save(out, overwrite=args.overwrite)
-    save_record(out / "config.yaml", args)
+    with _whole_or_nothing(out):
+        save_record(out / "config.yaml", args)
     print(result.summary())
     cmap = result.meta["imported"].get("class_map")
     if cmap:
@@ -348,7 +374,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     out = export_set(load_distilled(args.distilled), args.output, args.format, pixel_space=args.pixel_space,
                      overwrite=args.overwrite)
-    save_record(out / "config.yaml", args)  # a file at the top: ImageFolder readers look at class folders only
+    with _whole_or_nothing(out):
+        save_record(out / "config.yaml", args)  # a file at the top: ImageFolder readers look at class folders only
     print((out / "README.md").read_text().split("\n\n")[2])
     print(f"saved {out}")
     return 0

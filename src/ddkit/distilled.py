@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
-from safetensors.torch import save_file
 
 from ddkit import __version__
 from ddkit.data.base import to_uint8
+from ddkit.loaders import save_tensors
 from ddkit.utils import DDKitError, atomic_dir, git_revision, machine_info
 from ddkit.validate import check_set, read_json, read_safetensors
 
@@ -109,10 +109,11 @@ class DistilledSet:
         meta.update(format_version=FORMAT_VERSION, classes=list(self.classes), mean=list(self.mean),
                     std=list(self.std), num_images=len(self), image_shape=list(self.images.shape[1:]), ipc=self.ipc)
         with atomic_dir(out, overwrite=overwrite) as tmp:
-            save_file({"images": self.images.detach().float().contiguous().cpu()}, str(tmp / "images.safetensors"))
+            # save_tensors: a full disk is one OSError line, and atomic_dir removes the temporary folder
+            save_tensors({"images": self.images.detach().float().contiguous().cpu()}, tmp / "images.safetensors")
             labels = {"hard": self.labels.cpu().contiguous()}
             labels.update({k: v.detach().float().contiguous().cpu() for k, v in self.soft.items()})
-            save_file(labels, str(tmp / "labels.safetensors"))
+            save_tensors(labels, tmp / "labels.safetensors")
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
             if pngs:
                 self._write_pngs(tmp)

@@ -137,11 +137,15 @@ def write_part(parts_dir: str | Path, r: ClassResult, header: Dict[str, Any]) ->
     data = save(tensors, metadata={"ddkit_part": json.dumps(head, default=str)})
     path = part_path(parts_dir, r.cls)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic: a reader sees the old state or the whole new file
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic: a reader sees the old state or the whole new file
+    except BaseException:  # a full disk: the finished parts stay, the half-written one does not
+        tmp.unlink(missing_ok=True)
+        raise
     with contextlib.suppress(OSError):  # persist the rename itself (power loss); not on every filesystem
         fd = os.open(str(path.parent), os.O_RDONLY)
         os.fsync(fd)
@@ -175,19 +179,44 @@ def distill_parts(method: Method, dataset: ImageDataset, teacher: Any, parts_dir
     """Run `method` on `classes` (default all), writing one part per class as the method yields it.
 
     resume: skip classes whose part exists and is complete. overwrite: discard this run's classes'
-    parts and any part of a different run first. Without either, existing parts are an error.
+    parts and any part of a different run first. Without either, existing parts are an error, except a
+    finished run's (every class complete, same fingerprint), which are reused as they are. A run refused
+    before its first part removes the OUTPUT.parts/ folder it created.
     extra_meta (JSON-safe) goes into every part and the merged meta. Returns the classes computed.
     """
     dev = device if isinstance(device, torch.device) else get_device(device)
     classes = list(range(dataset.num_classes)) if classes is None else sorted(int(c) for c in classes)
     method.check(dataset, teacher, classes)  # a coupled method refuses a shard here, before any work
     parts_dir = Path(parts_dir)
+    created = not parts_dir.exists()
     parts_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _distill_parts(method, dataset, teacher, parts_dir, classes, resume, overwrite, dev, progress, shard,
+                              extra_meta)
+    except BaseException:
+        if created:  # a refused run (bad buffer, IPC above the class size, …) leaves no empty OUTPUT.parts/
+            with contextlib.suppress(OSError):
+                parts_dir.rmdir()  # only when empty: finished classes of a failed run stay for --resume
+        raise
+
+
+def _finished(headers: Dict[int, Optional[Dict[str, Any]]], fp: str, num_classes: int) -> bool:
+    """Every class of the set has a complete part of this very run (fingerprint): a finished run."""
+    return all(headers.get(c) is not None and headers[c]["fingerprint"] == fp for c in range(num_classes))
+
+
+def _distill_parts(method: Method, dataset: ImageDataset, teacher: Any, parts_dir: Path, classes: List[int],
+                   resume: bool, overwrite: bool, dev: torch.device, progress: bool, shard: str,
+                   extra_meta: Optional[Dict[str, Any]]) -> List[int]:
     for c in classes:  # temporary files left by a killed writer of one of our classes
         for tmp in parts_dir.glob(f".{part_path(parts_dir, c).name}.tmp-*"):
             tmp.unlink(missing_ok=True)
     fp = run_fingerprint(method, dataset, teacher)
     mine = set(classes)
+    if not overwrite and _finished(scan_parts(parts_dir), fp, dataset.num_classes):
+        # The same command after the set was deleted (#25): the parts are exactly what it would compute,
+        # so they are reused (and merged again) without --resume; a partial run still needs --resume.
+        return []
     for c, h in sorted(scan_parts(parts_dir).items()):
         stale = h is not None and h["fingerprint"] != fp
         if overwrite and (c in mine or stale):

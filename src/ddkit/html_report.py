@@ -17,7 +17,6 @@ import base64
 import html
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -112,11 +111,10 @@ class HtmlReport:
 
     def write(self, path: str | Path) -> Path:
         """Write atomically (temporary sibling, then rename): a reader never sees half a page."""
+        from ddkit.utils import atomic_write_bytes
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(self.render(), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_bytes(path, self.render().encode("utf-8"))  # removes its temporary when the disk is full
         return path
 
 

@@ -215,6 +215,49 @@ class EpochViews(torch.utils.data.Dataset):
         return x[0], y[0]
 
 
+def _create_store(path: Path, spec: Dict[str, Tuple[np.dtype, tuple]], meta: Dict[str, Any]) -> None:
+    """Make an empty store at `path` (replacing one there) all at once: arrays of their final size with the
+    disk space reserved, and meta.json, built in a temporary sibling and renamed into place. A full disk
+    fails here as one OSError with nothing left behind (#25) — never as a 0-byte logits.npy without meta,
+    nor later as a SIGBUS when a sparse memory map cannot get a page."""
+    import errno
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
+    try:
+        for name, (dt, shape) in spec.items():
+            np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dt, shape=shape).flush()
+            with open(tmp / f"{name}.npy", "r+b") as f:
+                size = os.fstat(f.fileno()).st_size
+                try:
+                    os.posix_fallocate(f.fileno(), 0, size)  # reserve the blocks the epochs will fill
+                except (AttributeError, OSError) as e:  # a filesystem without it stays sparse; a full disk fails
+                    if getattr(e, "errno", None) == errno.ENOSPC:
+                        raise
+        atomic_write_bytes(tmp / "meta.json", json.dumps(meta, indent=2).encode())
+        os.chmod(tmp, 0o777 & ~_umask())
+        if path.exists():  # --overwrite: the old store goes only once the new one is complete
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 #: meta.json keys a store must hold, with their types (a hand-edited or foreign meta is one line, not a KeyError)
 _META_TYPES: Dict[str, Any] = {"format": str, "num_images": int, "num_classes": int, "epochs": int,
                                "epochs_done": int, "seed": int, "image_shape": list, "aug": str,
@@ -292,15 +335,10 @@ def build_label_store(images: Any, teacher: Any, aug: Augment, epochs: int, seed
         if diff:
             raise DDKitError(f"{path} was built with other {', '.join(diff)}: use another path or overwrite=True")
         start = int(old["epochs_done"])
-    elif path.exists():
-        if not overwrite:
-            raise FileExistsError(f"label store {path} exists; pass resume=True to continue it or overwrite=True")
-        shutil.rmtree(path)
+    elif path.exists() and not overwrite:
+        raise FileExistsError(f"label store {path} exists; pass resume=True to continue it or overwrite=True")
     if start == 0:
-        path.mkdir(parents=True, exist_ok=True)
-        for name, (dt, shape) in spec.items():  # sparse files of the final size, filled epoch by epoch
-            np.lib.format.open_memmap(path / f"{name}.npy", mode="w+", dtype=dt, shape=shape).flush()
-        atomic_write_bytes(path / "meta.json", json.dumps(meta, indent=2).encode())
+        _create_store(path, spec, meta)
     meta["epochs_done"] = start
     store = LabelStore(path, meta, images, aug)
     dev = get_device(device) if not isinstance(device, torch.device) else device

@@ -140,3 +140,30 @@ def missing_classes(labels: torch.Tensor, classes: Sequence[str]) -> list:
     """Names of the classes with no image (labels already range-checked)."""
     counts = torch.bincount(labels.long(), minlength=len(classes)).tolist() if len(labels) else [0] * len(classes)
     return [c for c, n in zip(classes, counts) if n == 0]
+
+
+# -- writing (the other side of the same formats) ------------------------------------------------------
+
+
+def save_tensors(tensors: Dict[str, torch.Tensor], path: str | Path,
+                 metadata: Optional[Dict[str, str]] = None) -> None:
+    """safetensors.torch.save_file, but a failed write (a full disk) is an OSError naming the file, the one-line
+    user error the CLI prints, instead of a SafetensorError traceback; the half-written file is removed."""
+    import errno
+
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    try:
+        save_file(tensors, str(p), metadata=metadata)
+    except SafetensorError as e:
+        p.unlink(missing_ok=True)
+        msg = one_line(e)
+        full = "No space left" in msg or "StorageFull" in msg or "code: 28" in msg
+        code = errno.ENOSPC if full else errno.EIO
+        raise OSError(code, "No space left on device" if full else f"cannot write safetensors ({msg})",
+                      str(p)) from None
+    except OSError:
+        p.unlink(missing_ok=True)
+        raise

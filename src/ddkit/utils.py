@@ -197,7 +197,8 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, old)
         os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        # An --overwrite onto a *file* (#25): rmtree ignores files, which left NAME.old-PID behind.
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() and not old.is_symlink() else old.unlink(missing_ok=True)
     else:
         os.replace(tmp, out)
 
@@ -207,8 +208,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk (ENOSPC) or any other failure: no half-written temporary stays visible
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class DDKitError(RuntimeError):
