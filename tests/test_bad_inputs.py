@@ -645,6 +645,14 @@ YAMLS = {
 CASES.update(YAMLS)
 
 
+CASES.update({  # #25 (7): a class named twice is refused for every command, naming the duplicate
+    "teacher-classes-3-3": (_cli(lambda b, t: ["teacher", "train", *DIGITS, "--classes", "3,3", "--output",
+                                               str(t / "t")]), "--classes names 3 more than once"),
+    "distill-classes-1-1": (_cli(lambda b, t: [*_distill_out(b, t), "--classes", "1,1"]),
+                            "--classes names 1 more than once"),
+})
+
+
 def test_battery_has_at_least_40_distinct_bad_inputs():
     assert len(CASES) >= 40
 

@@ -75,6 +75,13 @@ def create_dataset(name: str, root: str | Path | None = None, split: str = "trai
         raise DDKitError(f"image_size must be a positive integer, got {image_size!r}")
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     cls = tuple(classes) if classes is not None else None
+    if cls is not None:  # `--classes 3,3` made a two-class set whose class 0 had no images (#25)
+        twice = sorted({c for c in cls if cls.count(c) > 1})
+        if twice:
+            raise DDKitError(f"--classes names {', '.join(map(str, twice))} more than once ({','.join(map(str, cls))});"
+                             f" give each class once, in the label order you want")
+        if not cls:
+            raise DDKitError("--classes is empty; give at least one class name (or leave it out for all)")
     spec = _path_spec(name)
     if spec is not None:
         kind, path = spec
