@@ -216,7 +216,7 @@ def test_demo_config_round_trips(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_demo(output, device, progress, cfg):  # the demo itself takes half an hour; its flags are what counts
+    def fake_demo(output, device, progress, cfg):  # the demo itself takes minutes; its flags are what counts
         calls.append((Path(output).name, device, progress, cfg))
         Path(output).mkdir(parents=True, exist_ok=True)
     monkeypatch.setattr(ddkit.demo, "run_demo", fake_demo)

@@ -225,6 +225,11 @@ def _build_inspect(i: argparse.ArgumentParser, argv: Sequence[str]) -> None:
 
 def _build_demo(m: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     m.add_argument("--output", default="runs/demo", help="report folder (default: runs/demo)")
+    m.add_argument("--all", action="store_true", help="every registered method (plugins' too) instead of the "
+                   "representative default (random, herding, el2n-easy, cad-prune, rded, lic, sre2l, dm, datm); a "
+                   "method whose needs the demo cannot provide is a 'skipped' row, a method that fails a 'failed' "
+                   "row and exit code 2")
+    m.add_argument("--methods", default=None, metavar="A,B", help="these methods instead of the default")
     m.add_argument("--device", default="auto", help="cpu, cuda or auto")
     m.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _log_flags(m)
@@ -255,7 +260,8 @@ SUBCOMMANDS: Dict[str, Tuple[str, Optional[Builder]]] = {
                _build_import),
     "export": ("write a ddkit set as an ImageFolder, DD-Ranking images.pt/labels.pt or safetensors", _build_export),
     "inspect": ("print a summary of a distilled set", _build_inspect),
-    "demo": ("offline end-to-end demo on digits (teacher, every method, evaluation, report)", _build_demo),
+    "demo": ("offline end-to-end demo on digits (teacher, a method of each family or --all, HL/SL/SL+KD, "
+             "report.html)", _build_demo),
 }
 
 

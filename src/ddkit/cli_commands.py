@@ -391,8 +391,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ddkit.config_file import save_record
     from ddkit.demo import DemoConfig, run_demo
+    from ddkit.utils import DDKitError
 
-    cfg = DemoConfig()  # fixed sizes, not flags: recorded for reading beside the flags `-c` reads
-    run_demo(args.output, device=args.device, progress=not args.no_progress, cfg=cfg)
+    # fixed sizes, not flags (recorded beside the flags `-c` reads); only the method list is chosen
+    if getattr(args, "all", False) and getattr(args, "methods", None):
+        raise DDKitError("--all and --methods exclude each other: --all runs every registered method")
+    methods = () if getattr(args, "all", False) else tuple(
+        m.strip() for m in (getattr(args, "methods", None) or "").split(",") if m.strip()) or DemoConfig().methods
+    cfg = DemoConfig(methods=methods)
+    try:
+        run_demo(args.output, device=args.device, progress=not args.no_progress, cfg=cfg)
+    except DDKitError:  # a demo with a failed method still wrote its report: its record goes beside it
+        if (Path(args.output) / "results.json").is_file():
+            save_record(Path(args.output) / "config.yaml", args, facts={"demo": cfg})
+        raise
     save_record(Path(args.output) / "config.yaml", args, facts={"demo": cfg})
     return 0

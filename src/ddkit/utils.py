@@ -120,13 +120,26 @@ def git_revision(path: Optional[Path] = None) -> str:
         return "unknown"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo, else platform.processor()); speed claims name the CPU they ran on."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def machine_info(device: Optional[torch.device] = None) -> Dict[str, Any]:
-    """Facts to store beside every result: host, CPU count, torch, CUDA device name."""
+    """Facts to store beside every result: host, CPU model and kernel capability, CPU count, torch, CUDA device."""
     info: Dict[str, Any] = {
         "host": platform.node(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "cpu_model": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }

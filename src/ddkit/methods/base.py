@@ -23,7 +23,7 @@ import math
 import pkgutil
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Type
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Type
 
 import torch
 from tqdm.auto import tqdm
@@ -82,6 +82,15 @@ class ClassResult:
 MethodFn = Callable[..., Iterator[ClassResult]]
 
 
+#: What a method may need besides a dataset and a teacher, by the name it declares (`needs=`). A driver that
+#: runs many methods (the demo, CI's smoke run) provides what it can and reports the rest as "skipped: needs …",
+#: so a newly registered method never breaks it by needing something nobody knew about.
+NEEDS: Dict[str, str] = {
+    "bn-teacher": "a teacher with BatchNorm layers (its running statistics are the target)",
+    "expert-buffer": "an expert trajectory buffer from `ddkit experts train`, passed as the `buffer` option",
+}
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
@@ -90,23 +99,35 @@ class MethodSpec:
     needs_teacher: bool
     description: str
     class_separable: bool = True  # classes can be condensed independently (sharding by class is valid)
+    needs: Tuple[str, ...] = ()  # names of NEEDS (or a plugin's own words) beyond the dataset and teacher
+    # options that make a small but real run of the same algorithm (a named CPU preset, fewer proxy runs), for
+    # the demo and CI's smoke run; never the defaults a user gets
+    quick: Tuple[Tuple[str, Any], ...] = ()
 
 
 METHODS: Registry[MethodSpec] = Registry("method")
 
 
 def register_method(name: str, config: Type[MethodConfig] = MethodConfig, aliases: Sequence[str] = (),
-                    needs_teacher: bool = False, class_separable: bool = True) -> Callable[[MethodFn], MethodFn]:
+                    needs_teacher: bool = False, class_separable: bool = True, needs: Sequence[str] = (),
+                    quick: Optional[Mapping[str, Any]] = None) -> Callable[[MethodFn], MethodFn]:
     """Decorator: register a condensation method under `name` (+ peers' spellings as aliases).
 
     The function's signature is `fn(dataset, teacher, cfg, classes, *, device, progress)` and it yields
-    one ClassResult per class of `classes`; the first line of its docstring is its description.
+    one ClassResult per class of `classes`; the first line of its docstring is its description. `needs` names
+    what else it must be given (keys of NEEDS, e.g. "bn-teacher"); `quick` holds config options for a small
+    but real run (checked against the config's fields here, so a typo fails at import, not in the demo).
     """
+    quick_items = tuple(sorted((quick or {}).items()))
+    bad = sorted(set(k for k, _ in quick_items) - set(option_names(config)))
+    if bad:
+        raise DDKitError(f"method {name!r}: quick option(s) {', '.join(bad)} are not fields of {config.__name__}")
 
     def deco(fn: MethodFn) -> MethodFn:
         doc = (fn.__doc__ or "").strip().splitlines()
         METHODS.register(name, aliases=aliases, obj=MethodSpec(name, fn, config, needs_teacher,
-                                                               doc[0] if doc else "", class_separable))
+                                                               doc[0] if doc else "", class_separable,
+                                                               tuple(needs), quick_items))
         return fn
 
     return deco

@@ -215,14 +215,15 @@ def _run(name: str, dataset: ImageDataset, cfg: DCConfig, classes: Sequence[int]
 
 
 @register_method("dc", config=DCConfig, aliases=("gradient-matching", "dataset-condensation"),
-                 class_separable=False)
+                 class_separable=False, quick={"preset": "cpu"})
 def dc(dataset: ImageDataset, teacher: Any, cfg: DCConfig, classes: Sequence[int], *, device: torch.device,
        progress: bool = True) -> Iterator[ClassResult]:
     """DC: gradient matching on fresh random ConvNets (Zhao et al. 2021, official main.py)."""
     yield from _run("dc", dataset, cfg, classes, device, progress)
 
 
-@register_method("dsa", config=DSAConfig, aliases=("dc-dsa", "siamese-augmentation"), class_separable=False)
+@register_method("dsa", config=DSAConfig, aliases=("dc-dsa", "siamese-augmentation"), class_separable=False,
+                 quick={"preset": "cpu"})
 def dsa_method(dataset: ImageDataset, teacher: Any, cfg: DSAConfig, classes: Sequence[int], *,
                device: torch.device, progress: bool = True) -> Iterator[ClassResult]:
     """DSA: DC with one augmentation draw shared by the real and synthetic batch (Zhao & Bilen 2021)."""

@@ -166,7 +166,8 @@ def _per_class(dataset: ImageDataset, picks: torch.Tensor, classes: Sequence[int
         yield ClassResult(c, to_float(dataset.get(sel)), extras={"source_index": sel}, set_meta=set_meta)
 
 
-@register_method("el2n-best", config=El2nBestConfig, aliases=("el2n_best",), class_separable=False)
+@register_method("el2n-best", config=El2nBestConfig, aliases=("el2n_best",), class_separable=False,
+                 quick={"offsets": (0.0, 0.5), "search_epochs": 30, "search_width": 16})
 def el2n_best(dataset: ImageDataset, teacher: Any, cfg: El2nBestConfig, classes: Sequence[int], *,
               device: torch.device, progress: bool = True) -> Iterator[ClassResult]:
     """EL2N-Best: the EL2N window chosen by a held-out validation slice (SelMatch-style search)."""

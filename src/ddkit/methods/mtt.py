@@ -208,14 +208,16 @@ def _run(name: str, dataset: ImageDataset, teacher: Any, cfg: MTTConfig, classes
                           extras={"source_index": src[rows].cpu()}, set_meta=set_meta)
 
 
-@register_method("mtt", config=MTTConfig, aliases=("tm", "trajectory-matching"), class_separable=False)
+@register_method("mtt", config=MTTConfig, aliases=("tm", "trajectory-matching"), class_separable=False,
+                 needs=("expert-buffer",), quick={"preset": "cpu"})
 def mtt(dataset: ImageDataset, teacher: Any, cfg: MTTConfig, classes: Sequence[int], *, device: torch.device,
         progress: bool = True) -> Iterator[ClassResult]:
     """MTT: match N student steps on the set to M expert epochs, learnable step size (Cazenavette et al. 2022)."""
     yield from _run("mtt", dataset, teacher, cfg, classes, device, progress)
 
 
-@register_method("datm", config=DATMConfig, aliases=("difficulty-aligned-tm",), class_separable=False)
+@register_method("datm", config=DATMConfig, aliases=("difficulty-aligned-tm",), class_separable=False,
+                 needs=("expert-buffer",), quick={"preset": "cpu"})
 def datm(dataset: ImageDataset, teacher: Any, cfg: DATMConfig, classes: Sequence[int], *, device: torch.device,
          progress: bool = True) -> Iterator[ClassResult]:
     """DATM: MTT + difficulty-aligned start range, correct-sample init, learned soft labels (Guo et al. 2024)."""

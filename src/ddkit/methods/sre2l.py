@@ -220,7 +220,8 @@ def _result(c: int, images: torch.Tensor, extras: Dict[str, torch.Tensor], meta:
     return ClassResult(c, images, extras=extras, meta=meta, set_meta=set_meta, seconds=seconds)
 
 
-@register_method("sre2l", config=SRe2LConfig, aliases=("SRe2L", "squeeze-recover-relabel"), needs_teacher=True)
+@register_method("sre2l", config=SRe2LConfig, aliases=("SRe2L", "squeeze-recover-relabel"), needs_teacher=True,
+                 needs=("bn-teacher",))
 def sre2l(dataset: ImageDataset, teacher: Any, cfg: SRe2LConfig, classes: Sequence[int], *,
           device: torch.device, progress: bool = True) -> Iterator[ClassResult]:
     """SRe2L recover: noise optimised to match the BN teacher's CE and BN statistics (per class)."""
@@ -228,7 +229,8 @@ def sre2l(dataset: ImageDataset, teacher: Any, cfg: SRe2LConfig, classes: Sequen
     yield from run_recover("sre2l", dataset, teacher, cfg, classes, spec, facts, device=device, progress=progress)
 
 
-@register_method("cda", config=CDAConfig, aliases=("CDA", "curriculum-data-augmentation"), needs_teacher=True)
+@register_method("cda", config=CDAConfig, aliases=("CDA", "curriculum-data-augmentation"), needs_teacher=True,
+                 needs=("bn-teacher",))
 def cda(dataset: ImageDataset, teacher: Any, cfg: CDAConfig, classes: Sequence[int], *,
         device: torch.device, progress: bool = True) -> Iterator[ClassResult]:
     """CDA: SRe2L recover with the RandomResizedCrop scale annealed from easy (1.0) to hard (0.08)."""
