@@ -365,6 +365,8 @@ WALK = {
     "experts-output-is-config": (lambda b, t: (t.joinpath("x.yaml").write_text("seed: 0\n"),
                                                ["experts", "train", *DIGITS, "-c", str(t / "x.yaml"),
                                                 "--output", str(t / "x.yaml")])[1], lambda b, t: [t / "x.yaml"]),
+    "experts-output-holds-data-root": (lambda b, t: ["experts", "train", *DIGITS, "--data-root", str(t / "e" / "d"),
+                                                     "--output", str(t / "e")], lambda b, t: []),
     "distill-output-is-dynamics": (lambda b, t: ["distill", *DIGITS, "--method", "el2n-easy", "--dynamics-path",
                                                  str(_buffer(t)), "--output", str(t / "buf"), "--overwrite"],
                                    lambda b, t: [t / "buf"]),
@@ -699,6 +701,19 @@ def test_every_command_is_walked_by_the_io_rule():
     assert commands == set(READS) == set(WRITES)
 
 
+def test_resuming_commands_may_read_their_own_record(tmp_path):
+    """`experts train -c BUF/config.yaml --output BUF` resumes a buffer (experts have no --overwrite)."""
+    import argparse
+
+    from ddkit.safe_paths import check_paths
+
+    check_paths(argparse.Namespace(command="experts", output=str(tmp_path / "buf"),
+                                   config=str(tmp_path / "buf" / "config.yaml")))
+    with pytest.raises(Exception, match="destroy that input"):  # a command that may --overwrite: refused
+        check_paths(argparse.Namespace(command="distill", output=str(tmp_path / "buf"),
+                                       config=str(tmp_path / "buf" / "config.yaml")))
+
+
 def test_relabel_default_store_inside_the_set_is_allowed(base, tmp_path):
     """The one declared exception: a label store is a new entry of its set (SET/fkd)."""
     import argparse
@@ -815,3 +830,13 @@ def test_unsharded_run_merged_by_a_concurrent_writer_says_saved(tmp_path, capsys
     out = capsys.readouterr().out
     assert "merged by a concurrent run" in out and "ddkit merge" not in out
     assert (tmp_path / "out" / "images.safetensors").is_file()
+
+
+def test_full_disk_while_writing_a_report_leaves_no_temporary(tmp_path, monkeypatch):
+    """#25 (15): `.report.html.tmp-PID` stayed behind when the disk filled during evaluate's report."""
+    from ddkit.html_report import HtmlReport
+
+    monkeypatch.setattr(Path, "write_bytes", _half_then_full(Path.write_bytes))
+    with pytest.raises(OSError, match="No space left"):
+        HtmlReport("x").write(tmp_path / "report.html")
+    assert list(tmp_path.iterdir()) == []

@@ -31,6 +31,7 @@ class Declared:
     path: str
     what: str
     nested_ok: bool = False  # a write may lie inside this read (a set's own label store)
+    contained_ok: bool = False  # a write may hold this read (a resumable folder's own config.yaml)
 
 
 def _real(p: str | Path) -> Path:
@@ -63,9 +64,10 @@ def _dataset_path(args: Any) -> List[Declared]:
 def _common_reads(args: Any) -> List[Declared]:
     """What every command may read: its dataset, data root, cache, teacher and the `-c` file."""
     reads = [Declared(p, f"--{k.replace('_', '-')}") for k in ("data_root", "cache_dir") if (p := _arg(args, k))]
-    # A study resumes in its own folder, whose config.yaml `-c` may name: that file is the study's record.
-    if getattr(args, "command", None) != "study" and (c := _arg(args, "config")):
-        reads.append(Declared(c, "-c"))
+    # A study and an expert buffer resume in their own folder and never delete it (they have no --overwrite):
+    # `-c` may name the config.yaml they keep there, their own record of the run.
+    if c := _arg(args, "config"):
+        reads.append(Declared(c, "-c", contained_ok=getattr(args, "command", None) in RESUMING))
     return reads + _dataset_path(args) + _teacher_files(args)
 
 
@@ -129,6 +131,9 @@ def _study_writes(args: Any) -> List[Declared]:
     return [Declared(o, "--output-dir")] if (o := _arg(args, "output_dir")) else []
 
 
+#: commands that resume in their output folder and never delete it
+RESUMING = ("study", "experts")
+
 #: command -> the paths it reads beyond _common_reads (the set, a source folder, a buffer, …)
 READS: Dict[str, Callable[[Any], List[Declared]]] = {
     "teacher": _flags(),
@@ -191,7 +196,7 @@ def check_declared(writes: Iterable[Declared], reads: Iterable[Declared]) -> Non
     for w in writes:
         for r in reads:
             how = overlap(w.path, r.path)
-            if how is None or (how == "is inside" and r.nested_ok):
+            if how is None or (how == "is inside" and r.nested_ok) or (how == "contains" and r.contained_ok):
                 continue
             name = f"the input {r.path}" if r.what == "the set" else f"the input {r.path} ({r.what})"
             raise DDKitError(f"{w.what} {w.path} {how} {name}; writing it would destroy that input: "
