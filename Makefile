@@ -19,7 +19,10 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/ddkit demo
 
+# The report tests render report.html in headless Chromium: .ci/browser installs the Debian package when missing
+# (as root or via sudo) or says in one line how to.
 test: $(STAMP)
+	bash .ci/browser
 	$(BIN)/python -m pytest tests
 
 clean:

@@ -840,3 +840,17 @@ def test_full_disk_while_writing_a_report_leaves_no_temporary(tmp_path, monkeypa
     with pytest.raises(OSError, match="No space left"):
         HtmlReport("x").write(tmp_path / "report.html")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_full_disk_while_evaluate_writes_its_page_removes_the_half_written_folder(base, tmp_path, capsys, monkeypatch):
+    """#25 (15): a full disk after the evaluation's folder was renamed into place (record, report.html) left a
+    half-written output folder; now it is one line and no folder."""
+    import ddkit.html_report
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ddkit.html_report, "write_eval_html", _enospc)
+    s = _copy_set(base, tmp_path)
+    argv = ["evaluate", str(s), *DIGITS, "--regime", "hl", "--epochs", "1", "--seeds", "1", "--student-width", "8",
+            "--no-random", "--output", str(tmp_path / "ev")]
+    _assert_refused("evaluate-report", argv, [s, base], "No space left on device", tmp_path, capsys)
+    assert not (tmp_path / "ev").exists()

@@ -1,6 +1,6 @@
 """report.html: legible grids, a self-contained page, and a real headless-Chromium render of the demo's page.
 
-The browser test needs the Debian `chromium` package (.ci/run installs it when missing); without it the
+The browser test needs the Debian `chromium` package (`make test` installs it when missing, via .ci/browser); without it the
 test fails with that instruction rather than skipping, so CI can never pass without rendering.
 """
 from __future__ import annotations
@@ -9,9 +9,6 @@ import base64
 import io
 import json
 import re
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Tuple
 
@@ -25,46 +22,7 @@ from ddkit.distilled import DistilledSet
 from ddkit.grids import MIN_CELL, OUTLINE, grid_caption, set_grid, upscale_factor
 from ddkit.html_report import HtmlReport, signed
 from ddkit.teachers import TeacherConfig
-
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars"]
-# Injected into a copy of the page (the report itself has no script): after load, write every image's
-# naturalWidth (0 when it failed to decode) into the DOM, which --dump-dom then prints.
-CHECK_SCRIPT = ("<script>window.addEventListener('load',function(){var r=[];for(var i=0;i<document.images.length;"
-                "i++){var m=document.images[i];r.push(m.complete&&m.naturalWidth>0?m.naturalWidth:0);}"
-                "var p=document.createElement('pre');p.id='imgcheck';p.textContent=JSON.stringify(r);"
-                "document.body.appendChild(p);});</script>")
-
-
-def _chromium() -> str:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if exe is None:
-        pytest.fail("headless Chromium not found: `apt-get install -y chromium chromium-driver` (.ci/run does this)")
-    return exe
-
-
-def _browser(page: Path, *args: str) -> subprocess.CompletedProcess:
-    with tempfile.TemporaryDirectory() as profile:  # a fresh, empty profile every call
-        return subprocess.run([_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, page.as_uri()],
-                              capture_output=True, text=True, timeout=120)
-
-
-def image_widths(page: Path) -> list:
-    """naturalWidth of every <img> of `page` as Chromium decoded it (0 = broken)."""
-    probe = page.with_name(page.stem + ".check.html")
-    probe.write_text(page.read_text().replace("</body>", CHECK_SCRIPT + "</body>"))
-    out = _browser(probe, "--virtual-time-budget=10000", "--dump-dom").stdout
-    m = re.search(r'<pre id="imgcheck">([^<]*)</pre>', out)
-    assert m, f"the check script did not run; chromium printed: {out[-500:]}"
-    return json.loads(m.group(1))
-
-
-def screenshot(page: Path, width: int = 1300, height: int = 2400) -> np.ndarray:
-    shot = page.with_name(page.stem + ".png")
-    _browser(page, f"--screenshot={shot}", f"--window-size={width},{height}")
-    assert shot.is_file(), "chromium wrote no screenshot"
-    return np.asarray(Image.open(shot).convert("RGB"))
+from tests.browser import image_widths, screenshot
 
 
 def _png(w: int, h: int, colour=(200, 30, 30)) -> bytes:

@@ -248,13 +248,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run_evaluation(args.distilled, cfg, test=test, train=train, teacher=teacher, output=args.output,
                    overwrite=args.overwrite, baselines=baselines, optional=optional, students=students,
                    device=device, progress=not args.no_progress)
-    save_record(Path(args.output) / "config.yaml", args, cfg)  # above the evaluator's resolved facts
-    if is_main():
-        _write_subset_record(args.output, _subset_record(args, train))
-    if is_main():  # the page is drawn from the finished folder, at the report layer (the evaluator never imports it)
-        from ddkit.html_report import write_eval_html
+    with _whole_or_nothing(args.output):  # a full disk while writing the record or the page removes the folder
+        save_record(Path(args.output) / "config.yaml", args, cfg)  # above the evaluator's resolved facts
+        if is_main():
+            _write_subset_record(args.output, _subset_record(args, train))
+        if is_main():  # the page is drawn from the finished folder, at the report layer (never by the evaluator)
+            from ddkit.html_report import write_eval_html
 
-        print(f"report: {write_eval_html(args.output, args.distilled)}")
+            print(f"report: {write_eval_html(args.output, args.distilled)}")
     return 0
 
 
