@@ -1,4 +1,4 @@
-"""`ddkit demo`: the whole pipeline on scikit-learn's embedded digits, offline (the default: 230 s on 2 cores).
+"""`ddkit demo`: the whole pipeline on scikit-learn's embedded digits, offline (the default: 65 s on 2 cores).
 
 teacher (ConvNet-D2, width 32) → a representative method of each family at IPC 10 (`--all`: every registered
 method) → students trained under HL / SL / SL+KD with the `cim` recipe at a reduced epoch count (stated in the
@@ -34,7 +34,7 @@ from ddkit.teachers import TeacherConfig, check_teacher, save_teacher, train_tea
 from ddkit.utils import DDKitError, get_device, git_revision, machine_info
 
 #: the default demo: one or two methods of each family, so every kind of set and every provided need (a BN
-#: teacher for the recover family, an expert buffer for trajectory matching) is exercised (230 s on 2 cores)
+#: teacher for the recover family, an expert buffer for trajectory matching) is exercised (65 s on 2 cores)
 REPRESENTATIVE = ("random", "herding", "el2n-easy", "cad-prune", "rded", "lic", "sre2l", "dm", "datm")
 
 
