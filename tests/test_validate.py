@@ -16,7 +16,12 @@ from ddkit.distilled import DistilledSet
 from ddkit.teachers import TeacherConfig, check_teacher, train_teacher
 from ddkit.teachers.train import _divergence, default_lr
 from ddkit.utils import DDKitError
-from ddkit.validate import check_outputs, json_safe
+from ddkit.safe_paths import Declared, check_declared
+from ddkit.validate import json_safe
+
+
+def check_outputs(outputs, inputs):
+    check_declared([Declared(str(o), "output") for o in outputs if o], [Declared(str(i), "the set") for i in inputs if i])
 
 
 def test_outputs_that_touch_inputs_are_refused(tmp_path):

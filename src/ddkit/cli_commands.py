@@ -286,7 +286,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     from ddkit.config_file import save_record
     from ddkit.study import StudyConfig, run_study
     from ddkit.utils import get_device
-    from ddkit.validate import check_config, check_outputs, io_paths
+    from ddkit.safe_paths import Declared, check_declared, declared
+    from ddkit.validate import check_config
 
     if args.study_command != "hard-truths":
         print("usage: ddkit study hard-truths --dataset … --teacher … [--ipcs 10,50 --budgets 2,5,10,20 …]",
@@ -298,7 +299,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     # The preset fills what neither the file nor a flag sets.
     cfg = from_args(StudyConfig, args, base=preset_fields(preset) if preset else None)
     check_config(cfg)
-    check_outputs([cfg.output_dir], io_paths(args)[1])
+    # the folder may come from a preset or `-c` file, not a flag: check the resolved one against every read
+    check_declared([Declared(cfg.output_dir, "the study's output_dir")], declared(args)[1])
     print(dump(cfg, title="study hard-truths"))
     device = get_device(args.device)
     train, test = _dataset(args, "train"), _dataset(args, "test")

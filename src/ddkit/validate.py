@@ -15,35 +15,13 @@ import json
 import math
 import struct
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
 
 from ddkit.utils import DDKitError
 
-# -- outputs never touch inputs ----------------------------------------------------------------
-
-
-def check_outputs(outputs: Iterable[Optional[str | Path]], inputs: Iterable[Optional[str | Path]]) -> None:
-    """Refuse any output that is, contains or is inside an input (an --overwrite would delete the input).
-
-    Paths are compared after resolving symlinks and `..`; None entries are ignored. The rule and the
-    per-command table of what each command reads and writes live in ddkit.safe_paths.
-    """
-    from ddkit.safe_paths import Declared, check_declared
-
-    check_declared([Declared(str(o), "output") for o in outputs if o],
-                   [Declared(str(i), "the set") for i in inputs if i])
-
-
-def io_paths(args: Any) -> Tuple[List[Any], List[Any]]:
-    """(outputs, inputs) named by a parsed `ddkit` command line (ddkit.safe_paths.declared, as plain paths)."""
-    from ddkit.safe_paths import declared
-
-    writes, reads = declared(args)
-    # A resuming command's own record (study/experts `-c OUT/config.yaml`) may lie in its output: left out here,
-    # as the plain-path check cannot express that exception (ddkit.safe_paths.check_paths does).
-    return [w.path for w in writes], [r.path for r in reads if not r.contained_ok]
+# -- where a one-file output keeps its record (the read/write rule itself: ddkit.safe_paths) ---------
 
 
 def record_beside(output: str | Path) -> Path:
