@@ -76,7 +76,7 @@ def part_path(parts_dir: str | Path, c: int) -> Path:
     return Path(parts_dir) / f"class_{c:05d}.safetensors"
 
 
-def _digest(tensors: Dict[str, torch.Tensor], h: Any = None) -> str:
+def digest_tensors(tensors: Dict[str, torch.Tensor], h: Any = None) -> str:
     """sha1 over names, dtypes, shapes and raw bytes (sorted by name)."""
     h = h if h is not None else hashlib.sha1()
     for k in sorted(tensors):
@@ -93,7 +93,7 @@ def run_fingerprint(method: Method, dataset: ImageDataset, teacher: Any = None) 
              "split": dataset.split, "n": len(dataset), "classes": list(dataset.classes),
              "shape": [dataset.channels, dataset.image_size], "teacher": getattr(teacher, "arch", None)}
     h.update(json.dumps(facts, sort_keys=True, default=str).encode())
-    return _digest(dict(teacher.model.state_dict()) if teacher is not None else {}, h)[:16]
+    return digest_tensors(dict(teacher.model.state_dict()) if teacher is not None else {}, h)[:16]
 
 
 def read_header(path: str | Path) -> Optional[Dict[str, Any]]:
@@ -131,7 +131,7 @@ def write_part(parts_dir: str | Path, r: ClassResult, header: Dict[str, Any]) ->
     tensors.update({f"soft.{k}": v.contiguous() for k, v in r.soft.items()})
     tensors.update({f"extra.{k}": v.contiguous() for k, v in r.extras.items()})
     dev = torch.device(header.get("device", "cpu"))
-    head = {**header, "class": r.cls, "class_meta": r.meta, "set_meta": r.set_meta, "checksum": _digest(tensors),
+    head = {**header, "class": r.cls, "class_meta": r.meta, "set_meta": r.set_meta, "checksum": digest_tensors(tensors),
             "seconds": None if math.isnan(r.seconds) else r.seconds, "peak_memory_mb": peak_memory_mb(dev),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     data = save(tensors, metadata={"ddkit_part": json.dumps(head, default=str)})
@@ -159,7 +159,7 @@ def read_part(path: str | Path) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]
     if header is None:
         raise DDKitError(f"part {path} is incomplete or corrupt: rerun its class with --resume")
     tensors = load_file(str(path))
-    if _digest(tensors) != header.get("checksum"):
+    if digest_tensors(tensors) != header.get("checksum"):
         raise DDKitError(f"part {path} fails its checksum: delete it and rerun its class with --resume")
     return header, tensors
 

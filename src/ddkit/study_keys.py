@@ -24,9 +24,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import torch
-
 from ddkit.config import build, config_hash, flat_dict, option_names, to_dict
+from ddkit.distributed import digest_tensors
 from ddkit.evaluate import EvalConfig, resolve_regime
 from ddkit.utils import DDKitError, atomic_write_bytes
 
@@ -71,14 +70,7 @@ def data_identity(ds: Any) -> Dict[str, Any]:
 
 def teacher_weights(teacher: Any) -> Optional[str]:
     """Hash of the teacher's weights (None without a teacher): the same path may hold another checkpoint."""
-    if teacher is None:
-        return None
-    h = hashlib.sha1()
-    for k, t in sorted(teacher.model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()[:16]
+    return None if teacher is None else digest_tensors(dict(teacher.model.state_dict()))[:16]
 
 
 def study_data(train: Any, test: Any, teacher: Any) -> Dict[str, Any]:
