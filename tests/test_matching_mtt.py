@@ -58,15 +58,50 @@ def test_datm_range_schedule_matches_the_official_rule():
     # IPC50: current 20, max 40, expansion_end 2000
     assert [datm_upper_bound(it, 40, 20, 2000, True) for it in (0, 150, 1000, 1999, 2000)] == [20, 21, 30, 39, 40]
     assert datm_upper_bound(0, 4, 20, 3000, False) == 4  # IPC1: sequential generation off
-    s = settings(DATMConfig(ipc=10))
+    s = settings(DATMConfig(ipc=10), "cifar10")
     assert (s["current_max_start_epoch"], s["max_start_epoch"], s["expansion_end_epoch"], s["sequential_generation"],
             s["lr_img"], s["lr_y"], s["threshold"], s["syn_steps"]) == (10, 20, 1000, True, 100.0, 2.0, 1.0, 80)
-    s1 = settings(DATMConfig(ipc=1))
+    s1 = settings(DATMConfig(ipc=1), "cifar10")
     assert (s1["max_start_epoch"], s1["sequential_generation"], s1["threshold"], s1["lr_lr"]) == (4, False, 1.1, 1e-7)
-    assert settings(MTTConfig(ipc=10))["max_start_epoch"] == 20 and settings(MTTConfig(ipc=7))["syn_steps"] == 20
-    cpu = settings(MTTConfig(ipc=10, preset="cpu"))
+    assert settings(MTTConfig(ipc=10), "cifar10")["max_start_epoch"] == 20
+    cpu = settings(MTTConfig(ipc=10, preset="cpu"), "cifar10")
     assert (cpu["iterations"], cpu["lr_img"], cpu["lr_lr"], cpu["zca"]) == (30, 1000.0, 1e-7, False)
-    assert settings(DATMConfig(ipc=10, preset="cpu"))["lr_img"] == 100.0
+    assert settings(DATMConfig(ipc=10, preset="cpu"), "cifar10")["lr_img"] == 100.0
+
+
+def test_each_dataset_gets_its_own_official_row():
+    """CIFAR-100 and Tiny-ImageNet rows are DATM's own YAMLs, not CIFAR-10's (configs/<ds>/ConvIN/IPC*.yaml)."""
+    c100 = settings(DATMConfig(ipc=10), "cifar100")  # configs/CIFAR-100/ConvIN/IPC10.yaml
+    assert (c100["max_start_epoch"], c100["current_max_start_epoch"], c100["expansion_end_epoch"], c100["lr_img"],
+            c100["lr_y"], c100["batch_syn"]) == (50, 30, 2000, 1000.0, 10.0, 1000)
+    c100_1 = settings(DATMConfig(ipc=1), "cifar100")
+    assert (c100_1["syn_steps"], c100_1["expert_epochs"]) == (40, 3)
+    assert settings(DATMConfig(ipc=50), "cifar100")["init"] == "real"  # pix_init: real in that YAML only
+    tiny = settings(DATMConfig(ipc=10), "tiny-imagenet")  # configs/TinyImageNet/ConvIN/IPC10.yaml
+    assert (tiny["model"], tiny["syn_steps"], tiny["min_start_epoch"], tiny["max_start_epoch"],
+            tiny["sequential_generation"], tiny["lr_lr"], tiny["batch_syn"]) == ("convnet-d4", 40, 10, 50, False,
+                                                                              1e-4, 500)
+    assert settings(DATMConfig(ipc=10), "cifar10")["model"] == "convnet-d3"
+    m100 = settings(MTTConfig(ipc=1), "cifar100")  # readme.md:88
+    assert (m100["syn_steps"], m100["expert_epochs"], m100["max_start_epoch"], m100["zca"], m100["lr_img"],
+            m100["lr_lr"]) == (20, 3, 20, True, 1000.0, 1e-5)
+    assert settings(MTTConfig(ipc=50), "cifar100")["batch_syn"] == 125
+    assert settings(MTTConfig(ipc=10, zca=False), "tiny-imagenet")["lr_img"] == 1e4
+    assert settings(MTTConfig(ipc=10), "cifar10") != settings(MTTConfig(ipc=10), "cifar100")
+
+
+def test_a_missing_row_refuses_with_one_line_naming_what_to_pass():
+    with pytest.raises(DDKitError, match="no official row for cifar10 at IPC 20.*pass --syn-steps --expert-epochs "
+                                         "--max-start-epoch --lr-img --lr-lr --lr-y"):
+        settings(DATMConfig(ipc=20), "cifar10")
+    with pytest.raises(DDKitError, match="no official row for this dataset at IPC 10.*pass --zca --lr-img --lr-lr \\(or"):
+        settings(MTTConfig(ipc=10, syn_steps=5, expert_epochs=2, max_start_epoch=3), None)
+    with pytest.raises(DDKitError, match="does not give zca; pass --zca"):  # the Tiny MTT row has no ZCA cell
+        settings(MTTConfig(ipc=10), "tiny-imagenet")
+    given = settings(MTTConfig(ipc=10, syn_steps=5, expert_epochs=2, max_start_epoch=3, zca=False, lr_img=10.0,
+                               lr_lr=1e-6), None)
+    assert (given["syn_steps"], given["iterations"], given["model"]) == (5, 5000, "convnet-d3")  # distill.py rest
+    assert settings(DATMConfig(ipc=20, preset="cpu"), None)["lr_img"] == 100.0  # the CPU preset needs no row
 
 
 def test_buffer_checks_fail_with_one_line(tmp_path):
@@ -81,7 +116,7 @@ def test_buffer_checks_fail_with_one_line(tmp_path):
     with pytest.raises(DDKitError, match="meanstd inputs but the distillation asks for zca"):
         load_buffer(out, train, arch="mlp", zca=True, need_epochs=2)
     renorm = ImageDataset(train.images, train.labels, train.classes, [0.4] * 3, train.std, name="toy")
-    with pytest.raises(DDKitError, match="mean/std"):
+    with pytest.raises(DDKitError, match="mean/std.*pass --norm official"):
         load_buffer(out, renorm, arch="mlp", zca=False, need_epochs=2)
     with pytest.raises(DDKitError, match="4 epochs per expert, fewer than max_start_epoch \\+ expert_epochs = 6"):
         load_buffer(out, train, arch="mlp", zca=False, need_epochs=6)

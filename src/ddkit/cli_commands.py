@@ -126,7 +126,8 @@ def cmd_experts(args: argparse.Namespace) -> int:
     from ddkit.utils import get_device
 
     if args.experts_command != "train":
-        print("usage: ddkit experts train --dataset … --output BUF [--preset cpu] [--shard i/n]", file=sys.stderr)
+        print("usage: ddkit experts train --dataset … --output BUF [--preset cpu] [--sam] [--shard i/n]",
+              file=sys.stderr)
         return EXIT_USAGE
     cfg = from_args(ExpertConfig, args)
     print(dump(cfg, title="experts"))

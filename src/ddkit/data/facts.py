@@ -7,7 +7,9 @@ see the inputs they were trained on.
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
 
 from .base import DatasetInfo
 
@@ -93,3 +95,107 @@ def normalize_split(split: str) -> str:
 def split_dir_candidates(split: str) -> Tuple[str, ...]:
     """Folder names to try for a split, best first: 'val' prefers val/ then test/, 'test' the reverse."""
     return {"train": ("train",), "val": ("val", "test"), "test": ("test", "val")}[split]
+
+
+# -- working space of the official codes ------------------------------------------------------------------
+# The matching and recover methods optimise pixels in the space their official code normalises with, which
+# is not always the set's true statistics: DC/MTT/SRe2L divide CIFAR-10 by the long-circulated
+# (0.2023, 0.1994, 0.2010) where the true pixel std is (0.2470, 0.2435, 0.2616), so N(0,1) noise, lr_img
+# and DSA's additive brightness act ~1.22× larger in pixel units under the true statistics. Families:
+# "dc" (DC, DSA, DM: VICO-UoE/DatasetCondensation utils.py@53f63a6), "mtt" (MTT distill/buffer and DATM:
+# mtt-distillation utils.py@50dccea, DATM utils/utils_baseline.py@97ae510), "sre2l" (SRe2L and CDA:
+# VILA-Lab/SRe2L@8d00cba), "dwa" (AngusDujw/Diversity-Driven-Synthesis@c5b125f).
+Stats = Tuple[Tuple[float, ...], Tuple[float, ...]]
+_C10: Stats = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+_IMNET: Stats = (IMAGENET_MEAN, IMAGENET_STD)
+OFFICIAL_STATS: Dict[str, Dict[str, Tuple[Stats, str]]] = {
+    "dc": {
+        "mnist": (((0.1307,), (0.3081,)), "DatasetCondensation utils.py:17-18@53f63a6"),
+        "fashion-mnist": (((0.2861,), (0.3530,)), "DatasetCondensation utils.py:28-29@53f63a6"),
+        "svhn": (((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)), "DatasetCondensation utils.py:39-40@53f63a6"),
+        "cifar10": (_C10, "DatasetCondensation utils.py:50-51@53f63a6"),
+        "cifar100": (((0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)),
+                     "DatasetCondensation utils.py:61-62@53f63a6"),
+        "tiny-imagenet": (_IMNET, "DatasetCondensation utils.py:72-73@53f63a6"),
+    },
+    "mtt": {  # CIFAR-100 reuses CIFAR-10's numbers in both repositories
+        "cifar10": (_C10, "mtt-distillation utils.py:56-57@50dccea; DATM utils/utils_baseline.py:97-98@97ae510"),
+        "cifar100": (_C10, "mtt-distillation utils.py:122-123@50dccea; DATM utils/utils_baseline.py:179-180@97ae510"),
+        "tiny-imagenet": (_IMNET, "mtt-distillation utils.py:72-73@50dccea; DATM utils/utils_baseline.py:121-122"
+                                  "@97ae510"),
+        "imagenet": (_IMNET, "mtt-distillation utils.py:91-92@50dccea (ImageNet subsets)"),
+        "imagenette": (_IMNET, "mtt-distillation utils.py:91-92@50dccea (ImageNet subsets)"),
+        "imagewoof": (_IMNET, "mtt-distillation utils.py:91-92@50dccea (ImageNet subsets)"),
+    },
+    "sre2l": {  # the CIFAR recover is written for CIFAR-100 and normalises with CIFAR-10's numbers
+        "cifar10": (_C10, "SRe2L *small_dataset/recover_cifar.py:22-23@8d00cba"),
+        "cifar100": (_C10, "SRe2L *small_dataset/recover_cifar.py:22-23@8d00cba"),
+        "tiny-imagenet": (((0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)),
+                          "SRe2L *small_dataset/utils.py:12-13@8d00cba"),
+        "imagenet": (_IMNET, "SRe2L recover/utils.py:63-66@8d00cba"),
+    },
+    "dwa": {
+        "cifar10": (_C10, "Diversity-Driven-Synthesis distillation/utils.py:17-18@c5b125f"),
+        "cifar100": (((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+                     "Diversity-Driven-Synthesis distillation/utils.py:14-15@c5b125f"),
+        "tiny-imagenet": (((0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)),
+                          "Diversity-Driven-Synthesis distillation/distillation_tiny.py:25-27@c5b125f"),
+        "imagenet": (_IMNET, "Diversity-Driven-Synthesis distillation/utils.py:20-21@c5b125f"),
+    },
+}
+NORMS = ("official", "true")
+#: The first CIFAR-100 fine labels in label order (a folder/tar copy lists its class folders sorted, the same).
+_CIFAR100_HEAD = ("apple", "aquarium_fish", "baby", "bear", "beaver")
+
+
+def official_name(dataset: Any) -> Optional[str]:
+    """The named dataset `dataset` is, for looking up official settings: its facts-table name, or, for a
+    folder:/tar: copy, the set its shape and class names identify (CIFAR-10 by its class names, CIFAR-100
+    by its first fine labels, Tiny-ImageNet by 200 WordNet-id classes at 64 px); None when unknown."""
+    name = getattr(dataset, "name", "")
+    if name in FACTS:
+        return name
+    classes = tuple(getattr(dataset, "classes", ()))
+    shape = (getattr(dataset, "channels", 0), getattr(dataset, "image_size", 0))
+    if shape == (3, 32) and classes == CLASS_NAMES["cifar10"]:
+        return "cifar10"
+    if shape == (3, 32) and len(classes) == 100 and classes[:len(_CIFAR100_HEAD)] == _CIFAR100_HEAD:
+        return "cifar100"
+    if shape == (3, 64) and len(classes) == 200 and all(re.fullmatch(r"n\d{8}", c) for c in classes):
+        return "tiny-imagenet"
+    return None
+
+
+@dataclass(frozen=True)
+class WorkingStats:
+    """The mean/std a method normalises with, what they are (official or true) and where they come from."""
+
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    kind: str      # "official" or "true"
+    source: str
+
+    def meta(self) -> Dict[str, Any]:
+        return {"norm": self.kind, "mean": list(self.mean), "std": list(self.std), "source": self.source}
+
+
+def working_stats(dataset: Any, family: str, norm: str = "official") -> WorkingStats:
+    """The statistics `family`'s official code normalises `dataset` with (norm="official"), or the set's own
+    (norm="true"). A dataset the official code never ran on has no official statistics: its own are used,
+    and `source` says so (an unknown custom set is not refused)."""
+    from ..utils import DDKitError
+
+    if norm not in NORMS:
+        raise DDKitError(f"unknown norm {norm!r}; use official (the statistics the official code normalises with) "
+                         "or true (the dataset's own mean/std)")
+    if family not in OFFICIAL_STATS:
+        raise DDKitError(f"unknown statistics family {family!r}; use one of {', '.join(OFFICIAL_STATS)}")
+    own = (tuple(dataset.mean), tuple(dataset.std))
+    name = official_name(dataset)
+    row = OFFICIAL_STATS[family].get(name) if name else None
+    if norm == "true":
+        return WorkingStats(own[0], own[1], "true", "the dataset's own mean/std")
+    if row is None or len(row[0][0]) != len(own[0]):
+        return WorkingStats(own[0], own[1], "true", f"the dataset's own mean/std (the {family} code has no "
+                                                    f"statistics for {name or getattr(dataset, 'name', '?')!r})")
+    return WorkingStats(row[0][0], row[0][1], "official", f"{name}: {row[1]}")

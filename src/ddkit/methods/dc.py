@@ -31,8 +31,8 @@ from ddkit.augment import DEFAULT_STRATEGY, Augment, Identity, dsa
 from ddkit.config import field
 from ddkit.data.base import ImageDataset
 from ddkit.methods.base import ClassResult, MethodConfig, register_method
-from ddkit.methods.matching_ops import (LossLog, RealPool, Space, check_real_init, fresh_net, has_batchnorm,
-                                        init_images, net_seed, resolve_settings)
+from ddkit.methods.matching_ops import (NORM_HELP, LossLog, RealPool, check_real_init, fresh_net, has_batchnorm,
+                                        init_images, net_seed, resolve_settings, working_space)
 from ddkit.utils import DDKitError, make_generator
 
 #: get_loops (utils.py:275-293): IPC -> (outer_loop, inner_loop); any other IPC exits in the official code.
@@ -67,6 +67,7 @@ class DCConfig(MethodConfig):
     dsa: bool = field(False, "siamese DSA on the real and synthetic batch (the DSA method)")
     dsa_strategy: str = field(DEFAULT_STRATEGY, "DSA ops, one drawn per call ('S' mode, utils.py:495-520)")
     model: str = field("convnet-d3", "matching network: ConvNet-3 with instancenorm (utils.py:118-120)")
+    norm: str = field("official", NORM_HELP + "; DC: utils.py:46-73")
 
     def __post_init__(self) -> None:
         if self.dis_metric not in DISTANCES:
@@ -200,7 +201,8 @@ def _run(name: str, dataset: ImageDataset, cfg: DCConfig, classes: Sequence[int]
     classes = list(classes)
     if cfg.init == "real":
         check_real_init(dataset, classes, cfg.ipc)
-    pool = RealPool(dataset, Space(dataset.mean, dataset.std).to(device), device)
+    space, ws = working_space(dataset, "dc", cfg.norm, device)
+    pool = RealPool(dataset, space, device)
     g = make_generator(cfg.seed, name, "run")
     inits, sources = zip(*[init_images(pool, c, cfg.ipc, cfg.init, make_generator(cfg.seed, name, "init", c))
                            for c in classes])
@@ -208,7 +210,7 @@ def _run(name: str, dataset: ImageDataset, cfg: DCConfig, classes: Sequence[int]
     log = LossLog(s["iterations"] + 1, f"{name} ipc{cfg.ipc}", progress, name)
     syn = gradient_matching(pool, classes, syn, cfg, s, g, log, name)
     pixels = pool.space.decode(syn)
-    set_meta = {"preset": cfg.preset, "settings": s, "space": "meanstd", **log.meta()}
+    set_meta = {"preset": cfg.preset, "settings": s, "space": "meanstd", "working_stats": ws.meta(), **log.meta()}
     for k, c in enumerate(classes):
         yield ClassResult(c, pixels[k * cfg.ipc:(k + 1) * cfg.ipc], extras={"source_index": sources[k]},
                           set_meta=set_meta)

@@ -26,8 +26,8 @@ from ddkit.augment import DEFAULT_STRATEGY, Augment, dsa
 from ddkit.config import field
 from ddkit.data.base import ImageDataset
 from ddkit.methods.base import ClassResult, MethodConfig, register_method
-from ddkit.methods.matching_ops import (LossLog, RealPool, Space, check_real_init, fresh_net, init_images,
-                                        net_seed, resolve_settings)
+from ddkit.methods.matching_ops import (NORM_HELP, LossLog, RealPool, check_real_init, fresh_net, init_images,
+                                        net_seed, resolve_settings, working_space)
 from ddkit.utils import DDKitError, make_generator
 
 #: CPU preset: fewer iterations and a smaller real batch (not a paper setting; recorded in meta).
@@ -51,6 +51,7 @@ class DMConfig(MethodConfig):
     dsa_strategy: str = field(DEFAULT_STRATEGY, "siamese DSA ops, one drawn per call ('none' = no augmentation; "
                                                 "main_DM.py:30)")
     model: str = field("convnet-d3", "embedding network: ConvNet-3 with instancenorm (utils.py:118-120)")
+    norm: str = field("official", NORM_HELP + "; DM uses DC's utils.py:46-73")
 
     def __post_init__(self) -> None:
         if self.init not in ("noise", "real"):
@@ -108,8 +109,9 @@ def dm(dataset: ImageDataset, teacher: Any, cfg: DMConfig, classes: Sequence[int
     s = settings(cfg)
     if cfg.init == "real":
         check_real_init(dataset, classes, cfg.ipc)
-    pool = RealPool(dataset, Space(dataset.mean, dataset.std).to(device), device)
-    set_meta = {"preset": cfg.preset, "settings": s, "space": "meanstd"}
+    space, ws = working_space(dataset, "dc", cfg.norm, device)
+    pool = RealPool(dataset, space, device)
+    set_meta = {"preset": cfg.preset, "settings": s, "space": "meanstd", "working_stats": ws.meta()}
     for c in classes:
         g = make_generator(cfg.seed, "dm", c)
         syn, src = init_images(pool, c, cfg.ipc, cfg.init, g)

@@ -23,10 +23,28 @@ from tqdm.auto import tqdm
 
 from ddkit.augment.zca import Space
 from ddkit.data.base import ImageDataset
+from ddkit.data.facts import WorkingStats, working_stats
 from ddkit.models import create_model
 from ddkit.utils import DDKitError, derive_seed
 
 PRESETS = ("paper", "cpu")
+NORM_HELP = ("working-space statistics: official (what the official code normalises this dataset with, e.g. "
+             "CIFAR-10 std 0.2023/0.1994/0.2010; the dataset's own where it has none) or true (the dataset's "
+             "measured mean/std)")
+
+
+def working_space(dataset: ImageDataset, family: str, norm: str, device: torch.device) -> Tuple[Space, WorkingStats]:
+    """The mean/std space a method of `family` optimises in (see data.facts.working_stats), on `device`.
+
+    The set still stores [0,1] pixels (decoded with these statistics) and the DATASET's mean/std
+    (methods.base.assemble): the evaluator normalises every set, and the test split, with the set's
+    statistics, so under one protocol every set's student sees the same input scaling whichever space the
+    method optimised in, and a teacher trained on the dataset's statistics sees its own inputs. The working
+    statistics go into meta.json (`working_stats`) for a reader who wants the official evaluation's scaling
+    (with an instance-norm ConvNet the first layer's scale cancels anyway).
+    """
+    ws = working_stats(dataset, family, norm)
+    return Space(ws.mean, ws.std).to(device), ws
 
 
 def resolve_settings(cfg: Any, names: Sequence[str], paper: Mapping[str, Any],

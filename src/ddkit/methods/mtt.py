@@ -10,8 +10,11 @@ Matching, Guo et al. 2024), as the official `distill.py` and `distill/DATM.py` c
     from real images the experts classify correctly; learned soft labels (logits, soft CE in the unroll,
     SGD lr_y momentum 0.9) initialised from the experts; steps only when loss ≤ threshold.
 
-Experts come from `ddkit experts train` (ddkit.teachers.experts) and must match the dataset, architecture
-and normalisation (mean/std or ZCA). Classes are learned jointly (one unroll sees every class), so both
+Settings are the official ones of the dataset and IPC (MTT_ROWS / DATM_ROWS, one source per row; a set
+without a row must name the values that differ between rows, or use --preset cpu); the dataset is named by
+data.facts.official_name, so a tar:/folder: copy of CIFAR-10 gets CIFAR-10's rows. Experts come from
+`ddkit experts train` (ddkit.teachers.experts) and must match the dataset, architecture and normalisation
+(ZCA, or mean/std = the official MTT statistics by default, `norm`). Classes are learned jointly (one unroll sees every class), so both
 declare class_separable=False. DATM stores its learned labels as soft["learned"]; with a teacher it also
 stores the teacher's logits as soft["soft"], which SL evaluation uses (the hard-truths protocol replaces
 learned labels by teacher labels). The learned step size is recorded as syn_lr in meta (MTT evaluates
@@ -20,140 +23,234 @@ students with it; ddkit's recipes use their own lr).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Optional, Sequence
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 
 from ddkit.augment import DEFAULT_STRATEGY, Augment, dsa
 from ddkit.config import field
 from ddkit.data.base import ImageDataset
+from ddkit.data.facts import official_name, working_stats
 from ddkit.methods.base import ClassResult, MethodConfig, register_method
-from ddkit.methods.matching_ops import LossLog, RealPool, check_real_init, fresh_net, net_seed, resolve_settings
+from ddkit.methods.matching_ops import (NORM_HELP, LossLog, RealPool, check_real_init, fresh_net, net_seed,
+                                        resolve_settings)
 from ddkit.methods.mtt_ops import (Batches, FlatNet, correct_init, datm_upper_bound, init_label_logits, param_loss,
                                    unroll)
 from ddkit.teachers.experts import load_buffer
 from ddkit.utils import DDKitError, make_generator
 
-#: distill.py argparse defaults (distill.py:413-471), used for IPCs without a table row.
-MTT_DEFAULTS = {"iterations": 5000, "syn_steps": 20, "expert_epochs": 3, "max_start_epoch": 25, "batch_syn": 0,
-                "zca": False, "lr_img": 1000.0, "lr_lr": 1e-5}
-#: CIFAR-10 ConvNet-3 rows of MTT's appendix table. [unverified]: the README shows it as an image; the
-#: sheet notes third-party disagreement on lr_img/lr_lr at IPC 10 (matching-synthesis.md §4(b)).
-MTT_TABLE = {1: {"syn_steps": 50, "expert_epochs": 2, "max_start_epoch": 2, "zca": True, "lr_img": 1000.0,
-                 "lr_lr": 1e-7},
-             10: {"syn_steps": 30, "expert_epochs": 2, "max_start_epoch": 20, "zca": True, "lr_img": 1e5,
-                  "lr_lr": 1e-5},
-             50: {"syn_steps": 30, "expert_epochs": 2, "max_start_epoch": 40, "zca": False, "lr_img": 1000.0,
-                  "lr_lr": 1e-5}}
-#: DATM configs/CIFAR10/ConvIN/IPC{1,10,50}.yaml (verified, matching-synthesis.md §5(b)); shared values:
-#: Iteration 10000, lr_teacher 0.01, Momentum_y 0.9; global defaults (utils/cfg.py) for other IPCs.
-DATM_DEFAULTS = {"iterations": 10000, "syn_steps": 80, "expert_epochs": 2, "max_start_epoch": 25, "batch_syn": 0,
-                 "zca": True, "lr_img": 1000.0, "lr_lr": 1e-5, "lr_y": 2.0, "threshold": 1.0, "min_start_epoch": 0,
-                 "current_max_start_epoch": 20, "expansion_end_epoch": 3000, "sequential_generation": True}
-DATM_TABLE = {1: {"lr_img": 100.0, "lr_lr": 1e-7, "lr_y": 5.0, "threshold": 1.1, "max_start_epoch": 4,
-                  "sequential_generation": False},
-              10: {"lr_img": 100.0, "lr_y": 2.0, "max_start_epoch": 20, "current_max_start_epoch": 10,
-                   "expansion_end_epoch": 1000},
-              50: {"lr_img": 1000.0, "max_start_epoch": 40, "current_max_start_epoch": 20,
-                   "expansion_end_epoch": 2000}}
+#: distill.py argparse defaults (distill.py:413-471) for what no table row sets (iterations: no README
+#: command passes --Iteration; batch_syn None = every image; model ConvNet = ConvNet-3, instancenorm).
+MTT_DEFAULTS = {"iterations": 5000, "batch_syn": 0, "model": "convnet-d3", "init": "real"}
+#: What a run needs from a table row or from the user: these vary between every official row, so a
+#: (dataset, IPC) without a row and without them is refused rather than run on another setting's numbers.
+MTT_REQUIRED = ("syn_steps", "expert_epochs", "max_start_epoch", "zca", "lr_img", "lr_lr")
+_M = ("syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "zca", "lr_img", "lr_lr")
+#: MTT rows (dataset -> IPC -> values) in _M's order. The README's full hyper-parameter table is an image, so
+#: these are the paper appendix's rows as matching-synthesis.md §4(b) reconstructs them, [unverified] except
+#: CIFAR-100 IPC 1 (README distill command, readme.md:88); the sheet notes third-party disagreement on
+#: CIFAR-10 IPC 10 (lr_img 1e5 vs 1000, lr_lr 1e-5 vs 1e-4) and could not read Tiny's ZCA column (so Tiny
+#: needs --zca). Tiny-ImageNet uses ConvNet-4 (the paper's setting, [unverified]).
+MTT_ROWS: Dict[str, Dict[int, Dict[str, Any]]] = {
+    "cifar10": {1: dict(zip(_M, (50, 2, 2, 0, True, 1000.0, 1e-7))),
+                10: dict(zip(_M, (30, 2, 20, 0, True, 1e5, 1e-5))),
+                50: dict(zip(_M, (30, 2, 40, 0, False, 1000.0, 1e-5)))},
+    "cifar100": {1: dict(zip(_M, (20, 3, 20, 0, True, 1000.0, 1e-5))),
+                 10: dict(zip(_M, (20, 2, 20, 0, False, 1000.0, 1e-5))),
+                 50: dict(zip(_M, (80, 2, 40, 125, True, 1000.0, 1e-5)))},
+    "tiny-imagenet": {1: dict(zip(_M[:4] + _M[5:], (10, 2, 10, 0, 1e4, 1e-4))),
+                      10: dict(zip(_M[:4] + _M[5:], (20, 2, 40, 200, 1e4, 1e-4))),
+                      50: dict(zip(_M[:4] + _M[5:], (80, 2, 40, 300, 1e4, 1e-4)))},
+}
+MTT_SOURCES = {"cifar10": "MTT paper appendix table (README image), [unverified]",
+               "cifar100": "MTT paper appendix table; IPC 1 = readme.md:88",
+               "tiny-imagenet": "MTT paper appendix table, [unverified]; ZCA not known"}
+#: Per-dataset network of both methods (DATM configs/TinyImageNet/ConvIN/*.yaml: model ConvNetD4, res 64).
+DATASET_MODEL = {"tiny-imagenet": "convnet-d4"}
+
+#: DATM global defaults (utils/cfg.py:27-127) for what a YAML leaves out.
+DATM_DEFAULTS = {"iterations": 10000, "batch_syn": 0, "model": "convnet-d3", "init": "correct", "zca": True,
+                 "threshold": 1.0, "min_start_epoch": 0, "current_max_start_epoch": 20, "expansion_end_epoch": 3000,
+                 "sequential_generation": True}
+DATM_REQUIRED = ("syn_steps", "expert_epochs", "max_start_epoch", "lr_img", "lr_lr", "lr_y")
+_D = ("syn_steps", "expert_epochs", "lr_img", "lr_lr", "lr_y", "threshold", "batch_syn", "min_start_epoch",
+      "current_max_start_epoch", "max_start_epoch", "expansion_end_epoch", "sequential_generation", "init")
+_COR, _REAL = "correct", "real"  # pix_init samples_predicted_correctly / real
+#: DATM rows: every configs/<dataset>/ConvIN/IPC<n>.yaml at 97ae510, in _D's order (all: Iteration 10000,
+#: lr_teacher 0.01, Momentum_y 0.9, zca True; a key a YAML omits takes the cfg.py default, e.g. SeqGen True).
+DATM_ROWS: Dict[str, Dict[int, Dict[str, Any]]] = {
+    "cifar10": {1: dict(zip(_D, (80, 2, 100.0, 1e-7, 5.0, 1.1, 10, 0, 20, 4, 3000, False, _COR))),
+                10: dict(zip(_D, (80, 2, 100.0, 1e-5, 2.0, 1.0, 100, 0, 10, 20, 1000, True, _COR))),
+                50: dict(zip(_D, (80, 2, 1000.0, 1e-5, 2.0, 1.0, 500, 0, 20, 40, 2000, True, _COR))),
+                500: dict(zip(_D, (40, 2, 50.0, 1e-5, 10.0, 1.0, 1000, 40, 20, 60, 3000, False, _COR))),
+                1000: dict(zip(_D, (100, 2, 50.0, 1e-5, 10.0, 1.0, 1000, 40, 20, 60, 3000, False, _COR)))},
+    "cifar100": {1: dict(zip(_D, (40, 3, 1000.0, 1e-5, 10.0, 1.0, 1000, 0, 10, 20, 1000, True, _COR))),
+                 10: dict(zip(_D, (80, 2, 1000.0, 1e-5, 10.0, 1.0, 1000, 0, 30, 50, 2000, True, _COR))),
+                 50: dict(zip(_D, (80, 2, 1000.0, 1e-5, 10.0, 1.0, 1000, 20, 20, 70, 3000, False, _REAL))),
+                 100: dict(zip(_D, (80, 2, 50.0, 1e-5, 10.0, 1.0, 1000, 30, 20, 70, 3000, False, _COR)))},
+    "tiny-imagenet": {1: dict(zip(_D, (40, 2, 1e4, 1e-4, 10.0, 1.0, 1000, 0, 15, 20, 2000, True, _COR))),
+                      10: dict(zip(_D, (40, 2, 100.0, 1e-4, 10.0, 1.0, 500, 10, 20, 50, 3000, False, _COR))),
+                      50: dict(zip(_D, (20, 2, 100.0, 1e-4, 10.0, 1.0, 1000, 40, 20, 70, 1, False, _COR)))},
+}
+DATM_SOURCES = {"cifar10": "DATM configs/CIFAR-10/ConvIN/IPC{ipc}.yaml@97ae510",
+                "cifar100": "DATM configs/CIFAR-100/ConvIN/IPC{ipc}.yaml@97ae510",
+                "tiny-imagenet": "DATM configs/TinyImageNet/ConvIN/IPC{ipc}.yaml@97ae510"}
 #: CPU preset (not a paper setting): short unrolls on a small batch, a short run, a shallow start range that
 #: fits the CPU expert buffer (8 epochs), no ZCA (one mean/std buffer serves every IPC), and the smallest
-#: official step-size lr (1e-7, MTT/DATM IPC 1): with experts of a few steps per epoch the target distance is
-#: tiny and lr_lr 1e-5 drove syn_lr to 1e7 and the loss to NaN within 6 iterations (MTT, IPC 10, CIFAR-10).
+#: official step-size lr (1e-7, MTT/DATM IPC 1: with experts of a few steps per epoch the target distance is
+#: tiny and lr_lr 1e-5 drove syn_lr to 1e7 and the loss to NaN within 6 iterations, MTT, IPC 10, CIFAR-10).
+#: These override the row; it needs no row: where none exists, DATM takes the pixel/label lrs of its
+#: CIFAR-10 IPC-10 YAML (TM_CPU_FILL).
 TM_CPU = {"iterations": 30, "syn_steps": 10, "expert_epochs": 2, "max_start_epoch": 4, "batch_syn": 20, "zca": False,
-          "current_max_start_epoch": 2, "expansion_end_epoch": 20, "lr_lr": 1e-7}
+          "min_start_epoch": 0, "current_max_start_epoch": 2, "expansion_end_epoch": 20, "lr_lr": 1e-7}
+TM_CPU_FILL = {"lr_img": 100.0, "lr_y": 2.0}
 #: MTT's IPC-10 lr_img 1e5 is a ZCA-space value ([unverified] row); the CPU preset runs without ZCA, so it
-#: uses the IPC-1/50 value.
+#: uses the mean/std-space value of its other rows.
 MTT_CPU = {**TM_CPU, "lr_img": 1000.0}
-MTT_KEYS = ("iterations", "syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "zca", "lr_img", "lr_lr")
+MTT_KEYS = ("iterations", "syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "zca", "lr_img", "lr_lr",
+            "model", "init")
 DATM_KEYS = MTT_KEYS + ("lr_y", "threshold", "min_start_epoch", "current_max_start_epoch", "expansion_end_epoch",
                         "sequential_generation")
 
 
 @dataclass(frozen=True)
 class MTTConfig(MethodConfig):
-    """MTT options; None = the preset's value (paper: CIFAR-10 table by IPC, else distill.py's defaults)."""
+    """MTT options; None = the preset's value (paper: the row of this dataset and IPC, MTT_ROWS)."""
 
-    preset: str = field("paper", "paper: official values by IPC; cpu: 30 iterations, 10 steps on 20 images, "
-                                 "start epoch < 4, no ZCA, lr_img 1000, lr_lr 1e-7; explicit options override both")
+    preset: str = field("paper", "paper: the official row of this dataset and IPC (CIFAR-10/100, Tiny-ImageNet "
+                                 "at IPC 1/10/50; elsewhere pass --syn-steps --expert-epochs --max-start-epoch "
+                                 "--zca --lr-img --lr-lr); cpu: 30 iterations, 10 steps on 20 images, start epoch "
+                                 "< 4, no ZCA, lr_img 1000, lr_lr 1e-7; explicit options override both")
     buffer: str = field("", "expert buffer folder from `ddkit experts train` (required)")
-    model: str = field("convnet-d3", "student/expert network (must match the buffer)")
+    model: Optional[str] = field(None, "student/expert network, must match the buffer (paper: convnet-d3; "
+                                       "convnet-d4 on Tiny-ImageNet)")
     iterations: Optional[int] = field(None, "iterations, inclusive range (paper 5000, distill.py; cpu 30)")
-    syn_steps: Optional[int] = field(None, "student steps N per iteration (paper 50/30/30 at IPC 1/10/50)")
-    expert_epochs: Optional[int] = field(None, "expert epochs M matched (paper 2)")
-    max_start_epoch: Optional[int] = field(None, "start epoch drawn in [0, this) (paper 2/20/40 at IPC 1/10/50)")
-    batch_syn: Optional[int] = field(None, "synthetic images per student step (0 = all; paper all; cpu 20)")
-    zca: Optional[bool] = field(None, "ZCA-whitened inputs (paper on at IPC 1/10, off at 50; the buffer must match)")
-    lr_img: Optional[float] = field(None, "SGD lr on the pixels (paper 1000 / 1e5 / 1000 at IPC 1/10/50, [unverified])")
-    lr_lr: Optional[float] = field(None, "SGD lr on the learnable step size (paper 1e-7 / 1e-5 / 1e-5)")
-    lr_teacher: float = field(0.01, "initial learnable student step size syn_lr (distill.py:118)")
+    syn_steps: Optional[int] = field(None, "student steps N per iteration (CIFAR-10 50/30/30, CIFAR-100 20/20/80, "
+                                           "Tiny 10/20/80 at IPC 1/10/50)")
+    expert_epochs: Optional[int] = field(None, "expert epochs M matched (paper 2; CIFAR-100 IPC 1: 3)")
+    max_start_epoch: Optional[int] = field(None, "start epoch drawn in [0, this) (CIFAR-10 2/20/40, CIFAR-100 "
+                                                 "20/20/40, Tiny 10/40/40)")
+    batch_syn: Optional[int] = field(None, "synthetic images per student step (0 = all; paper all, CIFAR-100 IPC "
+                                           "50: 125, Tiny IPC 10/50: 200/300; cpu 20)")
+    zca: Optional[bool] = field(None, "ZCA-whitened inputs (CIFAR-10 on/on/off, CIFAR-100 on/off/on; Tiny: not "
+                                      "known, pass it; the buffer must match)")
+    lr_img: Optional[float] = field(None, "SGD lr on the pixels (CIFAR-10 1000/1e5/1000, CIFAR-100 1000, Tiny 1e4; "
+                                          "[unverified] but CIFAR-100 IPC 1)")
+    lr_lr: Optional[float] = field(None, "SGD lr on the learnable step size (CIFAR-10 1e-7/1e-5/1e-5, CIFAR-100 "
+                                         "1e-5, Tiny 1e-4)")
+    lr_teacher: float = field(0.01, "initial learnable student step size syn_lr (distill.py:118; every row)")
     momentum: float = field(0.5, "SGD momentum of the image and step-size optimisers (distill.py:138-139)")
-    init: str = field("real", "real (distill.py:120-130) or correct (real images the experts classify correctly)")
+    init: Optional[str] = field(None, "real (paper, distill.py:120-130) or correct (real images the experts "
+                                      "classify correctly)")
     dsa_strategy: str = field(DEFAULT_STRATEGY, "per-sample DSA in the unroll ('none' = off)")
     max_experts: int = field(0, "use only the first N finished experts (0 = all)")
+    norm: str = field("official", NORM_HELP + "; MTT/DATM: utils.py:56-57, CIFAR-10's numbers for CIFAR-100 too; "
+                                  "unused with zca; the buffer must match")
 
 
 @dataclass(frozen=True)
 class DATMConfig(MTTConfig):
-    """DATM options; None = the preset's value (paper: configs/CIFAR10/ConvIN/IPC*.yaml by IPC)."""
+    """DATM options; None = the preset's value (paper: configs/<dataset>/ConvIN/IPC<n>.yaml, DATM_ROWS)."""
 
-    preset: str = field("paper", "paper: DATM's YAML by IPC; cpu: 30 iterations, 10 steps on 20 images, start "
-                                 "epoch < 4, no ZCA, lr_lr 1e-7; explicit options override both")
-    iterations: Optional[int] = field(None, "iterations (paper 10000, the YAMLs; cpu 30)")
-    syn_steps: Optional[int] = field(None, "student steps N per iteration (paper 80)")
-    max_start_epoch: Optional[int] = field(None, "final upper bound of the start epoch (paper 4/20/40)")
-    zca: Optional[bool] = field(None, "ZCA-whitened inputs (paper on; the buffer must match)")
-    lr_img: Optional[float] = field(None, "SGD lr on the pixels (paper 100 / 100 / 1000 at IPC 1/10/50)")
-    lr_lr: Optional[float] = field(None, "SGD lr on syn_lr (paper 1e-7 / 1e-5 / 1e-5)")
-    init: str = field("correct", "correct (samples_predicted_correctly, DATM.py:185-236) or real")
-    lr_y: Optional[float] = field(None, "SGD lr on the label logits (paper 5 / 2 / 2)")
-    momentum_y: float = field(0.9, "momentum of the label optimiser (Momentum_y)")
-    threshold: Optional[float] = field(None, "update only when the loss ≤ this (paper 1.1 / 1.0 / 1.0)")
-    min_start_epoch: Optional[int] = field(None, "lower bound of the start epoch (paper 0)")
-    current_max_start_epoch: Optional[int] = field(None, "initial upper bound (paper – / 10 / 20)")
-    expansion_end_epoch: Optional[int] = field(None, "iteration at which the bound reaches max (paper – / 1000 / 2000)")
-    sequential_generation: Optional[bool] = field(None, "move the bound over the run (paper off at IPC 1, on at 10/50)")
+    preset: str = field("paper", "paper: DATM's YAML of this dataset and IPC (CIFAR-10 IPC 1/10/50/500/1000, "
+                                 "CIFAR-100 1/10/50/100, Tiny-ImageNet 1/10/50; elsewhere pass --syn-steps "
+                                 "--expert-epochs --max-start-epoch --lr-img --lr-lr --lr-y); cpu: 30 iterations, "
+                                 "10 steps on 20 images, start epoch < 4, no ZCA, lr_lr 1e-7; explicit options "
+                                 "override both")
+    iterations: Optional[int] = field(None, "iterations (paper 10000, every YAML; cpu 30)")
+    syn_steps: Optional[int] = field(None, "student steps N per iteration (CIFAR-10 80, CIFAR-100 40/80/80, Tiny "
+                                           "40/40/20 at IPC 1/10/50)")
+    expert_epochs: Optional[int] = field(None, "expert epochs M matched (paper 2; CIFAR-100 IPC 1: 3)")
+    max_start_epoch: Optional[int] = field(None, "final upper bound of the start epoch (CIFAR-10 4/20/40, CIFAR-100 "
+                                                 "20/50/70, Tiny 20/50/70)")
+    batch_syn: Optional[int] = field(None, "synthetic images per student step (0 = all; YAML batch_syn, e.g. "
+                                           "CIFAR-100 1000, Tiny 1000/500/1000; cpu 20)")
+    zca: Optional[bool] = field(None, "ZCA-whitened inputs (paper on, every YAML; the buffer must match)")
+    lr_img: Optional[float] = field(None, "SGD lr on the pixels (CIFAR-10 100/100/1000, CIFAR-100 1000, Tiny "
+                                          "1e4/100/100)")
+    lr_lr: Optional[float] = field(None, "SGD lr on syn_lr (CIFAR-10 1e-7/1e-5/1e-5, CIFAR-100 1e-5, Tiny 1e-4)")
+    init: Optional[str] = field(None, "correct (samples_predicted_correctly, DATM.py:185-236; paper) or real "
+                                      "(CIFAR-100 IPC 50)")
+    lr_y: Optional[float] = field(None, "SGD lr on the label logits (CIFAR-10 5/2/2, CIFAR-100 and Tiny 10)")
+    momentum_y: float = field(0.9, "momentum of the label optimiser (Momentum_y, every YAML)")
+    threshold: Optional[float] = field(None, "update only when the loss ≤ this (paper 1.0; CIFAR-10 IPC 1: 1.1)")
+    min_start_epoch: Optional[int] = field(None, "lower bound of the start epoch (paper 0; CIFAR-100 IPC 50: 20, "
+                                                 "Tiny IPC 10/50: 10/40)")
+    current_max_start_epoch: Optional[int] = field(None, "initial upper bound (CIFAR-10 –/10/20, CIFAR-100 10/30/–, "
+                                                         "Tiny 15/–/–)")
+    expansion_end_epoch: Optional[int] = field(None, "iteration at which the bound reaches max (CIFAR-10 "
+                                                     "–/1000/2000, CIFAR-100 1000/2000/–, Tiny 2000/–/–)")
+    sequential_generation: Optional[bool] = field(None, "move the bound over the run (on where the YAML leaves it "
+                                                        "out; off at CIFAR-10 IPC 1, CIFAR-100 IPC 50, Tiny 10/50)")
     learn_labels: bool = field(True, "learn soft labels (logits, SoftCrossEntropy in the unroll)")
     label_experts: int = field(0, "experts averaged for the label init (0 = all finished experts, DATM)")
 
 
-def settings(cfg: MTTConfig) -> Dict[str, Any]:
-    """Effective per-IPC values for this config and preset."""
-    if isinstance(cfg, DATMConfig):
-        paper = {**DATM_DEFAULTS, **DATM_TABLE.get(cfg.ipc, {})}
-        return resolve_settings(cfg, DATM_KEYS, paper, TM_CPU)
-    paper = {**MTT_DEFAULTS, **MTT_TABLE.get(cfg.ipc, {})}
+def official_row(cfg: MTTConfig, name: Optional[str]) -> Tuple[Optional[Dict[str, Any]], str]:
+    """The official row for (dataset `name`, cfg.ipc) and its source, or (None, why there is none)."""
+    datm = isinstance(cfg, DATMConfig)
+    rows, sources = (DATM_ROWS, DATM_SOURCES) if datm else (MTT_ROWS, MTT_SOURCES)
+    row = rows.get(name or "", {}).get(cfg.ipc)
+    if row is None:
+        have = ", ".join(f"{d} IPC {'/'.join(map(str, r))}" for d, r in rows.items())
+        return None, f"no official row for {name or 'this dataset'} at IPC {cfg.ipc} (rows: {have})"
+    return row, sources[name].format(ipc=cfg.ipc) + f" (IPC {cfg.ipc})"  # type: ignore[index]
+
+
+def settings(cfg: MTTConfig, name: Optional[str]) -> Dict[str, Any]:
+    """Effective values for this config, preset and official dataset `name` (data.facts.official_name).
+
+    paper: the code defaults, the dataset's network, then the (dataset, IPC) row; with no row, the values
+    that differ between rows must be given (one-line refusal naming them). cpu: the same overlaid with the
+    CPU reductions; it never needs a row. Explicit options win over both.
+    """
+    datm = isinstance(cfg, DATMConfig)
+    defaults, required = (DATM_DEFAULTS, DATM_REQUIRED) if datm else (MTT_DEFAULTS, MTT_REQUIRED)
+    row, why = official_row(cfg, name)
+    paper = {**defaults, **({"model": DATASET_MODEL[name]} if name in DATASET_MODEL else {}), **(row or {})}
+    if getattr(cfg, "preset", "paper") == "paper":
+        missing = [k for k in required if getattr(cfg, k) is None and k not in paper]
+        if missing:
+            method = "datm" if datm else "mtt"
+            if row is not None:
+                why = f"the official row ({why}) does not give {', '.join(missing)}"
+            raise DDKitError(f"{method}: {why}; pass " + " ".join(f"--{k.replace('_', '-')}" for k in missing)
+                             + " (or --preset cpu)")
+    if datm:
+        return resolve_settings(cfg, DATM_KEYS, paper, {**{k: v for k, v in TM_CPU_FILL.items() if k not in paper},
+                                                        **TM_CPU})
     return resolve_settings(cfg, MTT_KEYS, paper, {k: v for k, v in MTT_CPU.items() if k in MTT_KEYS})
 
 
 def _run(name: str, dataset: ImageDataset, teacher: Any, cfg: MTTConfig, classes: Sequence[int],
          device: torch.device, progress: bool) -> Iterator[ClassResult]:
     datm = isinstance(cfg, DATMConfig)
-    s = settings(cfg)
     if not cfg.buffer:
         raise DDKitError(f"{name} needs an expert buffer: train one with `ddkit experts train --dataset "
                          f"{dataset.name} --output BUF`, then pass --buffer BUF")
-    buffer = load_buffer(cfg.buffer, dataset, arch=cfg.model, zca=bool(s["zca"]),
-                         need_epochs=s["max_start_epoch"] + s["expert_epochs"])
+    official = official_name(dataset)
+    s = settings(cfg, official)
+    buffer = load_buffer(cfg.buffer, dataset, arch=s["model"], zca=bool(s["zca"]),
+                         need_epochs=s["max_start_epoch"] + s["expert_epochs"], norm=cfg.norm)
     if cfg.max_experts:
         buffer.files = buffer.files[:cfg.max_experts]
     classes, ipc = list(classes), cfg.ipc
     space = buffer.space.to(device)
-    fnet = FlatNet(fresh_net(cfg.model, dataset, net_seed(cfg.seed, name, "student"), device))
+    fnet = FlatNet(fresh_net(s["model"], dataset, net_seed(cfg.seed, name, "student"), device))
     g = make_generator(cfg.seed, name, "run")
-    if cfg.init == "correct":
+    if s["init"] == "correct":
         syn, src = correct_init(dataset, classes, ipc, buffer, fnet, device, make_generator(cfg.seed, name, "init"))
-    elif cfg.init == "real":
+    elif s["init"] == "real":
         check_real_init(dataset, classes, ipc)
         pool = RealPool(dataset, space, device)
         parts = [pool.batch(c, ipc, make_generator(cfg.seed, name, "init", c)) for c in classes]
         syn, src = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     else:
-        raise DDKitError(f"unknown init {cfg.init!r}; use real or correct")
+        raise DDKitError(f"unknown init {s['init']!r}; use real or correct")
     hard = torch.tensor(classes, device=device).repeat_interleave(ipc)
     label_logits = None
     if datm and cfg.learn_labels:
-        label_logits = init_label_logits(buffer, fnet, syn, hard, cfg.init == "correct",
+        label_logits = init_label_logits(buffer, fnet, syn, hard, s["init"] == "correct",
                                          cfg.label_experts).requires_grad_(True)
     syn = syn.detach().clone().requires_grad_(True)
     syn_lr = torch.tensor(cfg.lr_teacher, device=device, requires_grad=True)
@@ -199,7 +296,10 @@ def _run(name: str, dataset: ImageDataset, teacher: Any, cfg: MTTConfig, classes
         if teacher is not None:
             with torch.no_grad():
                 soft["soft"] = teacher.logits(images.to(teacher.device)).float()
-    set_meta = {"preset": cfg.preset, "settings": s, "space": space.kind, "syn_lr": float(syn_lr.detach()),
+    row = official_row(cfg, official)[1] if cfg.preset == "paper" else "cpu preset"
+    ws = working_stats(dataset, "mtt", cfg.norm).meta() if space.kind == "meanstd" else None
+    set_meta = {"preset": cfg.preset, "settings": s, "table": row, "space": space.kind, "working_stats": ws,
+                "syn_lr": float(syn_lr.detach()),
                 "buffer": str(cfg.buffer), "experts": buffer.num_experts, "skipped_iterations": skipped,
                 **log.meta()}
     for k, c in enumerate(classes):

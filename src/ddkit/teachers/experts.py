@@ -4,6 +4,9 @@ Training follows MTT's `buffer.py` (matching-synthesis.md §4(a)): each expert i
 the real split with plain SGD (lr 0.01, momentum 0, weight decay 0, batch 256, per-sample DSA on the
 normalised (or ZCA-whitened) images, optional ×0.1 decay at epochs//2+1); its flattened parameters are
 snapshotted at init and after every epoch (epochs + 1 snapshots); test accuracy is recorded per epoch.
+`sam=True` is DATM's FTD route (README: buffer/buffer_FTD.py): every SGD step becomes a GSAM step
+(ddkit.teachers.gsam) with the README's ρ 0.01, α 0.3, adaptive, and 100 epochs. Inputs are normalised
+with the official MTT/DATM statistics by default (`norm`, data.facts.OFFICIAL_STATS["mtt"]).
 
 Buffer folder (one expert per file, every file written atomically: temporary name, then rename):
 
@@ -33,15 +36,16 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ddkit.augment import DEFAULT_STRATEGY, Augment, Identity, dsa
-from ddkit.augment.zca import ZCA, Space, fit_zca
+from ddkit.augment.zca import Space, fit_zca
 from ddkit.config import field, to_dict
 from ddkit.data.base import ImageDataset
-from ddkit.loaders import (check_safetensors, read_json, read_json_keys, read_pt, read_safetensors,
-                           safetensors_metadata)
+from ddkit.data.facts import working_stats
+from ddkit.loaders import read_json, read_pt
 from ddkit.models import create_model, resolve_model_name
+from ddkit.teachers.expert_buffer import FORMAT, ExpertBuffer, load_buffer, read_zca
+from ddkit.teachers.gsam import gsam_step
 from ddkit.utils import DDKitError, atomic_write_bytes, derive_seed, machine_info, make_generator
 
-FORMAT = "ddkit-expert-buffer"
 #: CPU preset: 2 experts × 8 epochs on 100 images per class, test accuracy on 1000 test images.
 EXPERT_CPU = {"num_experts": 2, "epochs": 8, "subset_per_class": 100, "test_limit": 1000}
 
@@ -69,13 +73,24 @@ class ExpertConfig:
     test_limit: Optional[int] = field(None, "per-epoch test accuracy on the first N test images of a seeded "
                                             "permutation (0 = all; paper 0; cpu 1000)")
     seed: int = field(0, "base seed; expert i uses seeds derived from (seed, i)")
+    norm: str = field("official", "mean/std space: official (MTT/DATM's statistics, e.g. CIFAR-10 std "
+                                  "0.2023/0.1994/0.2010, utils.py:56-57) or true (the dataset's own); the "
+                                  "distillation must use the same (unused with zca)")
+    sam: bool = field(False, "FTD experts as DATM's README builds them (buffer_FTD.py): GSAM steps; paper "
+                             "epochs become 100 (README --train_epochs=100)")
+    rho: float = field(0.01, "GSAM radius ρ with --sam (README --rho_max=0.01 --rho_min=0.01; the argparse "
+                             "default 2.0 at buffer_FTD.py:144-145 is overridden there)")
+    alpha: float = field(0.3, "GSAM surrogate-gap weight α with --sam (README --alpha=0.3; argparse 0.4 at "
+                              "buffer_FTD.py:146)")
+    adaptive: bool = field(True, "adaptive (ASAM) perturbation with --sam (buffer_FTD.py:147, not overridden)")
 
 
 def resolve_expert_config(cfg: ExpertConfig) -> Dict[str, Any]:
     """The effective values (preset filled in) that define the buffer."""
     if cfg.preset not in ("paper", "cpu"):
         raise DDKitError(f"unknown preset {cfg.preset!r}; use paper or cpu")
-    table = {"num_experts": 100, "epochs": 50, "subset_per_class": 0, "test_limit": 0}
+    # FTD trains 100 epochs (DATM README: buffer_FTD.py --train_epochs=100); MTT 50 (buffer.py:117).
+    table = {"num_experts": 100, "epochs": 100 if cfg.sam else 50, "subset_per_class": 0, "test_limit": 0}
     if cfg.preset == "cpu":
         table.update(EXPERT_CPU)
     out = to_dict(cfg)
@@ -104,26 +119,28 @@ def _subset(train: ImageDataset, per_class: int, seed: int) -> ImageDataset:
 
 
 def _header(train: ImageDataset, eff: Dict[str, Any], model: nn.Module) -> Dict[str, Any]:
+    ws = working_stats(train, "mtt", eff["norm"])
     return {"format": FORMAT, "version": 1, "dataset": train.name, "classes": train.classes,
             "image_size": train.image_size, "channels": train.channels, "arch": eff["arch"],
-            "normalisation": {"kind": "zca" if eff["zca"] else "meanstd", "mean": list(train.mean),
-                              "std": list(train.std)},
+            "normalisation": {"kind": "zca" if eff["zca"] else "meanstd", "mean": list(ws.mean),
+                              "std": list(ws.std)},
             "params": param_layout(model), "num_params": int(sum(p.numel() for p in model.parameters())),
             "config": eff}
 
 
 def _space(train: ImageDataset, eff: Dict[str, Any], out: Path) -> Space:
     """mean/std normalisation, or the ZCA stored in the buffer (fitted once on the expert training set)."""
+    ws = working_stats(train, "mtt", eff["norm"])
     if not eff["zca"]:
-        return Space(train.mean, train.std)
+        return Space(ws.mean, ws.std)
     from safetensors.torch import save
 
     path = out / "zca.safetensors"
     if path.exists():
-        return Space(train.mean, train.std, _zca(path))
+        return Space(ws.mean, ws.std, read_zca(path))
     zca = fit_zca(train.images)
     atomic_write_bytes(path, save(zca.state()))
-    return Space(train.mean, train.std, zca)
+    return Space(ws.mean, ws.std, zca)
 
 
 def _test_accuracy(model: nn.Module, test: ImageDataset, space: Space, dev: torch.device, batch: int = 500) -> float:
@@ -144,6 +161,11 @@ def _partial_state(model, opt, g, traj, record) -> bytes:
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "rng": g.get_state(), "traj": traj,
                 "record": record}, buf)
     return buf.getvalue()
+
+
+def _forward(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    out = model(x)
+    return out, F.cross_entropy(out, y)
 
 
 def train_expert(index: int, train: ImageDataset, test: Optional[ImageDataset], eff: Dict[str, Any], space: Space,
@@ -190,11 +212,14 @@ def train_expert(index: int, train: ImageDataset, test: Optional[ImageDataset], 
             if not isinstance(aug, Identity):
                 x = aug.apply(x, aug.sample(len(x), x.shape, generator=g))
             y = train.labels[idx].to(device)
-            out_ = model(x)
-            loss = F.cross_entropy(out_, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if eff["sam"]:  # both GSAM passes see the same augmented batch (FTD's closure)
+                out_, loss = gsam_step(model, lambda: _forward(model, x, y), opt, eff["rho"], eff["alpha"],
+                                       eff["adaptive"])
+            else:
+                out_, loss = _forward(model, x, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
             loss_sum += float(loss.detach()) * len(idx)
             correct += int((out_.argmax(1) == y).sum())
         traj.append(flat_params(model))
@@ -243,7 +268,7 @@ def train_experts(train: ImageDataset, test: Optional[ImageDataset], cfg: Expert
     hpath = out / "buffer.json"
     if hpath.exists():
         old = read_json(hpath, "expert buffer header")
-        if old != json.loads(json.dumps(header)):
+        if old != _as_old(json.loads(json.dumps(header)), old):
             diff = sorted(k for k in set(old) | set(header) if old.get(k) != json.loads(json.dumps(header)).get(k))
             raise DDKitError(f"expert buffer {out} was made with other settings ({', '.join(diff)} differ); "
                              "use another --output or the same options to resume it")
@@ -254,6 +279,23 @@ def train_experts(train: ImageDataset, test: Optional[ImageDataset], cfg: Expert
     for e in todo:
         train_expert(e, data, test, eff, space, out, device, progress=progress, on_epoch=on_epoch)
     return todo
+
+
+#: Options added after the first buffers: a header without them was made with these values.
+_BEFORE = {"norm": "true", "sam": False, "rho": None, "alpha": None, "adaptive": None}
+
+
+def _as_old(header: Dict[str, Any], old: Dict[str, Any]) -> Dict[str, Any]:
+    """`header` without the options an older header lacks, where their values reproduce the old behaviour
+    (norm=true, no SAM), so such a buffer still resumes; any real difference is kept and refused."""
+    cfg, old_cfg = dict(header.get("config", {})), old.get("config")
+    if not isinstance(old_cfg, dict):
+        return header
+    sam = cfg.get("sam")
+    for k, v in _BEFORE.items():
+        if k not in old_cfg and k in cfg and ((v is None and not sam) or cfg[k] == v):
+            cfg.pop(k)
+    return {**header, "config": cfg}
 
 
 def parse_shard(text: Optional[str]) -> Tuple[int, int]:
@@ -269,115 +311,5 @@ def parse_shard(text: Optional[str]) -> Tuple[int, int]:
     return 0, 1
 
 
-class ExpertBuffer:
-    """The finished experts of a buffer folder; trajectories are read one file at a time (cached)."""
-
-    def __init__(self, path: Path, header: Dict[str, Any], files: List[Path], space: Space) -> None:
-        self.path, self.header, self.files, self.space = path, header, files, space
-        self._cache: Tuple[int, Optional[torch.Tensor]] = (-1, None)
-
-    @property
-    def num_experts(self) -> int:
-        return len(self.files)
-
-    @property
-    def epochs(self) -> int:
-        return int(self.header["config"]["epochs"])
-
-    @property
-    def lr(self) -> float:
-        return float(self.header["config"]["lr"])
-
-    def trajectory(self, i: int) -> torch.Tensor:
-        """(epochs+1)×P float32 parameters of expert `i` (index into the finished files)."""
-        if self._cache[0] != i:
-            t = read_safetensors(self.files[i], "expert file").get("trajectory")
-            shape = (self.epochs + 1, int(self.header["num_params"]))
-            if t is None or tuple(t.shape) != shape or not t.is_floating_point():
-                found = "no 'trajectory'" if t is None else f"{t.dtype} {tuple(t.shape)}"
-                raise DDKitError(f"expert file {self.files[i]} holds {found}, expected float "
-                                 f"{shape[0]}×{shape[1]}; delete it and rerun `ddkit experts train` (it resumes)")
-            if not bool(torch.isfinite(t).all()):
-                raise DDKitError(f"expert file {self.files[i]} holds NaN or Inf parameters; delete it and rerun "
-                                 f"`ddkit experts train` (it resumes)")
-            self._cache = (i, t)
-        return self._cache[1]  # type: ignore[return-value]
-
-    def record(self, i: int) -> Dict[str, Any]:
-        meta = safetensors_metadata(self.files[i], "expert file")
-        try:
-            return json.loads(meta["record"])
-        except (KeyError, ValueError):
-            raise DDKitError(f"expert file {self.files[i]} lacks a readable 'record' header; delete it and rerun "
-                             f"`ddkit experts train` (it resumes)") from None
-
-
-def load_buffer(path: str | Path, dataset: ImageDataset, *, arch: str, zca: bool, need_epochs: int) -> ExpertBuffer:
-    """Open an expert buffer for distillation on `dataset`, refusing one that does not fit.
-
-    Checks (each a one-line DDKitError): the folder holds a buffer with at least one finished expert; it
-    was trained on the same dataset (name, classes, image size), architecture and normalisation (mean/std,
-    or ZCA); each expert has at least `need_epochs` epochs (max_start_epoch + expert_epochs).
-    """
-    p = Path(path)
-    hpath = p / "buffer.json"
-    hint = f"build one with `ddkit experts train --dataset {dataset.name} --output {p}`"
-    if not hpath.is_file():
-        raise DDKitError(f"no expert buffer at {p} (no buffer.json): {hint}")
-    # Every key read below, checked first: a hand-edited or foreign header is one line, not a KeyError.
-    h = read_json_keys(hpath, "expert buffer header", keys=("format", "dataset", "classes", "image_size", "channels",
-                                                            "arch", "normalisation", "num_params", "config"),
-                       types={"classes": list, "image_size": int, "channels": int, "num_params": int,
-                              "normalisation": dict, "config": dict})
-    if h.get("format") != FORMAT:
-        raise DDKitError(f"{hpath} is not a ddkit expert buffer (format {h.get('format')!r})")
-    if h["dataset"] != dataset.name or h["classes"] != list(dataset.classes):
-        raise DDKitError(f"expert buffer {p} was trained on {h['dataset']!r} ({len(h['classes'])} classes), not on "
-                         f"{dataset.name!r} ({dataset.num_classes} classes): {hint}")
-    if (h["image_size"], h["channels"]) != (dataset.image_size, dataset.channels):
-        raise DDKitError(f"expert buffer {p} holds {h['channels']}×{h['image_size']}² px experts, the dataset is "
-                         f"{dataset.channels}×{dataset.image_size}² px")
-    want = resolve_model_name(arch)
-    if h["arch"] != want:
-        raise DDKitError(f"expert buffer {p} holds {h['arch']} experts but the distillation uses {want}: "
-                         f"pass --model {h['arch']} or train experts for {want}")
-    norm = h["normalisation"]
-    if (not all(k in norm for k in ("kind", "mean", "std")) or not isinstance(norm["mean"], list)
-            or not isinstance(norm["std"], list)):
-        raise DDKitError(f"expert buffer header {hpath}: 'normalisation' must hold kind, mean and std lists; "
-                         f"{hint}")
-    if not isinstance(h["config"].get("epochs"), int) or not isinstance(h["config"].get("lr"), (int, float)):
-        raise DDKitError(f"expert buffer header {hpath}: 'config' must hold whole 'epochs' and a number 'lr'; {hint}")
-    kind = "zca" if zca else "meanstd"
-    if norm["kind"] != kind:
-        raise DDKitError(f"expert buffer {p} was trained with {norm['kind']} inputs but the distillation asks for "
-                         f"{kind}: pass --zca {'true' if norm['kind'] == 'zca' else 'false'} or retrain the experts")
-    ours = list(dataset.mean) + list(dataset.std)
-    if [round(v, 6) for v in norm["mean"] + norm["std"]] != [round(v, 6) for v in ours]:
-        raise DDKitError(f"expert buffer {p} was trained with mean/std {norm['mean']}/{norm['std']}, the dataset "
-                         f"uses {list(dataset.mean)}/{list(dataset.std)}")
-    epochs = int(h["config"]["epochs"])
-    if epochs < need_epochs:
-        raise DDKitError(f"expert buffer {p} has {epochs} epochs per expert, fewer than max_start_epoch + "
-                         f"expert_epochs = {need_epochs}: lower them or train longer experts")
-    files = sorted(p.glob("expert_*.safetensors"))
-    if not files:
-        raise DDKitError(f"expert buffer {p} has no finished expert yet: finish it with `ddkit experts train` "
-                         "(it resumes)")
-    for f in files:  # before any work: a truncated or disguised expert is refused from its header
-        check_safetensors(f, "expert file")
-        safetensors_metadata(f, "expert file")
-    space = Space(dataset.mean, dataset.std)
-    if zca:
-        space = Space(dataset.mean, dataset.std, _zca(p / "zca.safetensors"))
-    return ExpertBuffer(p, h, files, space)
-
-
-def _zca(path: Path) -> ZCA:
-    """The buffer's fitted ZCA transform, read through the loader layer."""
-    state = read_safetensors(path, "ZCA file of the expert buffer")
-    try:
-        return ZCA.from_state(state)
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise DDKitError(f"ZCA file {path} is not a ZCA state ({' '.join(str(e).split())[:80]}); delete it and "
-                         f"rerun `ddkit experts train`") from None
+__all__ = ["FORMAT", "ExpertBuffer", "ExpertConfig", "load_buffer", "parse_shard", "resolve_expert_config",
+           "train_expert", "train_experts"]
