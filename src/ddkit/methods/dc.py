@@ -14,6 +14,10 @@ by 1 − cos (1e-6 in the denominator), 1-d tensors (biases, norm weights) contr
 For DSA, A is ONE augmentation draw shared by the real and the synthetic batch of a class (siamese,
 utils.py:487-536), and the inner-loop training uses per-sample DSA; for DC, A is the identity.
 
+Working space: pixels are optimised normalised with DC's own statistics (`norm=official`, utils.py:46-73,
+e.g. CIFAR-10 std 0.2023/0.1994/0.2010), so N(0,1) noise init, lr_img and DSA's additive brightness act as
+in the official code; `norm=true` uses the dataset's measured mean/std (its noise init is ~1.22× wider in pixels).
+
 Coupling: for IPC > 1 the inner loop trains the network on every class's synthetic images, so classes
 are optimised jointly, not independently; sharding by class would change the result, hence
 class_separable=False (at IPC 1 there is no inner loop and the per-class results are independent).

@@ -7,6 +7,9 @@ matching-synthesis.md §3, VICO-UoE/DatasetCondensation commit 53f63a6):
         loss = ‖mean(embed(A(real_c))) − mean(embed(A(syn_c)))‖²   (sum, not divided by classes, :158-163)
         one SGD step (lr_img, momentum 0.5) on the synthetic images             (main_DM.py:102,191-193)
 
+Pixels are optimised normalised with DC's statistics (`norm=official`, DatasetCondensation utils.py:46-73),
+or the dataset's own (`norm=true`); see matching_ops.working_space.
+
 No gradient reaches the network and classes never interact (the official code sums the class losses
 before one step; SGD is per-element, so a per-class step is the same update), hence class-separable.
 Each class draws its own networks from (seed, class, iteration), so a class's result does not depend on
