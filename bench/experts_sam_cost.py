@@ -78,7 +78,7 @@ def main() -> None:
         "cli_equivalent": f"ddkit experts train --dataset {args.dataset} --preset cpu --num-experts 1 --epochs "
                           f"{args.epochs} [--sam] --output BUF (the CLI also scores the test split each epoch)",
         "revision": revision(), "machine": lscpu(), "threads": os.environ.get("OMP_NUM_THREADS"),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "load_average_at_end": list(os.getloadavg()),
         "setting": {"dataset": args.dataset, "images": eff["subset_per_class"] * train.num_classes,
                     "batch": eff["batch_size"], "arch": eff["arch"], "dsa": eff["dsa_strategy"],
                     "rho": eff["rho"], "alpha": eff["alpha"], "adaptive": eff["adaptive"], "epochs": args.epochs,
