@@ -146,11 +146,29 @@ def _build_relabel(rl: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     from ddkit.config import add_dataclass_args
     from ddkit.evaluate.stored import RelabelConfig
 
+    from ddkit.teachers.committee import CommitteeConfig
+
     rl.add_argument("distilled", help="distilled-set folder")
     _common(rl, dataset=False)
-    rl.add_argument("--teacher", required=True, help="teacher checkpoint that labels the views")
+    rl.add_argument("--teacher", action=_Repeated, default=None,
+                    help="teacher checkpoint that labels the views; repeat it (--teacher A --teacher B) for a "
+                         "committee whose logits combine by --vote (EDC, CV-DD, FADRM+, G-VBSM relabel)")
+    rl.add_argument("--teacher-list", default=None, metavar="FILE",
+                    help="committee from a file: one checkpoint per line, optionally followed by its prior accuracy")
     rl.add_argument("--teacher-arch", default=None, help="architecture of --teacher when the file does not say")
     add_dataclass_args(rl, RelabelConfig)
+    add_dataclass_args(rl, CommitteeConfig)
+
+
+class _Repeated(argparse.Action):
+    """A repeatable flag whose values replace a `-c` file's list instead of extending it."""
+
+    def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace, values: Any,
+                 option_string: Optional[str] = None) -> None:
+        mark = f"_{self.dest}_given"
+        items = list(getattr(ns, self.dest) or []) if getattr(ns, mark, False) else []
+        setattr(ns, self.dest, items + [values])
+        setattr(ns, mark, True)
 
 
 def _build_merge(mg: argparse.ArgumentParser, argv: Sequence[str]) -> None:

@@ -276,10 +276,32 @@ def cmd_relabel(args: argparse.Namespace) -> int:
 
     cfg = from_args(RelabelConfig, args)
     check_config(cfg)
-    store = relabel(args.distilled, _teacher(args, None, "cpu"), cfg, device=args.device,
-                    progress=not args.no_progress)
-    save_record(Path(store.path) / "config.yaml", args, cfg)  # beside the store's meta.json
+    teacher, ccfg = _relabel_teacher(args)
+    store = relabel(args.distilled, teacher, cfg, device=args.device, progress=not args.no_progress)
+    save_record(Path(store.path) / "config.yaml", args, cfg, ccfg)  # beside the store's meta.json
     return 0
+
+
+def _relabel_teacher(args: argparse.Namespace):
+    """The one teacher of `relabel`, or a Committee of every --teacher / --teacher-list entry (in that order)."""
+    from ddkit.config import from_args
+    from ddkit.teachers import load_teacher
+    from ddkit.teachers.committee import CommitteeConfig, load_committee, read_teacher_list
+    from ddkit.utils import DDKitError
+
+    ccfg = from_args(CommitteeConfig, args)
+    paths = [args.teacher] if isinstance(args.teacher, str) else list(args.teacher or [])
+    priors = None
+    if args.teacher_list:
+        listed, priors = read_teacher_list(args.teacher_list)
+        if priors is not None and paths:
+            raise DDKitError("--teacher-list gives prior accuracies: name every teacher in the file, not with --teacher")
+        paths += listed
+    if not paths:
+        raise DDKitError("relabel needs --teacher (repeat it for a committee) or --teacher-list FILE")
+    if len(paths) == 1 and ccfg.vote == "mean" and not ccfg.batch_stats:
+        return load_teacher(paths[0], arch=args.teacher_arch, device="cpu"), ccfg
+    return load_committee(paths, ccfg, priors=priors, arch=args.teacher_arch, device="cpu"), ccfg
 
 
 def cmd_study(args: argparse.Namespace) -> int:

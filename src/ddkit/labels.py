@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 
 from ddkit.augment import Augment, Params, select
 from ddkit.loaders import read_json_keys, read_npy
+from ddkit.teachers.committee import Committee, FrozenCommittee
 from ddkit.teachers.frozen import FrozenTeacher
 from ddkit.utils import DDKitError, atomic_write_bytes, get_device, make_generator
 
@@ -301,7 +302,9 @@ def build_label_store(images: Any, teacher: Any, aug: Augment, epochs: int, seed
     Args:
         images: float N×C×H×W in [0,1] (uint8 accepted) or a DistilledSet.
         teacher: a ddkit Teacher (model, mean, std, classes), seen through `FrozenTeacher` on `device`
-            (a private copy only when its weights live elsewhere).
+            (a private copy only when its weights live elsewhere), or a `teachers.committee.Committee`
+            (the members' logits combined by its vote; a batch-dependent rule — norm_mean, batch_stats —
+            labels seeded random batches of `batch_size` and records it as `label_batch`).
         aug: per-sample, replayable augmentation of [0,1] images (e.g. Compose([RandomResizedCrop, Flip])).
         epochs, seed: views (e, i) for e < epochs, params drawn from (seed, "labels", e).
         topk: None = full fp16 logits; k = top-k values + indices + log-sum-exp (module docstring).
@@ -326,6 +329,9 @@ def build_label_store(images: Any, teacher: Any, aug: Augment, epochs: int, seed
         "topk": topk, "image_shape": list(images.shape[1:]), "aug": repr(aug),
         "images_fingerprint": _fingerprint(images), "teacher_fingerprint": _fingerprint(teacher.model.state_dict()),
         "teacher_arch": getattr(teacher, "arch", None), "fill_default": "uniform", "epochs_done": 0}
+    batch_dependent = isinstance(teacher, Committee) and teacher.batch_dependent
+    if batch_dependent:  # a view's label depends on its batch-mates: the batch size is part of the store
+        meta["label_batch"] = int(batch_size)
     path = Path(path)
     spec = _arrays_spec(n, k, epochs, topk)
     start = 0
@@ -342,21 +348,28 @@ def build_label_store(images: Any, teacher: Any, aug: Augment, epochs: int, seed
     meta["epochs_done"] = start
     store = LabelStore(path, meta, images, aug)
     dev = get_device(device) if not isinstance(device, torch.device) else device
-    ft = FrozenTeacher(teacher, dev, amp=amp, channels_last=False, max_batch=batch_size)
+    if isinstance(teacher, Committee):  # several teachers label each view together (teachers.committee)
+        ft = FrozenCommittee(teacher, dev, amp=amp, max_batch=batch_size)
+    else:
+        ft = FrozenTeacher(teacher, dev, amp=amp, channels_last=False, max_batch=batch_size)
     arrays = {name: store._array(name, "r+") for name in spec}
     bar = tqdm(total=(epochs - start) * n, desc="relabel", disable=not progress, dynamic_ncols=True, mininterval=1.0)
     for e in range(start, epochs):
+        # batch-dependent committees see seeded random batches, as the official relabels' RandomSampler does
+        order = (torch.randperm(n, generator=make_generator(int(seed), "label-batches", e)) if batch_dependent
+                 else torch.arange(n))
         for a in range(0, n, batch_size):
-            idx = torch.arange(a, min(a + batch_size, n))
-            x = aug.apply(images[a:a + len(idx)].to(dev), store.params(e, idx))
+            idx = order[a:a + batch_size]
+            x = aug.apply(images[idx].to(dev), store.params(e, idx))
             logits = ft.logits(x).clamp(-_F16_MAX, _F16_MAX)
+            rows = slice(a, a + len(idx)) if not batch_dependent else idx.numpy()
             if topk is None:
-                arrays["logits"][e, a:a + len(idx)] = logits.half().cpu().numpy()
+                arrays["logits"][e, rows] = logits.half().cpu().numpy()
             else:
                 vals, ind = logits.topk(topk, dim=1)  # descending
-                arrays["topk_values"][e, a:a + len(idx)] = vals.half().cpu().numpy()
-                arrays["topk_indices"][e, a:a + len(idx)] = ind.cpu().numpy().astype(spec["topk_indices"][0])
-                arrays["lse"][e, a:a + len(idx)] = torch.logsumexp(logits, 1).cpu().numpy()
+                arrays["topk_values"][e, rows] = vals.half().cpu().numpy()
+                arrays["topk_indices"][e, rows] = ind.cpu().numpy().astype(spec["topk_indices"][0])
+                arrays["lse"][e, rows] = torch.logsumexp(logits, 1).cpu().numpy()
             bar.update(len(idx))
         for arr in arrays.values():
             arr.flush()  # data on disk before the epoch is declared done
