@@ -12,6 +12,7 @@ numpy, safetensors or torch.
 | `.npy` | `read_npy` (`allow_pickle=False`, expected dtype/shape checked) | reads Python objects |
 | JSON metas | `read_json_keys` (object with the required keys) | |
 | YAML | ddkit.config_file.load_yaml (size and alias limits) | builds Python objects |
+| teacher lists | `read_teacher_list` (`PATH [PRIOR]` per line, for a committee) | |
 
 This module sits low (torch, numpy and ddkit.validate only), so teachers, stores, buffers and the
 set format share it.
@@ -167,3 +168,39 @@ def save_tensors(tensors: Dict[str, torch.Tensor], path: str | Path,
     except OSError:
         p.unlink(missing_ok=True)
         raise
+
+
+def read_teacher_list(path: str | Path) -> Tuple[list, Optional[list]]:
+    """A teacher-list file: one checkpoint per line, optionally followed by its prior accuracy
+    (`runs/r18.safetensors 56.4`); `#` starts a comment; relative paths are relative to the file.
+    Returns (paths, priors or None); priors must be given on every line or none."""
+    p = Path(path)
+    if not p.is_file():
+        raise DDKitError(f"teacher list {p} not found")
+    paths: list = []
+    priors: list = []
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DDKitError(f"teacher list {p}: cannot read it as text ({e.__class__.__name__})") from None
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) > 2:
+            raise DDKitError(f"{p}:{n}: expected 'PATH [PRIOR]', got {raw.strip()!r}")
+        ref = parts[0]
+        if not ref.startswith("torchvision:") and not Path(ref).is_absolute():
+            ref = str(p.parent / ref)
+        paths.append(ref)
+        try:
+            priors.append(float(parts[1]) if len(parts) == 2 else None)
+        except ValueError:
+            raise DDKitError(f"{p}:{n}: prior {parts[1]!r} is not a number") from None
+    if not paths:
+        raise DDKitError(f"teacher list {p} names no teacher")
+    given = [x for x in priors if x is not None]
+    if given and len(given) != len(priors):
+        raise DDKitError(f"{p}: give a prior accuracy on every line or on none")
+    return paths, ([float(x) for x in given] if given else None)

@@ -44,14 +44,25 @@ def _arg(args: Any, name: str) -> Optional[str]:
 
 
 def _teacher_files(args: Any) -> List[Declared]:
-    """A teacher named by stem or by either file: both its files are read."""
-    teacher = _arg(args, "teacher")
-    if not teacher or teacher.startswith("torchvision:"):
-        return []
-    p = Path(teacher)
-    stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
-    return [Declared(teacher, "--teacher"), Declared(f"{stem}.safetensors", "--teacher"),
-            Declared(f"{stem}.json", "--teacher")]
+    """A teacher named by stem or by either file: both its files are read (every one of a relabel committee,
+    and its --teacher-list file with the checkpoints it names)."""
+    given = getattr(args, "teacher", None)
+    teachers = [str(t) for t in (given if isinstance(given, (list, tuple)) else [given]) if t not in (None, "")]
+    out: List[Declared] = []
+    if lst := _arg(args, "teacher_list"):
+        out.append(Declared(lst, "--teacher-list"))
+        if Path(lst).is_file():
+            from ddkit.loaders import read_teacher_list
+
+            teachers += read_teacher_list(lst)[0]
+    for teacher in teachers:
+        if teacher.startswith("torchvision:"):
+            continue
+        p = Path(teacher)
+        stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
+        out += [Declared(teacher, "--teacher"), Declared(f"{stem}.safetensors", "--teacher"),
+                Declared(f"{stem}.json", "--teacher")]
+    return out
 
 
 def _dataset_path(args: Any) -> List[Declared]:

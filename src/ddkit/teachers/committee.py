@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 
 from ddkit.config import field
+from ddkit.loaders import read_teacher_list
 from ddkit.teachers.core import Teacher
 from ddkit.teachers.frozen import FrozenTeacher
 from ddkit.utils import DDKitError
@@ -220,38 +221,6 @@ class FrozenCommittee:
         parts = [x01[:half], x01[half:]] if half > 0 else [x01]
         return self.committee.combine([torch.cat([v.logits(p, max_batch=max(1, len(p))) for p in parts])
                                        for v in self.views])
-
-
-def read_teacher_list(path: Union[str, Path]) -> Tuple[List[str], Optional[List[float]]]:
-    """A teacher-list file: one checkpoint per line, optionally followed by its prior accuracy
-    (`runs/r18.safetensors 56.4`); `#` starts a comment; relative paths are relative to the file.
-    Returns (paths, priors or None); priors must be given on every line or none."""
-    p = Path(path)
-    if not p.is_file():
-        raise DDKitError(f"teacher list {p} not found")
-    paths: List[str] = []
-    priors: List[Optional[float]] = []
-    for n, raw in enumerate(p.read_text().splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        parts = line.split()
-        if len(parts) > 2:
-            raise DDKitError(f"{p}:{n}: expected 'PATH [PRIOR]', got {raw.strip()!r}")
-        ref = parts[0]
-        if not ref.startswith("torchvision:") and not Path(ref).is_absolute():
-            ref = str(p.parent / ref)
-        paths.append(ref)
-        try:
-            priors.append(float(parts[1]) if len(parts) == 2 else None)
-        except ValueError:
-            raise DDKitError(f"{p}:{n}: prior {parts[1]!r} is not a number") from None
-    if not paths:
-        raise DDKitError(f"teacher list {p} names no teacher")
-    given = [x for x in priors if x is not None]
-    if given and len(given) != len(priors):
-        raise DDKitError(f"{p}: give a prior accuracy on every line or on none")
-    return paths, ([float(x) for x in given] if given else None)
 
 
 def load_committee(paths: Sequence[Union[str, Path]], cfg: Optional[CommitteeConfig] = None, *,
