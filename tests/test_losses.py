@@ -60,14 +60,27 @@ def test_mse_and_mse_ce():
 
 def test_gift_by_hand():
     t = torch.tensor([[3.0, 4.0]])  # normalised: [0.6, 0.8]
-    y = torch.tensor([0])          # smoothed (α=0.1, K=2): [0.95, 0.05]
-    n = math.hypot(0.95, 0.05)
-    ref = (0.6 + 0.1 * 0.95 / n, 0.8 + 0.1 * 0.05 / n)
+    y = torch.tensor([0])          # GIFT's smoothing (α=0.1, K=2): 1 − α on the class, α/(K−1) off: [0.9, 0.1]
+    n = math.hypot(0.9, 0.1)
+    ref = (0.6 + 0.1 * 0.9 / n, 0.8 + 0.1 * 0.1 / n)
     s = torch.tensor([[1.0, 0.0]])
     cos = ref[0] / math.hypot(*ref)
     close(gift(s, t, y), 1 - cos)
     # a student parallel to the reference has zero loss, whatever its scale
     close(gift(torch.tensor([ref]) * 7.0, t, y), 0.0, 1e-6)
+
+
+def test_gift_smoothing_is_the_official_alpha_over_k_minus_one():
+    # K = 3, class 2: LINs-lab/GIFT batch_label_smoothing gives [0.05, 0.05, 0.9] (α/(K−1) = 0.05 off the class)
+    t = torch.tensor([[1.0, 2.0, 2.0]])  # norm 3
+    sm = (0.05, 0.05, 0.9)
+    n = math.sqrt(sum(v * v for v in sm))
+    ref = [t[0, i].item() / 3 + 0.1 * sm[i] / n for i in range(3)]
+    s = torch.tensor([[0.3, -1.0, 2.0]])
+    cos = sum(a * b for a, b in zip(ref, s[0].tolist())) / (math.sqrt(sum(r * r for r in ref)) * s.norm().item())
+    close(gift(s, t, torch.tensor([2])), 1 - cos)
+    # a one-hot probability row is the same as its class id
+    close(gift(s, t, torch.tensor([[0.0, 0.0, 1.0]])), 1 - cos)
 
 
 def test_criterion_registry():

@@ -280,3 +280,32 @@ def test_study_keys_teacher_weights_and_what_counts_as_a_difference():
         ("eval_overrides.lr", sk.UNSET, 0.1)]  # but an option the user added is a difference
     assert sk.describe("runs/x", [("el2n-easy.proxy_epochs", 1, 2)]) == (
         "runs/x was made with el2n-easy.proxy_epochs=1; this run has 2: use another --output-dir")
+
+
+def test_study_runs_a_loss_variant_as_its_own_regime(tmp_path, counted):
+    """`slkd:gift`: SL+KD trained with GIFT's loss, a column beside plain slkd (issue #28)."""
+    import torch
+
+    from ddkit.models import create_model
+    from ddkit.teachers import Teacher
+
+    train, test = make_toy(20, 4, 8), make_toy(10, 4, 8, seed=1, split="test")
+    torch.manual_seed(0)
+    teacher = Teacher(create_model("convnet-d1", 4, 8, width=8), "convnet-d1", train.classes, train.mean, train.std, 8)
+    grid = dict(ipcs=(2,), budgets=(0.5,), regimes=("slkd", "SL+KD:GIFT"), methods=("random",), student="convnet-d1",
+                student_width=8, seeds=1)
+    out = tmp_path / "ht"
+    r = run_study(train, test, teacher, output_dir=str(out), device="cpu", progress=False, **grid)
+    assert r.evaluated == 2
+    assert [(c.regime, c.loss) for c in counted] == [("slkd", None), ("slkd", "gift")]
+    assert sorted(x["regime"] for x in read_results(out / "results.csv")) == ["slkd", "slkd:gift"]
+    assert (out / "runs" / "random-ipc2-K0.5-slkd-gift").is_dir()
+    assert "Regime slkd:gift" in (out / "report.md").read_text()
+    counted.clear()
+    r = run_study(train, test, teacher, output_dir=str(out), device="cpu", progress=False, **grid)
+    assert r.skipped == 2 and counted == []
+    from ddkit.registry import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="unknown loss 'hinge'"):
+        run_study(train, test, teacher, output_dir=str(tmp_path / "x"), device="cpu", progress=False,
+                  **{**grid, "regimes": ("slkd:hinge",)})

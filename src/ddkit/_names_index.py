@@ -124,6 +124,11 @@ INDEX = {'datasets': [{'name': 'cifar10',
               'description': 'CDA: SRe2L recover with the RandomResizedCrop scale annealed from easy (1.0) to hard '
                              '(0.08).',
               'needs_teacher': True},
+             {'name': 'd4m',
+              'aliases': ['d4m', 'd4m-diffusion'],
+              'description': 'D4M: SD-v1.5 latent k-means prototypes per class, decoded by guided img2img (needs '
+                             'local weights).',
+              'needs_teacher': False},
              {'name': 'datm',
               'aliases': ['difficulty-aligned-tm'],
               'description': 'DATM: MTT + difficulty-aligned start range, correct-sample init, learned soft labels '
@@ -204,6 +209,11 @@ INDEX = {'datasets': [{'name': 'cifar10',
               'description': 'LIC/CIM: select confident real images, squeeze f² per image, compensate with a '
                              'feature-matched residual.',
               'needs_teacher': True},
+             {'name': 'minimax',
+              'aliases': ['minimax', 'minimax-diffusion', 'minimaxdiffusion'],
+              'description': "Minimax Diffusion's sampler: guided DiT samples per class, decoded by SD-VAE (needs "
+                             'local weights).',
+              'needs_teacher': False},
              {'name': 'mtt',
               'aliases': ['tm', 'trajectory-matching'],
               'description': 'MTT: match N student steps on the set to M expert epochs, learnable step size '

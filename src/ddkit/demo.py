@@ -61,6 +61,10 @@ GAPS = ("IOR = method − random (same regime), HLR = full-data HL accuracy − 
         "labels).")
 
 
+#: the needs (methods.base.NEEDS) the demo can make; the others (e.g. local diffusion weights) are "skipped" rows
+PROVIDES = ("bn-teacher", "expert-buffer")
+
+
 class _Provider:
     """Makes what methods declare they need, once each, inside the demo folder."""
 
@@ -69,6 +73,7 @@ class _Provider:
         self.made: Dict[Tuple[str, ...], Any] = {}
         self.makers: Dict[str, Callable[[MethodSpec], Dict[str, Any]]] = {
             "bn-teacher": self._bn_teacher, "expert-buffer": self._expert_buffer}
+        assert set(self.makers) == set(PROVIDES)
 
     def missing(self, spec: MethodSpec) -> List[str]:
         """The needs of `spec` the demo cannot provide."""

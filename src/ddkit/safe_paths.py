@@ -149,8 +149,8 @@ RESUMING = ("study", "experts")
 READS: Dict[str, Callable[[Any], List[Declared]]] = {
     "teacher": _flags(),
     "experts": _flags(),
-    # mtt/datm read an expert buffer; coresets a dynamics folder; cad-prune/ca2d a dynamics cache
-    "distill": _flags("buffer", "dynamics_path", "dynamics_cache"),
+    # mtt/datm read an expert buffer; coresets a dynamics folder; cad-prune/ca2d a dynamics cache; d4m/minimax weights
+    "distill": _flags("buffer", "dynamics_path", "dynamics_cache", "weights", "vae"),
     "evaluate": _flags("distilled", "label_store"),
     "relabel": _relabel_reads,
     "merge": _flags(),  # OUTPUT.parts/ sits beside OUTPUT, never inside it

@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 from ddkit.config import field, option_names
 from ddkit import study_keys
 from ddkit.distilled import DistilledSet
-from ddkit.evaluate import EvalConfig, evaluate, get_recipe, resolve_regime
+from ddkit.evaluate import EvalConfig, evaluate, get_recipe
 from ddkit.evaluate.metrics import mean_std
 from ddkit.grids import write_preview
 from ddkit.methods import create_method, method_spec
@@ -83,7 +83,8 @@ class StudyConfig:
 
     ipcs: Tuple[int, ...] = field((10, 50), "images per class of every set (hard truths: 10, 50, 100)")
     budgets: Tuple[float, ...] = field((2.0, 5.0, 10.0, 20.0), "compute budgets in FULL-data epochs (Fig. 1: 2–50)")
-    regimes: Tuple[str, ...] = field(("hl", "sl", "slkd"), "label regimes: hl, sl (one fixed soft label), slkd")
+    regimes: Tuple[str, ...] = field(("hl", "sl", "slkd"), "label regimes: hl, sl (one fixed soft label), slkd; "
+                                                           "REGIME:LOSS trains it with another loss (slkd:gift)")
     methods: Tuple[str, ...] = field(("random", "el2n-easy", "ccs", "rded", "cad-prune", "ca2d", "lic"),
                                      "methods compared (see `ddkit methods`)")
     hl_recipe: str = field("hardtruths-hl", "recipe of the hl regime (hard truths Table 4)")
@@ -102,7 +103,7 @@ class StudyConfig:
     output_dir: str = field("runs/hard-truths", "folder of sets/, results.csv, report.md (rerun to resume)")
 
     def recipe_for(self, regime: str) -> str:
-        return {"hl": self.hl_recipe, "sl": self.sl_recipe, "slkd": self.slkd_recipe}[resolve_regime(regime)]
+        return {"hl": self.hl_recipe, "sl": self.sl_recipe, "slkd": self.slkd_recipe}[study_keys.base_regime(regime)]
 
     def budgets_for(self, ipc: int, num_classes: int, train_size: int) -> Tuple[float, ...]:
         """The cells' budgets (full-data epochs) at `ipc`: `budgets`, or the one the epochs rule gives."""
@@ -139,7 +140,7 @@ def _bkey(b: Any) -> str:
 
 
 def _key(method: str, ipc: Any, budget: Any, regime: str) -> Tuple[str, int, str, str]:
-    return (method, int(ipc), _bkey(budget), resolve_regime(regime))
+    return (method, int(ipc), _bkey(budget), study_keys.study_regime(regime))
 
 
 def read_results(path: Path) -> List[Dict[str, Any]]:
@@ -266,7 +267,7 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
     """
     cfg = dataclasses.replace(config or StudyConfig(), **fields)
     cfg = dataclasses.replace(cfg, ipcs=tuple(int(i) for i in cfg.ipcs), budgets=tuple(float(b) for b in cfg.budgets),
-                              regimes=tuple(resolve_regime(r) for r in cfg.regimes), methods=tuple(cfg.methods))
+                              regimes=tuple(study_keys.study_regime(r) for r in cfg.regimes), methods=tuple(cfg.methods))
     method_overrides = {method_spec(k).name: dict(v) for k, v in (method_overrides or {}).items()}
     if cfg.preset:
         preset_fields(cfg.preset)  # unknown preset names fail here
@@ -294,7 +295,7 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
     for r in cfg.regimes:
         get_recipe(cfg.recipe_for(r))
     if teacher is None:
-        needy = [s.name for s in specs if s.needs_teacher] + [r for r in cfg.regimes if r in ("sl", "slkd")]
+        needy = [s.name for s in specs if s.needs_teacher] + [r for r in cfg.regimes if study_keys.base_regime(r) in ("sl", "slkd")]
         if needy:
             raise DDKitError(f"{', '.join(needy)} need a teacher: pass --teacher CKPT or drop them")
     dev = device if hasattr(device, "type") else get_device(device)

@@ -80,7 +80,23 @@ def study_data(train: Any, test: Any, teacher: Any) -> Dict[str, Any]:
 
 def cell_name(method: str, ipc: Any, budget: Any, regime: str) -> str:
     """The cell's folder under runs/ (one per results.csv key)."""
-    return f"{method}-ipc{int(ipc)}-K{float(budget):g}-{resolve_regime(regime)}"
+    return f"{method}-ipc{int(ipc)}-K{float(budget):g}-{study_regime(regime).replace(':', '-')}"
+
+
+def study_regime(name: str) -> str:
+    """A study regime's canonical name: hl, sl, slkd, or a loss variant REGIME:LOSS — the regime trained with
+    another loss, e.g. `slkd:gift` (GIFT's label-side loss under SL+KD, as GIFT compares it with KL/mse_ce)."""
+    base, sep, loss = str(name).partition(":")
+    if not sep:
+        return resolve_regime(base)
+    from ddkit.evaluate.losses import LOSSES
+
+    return f"{resolve_regime(base)}:{LOSSES.get(loss.strip()).name}"
+
+
+def base_regime(name: str) -> str:
+    """hl | sl | slkd of a study regime (its loss variant dropped)."""
+    return resolve_regime(str(name).partition(":")[0])
 
 
 def method_kw(spec: Any, ipc: int, budget: float, cfg: Any, out: Path,
@@ -107,9 +123,11 @@ def eval_config(cfg: Any, regime: str, budget: float, eval_overrides: Mapping[st
                 seed: Optional[int] = None) -> EvalConfig:
     """The evaluator config of a study cell of `regime` at `budget` (`seeds` students from `seed`)."""
     length = {"epochs": cfg.epochs} if cfg.epochs is not None else {"budget_epochs": float(budget)}
-    return EvalConfig(recipe=cfg.recipe_for(regime), regime=regime, seeds=seeds,
+    variant = study_regime(regime).partition(":")[2]
+    over = {**eval_overrides, "loss": variant} if variant else dict(eval_overrides)  # a loss variant wins
+    return EvalConfig(recipe=cfg.recipe_for(regime), regime=base_regime(regime), seeds=seeds,
                       seed=cfg.seed if seed is None else seed, student=cfg.student, student_width=cfg.student_width,
-                      **length, **eval_overrides)
+                      **length, **over)
 
 
 def method_options(spec: Any, kw: Mapping[str, Any]) -> Dict[str, Any]:

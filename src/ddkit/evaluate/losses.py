@@ -16,8 +16,11 @@ at T = 20 in bf16 loses most of its precision).
 
 GIFT choice (peers.md §6.4): we follow GIFT's *code*, not its README blend: the reference vector is
 the L2-normalised teacher logits plus 0.1 × the L2-normalised label-smoothed (α = 0.1) target, and
-the loss is one minus the batch-mean cosine similarity with the student logits. With mixed
-targets the smoothing is applied to the mixed one-hot vector ((1 − α)·y + α/K).
+the loss is one minus the batch-mean cosine similarity with the student logits. The smoothing is GIFT's
+`batch_label_smoothing` (LINs-lab/GIFT `validate/losses_benchmark.py:18-22,45-51` @38db552): 1 − α on the class
+and α/(K − 1) on each other class (not the usual α/K spread). GIFT's evaluator mixes no batches (its mix call is
+commented out, `validate/evaluator_benchmark.py:423`); with mixed targets ddkit applies the same affine map to the
+mixed vector, (1 − α)·y + α/(K − 1)·(1 − y), which is GIFT's rule on every one-hot row.
 EDC choice (§6.5): MSE on raw logits (no temperature), plus 0.025 × CE on the hard (or mixed)
 label; both weights are configurable.
 """
@@ -83,7 +86,7 @@ def gift(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, smo
     """GIFT: 1 − mean_b cos(s, normalize(t) + weight·normalize(smooth(y))) (see module docstring)."""
     k = student.shape[1]
     y = _probs(target, k)
-    smooth = (1.0 - smoothing) * y + smoothing / k
+    smooth = (1.0 - smoothing) * y + smoothing / max(k - 1, 1) * (1.0 - y)  # GIFT: α/(K−1) off the class
     ref = F.normalize(teacher.float(), dim=1) + weight * F.normalize(smooth, dim=1)
     return 1.0 - F.cosine_similarity(student.float(), ref, dim=1).mean()
 
