@@ -35,19 +35,19 @@ def test_recipe_registry_and_overrides():
     assert get_recipe("LIC").name == "cim"
     with pytest.raises(DDKitError, match="Known: .*cim"):
         get_recipe("nope")
-    r = resolve_recipe(EvalConfig(recipe="cim", lr=2e-3, mix="cutmix"), n_images=100, num_classes=10, ipc=10,
+    r = resolve_recipe(EvalConfig(recipe="cim", regime="slkd", lr=2e-3, mix="cutmix"), n_images=100, num_classes=10, ipc=10,
                        image_size=32)
     assert (r.lr, r.mix, r.batch_size, r.weight_decay, r.slkd_loss) == (2e-3, "cutmix", 50, 1e-4, "mse")
     r = resolve_recipe(EvalConfig(recipe="rded", loss="mse", regime="sl+kd"), n_images=10000, num_classes=1000,
                        ipc=10, image_size=224)
     assert (r.slkd_loss, r.factor, r.batch_size, r.schedule) == ("mse", 2, 100, "quarter_cosine")
-    assert resolve_recipe(EvalConfig(recipe="cim"), n_images=10000, num_classes=1000, ipc=10,
+    assert resolve_recipe(EvalConfig(recipe="cim", regime="slkd"), n_images=10000, num_classes=1000, ipc=10,
                           image_size=224).epochs == 300
-    assert resolve_recipe(EvalConfig(recipe="rded"), n_images=100, num_classes=10, ipc=10, image_size=32).factor == 1
+    assert resolve_recipe(EvalConfig(recipe="rded", regime="slkd"), n_images=100, num_classes=10, ipc=10, image_size=32).factor == 1
     # sre2l's batch 1024 is capped at the set size
-    assert resolve_recipe(EvalConfig(recipe="sre2l"), n_images=100, num_classes=10, ipc=10, image_size=32).batch_size == 100
+    assert resolve_recipe(EvalConfig(recipe="sre2l", regime="slkd"), n_images=100, num_classes=10, ipc=10, image_size=32).batch_size == 100
     with pytest.raises(DDKitError, match="hl"):
-        resolve_recipe(EvalConfig(regime="hl", loss="mse"), n_images=10, num_classes=10, ipc=1, image_size=32)
+        resolve_recipe(EvalConfig(recipe="cim", regime="hl", loss="mse"), n_images=10, num_classes=10, ipc=1, image_size=32)
     with pytest.raises(DDKitError, match="regime"):
         resolve_recipe(EvalConfig(regime="soft-ish"), n_images=10, num_classes=10, ipc=1, image_size=32)
 

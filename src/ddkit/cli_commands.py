@@ -343,7 +343,8 @@ def cmd_dcs(args: argparse.Namespace) -> int:
 
     device = get_device(args.device)
     train, test = _dataset(args, "train"), _dataset(args, "test")
-    cfg = EvalConfig(recipe="hardtruths-hl", regime="hl", seeds=1, budget_epochs=args.budget_epochs)
+    cfg = EvalConfig(protocol="hard-truths", recipe="hardtruths-hl", regime="hl", seeds=1,
+                     budget_epochs=args.budget_epochs)
     res = dcs_study(train, test, args.loss, ipcs=tuple(int(x) for x in args.ipcs.split(",")), subsets=args.subsets,
                     eval_cfg=cfg, teacher=_teacher(args, train, device), seed=args.seed, device=device,
                     progress=not args.no_progress)

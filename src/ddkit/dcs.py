@@ -254,7 +254,7 @@ def dcs_study(train: ImageDataset, test: ImageDataset, loss: Union[str, LossFn] 
     from ddkit.methods import create_method
 
     dev = device if isinstance(device, torch.device) else get_device(device)
-    cfg = eval_cfg or EvalConfig(recipe="hardtruths-hl", regime="hl", seeds=1)
+    cfg = eval_cfg or EvalConfig(protocol="hard-truths", recipe="hardtruths-hl", regime="hl", seeds=1)
     if subsets < 2 and not extra_sets:
         raise DDKitError("a DCS needs at least 2 subsets per IPC")
     fn = loss if callable(loss) else make_distill_loss(loss, teacher, **(loss_options or {}))

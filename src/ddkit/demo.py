@@ -211,8 +211,8 @@ def _run_method(name: str, spec: MethodSpec, provider: _Provider, teacher: Any, 
     results[name], per_class[name] = {}, {}
     for regime in cfg.regimes:
         bar.set_postfix_str(f"{name} {regime}")
-        ecfg = EvalConfig(recipe=cfg.recipe, regime=regime, student=cfg.student, student_width=32,
-                          epochs=cfg.epochs, seeds=cfg.seeds)
+        ecfg = EvalConfig(protocol="hard-truths", recipe=cfg.recipe, regime=regime, student=cfg.student,
+                          student_width=32, epochs=cfg.epochs, seeds=cfg.seeds)
         res = evaluate(distilled, test, ecfg, teacher, device=dev, progress=False,
                        output=out / "runs" / regime / name, set_name=name)
         results[name][regime] = res.accs

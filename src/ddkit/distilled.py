@@ -8,15 +8,30 @@
 <out>/labels.safetensors   "hard": int64 N; optional "soft": float32 N×K teacher LOGITS of the whole image and
                            "region_soft": float32 N×R×K teacher logits of the R = f² mosaic cells (row-major)
                            (logits, not probabilities, so any temperature or MSE-on-logits loss can use them)
+<out>/zca.safetensors      optional: the ZCA transform the set's student must see its inputs through
+                           ("zca_mean" D, "zca_matrix" D×D, "zca_inverse" D×D, "zca_eps"; D = C·H·W)
 <out>/images/<cls:03d>_<name>/<k:04d>.png   uint8 view (torchvision ImageFolder reads it)
 <out>/grid.png             one row per class (first 20 classes)
 ```
 Save/load round-trips exactly; writing is atomic (temporary folder, then rename) and an existing output
 is refused unless overwrite=True.
+
+What a set says about how its student must be trained (read by `ddkit evaluate --protocol native`, which
+never looks at the method's name; `--protocol hard-truths` ignores all of it):
+
+| where                      | meaning                                                                          |
+|----------------------------|----------------------------------------------------------------------------------|
+| meta "native"              | name of the paper's evaluation protocol (declared by the method's registration)   |
+| zca.safetensors            | inputs (train views and the test split) are ZCA-whitened with this transform      |
+| meta "learned_lr"          | the student's learning rate, learned with the set (MTT/DATM's syn_lr)             |
+| meta "learned_labels"      | key of `soft` holding learned label logits, trained with soft cross-entropy (DATM)|
+
+`DistilledSet.zca`, `.native`, `.learned_lr` and `.learned_labels` read them (None when absent).
 """
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -26,6 +41,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from ddkit import __version__
+from ddkit.augment.zca import ZCA
 from ddkit.data.base import to_uint8
 from ddkit.loaders import save_tensors
 from ddkit.utils import DDKitError, atomic_dir, git_revision, machine_info
@@ -44,8 +60,10 @@ class DistilledSet:
         labels: int64 N hard labels (class index into `classes`).
         classes: class names in label order (the teacher's and the test set's order must match).
         mean, std: normalisation of the source dataset.
-        soft: optional extra label tensors ("soft": N×K, "region_soft": N×R×K).
-        meta: everything else worth keeping (method, config, dataset, teacher, ipc, seed, timings).
+        soft: optional extra label tensors ("soft": N×K, "region_soft": N×R×K, learned labels).
+        meta: everything else worth keeping (method, config, dataset, teacher, ipc, seed, timings, and what
+            the student needs: "native", "learned_lr", "learned_labels"; module docstring).
+        zca: optional ZCA transform the student's inputs must be whitened with (zca.safetensors).
     """
 
     images: torch.Tensor
@@ -55,6 +73,7 @@ class DistilledSet:
     std: Sequence[float]
     soft: Dict[str, torch.Tensor] = field(default_factory=dict)
     meta: Dict[str, Any] = field(default_factory=dict)
+    zca: Optional[ZCA] = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4:
@@ -65,6 +84,39 @@ class DistilledSet:
             if len(v) != len(self.images):
                 raise ValueError(f"soft label {k!r} has {len(v)} rows for {len(self.images)} images")
         self.labels = self.labels.long()
+        if self.zca is not None and self.zca.mean.numel() != self.images[0].numel():
+            raise ValueError(f"the ZCA transform is for {self.zca.mean.numel()} values per image, the images have "
+                             f"{self.images[0].numel()}")
+
+    # What the set says about its student (module docstring) ------------------------------------------------
+    def student_facts(self) -> str:
+        """One line: the native protocol and what the set carries for its student (`ddkit inspect`)."""
+        parts = [f"native protocol {self.native or 'not declared'}"]
+        if self.zca is not None:
+            parts.append(f"ZCA inputs (eps {self.zca.eps:g})")
+        if self.learned_lr is not None:
+            parts.append(f"learned lr {self.learned_lr:.4g}")
+        if self.learned_labels is not None:
+            parts.append(f"learned labels soft[{self.learned_labels!r}]")
+        return ", ".join(parts)
+
+    @property
+    def native(self) -> Optional[str]:
+        """The name of the evaluation protocol of the paper that made the set (meta "native"), if declared."""
+        v = self.meta.get("native")
+        return str(v) if v else None
+
+    @property
+    def learned_lr(self) -> Optional[float]:
+        """The student learning rate learned with the set (meta "learned_lr", e.g. MTT's syn_lr), if any."""
+        v = self.meta.get("learned_lr")
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    @property
+    def learned_labels(self) -> Optional[str]:
+        """The `soft` key of learned label logits the student trains on (meta "learned_labels"), if any."""
+        v = self.meta.get("learned_labels")
+        return str(v) if v else None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -89,6 +141,7 @@ class DistilledSet:
             f"ipc         {self.ipc}  (per class min {min(counts)}, max {max(counts)})",
             f"soft labels {', '.join(f'{k} {tuple(v.shape)}' for k, v in self.soft.items()) or 'none'}",
             f"teacher     {self.meta.get('teacher', 'none')}",
+            f"student     {self.student_facts()}",
             f"seed        {self.meta.get('seed', '?')}",
             f"wall time   {self.meta.get('wall_seconds', float('nan')):.1f} s   peak memory "
             f"{self.meta.get('peak_memory_mb', float('nan')):.0f} MiB",
@@ -114,6 +167,9 @@ class DistilledSet:
             labels = {"hard": self.labels.cpu().contiguous()}
             labels.update({k: v.detach().float().contiguous().cpu() for k, v in self.soft.items()})
             save_tensors(labels, tmp / "labels.safetensors")
+            if self.zca is not None:
+                save_tensors({k: v.detach().cpu().contiguous() for k, v in self.zca.state().items()},
+                             tmp / "zca.safetensors")
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
             if pngs:
                 self._write_pngs(tmp)
@@ -168,8 +224,34 @@ class DistilledSet:
             raise DDKitError(f"{path}: images.safetensors needs 'images' and labels.safetensors 'hard'; "
                              f"re-create the set with `ddkit distill`")
         check_set(images, hard, meta["classes"], labels, meta, where=f"distilled set {path}")
+        zca = _load_zca(path, images) if (path / "zca.safetensors").is_file() else None
+        _check_student_facts(path, meta, labels)
         return cls(images=images, labels=hard, classes=meta["classes"], mean=meta["mean"], std=meta["std"],
-                   soft=labels, meta=meta)
+                   soft=labels, meta=meta, zca=zca)
+
+
+def _load_zca(path: Path, images: torch.Tensor) -> ZCA:
+    """The set's ZCA transform, checked against its image size (one line naming the file otherwise)."""
+    state = read_safetensors(path / "zca.safetensors", "set ZCA transform")
+    d = images[0].numel()
+    want = {"zca_mean": (d,), "zca_matrix": (d, d), "zca_inverse": (d, d), "zca_eps": (1,)}
+    for key, shape in want.items():
+        t = state.get(key)
+        if t is None or tuple(t.shape) != shape or not bool(torch.isfinite(t).all()):
+            raise DDKitError(f"{path / 'zca.safetensors'}: {key!r} must be a finite tensor of shape {shape} for "
+                             f"{tuple(images.shape[1:])} images; re-create the set with `ddkit distill`")
+    return ZCA.from_state(state)
+
+
+def _check_student_facts(path: Path, meta: Dict[str, Any], soft: Dict[str, torch.Tensor]) -> None:
+    """Refuse a meta.json whose learned lr or learned-label key cannot be used (one line)."""
+    lr = meta.get("learned_lr")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr)):
+        raise DDKitError(f"{path / 'meta.json'}: learned_lr {lr!r} must be a finite number")
+    key = meta.get("learned_labels")
+    if key is not None and key not in soft:
+        raise DDKitError(f"{path / 'meta.json'}: learned_labels names {key!r}, but labels.safetensors holds "
+                         f"{sorted(soft)}; re-create the set with `ddkit distill`")
 
 
 def load_distilled(path: str | Path) -> DistilledSet:

@@ -130,6 +130,7 @@ def write_part(parts_dir: str | Path, r: ClassResult, header: Dict[str, Any]) ->
     tensors = {"images": r.images.float().contiguous(), "labels": r.labels.long().contiguous()}
     tensors.update({f"soft.{k}": v.contiguous() for k, v in r.soft.items()})
     tensors.update({f"extra.{k}": v.contiguous() for k, v in r.extras.items()})
+    tensors.update({f"set.{k}": v.contiguous() for k, v in r.set_tensors.items()})
     dev = torch.device(header.get("device", "cpu"))
     head = {**header, "class": r.cls, "class_meta": r.meta, "set_meta": r.set_meta, "checksum": digest_tensors(tensors),
             "seconds": None if math.isnan(r.seconds) else r.seconds, "peak_memory_mb": peak_memory_mb(dev),
@@ -277,12 +278,13 @@ def merge_parts(parts_dir: str | Path, output: str | Path | None = None, overwri
         h, t = read_part(part_path(parts_dir, c))
         soft = {n.split(".", 1)[1]: v for n, v in t.items() if n.startswith("soft.")}
         extras = {n.split(".", 1)[1]: v for n, v in t.items() if n.startswith("extra.")}
+        whole = {n.split(".", 1)[1]: v for n, v in t.items() if n.startswith("set.")}
         results.append(ClassResult(c, t["images"], soft=soft, extras=extras, meta=h.get("class_meta") or {},
-                                   set_meta=h.get("set_meta") or {}, labels=t["labels"],
+                                   set_meta=h.get("set_meta") or {}, set_tensors=whole, labels=t["labels"],
                                    seconds=math.nan if h.get("seconds") is None else float(h["seconds"])))
         peaks.append(h.get("peak_memory_mb") or 0.0)
     facts = {key: first[key] for key in ("method", "config", "ipc", "seed", "dataset", "split", "device",
-                                         "teacher", "teacher_arch")}
+                                         "teacher", "teacher_arch", "native") if key in first}
     secs = [r.seconds for r in results if not math.isnan(r.seconds)]
     facts.update(fingerprint=first["fingerprint"], wall_seconds=float(sum(secs)), peak_memory_mb=max(peaks),
                  hosts=sorted({h["host"] for h in headers.values()}), merged_from=str(parts_dir),

@@ -125,7 +125,7 @@ def eval_config(cfg: Any, regime: str, budget: float, eval_overrides: Mapping[st
     length = {"epochs": cfg.epochs} if cfg.epochs is not None else {"budget_epochs": float(budget)}
     variant = study_regime(regime).partition(":")[2]
     over = {**eval_overrides, "loss": variant} if variant else dict(eval_overrides)  # a loss variant wins
-    return EvalConfig(recipe=cfg.recipe_for(regime), regime=base_regime(regime), seeds=seeds,
+    return EvalConfig(protocol="hard-truths", recipe=cfg.recipe_for(regime), regime=base_regime(regime), seeds=seeds,
                       seed=cfg.seed if seed is None else seed, student=cfg.student, student_width=cfg.student_width,
                       **length, **over)
 

@@ -22,7 +22,8 @@ from ddkit.evaluate import parallel as edist
 from ddkit.evaluate.protocol import EvalConfig
 from ddkit.evaluate.losses import LOSSES, make_criterion
 from ddkit.evaluate.metrics import summarize
-from ddkit.evaluate.recipes import Recipe, resolve_recipe
+from ddkit.evaluate.native import SetProtocol, check_regime, input_space, resolve_protocol
+from ddkit.evaluate.recipes import Recipe, get_recipe, resolve_recipe
 from ddkit.evaluate.stacked import run_stacked
 from ddkit.evaluate.student import Plan, RunResult, Targets, Views, make_plan, teacher_forward, train_run
 from ddkit.models import create_model
@@ -181,14 +182,14 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
              full_train_size: Optional[int] = None, device: Any = None, progress: bool = True,
              output: Optional[Path] = None, val: Optional[ImageDataset] = None,
              soft_labels: Optional[torch.Tensor] = None, soft_source: str = "provided",
-             set_name: str = "distilled", on_student: Optional[Callable[[int, torch.nn.Module], None]] = None
-             ) -> EvalResult:
+             set_name: str = "distilled", on_student: Optional[Callable[[int, torch.nn.Module], None]] = None,
+             protocol: Optional[SetProtocol] = None) -> EvalResult:
     """Train `cfg.seeds` fresh students on `distilled` and report last-epoch test accuracy.
 
     Args:
         distilled: the set (images in [0,1], hard labels, optional stored soft / region_soft logits).
         test: the real test split (same classes and resolution).
-        cfg: protocol (recipe + overrides, regime, seeds, budget).
+        cfg: protocol (native | hard-truths; recipe + overrides, regime, seeds, budget).
         teacher: a ddkit Teacher; needed for SL+KD and for SL without stored soft labels.
         full_train_size: |train| for --budget-epochs.
         output: when given, per-run metrics.jsonl files are written under it (seed<k>/metrics.jsonl).
@@ -197,6 +198,8 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
         on_student: the public hook for callers that measure more than accuracy (DCS's test loss):
             called as on_student(seed, student) with each trained student, in the process that trained it,
             before the next seed starts; students then train one at a time (no --stack).
+        protocol: the protocol already resolved (`native.follow` for a baseline judged beside another set);
+            default: cfg.protocol resolved against this set (`native.resolve_protocol`).
 
     Under torchrun (joined lazily) the seeds are spread over the ranks and gathered, giving the
     single-process result; with cfg.ddp every seed is one DDP run over all ranks (see
@@ -209,7 +212,9 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
     ctx = edist.setup(cfg, device)
     dev = ctx.device
     progress = progress and ctx.main
-    regime = cfg.regime  # canonical: EvalConfig parses it once
+    proto = protocol if protocol is not None else resolve_protocol(cfg, distilled)
+    cfg = proto.cfg  # recipe and regime filled in, the set's lr / labels applied (evaluate/native.py)
+    regime = check_regime(cfg)
     check_classes(distilled, test, teacher)
     if cfg.epochs is not None and cfg.budget_epochs is not None:
         raise DDKitError("give either --epochs or --budget-epochs, not both")
@@ -240,6 +245,9 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
         from ddkit.evaluate.stored import open_stored
         stored = open_stored(cfg, distilled, recipe, dev)
         source = stored.source
+    if proto.zca is not None and regime == "slkd" and stored is None:
+        raise DDKitError("the online teacher (slkd) sees mean/std-normalised views, not the set's ZCA-whitened "
+                         "ones: pass --zca false, or another --regime")
     if regime == "slkd" and teacher is None and stored is None:
         raise DDKitError("regime slkd (SL+KD) needs a teacher to label every augmented view: pass --teacher CKPT")
     if regime == "sl" and spec.needs_logits:
@@ -289,21 +297,23 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
     labels = distilled.labels.to(dev)
     test_d = _on_device(ctx.shard(test), dev)  # this rank's slice in a DDP run
     val_d = _on_device(ctx.shard(val), dev) if val is not None else None
-    views = Views(recipe, size, distilled.mean, distilled.std)
+    # A ZCA set: its views and the test split are whitened with its transform instead of mean/std.
+    norm, mean, std, seen = input_space(proto.zca, distilled.mean, distilled.std, dev)
+    views = Views(recipe, size, distilled.mean, distilled.std, norm=norm)
     if stored is not None:
         views, targets = stored.views(views), stored.targets(targets)
-    mean, std = distilled.mean, distilled.std
-    test_acc = ctx.scorer(test_d, mean, std, cfg.test_batch_size)
+    test_acc = seen(ctx.scorer(test_d, mean, std, cfg.test_batch_size))
     per_class: List[Optional[List[float]]] = [None]
     if not ctx.ddp:  # per-class accuracy needs the whole test split here (a DDP rank holds a shard)
-        test_acc = class_scorer(test_d, mean, std, dev, cfg.test_batch_size, per_class)
-    val_acc = ctx.scorer(val_d, mean, std, cfg.test_batch_size) if val_d is not None else None
+        test_acc = seen(class_scorer(test_d, mean, std, dev, cfg.test_batch_size, per_class))
+    val_acc = seen(ctx.scorer(val_d, mean, std, cfg.test_batch_size)) if val_d is not None else None
 
     if progress:
         print(f"[evaluate] {set_name}: {n} images, {k} classes, student {student}{kw or ''}, regime {regime} "
               f"({spec.name}), recipe {recipe.name}: batch {plan.batch_size}, {plan.iterations} iterations "
               f"= {plan.epochs:.2f} epochs, evals at {list(plan.eval_epochs)}, crop {crop_desc}, "
-              f"soft labels: {source or 'none'}")
+              f"soft labels: {source or 'none'}, protocol {proto.protocol}"
+              f"{f' ({proto.native})' if proto.native else ''}{'; ' + '; '.join(proto.notes) if proto.notes else ''}")
     runs: List[Tuple[int, RunResult]] = []
     t0 = time.perf_counter()
     todo = ctx.run_indices(cfg.seeds)
@@ -362,7 +372,8 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
                      info={"wall_seconds": time.perf_counter() - t0, "device": str(dev),
                            "config": to_dict(cfg), "student_kwargs": kw,
                            "decoded_mosaic_factor": mosaic if decoded else None, "crop": crop_desc,
-                           "set_factor": mosaic, "classes": list(test.classes), **ctx.describe(),
+                           "set_factor": mosaic, "classes": list(test.classes), "protocol": proto.describe(),
+                           **ctx.describe(),
                            **(stored.describe(plan.epochs) if stored is not None else {})})
     if progress:
         s = summarize(out.accs)
@@ -372,9 +383,11 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
 
 def soft_labels_for(distilled: DistilledSet, cfg: EvalConfig, teacher: Any, device: torch.device
                     ) -> Optional[torch.Tensor]:
-    """The SL targets `evaluate` would compute with the teacher (None when stored or not SL)."""
-    regime = cfg.regime  # canonical: EvalConfig parses it once
-    if regime != "sl" or "soft" in distilled.soft or teacher is None:
+    """The SL targets `evaluate` would compute with the teacher (None when stored or not SL); `cfg` is the
+    protocol-resolved config (`native.resolve_protocol(...).cfg`)."""
+    regime = check_regime(cfg)
+    key = cfg.sl_labels or get_recipe(cfg.recipe).sl_labels
+    if regime != "sl" or "soft" in distilled.soft or teacher is None or key not in ("image", "region"):
         return None
     return teacher_soft_labels(distilled.images, teacher, device, cfg.test_batch_size)
 

@@ -1,7 +1,9 @@
 """`EvalConfig`: the flat, frozen configuration of `ddkit evaluate` (one flag per field).
 
 Fields left at None mean "the recipe's value": a recipe (see `recipes.py`) is a named preset and
-every one of its fields can be overridden here, flag by flag. The resolved values (recipe after
+every one of its fields can be overridden here, flag by flag. `protocol` picks the recipe and regime
+when they are left at None (`native.py`): native (default) = the set's own paper's protocol, hard-truths =
+one protocol for every set. The resolved values (recipe after
 overrides, batch size, iteration count, evaluation epochs) are printed and saved in config.yaml.
 """
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Optional, Tuple
 from ddkit.config import field
 from ddkit.utils import DDKitError
 
+#: the evaluation protocols (evaluate/native.py); the first is the default
+PROTOCOLS = ("native", "hard-truths")
 #: canonical regime names and the spellings accepted for them
 REGIMES = {"hl": "hl", "hard": "hl", "sl": "sl", "soft": "sl", "slkd": "slkd", "sl+kd": "slkd", "sl-kd": "slkd",
            "sl_kd": "slkd", "kd": "slkd"}
@@ -42,12 +46,19 @@ def resolve_regime(name: str) -> str:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """How students are trained on a distilled set and scored (defaults: CIM's protocol, 3 seeds)."""
+    """How students are trained on a distilled set and scored (defaults: the set's native protocol, 3 seeds)."""
 
-    recipe: str = field("cim", "named evaluation preset (see `ddkit recipes`): cim, rded, sre2l, hardtruths-hl, "
-                               "hardtruths-sl, hardtruths-slkd, dc")
-    regime: str = field("slkd", "hl: hard labels; sl: one fixed teacher soft label per image; slkd: the teacher "
-                                "labels every augmented view online (CIM/RDED)")
+    protocol: str = field("native", "native (default): train each set the way its paper does (the set's declared "
+                                    "protocol, ZCA inputs, learned lr and labels when it stores them; undeclared "
+                                    "sets: hard-truths HL); hard-truths: one protocol for every set (recipe "
+                                    "hardtruths-<regime>, regime hl unless --regime; the study's fair comparison)")
+    recipe: Optional[str] = field(None, "named evaluation preset overriding the protocol's (see `ddkit recipes`): "
+                                        "cim, rded, sre2l, sre2l-cifar, hardtruths-hl, hardtruths-sl, "
+                                        "hardtruths-slkd, dc, dc-noaug, datm")
+    regime: Optional[str] = field(None, "override the protocol's regime: hl: hard labels; sl: one fixed soft label "
+                                        "per image; slkd: the teacher labels every augmented view online")
+    zca: Optional[bool] = field(None, "whiten inputs (train views and test split) with the set's stored ZCA "
+                                      "transform (None: native uses it when the set stores one, hard-truths never)")
     student: Optional[str] = field(None, "student architecture (None: the teacher's, else ConvNet-3)")
     student_width: Optional[int] = field(None, "width of ConvNet/MLP students (None: the model's default)")
     seeds: int = field(3, "number of students trained with seeds seed, seed+1, ... (CIM uses 3)")
@@ -65,7 +76,9 @@ class EvalConfig:
     milestones: Optional[Tuple[float, ...]] = field(None, "multistep milestones as fractions of the epochs")
     gamma: Optional[float] = field(None, "multistep decay factor")
     crop: Optional[str] = field(None, "none, factor (CIM quadrant-or-whole), rded (ShufflePatches+RRC(1/f..1)) "
-                                      "or rrc (RandomResizedCrop(rrc_min..1))")
+                                      "rrc (RandomResizedCrop(rrc_min..1)) or pad (RandomCrop with --pad px of "
+                                      "zero padding, SRe2L's CIFAR crop)")
+    pad: Optional[int] = field(None, "zero padding of crop=pad (RandomCrop(size, padding=pad))")
     factor: Optional[int] = field(None, "crop factor f (0: 1 at <= 64 px, else 2)")
     rrc_min: Optional[float] = field(None, "smallest RandomResizedCrop area fraction for crop=rrc")
     flip: Optional[bool] = field(None, "random horizontal flip before normalisation")
@@ -114,5 +127,13 @@ class EvalConfig:
                                  "process (CUDA only)")
 
     def __post_init__(self) -> None:
-        # The regime is parsed once, here: every later reader sees the canonical "hl" | "sl" | "slkd".
-        object.__setattr__(self, "regime", resolve_regime(self.regime))
+        # The regime is parsed once, here: every later reader sees the canonical "hl" | "sl" | "slkd" (or None:
+        # the protocol's, filled in by evaluate.native.resolve_protocol).
+        if self.regime is not None:
+            object.__setattr__(self, "regime", resolve_regime(self.regime))
+        key = str(self.protocol).strip().lower().replace("_", "-")
+        key = {"hardtruths": "hard-truths", "ht": "hard-truths"}.get(key, key)
+        if key not in PROTOCOLS:
+            raise DDKitError(f"unknown protocol {self.protocol!r}; use native (each set as its paper trains it) or "
+                             "hard-truths (one protocol for every set)")
+        object.__setattr__(self, "protocol", key)

@@ -40,7 +40,7 @@ from ddkit.utils import DDKitError
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("constant", "multistep", "cosine", "quarter_cosine")
-CROPS = ("none", "factor", "rded", "rrc")
+CROPS = ("none", "factor", "rded", "rrc", "pad")
 MIXES = ("none", "cutmix", "mixup")
 BATCH_RULES = ("cim", "rded", "fixed")
 
@@ -70,6 +70,7 @@ class Recipe:
     crop: str = "none"
     factor: int = 0                   # 0: 1 at <= 64 px, else 2 (RDED)
     rrc_min: float = 0.08
+    pad: int = 4                      # crop "pad": RandomCrop(size, padding=pad), zero (black) fill
     flip: bool = False
     dsa: str = "none"
     dsa_mode: str = "chain"
@@ -144,7 +145,36 @@ _add(Recipe(
     optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, wd_norm_bias=True, schedule="multistep",
     milestones=(0.5,), gamma=0.1, epochs=1000, batch_rule="fixed", batch_size=256,
     dsa="color_crop_cutout_flip_scale_rotate", dsa_mode="single",
-    hl_loss="ce", sl_loss="kl", slkd_loss="kl", temperature=20.0), aliases=("dsa", "dm"))
+    hl_loss="ce", sl_loss="kl", slkd_loss="kl", temperature=20.0), aliases=("dsa", "dm", "mtt"))
+_add(Recipe(
+    # DC main.py:117-123 (CIFAR-10 ConvNet: dc_aug_param strategy 'none' -> epoch_eval_train 300) and
+    # utils.py:337-361 (SGD 0.01 m 0.9 wd 5e-4, lr x0.1 at epoch Epoch//2+1, batch 256, last-epoch test).
+    "dc-noaug", "DC protocol (CIFAR ConvNet): CE, SGD 0.01 momentum 0.9 wd 5e-4, x0.1 at E/2+1, no augmentation, "
+                "300 ep, bs 256",
+    optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, wd_norm_bias=True, schedule="multistep",
+    milestones=(0.5,), milestone_offset=1, gamma=0.1, epochs=300, batch_rule="fixed", batch_size=256,
+    hl_loss="ce", sl_loss="kl", slkd_loss="kl", temperature=20.0))
+_add(Recipe(
+    # DATM DATM.py:344-387 and distill/evaluation.py: the DSA protocol (SGD m 0.9 wd 5e-4, 1000 ep, x0.1 at
+    # 501) with batch_train 128 (configs/*.yaml) and SoftCrossEntropy on the learned labels, no temperature
+    # (DATM.py:255-262, 370); the lr is the set's learned syn_lr under --protocol native.
+    "datm", "DATM protocol: soft CE (T=1) on the set's learned labels, SGD 0.01 momentum 0.9 wd 5e-4, x0.1 at "
+            "E/2+1, DSA, 1000 ep, bs 128",
+    optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, wd_norm_bias=True, schedule="multistep",
+    milestones=(0.5,), milestone_offset=1, gamma=0.1, epochs=1000, batch_rule="fixed", batch_size=128,
+    dsa="color_crop_cutout_flip_scale_rotate", dsa_mode="single",
+    hl_loss="ce", sl_loss="softce", slkd_loss="softce", temperature=1.0, sl_labels="learned"))
+_add(Recipe(
+    # SRe2L *small_dataset/relabel_cifar.py@8d00cba: RandomCrop(32, padding=4) + flip (:51-52), AdamW lr 1e-3
+    # wd 0.01 on every parameter (:104), CosineAnnealingLR(T_max=epochs) stepped per epoch (:106), T = 30 (:107),
+    # KLDivLoss batchmean without T^2 (:108, :138-141), Mixup alpha 0.8 (:111), the teacher labels the mixed
+    # batch online (:138); relabel_cifar.sh: --epochs 400 --batch-size 128. DWA validation/validation_cifar.py
+    # @c5b125f has the same values (:72-73, :170-187, :203-207) and readme.md:77-78 the same 400 / 128.
+    "sre2l-cifar", "SRe2L/CDA/DWA CIFAR relabel: online teacher on Mixup(0.8) views, KL T=30 (no T^2), AdamW 1e-3 "
+                   "wd 0.01, cosine, RandomCrop(pad 4) + flip, 400 ep, bs 128",
+    optimizer="adamw", lr=1e-3, weight_decay=0.01, wd_norm_bias=True, schedule="cosine", epochs=400,
+    batch_rule="fixed", batch_size=128, crop="pad", pad=4, flip=True, mix="mixup", mix_alpha=0.8,
+    hl_loss="ce", sl_loss="kl", slkd_loss="kl", temperature=30.0, t2_scale=False), aliases=("dwa-cifar", "cda-cifar"))
 
 
 def list_recipes() -> List[str]:
@@ -194,13 +224,18 @@ def resolve_recipe(cfg: EvalConfig, *, n_images: int, num_classes: int, ipc: int
     The result has batch_rule 'fixed' with a concrete batch_size (capped at the set size, as RDED
     does), a concrete factor and epochs, and the regime's loss validated. `set_factor` is the mosaic
     side the set says it has (meta "factor"): the factor crop follows it unless --factor is given or
-    crop_factor_from_set is off, and a set of factor 1 then gets no crop at all (module doc).
+    crop_factor_from_set is off, and a set of factor 1 then gets no crop at all (module doc). Without a
+    regime (cfg.regime None: the protocol's, not yet resolved) each regime's loss is checked as the recipe has it.
     """
+    if cfg.recipe is None:
+        raise DDKitError("no recipe: resolve the protocol first (ddkit.evaluate.native.resolve_protocol) or name one")
     base = get_recipe(cfg.recipe)
     names = {f.name for f in dataclasses.fields(Recipe)}
     over = {k: v for k, v in dataclasses.asdict(cfg).items() if k in names and v is not None and k != "name"}
     regime = cfg.regime  # canonical: EvalConfig parses it once
     if cfg.loss is not None:
+        if regime is None:
+            raise DDKitError("--loss replaces the loss of one regime: give --regime too")
         over[f"{regime}_loss"] = cfg.loss
     r = dataclasses.replace(base, **over)
     if cfg.epochs is None and r.epochs_large and num_classes >= 1000:
@@ -210,13 +245,15 @@ def resolve_recipe(cfg: EvalConfig, *, n_images: int, num_classes: int, ipc: int
                                ("dsa_mode", r.dsa_mode, ("chain", "single", "multiple"))):
         if val not in allowed:
             raise DDKitError(f"unknown {what} {val!r}; choose one of {', '.join(allowed)}")
-    loss = r.loss_for(regime)
-    try:
-        spec = LOSSES.get(loss)
-    except UnknownNameError as e:
-        raise DDKitError(str(e)) from None
-    if regime == "hl" and spec.needs_logits:
-        raise DDKitError(f"loss {loss!r} needs teacher logits; under --regime hl use --loss ce")
+    losses = {}
+    for reg in ((regime,) if regime is not None else ("hl", "sl", "slkd")):
+        loss = r.loss_for(reg)
+        try:
+            losses[f"{reg}_loss"] = LOSSES.get(loss).name
+        except UnknownNameError as e:
+            raise DDKitError(str(e)) from None
+        if reg == "hl" and LOSSES.get(loss).needs_logits:
+            raise DDKitError(f"loss {loss!r} needs teacher logits; under --regime hl use --loss ce")
     if cfg.batch_size is not None:
         bs = cfg.batch_size
     elif r.batch_rule == "cim":
@@ -225,6 +262,8 @@ def resolve_recipe(cfg: EvalConfig, *, n_images: int, num_classes: int, ipc: int
         bs = rded_batch_size(ipc, num_classes)
     else:
         bs = r.batch_size
+    if r.crop == "pad" and not 0 <= r.pad < image_size:
+        raise DDKitError(f"crop pad {r.pad} must be in [0, {image_size}) for {image_size} px images")
     if bs < 1 or r.epochs < 1:
         raise DDKitError(f"batch size and epochs must be >= 1 (got {bs}, {r.epochs})")
     factor = r.factor if r.factor > 0 else auto_factor(image_size)
@@ -233,4 +272,4 @@ def resolve_recipe(cfg: EvalConfig, *, n_images: int, num_classes: int, ipc: int
         factor = max(1, int(set_factor))
         crop = "factor" if factor > 1 else "none"  # a quadrant crop of a non-mosaic is a zoom, not a decode
     return dataclasses.replace(r, batch_rule="fixed", batch_size=min(bs, n_images), factor=factor, crop=crop,
-                               epochs_large=0, **{f"{regime}_loss": spec.name})
+                               epochs_large=0, **losses)

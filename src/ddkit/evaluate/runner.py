@@ -5,7 +5,8 @@
 <output>/runs/<set>/<student>/seed<k>/metrics.jsonl   one line per epoch (loss, lr, seconds, images/s, accs)
 <output>/soft_labels.safetensors             SL targets computed by the teacher (when it had to)
 <output>/summary.json                        per student × set: accs per seed, seeds, mean, std (ddof 0), n, IOR;
-                                             the set's IPC; optional baselines left out, with the reason
+                                             the set's IPC; the protocol that ran (native | hard-truths, what
+                                             it took from the set); optional baselines left out, with the reason
 <output>/results.md                          the same as a markdown table
 ```
 The folder is written atomically (temporary sibling, then rename); an existing one is refused
@@ -37,6 +38,7 @@ from ddkit.evaluate.protocol import EvalConfig
 from ddkit.evaluate.evaluator import DEFAULT_STUDENT, EvalResult, check_classes, evaluate, soft_labels_for
 from ddkit.evaluate.losses import LOSSES
 from ddkit.evaluate.metrics import hlr, ior, summarize
+from ddkit.evaluate.native import SetProtocol, check_regime, follow, resolve_protocol
 from ddkit.evaluate.recipes import resolve_recipe
 from ddkit.evaluate.student import make_plan
 from ddkit.teachers.frozen import teacher_identity
@@ -82,9 +84,13 @@ def set_ipc(ds: DistilledSet) -> int:
 def results_markdown(results: Sequence[EvalResult], summary: Dict[str, Any]) -> str:
     """A markdown table: one row per student × set, then IOR / HLR when available."""
     r0 = results[0]
+    proto = summary.get("protocol") or {}
+    ran = (f"protocol **{proto.get('protocol')}**" + (f" ({proto['native']})" if proto.get("native") else "") + ", "
+           if proto else "")
     lines = [
-        f"regime **{r0.regime}** (loss `{r0.recipe.loss_for(r0.regime)}`), recipe **{r0.recipe.name}**; "
+        f"{ran}regime **{r0.regime}** (loss `{r0.recipe.loss_for(r0.regime)}`), recipe **{r0.recipe.name}**; "
         f"headline = last-epoch test accuracy (%), mean ± std (ddof 0) over n seeds.",
+        *([f"", *(f"- {n}" for n in proto.get("notes", []))] if proto.get("notes") else []),
         "",
         "| student | set | acc % (mean ± std) | n | per seed | seeds | iterations × batch | img/s |",
         "|---|---|---|---|---|---|---|---|",
@@ -122,7 +128,9 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
     dev = ctx.device
     progress = progress and ctx.main
     distilled = DistilledSet.load(distilled_dir)
-    regime = cfg.regime  # canonical: EvalConfig parses it once
+    proto = resolve_protocol(cfg, distilled)  # once, from the set under evaluation; baselines follow it
+    cfg = proto.cfg
+    regime = check_regime(cfg)
     baselines = dict(baselines or {})
     if "distilled" in baselines:
         raise DDKitError("a baseline cannot be named 'distilled' (that is the set under evaluation)")
@@ -144,6 +152,7 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
                       "relabel the random subset and evaluate it on its own")
         if cfg.label_store is None:
             cfg = dataclasses.replace(cfg, label_store=str(Path(distilled_dir) / "fkd"))
+            proto = dataclasses.replace(proto, cfg=cfg)
     check_classes(distilled, test, teacher)
     if baselines and train is None:
         leave_out("no train split to draw it from (give the dataset's train split)",
@@ -159,7 +168,8 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
         raise DDKitError("give either --epochs or --budget-epochs, not both")
     needs_logits = LOSSES.get(recipe.loss_for(regime)).needs_logits
     no_teacher = teacher is None and needs_logits and cfg.labels == "online"
-    if no_teacher and regime == "sl" and baselines:
+    teacher_labels = (cfg.sl_labels or recipe.sl_labels) in ("image", "region")  # else a stored key (learned)
+    if no_teacher and regime == "sl" and baselines and teacher_labels:
         # Before any training: a baseline subset (random) has no stored soft labels, only a teacher gives them.
         leave_out(f"regime {regime} needs teacher soft labels for it: pass --teacher CKPT",
                   f"regime {regime} needs a teacher here (soft labels for the random subset): pass --teacher CKPT")
@@ -170,6 +180,7 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
                      eval_every=cfg.eval_every)
     val, pool = (split_val(train, cfg.val_fraction, cfg.seed) if cfg.val_fraction > 0 else (None, train))
     sets: Dict[str, DistilledSet] = {"distilled": distilled}
+    protos: Dict[str, SetProtocol] = {"distilled": proto}
     for name, b in list(baselines.items()):
         try:
             sets[name] = b if isinstance(b, DistilledSet) else b(pool)
@@ -180,6 +191,7 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
             del baselines[name]
             continue
         check_classes(sets[name], test, teacher)
+        protos[name] = follow(proto, sets[name])
     with_random = "random" in baselines
     if ctx.main:
         for name, why in skipped.items():
@@ -188,7 +200,7 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
 
     with edist.rank_output_dir(output, overwrite, ctx.main) as tmp:
         conf = {
-            "eval": to_dict(cfg), "recipe": to_dict(recipe),
+            "protocol": proto.describe(), "eval": to_dict(cfg), "recipe": to_dict(recipe),
             "plan": {"batch_size": plan.batch_size, "iterations": plan.iterations, "epochs": plan.epochs,
                      "samples_seen": plan.samples, "eval_epochs": list(plan.eval_epochs)},
             "distilled": str(distilled_dir), "test": f"{test.name}/{test.split} ({len(test)} images)",
@@ -204,7 +216,7 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
             print(yaml.safe_dump({"recipe": to_dict(recipe), "plan": conf["plan"]}, sort_keys=False).rstrip())
         soft: Dict[str, torch.Tensor] = {}
         for name, ds in sets.items():
-            t = soft_labels_for(ds, cfg, teacher, dev)
+            t = soft_labels_for(ds, protos[name].cfg, teacher, dev)
             if t is not None:
                 soft[name] = t
         if soft:
@@ -215,11 +227,13 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
                 res = evaluate(ds, test, dataclasses.replace(cfg, student=st), teacher, full_train_size=full,
                                device=dev, progress=progress, output=tmp / "runs" / name / _SAFE.sub(
                                    "_", str(st or getattr(teacher, "arch", None) or DEFAULT_STUDENT)),
-                               val=val, soft_labels=soft.get(name), soft_source="teacher", set_name=name)
+                               val=val, soft_labels=soft.get(name), soft_source="teacher", set_name=name,
+                               protocol=dataclasses.replace(protos[name], cfg=dataclasses.replace(
+                                   protos[name].cfg, student=st)))
                 results.append(res)
         summary: Dict[str, Any] = {
             "headline": "last-epoch test accuracy (fraction), mean ± std (ddof 0) over n seeds",
-            "regime": regime, "recipe": recipe.name, "ipc": set_ipc(distilled),
+            "protocol": proto.describe(), "regime": regime, "recipe": recipe.name, "ipc": set_ipc(distilled),
             "results": [r.to_dict() for r in results],
         }
         if skipped:

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from ddkit.augment import (Augment, Compose, FactorCrop, Flip, Identity, Normalize, Params, RandomResizedCrop,
-                           ShufflePatches, dsa)
+                           ShufflePatches, Translate, dsa)
 from ddkit.config import dump, field
 from ddkit.distilled import DistilledSet
 from ddkit.evaluate.protocol import EvalConfig
@@ -61,6 +61,8 @@ def view_aug(recipe: Recipe, image_size: int, mean, std) -> Augment:
         ops += [ShufflePatches(recipe.factor), RandomResizedCrop(image_size, scale=(1.0 / recipe.factor, 1.0))]
     elif recipe.crop == "rrc":
         ops.append(RandomResizedCrop(image_size, scale=(recipe.rrc_min, 1.0)))
+    elif recipe.crop == "pad":
+        ops.append(Translate(recipe.pad / image_size))
     if recipe.flip:
         ops.append(Flip())
     post = dsa(recipe.dsa, mode=recipe.dsa_mode)

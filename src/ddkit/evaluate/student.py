@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ddkit.augment import (Augment, Compose, CutMix, FactorCrop, Flip, Identity, Mixup, Normalize,
-                           RandomResizedCrop, ShufflePatches, dsa)
+                           RandomResizedCrop, ShufflePatches, Translate, dsa)
 from ddkit.evaluate.losses import LossSpec, make_criterion
 from ddkit.evaluate.recipes import Recipe
 from ddkit.optim import make_optimizer
@@ -121,9 +121,10 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 
 class Views:
     """The recipe's augmentation chain on a batch of [0,1] images; returns the normalised view, the
-    FactorCrop cell per sample (-1 = whole image; None without FactorCrop) and the mixing params."""
+    FactorCrop cell per sample (-1 = whole image; None without FactorCrop) and the mixing params.
+    `norm` replaces the mean/std normalisation (a set's ZCA whitening, evaluate/native.py)."""
 
-    def __init__(self, recipe: Recipe, image_size: int, mean, std) -> None:
+    def __init__(self, recipe: Recipe, image_size: int, mean, std, norm: Optional[Augment] = None) -> None:
         ops: List[Augment] = []
         self.factor_crop: Optional[FactorCrop] = None
         if recipe.crop == "factor":
@@ -133,10 +134,12 @@ class Views:
                     RandomResizedCrop(image_size, scale=(1.0 / recipe.factor, 1.0))]
         elif recipe.crop == "rrc":
             ops.append(RandomResizedCrop(image_size, scale=(recipe.rrc_min, 1.0)))
+        elif recipe.crop == "pad":  # RandomCrop(size, padding=p) with zero fill = a shift in [-p, p], zero fill
+            ops.append(Translate(recipe.pad / image_size))
         if recipe.flip:
             ops.append(Flip())
         self.pre: Augment = Compose(ops) if ops else Identity()
-        self.norm = Normalize(mean, std)
+        self.norm: Augment = norm if norm is not None else Normalize(mean, std)
         self.post: Augment = dsa(recipe.dsa, mode=recipe.dsa_mode)
         self.mixer: Optional[Any] = (CutMix(recipe.mix_alpha) if recipe.mix == "cutmix"
                                      else Mixup(recipe.mix_alpha) if recipe.mix == "mixup" else None)

@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import torch
 from tqdm.auto import tqdm
 
+from ddkit.augment.zca import ZCA
 from ddkit.config import build, field, option_names, to_dict
 from ddkit.data.base import ImageDataset
 from ddkit.distilled import DistilledSet
@@ -55,8 +56,10 @@ class ClassResult:
     images: N_c×C×H×W float in [0,1] pixel space (optimised sets may leave it); soft: label tensors with N_c
     rows (→ DistilledSet.soft); extras: other per-row tensors (e.g. "source_index" → meta["source_indices"]);
     meta: JSON-safe per-class facts (→ meta[key] = list over classes); set_meta: JSON-safe facts about the
-    whole set, equal for every class (e.g. the mosaic factor); labels: N_c int64, default all == cls;
-    seconds: compute time, measured by the driver when left NaN.
+    whole set, equal for every class (e.g. the mosaic factor); set_tensors: tensors about the whole set, given
+    on at least one class (the first one given wins; "zca_*" = `ZCA.state()` → DistilledSet.zca, the transform
+    the set's student must whiten its inputs with); labels: N_c int64, default all == cls; seconds: compute
+    time, measured by the driver when left NaN.
     """
 
     cls: int
@@ -65,6 +68,7 @@ class ClassResult:
     extras: Dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
     meta: Dict[str, Any] = dataclasses.field(default_factory=dict)
     set_meta: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    set_tensors: Dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
     labels: Optional[torch.Tensor] = None
     seconds: float = math.nan
 
@@ -75,7 +79,7 @@ class ClassResult:
         labels = (self.labels.detach().long().cpu() if self.labels is not None
                   else torch.full((len(imgs),), int(self.cls), dtype=torch.long))
         return dataclasses.replace(self, cls=int(self.cls), images=imgs, labels=labels, soft=cpu(self.soft),
-                                   extras=cpu(self.extras), seconds=seconds if math.isnan(self.seconds)
+                                   extras=cpu(self.extras), set_tensors=cpu(self.set_tensors), seconds=seconds if math.isnan(self.seconds)
                                    else float(self.seconds))
 
 
@@ -103,6 +107,9 @@ class MethodSpec:
     # options that make a small but real run of the same algorithm (a named CPU preset, fewer proxy runs), for
     # the demo and CI's smoke run; never the defaults a user gets
     quick: Tuple[Tuple[str, Any], ...] = ()
+    # the evaluation protocol of the method's paper, by name (`ddkit evaluate --protocol native` reads it from
+    # the set's meta "native", never from the method's name); "" = not declared
+    native: str = ""
 
 
 METHODS: Registry[MethodSpec] = Registry("method")
@@ -110,13 +117,14 @@ METHODS: Registry[MethodSpec] = Registry("method")
 
 def register_method(name: str, config: Type[MethodConfig] = MethodConfig, aliases: Sequence[str] = (),
                     needs_teacher: bool = False, class_separable: bool = True, needs: Sequence[str] = (),
-                    quick: Optional[Mapping[str, Any]] = None) -> Callable[[MethodFn], MethodFn]:
+                    quick: Optional[Mapping[str, Any]] = None, native: str = "") -> Callable[[MethodFn], MethodFn]:
     """Decorator: register a condensation method under `name` (+ peers' spellings as aliases).
 
     The function's signature is `fn(dataset, teacher, cfg, classes, *, device, progress)` and it yields
     one ClassResult per class of `classes`; the first line of its docstring is its description. `needs` names
     what else it must be given (keys of NEEDS, e.g. "bn-teacher"); `quick` holds config options for a small
-    but real run (checked against the config's fields here, so a typo fails at import, not in the demo).
+    but real run (checked against the config's fields here, so a typo fails at import, not in the demo);
+    `native` names its paper's evaluation protocol (`ddkit protocols`), written into every set's meta.
     """
     quick_items = tuple(sorted((quick or {}).items()))
     bad = sorted(set(k for k, _ in quick_items) - set(option_names(config)))
@@ -127,7 +135,7 @@ def register_method(name: str, config: Type[MethodConfig] = MethodConfig, aliase
         doc = (fn.__doc__ or "").strip().splitlines()
         METHODS.register(name, aliases=aliases, obj=MethodSpec(name, fn, config, needs_teacher,
                                                                doc[0] if doc else "", class_separable,
-                                                               tuple(needs), quick_items))
+                                                               tuple(needs), quick_items, native))
         return fn
 
     return deco
@@ -191,8 +199,13 @@ def assemble(results: Sequence[ClassResult], classes: Sequence[str], mean: Seque
     out["class_seconds"] = [None if math.isnan(r.seconds) else r.seconds for r in rs]
     out.update(meta or {})
     soft = {k: torch.cat([r.soft[k] for r in rs]) for k in rs[0].soft}
+    whole: Dict[str, torch.Tensor] = {}
+    for r in results:  # yield order: the first class that carried a set tensor gives it
+        for key, t in r.set_tensors.items():
+            whole.setdefault(key, t)
+    zca = ZCA.from_state(whole) if "zca_matrix" in whole else None
     return DistilledSet(torch.cat([r.images for r in rs]), torch.cat([r.labels for r in rs]), list(classes),
-                        list(mean), list(std), soft=soft, meta=out)
+                        list(mean), list(std), soft=soft, meta=out, zca=zca)
 
 
 class Method:
@@ -250,7 +263,7 @@ class Method:
         return dict(method=self.name, config=to_dict(self.config), ipc=self.config.ipc, seed=self.config.seed,
                     dataset=dataset.name, split=dataset.split, device=str(device),
                     teacher=teacher_identity(teacher),
-                    teacher_arch=getattr(teacher, "arch", None))
+                    teacher_arch=getattr(teacher, "arch", None), native=self.spec.native or None)
 
     def __call__(self, dataset: ImageDataset, teacher: Any = None, *, device: str | torch.device | None = None,
                  progress: bool = True, classes: Optional[Sequence[int]] = None) -> DistilledSet:

@@ -221,7 +221,7 @@ def _run(name: str, dataset: ImageDataset, cfg: DCConfig, classes: Sequence[int]
 
 
 @register_method("dc", config=DCConfig, aliases=("gradient-matching", "dataset-condensation"),
-                 class_separable=False, quick={"preset": "cpu"})
+                 class_separable=False, quick={"preset": "cpu"}, native="dc-noaug")
 def dc(dataset: ImageDataset, teacher: Any, cfg: DCConfig, classes: Sequence[int], *, device: torch.device,
        progress: bool = True) -> Iterator[ClassResult]:
     """DC: gradient matching on fresh random ConvNets (Zhao et al. 2021, official main.py)."""
@@ -229,7 +229,7 @@ def dc(dataset: ImageDataset, teacher: Any, cfg: DCConfig, classes: Sequence[int
 
 
 @register_method("dsa", config=DSAConfig, aliases=("dc-dsa", "siamese-augmentation"), class_separable=False,
-                 quick={"preset": "cpu"})
+                 quick={"preset": "cpu"}, native="dsa")
 def dsa_method(dataset: ImageDataset, teacher: Any, cfg: DSAConfig, classes: Sequence[int], *,
                device: torch.device, progress: bool = True) -> Iterator[ClassResult]:
     """DSA: DC with one augmentation draw shared by the real and synthetic batch (Zhao & Bilen 2021)."""

@@ -105,7 +105,7 @@ def distribution_matching(pool: RealPool, c: int, syn: torch.Tensor, cfg: DMConf
 
 
 @register_method("dm", config=DMConfig, aliases=("distribution-matching",), class_separable=True,
-                 quick={"preset": "cpu"})
+                 quick={"preset": "cpu"}, native="dsa")
 def dm(dataset: ImageDataset, teacher: Any, cfg: DMConfig, classes: Sequence[int], *, device: torch.device,
        progress: bool = True) -> Iterator[ClassResult]:
     """DM: match mean embeddings of real and synthetic images under fresh random ConvNets (Zhao & Bilen 2023)."""

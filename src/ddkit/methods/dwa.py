@@ -60,7 +60,7 @@ class DWAConfig(RecoverConfig):
 
 
 @register_method("dwa", config=DWAConfig, aliases=("DWA", "directed-weight-adjustment"),
-                 needs_teacher=True, needs=("bn-teacher",))
+                 needs_teacher=True, needs=("bn-teacher",), native="sre2l")
 def dwa(dataset: ImageDataset, teacher: Any, cfg: DWAConfig, classes: Sequence[int], *,
         device: torch.device, progress: bool = True) -> Iterator[ClassResult]:
     """DWA: SRe2L recover from real images through a teacher adjusted on those images, restored per class."""

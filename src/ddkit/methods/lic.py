@@ -194,7 +194,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@register_method("lic", config=LICConfig, aliases=("cim",), needs_teacher=True)
+@register_method("lic", config=LICConfig, aliases=("cim",), needs_teacher=True, native="cim")
 def lic(dataset: ImageDataset, teacher: Any, cfg: LICConfig, classes: Sequence[int], *, device: torch.device,
         progress: bool = True) -> Iterator[ClassResult]:
     """LIC/CIM: select confident real images, squeeze f² per image, compensate with a feature-matched residual."""

@@ -17,8 +17,9 @@ data.facts.official_name, so a tar:/folder: copy of CIFAR-10 gets CIFAR-10's row
 (ZCA, or mean/std = the official MTT statistics by default, `norm`). Classes are learned jointly (one unroll sees every class), so both
 declare class_separable=False. DATM stores its learned labels as soft["learned"]; with a teacher it also
 stores the teacher's logits as soft["soft"], which SL evaluation uses (the hard-truths protocol replaces
-learned labels by teacher labels). The learned step size is recorded as syn_lr in meta (MTT evaluates
-students with it; ddkit's recipes use their own lr).
+learned labels by teacher labels). The set carries what its student needs (ddkit.distilled): the learned step
+size as meta learned_lr (also syn_lr), the learned labels' key as learned_labels and, with ZCA, the buffer's
+transform; `evaluate --protocol native` trains with them, `--protocol hard-truths` does not.
 """
 from __future__ import annotations
 
@@ -298,18 +299,24 @@ def _run(name: str, dataset: ImageDataset, teacher: Any, cfg: MTTConfig, classes
                 soft["soft"] = teacher.logits(images.to(teacher.device)).float()
     row = official_row(cfg, official)[1] if cfg.preset == "paper" else "cpu preset"
     ws = working_stats(dataset, "mtt", cfg.norm).meta() if space.kind == "meanstd" else None
+    # What the set's student needs (ddkit.distilled): the learned step size as its lr, the learned labels, and
+    # the buffer's ZCA transform (carried once, on the first class), all read by `evaluate --protocol native`.
     set_meta = {"preset": cfg.preset, "settings": s, "table": row, "space": space.kind, "working_stats": ws,
-                "syn_lr": float(syn_lr.detach()),
+                "syn_lr": float(syn_lr.detach()), "learned_lr": float(syn_lr.detach()),
                 "buffer": str(cfg.buffer), "experts": buffer.num_experts, "skipped_iterations": skipped,
                 **log.meta()}
+    if "learned" in soft:
+        set_meta["learned_labels"] = "learned"
+    whole = buffer.space.zca.state() if buffer.space.zca is not None else {}
     for k, c in enumerate(classes):
         rows = slice(k * ipc, (k + 1) * ipc)
         yield ClassResult(c, images[rows], soft={n: v[rows] for n, v in soft.items()},
-                          extras={"source_index": src[rows].cpu()}, set_meta=set_meta)
+                          extras={"source_index": src[rows].cpu()}, set_meta=set_meta,
+                          set_tensors=whole if k == 0 else {})
 
 
 @register_method("mtt", config=MTTConfig, aliases=("tm", "trajectory-matching"), class_separable=False,
-                 needs=("expert-buffer",), quick={"preset": "cpu"})
+                 needs=("expert-buffer",), quick={"preset": "cpu"}, native="mtt")
 def mtt(dataset: ImageDataset, teacher: Any, cfg: MTTConfig, classes: Sequence[int], *, device: torch.device,
         progress: bool = True) -> Iterator[ClassResult]:
     """MTT: match N student steps on the set to M expert epochs, learnable step size (Cazenavette et al. 2022)."""
@@ -317,7 +324,7 @@ def mtt(dataset: ImageDataset, teacher: Any, cfg: MTTConfig, classes: Sequence[i
 
 
 @register_method("datm", config=DATMConfig, aliases=("difficulty-aligned-tm",), class_separable=False,
-                 needs=("expert-buffer",), quick={"preset": "cpu"})
+                 needs=("expert-buffer",), quick={"preset": "cpu"}, native="datm")
 def datm(dataset: ImageDataset, teacher: Any, cfg: DATMConfig, classes: Sequence[int], *, device: torch.device,
          progress: bool = True) -> Iterator[ClassResult]:
     """DATM: MTT + difficulty-aligned start range, correct-sample init, learned soft labels (Guo et al. 2024)."""

@@ -297,7 +297,7 @@ def run_classes(classes: Sequence[int], pool_of: Callable[[int], Tuple[torch.Ten
                               seconds=share + time.perf_counter() - tc)
 
 
-@register_method("rded", config=RDEDConfig, needs_teacher=True)
+@register_method("rded", config=RDEDConfig, needs_teacher=True, native="rded")
 def rded(dataset: ImageDataset, teacher: Any, cfg: RDEDConfig, classes: Sequence[int], *, device: torch.device,
          progress: bool = True) -> Iterator[ClassResult]:
     """RDED: lowest-CE RandomResizedCrop patches of a random real pool, stitched f×f per image."""

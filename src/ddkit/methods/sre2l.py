@@ -221,7 +221,7 @@ def _result(c: int, images: torch.Tensor, extras: Dict[str, torch.Tensor], meta:
 
 
 @register_method("sre2l", config=SRe2LConfig, aliases=("SRe2L", "squeeze-recover-relabel"), needs_teacher=True,
-                 needs=("bn-teacher",))
+                 needs=("bn-teacher",), native="sre2l")
 def sre2l(dataset: ImageDataset, teacher: Any, cfg: SRe2LConfig, classes: Sequence[int], *,
           device: torch.device, progress: bool = True) -> Iterator[ClassResult]:
     """SRe2L recover: noise optimised to match the BN teacher's CE and BN statistics (per class)."""
@@ -230,7 +230,7 @@ def sre2l(dataset: ImageDataset, teacher: Any, cfg: SRe2LConfig, classes: Sequen
 
 
 @register_method("cda", config=CDAConfig, aliases=("CDA", "curriculum-data-augmentation"), needs_teacher=True,
-                 needs=("bn-teacher",))
+                 needs=("bn-teacher",), native="sre2l")
 def cda(dataset: ImageDataset, teacher: Any, cfg: CDAConfig, classes: Sequence[int], *,
         device: torch.device, progress: bool = True) -> Iterator[ClassResult]:
     """CDA: SRe2L recover with the RandomResizedCrop scale annealed from easy (1.0) to hard (0.08)."""
