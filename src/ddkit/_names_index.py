@@ -237,10 +237,18 @@ INDEX = {'datasets': [{'name': 'cifar10',
               'aliases': ['lic'],
               'description': 'CIM/LIC evaluator: MSE to online-teacher logits, quadrant-or-whole crop + per-sample '
                              'DiffAug'},
+             {'name': 'datm',
+              'aliases': [],
+              'description': "DATM protocol: soft CE (T=1) on the set's learned labels, SGD 0.01 momentum 0.9 wd "
+                             '5e-4, x0.1 at E/2+1, DSA, 1000 ep, bs 128'},
              {'name': 'dc',
-              'aliases': ['dm', 'dsa'],
+              'aliases': ['dm', 'dsa', 'mtt'],
               'description': 'DC/DSA/DM protocol: CE, SGD 0.01 momentum 0.9 wd 5e-4, x0.1 at E/2, DSA, 1000 ep, bs '
                              '256'},
+             {'name': 'dc-noaug',
+              'aliases': [],
+              'description': 'DC protocol (CIFAR ConvNet): CE, SGD 0.01 momentum 0.9 wd 5e-4, x0.1 at E/2+1, no '
+                             'augmentation, 300 ep, bs 256'},
              {'name': 'hardtruths-hl',
               'aliases': [],
               'description': 'Hard Truths small-scale HL (Table 4): CE, SGD 0.01 + step x0.1 at E/2+1, DSA, 300 ep, '
@@ -259,4 +267,8 @@ INDEX = {'datasets': [{'name': 'cifar10',
                              'quarter-cosine'},
              {'name': 'sre2l',
               'aliases': ['cda'],
-              'description': 'SRe2L validation: RRC(0.08..1) + flip + CutMix, KL T=20 (no T^2), full cosine'}]}
+              'description': 'SRe2L validation: RRC(0.08..1) + flip + CutMix, KL T=20 (no T^2), full cosine'},
+             {'name': 'sre2l-cifar',
+              'aliases': ['cda-cifar', 'dwa-cifar'],
+              'description': 'SRe2L/CDA/DWA CIFAR relabel: online teacher on Mixup(0.8) views, KL T=30 (no T^2), '
+                             'AdamW 1e-3 wd 0.01, cosine, RandomCrop(pad 4) + flip, 400 ep, bs 128'}]}

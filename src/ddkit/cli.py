@@ -268,7 +268,8 @@ SUBCOMMANDS: Dict[str, Tuple[str, Optional[Builder]]] = {
                 _build_experts),
     "distill": ("condense a dataset with a method (`ddkit distill --method lic --help` lists that method's "
                 "options)", _build_distill),
-    "evaluate": ("train students on a distilled set and report test accuracy", _build_evaluate),
+    "evaluate": ("train students on a distilled set and report test accuracy (default --protocol native: each set "
+                 "as its paper trains it; --protocol hard-truths: one protocol for every set)", _build_evaluate),
     "relabel": ("store teacher logits of E epochs of a recipe's views at SET/fkd (read by `ddkit evaluate SET "
                 "--labels stored`)", _build_relabel),
     "merge": ("assemble OUTPUT from the per-class files in OUTPUT.parts/ (after --shard runs)", _build_merge),
