@@ -196,7 +196,7 @@ def test_topology_and_errors(monkeypatch):
     test = make_toy(9, K, 8, seed=1, split="test")
     shards = [EvalDist(r, 3, mode="ddp").shard(test) for r in range(3)]
     assert sum(len(s) for s in shards) == len(test) and torch.equal(shards[1].images, test.images[1::3])
-    plan = make_plan(resolve_recipe(EvalConfig(batch_size=7), n_images=16, num_classes=K, ipc=4, image_size=8), 16)
+    plan = make_plan(resolve_recipe(EvalConfig(recipe="cim", batch_size=7), n_images=16, num_classes=K, ipc=4, image_size=8), 16)
     with pytest.raises(DDKitError, match="divisible by 2"):
         EvalDist(0, 2, mode="ddp").check_plan(plan)
     EvalDist(0, 2, mode="seeds").check_plan(plan)  # seeds over ranks keep the whole batch

@@ -313,7 +313,7 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
               f"({spec.name}), recipe {recipe.name}: batch {plan.batch_size}, {plan.iterations} iterations "
               f"= {plan.epochs:.2f} epochs, evals at {list(plan.eval_epochs)}, crop {crop_desc}, "
               f"soft labels: {source or 'none'}, protocol {proto.protocol}"
-              f"{f' ({proto.native})' if proto.native else ''}{'; ' + '; '.join(proto.notes) if proto.notes else ''}")
+              f"{f' ({proto.native})' if proto.native else ''}" + "".join(f"; {n}" for n in proto.notes))
     runs: List[Tuple[int, RunResult]] = []
     t0 = time.perf_counter()
     todo = ctx.run_indices(cfg.seeds)

@@ -4,16 +4,16 @@
 `native` reads what the set says about itself (`ddkit.distilled`: meta "native", zca.safetensors, meta
 "learned_lr", meta "learned_labels"), never which method made it:
 
-| native name  | declared by          | recipe, regime          | source (official code)                                   |
-|--------------|----------------------|-------------------------|----------------------------------------------------------|
-| `dc-noaug`   | DC                   | `dc-noaug`, HL          | DC main.py:117-123 (CIFAR ConvNet: no augmentation, 300 ep)|
-| `dsa`        | DSA, DM              | `dc`, HL                | DC main.py:111-121, utils.py:337-361 (DSA, 1000 ep)        |
-| `mtt`        | MTT                  | `dc`, HL                | MTT distill.py:191-226 (+ ZCA, lr = learned syn_lr)        |
-| `datm`       | DATM                 | `datm`, SL (learned)    | DATM DATM.py:344-387, evaluation.py (+ ZCA, syn_lr, bs 128) |
-| `sre2l`      | SRe2L, CDA, DWA      | `sre2l-cifar` (≤ 32 px) or `sre2l`, SL+KD | SRe2L relabel_cifar.py, DWA validation_cifar.py |
-| `rded`       | RDED                 | `rded`, SL+KD           | RDED's validation (peers.md §2.2)                          |
-| `cim`        | LIC / CIM            | `cim`, SL+KD            | CIM's evaluator (peers.md §7b)                             |
-| `hard-truths`| undeclared (random, coresets, imports) | `hardtruths-hl`, HL | hardtruths.md §5.1 (a documented choice: no paper protocol) |
+| native       | declared by             | recipe, regime                    | source (official code)               |
+|--------------|-------------------------|-----------------------------------|--------------------------------------|
+| `dc-noaug`   | DC                      | `dc-noaug`, HL                    | DC main.py:117-123, utils.py:337-361 |
+| `dsa`        | DSA, DM                 | `dc`, HL                          | DC main.py:111-121 (DSA, 1000 ep)    |
+| `mtt`        | MTT                     | `dc`, HL (+ ZCA, learned lr)      | MTT distill.py:191-226               |
+| `datm`       | DATM                    | `datm`, SL on the learned labels  | DATM DATM.py:344-387 (batch 128)     |
+| `sre2l`      | SRe2L, CDA, DWA         | `sre2l-cifar` (≤ 32 px) or `sre2l`, SL+KD | relabel_cifar.py, validation_cifar.py |
+| `rded`       | RDED                    | `rded`, SL+KD                     | peers.md §2.2                        |
+| `cim`        | LIC / CIM               | `cim`, SL+KD                      | peers.md §7b                         |
+| `hard-truths`| undeclared (random, coresets, imports) | `hardtruths-hl`, HL | hardtruths.md §5.1 (no paper protocol) |
 
 On top of the recipe, `native` applies what the set carries: its ZCA transform (train views AND the test split
 are whitened with it, in place of mean/std normalisation; MTT utils.py:137-165), its learned learning rate
