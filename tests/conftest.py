@@ -80,3 +80,28 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+#: three ImageNet wnids: the class folders of a generated ImageNet-layout tree
+WNIDS = ("n01440764", "n02102040", "n02979186")
+
+
+def make_imagenet_layout(root: Path, train: int = 12, val: int = 6, side: int = 40, seed: int = 0) -> Path:
+    """root/{train,val}/<wnid>/<wnid>_<i>.JPEG: the layout `--dataset imagenette --data-root root` reads.
+
+    Class c's images are noisy with channel c bright, in non-square JPEGs (side × side+8, so the loader's
+    resize + centre crop runs), learnable in a few steps."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", train), ("val", val)):
+        for c, w in enumerate(WNIDS):
+            d = root / split / w
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                base = np.full((side, side + 8, 3), 40.0)
+                base[..., c] = 190
+                x = np.clip(base + rng.normal(0, 35, base.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(x).save(d / f"{w}_{i}.JPEG", quality=90)
+    return root

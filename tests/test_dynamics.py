@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ddkit.data.stream import DeviceBatches
 from ddkit.methods import dynamics as dynmod
 from ddkit.methods.dynamics import (Dynamics, DynamicsConfig, _lr_lambda, _Recorder, dynamics_for, record_dynamics,
                                     window_std)
@@ -53,7 +54,7 @@ def test_grand_closed_form_matches_autograd():
     model = create_model("convnet-d1", 3, 8, 3, width=4)
     mean = torch.tensor(ds.mean).view(1, -1, 1, 1)
     std = torch.tensor(ds.std).view(1, -1, 1, 1)
-    rec = _Recorder(model, ds.images, ds.labels, mean, std, torch.device("cpu"), amp=False)()
+    rec = _Recorder(model, DeviceBatches(ds, "cpu"), ds.labels, mean, std, torch.device("cpu"), amp=False)()
     x = (ds.images.float() / 255 - mean) / std
     for i in range(len(ds)):
         model.zero_grad()

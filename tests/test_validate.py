@@ -148,3 +148,21 @@ def test_summary_after_save_names_the_version(tmp_path):
     s = DistilledSet(torch.rand(2, 1, 4, 4), torch.tensor([0, 1]), ["a", "b"], [0.5], [0.25])
     s.save(tmp_path / "s", pngs=False)
     assert "? @ ?" not in s.summary() and "created by  ddkit " in s.summary()
+
+
+def test_a_safetensors_header_of_1408_bytes_is_not_taken_for_a_pickle(tmp_path):
+    # A header length of 0x0580 is stored as 80 05 00 …, pickle protocol 5's first two bytes: a real teacher
+    # (ConvNet-D2-BN at 32 px) hit it. A header length followed by "{" is safetensors.
+    import json
+    import struct
+
+    from ddkit.validate import read_safetensors
+
+    head = json.dumps({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode().ljust(0x580)
+    p = tmp_path / "t.safetensors"
+    p.write_bytes(struct.pack("<Q", len(head)) + head + struct.pack("<f", 1.5))
+    assert p.read_bytes()[:2] == b"\x80\x05"
+    assert read_safetensors(p)["x"].tolist() == [1.5]
+    (tmp_path / "real.safetensors").write_bytes(b"\x80\x05" + b"\x95" * 20)  # a pickle is still refused
+    with pytest.raises(DDKitError, match="pickle"):
+        read_safetensors(tmp_path / "real.safetensors")

@@ -37,6 +37,10 @@ def _common(p: argparse.ArgumentParser, dataset: bool = True, dataset_default: O
         p.add_argument("--max-per-class", type=int, default=None, metavar="N",
                        help="quick trials: at most N train images per class, a class-balanced subset drawn with "
                             "seed 0 and recorded in the outputs; the test split stays whole (default: all)")
+        p.add_argument("--image-size", type=int, default=None, metavar="PX",
+                       help="side in pixels the images are loaded at (resize the short side, then centre-crop); "
+                            "small sides make quick trials on the ImageNet family (default: the dataset's own, "
+                            "224 for imagenet/imagenette/imagewoof)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _log_flags(p)
 

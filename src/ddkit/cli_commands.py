@@ -25,7 +25,8 @@ def _dataset(args: argparse.Namespace, split: str):
     from ddkit.data import class_balanced_subset, create_dataset
 
     ds = create_dataset(args.dataset, root=args.data_root, split=split, cache_dir=args.cache_dir,
-                        download=args.download, progress=not args.no_progress, classes=_classes(args))
+                        download=args.download, progress=not args.no_progress, classes=_classes(args),
+                        image_size=getattr(args, "image_size", None))
     if split == "train" and args.max_per_class is not None:
         ds = class_balanced_subset(ds, args.max_per_class, seed=SUBSET_SEED)
     return ds

@@ -39,7 +39,7 @@ from ddkit.distilled import DistilledSet
 from ddkit.evaluate import EvalConfig, evaluate
 from ddkit.models import create_model, feature_extractor
 from ddkit.report import markdown_table
-from ddkit.teachers import predict_logits
+from ddkit.teachers import predict_dataset, predict_logits
 from ddkit.teachers.frozen import FrozenTeacher
 from ddkit.utils import DDKitError, derive_seed, get_device, make_generator
 
@@ -211,7 +211,7 @@ def student_test_losses(distilled: DistilledSet, test: ImageDataset, cfg: EvalCo
     losses: List[float] = []
 
     def test_loss(seed: int, model: torch.nn.Module) -> None:
-        z = predict_logits(model, test.images, distilled.mean, distilled.std, device=dev, batch_size=cfg.test_batch_size)
+        z = predict_dataset(model, test, distilled.mean, distilled.std, device=dev, batch_size=cfg.test_batch_size)
         losses.append(float(F.cross_entropy(z.float(), test.labels.cpu())))
 
     res = evaluate(distilled, test, cfg, full_train_size=full_train_size, device=dev, progress=progress,

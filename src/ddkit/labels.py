@@ -73,7 +73,7 @@ def _fingerprint(t: torch.Tensor | Dict[str, torch.Tensor]) -> str:
     for k, v in sorted(t.items()) if isinstance(t, dict) else [("x", t)]:
         v = v.detach().cpu().contiguous().reshape(-1)
         h.update(f"{k}:{v.dtype}:{v.numel()}".encode())
-        h.update(v.view(torch.uint8).numpy().tobytes())
+        h.update(v.view(torch.uint8).numpy())  # the buffer itself: no second host copy of a large set
     return h.hexdigest()[:16]
 
 
@@ -189,7 +189,9 @@ class LabelStore:
         idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
         logits = self.logits(epoch, idx, fill)
         dev = torch.device(device) if device is not None else self.images.device
-        x = self.aug.apply(self.images[idx.to(self.images.device)].to(dev).float(), self.params(epoch, idx))
+        x = self.images[idx.to(self.images.device)].to(dev)
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()  # a staged uint8 copy (large sets)
+        x = self.aug.apply(x, self.params(epoch, idx))
         return x, logits.to(dev)
 
     def __getstate__(self) -> Dict[str, Any]:

@@ -35,7 +35,12 @@ _PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
 def _sniff(path: Path, head: bytes) -> Optional[str]:
-    """What a file that should be safetensors really is, by its first bytes (None: looks like safetensors)."""
+    """What a file that should be safetensors really is, by its first bytes (None: looks like safetensors).
+
+    `head` is the first 9 bytes: a safetensors header length whose low bytes are 0x80 0x05 (1408 bytes of JSON)
+    reads like pickle's magic, so a header length followed by the JSON's "{" is safetensors whatever it starts with."""
+    if len(head) == 9 and head[8:9] == b"{":
+        return None
     if head.startswith(b"PK\x03\x04"):
         return "a torch.save/zip archive"
     if head[:2] in _PICKLE_MAGIC:
@@ -50,12 +55,12 @@ def check_safetensors(path: str | Path, what: str = "file") -> Path:
         raise DDKitError(f"{what} {p} not found")
     size = p.stat().st_size
     with open(p, "rb") as f:
-        head = f.read(8)
+        head = f.read(9)
     kind = _sniff(p, head)
     if kind is not None:
         raise DDKitError(f"{what} {p} is {kind}, not safetensors; ddkit never unpickles: re-save it with "
                          f"safetensors.torch.save_file")
-    n = struct.unpack("<Q", head)[0] if size >= 8 else size
+    n = struct.unpack("<Q", head[:8])[0] if size >= 8 else size
     if size < 8 or n + 8 > size:
         raise DDKitError(f"{what} {p} is truncated ({size} bytes, header incomplete); re-create or re-copy it")
     try:

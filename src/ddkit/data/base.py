@@ -79,6 +79,13 @@ class ImageDataset:
     def image_size(self) -> int:
         return int(self.images.shape[-1])
 
+    #: pixels are a tensor here; FileImageDataset (False) decodes them from disk on demand
+    in_memory = True
+
+    def pixel_bytes(self, element_size: int = 1) -> int:
+        """What the whole split takes as one tensor of `element_size`-byte values (1: uint8, 4: float32)."""
+        return len(self) * self.channels * self.image_size * self.image_size * element_size
+
     # -- per-class access ------------------------------------------------------------------
     def class_indices(self, c: int) -> torch.Tensor:
         """Indices of class `c`, in dataset order (built once, then cached)."""
@@ -112,6 +119,11 @@ class ImageDataset:
         return ImageDataset(self.get(indices), self.labels[indices], self.classes, self.mean, self.std,
                             self.name, split or self.split)
 
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        """uint8 images start..stop-1 (a view of the tensor here; decoded from disk when file-backed)."""
+        return self.images[start:stop]
+
     def __repr__(self) -> str:
         return (f"ImageDataset({self.name}/{self.split}: {len(self)} images, {self.num_classes} classes, "
                 f"{self.channels}×{self.image_size}×{self.image_size})")
+

@@ -50,6 +50,8 @@ class FileImageDataset(ImageDataset):
         self._channels = int(channels)
         self.resize_to = int(resize_to) if resize_to else round(self._size * 256 / 224)
 
+    in_memory = False
+
     @property
     def images(self) -> torch.Tensor:  # type: ignore[override]
         raise DDKitError(f"{self.name}/{self.split} is file-backed ({len(self)} images are not held in memory); "
@@ -81,6 +83,13 @@ class FileImageDataset(ImageDataset):
             raise IndexError(f"index {bad[0]} out of range for {n} images")
         out = self._decode([i % n for i in flat])
         return out.reshape(*idx.shape, *out.shape[1:])
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        """uint8 images start..stop-1, decoded from their files."""
+        start, stop = max(0, start), min(stop, len(self))
+        if stop <= start:
+            return torch.empty(0, self._channels, self._size, self._size, dtype=torch.uint8)
+        return self._decode(list(range(start, stop)))
 
     def subset(self, indices: torch.Tensor, split: Optional[str] = None) -> "FileImageDataset":
         """A new file-backed dataset over `indices` (stays lazy: nothing is decoded)."""

@@ -17,6 +17,7 @@ import torch
 
 from ddkit.config import to_dict
 from ddkit.data.base import ImageDataset
+from ddkit.data.stream import STREAM_CHUNK, iter_chunks
 from ddkit.distilled import DistilledSet
 from ddkit.evaluate import parallel as edist
 from ddkit.evaluate.protocol import EvalConfig
@@ -113,8 +114,8 @@ def class_scorer(ds: ImageDataset, mean: Any, std: Any, device: torch.device, ba
     def score(model: Any) -> float:
         hits = torch.zeros(k, dtype=torch.long)
         step = batch_size * 8  # argmax per chunk: never all N×K logits at once
-        for i in range(0, len(ds), step):
-            z = predict_logits(model, ds.images[i:i + step], mean, std, device=device, batch_size=batch_size)
+        for i, x in iter_chunks(ds, step):  # a file-backed split is decoded a chunk at a time, never whole
+            z = predict_logits(model, x, mean, std, device=device, batch_size=batch_size)
             yi = y[i:i + step]
             hits += torch.bincount(yi[z.argmax(1) == yi], minlength=k)
         counts = torch.bincount(y, minlength=k)
@@ -134,20 +135,40 @@ def check_classes(distilled: DistilledSet, test: ImageDataset, teacher: Any = No
         raise DDKitError(f"the teacher's {len(teacher.classes)} classes {list(teacher.classes)[:3]}… differ from the "
                          f"set's {distilled.num_classes} {list(distilled.classes)[:3]}…: use a teacher trained on "
                          "this class list")
-    if tuple(test.images.shape[1:]) != tuple(distilled.images.shape[1:]):
-        raise DDKitError(f"test images are {tuple(test.images.shape[1:])} but the set's are "
-                         f"{tuple(distilled.images.shape[1:])}: load the test split at the set's resolution")
+    shape = (test.channels, test.image_size, test.image_size)  # shape facts: a file-backed split decodes nothing
+    if shape != tuple(distilled.images.shape[1:]):
+        raise DDKitError(f"test images are {shape} but the set's are {tuple(distilled.images.shape[1:])}: load the "
+                         f"test split at the set's resolution (--image-size {distilled.images.shape[-1]})")
 
 
-def stage_images(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+def exact_uint8(images: torch.Tensor, chunk: int = STREAM_CHUNK) -> bool:
+    """True when every pixel is an exact k/255 value in [0, 1] (a random real subset), checked `chunk` images
+    at a time: the temporaries are two float copies of one chunk, never of the set (ImageNet-1K IPC 50 at 224 px
+    is 30 GB as float32; whole-set temporaries took four copies of it)."""
+    for a in range(0, len(images), chunk):
+        x = images[a:a + chunk].float()
+        if float(x.min()) < 0 or float(x.max()) > 1:
+            return False
+        x255 = x * 255.0
+        if not bool(((x255 - x255.round()).abs() < 1e-4).all()):
+            return False
+    return True
+
+
+def stage_images(images: torch.Tensor, device: torch.device, chunk: int = STREAM_CHUNK) -> torch.Tensor:
     """The set on `device`: float32 up to 8 GiB; beyond, a lossless uint8 copy when the pixels are exact
-    k/255 values (random real subsets), else float16 (error < 2.5e-4, well below one 8-bit level)."""
+    k/255 values (random real subsets), else float16 (error < 2.5e-4, well below one 8-bit level).
+
+    Beyond the limit both the check and the conversion run `chunk` images at a time, straight into the device
+    copy: the host holds the set once plus one chunk's temporaries (docs/performance.md, memory)."""
     if images.dtype == torch.uint8 or images.numel() * 4 <= _STAGE_LIMIT_BYTES or device.type == "cpu":
         return images.to(device)
-    x255 = images * 255.0
-    if bool(((x255 - x255.round()).abs() < 1e-4).all()) and float(images.min()) >= 0 and float(images.max()) <= 1:
-        return x255.round().to(torch.uint8).to(device)
-    return images.half().to(device)
+    exact = exact_uint8(images, chunk)
+    out = torch.empty(images.shape, dtype=torch.uint8 if exact else torch.float16, device=device)
+    for a in range(0, len(images), chunk):
+        x = images[a:a + chunk]
+        out[a:a + chunk] = (x.float() * 255.0).round().to(torch.uint8) if exact else x.half()
+    return out
 
 
 def describe_crop(recipe: Recipe, set_factor: int, decoded: bool, cfg: EvalConfig) -> str:
@@ -172,8 +193,9 @@ def teacher_soft_labels(images: torch.Tensor, teacher: Any, device: torch.device
 
 
 def _on_device(ds: ImageDataset, device: torch.device) -> ImageDataset:
-    # Test/val sets up to the staging limit live on the device (no per-eval host->device copies).
-    if ds.images.numel() * ds.images.element_size() > _STAGE_LIMIT_BYTES // 2:
+    # Test/val sets up to the staging limit live on the device (no per-eval host->device copies); a file-backed
+    # split (ImageNet val: 7.5 GB at 224 px) stays on disk and is decoded a chunk at a time at each test.
+    if not ds.in_memory or ds.pixel_bytes(ds.images.element_size()) > _STAGE_LIMIT_BYTES // 2:
         return ds
     return ImageDataset(ds.images.to(device), ds.labels.to(device), ds.classes, ds.mean, ds.std, ds.name, ds.split)
 
@@ -294,6 +316,8 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
     if cfg.student_width is not None:
         kw["width"] = cfg.student_width
     images = stage_images(distilled.images, dev)
+    if stored is not None:  # the store's views read this very copy: one copy of the set per device
+        stored.use_images(images)
     labels = distilled.labels.to(dev)
     test_d = _on_device(ctx.shard(test), dev)  # this rank's slice in a DDP run
     val_d = _on_device(ctx.shard(val), dev) if val is not None else None

@@ -206,6 +206,11 @@ class StoredLabels:
         self.store, self.path, self.device = store, path, device
         self.source = f"stored ({path}, {store.epochs_done} epochs" + (f", top-{store.topk}" if store.topk else "") + ")"
 
+    def use_images(self, images: torch.Tensor) -> None:
+        """Regenerate views from `images`, the evaluator's staged copy of the set on the device (float32, or
+        the lossless uint8 / float16 copy of a large set)."""
+        self.store.images = images
+
     def views(self, views: Views) -> StoredViews:
         """The online Views' normalisation and mixer around the stored views."""
         return StoredViews(views.norm, views.mixer)
@@ -247,5 +252,6 @@ def open_stored(cfg: EvalConfig, distilled: DistilledSet, recipe: Recipe, device
     if store.num_images != len(distilled) or store.num_classes != distilled.num_classes:
         raise DDKitError(f"the label store {path} was built for {store.num_images} images × {store.num_classes} "
                          f"classes, the set has {len(distilled)} × {distilled.num_classes}")
-    store.images = distilled.images.float().to(device)  # checked against the set above; views run on device
+    # checked against the set above; `evaluate` hands the store its staged device copy (`use_images`), so the set
+    # is on the device once, not twice
     return StoredLabels(store, path, device)

@@ -27,7 +27,8 @@ the first K epochs of a long run, i.e. an early checkpoint). With `soft_targets`
 `temperature` T > 0 the proxy trains with KL(softmax(q/T) ‖ softmax(z/T)) instead of CE (the SL regime)
 and `el2n` holds EL2N-SL, ‖softmax(z/T) − softmax(q/T)‖₂ / T (hard truths Definition 1, hardtruths §4.4).
 The whole split lives on the device as uint8; batches are gathered by index and augmented as tensor ops
-(no DataLoader, no per-sample Python).
+(no DataLoader, no per-sample Python). A file-backed split (ImageNet) is streamed instead (`DeviceBatches`:
+each batch decoded from disk, the next in a thread), with the same batches and the same result.
 
 `dynamics_for` caches one recording per (dataset fingerprint, config hash) so EL2N, forgetting, AUM,
 CCS, Dyn-Unc, CAD-Prune … all reuse a single training run.
@@ -51,6 +52,7 @@ from tqdm.auto import tqdm
 
 from ddkit.config import config_hash, field, to_dict
 from ddkit.data.base import ImageDataset, to_float
+from ddkit.data.stream import DeviceBatches
 from ddkit.models import create_model, resolve_model_name
 from ddkit.optim import make_optimizer
 from ddkit.teachers.train import random_flip_translate
@@ -197,7 +199,7 @@ def _last_linear(model: nn.Module) -> nn.Linear:
 class _Recorder:
     """Evaluates all samples (clean view, eval mode) and keeps what the scores need."""
 
-    def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor,
+    def __init__(self, model: nn.Module, images: DeviceBatches, labels: torch.Tensor, mean: torch.Tensor,
                  std: torch.Tensor, dev: torch.device, amp: bool, batch_size: int = 1024,
                  soft: Optional[torch.Tensor] = None, temperature: float = 0.0) -> None:
         self.model, self.images, self.labels = model, images, labels
@@ -214,9 +216,9 @@ class _Recorder:
         keys = ("p_true", "margin", "correct", "entropy", "el2n", "grand")
         out: Dict[str, List[torch.Tensor]] = {k: [] for k in keys}
         try:
-            for s in range(0, len(self.labels), self.bs):
+            for s, xs in self.images.chunks(self.bs):
                 y = self.labels[s:s + self.bs]
-                x = (to_float(self.images[s:s + self.bs]) - self.mean) / self.std
+                x = (to_float(xs) - self.mean) / self.std
                 with autocast(self.dev, self.amp):
                     z = self.model(x)
                 if cache.get("z") is not z:
@@ -278,7 +280,7 @@ def record_dynamics(train: ImageDataset, cfg: DynamicsConfig = DynamicsConfig(),
         raise DDKitError(f"unknown dynamics augment {cfg.augment!r}; use flip_translate or none")
     dev = torch.device(device)
     arch = resolve_model_name(cfg.arch)
-    images, labels = train.images.to(dev), train.labels.to(dev)  # uint8 on the device: 4× cheaper than float
+    images, labels = DeviceBatches(train, dev), train.labels.to(dev)  # uint8 on the device, or streamed
     mean = torch.tensor(train.mean, device=dev).view(1, -1, 1, 1)
     std = torch.tensor(train.std, device=dev).view(1, -1, 1, 1)
     n = len(train)
@@ -321,9 +323,7 @@ def record_dynamics(train: ImageDataset, cfg: DynamicsConfig = DynamicsConfig(),
                       disable=not progress, dynamic_ncols=True, leave=False):
             model.train()
             perm = torch.randperm(n, device=dev, generator=gen)
-            for i in range(steps):
-                idx = perm[i * bs:(i + 1) * bs]
-                x = images[idx]
+            for idx, x in images.epoch(perm, bs, steps):
                 if cfg.augment == "flip_translate":
                     x = random_flip_translate(x, translate, flip, gen)
                 x = (to_float(x) - mean) / std

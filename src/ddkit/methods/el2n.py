@@ -203,12 +203,12 @@ def el2n_best(dataset: ImageDataset, teacher: Any, cfg: El2nBestConfig, classes:
 def el2n_sl(dataset: ImageDataset, teacher: Any, cfg: El2nSLConfig, classes: Sequence[int], *,
             device: torch.device, progress: bool = True) -> Iterator[ClassResult]:
     """EL2N-SL (hard truths Definition 1): EL2N of an SL-trained proxy against the teacher's soft labels."""
-    from ddkit.teachers import predict_logits
+    from ddkit.teachers import predict_dataset
 
     check_ipc(dataset, cfg.ipc)
     if cfg.temperature <= 0:
         raise DDKitError(f"--temperature must be > 0, got {cfg.temperature}")
-    q = predict_logits(teacher, dataset.images, device=device, batch_size=1000).float().cpu()
+    q = predict_dataset(teacher, dataset, device=device, batch_size=1000).float().cpu()  # chunked: file-backed too
     dcfg = dataclasses.replace(cfg.proxy, temperature=float(cfg.temperature))
     if cfg.dynamics_path:
         raise DDKitError("el2n-sl records its own SL proxy; --dynamics-path is not supported")

@@ -10,11 +10,11 @@ same checkpoint cannot silently be used with another class order or normalisatio
     teacher = load_teacher("runs/cifar10_conv3", dataset=test)
     check_teacher(teacher, test)                          # refuses a class-order mismatch
 """
-from ddkit.teachers.core import Teacher, accuracy, check_teacher, predict_logits
+from ddkit.teachers.core import Teacher, accuracy, check_teacher, predict_dataset, predict_logits
 from ddkit.teachers.io import load_teacher, save_teacher
 from ddkit.teachers.train import TeacherConfig, random_flip_translate, train_teacher
 
 __all__ = [
-    "Teacher", "TeacherConfig", "accuracy", "check_teacher", "load_teacher", "predict_logits",
+    "Teacher", "TeacherConfig", "accuracy", "check_teacher", "load_teacher", "predict_dataset", "predict_logits",
     "random_flip_translate", "save_teacher", "train_teacher",
 ]

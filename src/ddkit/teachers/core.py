@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from ddkit.data.base import ImageDataset, to_float
+from ddkit.data.stream import STREAM_CHUNK, iter_chunks
 from ddkit.models import feature_extractor
 from ddkit.teachers.frozen import FrozenTeacher
 from ddkit.utils import DDKitError, autocast, make_generator
@@ -129,19 +130,38 @@ def predict_logits(model_or_teacher: Union[nn.Module, Teacher], images: torch.Te
     return torch.cat(outs) if outs else torch.empty(0, 0)
 
 
+def _chunk_for(batch_size: int) -> int:
+    # a multiple of the batch near STREAM_CHUNK, so chunked batches are the batches of one pass
+    return batch_size * max(1, -(-STREAM_CHUNK // batch_size))
+
+
+def predict_dataset(model_or_teacher: Union[nn.Module, Teacher], ds: ImageDataset,
+                    mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                    device: Optional[Union[str, torch.device]] = None, batch_size: int = 512) -> torch.Tensor:
+    """`predict_logits` over a whole split, read in chunks: a file-backed split is never decoded whole (only the
+    N×K logits are kept); the logits are those of one pass over `ds.images`."""
+    parts = [predict_logits(model_or_teacher, x, mean, std, device, batch_size)
+             for _, x in iter_chunks(ds, _chunk_for(batch_size))]
+    return torch.cat(parts) if parts else torch.empty(0, 0)
+
+
 def accuracy(model: Union[nn.Module, Teacher], ds: ImageDataset, mean: Optional[Sequence[float]] = None,
              std: Optional[Sequence[float]] = None, device: Optional[Union[str, torch.device]] = None,
              batch_size: int = 512) -> float:
-    """Top-1 accuracy (a fraction) of `model` on all of `ds`; mean/std default to the teacher's, then ds's."""
+    """Top-1 accuracy (a fraction) of `model` on all of `ds`; mean/std default to the teacher's, then ds's.
+
+    The split is read in chunks (`iter_chunks`): a file-backed split (ImageNet) is decoded a chunk at a time,
+    never held whole; the logits of each batch are the same either way."""
     if not isinstance(model, Teacher):
         mean = ds.mean if mean is None else mean
         std = ds.std if std is None else std
     net, m, s, dev = _resolve(model, mean, std, device)
-    correct = 0
-    for i, z in enumerate(_batched_logits(net, ds.images, m, s, dev, batch_size)):
-        y = ds.labels[i * batch_size:i * batch_size + len(z)].to(dev)
-        correct += int((z.argmax(1) == y).sum())
-    return correct / max(1, len(ds))
+    correct = torch.zeros((), dtype=torch.long, device=dev)
+    for start, images in iter_chunks(ds, _chunk_for(batch_size)):
+        for i, z in enumerate(_batched_logits(net, images, m, s, dev, batch_size)):
+            a = start + i * batch_size
+            correct += (z.argmax(1) == ds.labels[a:a + len(z)].to(dev)).sum()
+    return int(correct) / max(1, len(ds))
 
 
 def _recorded_accuracy(teacher: Teacher, test: ImageDataset) -> Optional[float]:
@@ -199,9 +219,9 @@ def check_teacher(teacher: Teacher, test: ImageDataset, n: int = 512, min_ratio:
                          f"{test.num_classes}; use a teacher trained on this dataset")
     k = min(n, len(test))
     idx = torch.randperm(len(test), generator=make_generator(seed, "check_teacher"))[:k]
-    sample = test.subset(idx)
-    logits = predict_logits(teacher, sample.images, device=device)
-    hit = (logits.argmax(1) == sample.labels).float()
+    labels = test.labels[idx].cpu()
+    logits = predict_logits(teacher, test.get(idx), device=device)  # only these k images (decoded when file-backed)
+    hit = (logits.argmax(1) == labels).float()
     acc = float(hit.mean()) if k else 0.0
     chance = 1.0 / test.num_classes
     bar = min(min_ratio * chance, (1.0 + chance) / 2)
@@ -217,5 +237,5 @@ def check_teacher(teacher: Teacher, test: ImageDataset, n: int = 512, min_ratio:
             raise DDKitError(f"teacher {teacher.arch} gets {acc:.1%} on {k} {test.name} test images but its json "
                              f"records {recorded:.1%}: wrong mean/std in the json, or a damaged or altered "
                              f"checkpoint{skip}")
-    _per_class_check(teacher, sample.labels, logits.argmax(1), chance, k, skip)
+    _per_class_check(teacher, labels, logits.argmax(1), chance, k, skip)
     return acc

@@ -40,6 +40,7 @@ from ddkit.augment.zca import Space, fit_zca
 from ddkit.config import field, to_dict
 from ddkit.data.base import ImageDataset
 from ddkit.data.facts import working_stats
+from ddkit.data.stream import iter_chunks, prefetch
 from ddkit.loaders import read_json, read_pt
 from ddkit.models import create_model, resolve_model_name
 from ddkit.teachers.expert_buffer import FORMAT, ExpertBuffer, load_buffer, read_zca
@@ -138,18 +139,42 @@ def _space(train: ImageDataset, eff: Dict[str, Any], out: Path) -> Space:
     path = out / "zca.safetensors"
     if path.exists():
         return Space(ws.mean, ws.std, read_zca(path))
-    zca = fit_zca(train.images)
+    zca = fit_zca(train.images if train.in_memory else _zca_rows(train))
     atomic_write_bytes(path, save(zca.state()))
     return Space(ws.mean, ws.std, zca)
+
+
+#: the largest ZCA covariance (float64 D×D, D = C·H·W) fitted on a file-backed split: 32 px is 75 MB, 64 px 1.2 GB,
+#: 128 px 19 GB, 224 px 181 GB
+_ZCA_MAX_BYTES = 4 << 30
+
+
+class _zca_rows:
+    """A file-backed split as the sliceable N×C×H×W uint8 rows `fit_zca` reads in chunks (decoded per chunk)."""
+
+    def __init__(self, ds: ImageDataset) -> None:
+        d = ds.channels * ds.image_size ** 2
+        if d * d * 8 > _ZCA_MAX_BYTES:
+            raise DDKitError(f"--zca on {ds.name} at {ds.image_size} px needs a {d}×{d} float64 covariance "
+                             f"({d * d * 8 / 1e9:.0f} GB); MTT whitens CIFAR only: train these experts without --zca")
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, key: Any) -> torch.Tensor:
+        if isinstance(key, slice):
+            return self.ds.read(key.start or 0, len(self.ds) if key.stop is None else key.stop)
+        return self.ds.get(key)
 
 
 def _test_accuracy(model: nn.Module, test: ImageDataset, space: Space, dev: torch.device, batch: int = 500) -> float:
     model.eval()
     correct = 0
     with torch.no_grad():
-        for i in range(0, len(test), batch):
-            x = space.encode(test.images[i:i + batch].to(dev))
-            correct += int((model(x).argmax(1).cpu() == test.labels[i:i + batch]).sum())
+        for i, xs in iter_chunks(test, batch):  # a file-backed split is decoded a chunk at a time
+            x = space.encode(xs.to(dev))
+            correct += int((model(x).argmax(1).cpu() == test.labels[i:i + batch].cpu()).sum())
     model.train()
     return correct / max(1, len(test))
 
@@ -206,9 +231,9 @@ def train_expert(index: int, train: ImageDataset, test: Optional[ImageDataset], 
             grp["lr"] = lr
         perm = torch.randperm(n, generator=g)
         loss_sum, correct = 0.0, 0
-        for i in range(0, n, bs):  # the last partial batch is kept, as a DataLoader without drop_last
-            idx = perm[i:i + bs]
-            x = space.encode(train.images[idx].to(device))
+        batches = perm.split(bs)  # the last partial batch is kept, as a DataLoader without drop_last
+        for idx, xb in zip(batches, prefetch(train, batches)):  # file-backed: decoded per batch, one ahead
+            x = space.encode(xb.to(device))
             if not isinstance(aug, Identity):
                 x = aug.apply(x, aug.sample(len(x), x.shape, generator=g))
             y = train.labels[idx].to(device)

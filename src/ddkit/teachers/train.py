@@ -1,5 +1,8 @@
 """Train a teacher from scratch, fast: whole split on the device, batched GPU augmentation.
 
+A file-backed split (the ImageNet family) is streamed instead: each batch is decoded from its files (the next
+in a background thread), so host memory stays at two batches whatever the split's size.
+
 The recipe is airbench-like (style.md §1.1): SGD + Nesterov with a one-cycle schedule, label
 smoothing, random flip + translate done as tensor ops on the device (no DataLoader, no per-sample
 Python), bf16 autocast and channels_last on CUDA. 40 epochs of resnet18_modified reach the
@@ -24,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ddkit.config import field, to_dict
 from ddkit.data.base import ImageDataset, to_float
+from ddkit.data.stream import DeviceBatches
 from ddkit.models import create_model, resolve_model_name
 from ddkit.optim import make_optimizer
 from ddkit.teachers.core import Teacher, accuracy
@@ -198,7 +202,9 @@ def train_teacher(train: ImageDataset, test: Optional[ImageDataset], cfg: Teache
     # weights all use `model` itself.
     net = torch.compile(model) if cfg.compile else model
 
-    images, labels = train.images.to(dev), train.labels.to(dev)  # uint8 stays compact on the device
+    # uint8 stays compact on the device; a file-backed split (ImageNet) is never held whole: each batch is
+    # decoded from disk (the next one in a thread while this one trains), the same batches in the same order.
+    pixels, labels = DeviceBatches(train, dev), train.labels.to(dev)
     mean = torch.tensor(train.mean, device=dev).view(1, -1, 1, 1)
     std = torch.tensor(train.std, device=dev).view(1, -1, 1, 1)
     n = len(train)
@@ -233,9 +239,8 @@ def train_teacher(train: ImageDataset, test: Optional[ImageDataset], cfg: Teache
         model.train()
         perm = torch.randperm(n, device=dev, generator=gen)
         loss_sum = torch.zeros((), device=dev)
-        for i in range(steps):
-            idx = perm[i * bs:(i + 1) * bs]
-            x = random_flip_translate(images[idx], translate, flip, gen)
+        for idx, xb in pixels.epoch(perm, bs, steps):
+            x = random_flip_translate(xb, translate, flip, gen)
             x = (to_float(x) - mean) / std
             if nhwc:
                 x = x.contiguous(memory_format=torch.channels_last)
