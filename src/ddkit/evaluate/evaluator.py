@@ -150,7 +150,7 @@ def exact_uint8(images: torch.Tensor, chunk: int = STREAM_CHUNK) -> bool:
         if float(x.min()) < 0 or float(x.max()) > 1:
             return False
         x255 = x * 255.0
-        if not bool(((x255 - x255.round()).abs() < 1e-4).all()):
+        if not bool((x255.sub_(x255.round()).abs_() < 1e-4).all()):  # in place: two chunk-sized temporaries
             return False
     return True
 
@@ -167,7 +167,7 @@ def stage_images(images: torch.Tensor, device: torch.device, chunk: int = STREAM
     out = torch.empty(images.shape, dtype=torch.uint8 if exact else torch.float16, device=device)
     for a in range(0, len(images), chunk):
         x = images[a:a + chunk]
-        out[a:a + chunk] = (x.float() * 255.0).round().to(torch.uint8) if exact else x.half()
+        out[a:a + chunk] = (x.float() * 255.0).round_().to(torch.uint8) if exact else x.half()
     return out
 
 
