@@ -199,8 +199,8 @@ def _last_linear(model: nn.Module) -> nn.Linear:
 class _Recorder:
     """Evaluates all samples (clean view, eval mode) and keeps what the scores need."""
 
-    def __init__(self, model: nn.Module, images: DeviceBatches, labels: torch.Tensor, mean: torch.Tensor,
-                 std: torch.Tensor, dev: torch.device, amp: bool, batch_size: int = 1024,
+    def __init__(self, model: nn.Module, images: Union[DeviceBatches, torch.Tensor], labels: torch.Tensor,
+                 mean: torch.Tensor, std: torch.Tensor, dev: torch.device, amp: bool, batch_size: int = 1024,
                  soft: Optional[torch.Tensor] = None, temperature: float = 0.0) -> None:
         self.model, self.images, self.labels = model, images, labels
         self.mean, self.std, self.dev, self.amp, self.bs = mean, std, dev, amp, batch_size
@@ -216,7 +216,9 @@ class _Recorder:
         keys = ("p_true", "margin", "correct", "entropy", "el2n", "grand")
         out: Dict[str, List[torch.Tensor]] = {k: [] for k in keys}
         try:
-            for s, xs in self.images.chunks(self.bs):
+            chunks = (self.images.chunks(self.bs) if isinstance(self.images, DeviceBatches) else
+                      ((s, self.images[s:s + self.bs]) for s in range(0, len(self.labels), self.bs)))
+            for s, xs in chunks:
                 y = self.labels[s:s + self.bs]
                 x = (to_float(xs) - self.mean) / self.std
                 with autocast(self.dev, self.amp):
