@@ -47,7 +47,10 @@ OPTIONS: Dict[str, List[str]] = {
 #: The recover family reads `dataset.images.shape` until its own file-backed fix lands (issue #31, helper
 #: "recover"): the known error, and only it, is accepted meanwhile; then these entries go.
 _NOT_HELD = "is file-backed (24 images are not held in memory)"
-REFUSALS: Dict[str, str] = {"sre2l": _NOT_HELD, "cda": _NOT_HELD, "dwa": _NOT_HELD}
+REFUSALS: Dict[str, str] = {"sre2l": _NOT_HELD, "cda": _NOT_HELD, "dwa": _NOT_HELD,
+                            # generators whose weights never ship with ddkit (needs=diffusion-weights)
+                            "d4m": "needs local Stable Diffusion v1.5 weights: pass the folder",
+                            "minimax": "needs local DiT-XL/2 weights: pass the folder"}
 
 
 def _quick_flags(name: str) -> List[str]:
