@@ -118,3 +118,31 @@ def test_zca_on_a_large_file_backed_split_refuses_with_its_size(splits, tmp_path
         _zca_rows(big)
     rows = _zca_rows(train)
     assert len(rows) == len(train) and torch.equal(rows[2:5], train.get(torch.arange(2, 5)))
+
+
+def test_stored_labels_read_the_evaluators_staged_copy(tmp_path, monkeypatch):
+    """`--labels stored` keeps one copy of the set per device: the store's views read the evaluator's staged copy."""
+    import ddkit.evaluate.evaluator as ev
+    from ddkit.data.base import ImageDataset
+    from ddkit.distilled import DistilledSet
+    from ddkit.evaluate import EvalConfig, evaluate
+    from ddkit.evaluate.stored import RelabelConfig, StoredLabels, relabel
+    from ddkit.teachers import Teacher
+
+    g = torch.Generator().manual_seed(0)
+    classes = ["a", "b", "c"]
+    root = tmp_path / "set"
+    DistilledSet(torch.rand(6, 3, 8, 8, generator=g), torch.arange(3).repeat_interleave(2), classes, (0.5,) * 3,
+                 (0.25,) * 3, meta={"method": "toy"}).save(root, pngs=False)
+    teacher = Teacher(create_model("convnet-d1", 3, 8, 3, width=4), "convnet-d1", classes, (0.5,) * 3, (0.25,) * 3, 8)
+    store = relabel(root, teacher, RelabelConfig(recipe="sre2l", epochs=2, seed=1), device="cpu", progress=False)
+    test = ImageDataset(torch.randint(0, 256, (6, 3, 8, 8), generator=g, dtype=torch.uint8),
+                        torch.arange(3).repeat(2), classes, (0.5,) * 3, (0.25,) * 3, "toy", "test")
+    staged, used = [], []
+    real_stage, real_use = ev.stage_images, StoredLabels.use_images
+    monkeypatch.setattr(ev, "stage_images", lambda x, d, **k: staged.append(real_stage(x, d, **k)) or staged[-1])
+    monkeypatch.setattr(StoredLabels, "use_images", lambda self, im: used.append(self) or real_use(self, im))
+    cfg = EvalConfig(recipe="sre2l", regime="slkd", labels="stored", label_store=str(store.path), mix="none",
+                     epochs=1, seeds=1, student="convnet-d1", student_width=4)
+    evaluate(DistilledSet.load(root), test, cfg, device="cpu", progress=False)
+    assert len(staged) == 1 and len(used) == 1 and used[0].store.images is staged[0]
