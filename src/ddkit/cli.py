@@ -373,6 +373,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
             check_device(getattr(args, "device", None))
             check_paths(args, plugin_specs)  # one rule for every command: no write touches a read
+            from ddkit.allocator import keep_freed_memory
+
+            keep_freed_memory()  # no mmap/munmap page faults per training step (see ddkit.allocator)
         with _feedback(args), _process_group():  # torchrun: the one place the group is joined and left
             return COMMANDS[args.command](args)
     except KeyboardInterrupt:

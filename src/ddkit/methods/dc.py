@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ddkit.allocator import keep_freed_memory
 from ddkit.augment import DEFAULT_STRATEGY, Augment, Identity, dsa
 from ddkit.config import field
 from ddkit.data.base import ImageDataset
@@ -201,6 +202,7 @@ def gradient_matching(pool: RealPool, classes: Sequence[int], syn: torch.Tensor,
 
 def _run(name: str, dataset: ImageDataset, cfg: DCConfig, classes: Sequence[int], device: torch.device,
          progress: bool) -> Iterator[ClassResult]:
+    keep_freed_memory()  # reuse the heap across iterations: no per-step page faults (ddkit.allocator)
     s = settings(cfg)
     classes = list(classes)
     if cfg.init == "real":

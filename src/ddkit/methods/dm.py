@@ -25,6 +25,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from ddkit.allocator import keep_freed_memory
 from ddkit.augment import DEFAULT_STRATEGY, Augment, dsa
 from ddkit.config import field
 from ddkit.data.base import ImageDataset
@@ -109,6 +110,7 @@ def distribution_matching(pool: RealPool, c: int, syn: torch.Tensor, cfg: DMConf
 def dm(dataset: ImageDataset, teacher: Any, cfg: DMConfig, classes: Sequence[int], *, device: torch.device,
        progress: bool = True) -> Iterator[ClassResult]:
     """DM: match mean embeddings of real and synthetic images under fresh random ConvNets (Zhao & Bilen 2023)."""
+    keep_freed_memory()  # reuse the heap across iterations: no per-step page faults (ddkit.allocator)
     s = settings(cfg)
     if cfg.init == "real":
         check_real_init(dataset, classes, cfg.ipc)
