@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from ddkit.allocator import keep_freed_memory
 from ddkit.config import to_dict
 from ddkit.data.base import ImageDataset
 from ddkit.data.stream import STREAM_CHUNK, iter_chunks
@@ -231,6 +232,7 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
         >>> res = evaluate(dset, test, EvalConfig(recipe="cim", regime="hl", epochs=50))
         >>> res.mean, res.std, res.accs
     """
+    keep_freed_memory()  # students reuse the heap step to step: no page faults per step (ddkit.allocator)
     ctx = edist.setup(cfg, device)
     dev = ctx.device
     progress = progress and ctx.main
