@@ -1,8 +1,19 @@
-"""Shared fixtures: tiny generated datasets (tests never touch ../shared)."""
+"""Shared fixtures: tiny generated datasets (tests never touch ../shared).
+
+The suite runs on the CPU even on a GPU host: its numbers are calibrated for CPU fp32 (on CUDA the student
+would train in bf16). CUDA_VISIBLE_DEVICES is emptied before anything initialises CUDA. The CUDA group
+(tests marked `cuda`) is the other way round: `DDKIT_TEST_CUDA=1 python -m pytest -m cuda tests` keeps the GPUs
+visible and runs only it; without DDKIT_TEST_CUDA those tests are deselected (reported in the summary line).
+"""
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
+
+CUDA_GROUP = os.environ.get("DDKIT_TEST_CUDA") == "1"
+if not CUDA_GROUP:
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch is imported below: no test can reach a GPU
 from pathlib import Path
 from types import ModuleType
 from typing import Iterator, Tuple
@@ -105,3 +116,16 @@ def make_imagenet_layout(root: Path, train: int = 12, val: int = 6, side: int = 
                 x = np.clip(base + rng.normal(0, 35, base.shape), 0, 255).astype(np.uint8)
                 Image.fromarray(x).save(d / f"{w}_{i}.JPEG", quality=90)
     return root
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU; runs only with DDKIT_TEST_CUDA=1 (pytest -m cuda)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    """Without DDKIT_TEST_CUDA=1 the `cuda` group is deselected (the CPU suite stays CPU-only); with it, every
+    other test is (they are calibrated for the CPU)."""
+    away = [it for it in items if (it.get_closest_marker("cuda") is None) == CUDA_GROUP]
+    if away:
+        config.hook.pytest_deselected(items=away)
+        items[:] = [it for it in items if it not in away]

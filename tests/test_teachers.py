@@ -126,6 +126,16 @@ def test_checkpoint_resumes_to_the_uninterrupted_weights(data, tmp_path: Path, m
         train_teacher(train, test, dataclasses.replace(cfg, lr=0.1), "cpu", progress=False, checkpoint=ckpt)
     with pytest.raises(DDKitError, match="other data"):
         train_teacher(_patterns(48, 0), test, cfg, "cpu", progress=False, checkpoint=ckpt)
+    # A checkpoint started on CUDA (a 16-byte Philox generator state) cannot go on on the CPU: one line, not a
+    # RuntimeError from set_state; an old checkpoint without gen_device is told apart by its state's size.
+    state = torch.load(ckpt, weights_only=True)
+    assert state["gen_device"] == "cpu"
+    for tag, extra in (("on cuda", {"gen_device": "cuda"}), ("on another device", {})):
+        other = {k: v for k, v in state.items() if k != "gen_device"}
+        torch.save({**other, "gen": torch.zeros(16, dtype=torch.uint8), **extra}, tmp_path / "gpu.ckpt")
+        with pytest.raises(DDKitError, match=f"started {tag} and cannot go on on cpu") as e:
+            train_teacher(train, test, cfg, "cpu", progress=False, checkpoint=tmp_path / "gpu.ckpt")
+        assert "\n" not in str(e.value) and "--device" in str(e.value)
     got, got_m = train_teacher(train, test, cfg, "cpu", progress=False, log_path=log, checkpoint=ckpt)
     assert torch.equal(got(test.images), ref(test.images))
     assert got_m["history"] == ref_m["history"] and len(got_m["history"]) == 3

@@ -350,6 +350,16 @@ def _process_group():
     return process_group()
 
 
+def _say_device(args: argparse.Namespace) -> None:
+    """Every run says which device it uses, and why `--device auto` fell back to the CPU (old driver, no GPU)."""
+    if getattr(args, "device", None) is None:
+        return
+    from ddkit.utils import device_note, get_device
+
+    rank = f"[rank {os.environ['RANK']}] " if "RANK" in os.environ else ""
+    print(f"ddkit: {rank}{device_note(get_device(args.device))}", flush=True)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the `ddkit` console script."""
     from ddkit.plugins import load_entry_points, load_plugin, split_plugin_args
@@ -376,6 +386,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             from ddkit.allocator import keep_freed_memory
 
             keep_freed_memory()  # no mmap/munmap page faults per training step (see ddkit.allocator)
+            _say_device(args)
         with _feedback(args), _process_group():  # torchrun: the one place the group is joined and left
             return COMMANDS[args.command](args)
     except KeyboardInterrupt:

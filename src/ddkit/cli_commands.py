@@ -277,9 +277,13 @@ def cmd_relabel(args: argparse.Namespace) -> int:
 
     cfg = from_args(RelabelConfig, args)
     check_config(cfg)
+    from ddkit.ranks import is_main
+
+    # torchrun: the ranks share the epochs (ddkit.labels); rank 0 prints and writes the record
     teacher, ccfg = _relabel_teacher(args)
-    store = relabel(args.distilled, teacher, cfg, device=args.device, progress=not args.no_progress)
-    save_record(Path(store.path) / "config.yaml", args, cfg, ccfg)  # beside the store's meta.json
+    store = relabel(args.distilled, teacher, cfg, device=args.device, progress=not args.no_progress and is_main())
+    if is_main():
+        save_record(Path(store.path) / "config.yaml", args, cfg, ccfg)  # beside the store's meta.json
     return 0
 
 
@@ -325,15 +329,21 @@ def cmd_study(args: argparse.Namespace) -> int:
     check_config(cfg)
     # the folder may come from a preset or `-c` file, not a flag: check the resolved one against every read
     check_declared([Declared(cfg.output_dir, "the study's output_dir")], declared(args)[1])
-    print(dump(cfg, title="study hard-truths"))
+    from ddkit.ranks import is_main
+
+    main = is_main()  # torchrun: the ranks share the grid's cells; rank 0 prints and writes the folder's records
+    if main:
+        print(dump(cfg, title="study hard-truths"))
     device = get_device(args.device)
     train, test = _dataset(args, "train"), _dataset(args, "test")
     # run_study writes data_subset.json itself, after it checked a resumed folder was made on the same data.
-    res = run_study(train, test, _teacher(args, train, device), cfg, device=device, progress=not args.no_progress,
+    res = run_study(train, test, _teacher(args, train, device), cfg, device=device,
+                    progress=not args.no_progress and main,
                     method_overrides=parse_key_values(args.method_opt, dotted=True),
                     eval_overrides=parse_key_values(args.eval_opt), data_subset=_subset_record(args, train))
-    save_record(Path(cfg.output_dir) / "config.yaml", args, cfg)
-    print(f"{res.evaluated} cells evaluated, {res.skipped} already done; report: {res.report}")
+    if main:
+        save_record(Path(cfg.output_dir) / "config.yaml", args, cfg)
+        print(f"{res.evaluated} cells evaluated, {res.skipped} already done; report: {res.report}")
     return 0
 
 

@@ -45,7 +45,7 @@ from ddkit.data.base import ImageDataset
 from ddkit.distilled import DistilledSet
 from ddkit.methods.base import ClassResult, Method, assemble
 from ddkit.ranks import barrier, dist_env, group_ready
-from ddkit.utils import DDKitError, get_device, peak_memory_mb, pid_alive
+from ddkit.utils import DDKitError, get_device, peak_memory_mb, pid_alive, rank_cuda_device
 
 PART_FORMAT = "ddkit-part/1"
 _PART = re.compile(r"^class_(\d+)\.safetensors$")
@@ -362,7 +362,7 @@ def distill_sharded(method: Method, dataset: ImageDataset, teacher: Any, output:
         rank, world = parse_shard(shard) if isinstance(shard, str) else (int(shard[0]), int(shard[1]))
     dev = device if isinstance(device, torch.device) else get_device(device)
     if dev.type == "cuda" and env.torchrun and dev.index is None:
-        dev = torch.device("cuda", env.local_rank)  # one GPU per local rank
+        dev = rank_cuda_device()  # one GPU per local rank (LOCAL_RANK mod the GPUs this process sees)
     parts = parts_dir_for(out)
     classes = shard_classes(dataset.num_classes, rank, world)
     distill_parts(method, dataset, teacher, parts, classes, resume=resume, overwrite=overwrite, device=dev,

@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -48,6 +49,7 @@ from tqdm.auto import tqdm
 
 from ddkit.augment import Augment, Params, select
 from ddkit.loaders import read_json_keys, read_npy
+from ddkit.ranks import rank_world, together
 from ddkit.teachers.committee import Committee, FrozenCommittee
 from ddkit.teachers.frozen import FrozenTeacher
 from ddkit.utils import DDKitError, atomic_write_bytes, get_device, make_generator
@@ -224,7 +226,6 @@ def _create_store(path: Path, spec: Dict[str, Tuple[np.dtype, tuple]], meta: Dic
     fails here as one OSError with nothing left behind (#25) — never as a 0-byte logits.npy without meta,
     nor later as a SIGBUS when a sparse memory map cannot get a page."""
     import errno
-    import os
     import tempfile
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -254,8 +255,6 @@ def _create_store(path: Path, spec: Dict[str, Tuple[np.dtype, tuple]], meta: Dic
 
 
 def _umask() -> int:
-    import os
-
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -313,6 +312,10 @@ def build_label_store(images: Any, teacher: Any, aug: Augment, epochs: int, seed
         batch_size: teacher batch (any value gives the same store up to float rounding of the teacher).
         resume: continue an interrupted build at its first unfinished epoch; overwrite: replace a store.
         amp: bf16 teacher on CUDA (off by default: fp32 logits rounded once to fp16, as SRe2L).
+
+    Under torchrun the ranks share the epochs (epoch e on rank e % W within each round of W epochs; rank 0
+    creates the store and declares each round done), and each epoch's rows are written as exact byte ranges:
+    the store is the one-process store, byte for byte on CPU.
     """
     if hasattr(images, "images") and hasattr(images, "labels"):
         images = images.images
@@ -336,6 +339,40 @@ def build_label_store(images: Any, teacher: Any, aug: Augment, epochs: int, seed
         meta["label_batch"] = int(batch_size)
     path = Path(path)
     spec = _arrays_spec(n, k, epochs, topk)
+    rank, world = rank_world()
+    # Rank 0 checks and creates the store (every rank hears of its refusal); then the ranks share the epochs.
+    start = together(_open_for_build if rank == 0 else lambda *a: None, path, meta, spec, resume, overwrite)[0]
+    meta["epochs_done"] = start
+    store = LabelStore(path, meta, images, aug)
+    dev = get_device(device) if not isinstance(device, torch.device) else device
+    if isinstance(teacher, Committee):  # several teachers label each view together (teachers.committee)
+        ft = FrozenCommittee(teacher, dev, amp=amp, max_batch=batch_size)
+    else:
+        ft = FrozenTeacher(teacher, dev, amp=amp, channels_last=False, max_batch=batch_size)
+    offsets = {name: int(store._array(name).offset) for name in spec}
+    bar = tqdm(total=(epochs - start) * n, desc="relabel", disable=not (progress and rank == 0), dynamic_ncols=True,
+               mininterval=1.0)
+    for first in range(start, epochs, world):
+        # A round: epoch first + r on rank r (torchrun; one epoch per round in one process). Each rank writes
+        # the exact bytes of its epoch's rows, so no rank's write can touch another's, on any filesystem.
+        e = first + rank
+        together(_label_epoch if e < epochs else lambda *a: None, store, ft, images, aug, e, batch_size, spec,
+                 offsets, dev, batch_dependent)
+        done = min(first + world, epochs)
+        bar.update((done - first) * n)
+        if rank == 0:  # every epoch of the round is on disk (`together` waited for them): declare them done
+            meta["epochs_done"] = done
+            atomic_write_bytes(path / "meta.json", json.dumps(meta, indent=2).encode())
+    bar.close()
+    together(lambda: None)  # no rank returns before rank 0 declared the last epoch
+    store.meta = _read_meta(path)
+    store._arrays.clear()  # readers reopen read-only
+    return store
+
+
+def _open_for_build(path: Path, meta: Dict[str, Any], spec: Dict[str, Tuple[np.dtype, tuple]], resume: bool,
+                    overwrite: bool) -> int:
+    """The first epoch to build at `path`: a resumable store's first unfinished epoch, else 0 (a new store)."""
     start = 0
     if path.exists() and resume and (path / "meta.json").is_file():
         old = _read_meta(path)
@@ -347,36 +384,37 @@ def build_label_store(images: Any, teacher: Any, aug: Augment, epochs: int, seed
         raise FileExistsError(f"label store {path} exists; pass resume=True to continue it or overwrite=True")
     if start == 0:
         _create_store(path, spec, meta)
-    meta["epochs_done"] = start
-    store = LabelStore(path, meta, images, aug)
-    dev = get_device(device) if not isinstance(device, torch.device) else device
-    if isinstance(teacher, Committee):  # several teachers label each view together (teachers.committee)
-        ft = FrozenCommittee(teacher, dev, amp=amp, max_batch=batch_size)
-    else:
-        ft = FrozenTeacher(teacher, dev, amp=amp, channels_last=False, max_batch=batch_size)
-    arrays = {name: store._array(name, "r+") for name in spec}
-    bar = tqdm(total=(epochs - start) * n, desc="relabel", disable=not progress, dynamic_ncols=True, mininterval=1.0)
-    for e in range(start, epochs):
-        # batch-dependent committees see seeded random batches, as the official relabels' RandomSampler does
-        order = (torch.randperm(n, generator=make_generator(int(seed), "label-batches", e)) if batch_dependent
-                 else torch.arange(n))
-        for a in range(0, n, batch_size):
-            idx = order[a:a + batch_size]
-            x = aug.apply(images[idx].to(dev), store.params(e, idx))
-            logits = ft.logits(x).clamp(-_F16_MAX, _F16_MAX)
-            rows = slice(a, a + len(idx)) if not batch_dependent else idx.numpy()
-            if topk is None:
-                arrays["logits"][e, rows] = logits.half().cpu().numpy()
-            else:
-                vals, ind = logits.topk(topk, dim=1)  # descending
-                arrays["topk_values"][e, rows] = vals.half().cpu().numpy()
-                arrays["topk_indices"][e, rows] = ind.cpu().numpy().astype(spec["topk_indices"][0])
-                arrays["lse"][e, rows] = torch.logsumexp(logits, 1).cpu().numpy()
-            bar.update(len(idx))
-        for arr in arrays.values():
-            arr.flush()  # data on disk before the epoch is declared done
-        meta["epochs_done"] = e + 1
-        atomic_write_bytes(path / "meta.json", json.dumps(meta, indent=2).encode())
-    bar.close()
-    store._arrays.clear()  # readers reopen read-only
-    return store
+    return start
+
+
+def _label_epoch(store: LabelStore, ft: Any, images: torch.Tensor, aug: Augment, e: int, batch_size: int,
+                 spec: Dict[str, Tuple[np.dtype, tuple]], offsets: Dict[str, int], dev: torch.device,
+                 batch_dependent: bool = False) -> None:
+    """Label every view of epoch `e` and write its rows of each array in place (pwrite + fsync)."""
+    n = len(images)
+    # batch-dependent committees see seeded random batches, as the official relabels' RandomSampler does
+    order = (torch.randperm(n, generator=make_generator(int(store.meta["seed"]), "label-batches", e))
+             if batch_dependent else torch.arange(n))
+    out = {name: np.empty(shape[1:], dtype=dt) for name, (dt, shape) in spec.items()}  # this epoch's rows
+    for a in range(0, n, batch_size):
+        idx = order[a:a + batch_size]
+        x = aug.apply(images[idx].to(dev), store.params(e, idx))
+        logits = ft.logits(x).clamp(-_F16_MAX, _F16_MAX)
+        rows = idx.numpy()
+        if "logits" in spec:
+            out["logits"][rows] = logits.half().cpu().numpy()
+        else:
+            vals, ind = logits.topk(spec["topk_values"][1][-1], dim=1)  # descending
+            out["topk_values"][rows] = vals.half().cpu().numpy()
+            out["topk_indices"][rows] = ind.cpu().numpy().astype(spec["topk_indices"][0])
+            out["lse"][rows] = torch.logsumexp(logits, 1).cpu().numpy()
+    for name, (dt, shape) in spec.items():
+        data = np.ascontiguousarray(out[name]).tobytes()
+        row_bytes = int(np.prod(shape[1:])) * dt.itemsize
+        assert len(data) == row_bytes  # one epoch of the array, exactly
+        fd = os.open(store.path / f"{name}.npy", os.O_WRONLY)
+        try:
+            os.pwrite(fd, data, offsets[name] + e * row_bytes)
+            os.fsync(fd)  # on disk before the epoch is declared done
+        finally:
+            os.close(fd)

@@ -16,6 +16,8 @@ from typing import Iterator, Optional
 import torch
 import torch.distributed as dist
 
+from ddkit.utils import DDKitError, rank_cuda_device
+
 
 @dataclasses.dataclass(frozen=True)
 class DistInfo:
@@ -43,7 +45,7 @@ def init_distributed(backend: Optional[str] = None, timeout_s: float = 24 * 3600
     if not dist.is_initialized():
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         if backend == "nccl":
-            torch.cuda.set_device(info.local_rank)
+            torch.cuda.set_device(rank_cuda_device())  # LOCAL_RANK mod the GPUs this process sees
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     return info
 
@@ -86,3 +88,69 @@ def process_group(backend: Optional[str] = None) -> Iterator[DistInfo]:
     finally:
         if owned:
             cleanup_distributed()
+
+
+# -- work shared out over ranks (the study's cells, relabel's epochs) ---------------------------------
+_SOLO = [0]
+
+
+@contextlib.contextmanager
+def solo() -> Iterator[None]:
+    """Inside, this rank works alone: `acting_world()` is 1, so `ddkit.evaluate` trains every seed here
+    instead of spreading them over the ranks (the caller has already given each rank its own work)."""
+    _SOLO[0] += 1
+    try:
+        yield
+    finally:
+        _SOLO[0] -= 1
+
+
+def acting_world() -> int:
+    """How many ranks share the current piece of work: the group's size, or 1 inside `solo()` / without one."""
+    if _SOLO[0] or not _initialised():
+        return 1
+    return dist.get_world_size()
+
+
+def rank_world() -> tuple:
+    """(rank, world) of the joined process group; (0, 1) without one."""
+    return (dist.get_rank(), dist.get_world_size()) if _initialised() else (0, 1)
+
+
+def broadcast(obj: object) -> object:
+    """Rank 0's `obj` on every rank (a picklable object); `obj` itself without a group."""
+    if not _initialised() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class RankFailed(DDKitError):
+    """Another rank failed during work shared by every rank (each rank raises it, none waits forever)."""
+
+
+def together(fn, *args, **kw) -> list:
+    """Run `fn` on every rank and gather its results, in rank order, to every rank.
+
+    A rank whose `fn` raises still takes part in the gather, so no rank waits for it until the group's
+    timeout: the failing rank re-raises its own error, the others raise RankFailed naming it.
+    """
+    try:
+        mine = (True, fn(*args, **kw))
+    except Exception as e:  # noqa: BLE001  (re-raised below, after the other ranks have heard of it)
+        if not _initialised() or dist.get_world_size() == 1:
+            raise
+        mine, err = (False, f"{type(e).__name__}: {e}"), e
+    else:
+        err = None
+        if not _initialised() or dist.get_world_size() == 1:
+            return [mine[1]]
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, mine)
+    if err is not None:
+        raise err
+    bad = [(r, p[1]) for r, p in enumerate(parts) if not p[0]]
+    if bad:
+        raise RankFailed(f"rank {bad[0][0]} failed: {bad[0][1]}")
+    return [p[1] for p in parts]

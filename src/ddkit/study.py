@@ -30,14 +30,18 @@ re-reads results.csv before every cell and skips what another finished. report.m
 ranks, accuracy-vs-budget plot) and report.html (the same with IOR/HLR, plots, per-class accuracy vs random
 from runs/<cell>/class_accs.json, training curves from runs/<cell>/seed<k>/metrics.jsonl and set grids) are
 rewritten from every row of results.csv at the end.
+
+Under torchrun (`torchrun --nproc_per_node N -m ddkit study hard-truths …`) the ranks share the grid's cells: in
+each round rank r trains the r-th next cell with students missing (all of its seeds, alone), after the round's sets
+are built, each method's by one rank. Rank 0 owns the folder's writes (study.json, results.csv, the report,
+runs.jsonl); a rank writes only the runs/<cell>/ it trained and the sets it built. The round's rows reach rank 0,
+which appends them in grid order, so results.csv is the one-process file, wall-clock columns aside. A rank that
+fails makes every rank fail at the end of the round (`ranks.together`), none waits forever.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
-import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -50,15 +54,14 @@ from ddkit.config import field, option_names
 from ddkit import study_keys
 from ddkit.distilled import DistilledSet
 from ddkit.evaluate import EvalConfig, evaluate, get_recipe
-from ddkit.evaluate.metrics import mean_std
 from ddkit.grids import write_preview
 from ddkit.methods import create_method, method_spec
+from ddkit.ranks import barrier, broadcast, rank_world, solo, together
 from ddkit.teachers.frozen import teacher_identity
 from ddkit.study_report import rank_table, write_report  # noqa: F401  (rank_table re-exported)
+from ddkit.study_rows import (COLUMNS, _append, _bkey, _cells, _key, _merge, _save_class_accs,  # noqa: F401
+                              _seeds_missing, read_results)  # (COLUMNS, read_results re-exported)
 from ddkit.utils import DDKitError, atomic_write_bytes, get_device, git_revision, machine_info
-
-COLUMNS = ("method", "ipc", "budget", "regime", "recipe", "student", "mean", "std", "n", "accs", "seeds",
-           "seconds", "set_seconds", "iterations", "batch_size", "epochs", "samples_seen", "best_of_test", "crop")
 
 #: every method of the paper's small-scale comparison that ddkit has (hardtruths §1, §5.5, §6)
 SMALL_SCALE_METHODS = ("random", "kcenter", "herding", "forgetting", "el2n-easy", "el2n-best", "ccs", "dyn-unc",
@@ -135,93 +138,6 @@ class StudyResult:
     skipped: int
 
 
-def _bkey(b: Any) -> str:
-    return f"{float(b):g}"
-
-
-def _key(method: str, ipc: Any, budget: Any, regime: str) -> Tuple[str, int, str, str]:
-    return (method, int(ipc), _bkey(budget), study_keys.study_regime(regime))
-
-
-def read_results(path: Path) -> List[Dict[str, Any]]:
-    """Rows of a results.csv with numbers parsed (accs/seeds as lists)."""
-    if not path.is_file():
-        return []
-    rows = []
-    with open(path, newline="") as fh:
-        for r in csv.DictReader(fh):
-            row: Dict[str, Any] = dict(r)
-            for k in ("ipc", "n", "iterations", "batch_size", "samples_seen"):
-                row[k] = int(float(r[k])) if r.get(k) not in (None, "") else None
-            for k in ("budget", "mean", "std", "seconds", "set_seconds", "epochs", "best_of_test"):
-                row[k] = float(r[k]) if r.get(k) not in (None, "") else float("nan")
-            row["accs"] = [float(x) for x in r["accs"].split(";") if x]
-            row["seeds"] = [int(x) for x in r["seeds"].split(";") if x]
-            rows.append(row)
-    # A cell topped up with more seeds is appended again with all of its seeds: the last row of a key wins,
-    # in the place of the key's first row (results.csv stays append-only, so a kill never loses a cell).
-    latest: Dict[Tuple[str, int, str, str], Dict[str, Any]] = {}
-    for row in rows:
-        latest[_key(row["method"], row["ipc"], row["budget"], row["regime"])] = row
-    return list(latest.values())
-
-
-def _cells(path: Path) -> Dict[Tuple[str, int, str, str], Dict[str, Any]]:
-    """The cells already in results.csv, by key (the row with all of each cell's seeds)."""
-    return {_key(r["method"], r["ipc"], r["budget"], r["regime"]): r for r in read_results(path)}
-
-
-def _seeds_missing(cells: Mapping[Tuple[str, int, str, str], Dict[str, Any]], key: Tuple[str, int, str, str],
-                   seeds: int) -> int:
-    """How many more students the cell `key` needs to have `seeds` (0: done)."""
-    row = cells.get(key)
-    return seeds if row is None else max(0, seeds - len(row["accs"]))
-
-
-def _merge(prev: Optional[Mapping[str, Any]], row: Dict[str, Any]) -> Dict[str, Any]:
-    """`row` (the new seeds of a cell) joined with `prev` (its earlier seeds): the cell with all of them."""
-    if prev is None:
-        return row
-    accs = list(prev["accs"]) + [float(a) for a in row["accs"].split(";") if a]
-    seeds = list(prev["seeds"]) + [int(x) for x in row["seeds"].split(";") if x]
-    mean, std, n = mean_std(accs)
-    n_old, n_new = len(prev["accs"]), n - len(prev["accs"])
-    best = ""  # best-of-test is stored as a mean over seeds: weight each part by its seeds
-    if row.get("best_of_test") not in (None, "") and not math.isnan(float(prev.get("best_of_test", "nan"))):
-        best = (float(prev["best_of_test"]) * n_old + float(row["best_of_test"]) * n_new) / n
-    return {**row, "mean": mean, "std": std, "n": n, "accs": ";".join(f"{a:.6f}" for a in accs),
-            "seeds": ";".join(str(x) for x in seeds), "best_of_test": best,
-            "seconds": f"{float(prev['seconds']) + float(row['seconds']):.2f}"}
-
-
-def _append(path: Path, row: Dict[str, Any]) -> None:
-    """Append one row and make it durable before the next cell starts (the resume point)."""
-    new = not path.is_file() or path.stat().st_size == 0
-    with open(path, "a", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS)
-        if new:
-            w.writeheader()
-        w.writerow({k: row.get(k, "") for k in COLUMNS})
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _save_class_accs(cell: Path, summary: Mapping[str, Any], classes: Sequence[str], method: str, ipc: int,
-                     budget: str, regime: str, n_prev: int = 0) -> None:
-    """runs/<cell>/class_accs.json: the cell's last-epoch per-class test accuracies (per seed), for the report's
-    per-class plot (results.csv keeps one row per cell; a cell finished before this file existed has none)."""
-    if summary.get("class_accs"):
-        accs = list(summary["class_accs"])
-        path = cell / "class_accs.json"
-        if n_prev and path.is_file():  # the earlier seeds' per-class accuracies come first; entries past them
-            # are from a top-up killed before its row was appended, which this run retrains
-            accs = json.loads(path.read_text())["class_accs"][:n_prev] + accs
-        rec = {"method": method, "ipc": ipc, "budget": budget, "regime": regime, "classes": list(classes),
-               "class_accs": accs}
-        cell.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(cell / "class_accs.json", json.dumps(rec).encode())
-
-
 def _protocol(cfg: StudyConfig, train: Any, teacher: Any, eval_overrides: Mapping[str, Any]) -> Dict[str, Any]:
     return {"dataset": train.name, "train_size": len(train), "student": cfg.student, "student_width": cfg.student_width,
             "recipes": {r: cfg.recipe_for(r) for r in ("hl", "sl", "slkd")}, "seeds": cfg.seeds, "seed": cfg.seed,
@@ -243,6 +159,83 @@ def _set_for(method: str, ipc: int, budget: float, cfg: StudyConfig, train: Any,
     s.save(path, overwrite=True)
     write_preview(path, s)
     return s
+
+
+Cell = Tuple[Any, int, float, str]  # (method spec, ipc, budget, regime)
+
+
+def _next_round(grid: Sequence[Cell], pos: int, world: int, csv_path: Path, seeds: int
+                ) -> Tuple[int, List[Tuple[int, Optional[Dict[str, Any]]]], int]:
+    """From grid position `pos`: (the position after the round, up to `world` cells with students missing as
+    (grid index, the cell's row so far or None), how many finished cells were passed over)."""
+    cells, picks, skipped = _cells(csv_path), [], 0
+    while pos < len(grid) and len(picks) < world:
+        spec, ipc, b, regime = grid[pos]
+        key = _key(spec.name, ipc, b, regime)
+        if _seeds_missing(cells, key, seeds):
+            picks.append((pos, cells.get(key)))
+        else:
+            skipped += 1
+        pos += 1
+    return pos, picks, skipped
+
+
+class _CellRunner:
+    """What one rank does for a cell: build its set (or load it from out/sets/), train its missing students
+    alone (`ranks.solo()`: the ranks already share the grid's cells) and return its results.csv row."""
+
+    def __init__(self, cfg: StudyConfig, train: Any, test: Any, teacher: Any, out: Path,
+                 method_overrides: Mapping[str, Mapping[str, Any]], eval_overrides: Mapping[str, Any], dev: Any,
+                 progress: bool) -> None:
+        self.cfg, self.train, self.test, self.teacher, self.out = cfg, train, test, teacher, out
+        self.method_overrides, self.eval_overrides, self.dev, self.progress = (method_overrides, eval_overrides,
+                                                                                dev, progress)
+        self._last: Optional[Tuple[Tuple[str, int, float], DistilledSet]] = None  # the set this rank used last
+
+    def set_of(self, spec: Any, ipc: int, b: float) -> DistilledSet:
+        key = (spec.name, ipc, b)
+        if self._last is None or self._last[0] != key:
+            self._last = (key, _set_for(spec.name, ipc, b, self.cfg, self.train, self.teacher, self.out,
+                                        self.method_overrides.get(spec.name, {}), self.dev, self.progress))
+        return self._last[1]
+
+    def build_sets(self, cells: Sequence[Cell]) -> None:
+        for spec, ipc, b, _ in cells:
+            self.set_of(spec, ipc, b)
+
+    def cell(self, cell: Cell, prev: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+        """Train the cell's missing students (after `prev`, its row so far) and return its merged row."""
+        spec, ipc, b, regime = cell
+        cfg, out = self.cfg, self.out
+        s = self.set_of(spec, ipc, b)
+        missing = cfg.seeds if prev is None else max(0, cfg.seeds - len(prev["accs"]))
+        name = study_keys.cell_name(spec.name, ipc, b, regime)
+        rec = study_keys.cell_options(spec, ipc, b, regime, cfg, out, self.method_overrides.get(spec.name, {}),
+                                      self.eval_overrides)
+        if prev is not None:  # another process may have finished it since the checks before the grid
+            study_keys.check_cell(out, name, study_keys.read_cell_record(out / "runs" / name), rec)
+        # A top-up trains the seeds after the cell's last one (students are seeded by seed + i).
+        first = cfg.seed if prev is None else max(prev["seeds"], default=cfg.seed - 1) + 1
+        ecfg = study_keys.eval_config(cfg, regime, b, self.eval_overrides, seeds=missing, seed=first)
+        with solo():
+            res = evaluate(s, self.test, ecfg, self.teacher, full_train_size=len(self.train), device=self.dev,
+                           progress=self.progress, set_name=f"{spec.name}/ipc{ipc}/K{_bkey(b)}/{regime}",
+                           output=out / "runs" / name)
+        summary = res.to_dict()
+        _save_class_accs(out / "runs" / name, summary, self.test.classes, spec.name, ipc, _bkey(b), regime,
+                         n_prev=0 if prev is None else len(prev["accs"]))
+        row = {"method": spec.name, "ipc": ipc, "budget": _bkey(b), "regime": regime,
+               "recipe": ecfg.recipe, "student": res.student, "mean": res.mean, "std": res.std,
+               "n": len(res.accs), "accs": ";".join(f"{a:.6f}" for a in res.accs),
+               "seeds": ";".join(str(x) for x in res.seeds),
+               "seconds": f"{res.info.get('wall_seconds', float('nan')):.2f}",
+               "set_seconds": f"{float(s.meta.get('wall_seconds', float('nan'))):.2f}",
+               "iterations": res.plan.iterations, "batch_size": res.plan.batch_size,
+               "epochs": f"{res.plan.epochs:.4f}", "samples_seen": res.plan.samples,
+               "best_of_test": summary.get("best_of_test", {}).get("mean", ""),
+               "crop": res.info.get("crop", "")}
+        study_keys.write_cell_record(out / "runs" / name, rec)  # before the row: a finished row has its options
+        return _merge(prev, row)
 
 
 def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[StudyConfig] = None, *,
@@ -308,81 +301,65 @@ def run_study(train: Any, test: Any, teacher: Any = None, config: Optional[Study
     if pinned is not None:
         study_keys.check_protocol(out, pinned, proto, data, data_subset)
     study_keys.check_cells(out, read_results(csv_path), specs, cfg, method_overrides, eval_overrides)
-    out.mkdir(parents=True, exist_ok=True)
-    if pinned is not None:
-        old = pinned.get("protocol") or {}
-        # More seeds is not another protocol: finished cells get only their missing students (a top-up). Keys an
-        # older study.json lacks (data, new protocol keys) are pinned now, so later resumes are checked on them.
-        seeds = max(cfg.seeds, int(old.get("seeds") or 0))
-        new = study_keys.as_json({**pinned, "protocol": {**proto, "seeds": seeds}, "data": data})
-        if new != pinned:
-            atomic_write_bytes(pfile, json.dumps(new, indent=1).encode())
-    else:
-        pfile.write_text(json.dumps({"protocol": proto, "config": dataclasses.asdict(cfg), "data": data}, indent=1))
-    if data_subset is not None:
-        (out / "data_subset.json").write_text(json.dumps(data_subset, indent=1) + "\n")
+    rank, world = rank_world()
+    main = rank == 0
+    if main:  # rank 0 owns every write into the folder; the others wait until it is pinned
+        out.mkdir(parents=True, exist_ok=True)
+        if pinned is not None:
+            old = pinned.get("protocol") or {}
+            # More seeds is not another protocol: finished cells get only their missing students (a top-up). Keys an
+            # older study.json lacks (data, new protocol keys) are pinned now, so later resumes are checked on them.
+            seeds = max(cfg.seeds, int(old.get("seeds") or 0))
+            new = study_keys.as_json({**pinned, "protocol": {**proto, "seeds": seeds}, "data": data})
+            if new != pinned:
+                atomic_write_bytes(pfile, json.dumps(new, indent=1).encode())
+        else:
+            pfile.write_text(json.dumps({"protocol": proto, "config": dataclasses.asdict(cfg), "data": data}, indent=1))
+        if data_subset is not None:
+            (out / "data_subset.json").write_text(json.dumps(data_subset, indent=1) + "\n")
+    barrier()
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     evaluated = skipped = 0
+    grid = [(spec, ipc, b, regime) for spec in specs for ipc in cfg.ipcs
+            for b in cfg.budgets_for(ipc, train.num_classes, len(train)) for regime in cfg.regimes]
     # The study-level bar stays on screen (leave=True): "cell k / N" over the whole grid, skipped cells included.
-    n_cells = len(specs) * len(cfg.regimes) * sum(len(cfg.budgets_for(i, train.num_classes, len(train)))
-                                                  for i in cfg.ipcs)
-    bar = tqdm(total=n_cells, desc="study cell",
-               unit="cell", disable=not progress, leave=True, dynamic_ncols=True)
-    for spec in specs:
-        for ipc in cfg.ipcs:
-            for b in cfg.budgets_for(ipc, train.num_classes, len(train)):
-                # results.csv is re-read before every set and cell, so another process working on the same
-                # folder (e.g. started with other --methods) never has its finished cells redone here.
-                cells = _cells(csv_path)
-                todo = [r for r in cfg.regimes if _seeds_missing(cells, _key(spec.name, ipc, b, r), cfg.seeds)]
-                skipped += len(cfg.regimes) - len(todo)
-                bar.update(len(cfg.regimes) - len(todo))
-                if not todo:
-                    continue
-                s = _set_for(spec.name, ipc, b, cfg, train, teacher, out, method_overrides.get(spec.name, {}),
-                             dev, progress)
-                for regime in todo:
-                    bar.set_postfix_str(f"{spec.name} ipc {ipc} K {_bkey(b)} {regime}")
-                    cells = _cells(csv_path)
-                    prev = cells.get(_key(spec.name, ipc, b, regime))
-                    missing = _seeds_missing(cells, _key(spec.name, ipc, b, regime), cfg.seeds)
-                    if not missing:
-                        skipped += 1
-                        bar.update(1)
-                        continue
-                    cell = out / "runs" / study_keys.cell_name(spec.name, ipc, b, regime)
-                    rec = study_keys.cell_options(spec, ipc, b, regime, cfg, out, method_overrides.get(spec.name, {}),
-                                                  eval_overrides)
-                    if prev is not None:  # another process may have finished it since the checks above
-                        study_keys.check_cell(out, cell.name, study_keys.read_cell_record(cell), rec)
-                    # A top-up trains the seeds after the cell's last one (students are seeded by seed + i).
-                    first = cfg.seed if prev is None else max(prev["seeds"], default=cfg.seed - 1) + 1
-                    ecfg = study_keys.eval_config(cfg, regime, b, eval_overrides, seeds=missing, seed=first)
-                    res = evaluate(s, test, ecfg, teacher, full_train_size=len(train), device=dev, progress=progress,
-                                   set_name=f"{spec.name}/ipc{ipc}/K{_bkey(b)}/{regime}", output=cell)
-                    summary = res.to_dict()
-                    _save_class_accs(cell, summary, test.classes, spec.name, ipc, _bkey(b), regime,
-                                     n_prev=0 if prev is None else len(prev["accs"]))
-                    row = {"method": spec.name, "ipc": ipc, "budget": _bkey(b), "regime": regime,
-                           "recipe": ecfg.recipe, "student": res.student, "mean": res.mean, "std": res.std,
-                           "n": len(res.accs), "accs": ";".join(f"{a:.6f}" for a in res.accs),
-                           "seeds": ";".join(str(x) for x in res.seeds),
-                           "seconds": f"{res.info.get('wall_seconds', float('nan')):.2f}",
-                           "set_seconds": f"{float(s.meta.get('wall_seconds', float('nan'))):.2f}",
-                           "iterations": res.plan.iterations, "batch_size": res.plan.batch_size,
-                           "epochs": f"{res.plan.epochs:.4f}", "samples_seen": res.plan.samples,
-                           "best_of_test": summary.get("best_of_test", {}).get("mean", ""),
-                           "crop": res.info.get("crop", "")}
-                    study_keys.write_cell_record(cell, rec)  # before the row: a finished row has its options
-                    _append(csv_path, _merge(prev, row))
-                    evaluated += 1
-                    bar.update(1)
+    bar = tqdm(total=len(grid), desc="study cell", unit="cell", disable=not (progress and main), leave=True,
+               dynamic_ncols=True)
+    run = _CellRunner(cfg, train, test, teacher, out, method_overrides, eval_overrides, dev, progress and main)
+    pos = 0
+    while pos < len(grid):
+        # A round: the next `world` cells with students missing, one per rank (torchrun shards the grid's cells;
+        # one process takes them one by one). Rank 0 re-reads results.csv before every round, so another process
+        # working on the same folder (e.g. started with other --methods) never has its finished cells redone here,
+        # and every rank gets rank 0's view of it.
+        pos, picks, n_skip = broadcast(_next_round(grid, pos, world, csv_path, cfg.seeds) if main else None)
+        skipped += n_skip
+        bar.update(n_skip)
+        if not picks:
+            continue
+        bar.set_postfix_str(", ".join(f"{grid[i][0].name} ipc {grid[i][1]} K {_bkey(grid[i][2])} {grid[i][3]}"
+                                      for i, _ in picks))
+        # Sets first: each method of the round is built by one rank (its sets share a scoring-run cache), and
+        # `together` is the barrier after which every rank finds the sets of its cell on disk.
+        methods = list(dict.fromkeys(grid[i][0].name for i, _ in picks))
+        together(run.build_sets, [grid[i] for i, _ in picks if methods.index(grid[i][0].name) % world == rank])
+        mine = picks[rank] if rank < len(picks) else None
+        rows = together(run.cell, grid[mine[0]], mine[1]) if mine is not None else together(lambda: None)
+        if main:  # rows in grid order, whichever rank trained them: results.csv is the one-process file
+            for row in rows:
+                if row is not None:
+                    _append(csv_path, row)
+        evaluated += sum(row is not None for row in rows)
+        bar.update(len(picks))
     bar.close()
-    report = write_report(out)
-    # Provenance of every invocation (cells of one results.csv may come from several resumed runs).
-    with open(out / "runs.jsonl", "a") as fh:
-        fh.write(json.dumps({"started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                             "command": " ".join(sys.argv), "git_revision": git_revision(),
-                             "machine": machine_info(dev), "device": str(dev), "evaluated": evaluated,
-                             "skipped": skipped}) + "\n")
+    report = None
+    if main:
+        report = write_report(out)
+        # Provenance of every invocation (cells of one results.csv may come from several resumed runs).
+        with open(out / "runs.jsonl", "a") as fh:
+            fh.write(json.dumps({"started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                 "command": " ".join(sys.argv), "git_revision": git_revision(),
+                                 "machine": machine_info(dev), "device": str(dev), "ranks": world,
+                                 "evaluated": evaluated, "skipped": skipped}) + "\n")
+    report = broadcast(report)
     return StudyResult(read_results(csv_path), csv_path, report, evaluated, skipped)

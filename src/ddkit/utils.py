@@ -14,17 +14,62 @@ from typing import Any, Dict, Iterator, List, Optional
 import torch
 
 
+#: why each device get_device gave was chosen ("cpu" -> "--device auto: …"), for the run's line and its records
+_DEVICE_NOTES: Dict[str, str] = {}
+
+
+def cuda_unusable() -> Optional[str]:
+    """None when CUDA can be used; otherwise why not, in a few words (what `--device auto` tells the user)."""
+    import warnings
+
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+        return f"this torch build ({torch.__version__}) has no CUDA"
+    with warnings.catch_warnings(record=True) as caught:  # an old driver warns and answers False
+        warnings.simplefilter("always")
+        ok = torch.cuda.is_available()
+    if ok:
+        return None
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if hidden is not None and hidden.strip() in ("", "-1"):
+        return f"CUDA_VISIBLE_DEVICES={hidden!r} hides every GPU"
+    if caught:
+        return "CUDA is unusable: " + " ".join(str(caught[0].message).split())[:200]
+    return "no CUDA device was found"
+
+
+def rank_cuda_device() -> torch.device:
+    """This process's GPU: cuda:(LOCAL_RANK mod the visible GPUs). One GPU per local rank on a node, and cuda:0
+    for every rank when the launcher shows each process only its own GPU (SLURM --gpus-per-task=1)."""
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    return torch.device("cuda", local % max(1, torch.cuda.device_count()))
+
+
 def get_device(name: Optional[str] = None) -> torch.device:
-    """'auto'/None -> cuda if available else cpu; otherwise torch.device(name) with a clear error."""
+    """'auto'/None -> this rank's GPU if CUDA is usable, else the CPU (the reason kept for `device_note`);
+    otherwise torch.device(name) with a clear error."""
     if name in (None, "", "auto"):
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        # Under torchrun each rank takes its own GPU (LOCAL_RANK), never all of them GPU 0.
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        reason = cuda_unusable()
+        if reason is not None:
+            dev = torch.device("cpu")
+            _DEVICE_NOTES[str(dev)] = f"--device auto fell back to the CPU: {reason}"
+            return dev
+        dev = rank_cuda_device()
+        _DEVICE_NOTES[str(dev)] = f"--device auto: {torch.cuda.get_device_name(dev)}"
+        return dev
     dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    if dev.type == "cuda":
+        reason = cuda_unusable()
+        if reason is not None:
+            raise RuntimeError(f"device {name!r} requested but {reason}; use --device cpu")
+    _DEVICE_NOTES.pop(str(dev), None)  # asked for by name: nothing to explain
     return dev
+
+
+def device_note(device: Any) -> str:
+    """One line: the device a run uses and why (an `auto` that fell back to the CPU says what CUDA lacked)."""
+    dev = torch.device(device) if not isinstance(device, torch.device) else device
+    note = _DEVICE_NOTES.get(str(dev))
+    return f"device {dev}" + (f" ({note})" if note else "")
 
 
 def derive_seed(seed: int, *keys: Any) -> int:
@@ -146,6 +191,8 @@ def machine_info(device: Optional[torch.device] = None) -> Dict[str, Any]:
     if torch.cuda.is_available():
         info["cuda"] = torch.version.cuda
         info["gpu"] = torch.cuda.get_device_name(device if device is not None and device.type == "cuda" else 0)
+    if device is not None:  # which device ran, and why (`--device auto` on a host whose CUDA is unusable)
+        info["device"] = device_note(device)
     return info
 
 

@@ -209,8 +209,11 @@ def check_device(name: Optional[str]) -> None:
     except (RuntimeError, ValueError):
         raise DDKitError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or auto") from None
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DDKitError(f"--device {name} requested but CUDA is not available here; use --device cpu")
+        from ddkit.utils import cuda_unusable
+
+        reason = cuda_unusable()
+        if reason is not None:
+            raise DDKitError(f"--device {name} requested but {reason}; use --device cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise DDKitError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) here; use cuda:0..")
     elif dev.type == "mps" and not torch.backends.mps.is_available():

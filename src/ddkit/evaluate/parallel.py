@@ -1,7 +1,7 @@
 """`evaluate` under torchrun: seeds spread over ranks (default), or one run data-parallel with DDP (--ddp).
 
 Seeds over ranks (the default; style.md §3.3 "one run per GPU"): rank r trains the seed indices i
-with i % W == r on its own device (cuda:LOCAL_RANK), then the per-seed RunResults (and their
+with i % W == r on its own device (cuda:LOCAL_RANK mod the visible GPUs), then the per-seed RunResults (and their
 metrics.jsonl text) are gathered to every rank. Each run is seeded by (seed + i) alone, so the result
 is the single-process one, bit for bit on CPU, whatever W. Only rank 0 writes the output folder and
 prints.
@@ -34,9 +34,9 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ddkit.data.base import ImageDataset
-from ddkit.ranks import dist_env, group_ready
+from ddkit.ranks import acting_world, dist_env, group_ready
 from ddkit.evaluate.student import Plan, RunResult, StudentTrainer
-from ddkit.utils import DDKitError, atomic_dir, get_device, make_generator
+from ddkit.utils import DDKitError, atomic_dir, get_device, make_generator, rank_cuda_device
 
 
 @dataclass(frozen=True)
@@ -223,11 +223,11 @@ def setup(cfg: Any, device: Any = None) -> EvalDist:
         raise DDKitError("launched by torchrun but no process group is joined: wrap the call in "
                          "`with ddkit.ranks.process_group():` (the CLI does)")
     dev = device if isinstance(device, torch.device) else get_device(device)
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if acting_world() == 1:  # a plain process, W = 1, or a rank given its own work (`ranks.solo()`, the study)
         return EvalDist(device=dev)
     rank, world = dist.get_rank(), dist.get_world_size()
     if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", env.local_rank if env.torchrun else rank % max(1, torch.cuda.device_count()))
+        dev = rank_cuda_device() if env.torchrun else torch.device("cuda", rank % max(1, torch.cuda.device_count()))
     mode = "ddp" if getattr(cfg, "ddp", False) else "seeds"
     if mode == "seeds" and cfg.seeds < world and rank == 0:
         warnings.warn(f"{cfg.seeds} seed(s) over {world} ranks: {world - cfg.seeds} rank(s) stay idle; use more "

@@ -144,7 +144,8 @@ def _save_checkpoint(path: Path, cfg: TeacherConfig, data: str, epoch: int, mode
     """Everything the next epoch depends on, written atomically (a kill mid-write keeps the previous one)."""
     buf = io.BytesIO()
     torch.save({"recipe": to_dict(cfg), "data": data, "epoch": epoch, "model": model.state_dict(),
-                "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(), "history": history,
+                "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
+                "gen_device": gen.device.type, "history": history,
                 "seconds": seconds}, buf)
     atomic_write_bytes(path, buf.getvalue())
 
@@ -161,6 +162,17 @@ def _load_checkpoint(path: Path, cfg: TeacherConfig, data: str, model: nn.Module
     if diff:
         raise DDKitError(f"checkpoint {path} is another training run (differs in {', '.join(diff)}); delete it to "
                          "start over, or train with the recipe it was started with")
+    # The augmentation generator lives on the training device and CPU and CUDA generators keep different states
+    # (a 5056-byte Mersenne twister, a 16-byte Philox): the run can only go on where it started. (A checkpoint
+    # from before gen_device was stored is told apart by its state's size.)
+    theirs_dev = state.get("gen_device") or ("cpu" if state["gen"].numel() == gen.get_state().numel() ==
+                                             torch.Generator().get_state().numel() else "other")
+    if theirs_dev != gen.device.type:
+        where = f"on {theirs_dev}" if theirs_dev != "other" else "on another device"
+        raise DDKitError(f"checkpoint {path} was started {where} and cannot go on on {gen.device.type} (its "
+                         f"augmentation generator state belongs to that device): resume with the device it was "
+                         f"started on (--device {theirs_dev if theirs_dev != 'other' else 'cuda'}), or delete it "
+                         "to start over")
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
     sched.load_state_dict(state["sched"])
