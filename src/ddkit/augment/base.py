@@ -139,9 +139,14 @@ class Normalize(Augment):
         return {}
 
     def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(shape)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(shape)
+        # The constants are made once per (device, dtype, rank), not copied to the device at every step.
+        key = (x.device, x.dtype, x.dim())
+        consts = self.__dict__.setdefault("_consts", {})
+        if key not in consts:
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            consts[key] = (torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(shape),
+                           torch.tensor(self.std, dtype=x.dtype, device=x.device).view(shape))
+        mean, std = consts[key]
         return (x - mean) / std
 
 

@@ -125,14 +125,20 @@ class FactorCrop(Augment):
     def boxes(self, cell: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Boxes (n×4: top, left, height, width) of the given cells; -1 -> the whole image."""
         f = self.factor
-        edges_h = torch.tensor([round(i * h / f) for i in range(f + 1)], dtype=torch.float32, device=cell.device)
-        edges_w = torch.tensor([round(i * w / f) for i in range(f + 1)], dtype=torch.float32, device=cell.device)
+        # The cell edges and the whole-image box are made once per (h, w, device), not copied at every step.
+        key = (h, w, cell.device)
+        consts = self.__dict__.setdefault("_consts", {})
+        if key not in consts:
+            consts[key] = (
+                torch.tensor([round(i * h / f) for i in range(f + 1)], dtype=torch.float32, device=cell.device),
+                torch.tensor([round(i * w / f) for i in range(f + 1)], dtype=torch.float32, device=cell.device),
+                torch.tensor([0.0, 0.0, h, w], device=cell.device))
+        edges_h, edges_w, whole = consts[key]
         c = cell.clamp(min=0)
         i, j = c // f, c % f
         top, left = edges_h[i], edges_w[j]
         box = torch.stack([top, left, edges_h[i + 1] - top, edges_w[j + 1] - left], -1)
-        full = torch.tensor([0.0, 0.0, h, w], device=cell.device).expand_as(box)
-        return torch.where((cell < 0)[:, None], full, box)
+        return torch.where((cell < 0)[:, None], whole.expand_as(box), box)
 
     def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
         h, w = x.shape[-2:]

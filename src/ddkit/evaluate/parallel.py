@@ -167,12 +167,9 @@ class ShardedTrainer(StudentTrainer):
         self.rank, self.world = rank, world
         self.local = self.plan.batch_size // world
 
-    def batch(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        idx = self.stream.next()[self.rank * self.local:(self.rank + 1) * self.local]
-        idx = idx.to(self.device, non_blocking=True)
-        x = self.images[idx]
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-        return idx, x
+    def indices(self) -> torch.Tensor:
+        """This rank's contiguous slice of the global batch every rank draws alike."""
+        return self.stream.next()[self.rank * self.local:(self.rank + 1) * self.local]
 
     def step(self) -> torch.Tensor:
         """One iteration; returns the global-batch mean loss (what metrics.jsonl logs), not this slice's."""

@@ -23,6 +23,8 @@ from tqdm.auto import tqdm
 
 from ddkit.augment import (Augment, Compose, CutMix, FactorCrop, Flip, Identity, Mixup, Normalize,
                            RandomResizedCrop, ShufflePatches, Translate, dsa)
+from ddkit.augment.ahead import DrawAhead
+from ddkit.augment.base import Params
 from ddkit.evaluate.losses import LossSpec, make_criterion
 from ddkit.evaluate.recipes import Recipe
 from ddkit.optim import make_optimizer
@@ -31,6 +33,8 @@ from ddkit.trackers import record
 from ddkit.utils import DDKitError, autocast, stage
 
 MAX_LOG_LINES = 2000  # per run; a 1-iteration "epoch" of an IPC-1 set under a budget would flood the log
+READ_EVERY = 64  # steps between reads of the line losses (train_run), unless a line evaluates sooner
+DRAW_AHEAD = 32  # steps whose random draws reach the device in one copy (StudentTrainer's draw_ahead)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -144,21 +148,44 @@ class Views:
         self.mixer: Optional[Any] = (CutMix(recipe.mix_alpha) if recipe.mix == "cutmix"
                                      else Mixup(recipe.mix_alpha) if recipe.mix == "mixup" else None)
 
-    def __call__(self, x: torch.Tensor, g: torch.Generator):
-        b = x.shape[0]
+    def draw(self, b: int, shape: Tuple[int, ...], g: torch.Generator) -> Params:
+        """One step's params for a batch of b images of `shape`, drawn from `g` in the order the ops run
+        (crop, pre, DSA, mixing), namespaced "crop.", "pre.", "post.", "mix." (a `DrawAhead` stacks them)."""
+        p: Params = {}
+        if self.factor_crop is not None:
+            p.update(_prefixed("crop.", self.factor_crop.sample(b, shape, generator=g)))
+        p.update(_prefixed("pre.", self.pre.sample(b, shape, generator=g)))
+        p.update(_prefixed("post.", self.post.sample(b, shape, generator=g)))
+        if self.mixer is not None:
+            p.update(_prefixed("mix.", self.mixer.sample(b, shape, generator=g)))
+        return p
+
+    def apply(self, x: torch.Tensor, p: Params):
+        """(normalised view, FactorCrop cell per sample or None, mixing params or None) for params `p`."""
         cell = None
         if self.factor_crop is not None:
-            p = self.factor_crop.sample(b, x.shape, generator=g)
-            cell = p["cell"]
-            x = self.factor_crop.apply(x, p)
-        x = self.pre.apply(x, self.pre.sample(b, x.shape, generator=g))
+            fp = _unprefixed("crop.", p)
+            cell = fp["cell"]
+            x = self.factor_crop.apply(x, fp)
+        x = self.pre.apply(x, _unprefixed("pre.", p))
         x = self.norm.apply(x, {})
-        x = self.post.apply(x, self.post.sample(b, x.shape, generator=g))
+        x = self.post.apply(x, _unprefixed("post.", p))
         mp = None
         if self.mixer is not None:
-            mp = self.mixer.sample(b, x.shape, generator=g)
+            mp = _unprefixed("mix.", p)
             x = self.mixer.apply(x, mp)
         return x, cell, mp
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator):
+        return self.apply(x, self.draw(x.shape[0], tuple(x.shape), g))
+
+
+def _prefixed(prefix: str, p: Params) -> Params:
+    return {prefix + k: v for k, v in p.items()}
+
+
+def _unprefixed(prefix: str, p: Params) -> Params:
+    return {k[len(prefix):]: v for k, v in p.items() if k.startswith(prefix)}
 
 
 def mix_soft_targets(t: torch.Tensor, mixer, params, prob_space: bool, temperature: float) -> torch.Tensor:
@@ -268,7 +295,7 @@ class StudentTrainer:
     def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: Recipe, plan: Plan,
                  views: Views, targets: Targets, criterion, *, device: torch.device, order_gen: torch.Generator,
                  aug_gen: torch.Generator, amp: bool = True, channels_last: bool = True,
-                 cpu_amp: bool = False, cpu_channels_last: bool = False) -> None:
+                 cpu_amp: bool = False, cpu_channels_last: bool = False, draw_ahead: int = DRAW_AHEAD) -> None:
         self.model, self.images, self.labels = model, images, labels
         self.recipe, self.plan, self.views, self.targets, self.crit = recipe, plan, views, targets, criterion
         self.device, self.amp, self.cpu_amp = device, amp, cpu_amp
@@ -282,20 +309,41 @@ class StudentTrainer:
             self.opt, lambda it: lr_factor(recipe, plan.epoch_of(it), plan.epochs))
         self.it = 0
         self.last_lr = recipe.lr
+        # Draw-ahead (the default data path): the batch indices and the views' params of `draw_ahead` steps are
+        # drawn at once, in the order the steps would draw them, and reach the device in one copy. A subclass
+        # with its own batches (stored views) keeps the step-by-step path, as does draw_ahead=0.
+        plain = isinstance(views, Views) and type(self).batch is StudentTrainer.batch
+        self.ahead = DrawAhead(self._draw, device, draw_ahead) if draw_ahead > 0 and plain else None
+
+    def indices(self) -> torch.Tensor:
+        """This step's batch indices (host, from the order generator)."""
+        return self.stream.next()
+
+    def _draw(self) -> Params:
+        idx = self.indices()
+        return {"idx": idx, **self.views.draw(len(idx), (len(idx), *self.images.shape[1:]), self.aug_gen)}
+
+    def _pixels(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.images[idx]
+        return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
     def batch(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        idx = self.stream.next().to(self.device, non_blocking=True)
-        x = self.images[idx]
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-        return idx, x
+        """(indices on the device, [0,1] float images) of the next batch, drawn step by step."""
+        idx = self.indices().to(self.device, non_blocking=True)
+        return idx, self._pixels(idx)
 
     def step(self) -> torch.Tensor:
         """One iteration; returns the (detached, on-device) loss."""
         with stage("eval.batch"):
-            idx, x = self.batch()
+            if self.ahead is not None:
+                p = self.ahead.next()
+                idx = p.pop("idx")
+                x = self._pixels(idx)
+            else:
+                idx, x = self.batch()
             y = self.labels[idx]
         with stage("eval.augment"):
-            view, cell, mp = self.views(x, self.aug_gen)
+            view, cell, mp = self.views.apply(x, p) if self.ahead is not None else self.views(x, self.aug_gen)
             if self.channels_last:
                 view = view.contiguous(memory_format=torch.channels_last)
         with stage("eval.targets"):  # the online teacher's forward under SL+KD
@@ -359,29 +407,46 @@ def train_run(trainer: StudentTrainer, seed: int, *, evaluate: Callable[[nn.Modu
                leave=False)
     loss_sum = torch.zeros((), device=trainer.device)
     train_s = 0.0
+    # Line losses stay on the device until a line must be written: at an evaluation (which syncs anyway), at the
+    # end, or READ_EVERY steps after the last read; then all waiting lines are read in one transfer.
+    waiting: List[Tuple[Dict[str, Any], torch.Tensor]] = []
+    since_read = 0
+
+    def flush() -> None:
+        values = torch.stack([v for _, v in waiting]).tolist() if waiting else []  # the one read
+        for (rec, _), loss in zip(waiting, values):
+            if not math.isfinite(loss):
+                raise DDKitError(f"{desc}: the loss became {loss} in epoch {rec['epoch']}; lower --lr or check the "
+                                 f"set")
+            rec = {"epoch": rec["epoch"], "iteration": rec["iteration"], "loss": loss,
+                   **{k: v for k, v in rec.items() if k not in ("epoch", "iteration")}}
+            post = {"loss": f"{loss:.4f}"}
+            if "test_acc" in rec:
+                post["acc"] = f"{rec['test_acc']:.4f}"
+            bar.set_postfix(**post, img_s=f"{rec['images_per_s']:.0f}", refresh=False)
+            record(desc, rec, plan.total_epochs)  # the one-line-per-epoch log and any --log tracker
+            if fh is not None:
+                fh.write(json.dumps(rec) + "\n")
+            res.final_loss = loss
+        waiting.clear()
+
     try:
         for epoch, iteration, n_it, t_start, evaluated in epoch_lines(plan, trainer.step, loss_sum, bar):
-            loss = float(loss_sum) / n_it  # one sync per epoch
             secs = time.perf_counter() - t_start
             train_s += secs
-            if not math.isfinite(loss):
-                raise DDKitError(f"{desc}: the loss became {loss} in epoch {epoch}; lower --lr or check the set")
-            rec: Dict[str, Any] = {"epoch": epoch, "iteration": iteration, "loss": loss, "lr": trainer.lr(),
-                                   "seconds": secs, "images_per_s": n_it * plan.batch_size / max(secs, 1e-9)}
+            rec: Dict[str, Any] = {"epoch": epoch, "iteration": iteration, "lr": trainer.lr(), "seconds": secs,
+                                   "images_per_s": n_it * plan.batch_size / max(secs, 1e-9)}
+            waiting.append((rec, loss_sum / n_it))  # a new device tensor: loss_sum is cleared for the next line
+            since_read += n_it
             if evaluated:
                 rec["test_acc"] = evaluate(trainer.model)
                 res.test_history.append((epoch, rec["test_acc"]))
                 if validate is not None:
                     rec["val_acc"] = validate(trainer.model)
                     res.val_history.append((epoch, rec["val_acc"]))
-                bar.set_postfix(loss=f"{loss:.4f}", acc=f"{rec['test_acc']:.4f}",
-                                img_s=f"{rec['images_per_s']:.0f}", refresh=False)
-            else:
-                bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rec['images_per_s']:.0f}", refresh=False)
-            record(desc, rec, plan.total_epochs)  # the one-line-per-epoch log and any --log tracker
-            if fh is not None:
-                fh.write(json.dumps(rec) + "\n")
-            res.final_loss = loss
+            if evaluated or since_read >= READ_EVERY or iteration == plan.iterations:
+                flush()
+                since_read = 0
     finally:
         bar.close()
         if fh is not None:
