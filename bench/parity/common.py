@@ -1,0 +1,172 @@
+"""Shared pieces of the parity drivers (issue #27): data hand-over, timing, machine facts, result rows.
+
+The official repositories live OUTSIDE this repository (/work/peers/<name>, see bench/parity/README.md); nothing
+of theirs is copied here. What this module hands them is data: CIFAR-10 (JPEG q75) decoded once by ddkit's
+loader (the same uint8 arrays ddkit's own runs read), wrapped in a torchvision-like dataset class so that an
+official `datasets.CIFAR10(path, train=..., download=True, transform=...)` call receives these pixels instead
+of downloading the PNG-lossless original. The official transform (ToTensor + Normalize) runs unchanged on them.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))  # this checkout's ddkit, whatever is installed
+
+DATA = "tar:/work/shared/data/cifar10-jpeg75.tar.gz"
+CACHE = os.environ.get("DDKIT_CACHE", "/work/runs/cache")
+PEERS = Path(os.environ.get("PARITY_PEERS", "/work/peers"))
+RESULTS = ROOT / "bench" / "results"
+
+
+def load_split(split: str):
+    """ddkit's decoded CIFAR-10 (JPEG q75) split (uint8 N×3×32×32, labels, classes, true mean/std)."""
+    from ddkit.data import create_dataset
+
+    return create_dataset(DATA, split=split, cache_dir=CACHE, progress=False)
+
+
+class HandedCIFAR10:
+    """A stand-in for torchvision.datasets.CIFAR10 that serves ddkit's decoded pixels.
+
+    Same call signature and item contract as torchvision's class: `(root, train=True, transform=None,
+    target_transform=None, download=False)`, items are `(transform(PIL RGB image), int label)`, `.classes`
+    and `.targets` exist. The pixels are ddkit's uint8 decode of the JPEG q75 tar, so both sides start from
+    identical bytes.
+    """
+
+    def __init__(self, root: Any = None, train: bool = True, transform: Optional[Callable] = None,
+                 target_transform: Optional[Callable] = None, download: bool = False) -> None:
+        ds = load_split("train" if train else "test")
+        self.data = ds.images.permute(0, 2, 3, 1).contiguous().numpy()  # N×H×W×C like torchvision's .data
+        self.targets = [int(v) for v in ds.labels.tolist()]
+        self.classes = list(ds.classes)
+        self.transform, self.target_transform = transform, target_transform
+        self.train = train
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        img, y = Image.fromarray(self.data[i]), self.targets[i]
+        if self.transform is not None:
+            img = self.transform(img)
+        if self.target_transform is not None:
+            y = self.target_transform(y)
+        return img, y
+
+
+@contextlib.contextmanager
+def official_repo(name: str) -> Iterator[Path]:
+    """Import path and working directory set to the official checkout /work/peers/<name>; CIFAR10 handed over.
+
+    The official modules are imported from that folder as they are; torchvision.datasets.CIFAR10 is replaced
+    for the duration (the data hand-over, the one documented substitution).
+    """
+    import torchvision.datasets
+
+    repo = PEERS / name
+    if not repo.is_dir():
+        raise SystemExit(f"{repo} missing: bring the official code there first (bench/parity/README.md)")
+    saved = torchvision.datasets.CIFAR10
+    torchvision.datasets.CIFAR10 = HandedCIFAR10
+    sys.path.insert(0, str(repo))
+    try:
+        yield repo
+    finally:
+        torchvision.datasets.CIFAR10 = saved
+        sys.path.remove(str(repo))
+
+
+class StampedTee(io.TextIOBase):
+    """stdout replacement that writes through to a log and records (monotonic time, line) for every line."""
+
+    def __init__(self, log_path: Path, also: Any) -> None:
+        self.log = open(log_path, "a", buffering=1)
+        self.also, self.buf = also, ""
+        self.lines: List[tuple] = []
+
+    def write(self, s: str) -> int:
+        self.buf += s
+        while "\n" in self.buf:
+            line, self.buf = self.buf.split("\n", 1)
+            t = time.monotonic()
+            self.lines.append((t, line))
+            self.log.write(f"[{t:.3f}] {line}\n")
+            self.also.write(line + "\n")
+        return len(s)
+
+    def flush(self) -> None:
+        self.log.flush()
+        self.also.flush()
+
+
+def per_iteration_seconds(lines: Sequence[tuple], marker: str, parse: Callable[[str], int]) -> Dict[str, Any]:
+    """Seconds per iteration from stamped progress lines (`marker` in the line, `parse` gives the iteration):
+    (t_last − t_first) / (it_last − it_first), skipping the first printed line (it may include set-up)."""
+    pts = [(t, parse(line)) for t, line in lines if marker in line]
+    if len(pts) < 3:
+        return {"s_per_iteration": None, "points": len(pts)}
+    (t0, i0), (t1, i1) = pts[1], pts[-1]
+    return {"s_per_iteration": round((t1 - t0) / (i1 - i0), 4), "from_iteration": i0, "to_iteration": i1}
+
+
+def lscpu() -> Dict[str, Any]:
+    """CPU model and flags as lscpu prints them, plus the load when the row was written."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    facts = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    keep = {k.strip(): v.strip() for k, v in facts.items() if k.strip() in ("Model name", "Flags", "CPU(s)")}
+    keep["nproc"] = os.cpu_count()
+    keep["loadavg"] = os.getloadavg()
+    keep["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS")
+    return keep
+
+
+def revision() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=30).stdout.strip()
+        return rev + ("+dirty-src" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def mean_std(xs: Sequence[float]) -> Dict[str, Any]:
+    """mean and std (ddof 0, as the results pages store them) in points, with the per-seed values."""
+    a = np.asarray(xs, dtype=float)
+    return {"mean": round(float(a.mean()), 2), "std": round(float(a.std()), 2), "n": int(len(a)),
+            "per_seed": [round(float(v), 2) for v in a]}
+
+
+def verdict(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:
+    """Issue #27's pass rule on one judge: |a − b| <= max(1.0 point, 2 × the larger std)."""
+    delta = a["mean"] - b["mean"]
+    tol = max(1.0, 2 * max(a["std"], b["std"]))
+    return {"delta": round(delta, 2), "tolerance": round(tol, 2), "pass": bool(abs(delta) <= tol)}
+
+
+def read_json(path: Path) -> Dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_json(path: Path, doc: Dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,144 @@
+"""Render docs/parity.md (issue #27) from bench/parity/plan.json and bench/results/parity_<method>.json only.
+
+    python bench/parity/render.py           # rewrite docs/parity.md
+    python bench/parity/render.py --check   # exit 1 when docs/parity.md differs from what would be rendered
+
+Every method of plan.json has a row; a method (or IPC) without measured results says "not run" and why.
+Numbers are last-epoch test accuracy in %, mean ± std (ddof 0) over student seeds. The pass rule is issue
+#27's: |ddkit − official| <= max(1.0 point, 2 × the larger std) on the same judge.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parents[2]
+PLAN = "bench/parity/plan.json"
+DOC = "docs/parity.md"
+HEADER = ("| method | official repo@commit | settings | official (official judge) | official (ddkit judge) | "
+          "ddkit (ddkit judge) | ddkit (official judge) | Δ ddkit−official, ddkit judge | "
+          "Δ, official judge | pass/fail (ddkit judge / official judge) | s/iteration official vs ddkit |")
+INTRO = """# Parity: ddkit beside the official code
+
+Each row runs a method's official code (unmodified, at the pinned commit, outside this repository) and
+ddkit's implementation on the same data — CIFAR-10 (JPEG q75), decoded once by ddkit's loader and handed to
+both — with the same reduced settings, then judges both sets with the same evaluators: ddkit's `evaluate` with
+the method's native protocol, and the official repository's own evaluation function where it has one.
+Accuracies are last-epoch test accuracy (%), mean ± std (ddof 0) over student seeds (n in brackets).
+**Pass** when |ddkit − official| ≤ max(1.0 point, 2 × the larger std) on the same judge; a set-level draw
+(which real images start the set) is not in the student std, so one pair is one sample of each side.
+Speed is seconds per distillation iteration over all classes, both sides run at the same time on the same
+2-core machine (shared with other jobs, so absolute seconds are inflated; the ratio is the comparable part).
+How to rerun: bench/parity/README.md. This page is rendered by `python bench/parity/render.py` from
+bench/parity/plan.json and bench/results/parity_*.json; tests/test_parity_doc.py checks that it matches.
+"""
+
+
+def acc(cell: Optional[Dict[str, Any]]) -> str:
+    return "—" if not cell else f"{cell['mean']:.2f} ± {cell['std']:.2f} ({cell['n']})"
+
+
+def delta(v: Optional[Dict[str, Any]]) -> str:
+    return "—" if not v else f"{v['delta']:+.2f} (tol {v['tolerance']:.2f})"
+
+
+def pf(v: Optional[Dict[str, Any]]) -> str:
+    return "—" if not v else ("pass" if v["pass"] else "**fail**")
+
+
+def speed(s: Dict[str, Any]) -> str:
+    a, b = s.get("official_s_per_iteration"), s.get("ddkit_s_per_iteration")
+    if not a or not b:
+        return "—"
+    r = b / a
+    word = f"ddkit {r:.2f}× slower" if r > 1 else f"ddkit {1 / r:.2f}× faster"
+    return f"{a:.2f} vs {b:.2f} ({word})"
+
+
+def settings(s: Dict[str, Any]) -> str:
+    return (f"IPC {s['ipc']}, {s['iterations']} it, real batch {s['batch_real']}, judges {s['eval_epochs']} ep, "
+            f"{s['seeds']} seeds")
+
+
+def method_rows(m: Dict[str, Any], res: Dict[str, Any]) -> List[str]:
+    out = []
+    repo = f"{m['repo']}@{m['commit']}"
+    rows = res.get("rows", {})
+    for ipc in m["ipcs"]:
+        r = rows.get(f"ipc{ipc}")
+        if r is None:
+            why = m["not_run"] if isinstance(m["not_run"], str) else m["not_run"].get(str(ipc), m["not_run"]["*"])
+            out.append(f"| {m['name']} | {repo} | IPC {ipc} | not run ({why}) | | | | | | | |")
+            continue
+        dj, oj = r["judges"].get("ddkit", {}), r["judges"].get("official", {})
+        out.append(" | ".join([f"| {m['name']}", repo, settings(r["settings"]), acc(oj.get("official")),
+                               acc(dj.get("official")), acc(dj.get("ddkit")), acc(oj.get("ddkit")),
+                               delta(dj.get("verdict")), delta(oj.get("verdict")),
+                               f"{pf(dj.get('verdict'))} / {pf(oj.get('verdict'))}", speed(r["speed"])]) + " |")
+    return out
+
+
+def details(m: Dict[str, Any], res: Dict[str, Any]) -> List[str]:
+    """Per measured method: commands, judges, edits to the official code, machine, notes."""
+    if not res.get("rows"):
+        return []
+    out = [f"### {m['name']}", ""]
+    out.append(f"- Official: {res['official']['repo']}@{res['official']['commit']}; edits: {res['official']['edits']}")
+    for name, text in res.get("judges", {}).items():
+        out.append(f"- {name} judge: {text}")
+    for key, r in sorted(res["rows"].items()):
+        mach = r.get("machine", {})
+        out.append(f"- {key}: `{r['command']}` (ddkit {r.get('ddkit_revision')}, written {r.get('written')}; "
+                   f"{mach.get('Model name', '?')}, {mach.get('nproc', '?')} cores, load average "
+                   f"{', '.join(f'{x:.1f}' for x in mach.get('loadavg', []))}). Official argv: "
+                   f"`{' '.join(r['official_argv'])}`; ddkit: `{r.get('ddkit_command', '')}`.")
+        for side in ("official", "ddkit"):
+            for judge in ("official", "ddkit"):
+                cell = r["judges"].get(judge, {}).get(side)
+                if cell:
+                    out.append(f"  - {side} set, {judge} judge, per seed: "
+                               + ", ".join(f"{v:.2f}" for v in cell["per_seed"]))
+    for note in m.get("notes", []):
+        out.append(f"- Note: {note}")
+    return out + [""]
+
+
+def render(root: Path = ROOT) -> str:
+    plan = json.loads((root / PLAN).read_text())
+    lines = [INTRO, HEADER, "|" + "---|" * HEADER.count(" | ") + "---|"]
+    found = []
+    for m in plan["methods"]:
+        p = root / "bench" / "results" / f"parity_{m['key']}.json"
+        res = json.loads(p.read_text()) if p.is_file() else {}
+        lines += method_rows(m, res)
+        found.append((m, res))
+    lines += ["", "## Details of the measured rows", ""]
+    for m, res in found:
+        lines += details(m, res)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 when the page differs from the rendering")
+    ap.add_argument("--root", type=Path, default=ROOT)
+    a = ap.parse_args(argv)
+    text = render(a.root)
+    page = a.root / DOC
+    if a.check:
+        old = page.read_text() if page.is_file() else ""
+        if old != text:
+            sys.stdout.writelines(difflib.unified_diff(old.splitlines(True), text.splitlines(True), DOC, "rendered"))
+            return 1
+        return 0
+    page.write_text(text)
+    print(f"wrote {page}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
