@@ -105,38 +105,52 @@ def to_ddkit(a: argparse.Namespace) -> None:
         workdir(a) / "official_set", overwrite=True, pngs=False)
 
 
+def ddkit_argv(a: argparse.Namespace) -> List[str]:
+    return ["ddkit", "distill", "--dataset", DATA, "--cache-dir", CACHE, "--device", "cpu", "--no-progress",
+            "--method", a.method, "--ipc", str(a.ipc), "--seed", "0", "--iterations", str(a.iterations),
+            "--batch-real", str(a.batch_real), "--output", str(workdir(a) / "ddkit_set")] + METHODS[a.method]["ddkit"]
+
+
 def ddkit_distill(a: argparse.Namespace) -> None:
+    """ddkit's distillation; with --shards N, N class shards side by side (--resume keeps finished classes;
+    the bytes do not depend on the sharding), then `ddkit merge`."""
     out = workdir(a) / "ddkit_set"
-    argv = [PY, "-m", "ddkit", "distill", "--dataset", DATA, "--cache-dir", CACHE, "--device", "cpu",
-            "--no-progress", "--method", a.method, "--ipc", str(a.ipc), "--seed", "0",
-            "--iterations", str(a.iterations), "--batch-real", str(a.batch_real),
-            "--output", str(out), "--overwrite"] + METHODS[a.method]["ddkit"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     t0 = time.monotonic()
-    subprocess.run(argv, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    wall = time.monotonic() - t0
+    if a.shards > 1:
+        procs = [subprocess.Popen([PY, "-m"] + ddkit_argv(a) + ["--resume", "--no-merge", "--shard", f"{i}/{a.shards}"],
+                                  env=env) for i in range(a.shards)]
+        if any(p.wait() for p in procs):
+            raise SystemExit("a ddkit shard failed")
+        subprocess.run([PY, "-m", "ddkit", "merge", str(out), "--overwrite", "--no-pngs"], check=True, env=env)
+    else:
+        subprocess.run([PY, "-m"] + ddkit_argv(a) + ["--overwrite"], check=True, env=env)
     meta = json.loads((out / "meta.json").read_text())
-    write_json(workdir(a) / "ddkit_timing.json", {"argv": argv[1:], "wall_s": round(wall, 1),
+    write_json(workdir(a) / "ddkit_timing.json", {"argv": ddkit_argv(a), "shards": a.shards,
+                                                  "wall_s": round(time.monotonic() - t0, 1),
                                                   "class_seconds": meta.get("class_seconds"),
-                                                  "machine": lscpu()})
+                                                  "speed_classes": a.speed_classes, "machine": lscpu()})
 
 
-def judge_ddkit(a: argparse.Namespace, side: str) -> None:
+def judge_ddkit(a: argparse.Namespace, side: str, seed: int) -> None:
+    """ddkit's evaluator, one student seed per call (so finished seeds survive an interruption)."""
     m = METHODS[a.method]
-    out = workdir(a) / f"eval_ddkit_{side}"
+    out = workdir(a) / f"eval_ddkit_{side}" / f"seed{seed}"
     argv = [PY, "-m", "ddkit", "evaluate", str(workdir(a) / f"{side}_set"), "--dataset", DATA, "--cache-dir",
-            CACHE, "--device", "cpu", "--no-progress", "--no-random", "--seeds", str(a.seeds), "--output",
-            str(out), "--overwrite"] + m["ddkit_eval"] + (["--epochs", str(a.eval_epochs)] if a.eval_epochs else [])
+            CACHE, "--device", "cpu", "--no-progress", "--no-random", "--seeds", "1", "--seed", str(seed),
+            "--output", str(out), "--overwrite"] + m["ddkit_eval"] + \
+        (["--epochs", str(a.eval_epochs)] if a.eval_epochs else [])
     subprocess.run(argv, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
 
 
-def judge_official(a: argparse.Namespace, side: str) -> None:
-    """The official evaluate_synset on one set, one student per seed (appended, so a restart resumes)."""
+def judge_official(a: argparse.Namespace, side: str, seed: int) -> None:
+    """The official evaluate_synset on one set, one student (seed) per call."""
     import torch
 
     from ddkit.distilled import load_distilled
 
-    out = workdir(a) / f"eval_official_{side}.json"
-    doc = read_json(out) or {"runs": []}
+    out = workdir(a) / f"eval_official_{side}" / f"seed{seed}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     ds = load_distilled(workdir(a) / f"{side}_set")
     m, s = (torch.tensor(v).view(1, -1, 1, 1) for v in (OFFICIAL_MEAN, OFFICIAL_STD))
     images = (ds.images - m) / s  # back into the official normalisation space
@@ -149,16 +163,27 @@ def judge_official(a: argparse.Namespace, side: str) -> None:
                                   epoch_eval_train=a.eval_epochs or nat["epochs"], dsa_strategy=STRATEGY,
                                   dsa_param=off.ParamDiffAug(),
                                   dc_aug_param=off.get_daparam("CIFAR10", "ConvNet", "ConvNet", a.ipc))
-        for seed in range(len(doc["runs"]), a.seeds):
-            net = off.get_network("ConvNet", 3, num_classes, (32, 32))  # init from the clock, as officially
-            torch.manual_seed(seed)  # shuffling and DSA draws follow the seed
-            t0 = time.monotonic()
-            _, acc_train, acc_test = off.evaluate_synset(seed, net, images.clone(), ds.labels.clone(),
-                                                         testloader, args)
-            doc["runs"].append({"seed": seed, "acc": round(100 * acc_test, 2), "train_acc": round(100 * acc_train, 2),
-                                "seconds": round(time.monotonic() - t0, 1)})
-            doc["epochs"] = args.epoch_eval_train
-            write_json(out, doc)
+        net = off.get_network("ConvNet", 3, num_classes, (32, 32))  # init from the clock, as officially
+        torch.manual_seed(seed)  # shuffling and DSA draws follow the seed
+        t0 = time.monotonic()
+        _, acc_train, acc_test = off.evaluate_synset(seed, net, images, ds.labels.clone(), testloader, args)
+    write_json(out, {"seed": seed, "acc": round(100 * acc_test, 2), "train_acc": round(100 * acc_train, 2),
+                     "epochs": args.epoch_eval_train, "seconds": round(time.monotonic() - t0, 1)})
+
+
+def judge_accs(a: argparse.Namespace, judge: str, side: str) -> List[float]:
+    """Finished per-seed accuracies (points) of one judge on one set, in seed order."""
+    accs = []
+    for seed in range(a.seeds):
+        if judge == "ddkit":
+            summ = workdir(a) / f"eval_ddkit_{side}" / f"seed{seed}" / "summary.json"
+            if summ.is_file():
+                accs += seed_accs(json.loads(summ.read_text()))
+        else:
+            r = read_json(workdir(a) / f"eval_official_{side}" / f"seed{seed}.json")
+            if r:
+                accs.append(r["acc"])
+    return accs
 
 
 def row(a: argparse.Namespace) -> Dict[str, Any]:
@@ -169,23 +194,46 @@ def row(a: argparse.Namespace) -> Dict[str, Any]:
                                       METHODS[a.method]["native"]["epochs"]},
                          "official_argv": official_argv(a)}
     judges: Dict[str, Dict[str, Any]] = {}
-    for side in ("official", "ddkit"):
-        summ = w / f"eval_ddkit_{side}" / "summary.json"
-        if summ.is_file():
-            s = json.loads(summ.read_text())
-            judges.setdefault("ddkit", {})[side] = mean_std(seed_accs(s))
-        off = read_json(w / f"eval_official_{side}.json")
-        if off.get("runs"):
-            judges.setdefault("official", {})[side] = mean_std([x["acc"] for x in off["runs"]])
+    for judge in ("official", "ddkit"):
+        for side in ("official", "ddkit"):
+            accs = judge_accs(a, judge, side)
+            if accs:
+                judges.setdefault(judge, {})[side] = mean_std(accs)
     for j in judges.values():
         if "official" in j and "ddkit" in j:
             j["verdict"] = verdict(j["ddkit"], j["official"])
     r["judges"] = judges
-    t_off, t_dd = read_json(w / "official" / "timing.json"), read_json(w / "ddkit_timing.json")
+    t_off, t_dd = read_json(w / "official" / "timing.json") or running_official(a), \
+        read_json(w / "ddkit_timing.json") or running_ddkit(a)
     r["speed"] = speed(t_off, t_dd, a.iterations)
     r["machine"] = t_off.get("machine") or t_dd.get("machine") or lscpu()
     r["ddkit_command"] = " ".join(t_dd.get("argv", []))
     return r
+
+
+def running_official(a: argparse.Namespace) -> Dict[str, Any]:
+    """Seconds/iteration of an official run still in progress, from its stamped stdout.log so far."""
+    log = workdir(a) / "official" / "stdout.log"
+    if not log.is_file():
+        return {}
+    lines = [(float(l[1:l.index("]")]), l[l.index("]") + 2:]) for l in log.read_text().splitlines()
+             if l.startswith("[") and "iter = " in l]
+    speed = per_iteration_seconds(lines, "iter = ", lambda x: int(x.split("iter = ")[1].split(",")[0]))
+    return {**speed, "partial": "official distillation still running; timed on the iterations printed so far"}
+
+
+def running_ddkit(a: argparse.Namespace) -> Dict[str, Any]:
+    """Per-class seconds of a ddkit run still in progress, from the headers of its finished class parts."""
+    from ddkit.loaders import safetensors_metadata
+
+    secs = []
+    for f in sorted((workdir(a) / "ddkit_set.parts").glob("class_*.safetensors")):
+        head = json.loads(safetensors_metadata(f, "part")["ddkit_part"])
+        secs.append(float(head["seconds"]))
+    if not secs:
+        return {}
+    return {"argv": ddkit_argv(a), "class_seconds": secs, "speed_classes": list(range(len(secs))),
+            "partial": f"ddkit distillation still running; {len(secs)} of 10 classes finished and timed"}
 
 
 def seed_accs(summary: Dict[str, Any]) -> List[float]:
@@ -197,48 +245,72 @@ def seed_accs(summary: Dict[str, Any]) -> List[float]:
 
 
 def speed(t_off: Dict[str, Any], t_dd: Dict[str, Any], iterations: int) -> Dict[str, Any]:
-    """Seconds per iteration (all classes) of both sides; ddkit's from its per-class wall / (iterations + 1)."""
+    """Seconds per iteration (all classes) of both sides; ddkit's = mean seconds of a class over the classes
+    that ran beside the official run (speed_classes; all when not given) x 10 classes / (iterations + 1)."""
     s_off = t_off.get("s_per_iteration")
-    cs = t_dd.get("class_seconds")
-    s_dd = round(sum(cs.values() if isinstance(cs, dict) else cs) / (iterations + 1), 4) if cs else None
-    out = {"official_s_per_iteration": s_off, "ddkit_s_per_iteration": s_dd}
+    cs = t_dd.get("class_seconds") or []
+    pick = t_dd.get("speed_classes") or list(range(len(cs)))
+    s_dd = round(sum(cs[c] for c in pick) / len(pick) * 10 / (iterations + 1), 4) if cs else None
+    out = {"official_s_per_iteration": s_off, "ddkit_s_per_iteration": s_dd, "ddkit_classes_timed": pick,
+           "official_iterations_timed": [t_off.get("from_iteration"), t_off.get("to_iteration")]}
+    notes = [t["partial"] for t in (t_off, t_dd) if t.get("partial")]
+    if notes:
+        out["partial"] = "; ".join(notes)
     if s_off and s_dd:
         out["ddkit_over_official"] = round(s_dd / s_off, 3)
     return out
 
 
 def pair(a: argparse.Namespace) -> None:
-    """Every step not yet done, then the row. Distillations run side by side (same load); so do the judges."""
+    """Every step not yet done, then the row. Distillations run side by side (same load); the judge runs
+    (judge x set x seed) go through a pool of --workers processes, seed 0 of every cell first."""
     w = workdir(a)
     w.mkdir(parents=True, exist_ok=True)
-    base = [PY, __file__, "--method", a.method, "--ipc", str(a.ipc), "--iterations", str(a.iterations),
-            "--batch-real", str(a.batch_real), "--seeds", str(a.seeds), "--runs", a.runs] + \
-        (["--eval-epochs", str(a.eval_epochs)] if a.eval_epochs else [])
-
-    def side_by_side(cmds: List[List[str]]) -> None:
-        procs = [subprocess.Popen(base + c) for c in cmds]
-        codes = [p.wait() for p in procs]
-        if any(codes):
-            raise SystemExit(f"step failed ({codes}): {cmds}")
-
     todo = []
     if not (w / "official" / "timing.json").is_file():
         todo.append(["official-distill"])
     if not (w / "ddkit_timing.json").is_file():
         todo.append(["ddkit-distill"])
-    side_by_side(todo)
+    run_pool(a, todo, len(todo))
     if not (w / "official_set" / "meta.json").is_file():
-        side_by_side([["to-ddkit"]])
-    # four judge runs side by side (judge x set): each is one thread, and 2 shared cores are rarely idle
-    side_by_side([[judge, s] for judge in ("judge-ddkit", "judge-official") for s in ("official", "ddkit")
-                  if not judge_done(a, judge, s)])
+        run_pool(a, [["to-ddkit"]], 1)
+    judges(a, ("official", "ddkit"))
     write_row(a)
 
 
-def judge_done(a: argparse.Namespace, judge: str, side: str) -> bool:
-    if judge == "judge-ddkit":
-        return (workdir(a) / f"eval_ddkit_{side}" / "summary.json").is_file()
-    return len(read_json(workdir(a) / f"eval_official_{side}.json").get("runs", [])) >= a.seeds
+def judges(a: argparse.Namespace, sides: List[str]) -> None:
+    """The judge runs not done yet for these sets, seed 0 of every cell first."""
+    tasks = [[f"judge-{judge}", side, "--seed", str(seed)] for seed in range(a.seeds)
+             for judge in ("ddkit", "official") for side in sides if not judge_done(a, judge, side, seed)]
+    run_pool(a, tasks, a.workers)
+
+
+def run_pool(a: argparse.Namespace, tasks: List[List[str]], workers: int) -> None:
+    """Run `tasks` (argument tails of this script) as subprocesses, at most `workers` at a time."""
+    base = [PY, __file__, "--method", a.method, "--ipc", str(a.ipc), "--iterations", str(a.iterations),
+            "--batch-real", str(a.batch_real), "--seeds", str(a.seeds), "--runs", a.runs,
+            "--shards", str(a.shards)] + (["--eval-epochs", str(a.eval_epochs)] if a.eval_epochs else []) + \
+        (["--speed-classes", ",".join(map(str, a.speed_classes))] if a.speed_classes else [])
+    running: List[subprocess.Popen] = []
+    failed = []
+    for t in tasks:
+        while len(running) >= max(1, workers):
+            time.sleep(5)
+            for p in [p for p in running if p.poll() is not None]:
+                running.remove(p)
+                failed += [p.args] if p.returncode else []
+        running.append(subprocess.Popen(base + t))
+    for p in running:
+        if p.wait():
+            failed.append(p.args)
+    if failed:
+        raise SystemExit(f"failed: {failed}")
+
+
+def judge_done(a: argparse.Namespace, judge: str, side: str, seed: int) -> bool:
+    if judge == "ddkit":
+        return (workdir(a) / f"eval_ddkit_{side}" / f"seed{seed}" / "summary.json").is_file()
+    return (workdir(a) / f"eval_official_{side}" / f"seed{seed}.json").is_file()
 
 
 def write_row(a: argparse.Namespace) -> None:
@@ -276,15 +348,20 @@ JUDGES = {
 
 def main(argv: List[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("step", choices=("pair", "official-distill", "ddkit-distill", "to-ddkit", "judge-ddkit",
-                                     "judge-official", "row"))
-    ap.add_argument("sides", nargs="*", help="for the judge steps: official and/or ddkit")
+    ap.add_argument("step", choices=("pair", "official-distill", "ddkit-distill", "to-ddkit", "judges",
+                                     "judge-ddkit", "judge-official", "row"))
+    ap.add_argument("sides", nargs="*", help="for the judge steps: the set(s), official and/or ddkit")
     ap.add_argument("--method", choices=sorted(METHODS), required=True)
     ap.add_argument("--ipc", type=int, default=10)
     ap.add_argument("--iterations", type=int, default=100)
     ap.add_argument("--batch-real", type=int, default=256)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--eval-epochs", type=int, default=None, help="both judges (default: the native protocol's)")
+    ap.add_argument("--seed", type=int, default=0, help="judge steps: the student seed")
+    ap.add_argument("--shards", type=int, default=1, help="ddkit class shards run side by side")
+    ap.add_argument("--speed-classes", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                    help="ddkit classes whose seconds give its s/iteration (those that ran beside the official run)")
+    ap.add_argument("--workers", type=int, default=4, help="judge runs side by side")
     ap.add_argument("--runs", default="/work/runs/parity")
     a = ap.parse_args(argv)
     if a.step == "pair":
@@ -295,12 +372,14 @@ def main(argv: List[str] | None = None) -> None:
         ddkit_distill(a)
     elif a.step == "to-ddkit":
         to_ddkit(a)
+    elif a.step == "judges":
+        judges(a, a.sides)
     elif a.step == "judge-ddkit":
         for s in a.sides:
-            judge_ddkit(a, s)
+            judge_ddkit(a, s, a.seed)
     elif a.step == "judge-official":
         for s in a.sides:
-            judge_official(a, s)
+            judge_official(a, s, a.seed)
     else:
         write_row(a)
 

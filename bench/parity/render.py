@@ -75,6 +75,11 @@ def method_rows(m: Dict[str, Any], res: Dict[str, Any]) -> List[str]:
             out.append(f"| {m['name']} | {repo} | IPC {ipc} | not run ({why}) | | | | | | | |")
             continue
         dj, oj = r["judges"].get("ddkit", {}), r["judges"].get("official", {})
+        if not dj and not oj:  # a partial row: distillation timed, no set finished and judged yet
+            why = r["speed"].get("partial", "no judge has finished")
+            out.append(f"| {m['name']} | {repo} | {settings(r['settings'])} | not judged yet ({why}) | | | | | | "
+                       f"— | {speed(r['speed'])} |")
+            continue
         out.append(" | ".join([f"| {m['name']}", repo, settings(r["settings"]), acc(oj.get("official")),
                                acc(dj.get("official")), acc(dj.get("ddkit")), acc(oj.get("ddkit")),
                                delta(dj.get("verdict")), delta(oj.get("verdict")),
