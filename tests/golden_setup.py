@@ -71,6 +71,24 @@ def setup():
                        arch_kw={"width": 8})
 
 
+#: the recover family on its batch unit (#26): run by units in one process and in two, the bytes must agree
+RECOVER_CASES = {"sre2l": {"ipc": 3, "iterations": 4}, "dwa": {"ipc": 3, "iterations": 4, "classes_per_batch": 4}}
+
+
+def bn_setup():
+    """digits train split and a seeded, untrained ConvNet-D1-BN teacher (width 8) with non-trivial running
+    statistics: the recover family matches BatchNorm statistics."""
+    ds, _ = setup()
+    torch.manual_seed(0)
+    net = create_model("convnet-d1-bn", ds.num_classes, ds.image_size, channels=ds.channels, width=8)
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.randn(64, ds.channels, ds.image_size, ds.image_size))
+    return ds, Teacher(net.eval(), "convnet-d1-bn", ds.classes, ds.mean, ds.std, ds.image_size,
+                       channels=ds.channels, arch_kw={"width": 8})
+
+
 def digest(t: torch.Tensor) -> str:
     t = t.detach().cpu().contiguous()
     return hashlib.sha256(str(t.dtype).encode() + str(tuple(t.shape)).encode()

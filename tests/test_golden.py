@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.golden_setup import FORCE_AVX2, REFERENCE, cpu_kind, hashes, outputs
+from tests.golden_setup import FORCE_AVX2, RECOVER_CASES, REFERENCE, bn_setup, cpu_kind, hashes, outputs
 
 _SELECTED = {"random": "ba31a0dab36bc45a", "rded": "23c04c0d56d09351", "herding": "cb97a954f01c9385",
              "cad-prune": "b551282a83934a93"}
@@ -107,3 +108,45 @@ def test_forced_avx2_kernels_stay_within_tolerance(tmp_path):
     if doc["kind"] in GOLDEN:
         assert doc["hashes"] == GOLDEN[doc["kind"]]
     check_against_reference(load_file(str(tmp_path / "forced.safetensors")), tuple(doc["accs"]))
+
+
+def test_unit_sharded_recover_equals_one_process(tmp_path):
+    """SRe2L / DWA work in batch units (IPC index × class group): two processes under gloo (what `torchrun
+    --nproc_per_node 2` sets up) write the units' parts and rank 0 merges; the set equals the one-process bytes,
+    because every unit draws from (seed, IPC index, group), never from the rank."""
+    from ddkit.distilled import DistilledSet
+    from ddkit.distributed import parts_dir_for, scan_unit_parts
+    from ddkit.methods import create_method
+
+    root = Path(__file__).resolve().parents[1]
+    runs = [[name, kw, str(tmp_path / name)] for name, kw in RECOVER_CASES.items()]
+    code = ("import sys, json, warnings, torch; torch.set_num_threads(1); warnings.simplefilter('ignore');"
+            f"sys.path.insert(0, {str(root)!r});"
+            "from tests.golden_setup import bn_setup; from ddkit.methods import create_method;"
+            "import ddkit.distributed as D; import ddkit.ranks as R; ds, t = bn_setup();"
+            f"runs = json.loads({json.dumps(runs)!r}); R.init_distributed();"
+            "[D.distill_sharded(create_method(n, **kw), ds, t, o, device='cpu', progress=False) for n, kw, o in runs];"
+            "R.cleanup_distributed()")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "CUDA_VISIBLE_DEVICES": ""}
+        log = open(tmp_path / f"rank{rank}.log", "w")
+        procs.append((subprocess.Popen([sys.executable, "-c", code], env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    for rank, (p, log) in enumerate(procs):
+        p.wait(timeout=300)
+        log.close()
+        assert p.returncode == 0, (tmp_path / f"rank{rank}.log").read_text()[-2000:]
+    torch.set_num_threads(1)
+    ds, teacher = bn_setup()
+    for name, kw, out in runs:
+        merged = DistilledSet.load(out)
+        ref = create_method(name, **kw)(ds, teacher, device="cpu", progress=False)
+        assert torch.equal(merged.images, ref.images) and torch.equal(merged.labels, ref.labels), name
+        shards = {h["shard"] for h in scan_unit_parts(parts_dir_for(out)).values()}
+        assert shards == {"0/2", "1/2"}  # really split by unit
+        assert merged.meta.get("source_indices") == ref.meta.get("source_indices")
+        assert [u["index"] for u in merged.meta["unit_meta"]] == [u["index"] for u in ref.meta["unit_meta"]]

@@ -167,10 +167,11 @@ def _toy_teacher():
 
 @pytest.mark.parametrize("method", ["sre2l", "cda", "dwa"])
 def test_class_result_does_not_depend_on_batch_mates(method):
+    """ddkit's unit=class variant (the default before #26): a class's images never depend on its batch-mates."""
     from ddkit.methods import create_method
 
     ds, t = _toy_teacher()
-    kw = dict(ipc=2, iterations=6, stat_images=8, seed=3)
+    kw = dict(ipc=2, iterations=6, stat_images=8, seed=3, unit="class", bn_target="class")
     together = create_method(method, classes_per_batch=4, **kw)(ds, t, device="cpu", progress=False)
     alone = create_method(method, classes_per_batch=1, **kw)(ds, t, device="cpu", progress=False)
     assert together.images.shape == (8, 3, 8, 8) and torch.equal(together.labels, torch.arange(4).repeat_interleave(2))

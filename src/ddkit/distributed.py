@@ -12,6 +12,11 @@ replace of `<output>` never touches unfinished work. It holds one safetensors fi
 A part is written to a temporary name, fsynced, then renamed: a truncated or corrupt part (size ≠
 header, bad JSON, bad checksum) is not done. Parts of another run (fingerprint) are an error.
 
+A method whose run works in batch units (`methods.base.Unit`: IPC index × class group, SRe2L's recover) writes
+one part per unit instead, `unit_ipc00003_cls00000.safetensors` (IPC index, first class of the group; the header
+says "unit" and how many units the run has), and shards, resumes and merges by unit: unit u of the run's sorted
+list belongs to shard u % n; its generators derive from (seed, IPC index, group), so the bytes are the same.
+
 Sharding: class c belongs to shard c % n (interleaved, so costly classes spread). (rank, world) come
 from `--shard i/n` or from torchrun's environment (`"RANK" in os.environ`, as nanoGPT). Seeds derive
 from (seed, class), never from the rank, so the result does not depend on the number of processes,
@@ -43,12 +48,13 @@ from tqdm.auto import tqdm
 from ddkit.config import to_dict
 from ddkit.data.base import ImageDataset
 from ddkit.distilled import DistilledSet
-from ddkit.methods.base import ClassResult, Method, assemble
+from ddkit.methods.base import ClassResult, Method, Unit, UnitResult, assemble, assemble_units
 from ddkit.ranks import barrier, dist_env, group_ready
 from ddkit.utils import DDKitError, get_device, peak_memory_mb, pid_alive, rank_cuda_device
 
 PART_FORMAT = "ddkit-part/1"
 _PART = re.compile(r"^class_(\d+)\.safetensors$")
+_UNIT_PART = re.compile(r"^unit_ipc(\d+)_cls(\d+)\.safetensors$")
 
 
 def parse_shard(spec: str) -> Tuple[int, int]:
@@ -74,6 +80,17 @@ def parts_dir_for(output: str | Path) -> Path:
 
 def part_path(parts_dir: str | Path, c: int) -> Path:
     return Path(parts_dir) / f"class_{c:05d}.safetensors"
+
+
+def unit_part_path(parts_dir: str | Path, u: Unit) -> Path:
+    return Path(parts_dir) / f"unit_{u.name}.safetensors"
+
+
+def shard_units(units: Sequence[Unit], rank: int, world: int) -> List[Unit]:
+    """Units of shard `rank` of `world`: the i-th unit of the sorted list where i % world == rank."""
+    if world < 1 or not 0 <= rank < world:
+        raise DDKitError(f"shard {rank}/{world} is invalid: need 0 ≤ rank < world")
+    return sorted(units, key=lambda u: u.key)[rank::world]
 
 
 def digest_tensors(tensors: Dict[str, torch.Tensor], h: Any = None) -> str:
@@ -125,18 +142,38 @@ def scan_parts(parts_dir: str | Path) -> Dict[int, Optional[Dict[str, Any]]]:
     return out
 
 
-def write_part(parts_dir: str | Path, r: ClassResult, header: Dict[str, Any]) -> Path:
-    """Write class r.cls atomically (temporary name, fsync, rename) and return its path."""
+def scan_unit_parts(parts_dir: str | Path) -> Dict[Tuple[int, int], Optional[Dict[str, Any]]]:
+    """{(IPC index, first class): header, or None when incomplete/corrupt} of every unit part in `parts_dir`."""
+    out: Dict[Tuple[int, int], Optional[Dict[str, Any]]] = {}
+    for p in sorted(Path(parts_dir).glob("unit_*.safetensors")):
+        m = _UNIT_PART.match(p.name)
+        if m:
+            key = (int(m.group(1)), int(m.group(2)))
+            h = read_header(p)
+            ok = h is not None and h.get("unit") is not None and tuple(Unit(*_unit_fields(h)).key) == key
+            out[key] = h if ok else None
+    return out
+
+
+def _unit_fields(header: Dict[str, Any]) -> Tuple[int, Tuple[int, ...]]:
+    index, classes = header["unit"]
+    return int(index), tuple(int(c) for c in classes)
+
+
+def write_part(parts_dir: str | Path, r: ClassResult | UnitResult, header: Dict[str, Any]) -> Path:
+    """Write class r.cls (or unit r.unit) atomically (temporary name, fsync, rename) and return its path."""
     tensors = {"images": r.images.float().contiguous(), "labels": r.labels.long().contiguous()}
     tensors.update({f"soft.{k}": v.contiguous() for k, v in r.soft.items()})
     tensors.update({f"extra.{k}": v.contiguous() for k, v in r.extras.items()})
     tensors.update({f"set.{k}": v.contiguous() for k, v in r.set_tensors.items()})
     dev = torch.device(header.get("device", "cpu"))
-    head = {**header, "class": r.cls, "class_meta": r.meta, "set_meta": r.set_meta, "checksum": digest_tensors(tensors),
+    which = ({"unit": [r.unit.index, list(r.unit.classes)], "unit_meta": r.meta} if isinstance(r, UnitResult)
+             else {"class": r.cls, "class_meta": r.meta})
+    head = {**header, **which, "set_meta": r.set_meta, "checksum": digest_tensors(tensors),
             "seconds": None if math.isnan(r.seconds) else r.seconds, "peak_memory_mb": peak_memory_mb(dev),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     data = save(tensors, metadata={"ddkit_part": json.dumps(head, default=str)})
-    path = part_path(parts_dir, r.cls)
+    path = unit_part_path(parts_dir, r.unit) if isinstance(r, UnitResult) else part_path(parts_dir, r.cls)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -176,14 +213,15 @@ def _part_header(method: Method, dataset: ImageDataset, teacher: Any, dev: torch
 def distill_parts(method: Method, dataset: ImageDataset, teacher: Any, parts_dir: str | Path,
                   classes: Optional[Sequence[int]] = None, *, resume: bool = False, overwrite: bool = False,
                   device: str | torch.device | None = None, progress: bool = True, shard: str = "0/1",
-                  extra_meta: Optional[Dict[str, Any]] = None) -> List[int]:
-    """Run `method` on `classes` (default all), writing one part per class as the method yields it.
+                  extra_meta: Optional[Dict[str, Any]] = None, units: Optional[Sequence[Unit]] = None) -> List[Any]:
+    """Run `method` on `classes` (default all), writing one part per class as the method yields it; a method
+    whose run works in batch units runs `units` (default all of the run's) and writes one part per unit.
 
     resume: skip classes whose part exists and is complete. overwrite: discard this run's classes'
     parts and any part of a different run first. Without either, existing parts are an error, except a
     finished run's (every class complete, same fingerprint), which are reused as they are. A run refused
     before its first part removes the OUTPUT.parts/ folder it created.
-    extra_meta (JSON-safe) goes into every part and the merged meta. Returns the classes computed.
+    extra_meta (JSON-safe) goes into every part and the merged meta. Returns the classes (or units) computed.
     """
     dev = device if isinstance(device, torch.device) else get_device(device)
     classes = list(range(dataset.num_classes)) if classes is None else sorted(int(c) for c in classes)
@@ -192,6 +230,10 @@ def distill_parts(method: Method, dataset: ImageDataset, teacher: Any, parts_dir
     created = not parts_dir.exists()
     parts_dir.mkdir(parents=True, exist_ok=True)
     try:
+        every = method.units(dataset)
+        if every is not None:
+            return _distill_unit_parts(method, dataset, teacher, parts_dir, every, units, resume, overwrite, dev,
+                                       progress, shard, extra_meta)
         return _distill_parts(method, dataset, teacher, parts_dir, classes, resume, overwrite, dev, progress, shard,
                               extra_meta)
     except BaseException:
@@ -228,6 +270,8 @@ def _distill_parts(method: Method, dataset: ImageDataset, teacher: Any, parts_di
         elif h is not None and c in mine and not resume:
             raise DDKitError(f"{parts_dir} already holds finished classes of this run: pass --resume to keep "
                              f"them or --overwrite to start over")
+    _other_kind(parts_dir, scan_unit_parts(parts_dir), overwrite,
+                lambda k: unit_part_path(parts_dir, Unit(k[0], (k[1],))), "batch-unit")
     done = {c for c, h in scan_parts(parts_dir).items() if h is not None and h["fingerprint"] == fp}
     todo = [c for c in classes if c not in done]
     if not todo:
@@ -241,6 +285,106 @@ def _distill_parts(method: Method, dataset: ImageDataset, teacher: Any, parts_di
     for r in bar:
         write_part(parts_dir, r, header)  # on disk before the next class starts: a kill loses one class at most
     return todo
+
+
+def _distill_unit_parts(method: Method, dataset: ImageDataset, teacher: Any, parts_dir: Path, every: List[Unit],
+                        units: Optional[Sequence[Unit]], resume: bool, overwrite: bool, dev: torch.device,
+                        progress: bool, shard: str, extra_meta: Optional[Dict[str, Any]]) -> List[Unit]:
+    """_distill_parts for a method whose run works in batch units: the same rules, one part per unit."""
+    mine = sorted(every if units is None else units, key=lambda u: u.key)
+    for u in mine:  # temporary files left by a killed writer of one of our units
+        for tmp in parts_dir.glob(f".{unit_part_path(parts_dir, u).name}.tmp-*"):
+            tmp.unlink(missing_ok=True)
+    fp = run_fingerprint(method, dataset, teacher)
+    keys = {u.key for u in mine}
+    if not overwrite and _units_finished(scan_unit_parts(parts_dir), fp, len(every)):
+        return []  # a finished run's parts are reused as they are (#25), as for class parts
+    for key, h in sorted(scan_unit_parts(parts_dir).items()):
+        stale = h is not None and h["fingerprint"] != fp
+        if overwrite and (key in keys or stale):
+            unit_part_path(parts_dir, Unit(key[0], (key[1],))).unlink(missing_ok=True)
+        elif stale:
+            raise DDKitError(f"{parts_dir} holds parts of a different run ({h['method']}, fingerprint "
+                             f"{h['fingerprint']} ≠ {fp}): use another --output, or --overwrite to discard them")
+        elif h is not None and key in keys and not resume:
+            raise DDKitError(f"{parts_dir} already holds finished units of this run: pass --resume to keep "
+                             f"them or --overwrite to start over")
+    _other_kind(parts_dir, scan_parts(parts_dir), overwrite, lambda c: part_path(parts_dir, c), "per-class")
+    done = {k for k, h in scan_unit_parts(parts_dir).items() if h is not None and h["fingerprint"] == fp}
+    todo = [u for u in mine if u.key not in done]
+    if not todo:
+        return []
+    header = {**_part_header(method, dataset, teacher, dev, fp, shard, extra_meta), "units_total": len(every)}
+    bar = tqdm(method.run_units(dataset, teacher, units=todo, device=dev, progress=progress), total=len(todo),
+               desc=method.name, unit="batch", disable=not progress, dynamic_ncols=True, mininterval=1.0)
+    for r in bar:
+        write_part(parts_dir, r, header)  # on disk before the next unit starts: a kill loses one unit at most
+    return todo
+
+
+def _other_kind(parts_dir: Path, headers: Dict[Any, Any], overwrite: bool, path: Any, what: str) -> None:
+    """Parts of the other kind (class vs batch unit) belong to another run: discarded with --overwrite."""
+    if headers and not overwrite:
+        raise DDKitError(f"{parts_dir} holds {what} parts of another run: use another --output, or --overwrite "
+                         f"to discard them")
+    for key in headers:
+        path(key).unlink(missing_ok=True)
+
+
+def _units_finished(headers: Dict[Tuple[int, int], Optional[Dict[str, Any]]], fp: str, total: int) -> bool:
+    """Every unit of the run has a complete part of this very run (fingerprint)."""
+    good = [h for h in headers.values() if h is not None and h["fingerprint"] == fp]
+    return len(good) == total and len(good) == len(headers)
+
+
+def _complete(parts_dir: Path) -> bool:
+    """Whether `parts_dir` holds a complete set of parts (every class, or every unit of the run)."""
+    units = scan_unit_parts(parts_dir)
+    if units:
+        total = next((int(h["units_total"]) for h in units.values() if h is not None), None)
+        return total is not None and all(h is not None for h in units.values()) and len(units) == total
+    headers = scan_parts(parts_dir)
+    k = next((int(h["num_classes"]) for h in headers.values() if h is not None), None)
+    return k is not None and all(headers.get(c) is not None for c in range(k))
+
+
+def _merge_units(parts_dir: Path, headers: Dict[Tuple[int, int], Optional[Dict[str, Any]]]
+                 ) -> Tuple[DistilledSet, Dict[str, Any]]:
+    """The set of a complete run of unit parts, and the first part's header."""
+    if any(h is None for h in headers.values()):
+        bad = [f"ipc {i} class {c}" for (i, c), h in headers.items() if h is None][:10]
+        raise DDKitError(f"unit part(s) {bad} in {parts_dir} are incomplete or corrupt: rerun with --resume")
+    first = headers[min(headers)]
+    fps = {h["fingerprint"] for h in headers.values()}
+    if len(fps) > 1:
+        raise DDKitError(f"{parts_dir} mixes parts of {len(fps)} different runs ({', '.join(sorted(fps))}): "
+                         f"delete the stale ones and rerun their units")
+    total = int(first["units_total"])
+    if len(headers) != total:
+        raise DDKitError(f"{total - len(headers)} of {total} units have no part yet: run the remaining shards "
+                         f"(with --resume) before merging")
+    results = []
+    for key in sorted(headers):
+        h, t = read_part(unit_part_path(parts_dir, Unit(key[0], (key[1],))))
+        soft = {n.split(".", 1)[1]: v for n, v in t.items() if n.startswith("soft.")}
+        extras = {n.split(".", 1)[1]: v for n, v in t.items() if n.startswith("extra.")}
+        results.append(UnitResult(Unit(*_unit_fields(h)), t["images"], soft=soft, extras=extras,
+                                  meta=h.get("unit_meta") or {}, set_meta=h.get("set_meta") or {},
+                                  seconds=math.nan if h.get("seconds") is None else float(h["seconds"])))
+    facts = _merged_facts(first, headers.values(), parts_dir, [r.seconds for r in results])
+    return assemble_units(results, first["classes"], first["mean"], first["std"], facts), first
+
+
+def _merged_facts(first: Dict[str, Any], headers: Any, parts_dir: Path, seconds: Sequence[float]) -> Dict[str, Any]:
+    """The merged set's run facts: the first part's, summed compute time, largest peak memory, hosts."""
+    hs = list(headers)
+    facts = {key: first[key] for key in ("method", "config", "ipc", "seed", "dataset", "split", "device",
+                                         "teacher", "teacher_arch", "native") if key in first}
+    secs = [x for x in seconds if not math.isnan(x)]
+    facts.update(fingerprint=first["fingerprint"], wall_seconds=float(sum(secs)),
+                 peak_memory_mb=max(h.get("peak_memory_mb") or 0.0 for h in hs),
+                 hosts=sorted({h["host"] for h in hs}), merged_from=str(parts_dir), **first.get("extra_meta", {}))
+    return facts
 
 
 def merge_parts(parts_dir: str | Path, output: str | Path | None = None, overwrite: bool = False,
@@ -257,6 +401,11 @@ def merge_parts(parts_dir: str | Path, output: str | Path | None = None, overwri
     output = Path(output) if output is not None else parts_dir.with_name(parts_dir.name[:-len(".parts")])
     if output.exists() and not overwrite:
         raise FileExistsError(f"output {output} exists; pass --overwrite to replace it")
+    unit_headers = scan_unit_parts(parts_dir)
+    if unit_headers:
+        ds, _ = _merge_units(parts_dir, unit_headers)
+        ds.save(output, overwrite=overwrite, pngs=pngs)
+        return ds
     headers = scan_parts(parts_dir)
     if not headers:
         raise FileNotFoundError(f"no class parts in {parts_dir}: run `ddkit distill … --shard i/n` (or torchrun) first")
@@ -273,7 +422,7 @@ def merge_parts(parts_dir: str | Path, output: str | Path | None = None, overwri
     if missing:
         raise DDKitError(f"{len(missing)} of {k} classes have no part yet (e.g. {missing[:10]}): run the remaining "
                          f"shards (with --resume) before merging")
-    results, peaks = [], []
+    results = []
     for c in range(k):
         h, t = read_part(part_path(parts_dir, c))
         soft = {n.split(".", 1)[1]: v for n, v in t.items() if n.startswith("soft.")}
@@ -282,13 +431,7 @@ def merge_parts(parts_dir: str | Path, output: str | Path | None = None, overwri
         results.append(ClassResult(c, t["images"], soft=soft, extras=extras, meta=h.get("class_meta") or {},
                                    set_meta=h.get("set_meta") or {}, set_tensors=whole, labels=t["labels"],
                                    seconds=math.nan if h.get("seconds") is None else float(h["seconds"])))
-        peaks.append(h.get("peak_memory_mb") or 0.0)
-    facts = {key: first[key] for key in ("method", "config", "ipc", "seed", "dataset", "split", "device",
-                                         "teacher", "teacher_arch", "native") if key in first}
-    secs = [r.seconds for r in results if not math.isnan(r.seconds)]
-    facts.update(fingerprint=first["fingerprint"], wall_seconds=float(sum(secs)), peak_memory_mb=max(peaks),
-                 hosts=sorted({h["host"] for h in headers.values()}), merged_from=str(parts_dir),
-                 **first.get("extra_meta", {}))
+    facts = _merged_facts(first, headers.values(), parts_dir, [r.seconds for r in results])
     ds = assemble(results, first["classes"], first["mean"], first["std"], facts)
     ds.save(output, overwrite=overwrite, pngs=pngs)
     return ds
@@ -308,9 +451,7 @@ def _lock_owner_alive(lock: Path) -> bool:
 def _try_merge_once(parts_dir: Path, output: Path, overwrite: bool) -> Optional[DistilledSet]:
     """Merge when every class is present; a lock file (pid@host) lets only one of several finishing shards
     do it, and a lock whose owner is gone (killed mid-merge) is broken, so a resumed run still merges."""
-    headers = scan_parts(parts_dir)
-    k = next((int(h["num_classes"]) for h in headers.values() if h is not None), None)
-    if k is None or any(headers.get(c) is None for c in range(k)):
+    if not _complete(parts_dir):
         return None
     lock = parts_dir / ".merge.lock"
     for _ in range(2):
@@ -364,9 +505,11 @@ def distill_sharded(method: Method, dataset: ImageDataset, teacher: Any, output:
     if dev.type == "cuda" and env.torchrun and dev.index is None:
         dev = rank_cuda_device()  # one GPU per local rank (LOCAL_RANK mod the GPUs this process sees)
     parts = parts_dir_for(out)
-    classes = shard_classes(dataset.num_classes, rank, world)
+    every = method.units(dataset)
+    classes = shard_classes(dataset.num_classes, rank, world) if every is None else None
+    units = shard_units(every, rank, world) if every is not None else None
     distill_parts(method, dataset, teacher, parts, classes, resume=resume, overwrite=overwrite, device=dev,
-                  progress=progress and rank == 0, shard=f"{rank}/{world}", extra_meta=extra_meta)
+                  progress=progress and rank == 0, shard=f"{rank}/{world}", extra_meta=extra_meta, units=units)
     if multi:
         barrier()  # every rank's parts are on disk
         result = merge_parts(parts, out, overwrite=overwrite) if merge and rank == 0 else None

@@ -83,7 +83,63 @@ class ClassResult:
                                    else float(self.seconds))
 
 
-MethodFn = Callable[..., Iterator[ClassResult]]
+@dataclass(frozen=True)
+class Unit:
+    """A batch unit of work: IPC index `index` of the class group `classes` (one row per class, in this order)."""
+
+    index: int
+    classes: Tuple[int, ...]
+
+    @property
+    def key(self) -> Tuple[int, int]:
+        """(IPC index, first class): unique within a run, the part file's name and the sort order."""
+        return (int(self.index), int(self.classes[0]))
+
+    @property
+    def name(self) -> str:
+        return f"ipc{self.index:05d}_cls{self.classes[0]:05d}"
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    """One finished batch unit: images has one row per class of `unit.classes` (same order); soft / extras are
+    per-row tensors; meta: JSON-safe facts of the unit (→ meta["unit_meta"], a list over units); set_meta as
+    ClassResult's; seconds: measured by the driver when left NaN."""
+
+    unit: Unit
+    images: torch.Tensor
+    soft: Dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    extras: Dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    meta: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    set_meta: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    seconds: float = math.nan
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.tensor(self.unit.classes, dtype=torch.long)
+
+    def on_cpu(self, seconds: float) -> "UnitResult":
+        """A copy with CPU tensors (images float32) and `seconds` set when unknown."""
+        if len(self.images) != len(self.unit.classes):
+            raise DDKitError(f"unit {self.unit.name}: {len(self.images)} images for {len(self.unit.classes)} classes")
+        cpu = lambda d: {k: v.detach().cpu() for k, v in d.items()}  # noqa: E731
+        return dataclasses.replace(self, images=self.images.detach().float().cpu(), soft=cpu(self.soft),
+                                   extras=cpu(self.extras), seconds=seconds if math.isnan(self.seconds)
+                                   else float(self.seconds))
+
+
+def ipc_units(num_classes: int, ipc: int, group: int) -> List[Unit]:
+    """Every (IPC index × class group) unit: groups of `group` consecutive classes (the last may be smaller), in
+    the official loop order — IPC index outer, groups inner (SRe2L recover/data_synthesis.py:34-37, 224-227)."""
+    if group < 1:
+        raise DDKitError(f"a class group needs at least one class, got {group}")
+    return [Unit(i, tuple(range(a, min(a + group, num_classes))))
+            for i in range(ipc) for a in range(0, num_classes, group)]
+
+
+MethodFn = Callable[..., Iterator[Any]]
+#: (dataset, config) -> the run's units, or None when this configuration works class by class
+UnitsFn = Callable[[ImageDataset, "MethodConfig"], Optional[List[Unit]]]
 
 
 #: What a method may need besides a dataset and a teacher, by the name it declares (`needs=`). A driver that
@@ -110,6 +166,7 @@ class MethodSpec:
     # the evaluation protocol of the method's paper, by name (`ddkit evaluate --protocol native` reads it from
     # the set's meta "native", never from the method's name); "" = not declared
     native: str = ""
+    units: Optional[UnitsFn] = None  # batch units (IPC index × class group) instead of classes, per config
 
 
 METHODS: Registry[MethodSpec] = Registry("method")
@@ -117,7 +174,8 @@ METHODS: Registry[MethodSpec] = Registry("method")
 
 def register_method(name: str, config: Type[MethodConfig] = MethodConfig, aliases: Sequence[str] = (),
                     needs_teacher: bool = False, class_separable: bool = True, needs: Sequence[str] = (),
-                    quick: Optional[Mapping[str, Any]] = None, native: str = "") -> Callable[[MethodFn], MethodFn]:
+                    quick: Optional[Mapping[str, Any]] = None, native: str = "",
+                    units: Optional[UnitsFn] = None) -> Callable[[MethodFn], MethodFn]:
     """Decorator: register a condensation method under `name` (+ peers' spellings as aliases).
 
     The function's signature is `fn(dataset, teacher, cfg, classes, *, device, progress)` and it yields
@@ -125,6 +183,8 @@ def register_method(name: str, config: Type[MethodConfig] = MethodConfig, aliase
     what else it must be given (keys of NEEDS, e.g. "bn-teacher"); `quick` holds config options for a small
     but real run (checked against the config's fields here, so a typo fails at import, not in the demo);
     `native` names its paper's evaluation protocol (`ddkit protocols`), written into every set's meta.
+    `units(dataset, cfg)` declares the batch unit of work: when it returns a list of `Unit`s the function is
+    given those units instead of classes and yields one `UnitResult` per unit.
     """
     quick_items = tuple(sorted((quick or {}).items()))
     bad = sorted(set(k for k, _ in quick_items) - set(option_names(config)))
@@ -135,7 +195,7 @@ def register_method(name: str, config: Type[MethodConfig] = MethodConfig, aliase
         doc = (fn.__doc__ or "").strip().splitlines()
         METHODS.register(name, aliases=aliases, obj=MethodSpec(name, fn, config, needs_teacher,
                                                                doc[0] if doc else "", class_separable,
-                                                               tuple(needs), quick_items, native))
+                                                               tuple(needs), quick_items, native, units))
         return fn
 
     return deco
@@ -208,6 +268,39 @@ def assemble(results: Sequence[ClassResult], classes: Sequence[str], mean: Seque
                         list(mean), list(std), soft=soft, meta=out, zca=zca)
 
 
+def _rows(got: Sequence[Tuple[UnitResult, int]], attr: str) -> Dict[str, torch.Tensor]:
+    """One class's rows of the per-row tensors `attr` ("soft" or "extras") of its units, in unit order."""
+    return {k: torch.stack([getattr(r, attr)[k][j] for r, j in got]) for k in getattr(got[0][0], attr)}
+
+
+def assemble_units(results: Sequence[UnitResult], classes: Sequence[str], mean: Sequence[float],
+                   std: Sequence[float], meta: Optional[Dict[str, Any]] = None) -> DistilledSet:
+    """The DistilledSet of finished batch units: each class's rows in (IPC index, unit) order, classes in order,
+    so the bytes never depend on the order in which (or the process by which) units finished.
+
+    Per-unit meta becomes meta["unit_meta"] (a list in unit order, each with its index and classes); a class's
+    seconds are its share of the time of every unit it was in.
+    """
+    if not results:
+        raise DDKitError("no unit was run: the method was given (or yielded) no units")
+    rs = sorted(results, key=lambda r: r.unit.key)
+    rows: Dict[int, List[Tuple[UnitResult, int]]] = {}
+    for r in rs:
+        for j, c in enumerate(r.unit.classes):
+            rows.setdefault(int(c), []).append((r, j))
+    per_class = []
+    for c in sorted(rows):
+        got = rows[c]
+        secs = [r.seconds / len(r.unit.classes) for r, _ in got if not math.isnan(r.seconds)]
+        per_class.append(ClassResult(c, torch.stack([r.images[j] for r, j in got]), soft=_rows(got, "soft"),
+                                     extras=_rows(got, "extras"), set_meta={k: v for r, _ in got for k, v in r.set_meta.items()},
+                                     labels=torch.full((len(got),), c, dtype=torch.long),
+                                     seconds=float(sum(secs)) if secs else math.nan))
+    units_meta = [{"index": r.unit.index, "classes": [r.unit.classes[0], r.unit.classes[-1]],
+                   "seconds": None if math.isnan(r.seconds) else r.seconds, **r.meta} for r in rs]
+    return assemble(per_class, classes, mean, std, {"unit": "batch", "unit_meta": units_meta, **(meta or {})})
+
+
 class Method:
     """A method bound to a frozen config; call it on a dataset (and teacher) to get a DistilledSet."""
 
@@ -237,13 +330,53 @@ class Method:
         if not self.spec.class_separable and todo != list(range(k)):
             raise DDKitError(f"method {self.name!r} couples classes (class_separable=False): it runs on all "
                              f"classes at once, not on a shard; parallelise over seeds instead")
+        if todo != list(range(k)) and self.units(dataset) is not None:
+            raise DDKitError(f"method {self.name!r} works in batches of (IPC index × class group) that mix the "
+                             f"classes: run it on all classes (its shards split the batches), or per class with "
+                             f"its unit=class variant")
         return todo
+
+    def units(self, dataset: ImageDataset) -> Optional[List[Unit]]:
+        """Every batch unit of this run (IPC index × class group), or None when it works class by class."""
+        return self.spec.units(dataset, self.config) if self.spec.units is not None else None
+
+    def run_units(self, dataset: ImageDataset, teacher: Any = None, *, units: Optional[Sequence[Unit]] = None,
+                  device: str | torch.device | None = None, progress: bool = True) -> Iterator[UnitResult]:
+        """Yield the result of each batch unit of `units` (default all) as it finishes, on the CPU."""
+        dev = device if isinstance(device, torch.device) else get_device(device)
+        self.check(dataset, teacher, None)
+        every = self.units(dataset)
+        if every is None:
+            raise DDKitError(f"method {self.name!r} works class by class in this configuration: use run()")
+        todo = sorted(every if units is None else units, key=lambda u: u.key)
+        known = {u.key: u for u in every}
+        bad = [u.name for u in todo if known.get(u.key) != u]
+        if bad:
+            raise DDKitError(f"unit(s) {bad[:5]} are not units of this run of {self.name!r}")
+        want = {u.key for u in todo}
+        seen: set = set()
+        t = time.perf_counter()
+        for r in self.spec.fn(dataset, teacher, self.config, list(todo), device=dev, progress=progress):
+            key = r.unit.key if isinstance(r, UnitResult) else None
+            if key not in want or key in seen:
+                raise DDKitError(f"method {self.name!r} yielded unit {getattr(r, 'unit', r)}, which it was not "
+                                 f"asked for (or twice)")
+            seen.add(key)
+            now = time.perf_counter()
+            yield r.on_cpu(now - t)
+            t = time.perf_counter()  # time spent by the consumer (e.g. writing a part) is not the unit's
+        missing = [u.name for u in todo if u.key not in seen]
+        if missing:
+            raise DDKitError(f"method {self.name!r} yielded no result for unit(s) {missing[:10]}")
 
     def run(self, dataset: ImageDataset, teacher: Any = None, *, classes: Optional[Sequence[int]] = None,
             device: str | torch.device | None = None, progress: bool = True) -> Iterator[ClassResult]:
-        """Yield the method's result for each class of `classes` (default all) as it finishes, on the CPU."""
+        """Yield the method's result for each class of `classes` (default all) as it finishes, on the CPU
+        (a method whose run works in batch units goes through `run_units`)."""
         dev = device if isinstance(device, torch.device) else get_device(device)
         todo = self.check(dataset, teacher, classes)
+        if self.units(dataset) is not None:
+            raise DDKitError(f"method {self.name!r} works in batch units in this configuration: use run_units()")
         seen: set = set()
         t = time.perf_counter()
         for r in self.spec.fn(dataset, teacher, self.config, list(todo), device=dev, progress=progress):
@@ -272,11 +405,18 @@ class Method:
         todo = self.check(dataset, teacher, classes)
         reset_peak_memory(dev)
         t0 = time.perf_counter()
-        bar = tqdm(self.run(dataset, teacher, classes=todo, device=dev, progress=progress), total=len(todo),
-                   desc=self.name, unit="class", disable=not progress, dynamic_ncols=True, mininterval=1.0)
+        units = self.units(dataset)
+        if units is not None:
+            bar = tqdm(self.run_units(dataset, teacher, device=dev, progress=progress), total=len(units),
+                       desc=self.name, unit="batch", disable=not progress, dynamic_ncols=True, mininterval=1.0)
+        else:
+            bar = tqdm(self.run(dataset, teacher, classes=todo, device=dev, progress=progress), total=len(todo),
+                       desc=self.name, unit="class", disable=not progress, dynamic_ncols=True, mininterval=1.0)
         results = list(bar)
         facts = self.facts(dataset, teacher, dev)
         facts.update(wall_seconds=time.perf_counter() - t0, peak_memory_mb=peak_memory_mb(dev))
+        if units is not None:
+            return assemble_units(results, dataset.classes, dataset.mean, dataset.std, facts)
         return assemble(results, dataset.classes, dataset.mean, dataset.std, facts)
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -190,12 +190,14 @@ def apply_views(x: torch.Tensor, views: Dict[str, torch.Tensor], groups: int) ->
 def recover(model: nn.Module, x0: torch.Tensor, y: torch.Tensor, groups: int,
             targets: Sequence[Tuple[torch.Tensor, torch.Tensor]], gens: Sequence[torch.Generator],
             spec: RecoverSpec, bounds: Tuple[torch.Tensor, torch.Tensor], *, progress: bool = False,
-            desc: str = "recover") -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+            desc: str = "recover", at_start: Optional[Callable[[torch.Tensor], None]] = None
+            ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Optimise `x0` (B×C×H×W, normalised, rows grouped contiguously into `groups` equal groups) through
     the frozen eval-mode `model`; returns the last iterate and per-group curves (ce, bn: G×points).
 
     targets: per BN layer (mean G×C, var G×C); gens: one generator per group; bounds: per-channel
-    (low, high) of the valid normalised range (C each).
+    (low, high) of the valid normalised range (C each). at_start(view): called once with iteration 0's
+    (detached) view before its forward — DWA moves the teacher's weights there (distillation_cifar.py:61-66).
     """
     if len(gens) != groups:
         raise ValueError(f"need one generator per group ({groups}), got {len(gens)}")
@@ -217,6 +219,8 @@ def recover(model: nn.Module, x0: torch.Tensor, y: torch.Tensor, groups: int,
             for pg in opt.param_groups:  # cosine without warm-up, set before the step (SRe2L utils.py:24-34)
                 pg["lr"] = 0.5 * (1.0 + math.cos(math.pi * it / spec.iterations)) * spec.lr
             view = apply_views(x, _draw_views(gens, spec, it, hw), groups)
+            if it == 0 and at_start is not None:
+                at_start(view.detach())
             out = model(view)
             ce = F.cross_entropy(out.float(), y, reduction="none").reshape(groups, -1).mean(1)
             bn = bn_loss(hooks.stats, targets, spec.first_bn_multiplier, spec.r_var)

@@ -1,36 +1,40 @@
 """`sre2l` and `cda`: SRe2L recover (BN-statistic matching from noise) and CDA's curriculum crops.
 
-SRe2L (peers.md §3.2): images start as N(0, 1) noise in the teacher's normalised space and are
-optimised for CE(teacher(view), y) + r_bn·BN-statistics term (+ optional TV/L2) through the frozen
-teacher; one random view per iteration (RandomResizedCrop + flip where the preset has crops, then a
-roll of 0..jitter px), Adam(0.5, 0.9), cosine lr, clip each step, keep the last iterate. The engine
-and the exact loss are in `ddkit.methods.recover`.
-CDA (matching-synthesis.md §7): the same, with the RandomResizedCrop lower scale annealed from 1.0
-to 0.08 over milestone·iterations (cosine / linear / step), `recover.cda_min_scale`.
+SRe2L as its authors ran it (VILA-Lab/SRe2L@8d00cba, `SRe2L/*small_dataset/recover_cifar.py` for CIFAR,
+`SRe2L/recover/data_synthesis.py` for ImageNet-1K): the unit of work is one batch per IPC index holding one
+image of every class of a group (all classes when there are at most 100, groups of 100 classes for ImageNet-1K:
+`--batch-size 100`). The batch starts as N(0, 1) noise in the teacher's normalised space and is optimised for
+CE(teacher(view), y) + r_bn·Σ_l m_l (‖μ_l − running_mean_l‖ + ‖σ²_l − running_var_l‖), with ONE set of
+BatchNorm batch statistics over the whole mixed-class batch matched to the teacher's running statistics (no
+real data); one view per iteration for the whole batch (a roll of 0..jitter px, after a RandomResizedCrop +
+flip where the preset has them), Adam(0.5, 0.9), cosine lr, clip each step, keep the last iterate. The engine
+and the exact loss are in `ddkit.methods.recover`; the driver (`methods.base`) runs, shards and resumes by
+unit, and every unit draws from a generator of (seed, method, ipc index, group), so the set's bytes do not
+depend on how units are spread over processes.
+CDA (matching-synthesis.md §7): the same, with the RandomResizedCrop lower scale annealed from 1.0 to 0.08
+over milestone·iterations (cosine / linear / step), `recover.cda_min_scale`.
 
-Class separability (why the result of a class never depends on its batch-mates): BN statistics are
-taken per class group (the class's `ipc` images), never across classes; views and the noise init
-come from a generator seeded by (seed, method, class). `bn_target` picks what a group is matched to:
-"class" (default): the mean statistics of groups of `ipc` real images of the same class (what a real
-group of that size looks like; the teacher's running statistics mix all classes, which a one-class
-group cannot match), or "running": the teacher's running statistics, as SRe2L, which needs no real
-data. SRe2L itself batches 100 classes × 1 image per step; `classes_per_batch` keeps the batching
-(throughput) but, by the rule above, changes no result.
+ddkit's variants (named options, not what the papers ran): `unit=class` optimises each class's `ipc` images as
+their own group, with BN statistics per class (so a class never depends on another), and `bn_target=class`
+(with unit=class) matches those to the mean statistics of real groups of `ipc` images of the class instead of
+the running statistics. `unit=class bn_target=class` is ddkit's behaviour before issue #26.
 """
 from __future__ import annotations
 
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 from ddkit.config import field
 from ddkit.data.base import ImageDataset, to_float
-from ddkit.methods.base import ClassResult, MethodConfig, check_ipc, register_method
-from ddkit.methods.recover import RecoverSpec, class_targets, recover, require_bn, valid_bounds
+from ddkit.methods.base import (ClassResult, MethodConfig, Unit, UnitResult, check_ipc, ipc_units,
+                                register_method)
+from ddkit.methods.recover import (RecoverSpec, adjust_weights, bn_layers, class_targets, recover, require_bn,
+                                   restore_weights, valid_bounds)
 from ddkit.teachers.frozen import FrozenTeacher
 from ddkit.utils import DDKitError, make_generator
 
@@ -38,8 +42,9 @@ from ddkit.utils import DDKitError, make_generator
 PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
     "sre2l": {
         "cifar": dict(iterations=1000, lr=0.25, r_bn=0.01, jitter=4, rrc=False, flip=False,
-                      source="SRe2L small_dataset recover_cifar.sh (CIFAR-100): 1000 it, lr 0.25, r_bn 0.01, "
-                             "roll 0-4, no RRC (peers.md §3.5)"),
+                      source="SRe2L@8d00cba small_dataset recover_cifar.sh (CIFAR-100): 1000 it, lr 0.25, r_bn "
+                             "0.01, batch 100; recover_cifar.py:79-81 one roll 0-4 per batch, no RRC/flip; "
+                             ":216 first BN x10 (peers.md §3.5)"),
         "tiny": dict(iterations=4000, lr=0.1, r_bn=1.0, jitter=4, rrc=True, flip=True,
                      source="SRe2L Tiny-ImageNet: 4000 it, lr 0.1, r_bn 1.0, roll ±4, RRC(64) (peers.md §3.5)"),
         "imagenet": dict(iterations=4000, lr=0.25, r_bn=0.01, jitter=32, rrc=True, flip=True,
@@ -82,10 +87,15 @@ class RecoverConfig(MethodConfig):
     rrc: Optional[bool] = field(None, "RandomResizedCrop each step (preset: off for CIFAR, on for Tiny/IN-1K)")
     flip: Optional[bool] = field(None, "random horizontal flip each step (preset: with the RRC)")
     rrc_min: float = field(0.08, "smallest RandomResizedCrop area fraction (torchvision default, as SRe2L)")
-    classes_per_batch: int = field(0, "classes optimised in one forward pass; 0 = max(1, 100 // ipc), i.e. about "
-                                      "SRe2L's 100 images per step; throughput only: BN statistics are per class")
-    bn_target: str = field("class", "class: match the statistics of real groups of ipc images of the class; "
-                                    "running: the teacher's running statistics (SRe2L, data-free)")
+    unit: str = field("batch", "batch: one batch per IPC index with one image of every class of a group and ONE "
+                               "set of BN statistics over it (the official recover); class: ddkit's variant, each "
+                               "class's ipc images a group of their own with per-class BN statistics")
+    classes_per_batch: int = field(0, "unit=batch: classes per batch, 0 = min(classes, 100) (SRe2L --batch-size "
+                                      "100: all of CIFAR's, groups of 100 for ImageNet-1K); unit=class: classes "
+                                      "per forward pass, 0 = max(1, 100 // ipc), throughput only")
+    bn_target: str = field("running", "running: the teacher's running statistics (SRe2L, no real data); class "
+                                      "(with unit=class, ddkit's variant): the mean statistics of real groups of "
+                                      "ipc images of the class")
     stat_images: int = field(256, "real images per class for bn_target=class")
     init: str = field("noise", "noise: N(0,1) in normalised space (SRe2L); real: real images of the class (DWA)")
 
@@ -117,7 +127,12 @@ def resolve_spec(cfg: RecoverConfig, method: str, image_size: int,
         if v is not None:
             p[k] = v
     if cfg.bn_target not in ("class", "running"):
-        raise DDKitError(f"unknown bn_target {cfg.bn_target!r}; use class or running")
+        raise DDKitError(f"unknown bn_target {cfg.bn_target!r}; use running or class")
+    if cfg.unit not in ("batch", "class"):
+        raise DDKitError(f"unknown unit {cfg.unit!r}; use batch or class")
+    if cfg.unit == "batch" and cfg.bn_target == "class":
+        raise DDKitError("bn_target=class matches per-class statistics, which a mixed-class batch has not: "
+                         "use it with unit=class")
     if cfg.init not in ("noise", "real"):
         raise DDKitError(f"unknown init {cfg.init!r}; use noise or real")
     if p["iterations"] < 1 or p["jitter"] < 0 or cfg.classes_per_batch < 0:
@@ -144,96 +159,185 @@ def teacher_copy(teacher: Any, device: torch.device, what: str) -> nn.Module:
     return FrozenTeacher(teacher, device, amp=False, channels_last=False, private=True).net
 
 
-#: Hook for DWA: (model, class, real normalised images of the class or None) -> context manager that
-#: adjusts the weights for that class and restores them on exit.
-Adjust = Callable[[nn.Module, int, torch.Tensor], Any]
+@dataclass(frozen=True)
+class Perturb:
+    """DWA's weight move: K = steps moves of ρ/K·g/‖g‖ (ascent: up the CE loss, as perterb.py first_step)."""
+
+    steps: int
+    rho: float
+    direction: str = "ascent"
+
+    def facts(self) -> Dict[str, Any]:
+        return {"steps": self.steps, "rho": self.rho, "direction": self.direction}
 
 
-def run_recover(name: str, dataset: ImageDataset, teacher: Any, cfg: RecoverConfig, classes: Sequence[int],
+def group_size(cfg: RecoverConfig, num_classes: int) -> int:
+    """Classes per batch unit: classes_per_batch, or SRe2L's --batch-size 100 capped at the class count."""
+    return cfg.classes_per_batch or min(num_classes, 100)
+
+
+def recover_units(dataset: ImageDataset, cfg: RecoverConfig) -> Optional[List[Unit]]:
+    """The recover family's unit of work: (IPC index × class group) batches, or None for unit=class."""
+    if cfg.unit != "batch":
+        return None
+    return ipc_units(dataset.num_classes, cfg.ipc, group_size(cfg, dataset.num_classes))
+
+
+class _Setup:
+    """What every unit of a recover run shares: the private teacher copy and the normalisation."""
+
+    def __init__(self, name: str, dataset: ImageDataset, teacher: Any, cfg: RecoverConfig,
+                 device: torch.device) -> None:
+        if teacher is None:
+            raise DDKitError(f"{name} recovers images through a teacher: pass --teacher CKPT")
+        check_ipc(dataset, cfg.ipc if (cfg.init == "real" or cfg.bn_target == "class") else 1)
+        self.model = teacher_copy(teacher, device, name)
+        self.bounds = valid_bounds(teacher.mean, teacher.std)
+        self.m = torch.tensor(teacher.mean, device=device).view(1, -1, 1, 1)
+        self.s = torch.tensor(teacher.std, device=device).view(1, -1, 1, 1)
+        self.shape = (dataset.channels, dataset.image_size, dataset.image_size)
+        self.device = device
+        self.arch = getattr(teacher, "arch", None)
+
+    def norm(self, x01: torch.Tensor) -> torch.Tensor:
+        return (x01.to(self.device) - self.m) / self.s
+
+    def pixels(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.s + self.m).clamp(0, 1).cpu()
+
+
+def _curve_meta(curves: Dict[str, torch.Tensor], j: int, r_bn: float) -> Dict[str, Any]:
+    ce, bn = curves["ce"][j], curves["bn"][j]
+    return {"ce_first": float(ce[0]), "ce_last": float(ce[-1]), "bn_first": float(bn[0]), "bn_last": float(bn[-1]),
+            "loss_curve": [round(float(v), 5) for v in ce + r_bn * bn]}
+
+
+def run_recover(name: str, dataset: ImageDataset, teacher: Any, cfg: RecoverConfig, work: Sequence[Any],
                 spec: RecoverSpec, facts: Dict[str, Any], *, device: torch.device, progress: bool,
-                adjust: Optional[Adjust] = None) -> Iterator[ClassResult]:
-    """Recover `classes` in batches of classes_per_batch (one class per batch with `adjust`); yield each."""
-    if teacher is None:
-        raise DDKitError(f"{name} recovers images through a teacher: pass --teacher CKPT")
-    check_ipc(dataset, cfg.ipc if (cfg.init == "real" or cfg.bn_target == "class") else 1)
-    model = teacher_copy(teacher, device, name)
-    mean, std = teacher.mean, teacher.std
-    lo, hi = valid_bounds(mean, std)
-    m_t = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    s_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
-    norm = lambda x01: (x01.to(device) - m_t) / s_t  # noqa: E731
-    shape = tuple(dataset.images.shape[1:])
-    per = 1 if adjust is not None else (cfg.classes_per_batch or max(1, 100 // cfg.ipc))  # SRe2L: bs 100
-    set_meta = {"recover": facts, "bn_target": cfg.bn_target, "init": cfg.init, "classes_per_batch": per,
-                "teacher_arch": getattr(teacher, "arch", None)}
-    cls = list(classes)
-    for a in range(0, len(cls), per):
+                perturb: Optional[Perturb] = None) -> Iterator[Any]:
+    """Recover the driver's `work`: batch units (unit=batch, yields UnitResults) or classes (unit=class)."""
+    setup = _Setup(name, dataset, teacher, cfg, device)
+    if cfg.unit == "batch":
+        yield from _run_units(name, dataset, cfg, list(work), spec, facts, setup, progress, perturb)
+    else:
+        yield from _run_classes(name, dataset, cfg, list(work), spec, facts, setup, progress, perturb)
+
+
+def _run_units(name: str, dataset: ImageDataset, cfg: RecoverConfig, units: List[Unit], spec: RecoverSpec,
+               facts: Dict[str, Any], setup: _Setup, progress: bool, perturb: Optional[Perturb]
+               ) -> Iterator[UnitResult]:
+    """One batch per unit: one image of every class of its group, ONE set of BN statistics over the whole mixed
+    batch matched to the running statistics, one view per iteration for the batch (SRe2L recover_cifar.py:58-133;
+    DWA distillation_cifar.py:28-117 with the weights moved at iteration 0 and restored before the next unit)."""
+    model, dev = setup.model, setup.device
+    targets = [(mm.running_mean.float()[None], mm.running_var.float()[None]) for mm in bn_layers(model)]
+    set_meta = {"recover": facts, "unit": "batch", "bn_target": cfg.bn_target, "init": cfg.init,
+                "classes_per_batch": group_size(cfg, dataset.num_classes),
+                "teacher_arch": setup.arch}
+    if perturb is not None:
+        set_meta["adjust"] = perturb.facts()
+    for u in units:
         t0 = time.perf_counter()
-        batch = cls[a:a + per]
+        g = make_generator(cfg.seed, name, "ipc", u.index, "group", u.classes[0])
+        extras: Dict[str, torch.Tensor] = {}
+        if cfg.init == "real":  # image `index` of each class's own draw: a class's real images never repeat
+            rows = [dataset.class_images(c, cfg.ipc, generator=make_generator(cfg.seed, name, "init", c))
+                    for c in u.classes]
+            x0 = setup.norm(to_float(torch.stack([imgs[u.index] for imgs, _ in rows])))
+            extras["source_index"] = torch.stack([idx[u.index] for _, idx in rows])
+        else:  # official: torch.randn((classes, C, H, W)) in normalised space
+            x0 = torch.randn(len(u.classes), *setup.shape, generator=g).to(dev)
+        y = torch.tensor(u.classes, device=dev)
+        saved: List[List[torch.Tensor]] = []
+
+        def at_start(view: torch.Tensor) -> None:  # DWA: K steps on iteration 0's view of the real batch
+            saved.append(adjust_weights(model, view, y, perturb.steps, perturb.rho, perturb.direction))
+
+        try:
+            x, curves = recover(model, x0, y, 1, targets, [g], spec, setup.bounds, progress=progress,
+                                desc=f"{name} ipc {u.index} classes {u.classes[0]}-{u.classes[-1]}",
+                                at_start=at_start if perturb is not None else None)
+        finally:
+            if saved:
+                restore_weights(model, saved[0])
+        meta = _curve_meta(curves, 0, spec.r_bn)
+        yield UnitResult(u, setup.pixels(x), extras=extras, meta=meta, set_meta=dict(set_meta),
+                         seconds=time.perf_counter() - t0)
+
+
+def _run_classes(name: str, dataset: ImageDataset, cfg: RecoverConfig, classes: List[int], spec: RecoverSpec,
+                 facts: Dict[str, Any], setup: _Setup, progress: bool, perturb: Optional[Perturb]
+                 ) -> Iterator[ClassResult]:
+    """ddkit's unit=class variant: `classes` in batches of classes_per_batch groups (one class per batch with
+    `perturb`), each group a class's ipc images with its own BN statistics; yield each class."""
+    model, dev = setup.model, setup.device
+    per = 1 if perturb is not None else (cfg.classes_per_batch or max(1, 100 // cfg.ipc))
+    set_meta = {"recover": facts, "bn_target": cfg.bn_target, "init": cfg.init, "classes_per_batch": per,
+                "teacher_arch": setup.arch}
+    for a in range(0, len(classes), per):
+        t0 = time.perf_counter()
+        batch = classes[a:a + per]
         gens = [make_generator(cfg.seed, name, c) for c in batch]
         x0: List[torch.Tensor] = []
         src: List[torch.Tensor] = []
         for c, g in zip(batch, gens):
             if cfg.init == "real":
                 imgs, idx = dataset.class_images(c, cfg.ipc, generator=g)
-                x0.append(norm(to_float(imgs)))
+                x0.append(setup.norm(to_float(imgs)))
                 src.append(idx)
             else:
-                x0.append(torch.randn(cfg.ipc, *shape, generator=g).to(device))
+                x0.append(torch.randn(cfg.ipc, *setup.shape, generator=g).to(dev))
         targets: List[Tuple[torch.Tensor, torch.Tensor]]
         if cfg.bn_target == "class":
             per_class = []
             for c in batch:
                 imgs, _ = dataset.class_images(c, max(cfg.stat_images, cfg.ipc),
                                                generator=make_generator(cfg.seed, name, c, "stats"))
-                per_class.append(class_targets(model, norm(to_float(imgs)), cfg.ipc))
+                per_class.append(class_targets(model, setup.norm(to_float(imgs)), cfg.ipc))
             targets = [(torch.stack([pc[i][0] for pc in per_class]).float(),
                         torch.stack([pc[i][1] for pc in per_class]).float()) for i in range(len(per_class[0]))]
         else:
             targets = [(mm.running_mean.float()[None].expand(len(batch), -1),
-                        mm.running_var.float()[None].expand(len(batch), -1))
-                       for mm in model.modules() if isinstance(mm, nn.modules.batchnorm._BatchNorm)]
+                        mm.running_var.float()[None].expand(len(batch), -1)) for mm in bn_layers(model)]
         x0t = torch.cat(x0)
-        y = torch.tensor(batch, device=device).repeat_interleave(cfg.ipc)
+        y = torch.tensor(batch, device=dev).repeat_interleave(cfg.ipc)
         desc = f"{name} class {batch[0]}" + (f"-{batch[-1]}" if len(batch) > 1 else "")
-        if adjust is not None:
-            with adjust(model, batch[0], x0t if cfg.init == "real" else None) as adj:
-                x, curves = recover(model, x0t, y, len(batch), targets, gens, spec, (lo, hi),
-                                    progress=progress, desc=desc)
-            set_meta["adjust"] = adj
-        else:
-            x, curves = recover(model, x0t, y, len(batch), targets, gens, spec, (lo, hi), progress=progress,
+        saved = None
+        if perturb is not None:  # the variant: moved on the class's own (un-augmented) real images
+            if cfg.init != "real":
+                raise DDKitError("dwa adjusts the teacher on real images of the class: use --init real")
+            saved = adjust_weights(model, x0t, y, perturb.steps, perturb.rho, perturb.direction)
+            set_meta["adjust"] = perturb.facts()
+        try:
+            x, curves = recover(model, x0t, y, len(batch), targets, gens, spec, setup.bounds, progress=progress,
                                 desc=desc)
-        images = (x * s_t + m_t).clamp(0, 1).cpu()
+        finally:
+            if saved is not None:
+                restore_weights(model, saved)
+        images = setup.pixels(x)
         secs = (time.perf_counter() - t0) / len(batch)  # the batch's time, shared by its classes
         for j, c in enumerate(batch):
-            ce, bn = curves["ce"][j], curves["bn"][j]
-            meta = {"ce_first": float(ce[0]), "ce_last": float(ce[-1]), "bn_first": float(bn[0]),
-                    "bn_last": float(bn[-1]), "loss_curve": [round(float(v), 5) for v in ce + spec.r_bn * bn],
-                    "batch_classes": len(batch), "batch_seconds": secs * len(batch)}
+            meta = {**_curve_meta(curves, j, spec.r_bn), "batch_classes": len(batch),
+                    "batch_seconds": secs * len(batch)}
             extras = {"source_index": src[j]} if src else {}
-            yield _result(c, images[j * cfg.ipc:(j + 1) * cfg.ipc], extras, meta, dict(set_meta), secs)
-
-
-def _result(c: int, images: torch.Tensor, extras: Dict[str, torch.Tensor], meta: Dict[str, Any],
-            set_meta: Dict[str, Any], seconds: float) -> ClassResult:
-    return ClassResult(c, images, extras=extras, meta=meta, set_meta=set_meta, seconds=seconds)
+            yield ClassResult(c, images[j * cfg.ipc:(j + 1) * cfg.ipc], extras=extras, meta=meta,
+                              set_meta=dict(set_meta), seconds=secs)
 
 
 @register_method("sre2l", config=SRe2LConfig, aliases=("SRe2L", "squeeze-recover-relabel"), needs_teacher=True,
-                 needs=("bn-teacher",), native="sre2l")
-def sre2l(dataset: ImageDataset, teacher: Any, cfg: SRe2LConfig, classes: Sequence[int], *,
-          device: torch.device, progress: bool = True) -> Iterator[ClassResult]:
-    """SRe2L recover: noise optimised to match the BN teacher's CE and BN statistics (per class)."""
-    spec, facts = resolve_spec(cfg, "sre2l", int(dataset.images.shape[-1]))
-    yield from run_recover("sre2l", dataset, teacher, cfg, classes, spec, facts, device=device, progress=progress)
+                 needs=("bn-teacher",), native="sre2l", units=recover_units)
+def sre2l(dataset: ImageDataset, teacher: Any, cfg: SRe2LConfig, work: Sequence[Any], *,
+          device: torch.device, progress: bool = True) -> Iterator[Any]:
+    """SRe2L recover: noise optimised for the BN teacher's CE and running BN statistics, one mixed-class batch
+    per IPC index."""
+    spec, facts = resolve_spec(cfg, "sre2l", dataset.image_size)
+    yield from run_recover("sre2l", dataset, teacher, cfg, work, spec, facts, device=device, progress=progress)
 
 
 @register_method("cda", config=CDAConfig, aliases=("CDA", "curriculum-data-augmentation"), needs_teacher=True,
-                 needs=("bn-teacher",), native="sre2l")
-def cda(dataset: ImageDataset, teacher: Any, cfg: CDAConfig, classes: Sequence[int], *,
-        device: torch.device, progress: bool = True) -> Iterator[ClassResult]:
+                 needs=("bn-teacher",), native="sre2l", units=recover_units)
+def cda(dataset: ImageDataset, teacher: Any, cfg: CDAConfig, work: Sequence[Any], *,
+        device: torch.device, progress: bool = True) -> Iterator[Any]:
     """CDA: SRe2L recover with the RandomResizedCrop scale annealed from easy (1.0) to hard (0.08)."""
-    spec, facts = resolve_spec(cfg, "cda", int(dataset.images.shape[-1]))
-    yield from run_recover("cda", dataset, teacher, cfg, classes, spec, facts, device=device, progress=progress)
-
+    spec, facts = resolve_spec(cfg, "cda", dataset.image_size)
+    yield from run_recover("cda", dataset, teacher, cfg, work, spec, facts, device=device, progress=progress)
