@@ -150,8 +150,8 @@ INDEX = {'datasets': [{'name': 'cifar10',
               'needs_teacher': False},
              {'name': 'dwa',
               'aliases': ['directed-weight-adjustment', 'dwa'],
-              'description': 'DWA: SRe2L recover from real images through a teacher adjusted on those images, '
-                             'restored per class.',
+              'description': 'DWA: SRe2L recover from a real class-balanced batch per IPC index through a teacher '
+                             'moved up its loss.',
               'needs_teacher': True},
              {'name': 'dyn-unc',
               'aliases': ['dynamic-uncertainty', 'dynunc'],
@@ -230,8 +230,8 @@ INDEX = {'datasets': [{'name': 'cifar10',
               'needs_teacher': True},
              {'name': 'sre2l',
               'aliases': ['squeeze-recover-relabel', 'sre2l'],
-              'description': "SRe2L recover: noise optimised to match the BN teacher's CE and BN statistics (per "
-                             'class).',
+              'description': "SRe2L recover: noise optimised for the BN teacher's CE and running BN statistics, one "
+                             'mixed-class batch',
               'needs_teacher': True}],
  'recipes': [{'name': 'cim',
               'aliases': ['lic'],

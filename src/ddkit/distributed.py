@@ -1,26 +1,17 @@
-"""Scale-out and durability for class-separable methods: shard by class, one file per class, resume, merge.
+"""Scale-out and durability: shard by class (or by batch unit), one file per finished class or unit, resume, merge.
 
 Work directory: `<output>.parts/`, a sibling of the output folder, so `DistilledSet.save`'s atomic
-replace of `<output>` never touches unfinished work. It holds one safetensors file per finished class:
-
-    class_00042.safetensors   "images" float32 N_c×C×H×W, "labels" int64 N_c, "soft.<key>" (rows of
-                              DistilledSet.soft), "extra.<key>" (other per-row tensors, e.g. source_index);
-                              metadata "ddkit_part" = JSON header: format, fingerprint (hash of method,
-                              config, dataset, teacher weights), method, config, class, classes, mean, std,
-                              dataset, teacher, per-class meta, seconds, device, host, checksum.
-
-A part is written to a temporary name, fsynced, then renamed: a truncated or corrupt part (size ≠
-header, bad JSON, bad checksum) is not done. Parts of another run (fingerprint) are an error.
-
-A method whose run works in batch units (`methods.base.Unit`: IPC index × class group, SRe2L's recover) writes
-one part per unit instead, `unit_ipc00003_cls00000.safetensors` (IPC index, first class of the group; the header
-says "unit" and how many units the run has), and shards, resumes and merges by unit: unit u of the run's sorted
-list belongs to shard u % n; its generators derive from (seed, IPC index, group), so the bytes are the same.
+replace of `<output>` never touches unfinished work. It holds one part per finished class, or per batch unit
+for a method whose run works in units (the format: `ddkit.parts`). Parts of another run (fingerprint) are an
+error.
 
 Sharding: class c belongs to shard c % n (interleaved, so costly classes spread). (rank, world) come
 from `--shard i/n` or from torchrun's environment (`"RANK" in os.environ`, as nanoGPT). Seeds derive
 from (seed, class), never from the rank, so the result does not depend on the number of processes,
-and a resumed run equals an uninterrupted one bit for bit on CPU.
+and a resumed run equals an uninterrupted one bit for bit on CPU. A method whose run works in batch units
+(`methods.base.Unit`: IPC index × class group, SRe2L's recover) shards, resumes and merges by unit: the i-th
+unit of the run's sorted list belongs to shard i % n, and its generators derive from (seed, IPC index, group),
+so the bytes are the same however the units are spread.
 
     torchrun --standalone --nproc_per_node 8 -m ddkit distill --method lic … --output out  # rank 0 merges
     ddkit distill … --shard 3/8 --output out      # 8 independent jobs; the last to finish merges
@@ -36,25 +27,20 @@ import math
 import os
 import platform
 import re
-import struct
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from safetensors.torch import load_file, save
 from tqdm.auto import tqdm
 
 from ddkit.config import to_dict
 from ddkit.data.base import ImageDataset
 from ddkit.distilled import DistilledSet
 from ddkit.methods.base import ClassResult, Method, Unit, UnitResult, assemble, assemble_units
+from ddkit.parts import (PART_FORMAT, digest_tensors, part_path, parts_dir_for, read_header,  # noqa: F401
+                         read_part, scan_parts, scan_unit_parts, unit_fields, unit_part_path, write_part)
 from ddkit.ranks import barrier, dist_env, group_ready
-from ddkit.utils import DDKitError, get_device, peak_memory_mb, pid_alive, rank_cuda_device
-
-PART_FORMAT = "ddkit-part/1"
-_PART = re.compile(r"^class_(\d+)\.safetensors$")
-_UNIT_PART = re.compile(r"^unit_ipc(\d+)_cls(\d+)\.safetensors$")
+from ddkit.utils import DDKitError, get_device, pid_alive, rank_cuda_device
 
 
 def parse_shard(spec: str) -> Tuple[int, int]:
@@ -72,35 +58,12 @@ def shard_classes(num_classes: int, rank: int, world: int) -> List[int]:
     return list(range(rank, num_classes, world))
 
 
-# -- parts -----------------------------------------------------------------------------------------
-def parts_dir_for(output: str | Path) -> Path:
-    """The work directory of `output`: the sibling `<output>.parts/`."""
-    return Path(output).with_name(Path(output).name + ".parts")
-
-
-def part_path(parts_dir: str | Path, c: int) -> Path:
-    return Path(parts_dir) / f"class_{c:05d}.safetensors"
-
-
-def unit_part_path(parts_dir: str | Path, u: Unit) -> Path:
-    return Path(parts_dir) / f"unit_{u.name}.safetensors"
-
-
+# -- fingerprint and shards of units --------------------------------------------------------------
 def shard_units(units: Sequence[Unit], rank: int, world: int) -> List[Unit]:
     """Units of shard `rank` of `world`: the i-th unit of the sorted list where i % world == rank."""
     if world < 1 or not 0 <= rank < world:
         raise DDKitError(f"shard {rank}/{world} is invalid: need 0 ≤ rank < world")
     return sorted(units, key=lambda u: u.key)[rank::world]
-
-
-def digest_tensors(tensors: Dict[str, torch.Tensor], h: Any = None) -> str:
-    """sha1 over names, dtypes, shapes and raw bytes (sorted by name)."""
-    h = h if h is not None else hashlib.sha1()
-    for k in sorted(tensors):
-        t = tensors[k].detach().cpu().contiguous().reshape(-1)
-        h.update(f"{k}:{t.dtype}:{tuple(tensors[k].shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def run_fingerprint(method: Method, dataset: ImageDataset, teacher: Any = None) -> str:
@@ -111,95 +74,6 @@ def run_fingerprint(method: Method, dataset: ImageDataset, teacher: Any = None) 
              "shape": [dataset.channels, dataset.image_size], "teacher": getattr(teacher, "arch", None)}
     h.update(json.dumps(facts, sort_keys=True, default=str).encode())
     return digest_tensors(dict(teacher.model.state_dict()) if teacher is not None else {}, h)[:16]
-
-
-def read_header(path: str | Path) -> Optional[Dict[str, Any]]:
-    """The part's JSON header when the file is complete and well-formed, else None (cheap: no tensors)."""
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > size:
-                return None
-            head = json.loads(f.read(n))
-        end = max((v["data_offsets"][1] for k, v in head.items() if k != "__metadata__"), default=0)
-        if size != 8 + n + end:  # truncated (or padded) file
-            return None
-        header = json.loads(head["__metadata__"]["ddkit_part"])
-        return header if header.get("format") == PART_FORMAT else None
-    except (OSError, ValueError, KeyError, TypeError, struct.error):
-        return None
-
-
-def scan_parts(parts_dir: str | Path) -> Dict[int, Optional[Dict[str, Any]]]:
-    """{class: header, or None for an incomplete/corrupt part} of every part file in `parts_dir`."""
-    out: Dict[int, Optional[Dict[str, Any]]] = {}
-    for p in sorted(Path(parts_dir).glob("class_*.safetensors")):
-        m = _PART.match(p.name)
-        if m:
-            h = read_header(p)
-            out[int(m.group(1))] = h if h is not None and h.get("class") == int(m.group(1)) else None
-    return out
-
-
-def scan_unit_parts(parts_dir: str | Path) -> Dict[Tuple[int, int], Optional[Dict[str, Any]]]:
-    """{(IPC index, first class): header, or None when incomplete/corrupt} of every unit part in `parts_dir`."""
-    out: Dict[Tuple[int, int], Optional[Dict[str, Any]]] = {}
-    for p in sorted(Path(parts_dir).glob("unit_*.safetensors")):
-        m = _UNIT_PART.match(p.name)
-        if m:
-            key = (int(m.group(1)), int(m.group(2)))
-            h = read_header(p)
-            ok = h is not None and h.get("unit") is not None and tuple(Unit(*_unit_fields(h)).key) == key
-            out[key] = h if ok else None
-    return out
-
-
-def _unit_fields(header: Dict[str, Any]) -> Tuple[int, Tuple[int, ...]]:
-    index, classes = header["unit"]
-    return int(index), tuple(int(c) for c in classes)
-
-
-def write_part(parts_dir: str | Path, r: ClassResult | UnitResult, header: Dict[str, Any]) -> Path:
-    """Write class r.cls (or unit r.unit) atomically (temporary name, fsync, rename) and return its path."""
-    tensors = {"images": r.images.float().contiguous(), "labels": r.labels.long().contiguous()}
-    tensors.update({f"soft.{k}": v.contiguous() for k, v in r.soft.items()})
-    tensors.update({f"extra.{k}": v.contiguous() for k, v in r.extras.items()})
-    tensors.update({f"set.{k}": v.contiguous() for k, v in r.set_tensors.items()})
-    dev = torch.device(header.get("device", "cpu"))
-    which = ({"unit": [r.unit.index, list(r.unit.classes)], "unit_meta": r.meta} if isinstance(r, UnitResult)
-             else {"class": r.cls, "class_meta": r.meta})
-    head = {**header, **which, "set_meta": r.set_meta, "checksum": digest_tensors(tensors),
-            "seconds": None if math.isnan(r.seconds) else r.seconds, "peak_memory_mb": peak_memory_mb(dev),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    data = save(tensors, metadata={"ddkit_part": json.dumps(head, default=str)})
-    path = unit_part_path(parts_dir, r.unit) if isinstance(r, UnitResult) else part_path(parts_dir, r.cls)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic: a reader sees the old state or the whole new file
-    except BaseException:  # a full disk: the finished parts stay, the half-written one does not
-        tmp.unlink(missing_ok=True)
-        raise
-    with contextlib.suppress(OSError):  # persist the rename itself (power loss); not on every filesystem
-        fd = os.open(str(path.parent), os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-    return path
-
-
-def read_part(path: str | Path) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
-    """(header, tensors) of a part, verifying size and checksum; DDKitError when it is damaged."""
-    header = read_header(path)
-    if header is None:
-        raise DDKitError(f"part {path} is incomplete or corrupt: rerun its class with --resume")
-    tensors = load_file(str(path))
-    if digest_tensors(tensors) != header.get("checksum"):
-        raise DDKitError(f"part {path} fails its checksum: delete it and rerun its class with --resume")
-    return header, tensors
 
 
 # -- running a (shard of a) method into parts ------------------------------------------------------
@@ -368,7 +242,7 @@ def _merge_units(parts_dir: Path, headers: Dict[Tuple[int, int], Optional[Dict[s
         h, t = read_part(unit_part_path(parts_dir, Unit(key[0], (key[1],))))
         soft = {n.split(".", 1)[1]: v for n, v in t.items() if n.startswith("soft.")}
         extras = {n.split(".", 1)[1]: v for n, v in t.items() if n.startswith("extra.")}
-        results.append(UnitResult(Unit(*_unit_fields(h)), t["images"], soft=soft, extras=extras,
+        results.append(UnitResult(Unit(*unit_fields(h)), t["images"], soft=soft, extras=extras,
                                   meta=h.get("unit_meta") or {}, set_meta=h.get("set_meta") or {},
                                   seconds=math.nan if h.get("seconds") is None else float(h["seconds"])))
     facts = _merged_facts(first, headers.values(), parts_dir, [r.seconds for r in results])

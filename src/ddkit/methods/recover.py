@@ -12,12 +12,14 @@ group's images and positions (forward hooks on every BatchNorm), m_1 = first_bn_
 the other layers, and (μ*, σ²*) the target statistics (the running statistics, or per-class ones).
 After each Adam step pixels are clipped to the valid normalised range; the last iterate is kept.
 
-Why groups: SRe2L takes the BN statistics over a batch of 100 classes, which couples every class of
-the batch. Here a group is ONE class (its `ipc` images): the loss is a sum of per-group losses, the
-teacher is in eval mode (every sample's forward is independent) and Adam is element-wise, so the
-gradient of a group depends on that group alone. Each group draws its views from its own generator.
-Hence a class's result does not depend on which classes share its batch (up to float rounding of
-batched convolutions); `classes_per_batch` only sets how many groups share one forward pass.
+Groups: the rows of `x0` form `groups` equal groups, each with its own BN statistics, loss and view. The
+official recover (the default, unit=batch) is ONE group: a batch of one image of every class of a class group,
+whose statistics mix the classes, with one view per iteration for the whole batch. ddkit's unit=class variant
+makes each class's `ipc` images a group: the loss is a sum of per-group losses, the teacher is in eval mode
+(every sample's forward is independent) and Adam is element-wise, so a group's gradient depends on that group
+alone and each group draws its views from its own generator; a class's result then does not depend on which
+classes share its forward pass (up to float rounding of batched convolutions), `classes_per_batch` only sets
+how many groups share one.
 """
 from __future__ import annotations
 
