@@ -197,6 +197,9 @@ def _build_study(st: argparse.ArgumentParser, argv: Sequence[str]) -> None:
                          "part of the set's cache key)")
     ht.add_argument("--eval-opt", action="append", default=[], metavar="KEY=VALUE",
                     help="an evaluator option for every cell, e.g. num_evals=1 (repeatable; pinned in study.json)")
+    from ddkit.cli_studies import build_study_parsers
+
+    build_study_parsers(ssub, _common)  # cross-arch, efficiency, continual
 
 
 def _build_dcs(dc: argparse.ArgumentParser, argv: Sequence[str]) -> None:
@@ -277,7 +280,8 @@ SUBCOMMANDS: Dict[str, Tuple[str, Optional[Builder]]] = {
     "relabel": ("store teacher logits of E epochs of a recipe's views at SET/fkd (read by `ddkit evaluate SET "
                 "--labels stored`)", _build_relabel),
     "merge": ("assemble OUTPUT from the per-class files in OUTPUT.parts/ (after --shard runs)", _build_merge),
-    "study": ("resumable grids; `ddkit study hard-truths` runs method × IPC × budget × regime", _build_study),
+    "study": ("resumable grids: `ddkit study hard-truths` (method × IPC × budget × regime), cross-arch, efficiency, "
+              "continual", _build_study),
     "dcs": ("Distillation Correlation Score: does a method's loss predict students' test loss?", _build_dcs),
     "import": ("turn a set made elsewhere (ImageFolder, DD-Ranking images.pt, safetensors) into a ddkit set",
                _build_import),

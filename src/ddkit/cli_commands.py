@@ -317,8 +317,12 @@ def cmd_study(args: argparse.Namespace) -> int:
     from ddkit.safe_paths import Declared, check_declared, declared
     from ddkit.validate import check_config
 
+    if args.study_command in ("cross-arch", "efficiency", "continual"):
+        from ddkit.cli_studies import cmd_study_more
+
+        return cmd_study_more(args, _dataset)
     if args.study_command != "hard-truths":
-        print("usage: ddkit study hard-truths --dataset … --teacher … [--ipcs 10,50 --budgets 2,5,10,20 …]",
+        print("usage: ddkit study hard-truths|cross-arch|efficiency|continual --dataset … (see --help)",
               file=sys.stderr)
         return EXIT_USAGE
     from ddkit.study import preset_fields

@@ -206,7 +206,8 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
              output: Optional[Path] = None, val: Optional[ImageDataset] = None,
              soft_labels: Optional[torch.Tensor] = None, soft_source: str = "provided",
              set_name: str = "distilled", on_student: Optional[Callable[[int, torch.nn.Module], None]] = None,
-             protocol: Optional[SetProtocol] = None) -> EvalResult:
+             protocol: Optional[SetProtocol] = None,
+             init_student: Optional[Callable[[int, torch.nn.Module], None]] = None) -> EvalResult:
     """Train `cfg.seeds` fresh students on `distilled` and report last-epoch test accuracy.
 
     Args:
@@ -223,6 +224,8 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
             before the next seed starts; students then train one at a time (no --stack).
         protocol: the protocol already resolved (`native.follow` for a baseline judged beside another set);
             default: cfg.protocol resolved against this set (`native.resolve_protocol`).
+        init_student: called as init_student(seed, student) on each freshly built student before it trains
+            (fine-tuning from earlier weights: `ddkit study continual --mode finetune`); one at a time too.
 
     Under torchrun (joined lazily) the seeds are spread over the ranks and gathered, giving the
     single-process result; with cfg.ddp every seed is one DDP run over all ranks (see
@@ -343,7 +346,8 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
     runs: List[Tuple[int, RunResult]] = []
     t0 = time.perf_counter()
     todo = ctx.run_indices(cfg.seeds)
-    if cfg.stack > 1 and ctx.mode == "single" and stored is None and len(todo) > 1 and on_student is None:  # seeds as one stacked model
+    if cfg.stack > 1 and ctx.mode == "single" and stored is None and len(todo) > 1 and on_student is None \
+            and init_student is None:  # seeds as one stacked model
         def build(seed: int):
             with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
                 torch.manual_seed(derive_seed(seed, "init"))  # the same init draw as the loop below
@@ -369,6 +373,8 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(derive_seed(seed, "init"))
             model = create_model(student, num_classes=k, image_size=size, channels=distilled.images.shape[1], **kw)
+            if init_student is not None:
+                init_student(seed, model)
             model = ctx.prepare(model)
             model.to(dev)
             # One layout per network: channels_last on CUDA, and on CPU for a compiled student (its fused

@@ -1,0 +1,73 @@
+"""`ddkit study efficiency` (issue #29): the probe's peak memory grows with the batch; the study end to end."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import make_toy
+from ddkit.cli import main
+from ddkit.models import create_model
+from ddkit.study_efficiency import bn_twin, observer_setup, probe, run_efficiency
+from ddkit.utils import DDKitError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _train_step(batch: int):
+    net = create_model("convnet-d2", num_classes=10, image_size=32)
+
+    def step():
+        loss = net(torch.randn(batch, 3, 32, 32)).logsumexp(1).mean()
+        loss.backward()
+        return batch
+    return step
+
+
+def test_probe_peak_memory_grows_with_the_batch():
+    # activations of a width-128 ConvNet at 32 px: ~0.5 MiB per image forward, more with the backward
+    small = probe(_train_step(4))
+    large = probe(_train_step(256))
+    assert small["result"] == 4 and large["result"] == 256
+    assert large["peak_increase_mb"] > small["peak_increase_mb"] + 50
+    assert large["peak_rss_mb"] >= large["rss_before_mb"]
+    assert small["wall_s"] > 0 and small["cpu_s"] >= 0
+
+
+def test_observer_setup_per_family():
+    train = make_toy(4, 4, 8)
+    assert observer_setup("rded", "convnet-d1", train, {}) == ("convnet-d1", "convnet-d1", {})
+    assert observer_setup("sre2l", "convnet-d1", train, {})[1] == "convnet-d1-bn"  # needs BN: the twin
+    assert observer_setup("dm", "convnet-d1", train, {}) == ("convnet-d1", None, {"model": "convnet-d1"})
+    assert observer_setup("random", "convnet-d1", train, {}) == ("-", None, {})
+    with pytest.raises(DDKitError, match="expert buffer"):
+        observer_setup("mtt", "convnet-d1", train, {})
+    assert bn_twin("convnet-d1-bn", train) == "convnet-d1-bn"
+    with pytest.raises(DDKitError, match="BatchNorm"):
+        bn_twin("mlp", train)
+
+
+def test_efficiency_rows_interleaved_and_resumed(tmp_path):
+    train = make_toy(10, 4, 8)
+    kw = dict(methods=("random", "rded", "dm"), observers=("convnet-d1",), images=8, repeats=2,
+              output_dir=str(tmp_path / "e"), progress=False, device="cpu",
+              method_overrides={"dm": {"iterations": 1}, "rded": {"pool_size": 5}})
+    rows = run_efficiency(train, **kw)
+    assert [(r["method"], r["observer"], r["rep"]) for r in rows] == [
+        (m, o, rep) for rep in (1, 2) for m, o in (("random", "-"), ("rded", "convnet-d1"), ("dm", "convnet-d1"))]
+    assert all(r["images"] == 8 and r["ipc"] == 2 and r["images_per_s"] > 0 for r in rows)
+    assert {r["iterations"] for r in rows if r["method"] == "dm"} == {1}
+    assert rows[2]["default_iterations"] == "preset"  # DM's default: its preset's official count
+    assert rows[1]["iterations"] is None and rows[1]["default_iterations"] == ""  # rded has no iterations
+    assert "peak rise MiB" in (tmp_path / "e" / "report.md").read_text()
+    n = len((tmp_path / "e" / "results.csv").read_text().splitlines())
+    run_efficiency(train, **kw)
+    assert len((tmp_path / "e" / "results.csv").read_text().splitlines()) == n
+
+
+def test_cli_efficiency_end_to_end(tmp_path):
+    args = ["study", "efficiency", "--dataset", "digits", "--device", "cpu", "--no-progress", "--methods",
+            "random,sre2l", "--observers", "convnet-d1", "--images", "20", "--repeats", "1", "--method-opt",
+            "sre2l.iterations=1", "--output-dir", str(tmp_path / "e")]
+    assert main(args) == 0
+    text = (tmp_path / "e" / "report.md").read_text()
+    assert "sre2l" in text and "convnet-d1" in text and (tmp_path / "e" / "report.html").is_file()
