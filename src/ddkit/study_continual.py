@@ -219,7 +219,8 @@ def run_continual(train: Any, test: Any, teacher: Any = None, config: Optional[C
                     save_file({k_: v.detach().cpu().contiguous() for k_, v in model.state_dict().items()},
                               str(_cell / f"student-seed{seed}.safetensors"))
 
-            ecfg = EvalConfig(recipe=cfg.recipe, regime=cfg.regime, seeds=n, seed=first, student=cfg.student,
+            ecfg = EvalConfig(protocol="hard-truths", recipe=cfg.recipe, regime=cfg.regime, seeds=n, seed=first,
+                              student=cfg.student,
                               epochs=cfg.epochs, **eval_overrides)
             res = evaluate(set_for_classes(s, seen), split_for_classes(test, seen), ecfg,
                            teacher_for_classes(teacher, seen) if cfg.regime != "hl" else None, device=dev,

@@ -102,7 +102,7 @@ def run_crossarch(train: Any, test: Any, observers: Mapping[str, Any], config: O
         raise DDKitError("cross-arch needs verifiers, ipc ≥ 1 and seeds ≥ 1")
     get_recipe(cfg.recipe)
     eval_overrides = dict(eval_overrides or {})
-    bad = set(eval_overrides) & {"recipe", "regime", "epochs", "seeds", "seed", "student"}
+    bad = set(eval_overrides) & {"protocol", "recipe", "regime", "epochs", "seeds", "seed", "student"}
     if bad:
         raise DDKitError(f"eval options {', '.join(sorted(bad))} are study settings, not --eval-opt")
     EvalConfig(**eval_overrides)  # unknown evaluator options fail here
@@ -158,7 +158,8 @@ def run_crossarch(train: Any, test: Any, observers: Mapping[str, Any], config: O
                 made[folder] = cached_set(folder, lambda: create_method(spec.name, **mkw)(
                     train, maker if spec.needs_teacher else None, device=dev, progress=progress))
             s = made[folder]
-            ecfg = EvalConfig(recipe=cfg.recipe, regime=cfg.regime, seeds=n, seed=first, student=verifier,
+            ecfg = EvalConfig(protocol="hard-truths", recipe=cfg.recipe, regime=cfg.regime, seeds=n, seed=first,
+                              student=verifier,
                               epochs=cfg.epochs, **eval_overrides)
             cell = out / "runs" / f"{spec.name}-{cell_obs}-{verifier}".replace("/", "_")
             res = evaluate(s, test, ecfg, labeller, device=dev, progress=progress, output=cell,
