@@ -48,10 +48,6 @@ REFUSALS: Dict[str, str] = {
     # generators whose weights never ship with ddkit (needs=diffusion-weights)
     "d4m": "needs local Stable Diffusion v1.5 weights: pass the folder",
     "minimax": "needs local DiT-XL/2 weights: pass the folder"}
-#: The recover family reads `dataset.images.shape` until its own file-backed fix lands (issue #31): until then
-#: it may fail with exactly this known error (anything else fails the test); once the fix is on main, delete
-#: PENDING so the test requires success.
-PENDING: Dict[str, str] = {m: "is file-backed (24 images are not held in memory)" for m in ("sre2l", "cda", "dwa")}
 
 
 def _quick_flags(name: str) -> List[str]:
@@ -100,9 +96,6 @@ def test_distill_every_method_or_refuse_in_one_line(site, name, capsys):
         argv += ["--dynamics-cache", str(site["tmp"] / "dynamics")]
     rc = main(argv)
     err = capsys.readouterr().err.strip()
-    if name in PENDING and rc != 0:
-        assert PENDING[name] in err and err.count("\n") == 0, f"{name}: not the known pending error: {err}"
-        return
     if name in REFUSALS:
         assert rc != 0 and err.count("\n") == 0, f"{name}: expected a one-line refusal, got rc {rc}: {err}"
         assert REFUSALS[name] in err, f"{name}: refused with another reason: {err}"
