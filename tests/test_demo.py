@@ -118,3 +118,13 @@ def test_demo_all_and_methods_exclude_each_other(tmp_path, capsys):
 
 def test_demo_defaults_are_the_representative_set():
     assert DemoConfig().methods == REPRESENTATIVE and dataclasses.replace(DemoConfig(), methods=()).methods == ()
+
+
+def test_demo_builds_an_expert_buffer_for_datm(tmp_path):
+    """DATM's config leaves `model` to the per-dataset row (None); the demo's expert provider must still build a
+    buffer (ConvNet-3, the CPU preset's model) and the method must finish — CI's `make demo` failed here once."""
+    cfg = DemoConfig(methods=("datm",), **TINY)
+    results = run_demo(tmp_path, device="cpu", progress=False, cfg=cfg)
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["status"]["datm"] == "ok" and "datm" in results
+    assert list(tmp_path.glob("experts-convnet-d3*"))

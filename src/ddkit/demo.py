@@ -99,7 +99,9 @@ class _Provider:
     def _expert_buffer(self, spec: MethodSpec) -> Dict[str, Any]:
         from ddkit.teachers.experts import ExpertConfig, train_experts
 
-        arch = next(f.default for f in dataclasses.fields(spec.config) if f.name == "model")
+        # MTT/DATM leave `model` unset (None) so the per-dataset official row fills it in; the CPU preset the demo
+        # runs uses ConvNet-3 on every dataset, so the buffer is built for that when the config names none.
+        arch = next(f.default for f in dataclasses.fields(spec.config) if f.name == "model") or "convnet-d3"
         if ("buffer", arch) not in self.made:
             path = self.out / f"experts-{arch}"
             # The CPU preset at batch 32: digits has ~1,000 images in the preset's subset, so batches of 256
