@@ -21,19 +21,11 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from demo_time import lscpu  # noqa: E402  (one lscpu reader for every bench script)
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = "tar:/work/shared/data/cifar10-jpeg75.tar.gz"
-
-
-def lscpu() -> Dict[str, str]:
-    """Model name and flags as lscpu prints them (speed claims name the CPU they ran on)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    facts = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    return {k.strip(): v.strip() for k, v in facts.items() if k.strip() in ("Model name", "Flags", "CPU(s)",
-                                                                            "Vendor ID")}
 
 
 def revision() -> str:
