@@ -43,8 +43,12 @@ def _student(seed: int) -> nn.Module:
     return create_model("convnet-d2", num_classes=K, image_size=8, width=8)
 
 
-@pytest.mark.parametrize("recipe,regime", [("dc", "hl"), ("cim", "slkd")])
+@pytest.mark.parametrize("recipe,regime", [("dc", "hl"), ("cim", "slkd"), ("rded", "slkd"), ("sre2l-cifar", "slkd")])
 def test_stacked_steps_equal_one_at_a_time(data, recipe, regime):
+    """The merged data path (one augmentation call, one teacher forward over all students' views) and the vmapped
+    student give each seed its own run's losses, weights and outputs (DSA single / chain, FactorCrop, RDED's
+    ShufflePatches + RRC + CutMix, pad-crop + Mixup). KL at T = 20 of a near-untrained pair is ~1e-5, so its
+    fp32 rounding (~1e-8) is bounded by atol."""
     _, _, dset, teacher = data
     n = len(dset)
     cfg = EvalConfig(recipe=recipe, regime=regime, epochs=20)
@@ -66,7 +70,7 @@ def test_stacked_steps_equal_one_at_a_time(data, recipe, regime):
                         crit, device=dev)
     stacked_losses = torch.stack([st.step() for _ in range(12)])  # 12 × S
     for i, (tr, losses) in enumerate(singles):
-        torch.testing.assert_close(stacked_losses[:, i], losses, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(stacked_losses[:, i], losses, rtol=1e-4, atol=1e-7)
         mine = dict(st.student(i).named_parameters())
         for name, p in tr.model.named_parameters():
             if name.endswith("0.bias"):
@@ -80,13 +84,14 @@ def test_stacked_steps_equal_one_at_a_time(data, recipe, regime):
     assert st.last_lr == singles[0][0].last_lr
 
 
-@pytest.mark.parametrize("regime", ["hl", "slkd"])
-def test_evaluate_stacked_equals_sequential(data, tmp_path, regime):
+@pytest.mark.parametrize("regime,stack", [("hl", 2), ("hl", 3), ("slkd", 3)])
+def test_evaluate_stacked_equals_sequential(data, tmp_path, regime, stack):
+    """Seeds 0, 1, 2 stacked (in groups of `stack`) give each seed its unstacked run's results (fp32)."""
     _, test, dset, teacher = data
     base = dict(recipe="cim", regime=regime, student="convnet-d1", student_width=8, seeds=3, epochs=15, num_evals=2)
     one = evaluate(dset, test, EvalConfig(**base), teacher, progress=False)
     out = tmp_path / "stacked"
-    three = evaluate(dset, test, EvalConfig(**base, stack=2), teacher, progress=False, output=out)
+    three = evaluate(dset, test, EvalConfig(**base, stack=stack), teacher, progress=False, output=out)
     assert three.seeds == one.seeds == [0, 1, 2]
     for a, b in zip(one.runs, three.runs):
         assert abs(a.final_acc - b.final_acc) <= 1.0 / len(test) + 1e-9  # one image may flip on a tie

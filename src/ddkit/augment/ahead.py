@@ -7,14 +7,17 @@ every value is the one the step-by-step path draws — stacks each key over the 
 one byte buffer and moves it with one copy (pinned and non-blocking on CUDA); step k's params are views of it.
 Keys the host must read stay on the CPU (`HOST_KEYS`: OneOf's choice `which` and CutMix's `box`, Python ints
 that pick a code path or a slice).
+
+`merge_batches` turns the draws of S students (S batches of B) into the params of ONE batch of S·B, so a
+stacked step (evaluate/stacked.py) augments all its students with one call of each op.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
-from ddkit.augment.base import Params
+from ddkit.augment.base import Params, expand_batch
 
 #: param names (the last part of a namespaced key) whose values the host reads while applying
 HOST_KEYS = frozenset({"which", "box"})
@@ -65,3 +68,22 @@ class DrawAhead:
             for key, start, nbytes, dtype, shape in layout:
                 slots[key] = buf[start:start + nbytes].view(dtype).view(shape)
         self._slots = slots
+
+
+def merge_batches(draws: Sequence[Params], batch: int) -> Params:
+    """The params of one batch of len(draws)·`batch` samples whose block s (rows s·batch …) replays draw s.
+
+    Each draw is one batch's params (keys and shapes alike, as one `draw` function gives them). A per-sample
+    param (leading dim `batch`) is concatenated; a per-batch one (leading dim 1: DSA's shared draws, OneOf's
+    `which`, a mixing `lam` or CutMix `box`) is repeated over its block, so it becomes a per-sample param that
+    the ops read row by row (OneOf picks per sample, CutMix masks per sample, Mixup weights per sample); a batch
+    permutation (`perm`, mixing's partner index) is offset into its block, so no sample mixes with another
+    block's. Every value is the drawn one: the merged batch is the S batches side by side."""
+    out: Params = {}
+    for key in draws[0]:
+        vals = [d[key] for d in draws]
+        if key.rsplit(".", 1)[-1] == "perm":
+            out[key] = torch.cat([v + s * batch for s, v in enumerate(vals)])
+        else:
+            out[key] = torch.cat([expand_batch(v, batch, key) for v in vals])
+    return out

@@ -187,7 +187,8 @@ class OneOf(Augment):
     """Apply one op chosen uniformly per draw (DSA's single-op mode picks one per batch).
 
     The choice is itself a param (``"which"``, shape (1,)), so a replay picks the same op. It is
-    batch-level even when the chosen op's params are per-sample, as in DSA/CIM. All ops' params
+    batch-level even when the chosen op's params are per-sample, as in DSA/CIM; a (B,) choice (batches
+    of several students merged into one) picks per sample. All ops' params
     are drawn (namespaced ``"{i}.{key}"``) so the RNG stream does not depend on the choice.
     """
 
@@ -206,10 +207,23 @@ class OneOf(Augment):
         return out
 
     def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
-        i = int(params["which"].reshape(-1)[0])
-        if not 0 <= i < len(self.ops):
-            raise ValueError(f"OneOf choice {i} out of range for {len(self.ops)} ops")
-        return self.ops[i].apply(x, _sub(params, f"{i}."))
+        which = params["which"].reshape(-1)
+        if len(which) not in (1, x.shape[0]):
+            raise ValueError(f"OneOf choice drawn for {len(which)} samples but the batch has {x.shape[0]}")
+        choices = which.unique().tolist() if len(which) > 1 else [int(which[0])]
+        for i in choices:
+            if not 0 <= i < len(self.ops):
+                raise ValueError(f"OneOf choice {i} out of range for {len(self.ops)} ops")
+        if len(choices) == 1:
+            return self.ops[choices[0]].apply(x, _sub(params, f"{choices[0]}."))
+        # A choice per sample (several batches merged into one, `ahead.merge_batches`): each op runs once on the
+        # samples that chose it, with their params, and the results go back to their rows.
+        out = torch.zeros_like(x)
+        for i in choices:
+            rows = (which == i).nonzero().squeeze(1)
+            sub = self.ops[i].apply(x[rows.to(x.device)], select(_sub(params, f"{i}."), rows))
+            out = out.index_copy(0, rows.to(x.device), sub)
+        return out
 
     def __repr__(self) -> str:
         return "OneOf([" + ", ".join(repr(op) for op in self.ops) + "])"

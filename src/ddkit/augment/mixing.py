@@ -1,7 +1,8 @@
 """Batch mixing (CutMix, Mixup) with replayable params and matching target mixing.
 
 As in RDED/SRe2L there is ONE lam (and for CutMix one box) per batch plus a permutation of the
-batch. Because of the permutation, mixing params replay only on a batch of the size they were
+batch. A lam / box per sample is accepted too: several students' batches merged into one
+(`ahead.merge_batches`), each sample carrying its own batch's draw. Because of the permutation, mixing params replay only on a batch of the size they were
 drawn for (``needs_batch = True``: ``__call__`` always draws n = B, and Compose/OneOf refuse them).
 """
 from __future__ import annotations
@@ -44,7 +45,7 @@ class _Mix(Augment):
                 raise ValueError("integer labels need num_classes to be mixed")
             y = F.one_hot(y.long(), num_classes).float()
         perm = self._check(y.shape[0], params).to(y.device)
-        lam = params["lam"].to(device=y.device, dtype=y.dtype).reshape(1, *([1] * (y.dim() - 1)))
+        lam = params["lam"].to(device=y.device, dtype=y.dtype).reshape(-1, *([1] * (y.dim() - 1)))
         return lam * y + (1 - lam) * y[perm]
 
 
@@ -75,11 +76,17 @@ class CutMix(_Mix):
                 "lam": torch.tensor([lam], dtype=torch.float32, device=dev)}
 
     def mask(self, x: torch.Tensor, params: Params) -> torch.Tensor:
-        """1×1×H×W bool mask of the pasted box."""
-        y1, x1, y2, x2 = (int(v) for v in params["box"].reshape(-1)[:4])
+        """1×1×H×W bool mask of the pasted box (B×1×H×W for a box per sample: merged batches)."""
+        boxes = params["box"].reshape(-1, 4)
         r = torch.arange(x.shape[-2], device=x.device)
         c = torch.arange(x.shape[-1], device=x.device)
-        return (((r >= y1) & (r < y2))[:, None] & ((c >= x1) & (c < x2))[None, :])[None, None]
+        if len(boxes) == 1:
+            y1, x1, y2, x2 = (int(v) for v in boxes[0])
+            return (((r >= y1) & (r < y2))[:, None] & ((c >= x1) & (c < x2))[None, :])[None, None]
+        b = boxes.to(x.device)
+        rows = (r >= b[:, :1]) & (r < b[:, 2:3])  # B×H
+        cols = (c >= b[:, 1:2]) & (c < b[:, 3:4])  # B×W
+        return (rows[:, :, None] & cols[:, None, :])[:, None]
 
     def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
         perm = self._check(x.shape[0], params).to(x.device)
@@ -101,5 +108,5 @@ class Mixup(_Mix):
 
     def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
         perm = self._check(x.shape[0], params).to(x.device)
-        lam = params["lam"].to(device=x.device, dtype=x.dtype).reshape(1, 1, 1, 1)
+        lam = params["lam"].to(device=x.device, dtype=x.dtype).reshape(-1, 1, 1, 1)  # (1,) or one per sample
         return lam * x + (1 - lam) * x[perm]

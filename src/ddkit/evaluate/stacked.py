@@ -1,23 +1,28 @@
-"""Several students in one pass: the seeds of one evaluation trained as ONE stacked model.
+"""Several students in one pass: the seeds of one evaluation trained as ONE stacked model, end to end.
 
 The S students' parameters are stacked along a new leading dim (`torch.func.stack_module_state`) and
 one `vmap(functional_call)` forward/backward trains them all, so S small batches become one set of
-larger (grouped) kernels. Each student keeps everything a one-at-a-time run has:
+larger (grouped) kernels. The data path is batched across the students too: each step's S batches are
+one batch of S·B samples, gathered with one index, augmented with one call of each op (the S students'
+draws merged by `ahead.merge_batches`, K steps of them drawn ahead into one device buffer by `DrawAhead`),
+labelled by ONE online-teacher forward under SL+KD, and bf16 is kept inside vmap (`vmap_amp`: autocast
+itself does not reach through vmap). Each student keeps everything a one-at-a-time run has:
   * its own init (the same `derive_seed(seed, "init")` draw as `evaluate`'s loop),
-  * its own batch order (seed, "order") and augmentation draws (seed, "aug"),
-  * its own targets (the online teacher on ITS views under SL+KD),
+  * its own batch order (seed, "order") and augmentation draws (seed, "aug"): each generator is asked for
+    the same values in the same order as in the student's own run, so its block of the merged batch is
+    exactly its own batch,
+  * its own targets (the teacher's logits of ITS views under SL+KD; its own batch's mixing),
   * its own optimiser state: SGD/AdamW update every element independently, so one optimiser over the
     stacked tensors is S optimisers; weight decay follows each tensor's per-student rank,
   * the same schedule (every student of one evaluation shares the plan),
-so its numbers equal the one-at-a-time run's within float tolerance (grouped kernels round differently;
-tests/test_stacked.py checks it). Test accuracy is scored on each student copied back into an
-ordinary module, with the same scorer as `train_run`.
+so its numbers equal the one-at-a-time run's within float tolerance (grouped kernels and a larger teacher
+batch round differently; tests/test_stacked.py checks it, tests/test_stacked_bf16.py the bf16 step). Test
+accuracy is scored on each student copied back into an ordinary module, with the same scorer as `train_run`.
 
 Only nets without batch statistics or randomness inside the forward can be stacked (ConvNet with
 instance/no norm, MLP): BatchNorm's running stats and dropout are refused by `stackable` and those
-students train one at a time. Default off on CPU: bench/results/stacked_cpu.json measured S stacked
-students slower than S in a row there (oneDNN's grouped convolutions are slower than S plain ones at
-these batch sizes); the lever is meant for launch-bound GPUs, not measured yet.
+students train one at a time. Default off on CPU: bench/results/stacked_cpu.json measures stacked vs
+one at a time there (docs/performance.md); the lever is meant for launch-bound GPUs, not measured yet.
 """
 from __future__ import annotations
 
@@ -33,10 +38,14 @@ import torch.nn as nn
 from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
+from ddkit.augment.ahead import DrawAhead, merge_batches
+from ddkit.augment.base import Params
 from ddkit.evaluate.recipes import Recipe
-from ddkit.evaluate.student import BatchStream, Plan, RunResult, Targets, Views, epoch_lines, lr_factor
+from ddkit.evaluate.student import (DRAW_AHEAD, BatchStream, Plan, RunResult, Targets, Views, epoch_lines,
+                                    lr_factor)
+from ddkit.evaluate.vmap_amp import vmap_autocast
 from ddkit.optim import decay_groups, optimizer_for
-from ddkit.utils import DDKitError, autocast, make_generator, stage
+from ddkit.utils import DDKitError, make_generator, stage
 
 _STATELESS = (nn.Conv2d, nn.Linear, nn.GroupNorm, nn.LayerNorm, nn.ReLU, nn.GELU, nn.SiLU, nn.AvgPool2d,
               nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity, nn.Sequential)
@@ -66,8 +75,8 @@ def run_stacked(build: Callable[[int], nn.Module], seeds: Sequence[int], stack: 
     for g0 in range(0, len(seeds), stack):
         group = list(seeds[g0:g0 + stack])
         models = [build(s) for s in group]
-        if not stackable(models[0]):
-            return []
+        if not stackable(models[0]) or type(views) is not Views:
+            return []  # batch statistics, or a data path of its own (stored views): one at a time
         tr = StackedTrainer(models, group, images, labels, recipe, plan, views, targets, criterion, device=device,
                             amp=amp, cpu_amp=cpu_amp)
         res = train_stacked(tr, evaluate=evaluate, validate=validate, log_paths=[log_path(s) for s in group],
@@ -93,7 +102,7 @@ class StackedTrainer:
 
     def __init__(self, models: Sequence[nn.Module], seeds: Sequence[int], images: torch.Tensor, labels: torch.Tensor,
                  recipe: Recipe, plan: Plan, views: Views, targets: Targets, criterion, *, device: torch.device,
-                 amp: bool = True, cpu_amp: bool = False) -> None:
+                 amp: bool = True, cpu_amp: bool = False, draw_ahead: int = DRAW_AHEAD) -> None:
         if len(models) != len(seeds) or not models:
             raise ValueError("one model per seed, at least one")
         self.models, self.seeds = list(models), list(seeds)
@@ -109,27 +118,40 @@ class StackedTrainer:
         self.streams = [BatchStream(plan.n_images, plan.batch_size, make_generator(s, "order")) for s in seeds]
         self.aug_gens = [make_generator(s, "aug") for s in seeds]
         self.forward = vmap(lambda p, x: functional_call(self.base, p, (x,)))
+        # Every student's batch indices and view params of `draw_ahead` steps, merged into one batch per step,
+        # reach the device in one copy (as StudentTrainer's draw-ahead does for one student).
+        self.ahead = DrawAhead(self._draw, device, max(1, draw_ahead))
         self.it = 0
         self.last_lr = recipe.lr
 
+    def _draw(self) -> Params:
+        """One step's draws of every student (each from its own generators, in its own run's order), merged."""
+        B, shape = self.plan.batch_size, tuple(self.images.shape[1:])
+        draws = []
+        for stream, g in zip(self.streams, self.aug_gens):
+            idx = stream.next()
+            draws.append({"idx": idx, **self.views.draw(len(idx), (len(idx), *shape), g)})
+        return merge_batches(draws, B)
+
     def step(self) -> torch.Tensor:
         """One iteration of every student; returns the S losses."""
-        views, tgts = [], []
-        for stream, g in zip(self.streams, self.aug_gens):
-            with stage("eval.batch"):
-                idx = stream.next().to(self.device, non_blocking=True)
-                x = self.images[idx]
-                x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-                y = self.labels[idx]
-            with stage("eval.augment"):
-                view, cell, mp = self.views(x, g)
-            with stage("eval.targets"):
-                tgts.append(self.targets(view, idx, y, cell, self.views.mixer, mp))
-            views.append(view)
-        with stage("eval.student_forward"), autocast(self.device, self.amp, cpu=self.cpu_amp):
-            out = self.forward(self.params, torch.stack(views))
+        S, B = len(self.seeds), self.plan.batch_size
+        with stage("eval.batch"):
+            p = self.ahead.next()
+            idx = p.pop("idx")  # S·B: student s's batch is rows s·B … (s+1)·B − 1
+            x = self.images[idx]
+            x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+            y = self.labels[idx]
+        with stage("eval.augment"):
+            view, cell, mp = self.views.apply(x, p)
+        with stage("eval.targets"):  # under SL+KD one teacher forward over all S·B views
+            t, y_probs = self.targets(view, idx, y, cell, self.views.mixer, mp)
+        with stage("eval.student_forward"), vmap_autocast(self.device, self.amp, cpu=self.cpu_amp):
+            out = self.forward(self.params, view.reshape(S, B, *view.shape[1:]))
         with stage("eval.loss"):
-            losses = torch.stack([self.crit(out[i], t, yp) for i, (t, yp) in enumerate(tgts)])
+            rows = [slice(i * B, (i + 1) * B) for i in range(S)]
+            losses = torch.stack([self.crit(out[i], None if t is None else t[r], y_probs[r])
+                                  for i, r in enumerate(rows)])
         with stage("eval.backward"):
             self.opt.zero_grad(set_to_none=True)
             losses.sum().backward()  # disjoint parameters: each student gets its own loss's gradient
