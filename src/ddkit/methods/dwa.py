@@ -13,6 +13,9 @@ each of a class's images is recovered through a differently perturbed teacher: t
 
 Deliberate differences from the code: the K adjustment backward passes do not leak into the images' first Adam
 step (the official first step sums K + 1 CE gradients, matching-synthesis.md §6d).
+Working space: DWA's own statistics (`norm=official`, distillation/utils.py:14-21@c5b125f: CIFAR-10 std
+(0.2023, 0.1994, 0.2010), CIFAR-100 (0.2675, 0.2565, 0.2761)) or the dataset's (`norm=true`); the teacher is fed
+through the exact affine map into its own statistics (sre2l.WorkingInput).
 ddkit's earlier variant (before issue #26) is `unit=class bn_target=class direction=descent`: a move DOWN the loss
 once per class on that class's own real images, with per-class BN statistics matched to real per-class targets.
 """
@@ -76,4 +79,4 @@ def dwa(dataset: ImageDataset, teacher: Any, cfg: DWAConfig, work: Sequence[Any]
     perturb = Perturb(steps, rho, cfg.direction)
     facts.update(perturb.facts())
     yield from run_recover("dwa", dataset, teacher, cfg, work, spec, facts, device=device, progress=progress,
-                           perturb=perturb)
+                           perturb=perturb, family="dwa")

@@ -1,8 +1,9 @@
 """The SRe2L "recover" engine shared by `sre2l`, `cda` and `dwa`: BN-statistic matching through a frozen teacher
 (and DWA's directed weight adjustment, `adjust_weights`).
 
-Images are optimised in the teacher's *normalised* space with Adam(β = 0.5, 0.9) and a cosine lr
-(peers.md §3.2). Per iteration each image group gets one view (RandomResizedCrop + flip when enabled,
+Images are optimised in a normalised *working* space (the statistics the official code normalises with, see
+sre2l.py; the teacher is fed through `WorkingInput`, the exact affine map into the statistics it was trained
+with) with Adam(β = 0.5, 0.9) and a cosine lr (peers.md §3.2). Per iteration each image group gets one view (RandomResizedCrop + flip when enabled,
 then a random roll jitter), the teacher runs in eval mode, and the loss of group g is
 
     CE_g + r_bn · Σ_l m_l (‖μ_l(g) − μ*_l(g)‖₂ + r_var · ‖σ²_l(g) − σ²*_l(g)‖₂) + tv_l2 · TV_g + l2 · ‖x_g‖₂
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ddkit.augment import RandomResizedCrop, resized_crop
+from ddkit.data.facts import WorkingStats
 from ddkit.utils import DDKitError
 
 ADAM_BETAS = (0.5, 0.9)  # SRe2L recover/data_synthesis.py:46-53 (peers.md §3.2); also CDA and DWA
@@ -265,6 +267,36 @@ def class_targets(model: nn.Module, real: torch.Tensor, group_size: int, chunk: 
             part = [[m.double().sum(0), v.double().sum(0)] for m, v in hooks.stats]
             sums = part if sums is None else [[s[0] + p[0], s[1] + p[1]] for s, p in zip(sums, part)]
     return [(m / n_groups, v / n_groups) for m, v in sums]
+
+
+class WorkingInput(nn.Module):
+    """The teacher behind the exact affine map from the working space (m_w, s_w) into its own (m_t, s_t):
+    a working-space image x of pixels p, x = (p − m_w)/s_w, reaches the teacher as (p − m_t)/s_t =
+    x·(s_w/s_t) + (m_w − m_t)/s_t. Only the buffers are added: `parameters()` are the teacher's, in the same
+    order (DWA's weight move and restore), and its BatchNorm layers are the teacher's (the BN hooks)."""
+
+    def __init__(self, net: nn.Module, working: WorkingStats, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.net = net
+        sw, mw = torch.tensor(working.std).view(1, -1, 1, 1), torch.tensor(working.mean).view(1, -1, 1, 1)
+        st, mt = torch.tensor(list(std)).view(1, -1, 1, 1), torch.tensor(list(mean)).view(1, -1, 1, 1)
+        self.register_buffer("scale", sw / st)
+        self.register_buffer("shift", (mw - mt) / st)
+
+    def convert(self, x: torch.Tensor) -> torch.Tensor:
+        """Working-space images → the teacher's normalised inputs."""
+        return x * self.scale + self.shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.convert(x))
+
+
+def teacher_in_working_space(net: nn.Module, working: WorkingStats, mean: Sequence[float],
+                             std: Sequence[float]) -> nn.Module:
+    """`net` itself when the working statistics are the teacher's (no map, so no rounding), else WorkingInput."""
+    same = (tuple(map(float, working.mean)) == tuple(map(float, mean))
+            and tuple(map(float, working.std)) == tuple(map(float, std)))
+    return net if same else WorkingInput(net, working, mean, std).to(next(net.parameters()).device)
 
 
 def valid_bounds(mean: Sequence[float], std: Sequence[float]) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -3,7 +3,7 @@
 SRe2L as its authors ran it (VILA-Lab/SRe2L@8d00cba, `SRe2L/*small_dataset/recover_cifar.py` for CIFAR,
 `SRe2L/recover/data_synthesis.py` for ImageNet-1K): the unit of work is one batch per IPC index holding one
 image of every class of a group (all classes when there are at most 100, groups of 100 classes for ImageNet-1K:
-`--batch-size 100`). The batch starts as N(0, 1) noise in the teacher's normalised space and is optimised for
+`--batch-size 100`). The batch starts as N(0, 1) noise in the working space and is optimised for
 CE(teacher(view), y) + r_bn·Σ_l m_l (‖μ_l − running_mean_l‖ + ‖σ²_l − running_var_l‖), with ONE set of
 BatchNorm batch statistics over the whole mixed-class batch matched to the teacher's running statistics (no
 real data); one view per iteration for the whole batch (a roll of 0..jitter px, after a RandomResizedCrop +
@@ -13,6 +13,16 @@ unit, and every unit draws from a generator of (seed, method, ipc index, group),
 depend on how units are spread over processes.
 CDA (matching-synthesis.md §7): the same, with the RandomResizedCrop lower scale annealed from 1.0 to 0.08
 over milestone·iterations (cosine / linear / step), `recover.cda_min_scale`.
+
+Working space (`norm`): the pixels are parameterised, initialised (N(0, 1)), stepped and clipped normalised with
+the statistics the official code normalises the dataset with (`norm=official`, the default:
+`data.facts.OFFICIAL_STATS["sre2l"]`, CIFAR-10/100 mean (0.4914, 0.4822, 0.4465) std (0.2023, 0.1994, 0.2010),
+recover_cifar.py:22-23@8d00cba; DWA's own table for `dwa`), or with the dataset's measured mean/std
+(`norm=true`). The teacher keeps its own normalisation (the one it was trained with): each view goes through
+the exact affine map x·(s_w/s_t) + (m_w − m_t)/s_t into the teacher's space (`WorkingInput`), so the
+teacher sees the inputs it was trained on whichever space the pixels live in; when the two statistics are equal
+there is no map at all (bit-identical to the runs before the working space existed). So on CIFAR-10 the noise
+init, lr and clip act in pixel units 0.2023/0.2470 ≈ 0.82× of what `norm=true` gives, as in the official code.
 
 ddkit's variants (named options, not what the papers ran): `unit=class` optimises each class's `ipc` images as
 their own group, with BN statistics per class (so a class never depends on another), and `bn_target=class`
@@ -31,10 +41,12 @@ import torch.nn as nn
 
 from ddkit.config import field
 from ddkit.data.base import ImageDataset, to_float
+from ddkit.data.facts import working_stats
 from ddkit.methods.base import (ClassResult, MethodConfig, Unit, UnitResult, check_ipc, ipc_units,
                                 register_method)
-from ddkit.methods.recover import (RecoverSpec, adjust_weights, bn_layers, class_targets, recover, require_bn,
-                                   restore_weights, valid_bounds)
+from ddkit.methods.matching_ops import NORM_HELP
+from ddkit.methods.recover import (RecoverSpec, WorkingInput, adjust_weights, bn_layers, class_targets, recover,
+                                   require_bn, restore_weights, teacher_in_working_space, valid_bounds)
 from ddkit.teachers.frozen import FrozenTeacher
 from ddkit.utils import DDKitError, make_generator
 
@@ -97,7 +109,11 @@ class RecoverConfig(MethodConfig):
                                       "(with unit=class, ddkit's variant): the mean statistics of real groups of "
                                       "ipc images of the class")
     stat_images: int = field(256, "real images per class for bn_target=class")
-    init: str = field("noise", "noise: N(0,1) in normalised space (SRe2L); real: real images of the class (DWA)")
+    init: str = field("noise", "noise: N(0,1) in the working space (SRe2L); real: real images of the class (DWA)")
+    norm: str = field("official", NORM_HELP + "; SRe2L/CDA: recover_cifar.py:22-23@8d00cba (CIFAR), "
+                                  "small_dataset/utils.py:12-13 (Tiny), recover/utils.py:63-66 (IN-1K); DWA: "
+                                  "distillation/utils.py:14-21@c5b125f. The teacher is fed through the exact "
+                                  "affine map into its own statistics")
 
 
 @dataclass(frozen=True)
@@ -184,26 +200,38 @@ def recover_units(dataset: ImageDataset, cfg: RecoverConfig) -> Optional[List[Un
 
 
 class _Setup:
-    """What every unit of a recover run shares: the private teacher copy and the normalisation."""
+    """What every unit of a recover run shares: the private teacher copy, seen from the working space, and the
+    working space's normalisation (pixels ↔ working space)."""
 
-    def __init__(self, name: str, dataset: ImageDataset, teacher: Any, cfg: RecoverConfig,
+    def __init__(self, name: str, family: str, dataset: ImageDataset, teacher: Any, cfg: RecoverConfig,
                  device: torch.device) -> None:
         if teacher is None:
             raise DDKitError(f"{name} recovers images through a teacher: pass --teacher CKPT")
         check_ipc(dataset, cfg.ipc if (cfg.init == "real" or cfg.bn_target == "class") else 1)
-        self.model = teacher_copy(teacher, device, name)
-        self.bounds = valid_bounds(teacher.mean, teacher.std)
-        self.m = torch.tensor(teacher.mean, device=device).view(1, -1, 1, 1)
-        self.s = torch.tensor(teacher.std, device=device).view(1, -1, 1, 1)
+        self.working = working_stats(dataset, family, cfg.norm)
+        net = teacher_copy(teacher, device, name)
+        self.model = teacher_in_working_space(net, self.working, teacher.mean, teacher.std)
+        self.bounds = valid_bounds(self.working.mean, self.working.std)
+        self.m = torch.tensor(self.working.mean, device=device).view(1, -1, 1, 1)
+        self.s = torch.tensor(self.working.std, device=device).view(1, -1, 1, 1)
         self.shape = (dataset.channels, dataset.image_size, dataset.image_size)
         self.device = device
         self.arch = getattr(teacher, "arch", None)
 
     def norm(self, x01: torch.Tensor) -> torch.Tensor:
+        """[0, 1] pixels → the working space."""
         return (x01.to(self.device) - self.m) / self.s
 
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Working space → pixel units, unclipped."""
+        return x * self.s + self.m
+
     def pixels(self, x: torch.Tensor) -> torch.Tensor:
-        return (x * self.s + self.m).clamp(0, 1).cpu()
+        return self.decode(x).clamp(0, 1).cpu()
+
+    def meta(self) -> Dict[str, Any]:
+        """The working statistics and whether the teacher is fed through the affine map (meta.json)."""
+        return {**self.working.meta(), "teacher_map": isinstance(self.model, WorkingInput)}
 
 
 def _curve_meta(curves: Dict[str, torch.Tensor], j: int, r_bn: float) -> Dict[str, Any]:
@@ -214,9 +242,10 @@ def _curve_meta(curves: Dict[str, torch.Tensor], j: int, r_bn: float) -> Dict[st
 
 def run_recover(name: str, dataset: ImageDataset, teacher: Any, cfg: RecoverConfig, work: Sequence[Any],
                 spec: RecoverSpec, facts: Dict[str, Any], *, device: torch.device, progress: bool,
-                perturb: Optional[Perturb] = None) -> Iterator[Any]:
-    """Recover the driver's `work`: batch units (unit=batch, yields UnitResults) or classes (unit=class)."""
-    setup = _Setup(name, dataset, teacher, cfg, device)
+                perturb: Optional[Perturb] = None, family: str = "sre2l") -> Iterator[Any]:
+    """Recover the driver's `work`: batch units (unit=batch, yields UnitResults) or classes (unit=class).
+    `family` names the row of data.facts.OFFICIAL_STATS the working space comes from (sre2l or dwa)."""
+    setup = _Setup(name, family, dataset, teacher, cfg, device)
     if cfg.unit == "batch":
         yield from _run_units(name, dataset, cfg, list(work), spec, facts, setup, progress, perturb)
     else:
@@ -233,7 +262,7 @@ def _run_units(name: str, dataset: ImageDataset, cfg: RecoverConfig, units: List
     targets = [(mm.running_mean.float()[None], mm.running_var.float()[None]) for mm in bn_layers(model)]
     set_meta = {"recover": facts, "unit": "batch", "bn_target": cfg.bn_target, "init": cfg.init,
                 "classes_per_batch": group_size(cfg, dataset.num_classes),
-                "teacher_arch": setup.arch}
+                "teacher_arch": setup.arch, "working_stats": setup.meta()}
     if perturb is not None:
         set_meta["adjust"] = perturb.facts()
     for u in units:
@@ -245,7 +274,7 @@ def _run_units(name: str, dataset: ImageDataset, cfg: RecoverConfig, units: List
                     for c in u.classes]
             x0 = setup.norm(to_float(torch.stack([imgs[u.index] for imgs, _ in rows])))
             extras["source_index"] = torch.stack([idx[u.index] for _, idx in rows])
-        else:  # official: torch.randn((classes, C, H, W)) in normalised space
+        else:  # official: torch.randn((classes, C, H, W)) in the working space
             x0 = torch.randn(len(u.classes), *setup.shape, generator=g).to(dev)
         y = torch.tensor(u.classes, device=dev)
         saved: List[List[torch.Tensor]] = []
@@ -273,7 +302,7 @@ def _run_classes(name: str, dataset: ImageDataset, cfg: RecoverConfig, classes: 
     model, dev = setup.model, setup.device
     per = 1 if perturb is not None else (cfg.classes_per_batch or max(1, 100 // cfg.ipc))
     set_meta = {"recover": facts, "bn_target": cfg.bn_target, "init": cfg.init, "classes_per_batch": per,
-                "teacher_arch": setup.arch}
+                "teacher_arch": setup.arch, "working_stats": setup.meta()}
     for a in range(0, len(classes), per):
         t0 = time.perf_counter()
         batch = classes[a:a + per]
