@@ -6,9 +6,11 @@ the hard-truths protocol, each beside its random subset under the same protocol.
 
 Steps (each skipped when its output exists): a ZCA expert buffer at the CPU preset (`ddkit experts train
 --preset cpu --zca true`), MTT and DATM at IPC 10 with their CPU preset on it (`--preset cpu --zca true`), then
-`ddkit evaluate SET --protocol native|hard-truths --seeds 3 --no-random` (no random baselines: the machine's
-2 cores were shared ~10× when this ran; the random subset's protocol-following is covered by
-tests/test_native_protocol.py). The JSON holds the commands, the git revision, the machine (lscpu), and per
+`ddkit evaluate SET --protocol native --seeds 3` (the random subset of the same IPC beside each set, trained
+under the set's resolved native protocol: its ZCA transform and learned lr) and `--protocol hard-truths --no-random`
+(random under hard-truths HL is the hard-truths study's own random cell at the same protocol, student and seeds:
+bench/results/synthesis_official_cifar10_cpu/before_ipc10), all on the bf16 + compile student path
+(`--cpu-amp --compile`, measured equal to fp32: bench/results/bf16_accuracy_hardtruths_cpu.json). The JSON holds the commands, the git revision, the machine (lscpu), and per
 method × protocol the set's last-epoch accuracies per seed (the headline) and what the protocol took from it.
 """
 from __future__ import annotations
@@ -21,11 +23,19 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from demo_time import lscpu  # noqa: E402  (one lscpu reader for every bench script)
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench/results/protocol_gap_mtt_datm_cpu.json"
 DATA = ["--dataset", "tar:/work/shared/data/cifar10-jpeg75.tar.gz", "--cache-dir", "/work/runs/cache",
         "--device", "cpu", "--no-progress"]
 METHODS = ("mtt", "datm")
+#: the load the measurement ran under (the evaluations' wall times in the JSON are not costs)
+#: the revision of the code the evaluations ran (a snapshot of main, PYTHONPATH to its src)
+CODE_REV = "edb10e1"
+NOTE = ("2 cores shared with the session's other jobs (one thread per evaluation, load average 3-8); code pinned at "
+        "the revision in `code_revision`")
 PROTOCOLS = ("native", "hard-truths")
 
 
@@ -35,15 +45,10 @@ def commands(work: Path) -> List[List[str]]:
     cmds = [["ddkit", "experts", "train", *DATA, "--preset", "cpu", "--zca", "true", "--output", str(buf)]]
     cmds += [["ddkit", "distill", "--method", m, "--ipc", "10", "--preset", "cpu", "--zca", "true", "--buffer",
               str(buf), *DATA, "--output", str(work / "sets" / m), "--resume"] for m in METHODS]
-    cmds += [["ddkit", "evaluate", str(work / "sets" / m), *DATA, "--protocol", p, "--seeds", "3", "--no-random",
+    cmds += [["ddkit", "evaluate", str(work / "sets" / m), *DATA, "--protocol", p, "--seeds", "3",
+              *(["--no-random"] if p == "hard-truths" else []), "--cpu-amp", "--compile",
               "--output", str(work / "eval" / f"{m}-{p}"), "--overwrite"] for m in METHODS for p in PROTOCOLS]
     return cmds
-
-
-def lscpu() -> Dict[str, str]:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=30).stdout
-    keep = ("Model name", "Flags", "CPU(s)")
-    return {k: v.strip() for k, _, v in (line.partition(":") for line in out.splitlines()) if k in keep}
 
 
 def collect(work: Path) -> Dict[str, Any]:
@@ -58,11 +63,14 @@ def collect(work: Path) -> Dict[str, Any]:
                 continue  # not finished: the JSON holds what is done, nothing else
             s = json.loads((work / "eval" / f"{m}-{p}" / "summary.json").read_text())
             by = {r["set"]: r for r in s["results"]}
+            keep = ("accs", "seeds", "mean", "std", "train_seconds")
             rows.append({"method": m, "protocol": p, "resolved": s["protocol"], "recipe": s["recipe"],
                          "regime": s["regime"], "epochs": by["distilled"]["epochs"],
                          "batch_size": by["distilled"]["batch_size"], "student": by["distilled"]["student"],
                          "iterations": by["distilled"]["iterations"],
-                         "distilled": {k: by["distilled"][k] for k in ("accs", "seeds", "mean", "std", "train_seconds")},
+                         "distilled": {k: by["distilled"][k] for k in keep},
+                         # the random subset of the same IPC under the same resolved protocol (None: not run)
+                         "random": {k: by["random"][k] for k in keep} if "random" in by else None,
                          "best_of_test": by["distilled"].get("best_of_test"), "set_meta": {k: meta.get(k) for k in (
                              "preset", "space", "syn_lr", "learned_lr", "learned_labels", "native", "settings",
                              "wall_seconds", "git_revision")}})
@@ -74,8 +82,8 @@ def collect(work: Path) -> Dict[str, Any]:
                              "images per class (CPU preset), ZCA eps 0.1",
             "headline": "last-epoch test accuracy (fraction), mean ± std (ddof 0) over 3 student seeds",
             "commands": [" ".join(c) for c in commands(work)],
-            "git_revision": rev, "machine": {**lscpu(), "nproc": os.cpu_count(),
-                                             "note": "2 cores shared with other jobs (load average 10-20)"},
+            "git_revision": rev, "code_revision": CODE_REV, "machine": {**lscpu(), "nproc": os.cpu_count(),
+                                             "note": NOTE},
             "rows": rows}
 
 
