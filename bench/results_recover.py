@@ -67,7 +67,10 @@ def recover_objective_section(src: Any, root: Path) -> Tuple[List[str], Dict[Key
               "once per class (`--unit class --bn-target class --direction descent` today). *Official*: one batch "
               "per IPC index with one image of every class, one set of BN statistics over it matched to the "
               "teacher's running statistics, DWA moved up the loss once per IPC index on a class-balanced real "
-              "batch. In parentheses: the gap to random (the before run's; byte-identical in both), by the rule.", ""]
+              "batch. Both runs optimise the pixels in the teacher's own mean/std space (today's `--norm true`); "
+              "the default since 9d57394 is the official code's statistics (0.2023, 0.1994, 0.2010), in which the "
+              "N(0,1) init and each Adam step are about 1.2× smaller in pixel units — these rows predate it. "
+              "In parentheses: the gap to random (the before run's; byte-identical in both), by the rule.", ""]
     lines += md_table(head, rows) + [""]
     effects = []
     for m in RECOVER:
