@@ -1,7 +1,7 @@
 """Collect the issue-29 study folders (cross-arch, efficiency, continual) into bench/results JSON.
 
     python bench/collect_studies.py --crossarch RUNS/crossarch --continual RUNS/continual \
-        --efficiency RUNS/efficiency_convnet3 RUNS/efficiency_resnet18 [--note "..."]
+        --efficiency RUNS/efficiency_cifar10 [--note KIND=TEXT]   # -> efficiency_cifar10_cpu.json
 
 Each JSON holds the study's finished rows exactly as its results.csv has them (the last row of a cell), the
 pinned protocol (study.json), every invocation (runs.jsonl: command, git revision, machine) and the machine as
@@ -13,24 +13,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+from demo_time import lscpu  # noqa: E402  (one lscpu reader for every bench script)
 
 
-def lscpu() -> Dict[str, str]:
-    """Model name and flags as lscpu prints them (speed claims name the CPU they ran on)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    facts = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    return {"model": facts.get("Model name", "").strip(), "flags": facts.get("Flags", "").strip(),
-            "nproc": str(os.cpu_count())}
+def machine() -> Dict[str, str]:
+    """Model name, flags and core count (speed claims name the CPU they ran on), from the one lscpu reader."""
+    facts = lscpu()
+    return {"model": facts.get("Model name", ""), "flags": facts.get("Flags", ""), "nproc": str(os.cpu_count())}
 
 
 def _rows(folder: Path, kind: str) -> List[Dict[str, Any]]:
@@ -50,7 +46,7 @@ def collect(folder: Path, kind: str, note: str = "", running: Sequence[str] = ()
     runs += [{"command": c, "git_revision": revision, "status": "still running when collected"} for c in running]
     pinned = json.loads((folder / "study.json").read_text()) if (folder / "study.json").is_file() else {}
     return {"study": kind, "folder": str(folder), "protocol": pinned.get("protocol", {}),
-            "rows": _rows(folder, kind), "runs": runs, "machine": lscpu(), "note": note}
+            "rows": _rows(folder, kind), "runs": runs, "machine": machine(), "note": note}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

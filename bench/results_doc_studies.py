@@ -12,7 +12,7 @@ from results_table import Cell, compare, fmt, fmt_gap, md_table
 
 CROSSARCH = "bench/results/crossarch_cifar10_cpu.json"
 CONTINUAL = "bench/results/continual_cifar10_cpu.json"
-EFFICIENCY = ("bench/results/efficiency_convnet3_cpu.json", "bench/results/efficiency_resnet18_cpu.json")
+EFFICIENCY = ("bench/results/efficiency_cifar10_cpu.json",)  # both observers in one study folder
 
 
 def _cell(r: Dict[str, Any]) -> Cell:
