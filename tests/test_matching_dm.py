@@ -88,3 +88,22 @@ def test_dm_presets_and_nan_guard():
     cfg = DMConfig(ipc=1, model="mlp", batch_real=8, lr_img=float("nan"))
     with pytest.raises(DDKitError, match=r"iteration 1 \(lr_img=nan\)"):
         _dm_class(pool, 0, cfg, 5)
+
+
+def test_dm_embeds_through_a_resnet_and_a_mobilenet_without_running_the_classifier():
+    """DM's fresh net may be a torchvision ResNet (the official networks.py gives ResNets an embed) or another
+    net: the embedding is the pooled classifier input, so its width is the classifier's in_features and the
+    classifier's weights do not change it."""
+    from ddkit.methods.dm import embed
+    from ddkit.models import create_model
+
+    x = torch.randn(3, 3, 32, 32)
+    for name, width in (("resnet18_modified", 512), ("mobilenet_v2_cifar", 1280)):
+        net = create_model(name, num_classes=10, image_size=32, channels=3).eval()
+        with torch.no_grad():
+            f = embed(net, x)
+            assert f.shape == (3, width), name
+            head = net.fc if hasattr(net, "fc") else net.classifier[-1]
+            head.weight.add_(1.0)  # the classifier is not part of the embedding
+            assert torch.equal(embed(net, x), f), name
+            assert torch.allclose(head(f), net(x), atol=1e-5), name  # and it is the classifier's input

@@ -32,6 +32,7 @@ from ddkit.data.base import ImageDataset
 from ddkit.methods.base import ClassResult, MethodConfig, register_method
 from ddkit.methods.matching_ops import (NORM_HELP, LossLog, RealPool, check_real_init, fresh_net, init_images,
                                         net_seed, resolve_settings, working_space)
+from ddkit.models.features import penultimate
 from ddkit.utils import DDKitError, make_generator
 
 #: CPU preset: fewer iterations and a smaller real batch (not a paper setting; recorded in meta).
@@ -69,11 +70,9 @@ def settings(cfg: DMConfig) -> Dict[str, Any]:
 
 
 def embed(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The network's penultimate features (ConvNet/MLP `embed`, main_DM.py:144)."""
-    fn = getattr(net, "embed", None)
-    if fn is None:
-        raise DDKitError(f"DM needs a network with an embed() method (ConvNet-D or mlp), got {type(net).__name__}")
-    return fn(x)
+    """The network's penultimate features (ConvNet/MLP `embed`, main_DM.py:144; the official networks.py gives
+    its ResNets an `embed` too: here torchvision ResNets and other nets through models.features.penultimate)."""
+    return penultimate(net, x)
 
 
 def dm_loss(net: nn.Module, real: torch.Tensor, syn: torch.Tensor, aug: Augment, g: torch.Generator

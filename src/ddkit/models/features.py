@@ -129,3 +129,22 @@ def default_feature_layer(model_name: str, image_size: int) -> str:
     if "resnet" in base:
         return "penultimate" if image_size <= 64 else "layer2"
     return "penultimate"
+
+
+def penultimate(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The flattened classifier input of `model` for `x`, without running the classifier.
+
+    ConvNet/MLP: their `embed`. torchvision ResNets: the stem, the four stages and the global pool run module by
+    module (no fx tracing, so a net rebuilt every iteration — DM draws a fresh one — pays nothing extra).
+    Anything else: the traced `feature_extractor(model, "penultimate")`.
+    """
+    fn = getattr(model, "embed", None)
+    if fn is not None:
+        return fn(x)
+    if _is_resnet(model):
+        m = model
+        x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+        x = m.layer4(m.layer3(m.layer2(m.layer1(x))))
+        return torch.flatten(m.avgpool(x), 1)
+    return feature_extractor(model, "penultimate")(x)
+
