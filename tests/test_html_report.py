@@ -246,6 +246,11 @@ def test_study_writes_report_html_pngs_and_curves(tmp_path):
     assert rec["classes"] == [str(i) for i in range(10)] and len(rec["class_accs"]) == 1 and rec["budget"] == "0.1"
     # 2 plots (budget, IPC) + per class (random alone: its accuracies) + curves + the grid
     assert text.count("data:image/png;base64,") == 5 and "Accuracy per class vs random" in text
+    # each cell records the protocol its students ran; both reports name it
+    ran = json.loads((out / "runs" / "random-ipc1-K0.1-hl" / "protocol.json").read_text())
+    assert (ran["protocol"], ran["recipe"], ran["inputs"]) == ("hard-truths", "hardtruths-hl", "meanstd")
+    assert "<h2>Protocol per cell</h2>" in text and "2: random-ipc1-K0.05-hl, random-ipc1-K0.1-hl" in text
+    assert "protocol **hard-truths**: recipe `hardtruths-hl`" in (out / "report.md").read_text()
 
 
 def _study_cell(runs: Path, method: str, ipc: int, budget: str, regime: str, per_seed: list) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -161,7 +162,12 @@ def test_the_random_baseline_follows_the_sets_protocol(tmp_path):
     assert by["distilled"]["protocol"]["inputs"] == by["random"]["protocol"]["inputs"] == "zca"
     assert by["distilled"]["recipe"] == by["random"]["recipe"] == "datm"
     assert by["random"]["protocol"]["lr"] == 0.05 and by["random"]["regime"] == "hl"  # no learned labels: hard
-    assert "ior" in summary and "protocol **native** (datm)" in (tmp_path / "e" / "results.md").read_text()
+    md = (tmp_path / "e" / "results.md").read_text()
+    assert "ior" in summary and "protocol **native** (datm)" in md
+    # what ran, in words: inputs and lr of the set, and the baseline's own line (it follows, on hard labels)
+    assert "recipe `datm`, regime sl, inputs ZCA-whitened (the set's transform), lr 0.05" in md
+    assert re.search(r"random: protocol \*\*native\*\* \(datm\): recipe `datm`, regime hl, .*follows the evaluated", md)
+    assert "| best-of-test % (not the headline) |" in md
     p = follow(resolve_protocol(EvalConfig(protocol="hard-truths"), s), real_set(train))
     assert p.cfg.recipe == "hardtruths-hl" and p.zca is None
 

@@ -201,6 +201,8 @@ def write_eval_html(output_dir: str | Path, distilled_dir: Optional[str | Path] 
         import yaml
 
         distilled_dir = (yaml.safe_load((out / "config.yaml").read_text()) or {}).get("distilled")
+    from ddkit.evaluate.runner import best_of_test_text
+
     results = summary.get("results", [])
     regime = summary.get("regime", "")
     distilled = _load_set(distilled_dir)
@@ -211,9 +213,11 @@ def write_eval_html(output_dir: str | Path, distilled_dir: Optional[str | Path] 
         ipc = set_ipc(distilled)
     rep = HtmlReport(f"ddkit evaluate: {distilled_dir or out.name}")
     rep.text(f"Regime {plots.REGIME_NAMES.get(regime, regime)}, recipe `{summary.get('recipe')}`; headline = "
-             "last-epoch test accuracy (%), mean ± std (ddof 0) over n seeds. IOR = acc(distilled) − acc(random "
-             "subset of the same IPC, same protocol), HLR = acc(full data, HL) − acc(distilled, HL); both in "
-             "points.")
+             "last-epoch test accuracy (%), mean ± std (ddof 0) over n seeds; best-of-test (the best recorded "
+             "test evaluation, chosen on the test set) is shown beside it, never as the headline. IOR = "
+             "acc(distilled) − acc(random subset of the same IPC, same protocol), HLR = acc(full data, HL) − "
+             "acc(distilled, HL); both in points.")
+    _protocol_section(rep, summary)
     iors = summary.get("ior") or {}
     hlrs = summary.get("hlr") or {}
     rows = []
@@ -222,9 +226,11 @@ def write_eval_html(output_dir: str | Path, distilled_dir: Optional[str | Path] 
         iv = 100 * iors[st]["ior"] if name == "distilled" and st in iors else None
         hv = 100 * hlrs[st]["hlr"] if name == "distilled" and st in hlrs else None
         rows.append([st, name, _acc(r["mean"], r["std"], r["n"]), r["n"], ", ".join(_pct(a) for a in r["accs"]),
-                     signed(iv), signed(hv, higher_is_better=False), f"{r['iterations']} × {r['batch_size']}"])
+                     best_of_test_text(r), signed(iv), signed(hv, higher_is_better=False),
+                     f"{r['iterations']} × {r['batch_size']}"])
     rep.heading("Results")
-    rep.table(["student", "set", "acc %", "n", "per seed", "IOR", "HLR", "iterations × batch"], rows)
+    rep.table(["student", "set", "acc % (headline: last epoch)", "n", "per seed", "best-of-test % (not the headline)",
+               "IOR", "HLR", "iterations × batch"], rows)
     skipped = (summary.get("skipped_baselines") or {}).get("random")
     if skipped:
         rep.text(f"Random baseline not evaluated: {skipped}. IOR needs it.", note=True)
@@ -248,6 +254,26 @@ def write_eval_html(output_dir: str | Path, distilled_dir: Optional[str | Path] 
         rep.heading("The set")
         add_grid(rep, Path(distilled_dir).name, distilled_dir, distilled)
     return rep.write(out / "report.html")
+
+
+def _protocol_section(rep: HtmlReport, summary: Mapping[str, Any]) -> None:
+    """Which protocol each set was trained under (summary.json's "protocol", and each result's own: a baseline
+    follows the evaluated set's): protocol, recipe, regime, inputs (ZCA or mean/std), lr, SL labels, notes."""
+    from ddkit.evaluate.native import protocol_fields
+
+    per_set: Dict[str, Mapping[str, Any]] = {}
+    for r in summary.get("results", []):
+        per_set.setdefault(r["set"], r.get("protocol") or (summary.get("protocol") if r["set"] == "distilled" else {}))
+    if not per_set and summary.get("protocol"):
+        per_set["distilled"] = summary["protocol"]
+    rows = []
+    for name, d in per_set.items():
+        if d:
+            f = protocol_fields(d)
+            rows.append([name, f["protocol"], f["recipe"], f["regime"], f["inputs"], f["lr"], f["labels"], f["notes"]])
+    if rows:
+        rep.heading("Protocol")
+        rep.table(["set", "protocol", "recipe", "regime", "inputs", "lr", "SL labels", "notes"], rows)
 
 
 def _load_set(distilled_dir: Optional[str | Path]) -> Any:
@@ -296,22 +322,36 @@ def study_rows_with_gaps(rows: Sequence[Mapping[str, Any]], full_acc: Optional[f
 
 
 def write_study_html(output_dir: str | Path, rows: Sequence[Mapping[str, Any]], protocol: Mapping[str, Any],
-                     max_grids: int = 24) -> Path:
-    """report.html of a study folder: the long results table with IOR/HLR, the plots, curves, grids."""
+                     max_grids: int = 24, ran: Sequence[Tuple[Mapping[str, Any], Sequence[str]]] = ()) -> Path:
+    """report.html of a study folder: the long results table with IOR/HLR, the plots, curves, grids; `ran`: the
+    protocols the cells' students ran ([(SetProtocol.describe(), cell names)], study_rows.cell_protocols)."""
     out = Path(output_dir)
     rep = HtmlReport("Hard-truths study")
     rep.items([f"{k}: {v}" for k, v in protocol.items()])
     rep.text("Headline: last-epoch test accuracy (%), mean ± std (ddof 0) over student seeds; every student "
-             "sees budget × |train| samples. IOR = method − random in the same cell (points); HLR = full-data HL "
-             "accuracy − method under HL (points, needs `--eval-opt full_acc=…`).")
+             "sees budget × |train| samples; best-of-test (chosen on the test set) is shown beside it, never as "
+             "the headline. IOR = method − random in the same cell (points); HLR = full-data HL accuracy − method "
+             "under HL (points, needs `--eval-opt full_acc=…`).")
+    if ran:
+        from ddkit.evaluate.native import protocol_fields
+
+        rep.heading("Protocol per cell")
+        table = []
+        for d, cells in ran:
+            f = protocol_fields(d)
+            table.append([f["protocol"], f["recipe"], f["regime"], f["inputs"], f["lr"], f["labels"], f["notes"],
+                          f"{len(cells)}: " + ", ".join(cells[:6]) + (" …" if len(cells) > 6 else "")])
+        rep.table(["protocol", "recipe", "regime", "inputs", "lr", "SL labels", "notes", "cells"], table)
     full = (protocol.get("eval_overrides") or {}).get("full_acc")
     gapped = study_rows_with_gaps(rows, full)
     order = sorted(gapped, key=lambda t: (t[0]["regime"], t[0]["ipc"], float(t[0]["budget"]), t[0]["method"]))
     rep.heading("Results")
-    rep.table(["regime", "IPC", "budget (ep)", "method", "acc %", "n", "IOR", "HLR"],
+    rep.table(["regime", "IPC", "budget (ep)", "method", "acc % (headline: last epoch)", "n",
+               "best-of-test % (not the headline)", "IOR", "HLR"],
               [[plots.REGIME_NAMES.get(r["regime"], r["regime"]), r["ipc"], f"{float(r['budget']):g}", r["method"],
-                _acc(r["mean"], r["std"], int(r.get("n") or 1)), r.get("n"), signed(iv),
-                signed(hv, higher_is_better=False)] for r, iv, hv in order])
+                _acc(r["mean"], r["std"], int(r.get("n") or 1)), r.get("n"),
+                _pct(r["best_of_test"] if isinstance(r.get("best_of_test"), float) else None),
+                signed(iv), signed(hv, higher_is_better=False)] for r, iv, hv in order])
     finite = [r for r in rows if math.isfinite(r["mean"])]
     rep.heading("Accuracy vs compute budget")
     rep.figure(plots.acc_vs_budget(finite), "one panel per regime and IPC; error bars: std over seeds",

@@ -60,7 +60,7 @@ from ddkit.ranks import barrier, broadcast, rank_world, solo, together
 from ddkit.teachers.frozen import teacher_identity
 from ddkit.study_report import rank_table, write_report  # noqa: F401  (rank_table re-exported)
 from ddkit.study_rows import (COLUMNS, _append, _bkey, _cells, _key, _merge, _save_class_accs,  # noqa: F401
-                              _seeds_missing, read_results)  # (COLUMNS, read_results re-exported)
+                              _seeds_missing, read_results, write_cell_protocol)  # (COLUMNS, read_results re-exported)
 from ddkit.utils import DDKitError, atomic_write_bytes, get_device, git_revision, machine_info
 
 #: every method of the paper's small-scale comparison that ddkit has (hardtruths §1, §5.5, §6)
@@ -222,6 +222,7 @@ class _CellRunner:
                            progress=self.progress, set_name=f"{spec.name}/ipc{ipc}/K{_bkey(b)}/{regime}",
                            output=out / "runs" / name)
         summary = res.to_dict()
+        write_cell_protocol(out / "runs" / name, summary.get("protocol"))
         _save_class_accs(out / "runs" / name, summary, self.test.classes, spec.name, ipc, _bkey(b), regime,
                          n_prev=0 if prev is None else len(prev["accs"]))
         row = {"method": spec.name, "ipc": ipc, "budget": _bkey(b), "regime": regime,

@@ -13,7 +13,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ddkit.html_report import write_study_html
 from ddkit.plots import acc_vs_budget
+from ddkit.evaluate.native import protocol_line
 from ddkit.report import markdown_table, write_markdown
+from ddkit.study_rows import cell_protocols
 
 
 def _ranks(values: Dict[str, float]) -> Dict[str, float]:
@@ -63,6 +65,10 @@ def _cell(r: Dict[str, Any]) -> str:
     return text
 
 
+def _cells_text(cells: List[str], most: int = 6) -> str:
+    return ", ".join(cells[:most]) + (f", … ({len(cells) - most} more)" if len(cells) > most else "")
+
+
 def write_report(output_dir: str | Path) -> Path:
     """report.md (+ acc_vs_budget.png) from every row of output_dir/results.csv."""
     out = Path(output_dir)
@@ -71,13 +77,17 @@ def write_report(output_dir: str | Path) -> Path:
     rows = read_results(out / "results.csv")
     sections: List[Tuple[str, str]] = []
     proto = json.loads((out / "study.json").read_text()).get("protocol", {}) if (out / "study.json").is_file() else {}
-    write_study_html(out, rows, proto)  # report.html: the same rows with IOR/HLR, plots, curves and set grids
+    ran = cell_protocols(out / "runs", rows)
+    write_study_html(out, rows, proto, ran=ran)  # report.html: the same rows with IOR/HLR, plots, curves, grids
     if not rows:
         return write_markdown(out / "report.md", "Hard-truths study", [("Results", "no finished cells yet")])
     sections.append(("Protocol", "\n".join(f"- {k}: {v}" for k, v in proto.items()) +
                      "\n- headline: last-epoch test accuracy (%), mean ± std (ddof 0) over student seeds (a cell "
                      "with one seed shows its accuracy alone: no spread is known); every student sees budget × "
-                     "|train| samples; [brackets]: mean best-of-test, chosen on the test set (not a headline)"))
+                     "|train| samples; [brackets]: mean best-of-test, chosen on the test set (not a headline)" +
+                     "".join(f"\n- {protocol_line(d)}" + (f"; notes: {'; '.join(d['notes'])}" if d.get("notes") else "")
+                             + f" — {len(cells)} cell{'s' if len(cells) > 1 else ''}: {_cells_text(cells)}"
+                             for d, cells in ran)))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     cols = sorted({(r["ipc"], r["budget"]) for r in rows})
     for regime in dict.fromkeys(r["regime"] for r in rows):

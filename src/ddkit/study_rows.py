@@ -107,3 +107,31 @@ def _save_class_accs(cell: Path, summary: Mapping[str, Any], classes: Sequence[s
                "class_accs": accs}
         cell.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(cell / "class_accs.json", json.dumps(rec).encode())
+
+
+PROTOCOL_FILE = "protocol.json"
+
+
+def write_cell_protocol(cell: Path, protocol: Optional[Mapping[str, Any]]) -> None:
+    """runs/<cell>/protocol.json: the protocol the cell's students ran (evaluate's SetProtocol.describe(): protocol,
+    recipe, regime, inputs, lr, SL labels, notes), for the report's protocol table."""
+    if protocol:
+        cell.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(cell / PROTOCOL_FILE, json.dumps(dict(protocol), default=str).encode())
+
+
+def cell_protocols(runs: Path, rows: Sequence[Mapping[str, Any]]) -> List[Tuple[Dict[str, Any], List[str]]]:
+    """[(protocol, cells that ran it)] over the finished `rows` whose runs/<cell>/protocol.json exists, one entry per
+    distinct protocol in the order first met (a cell finished before the file existed is left out)."""
+    groups: Dict[str, Tuple[Dict[str, Any], List[str]]] = {}
+    for r in rows:
+        name = study_keys.cell_name(r["method"], r["ipc"], r["budget"], r["regime"])
+        path = runs / name / PROTOCOL_FILE
+        if not path.is_file():
+            continue
+        try:
+            d = json.loads(path.read_text())
+        except ValueError:
+            continue  # a damaged file only loses its line in the report
+        groups.setdefault(json.dumps(d, sort_keys=True), (d, []))[1].append(name)
+    return list(groups.values())

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -101,6 +101,30 @@ class SetProtocol:
         return {"protocol": self.protocol, "native": self.native, "recipe": self.cfg.recipe,
                 "regime": self.cfg.regime, "inputs": "zca" if self.zca is not None else "meanstd",
                 "lr": self.cfg.lr, "sl_labels": self.cfg.sl_labels, "notes": list(self.notes)}
+
+
+INPUT_NAMES = {"zca": "ZCA-whitened (the set's transform)", "meanstd": "mean/std-normalised"}
+
+
+def protocol_fields(d: Optional[Mapping[str, Any]]) -> Dict[str, str]:
+    """SetProtocol.describe()'s dict (summary.json's "protocol") as the words the reports print: which protocol
+    ran (and the paper protocol a native set declared), recipe, regime, inputs, lr, SL labels, notes."""
+    d = d or {}
+    lr = d.get("lr")
+    return {"protocol": f"{d.get('protocol', '?')}" + (f" ({d['native']})" if d.get("native") else ""),
+            "recipe": str(d.get("recipe") or "–"), "regime": str(d.get("regime") or "–"),
+            "inputs": INPUT_NAMES.get(d.get("inputs"), str(d.get("inputs") or "–")),
+            "lr": "the recipe's" if lr is None else f"{float(lr):.4g}",
+            "labels": str(d.get("sl_labels") or "the recipe's"),
+            "notes": "; ".join(d.get("notes") or []) or "–"}
+
+
+def protocol_line(d: Optional[Mapping[str, Any]]) -> str:
+    """One line of protocol_fields: 'protocol native (dsa): recipe dc, regime hl, inputs …, lr …, labels …'."""
+    f, native = protocol_fields(d), (d or {}).get("native")
+    return (f"protocol **{(d or {}).get('protocol', '?')}**" + (f" ({native})" if native else "")
+            + f": recipe `{f['recipe']}`, regime {f['regime']}, inputs {f['inputs']}, lr {f['lr']}, "
+              f"SL labels {f['labels']}")
 
 
 def _native_spec(name: str) -> Native:

@@ -7,7 +7,8 @@
 <output>/summary.json                        per student × set: accs per seed, seeds, mean, std (ddof 0), n, IOR;
                                              the set's IPC; the protocol that ran (native | hard-truths, what
                                              it took from the set); optional baselines left out, with the reason
-<output>/results.md                          the same as a markdown table
+<output>/results.md                          the same as a markdown table, each set's protocol in words, best-of-test
+                                             in its own column (never the headline)
 ```
 The folder is written atomically (temporary sibling, then rename); an existing one is refused
 unless overwrite=True. Under torchrun only rank 0 writes it and prints (see evaluate/parallel.py).
@@ -38,7 +39,7 @@ from ddkit.evaluate.protocol import EvalConfig
 from ddkit.evaluate.evaluator import DEFAULT_STUDENT, EvalResult, check_classes, evaluate, soft_labels_for
 from ddkit.evaluate.losses import LOSSES
 from ddkit.evaluate.metrics import hlr, ior, summarize
-from ddkit.evaluate.native import SetProtocol, check_regime, follow, resolve_protocol
+from ddkit.evaluate.native import SetProtocol, check_regime, follow, protocol_line, resolve_protocol
 from ddkit.evaluate.recipes import resolve_recipe
 from ddkit.evaluate.student import make_plan
 from ddkit.teachers.frozen import teacher_identity
@@ -81,26 +82,41 @@ def set_ipc(ds: DistilledSet) -> int:
     return ds.ipc
 
 
+def best_of_test_text(row: Mapping[str, Any]) -> str:
+    """summary.json's best-of-test of one student × set as 'mean ± std' (%), or '–' when not recorded."""
+    b = row.get("best_of_test") or {}
+    if not b or b.get("mean") is None:
+        return "–"
+    return f"{_pct(b['mean'])} ± {_pct(b.get('std') or 0.0)}" if len(b.get("accs") or []) > 1 else _pct(b["mean"])
+
+
 def results_markdown(results: Sequence[EvalResult], summary: Dict[str, Any]) -> str:
     """A markdown table: one row per student × set, then IOR / HLR when available."""
     r0 = results[0]
     proto = summary.get("protocol") or {}
-    ran = (f"protocol **{proto.get('protocol')}**" + (f" ({proto['native']})" if proto.get("native") else "") + ", "
-           if proto else "")
+    ran = f"{protocol_line(proto)}; " if proto else ""
     lines = [
         f"{ran}regime **{r0.regime}** (loss `{r0.recipe.loss_for(r0.regime)}`), recipe **{r0.recipe.name}**; "
-        f"headline = last-epoch test accuracy (%), mean ± std (ddof 0) over n seeds.",
+        f"headline = last-epoch test accuracy (%), mean ± std (ddof 0) over n seeds. Best-of-test = the best of "
+        f"the recorded test evaluations, chosen on the test set: shown beside, never the headline.",
         *([f"", *(f"- {n}" for n in proto.get("notes", []))] if proto.get("notes") else []),
         "",
-        "| student | set | acc % (mean ± std) | n | per seed | seeds | iterations × batch | img/s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| student | set | acc % (mean ± std) | n | per seed | seeds | best-of-test % (not the headline) | "
+        "iterations × batch | img/s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    baseline_protocols: Dict[str, Any] = {}
     for r in results:
         s = summarize(r.accs)
         ips = sum(x.images_per_s for x in r.runs) / max(1, len(r.runs))
         lines.append(f"| {r.student} | {r.set_name} | {_pct(s['mean'])} ± {_pct(s['std'])} | {s['n']} | "
                      f"{', '.join(_pct(a) for a in r.accs)} | {', '.join(map(str, r.seeds))} | "
-                     f"{r.plan.iterations} × {r.plan.batch_size} | {ips:.0f} |")
+                     f"{best_of_test_text(r.to_dict())} | {r.plan.iterations} × {r.plan.batch_size} | {ips:.0f} |")
+        if r.set_name != "distilled" and r.info.get("protocol"):
+            baseline_protocols.setdefault(r.set_name, r.info["protocol"])
+    for name, d in baseline_protocols.items():  # a baseline follows the set's protocol; say what it ran
+        notes = "; ".join(d.get("notes") or [])
+        lines += ["", f"{name}: {protocol_line(d)}" + (f" ({notes})" if notes else "")]
     extra = summary.get("ior") or {}
     if extra:
         lines += ["", "| student | IOR = acc(distilled) − acc(random), points | per seed (paired) |", "|---|---|---|"]
