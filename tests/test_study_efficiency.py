@@ -71,3 +71,48 @@ def test_cli_efficiency_end_to_end(tmp_path):
     assert main(args) == 0
     text = (tmp_path / "e" / "report.md").read_text()
     assert "sre2l" in text and "convnet-d1" in text and (tmp_path / "e" / "report.html").is_file()
+
+
+def test_a_failing_cell_is_a_failed_row_and_the_next_cell_still_runs(tmp_path):
+    """MTT on convnet-d1 with a buffer that is not there fails when it runs; on convnet-d2 it has no buffer at all
+    (fails at setup). Both become failed rows with their one-line reason, random still runs at every rep, the
+    report shows the failures, and a rerun measures the failed cells again (only them)."""
+    from ddkit.study_cells import CellTable
+    from ddkit.study_efficiency import COLUMNS, KEY
+
+    train = make_toy(10, 4, 8)
+    kw = dict(methods=("mtt", "random"), observers=("convnet-d1", "convnet-d2"), images=8, repeats=2,
+              output_dir=str(tmp_path / "e"), progress=False, device="cpu",
+              buffers={"convnet-d1": str(tmp_path / "no-such-buffer")}, method_overrides={"mtt": {"preset": "cpu"}})
+    rows = run_efficiency(train, **kw)
+    assert [(r["method"], r["observer"], r["rep"], r["status"]) for r in rows] == [
+        (m, o, rep, s) for rep in (1, 2) for m, o, s in (("mtt", "convnet-d1", "failed"), ("mtt", "convnet-d2", "failed"),
+                                                         ("random", "-", "ok"))]
+    fail = {r["observer"]: r["error"] for r in rows if r["method"] == "mtt"}
+    assert "no-such-buffer" in fail["convnet-d1"] and "\n" not in fail["convnet-d1"]
+    assert "needs an expert buffer" in fail["convnet-d2"]
+    assert all(r["images"] == 8 and r["wall_s_per_100"] > 0 for r in rows if r["method"] == "random")
+    assert all(r["images"] is None for r in rows if r["method"] == "mtt")  # no numbers for a failed cell
+    md = (tmp_path / "e" / "report.md").read_text()
+    assert "| random | - |" in md and "| ok |" in md and "## Failed cells" in md
+    assert "mtt / convnet-d2: failed: mtt on observer 'convnet-d2' needs an expert buffer" in md
+    assert "Failed cells: mtt / convnet-d1: failed:" in (tmp_path / "e" / "report.html").read_text()
+    n = len((tmp_path / "e" / "results.csv").read_text().splitlines())
+    run_efficiency(train, **kw)  # the failed cells (2 × 2 reps) are tried again, the measured ones are kept
+    assert len((tmp_path / "e" / "results.csv").read_text().splitlines()) == n + 4
+    assert len(CellTable(tmp_path / "e" / "results.csv", COLUMNS, KEY).rows()) == 6
+
+
+def test_a_table_of_an_older_ddkit_gains_the_new_columns(tmp_path):
+    """results.csv written before status/error existed: the next append rewrites the header once, old rows
+    keep their values (new columns empty), and the new row lines up."""
+    from ddkit.study_cells import CellTable
+
+    path = tmp_path / "results.csv"
+    path.write_text("method,observer,rep,wall_s\nlic,convnet-d3,1,2.5\n")
+    table = CellTable(path, ("method", "observer", "rep", "wall_s", "status", "error"), ("method", "observer", "rep"))
+    table.append({"method": "dm", "observer": "convnet-d3", "rep": 1, "status": "failed", "error": "boom"})
+    assert path.read_text().splitlines() == ["method,observer,rep,wall_s,status,error", "lic,convnet-d3,1,2.5,,",
+                                             "dm,convnet-d3,1,,failed,boom"]
+    rows = table.rows()
+    assert rows[0]["wall_s"] == 2.5 and rows[1]["status"] == "failed"

@@ -97,7 +97,9 @@ def cmd_study_more(args: argparse.Namespace, dataset: Callable[[argparse.Namespa
         print(dump(cfg, title="study efficiency"))
         rows = run_efficiency(dataset(args, "train"), cfg, device=device, progress=not args.no_progress,
                               method_overrides=mopts, buffers=buffers)
-        print(f"{len(rows)} measurements; report: {Path(cfg.output_dir) / 'report.md'}")
+        failed = sum(r.get("status") == "failed" for r in rows)
+        print(f"{len(rows) - failed} measurements" + (f", {failed} failed (reasons in the report; rerun to retry)"
+                                                      if failed else "") + f"; report: {Path(cfg.output_dir) / 'report.md'}")
         save_record(Path(cfg.output_dir) / "config.yaml", args, cfg)
         return 0
     eopts = parse_key_values(args.eval_opt)

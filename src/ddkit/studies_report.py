@@ -136,10 +136,16 @@ def efficiency_summary(rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]
     (the first repetition of a process also pays one-time costs: imports, kernel selection)."""
     out: List[Dict[str, Any]] = []
     for m, o in dict.fromkeys((r["method"], r["observer"]) for r in rows):
-        rs = [r for r in rows if r["method"] == m and r["observer"] == o]
-        s: Dict[str, Any] = {"method": m, "observer": o, "reps": len(rs), "observer_net": rs[0].get("observer_net"),
-                             "iterations": rs[0].get("iterations"), "default_iterations": rs[0].get("default_iterations"),
-                             "options": rs[0].get("options") or ""}
+        cell = [r for r in rows if r["method"] == m and r["observer"] == o]
+        bad = [r for r in cell if r.get("status") == "failed"]
+        rs = [r for r in cell if r.get("status") != "failed"] or cell  # numbers from the measured reps only
+        status = "ok"
+        if bad:
+            why = bad[-1].get("error") or "no reason recorded"
+            status = f"failed: {why}" if len(bad) == len(cell) else f"{len(bad)} of {len(cell)} reps failed: {why}"
+        s: Dict[str, Any] = {"method": m, "observer": o, "reps": len(cell) - len(bad), "status": status,
+                             "observer_net": rs[0].get("observer_net"), "iterations": rs[0].get("iterations"),
+                             "default_iterations": rs[0].get("default_iterations"), "options": rs[0].get("options") or ""}
         for k in ("wall_s_per_100", "cpu_s_per_100", "images_per_s", "peak_rss_mb", "peak_increase_mb",
                   "cuda_peak_mb"):
             vals = [float(r[k]) for r in rs if isinstance(r.get(k), float) and math.isfinite(r[k])]
@@ -156,7 +162,7 @@ def write_efficiency_report(out: Path) -> Path:
 
     summ = efficiency_summary(CellTable(out / "results.csv", COLUMNS, KEY).rows())
     head = ["method", "observer", "net", "options", "reps", "iterations (default)", "wall s / 100 img", "CPU s / 100 img",
-            "img/s", "peak RSS MiB", "peak rise MiB", "CUDA peak MiB"]
+            "img/s", "peak RSS MiB", "peak rise MiB", "CUDA peak MiB", "status"]
 
     def f(v: Any, d: int = 2) -> str:
         return f"{v:.{d}f}" if isinstance(v, float) and math.isfinite(v) else "–"
@@ -164,13 +170,18 @@ def write_efficiency_report(out: Path) -> Path:
     table = [[s["method"], s["observer"], s["observer_net"] or "–", s["options"], s["reps"],
               f"{s['iterations']} ({s['default_iterations']})" if s["iterations"] not in ("", None) else "–",
               f(s["wall_s_per_100"]), f(s["cpu_s_per_100"]), f(s["images_per_s"], 3), f(s["peak_rss_mb"], 0),
-              f(s["peak_increase_mb"], 0), f(s["cuda_peak_mb"], 0)] for s in summ]
-    labels = [f"{s['method']} / {s['observer']}" for s in summ]
-    fig_t = bars(labels, {"wall s / 100 images": [s["wall_s_per_100"] for s in summ],
-                          "CPU s / 100 images": [s["cpu_s_per_100"] for s in summ]}, "seconds (log)")
-    fig_m = bars(labels, {"peak rise MiB": [s["peak_increase_mb"] for s in summ]}, "MiB (log)")
+              f(s["peak_increase_mb"], 0), f(s["cuda_peak_mb"], 0), s["status"].replace("|", "/")] for s in summ]
+    measured = [s for s in summ if s["reps"] > 0]  # a cell that only failed has no bar
+    labels = [f"{s['method']} / {s['observer']}" for s in measured]
+    fig_t = bars(labels, {"wall s / 100 images": [s["wall_s_per_100"] for s in measured],
+                          "CPU s / 100 images": [s["cpu_s_per_100"] for s in measured]}, "seconds (log)")
+    fig_m = bars(labels, {"peak rise MiB": [s["peak_increase_mb"] for s in measured]}, "MiB (log)")
+    failed = [f"{s['method']} / {s['observer']}: {s['status']}" for s in summ if s["status"] != "ok"]
     sections = [("Protocol", "\n".join(f"- {k}: {v}" for k, v in _protocol(out).items())),
                 ("Cost of making the images (median over repetitions)", markdown_table(head, table) if summ else "none")]
+    if failed:
+        sections.append(("Failed cells (rerun the same command to measure them again)",
+                         "\n".join(f"- {x}" for x in failed)))
     for name, fig in (("time.png", fig_t), ("memory.png", fig_m)):
         if fig is not None:
             fig.savefig(out / name, dpi=110, bbox_inches="tight")
@@ -178,6 +189,8 @@ def write_efficiency_report(out: Path) -> Path:
     rep = HtmlReport("Efficiency study")
     rep.items([f"{k}: {v}" for k, v in _protocol(out).items()])
     rep.table(head, table)
+    if failed:
+        rep.text("Failed cells: " + "; ".join(failed) + " (rerun the same command to measure them again).", note=True)
     rep.figure(fig_t, "wall and CPU seconds to make 100 images (log scale)", "time")
     rep.figure(fig_m, "peak resident memory above the memory held before the run", "memory")
     rep.write(out / "report.html")

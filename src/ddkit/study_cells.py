@@ -9,6 +9,7 @@ git revision, machine). Only the key columns differ between studies (`CellTable.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import sys
@@ -23,7 +24,7 @@ from ddkit.config import config_hash
 from ddkit.distilled import DistilledSet
 from ddkit.evaluate.metrics import mean_std
 from ddkit.grids import write_preview
-from ddkit.utils import DDKitError, git_revision, machine_info
+from ddkit.utils import DDKitError, atomic_write_bytes, git_revision, machine_info
 
 #: columns parsed as numbers when read back (the rest stay strings; accs/seeds are ';'-joined lists)
 FLOAT_COLUMNS = ("mean", "std", "seconds", "set_seconds", "epochs", "wall_s", "cpu_s", "images_per_s",
@@ -79,13 +80,32 @@ class CellTable:
         """Append one row and make it durable before the next cell starts (the resume point)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new = not self.path.is_file() or self.path.stat().st_size == 0
+        fields = self.columns if new else self._widen()
         with open(self.path, "a", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=self.columns)
+            w = csv.DictWriter(fh, fieldnames=fields)
             if new:
                 w.writeheader()
-            w.writerow({k: row.get(k, "") for k in self.columns})
+            w.writerow({k: row.get(k, "") for k in fields})
             fh.flush()
             os.fsync(fh.fileno())
+
+    def _widen(self) -> Sequence[str]:
+        """The header to append under. A table written by an older ddkit with fewer columns (all of them still
+        ours) gets the new ones, empty in its old rows: rewritten atomically once, so every row lines up with the
+        one header; any other header is kept as it is (rows are written by name under it)."""
+        with open(self.path, newline="") as fh:
+            header = next(csv.reader(fh), [])
+        if not set(header) < set(self.columns):
+            return header
+        with open(self.path, newline="") as fh:
+            old = list(csv.DictReader(fh))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=self.columns)
+        w.writeheader()
+        for r in old:
+            w.writerow({k: r.get(k, "") for k in self.columns})
+        atomic_write_bytes(self.path, buf.getvalue().encode())
+        return self.columns
 
 
 def seeds_row(prev: Optional[Mapping[str, Any]], accs: Sequence[float], seeds: Sequence[int]) -> Dict[str, Any]:

@@ -23,6 +23,10 @@ over the cells instead of hitting one; each measurement is appended to results.c
 those done) and runs.jsonl records the machine. Iterations may be cut for CPU (`method_overrides`, e.g.
 {"sre2l": {"iterations": 20}}): the row records the iterations option used and the method's default, and the
 cost is the cost at the iterations used (no extrapolation: some methods count iterations inclusively).
+
+A cell that fails (an error of the method, a missing expert buffer, an observer without a BatchNorm twin) does
+not stop the study: it is recorded as a row with status "failed" and the one-line reason, the next cell runs,
+and the report shows it as failed. A rerun measures the failed cells again (the fixed ones get their numbers).
 """
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ from ddkit.utils import DDKitError, get_device
 
 COLUMNS = ("method", "observer", "rep", "observer_net", "images", "ipc", "wall_s", "cpu_s", "images_per_s",
            "wall_s_per_100", "cpu_s_per_100", "peak_rss_mb", "rss_before_mb", "peak_increase_mb", "cuda_peak_mb",
-           "hwm_reset", "iterations", "default_iterations", "options", "device")
+           "hwm_reset", "iterations", "default_iterations", "options", "device", "status", "error")
 KEY = ("method", "observer", "rep")
 
 
@@ -169,6 +173,13 @@ def observer_setup(method: str, observer: str, train: Any, buffers: Mapping[str,
     return (observer if kw else "-"), None, kw
 
 
+def failure_reason(e: BaseException) -> str:
+    """One line for a failed cell: a DDKitError's message, else the exception's type and first line."""
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else ""
+    return text if isinstance(e, DDKitError) else f"{type(e).__name__}: {text}".rstrip(": ")
+
+
 def _iterations(spec: Any, kw: Mapping[str, Any]) -> Tuple[Any, Any]:
     """(iterations used, the method's default iterations), or ("", "") for methods without the option."""
     if "iterations" not in option_names(spec.config):
@@ -178,6 +189,18 @@ def _iterations(spec: Any, kw: Mapping[str, Any]) -> Tuple[Any, Any]:
                       ).get("iterations")
     # None: the method's preset decides (e.g. dm/dc/mtt "paper": the official count for the IPC)
     return ("preset" if used is None else used), ("preset" if default is None else default)
+
+
+def _measure(name: str, arch: Optional[str], kw: Mapping[str, Any], train: Any, ipc: int, seed: int,
+             dev: Any) -> Dict[str, Any]:
+    """One measurement of `name` making ipc × classes images through observer `arch`: the row's numbers."""
+    teacher = untrained_teacher(arch, train, dev) if arch else None
+    method = create_method(name, **{"ipc": ipc, "seed": seed, **kw})
+    m = probe(lambda: method(train, teacher, device=dev, progress=False), dev)
+    n = len(m.pop("result"))
+    used, default = _iterations(method_spec(name), {"ipc": ipc, **kw})
+    return {"images": n, "images_per_s": n / m["wall_s"], "wall_s_per_100": m["wall_s"] * 100.0 / n,
+            "cpu_s_per_100": m["cpu_s"] * 100.0 / n, "iterations": used, "default_iterations": default, **m}
 
 
 def run_efficiency(train: Any, config: Optional[EfficiencyConfig] = None, *, device: Any = None,
@@ -193,16 +216,21 @@ def run_efficiency(train: Any, config: Optional[EfficiencyConfig] = None, *, dev
     overrides = {method_spec(k).name: dict(v) for k, v in (method_overrides or {}).items()}
     buffers = dict(buffers or {})
     ipc = max(1, math.ceil(cfg.images / train.num_classes))
-    # Every (method, observer) is resolved before anything runs: unknown names and missing buffers fail first.
-    cells: List[Tuple[str, str, Optional[str], Dict[str, Any]]] = []
+    # Every (method, observer) is resolved before anything runs: an unknown method name fails first; a cell that
+    # cannot be set up (no expert buffer, no BatchNorm twin) becomes a failed row, and the others still run.
+    cells: List[Tuple[str, str, Optional[str], Dict[str, Any], Optional[str]]] = []
     for m in cfg.methods:
         name = method_spec(m).name
         seen = set()
         for o in cfg.observers:
-            row_obs, arch, kw = observer_setup(name, o, train, buffers)
+            try:
+                row_obs, arch, kw = observer_setup(name, o, train, buffers)
+                fail = None
+            except DDKitError as e:
+                row_obs, arch, kw, fail = o, None, {}, failure_reason(e)
             if row_obs not in seen:
                 seen.add(row_obs)
-                cells.append((name, row_obs, arch, {**kw, **overrides.get(name, {})}))
+                cells.append((name, row_obs, arch, {**kw, **overrides.get(name, {})}, fail))
     out = Path(cfg.output_dir)
     proto = {"dataset": train.name, "train_size": len(train), "images": cfg.images, "ipc": ipc, "seed": cfg.seed,
              "device": dev.type, "method_overrides": overrides, "buffers": buffers}
@@ -210,26 +238,30 @@ def run_efficiency(train: Any, config: Optional[EfficiencyConfig] = None, *, dev
                                "shape": [train.channels, train.image_size]}})
     table = CellTable(out / "results.csv", COLUMNS, KEY)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    done = 0
+    done, failed = 0, {}  # failed: (method, observer) → the reason, in this run
     bar = tqdm(total=len(cells) * cfg.repeats, desc="efficiency", unit="run", disable=not progress, leave=True)
     for rep in range(1, cfg.repeats + 1):  # interleaved: rep 1 of every cell, then rep 2, ...
-        for name, obs, arch, kw in cells:
+        for name, obs, arch, kw, fail in cells:
             bar.update(1)
-            if table.key({"method": name, "observer": obs, "rep": rep}) in table.cells():
+            prev = table.cells().get(table.key({"method": name, "observer": obs, "rep": rep}))
+            if prev is not None and prev.get("status") != "failed":  # a failed cell is measured again
                 continue
             bar.set_postfix_str(f"{name} / {obs} rep {rep}")
-            teacher = untrained_teacher(arch, train, dev) if arch else None
-            method = create_method(name, **{"ipc": ipc, "seed": cfg.seed, **kw})
-            m = probe(lambda: method(train, teacher, device=dev, progress=False), dev)
-            n = len(m.pop("result"))
-            used, default = _iterations(method_spec(name), {"ipc": ipc, **kw})
-            per100 = m["wall_s"] * 100.0 / n
-            table.append({"method": name, "observer": obs, "rep": rep, "observer_net": arch or kw.get("model", ""),
-                          "images": n, "ipc": ipc, "images_per_s": n / m["wall_s"], "wall_s_per_100": per100,
-                          "cpu_s_per_100": m["cpu_s"] * 100.0 / n, "iterations": used, "default_iterations": default,
-                          "device": str(dev), **m})
+            base = {"method": name, "observer": obs, "rep": rep, "observer_net": arch or kw.get("model", ""),
+                    "ipc": ipc, "device": str(dev)}
+            fail = fail or failed.get((name, obs))  # a cell that failed at rep 1 is not retried at rep 2
+            if fail is None:
+                try:
+                    row = _measure(name, arch, kw, train, ipc, cfg.seed, dev)
+                except Exception as e:  # noqa: BLE001 - one cell's failure is recorded; the study goes on
+                    fail = failure_reason(e)
+                    failed[(name, obs)] = fail
+            if fail is not None:
+                tqdm.write(f"efficiency: {name} / {obs} rep {rep} failed: {fail}")
+                table.append({**base, "status": "failed", "error": fail})
+                continue
+            table.append({**base, **row, "status": "ok"})
             done += 1
-            del teacher, method
     bar.close()
     write_efficiency_report(out)
     log_invocation(out, started, dev, measured=done)
