@@ -91,7 +91,13 @@ def efficiency_section(src: Any) -> List[str]:
         for r in d["rows"]:
             groups.setdefault((r["method"], r["observer"]), []).append(r)
         table = []
-        for (m, o), rs in groups.items():
+        for (m, o), cell in groups.items():
+            rs = [r for r in cell if r.get("status") != "failed"]  # a failed cell (#29) has a reason, no numbers
+            if not rs:
+                why = str(cell[-1].get("error") or "no reason recorded").replace("|", "/")
+                table.append([m, f"{o} (–)", "–", "0", "–", f"failed: {why}", "–", "–", "–", "–"])
+                continue
+
             def med(k: str, digits: int = 1) -> str:
                 vals = [float(r[k]) for r in rs]
                 return f"{_median(vals):.{digits}f} ({min(vals):.{digits}f}–{max(vals):.{digits}f})"

@@ -116,3 +116,28 @@ def test_a_table_of_an_older_ddkit_gains_the_new_columns(tmp_path):
                                              "dm,convnet-d3,1,,failed,boom"]
     rows = table.rows()
     assert rows[0]["wall_s"] == 2.5 and rows[1]["status"] == "failed"
+
+
+def test_results_doc_shows_a_failed_efficiency_cell_as_failed():
+    """docs/results.md's efficiency table (bench/results_doc_studies.py): a cell with only failed rows is one line
+    saying 'failed: <reason>', never a NaN median; the measured cells keep their numbers."""
+    import sys
+
+    from tests.conftest import load_bench_script
+
+    load_bench_script("results_doc.py")  # puts bench/ on the path and loads results_doc_studies
+    studies = sys.modules["results_doc_studies"]
+    ok = {"method": "random", "observer": "-", "observer_net": "", "options": "", "iterations": "", "status": "ok",
+          "wall_s_per_100": 0.5, "cpu_s_per_100": 0.4, "images_per_s": 200.0, "peak_rss_mb": 600.0,
+          "peak_increase_mb": 2.0}
+    bad = {"method": "mtt", "observer": "resnet18_modified", "status": "failed", "error": "needs an expert buffer"}
+    data = {"rows": [ok, bad], "runs": [{"command": "ddkit study efficiency", "git_revision": "abcdef0"}],
+            "machine": {"model": "Xeon", "flags": "", "nproc": "2"}}
+
+    class Src:
+        def json(self, rel):
+            return data
+
+    text = "\n".join(studies.efficiency_section(Src()))
+    assert "failed: needs an expert buffer" in text and "nan" not in text.lower()
+    assert "0.5 (0.5–0.5)" in text
