@@ -107,8 +107,13 @@ def _build_distill(d: argparse.ArgumentParser, argv: Sequence[str]) -> None:
 
     _common(d)
     d.add_argument("--method", default="random", help="condensation method (see `ddkit methods`; default: random)")
-    d.add_argument("--teacher", default=None, help="teacher checkpoint (see docs: ours, CIM/RDED .pth, SRe2L, "
-                                                   "DD-Ranking ckpt_best.pt, torchvision:<name>)")
+    d.add_argument("--teacher", action=_Repeated, default=None,
+                   help="teacher checkpoint (see docs: ours, CIM/RDED .pth, SRe2L, DD-Ranking ckpt_best.pt, "
+                        "torchvision:<name>); repeat it (--teacher A --teacher B) for the committee of a method "
+                        "that recovers through several teachers (fadrm+)")
+    d.add_argument("--teacher-list", default=None, metavar="FILE",
+                   help="the committee from a file: one checkpoint per line, optionally followed by its prior "
+                        "accuracy (CV-DD's voter weights)")
     d.add_argument("--teacher-arch", default=None, help="architecture of --teacher when the file does not say")
     d.add_argument("--skip-teacher-check", action="store_true", help="skip the real-test-set sanity check of the teacher")
     d.add_argument("--output", required=True, help="output folder of the distilled set")

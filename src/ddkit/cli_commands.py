@@ -70,11 +70,23 @@ def _whole_or_nothing(out: str | Path) -> Iterator[None]:
 
 
 def _teacher(args: argparse.Namespace, dataset, device):
-    if not args.teacher:
+    given = [args.teacher] if isinstance(args.teacher, str) else list(args.teacher or [])
+    if not given and not getattr(args, "teacher_list", None):
         return None
     from ddkit.teachers import load_teacher
 
-    return load_teacher(args.teacher, arch=args.teacher_arch, dataset=dataset, device=device)
+    if len(given) == 1 and not getattr(args, "teacher_list", None):
+        return load_teacher(given[0], arch=args.teacher_arch, dataset=dataset, device=device)
+    from ddkit.teachers.committee import load_committee, read_teacher_list
+    from ddkit.utils import DDKitError
+
+    priors = None
+    if getattr(args, "teacher_list", None):
+        if given:
+            raise DDKitError("--teacher-list names the whole committee: give every teacher in the file, not with "
+                             "--teacher")
+        given, priors = read_teacher_list(args.teacher_list)
+    return load_committee(given, priors=priors, arch=args.teacher_arch, dataset=dataset, device=device)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -163,9 +175,11 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if teacher is not None and not args.skip_teacher_check:
         from ddkit.teachers import check_teacher
 
-        acc = check_teacher(teacher, _dataset(args, "test"), device=device)
-        if is_main():
-            print(f"teacher sanity check: {acc:.3f} accuracy on a sample of real test images")
+        test = _dataset(args, "test")
+        for member in getattr(teacher, "members", [teacher]):  # every member of a committee on its own
+            acc = check_teacher(member, test, device=device)
+            if is_main():
+                print(f"teacher sanity check ({member.arch}): {acc:.3f} accuracy on a sample of real test images")
     method = create_method(spec.name, **{k: getattr(cfg, k) for k in cfg.__dataclass_fields__})
     # Always through per-class parts, even in one process: a killed run loses one class at most, and
     # --resume only decides whether existing parts are reused.

@@ -13,6 +13,7 @@
 | `sre2l`      | SRe2L, CDA, DWA         | `sre2l-cifar` (≤ 32 px) or `sre2l`, SL+KD | relabel_cifar.py, validation_cifar.py |
 | `rded`       | RDED                    | `rded`, SL+KD                     | peers.md §2.2                        |
 | `cim`        | LIC / CIM               | `cim`, SL+KD                      | peers.md §7b                         |
+| `fadrm`      | FADRM, FADRM+, SRe2L++  | `fadrm`, SL+KD (batch 16)         | FADRM validate/train_fkd.py          |
 | `hard-truths`| undeclared (random, coresets, imports) | `hardtruths-hl`, HL | hardtruths.md §5.1 (no paper protocol) |
 
 On top of the recipe, `native` applies what the set carries: its ZCA transform (train views AND the test split
@@ -75,6 +76,9 @@ for _n in (
                                            "(ImageNet-size sets: the sre2l recipe)", recipe_large="sre2l"),
     Native("rded", "rded", "slkd", "RDED: its validation recipe with the online teacher"),
     Native("cim", "cim", "slkd", "LIC / CIM: CIM's evaluator (MSE to online-teacher logits)"),
+    Native("fadrm", "fadrm", "slkd", "FADRM / FADRM+ / SRe2L++: RRC + flip + CutMix views, KL T=20, AdamW 1e-3, "
+                                     "batch 16 (labels as coded: `ddkit relabel --batch-stats --batch-size 16 "
+                                     "--recipe fadrm`, then --labels stored)"),
     Native(UNDECLARED, "hardtruths-hl", "hl", "no paper protocol declared: the hard-truths HL recipe"),
 ):
     NATIVE.register(_n.name, obj=_n)

@@ -176,6 +176,19 @@ _add(Recipe(
     batch_rule="fixed", batch_size=128, crop="pad", pad=4, flip=True, mix="mixup", mix_alpha=0.8,
     hl_loss="ce", sl_loss="kl", slkd_loss="kl", temperature=30.0, t2_scale=False), aliases=("dwa-cifar", "cda-cifar"))
 
+_add(Recipe(
+    # FADRM@f445e38 validate/train_fkd.py (CV-DD@24097e9 validate/train_fkd.py is the same code, other rows of its
+    # table): RRC(0.08..1) + flip views of the FKD store (relabel.py:259-271) + CutMix, KL T = 20 without T^2
+    # (:487-493, scripts -T 20), AdamW wd 0.01 on multi-dimensional weights only (utils_validate.py:67-81),
+    # lr x 0.5(1 + cos(pi e / (E eta))) per epoch (:401-403); IN-1K ResNet-18 IPC 1/10: lr 1e-3, eta 2
+    # (= quarter_cosine, :268-283); IPC 50 / other rows eta 1 (--schedule cosine) and lr 5e-4..1e-3 by (dataset,
+    # model, IPC) (:82-310); batch 16 (constants.sh), which the code splits into gradient-accumulation halves of 8.
+    "fadrm", "FADRM/FADRM+ validation: RRC(0.08..1) + flip + CutMix, KL T=20 (no T^2), AdamW 1e-3, "
+             "0.5(1+cos(pi e/2E)), batch 16",
+    optimizer="adamw", lr=1e-3, weight_decay=0.01, wd_norm_bias=False, schedule="quarter_cosine", epochs=300,
+    batch_rule="fixed", batch_size=16, crop="rrc", rrc_min=0.08, flip=True, mix="cutmix", mix_alpha=1.0,
+    hl_loss="ce", sl_loss="kl", slkd_loss="kl", temperature=20.0), aliases=("fadrm+",))
+
 
 def list_recipes() -> List[str]:
     """Names of the registered recipes."""

@@ -38,7 +38,8 @@ from ddkit.utils import DDKitError, get_device, peak_memory_mb, reset_peak_memor
 
 #: modules of this package that hold no method (helpers); every other module is imported on first use of
 #: the registry and registers itself — so adding a method is adding one file
-HELPER_MODULES = {"base", "lic_ops", "lic_optim", "coresets_scores", "recover", "matching_ops", "mtt_ops"}
+HELPER_MODULES = {"base", "lic_ops", "lic_optim", "coresets_scores", "recover", "matching_ops", "mtt_ops",
+                  "patch_init"}
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,9 @@ class MethodSpec:
     # the set's meta "native", never from the method's name); "" = not declared
     native: str = ""
     units: Optional[UnitsFn] = None  # batch units (IPC index × class group) instead of classes, per config
+    # the method accepts a `teachers.committee.Committee` of several teachers as its teacher (CV-DD, FADRM+, …);
+    # any other method is refused one in `Method.check`
+    committee: bool = False
 
 
 METHODS: Registry[MethodSpec] = Registry("method")
@@ -175,7 +179,7 @@ METHODS: Registry[MethodSpec] = Registry("method")
 def register_method(name: str, config: Type[MethodConfig] = MethodConfig, aliases: Sequence[str] = (),
                     needs_teacher: bool = False, class_separable: bool = True, needs: Sequence[str] = (),
                     quick: Optional[Mapping[str, Any]] = None, native: str = "",
-                    units: Optional[UnitsFn] = None) -> Callable[[MethodFn], MethodFn]:
+                    units: Optional[UnitsFn] = None, committee: bool = False) -> Callable[[MethodFn], MethodFn]:
     """Decorator: register a condensation method under `name` (+ peers' spellings as aliases).
 
     The function's signature is `fn(dataset, teacher, cfg, classes, *, device, progress)` and it yields
@@ -184,7 +188,8 @@ def register_method(name: str, config: Type[MethodConfig] = MethodConfig, aliase
     but real run (checked against the config's fields here, so a typo fails at import, not in the demo);
     `native` names its paper's evaluation protocol (`ddkit protocols`), written into every set's meta.
     `units(dataset, cfg)` declares the batch unit of work: when it returns a list of `Unit`s the function is
-    given those units instead of classes and yields one `UnitResult` per unit.
+    given those units instead of classes and yields one `UnitResult` per unit. `committee=True`: the method may be
+    given a `Committee` of several teachers (`ddkit distill --teacher A --teacher B`).
     """
     quick_items = tuple(sorted((quick or {}).items()))
     bad = sorted(set(k for k, _ in quick_items) - set(option_names(config)))
@@ -195,7 +200,8 @@ def register_method(name: str, config: Type[MethodConfig] = MethodConfig, aliase
         doc = (fn.__doc__ or "").strip().splitlines()
         METHODS.register(name, aliases=aliases, obj=MethodSpec(name, fn, config, needs_teacher,
                                                                doc[0] if doc else "", class_separable,
-                                                               tuple(needs), quick_items, native, units))
+                                                               tuple(needs), quick_items, native, units,
+                                                               bool(committee)))
         return fn
 
     return deco
@@ -317,6 +323,9 @@ class Method:
         if self.spec.needs_teacher and teacher is None:
             raise DDKitError(f"method {self.name!r} needs a teacher: pass --teacher CKPT (train one with "
                              f"`ddkit teacher train`)")
+        if len(getattr(teacher, "members", ())) > 1 and not self.spec.committee:
+            raise DDKitError(f"method {self.name!r} recovers through one teacher, not a committee of "
+                             f"{len(teacher.members)}: pass one --teacher")
         if teacher is not None and list(teacher.classes) != list(dataset.classes):
             raise DDKitError(f"teacher classes {list(teacher.classes)[:5]}… differ from the dataset's "
                              f"{list(dataset.classes)[:5]}…: use a teacher trained on this class list")

@@ -191,21 +191,33 @@ def apply_views(x: torch.Tensor, views: Dict[str, torch.Tensor], groups: int) ->
     return x.gather(3, cols[:, None, None, :].expand(b, c, h, w))
 
 
-def recover(model: nn.Module, x0: torch.Tensor, y: torch.Tensor, groups: int,
+#: One member of a recover committee: (eval-mode network, weight, its BN targets per layer (mean G×C, var G×C)).
+Voter = Tuple[nn.Module, float, Sequence[Tuple[torch.Tensor, torch.Tensor]]]
+
+
+def recover(model: Optional[nn.Module], x0: torch.Tensor, y: torch.Tensor, groups: int,
             targets: Sequence[Tuple[torch.Tensor, torch.Tensor]], gens: Sequence[torch.Generator],
             spec: RecoverSpec, bounds: Tuple[torch.Tensor, torch.Tensor], *, progress: bool = False,
-            desc: str = "recover", at_start: Optional[Callable[[torch.Tensor], None]] = None
-            ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+            desc: str = "recover", at_start: Optional[Callable[[torch.Tensor], None]] = None,
+            voters: Optional[Sequence[Voter]] = None, rotate: bool = False, start: int = 0,
+            total: Optional[int] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Optimise `x0` (B×C×H×W, normalised, rows grouped contiguously into `groups` equal groups) through
     the frozen eval-mode `model`; returns the last iterate and per-group curves (ce, bn: G×points).
 
     targets: per BN layer (mean G×C, var G×C); gens: one generator per group; bounds: per-channel
     (low, high) of the valid normalised range (C each). at_start(view): called once with iteration 0's
     (detached) view before its forward — DWA moves the teacher's weights there (distillation_cifar.py:61-66).
+    voters: several networks (`model`/`targets` are then unused), each step's loss Σ_k w_k (CE_k + r_bn·BN_k) over
+    the voters that see the view; rotate: they take turns instead, step t forwarding voter t mod K alone
+    (FADRM+'s round robin). A call may be one stage of a longer run (FADRM): `start` is the global step of its
+    first iteration (for the turn and the lr) and `total` the length of the one cosine lr schedule (default
+    spec.iterations); Adam starts afresh at every call.
     """
     if len(gens) != groups:
         raise ValueError(f"need one generator per group ({groups}), got {len(gens)}")
-    model.eval()
+    members: List[Voter] = list(voters) if voters is not None else [(model, 1.0, targets)]
+    for net, _, _ in members:
+        net.eval()
     x = x0.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=spec.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
     lo, hi = (t.to(x).view(1, -1, 1, 1) for t in bounds)
@@ -213,21 +225,29 @@ def recover(model: nn.Module, x0: torch.Tensor, y: torch.Tensor, groups: int,
     curve_ce: List[torch.Tensor] = []
     curve_bn: List[torch.Tensor] = []
     hw = (x.shape[-2], x.shape[-1])
+    span = total or spec.iterations
     bar = tqdm(range(spec.iterations), desc=desc, disable=not progress, leave=False, dynamic_ncols=True,
                mininterval=1.0)
-    with BNHooks(model) as hooks:
-        if not hooks.layers:
-            raise DDKitError(f"recover needs a BatchNorm teacher: {BN_HINT}")
-        hooks.groups = groups
+    all_hooks = [BNHooks(net) for net, _, _ in members]
+    try:
+        for hooks in all_hooks:
+            if not hooks.layers:
+                raise DDKitError(f"recover needs a BatchNorm teacher: {BN_HINT}")
+            hooks.groups = groups
         for it in bar:
             for pg in opt.param_groups:  # cosine without warm-up, set before the step (SRe2L utils.py:24-34)
-                pg["lr"] = 0.5 * (1.0 + math.cos(math.pi * it / spec.iterations)) * spec.lr
+                pg["lr"] = 0.5 * (1.0 + math.cos(math.pi * (start + it) / span)) * spec.lr
             view = apply_views(x, _draw_views(gens, spec, it, hw), groups)
             if it == 0 and at_start is not None:
                 at_start(view.detach())
-            out = model(view)
-            ce = F.cross_entropy(out.float(), y, reduction="none").reshape(groups, -1).mean(1)
-            bn = bn_loss(hooks.stats, targets, spec.first_bn_multiplier, spec.r_var)
+            ce = bn = None
+            for k in ([(start + it) % len(members)] if rotate else range(len(members))):
+                (net, w, tgt), hooks = members[k], all_hooks[k]
+                out = net(view)
+                ce_k = F.cross_entropy(out.float(), y, reduction="none").reshape(groups, -1).mean(1)
+                bn_k = bn_loss(hooks.stats, tgt, spec.first_bn_multiplier, spec.r_var)
+                ce = w * ce_k if ce is None else ce + w * ce_k
+                bn = w * bn_k if bn is None else bn + w * bn_k
             loss_g = ce + spec.r_bn * bn
             if spec.tv_l2:
                 loss_g = loss_g + spec.tv_l2 * tv_l2(view, groups)
@@ -243,6 +263,9 @@ def recover(model: nn.Module, x0: torch.Tensor, y: torch.Tensor, groups: int,
                 curve_bn.append(bn.detach().cpu())
                 if progress:
                     bar.set_postfix(ce=f"{float(ce.mean()):.3f}", bn=f"{float(bn.mean()):.3f}", refresh=False)
+    finally:
+        for hooks in all_hooks:
+            hooks.remove()
     bar.close()
     return x.detach(), {"ce": torch.stack(curve_ce, 1), "bn": torch.stack(curve_bn, 1)}
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -76,6 +76,8 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
     },
 }
 FAMILIES = ("cifar", "tiny", "imagenet")
+#: (class, ipc index) -> (starting [0,1] image C×H×W, its source dataset indices)
+InitFn = Callable[[int, int], Tuple[torch.Tensor, torch.Tensor]]
 
 
 def auto_family(image_size: int) -> str:
@@ -149,8 +151,8 @@ def resolve_spec(cfg: RecoverConfig, method: str, image_size: int,
     if cfg.unit == "batch" and cfg.bn_target == "class":
         raise DDKitError("bn_target=class matches per-class statistics, which a mixed-class batch has not: "
                          "use it with unit=class")
-    if cfg.init not in ("noise", "real"):
-        raise DDKitError(f"unknown init {cfg.init!r}; use noise or real")
+    if cfg.init not in ("noise", "real", "patch"):
+        raise DDKitError(f"unknown init {cfg.init!r}; use noise or real (patch: sre2lpp, fadrm, fadrm+)")
     if p["iterations"] < 1 or p["jitter"] < 0 or cfg.classes_per_batch < 0:
         raise DDKitError("iterations must be >= 1, jitter and classes_per_batch >= 0")
     curriculum = None
@@ -242,19 +244,24 @@ def _curve_meta(curves: Dict[str, torch.Tensor], j: int, r_bn: float) -> Dict[st
 
 def run_recover(name: str, dataset: ImageDataset, teacher: Any, cfg: RecoverConfig, work: Sequence[Any],
                 spec: RecoverSpec, facts: Dict[str, Any], *, device: torch.device, progress: bool,
-                perturb: Optional[Perturb] = None, family: str = "sre2l") -> Iterator[Any]:
+                perturb: Optional[Perturb] = None, family: str = "sre2l", init_fn: Optional[InitFn] = None
+                ) -> Iterator[Any]:
     """Recover the driver's `work`: batch units (unit=batch, yields UnitResults) or classes (unit=class).
-    `family` names the row of data.facts.OFFICIAL_STATS the working space comes from (sre2l or dwa)."""
+    `family` names the row of data.facts.OFFICIAL_STATS the working space comes from (sre2l or dwa).
+    init_fn(class, ipc index) -> ([0,1] image C×H×W, source indices): the starting image of each row of a unit
+    (SRe2L++'s real patches, `methods.patch_init`), in place of cfg.init's noise / real image."""
     setup = _Setup(name, family, dataset, teacher, cfg, device)
+    if cfg.init == "patch" and init_fn is None:
+        raise DDKitError(f"{name} has no patch initialisation: use --init noise or real")
     if cfg.unit == "batch":
-        yield from _run_units(name, dataset, cfg, list(work), spec, facts, setup, progress, perturb)
+        yield from _run_units(name, dataset, cfg, list(work), spec, facts, setup, progress, perturb, init_fn)
     else:
         yield from _run_classes(name, dataset, cfg, list(work), spec, facts, setup, progress, perturb)
 
 
 def _run_units(name: str, dataset: ImageDataset, cfg: RecoverConfig, units: List[Unit], spec: RecoverSpec,
-               facts: Dict[str, Any], setup: _Setup, progress: bool, perturb: Optional[Perturb]
-               ) -> Iterator[UnitResult]:
+               facts: Dict[str, Any], setup: _Setup, progress: bool, perturb: Optional[Perturb],
+               init_fn: Optional[InitFn] = None) -> Iterator[UnitResult]:
     """One batch per unit: one image of every class of its group, ONE set of BN statistics over the whole mixed
     batch matched to the running statistics, one view per iteration for the batch (SRe2L recover_cifar.py:58-133;
     DWA distillation_cifar.py:28-117 with the weights moved at iteration 0 and restored before the next unit)."""
@@ -269,7 +276,12 @@ def _run_units(name: str, dataset: ImageDataset, cfg: RecoverConfig, units: List
         t0 = time.perf_counter()
         g = make_generator(cfg.seed, name, "ipc", u.index, "group", u.classes[0])
         extras: Dict[str, torch.Tensor] = {}
-        if cfg.init == "real":  # image `index` of each class's own draw: a class's real images never repeat
+        if init_fn is not None:
+            rows = [init_fn(c, u.index) for c in u.classes]
+            x0 = setup.norm(torch.stack([img for img, _ in rows]))
+            src = torch.stack([s for _, s in rows])  # one index per row, or the f² of a mosaic's cells
+            extras["source_index" if src.ndim == 1 else "patch_source_index"] = src
+        elif cfg.init == "real":  # image `index` of each class's own draw: a class's real images never repeat
             rows = [dataset.class_images(c, cfg.ipc, generator=make_generator(cfg.seed, name, "init", c))
                     for c in u.classes]
             x0 = setup.norm(to_float(torch.stack([imgs[u.index] for imgs, _ in rows])))
