@@ -36,14 +36,16 @@ STRATEGY = "color_crop_cutout_flip_scale_rotate"
 METHODS: Dict[str, Dict[str, Any]] = {
     "dm": {"entry": "main_DM", "flags": ["--init", "real", "--lr_img", "1", "--dsa_strategy", STRATEGY],
            "ddkit": ["--init", "real", "--lr-img", "1", "--dsa-strategy", STRATEGY],
-           "native": {"epochs": 1000, "dsa": True}, "ddkit_eval": ["--recipe", "dc", "--regime", "hl"]},
+           "native": {"name": "dsa", "epochs": 1000, "dsa": True}},
     "dsa": {"entry": "main", "flags": ["--method", "DSA", "--init", "real", "--dsa_strategy", STRATEGY],
             "ddkit": ["--init", "real", "--dsa-strategy", STRATEGY],
-            "native": {"epochs": 1000, "dsa": True}, "ddkit_eval": ["--recipe", "dc", "--regime", "hl"]},
+            "native": {"name": "dsa", "epochs": 1000, "dsa": True}},
     "dc": {"entry": "main", "flags": ["--method", "DC"], "ddkit": ["--init", "noise"],
-           "native": {"epochs": 300, "dsa": False},
-           "ddkit_eval": ["--recipe", "dc", "--regime", "hl", "--dsa", "none"]},
+           "native": {"name": "dc-noaug", "epochs": 300, "dsa": False}},
 }
+#: ddkit's judge: the native protocol, read from what each set declares (ddkit's own sets by their method,
+#: the official set by to_ddkit's meta "native"), so both sets are trained the same way
+DDKIT_EVAL = ["--protocol", "native"]
 PY = sys.executable
 
 
@@ -99,7 +101,7 @@ def to_ddkit(a: argparse.Namespace) -> None:
     m, s = (torch.tensor(v, dtype=torch.float64).view(1, -1, 1, 1) for v in (OFFICIAL_MEAN, OFFICIAL_STD))
     unit = (images.double() * s + m).float()
     test = load_split("test")
-    meta = {"method": f"official-{a.method}", "ipc": a.ipc,
+    meta = {"method": f"official-{a.method}", "ipc": a.ipc, "native": METHODS[a.method]["native"]["name"],
             "parity": {"repo": f"{REPO}@{COMMIT[:7]}", "argv": official_argv(a)}}
     DistilledSet(unit, labels.long(), list(test.classes), test.mean, test.std, {}, meta).save(
         workdir(a) / "official_set", overwrite=True, pngs=False)
@@ -108,7 +110,8 @@ def to_ddkit(a: argparse.Namespace) -> None:
 def ddkit_argv(a: argparse.Namespace) -> List[str]:
     return ["ddkit", "distill", "--dataset", DATA, "--cache-dir", CACHE, "--device", "cpu", "--no-progress",
             "--method", a.method, "--ipc", str(a.ipc), "--seed", "0", "--iterations", str(a.iterations),
-            "--batch-real", str(a.batch_real), "--output", str(workdir(a) / "ddkit_set")] + METHODS[a.method]["ddkit"]
+            "--batch-real", str(a.batch_real), "--norm", "official", "--output", str(workdir(a) / "ddkit_set")] + \
+        METHODS[a.method]["ddkit"]
 
 
 def ddkit_distill(a: argparse.Namespace) -> None:
@@ -134,11 +137,10 @@ def ddkit_distill(a: argparse.Namespace) -> None:
 
 def judge_ddkit(a: argparse.Namespace, side: str, seed: int) -> None:
     """ddkit's evaluator, one student seed per call (so finished seeds survive an interruption)."""
-    m = METHODS[a.method]
     out = workdir(a) / f"eval_ddkit_{side}" / f"seed{seed}"
     argv = [PY, "-m", "ddkit", "evaluate", str(workdir(a) / f"{side}_set"), "--dataset", DATA, "--cache-dir",
             CACHE, "--device", "cpu", "--no-progress", "--no-random", "--seeds", "1", "--seed", str(seed),
-            "--output", str(out), "--overwrite"] + m["ddkit_eval"] + \
+            "--output", str(out), "--overwrite"] + DDKIT_EVAL + \
         (["--epochs", str(a.eval_epochs)] if a.eval_epochs else [])
     subprocess.run(argv, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
 
@@ -253,6 +255,9 @@ def speed(t_off: Dict[str, Any], t_dd: Dict[str, Any], iterations: int) -> Dict[
     s_dd = round(sum(cs[c] for c in pick) / len(pick) * 10 / (iterations + 1), 4) if cs else None
     out = {"official_s_per_iteration": s_off, "ddkit_s_per_iteration": s_dd, "ddkit_classes_timed": pick,
            "official_iterations_timed": [t_off.get("from_iteration"), t_off.get("to_iteration")]}
+    for side, t in (("official", t_off), ("ddkit", t_dd)):  # the load each side ran under (2 cores shared)
+        if t.get("machine", {}).get("loadavg"):
+            out[f"{side}_loadavg_at_end"] = [round(x, 1) for x in t["machine"]["loadavg"]]
     notes = [t["partial"] for t in (t_off, t_dd) if t.get("partial")]
     if notes:
         out["partial"] = "; ".join(notes)
@@ -271,7 +276,7 @@ def pair(a: argparse.Namespace) -> None:
         todo.append(["official-distill"])
     if not (w / "ddkit_timing.json").is_file():
         todo.append(["ddkit-distill"])
-    run_pool(a, todo, len(todo))
+    run_pool(a, todo, min(len(todo), a.workers))  # --workers 1: one after the other
     if not (w / "official_set" / "meta.json").is_file():
         run_pool(a, [["to-ddkit"]], 1)
     judges(a, ("official", "ddkit"))
@@ -322,7 +327,7 @@ def write_row(a: argparse.Namespace) -> None:
     r["command"] = " ".join(["python", "bench/parity/dc_family.py", "pair", "--method", a.method, "--ipc",
                              str(a.ipc), "--iterations", str(a.iterations), "--batch-real", str(a.batch_real),
                              "--seeds", str(a.seeds)] + (["--eval-epochs", str(a.eval_epochs)]
-                                                         if a.eval_epochs else []))
+                                                         if a.eval_epochs else []) + ["--workers", str(a.workers)])
     r["ddkit_revision"] = revision()
     r["written"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     doc["rows"][f"ipc{a.ipc}"] = r
@@ -337,8 +342,9 @@ EDITS = ("None to the official files. The driver imports the official main.py / 
          "reduced --Iteration/--batch_real, so its in-loop evaluation is skipped; the judges call its own "
          "utils.evaluate_synset on the saved final set instead. Device: cpu (its own cuda check finds none).")
 JUDGES = {
-    m: {"ddkit": "ddkit evaluate " + " ".join(METHODS[m]["ddkit_eval"]) + " (the native protocol of issue #26, "
-                 "spelled with explicit flags until --protocol native lands)",
+    m: {"ddkit": "ddkit evaluate --protocol native (both sets declare the native protocol "
+                 f"{METHODS[m]['native']['name']!r}: recipe "
+                 + ("dc" if METHODS[m]["native"]["dsa"] else "dc-noaug") + ", HL; --epochs where the row says so)",
         "official": f"utils.evaluate_synset of {REPO}@{COMMIT[:7]}: SGD 0.01 momentum 0.9 wd 5e-4, x0.1 after "
                     f"half the epochs (optimiser rebuilt), batch 256, "
                     + ("per-sample DSA" if METHODS[m]["native"]["dsa"] else "no augmentation")

@@ -38,6 +38,11 @@ bench/parity/plan.json and bench/results/parity_*.json; tests/test_parity_doc.py
 """
 
 
+#: the sets a row may judge: both sides, and (recover family) the official images as its JPEG files
+SIDES = {"official": "official set", "ddkit": "ddkit set",
+         "official_jpeg": "official set as the JPEG files it writes (not in the table)"}
+
+
 def acc(cell: Optional[Dict[str, Any]]) -> str:
     return "—" if not cell else f"{cell['mean']:.2f} ± {cell['std']:.2f} ({cell['n']})"
 
@@ -56,10 +61,15 @@ def speed(s: Dict[str, Any]) -> str:
         return "—"
     r = b / a
     word = f"ddkit {r:.2f}× slower" if r > 1 else f"ddkit {1 / r:.2f}× faster"
+    la, lb = s.get("official_loadavg_at_end"), s.get("ddkit_loadavg_at_end")
+    if la and lb:  # run one after the other on a shared machine: say under which load each was timed
+        word += f"; 1-min load average at the end {la[0]:.1f} vs {lb[0]:.1f} on 2 cores"
     return f"{a:.2f} vs {b:.2f} ({word})"
 
 
 def settings(s: Dict[str, Any]) -> str:
+    if s.get("text"):  # a driver whose settings are not the DC family's (iterations + real batch) says them itself
+        return s["text"]
     return (f"IPC {s['ipc']}, {s['iterations']} it, real batch {s['batch_real']}, judges {s['eval_epochs']} ep, "
             f"{s['seeds']} seeds")
 
@@ -69,22 +79,27 @@ def method_rows(m: Dict[str, Any], res: Dict[str, Any]) -> List[str]:
     repo = f"{m['repo']}@{m['commit']}"
     rows = res.get("rows", {})
     for ipc in m["ipcs"]:
-        r = rows.get(f"ipc{ipc}")
-        if r is None:
+        if f"ipc{ipc}" not in rows:
             why = m["not_run"] if isinstance(m["not_run"], str) else m["not_run"].get(str(ipc), m["not_run"]["*"])
             out.append(f"| {m['name']} | {repo} | IPC {ipc} | not run ({why}) | | | | | | | |")
             continue
-        dj, oj = r["judges"].get("ddkit", {}), r["judges"].get("official", {})
-        if not dj and not oj:  # a partial row: distillation timed, no set finished and judged yet
-            why = r["speed"].get("partial", "no judge has finished")
-            out.append(f"| {m['name']} | {repo} | {settings(r['settings'])} | not judged yet ({why}) | | | | | | "
-                       f"— | {speed(r['speed'])} |")
-            continue
-        out.append(" | ".join([f"| {m['name']}", repo, settings(r["settings"]), acc(oj.get("official")),
-                               acc(dj.get("official")), acc(dj.get("ddkit")), acc(oj.get("ddkit")),
-                               delta(dj.get("verdict")), delta(oj.get("verdict")),
-                               f"{pf(dj.get('verdict'))} / {pf(oj.get('verdict'))}", speed(r["speed"])]) + " |")
+        # the IPC's row, then its variants under other judges (key ipc<k>-<judge regime>, e.g. ipc10-slkd)
+        for key in [f"ipc{ipc}"] + sorted(k for k in rows if k.startswith(f"ipc{ipc}-")):
+            out += _measured(m, repo, rows[key])
     return out
+
+
+def _measured(m: Dict[str, Any], repo: str, r: Dict[str, Any]) -> List[str]:
+    """One measured row: both sets under both judges, or a partial row while no judge has finished."""
+    dj, oj = r["judges"].get("ddkit", {}), r["judges"].get("official", {})
+    if not dj and not oj:  # a partial row: distillation timed, no set finished and judged yet
+        why = r["speed"].get("partial", "no judge has finished")
+        return [f"| {m['name']} | {repo} | {settings(r['settings'])} | not judged yet ({why}) | | | | | | "
+                f"— | {speed(r['speed'])} |"]
+    return [" | ".join([f"| {m['name']}", repo, settings(r["settings"]), acc(oj.get("official")),
+                        acc(dj.get("official")), acc(dj.get("ddkit")), acc(oj.get("ddkit")),
+                        delta(dj.get("verdict")), delta(oj.get("verdict")),
+                        f"{pf(dj.get('verdict'))} / {pf(oj.get('verdict'))}", speed(r["speed"])]) + " |"]
 
 
 def details(m: Dict[str, Any], res: Dict[str, Any]) -> List[str]:
@@ -101,12 +116,17 @@ def details(m: Dict[str, Any], res: Dict[str, Any]) -> List[str]:
                    f"{mach.get('Model name', '?')}, {mach.get('nproc', '?')} cores, load average "
                    f"{', '.join(f'{x:.1f}' for x in mach.get('loadavg', []))}). Official argv: "
                    f"`{' '.join(r['official_argv'])}`; ddkit: `{r.get('ddkit_command', '')}`.")
-        for side in ("official", "ddkit"):
+        if r.get("judge_command"):
+            out.append(f"  - judge: `{r['judge_command']}`")
+        for side in ("official", "ddkit", "official_jpeg"):
             for judge in ("official", "ddkit"):
                 cell = r["judges"].get(judge, {}).get(side)
                 if cell:
-                    out.append(f"  - {side} set, {judge} judge, per seed: "
-                               + ", ".join(f"{v:.2f}" for v in cell["per_seed"]))
+                    out.append(f"  - {SIDES[side]}, {judge} judge, per seed: "
+                               + ", ".join(f"{v:.2f}" for v in cell["per_seed"])
+                               + ("" if side in ("official", "ddkit") else f" (mean {acc(cell)})"))
+        if r["speed"].get("how"):
+            out.append(f"  - speed: {r['speed']['how']}")
     for note in m.get("notes", []):
         out.append(f"- Note: {note}")
     return out + [""]
