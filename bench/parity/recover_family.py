@@ -46,7 +46,10 @@ EDITS = ("None to the official files. The driver imports recover_cifar.py from t
          "__main__ loop does, with three changes made from outside: (1) the teacher: its main_syn builds a "
          "CIFAR-100 ResNet-18 from a checkpoint path, which is replaced by passing ddkit's committed "
          "ConvNet-3-BN CIFAR-10 teacher (bench/teachers/cifar10_jpeg75_convnet3bn_e30, 83.89 %) as "
-         "get_images' model_teacher argument, in eval mode with frozen weights (as main_syn leaves its own; the driver also creates the output folder, main_syn's first step), "
+         "get_images' model_teacher argument, a fresh copy per call as main_syn builds one per IPC index (the "
+         "run recorded in rows.ipc10 shared one copy across the calls: same images, slower later calls, see "
+         "speed.official_note), in eval mode with frozen weights (as main_syn leaves its own; the driver also "
+         "creates the output folder, main_syn's first step), "
          "behind a fixed affine converter that takes the script's normalisation (mean 0.4914/0.4822/0.4465, "
          "std 0.2023/0.1994/0.2010) to the teacher's (the JPEG tar's true mean/std); the converter has no "
          "BatchNorm, so the BN hooks see exactly the teacher's layers; (2) device: its hard-coded 'cuda' device "
@@ -140,7 +143,7 @@ def official(a: argparse.Namespace) -> None:
 
     out = workdir(a) / "official"
     out.mkdir(parents=True, exist_ok=True)
-    model, teacher = converted_teacher()
+    teacher = converted_teacher()[1]
     captured: List[Any] = []
     times: List[float] = []
     with official_repo(PEER):
@@ -160,6 +163,9 @@ def official(a: argparse.Namespace) -> None:
         random.seed(a.seed)
         with _on_cpu():
             for ipc_id in range(args.ipc_start, args.ipc_end):
+                # a fresh teacher per call, as main_syn builds one per IPC index: get_images registers BN
+                # hooks it never removes, so one shared model would run every earlier call's hooks too
+                model = converted_teacher()[0]
                 t0 = time.perf_counter()
                 rc.get_images(args, model, None, ipc_id)
                 times.append(time.perf_counter() - t0)
@@ -182,14 +188,29 @@ def ddkit_argv(a: argparse.Namespace) -> List[str]:
 def ddkit(a: argparse.Namespace) -> None:
     """ddkit's recover (the official objective is its default: --unit batch, running BN statistics)."""
     t0 = time.perf_counter()
-    subprocess.run([PY, "-m"] + ddkit_argv(a) + ["--overwrite"], check=True,
-                   env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    if not (workdir(a) / "ddkit_set" / "meta.json").is_file():
+        # --resume: the IPC-index units an interrupted run finished (OUTPUT.parts/) are kept, not redone
+        subprocess.run([PY, "-m"] + ddkit_argv(a) + ["--resume"], check=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     meta = json.loads((workdir(a) / "ddkit_set" / "meta.json").read_text())
     secs = [float(u["seconds"]) for u in meta.get("unit_meta", [])]  # one unit = one IPC index's batch
     write_json(workdir(a) / "ddkit_timing.json", {
         "argv": ddkit_argv(a), "wall_s": round(time.perf_counter() - t0, 1), "unit_seconds": secs,
         "s_per_iteration": round(sum(secs) / (len(secs) * a.iterations), 4) if secs else None,
         "machine": lscpu()})
+
+
+def running_ddkit(a: argparse.Namespace) -> Dict[str, Any]:
+    """Per-unit seconds of a ddkit recover still in progress, from the headers of its finished unit parts."""
+    from ddkit.loaders import safetensors_metadata
+
+    secs = [float(json.loads(safetensors_metadata(f, "part")["ddkit_part"])["seconds"])
+            for f in sorted((workdir(a) / "ddkit_set.parts").glob("unit_*.safetensors"))]
+    if not secs:
+        return {}
+    return {"argv": ddkit_argv(a), "unit_seconds": [round(x, 2) for x in secs],
+            "s_per_iteration": round(sum(secs) / (len(secs) * a.iterations), 4), "machine": lscpu(),
+            "partial": f"ddkit recover still running; {len(secs)} of {a.ipc} IPC-index units finished and timed"}
 
 
 def sets(a: argparse.Namespace) -> None:
@@ -253,9 +274,10 @@ def row(a: argparse.Namespace, regime: str) -> Dict[str, Any]:
             judges[side] = mean_std(v)
     if "official" in judges and "ddkit" in judges:
         judges["verdict"] = verdict(judges["ddkit"], judges["official"])
-    t_off, t_dd = read_json(workdir(a) / "official" / "timing.json"), read_json(workdir(a) / "ddkit_timing.json")
+    t_off = read_json(workdir(a) / "official" / "timing.json")
+    t_dd = read_json(workdir(a) / "ddkit_timing.json") or running_ddkit(a)
     s_off, s_dd = t_off.get("s_per_iteration"), t_dd.get("s_per_iteration")
-    spd = {"official_s_per_iteration": s_off, "ddkit_s_per_iteration": s_dd,
+    spd = {"official_s_per_iteration": s_off, "ddkit_s_per_iteration": s_dd, "official_note": t_off.get("note"),
            "official_unit_seconds": t_off.get("unit_seconds"), "ddkit_unit_seconds": t_dd.get("unit_seconds"),
            "how": "one iteration = one Adam step on the batch of one image per class (both sides); seconds of "
                   "each IPC index's batch / iterations, averaged; the two ran one after the other, one thread each "
@@ -266,6 +288,8 @@ def row(a: argparse.Namespace, regime: str) -> Dict[str, Any]:
             spd[f"{side}_loadavg_at_end"] = [round(x, 1) for x in t["machine"]["loadavg"]]
     if s_off and s_dd:
         spd["ddkit_over_official"] = round(s_dd / s_off, 3)
+    if t_dd.get("partial"):
+        spd["partial"] = t_dd["partial"]
     epochs = a.eval_epochs or 300
     judge_cmd = (f"ddkit evaluate SET --protocol hard-truths --regime {regime} --seeds 1 --seed S --no-random"
                  + (" --teacher " + str(TEACHER.relative_to(ROOT)) if regime == "slkd" else "")
@@ -301,7 +325,7 @@ def write_row(a: argparse.Namespace) -> None:
 def done(a: argparse.Namespace, step: str) -> bool:
     w = workdir(a)
     return {"official": (w / "official" / "timing.json").is_file(), "ddkit": (w / "ddkit_timing.json").is_file(),
-            "sets": (w / "official_jpeg_set" / "meta.json").is_file()}[step]
+            "sets": (w / "official_set" / "meta.json").is_file()}[step]  # written last by sets()
 
 
 def run_all(a: argparse.Namespace) -> None:

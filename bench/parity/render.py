@@ -127,6 +127,8 @@ def details(m: Dict[str, Any], res: Dict[str, Any]) -> List[str]:
                                + ("" if side in ("official", "ddkit") else f" (mean {acc(cell)})"))
         if r["speed"].get("how"):
             out.append(f"  - speed: {r['speed']['how']}")
+        if r["speed"].get("official_note"):
+            out.append(f"  - official timing: {r['speed']['official_note']}")
     for note in m.get("notes", []):
         out.append(f"- Note: {note}")
     return out + [""]
