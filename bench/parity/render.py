@@ -51,8 +51,13 @@ def delta(v: Optional[Dict[str, Any]]) -> str:
     return "—" if not v else f"{v['delta']:+.2f} (tol {v['tolerance']:.2f})"
 
 
-def pf(v: Optional[Dict[str, Any]]) -> str:
-    return "—" if not v else ("pass" if v["pass"] else "**fail**")
+def pf(v: Optional[Dict[str, Any]], cells: Optional[Dict[str, Any]] = None, seeds: int = 0) -> str:
+    """pass/fail; 'provisional' while fewer student seeds than planned have finished on either set."""
+    if not v:
+        return "—"
+    word = "pass" if v["pass"] else "**fail**"
+    n = min((c["n"] for k, c in (cells or {}).items() if k in ("official", "ddkit")), default=seeds)
+    return word + (f" (provisional: {n} of {seeds} seeds)" if n < seeds else "")
 
 
 def speed(s: Dict[str, Any]) -> str:
@@ -99,7 +104,8 @@ def _measured(m: Dict[str, Any], repo: str, r: Dict[str, Any]) -> List[str]:
     return [" | ".join([f"| {m['name']}", repo, settings(r["settings"]), acc(oj.get("official")),
                         acc(dj.get("official")), acc(dj.get("ddkit")), acc(oj.get("ddkit")),
                         delta(dj.get("verdict")), delta(oj.get("verdict")),
-                        f"{pf(dj.get('verdict'))} / {pf(oj.get('verdict'))}", speed(r["speed"])]) + " |"]
+                        f"{pf(dj.get('verdict'), dj, r['settings']['seeds'])} / "
+                        f"{pf(oj.get('verdict'), oj, r['settings']['seeds'])}", speed(r["speed"])]) + " |"]
 
 
 def details(m: Dict[str, Any], res: Dict[str, Any]) -> List[str]:
