@@ -34,8 +34,9 @@ RECIPE = {"hl": "dc", "slkd": "cim"}
 #: cells of the hard-truths grid (issue #16).
 PROTOCOLS = {"ddranking": RECIPE, "hardtruths": {"hl": "hardtruths-hl", "sl": "hardtruths-sl",
                                                  "slkd": "hardtruths-slkd"}}
-VARIANTS = {"fp32": {}, "bf16": {"cpu_amp": True}, "compile": {"compile": True},
-            "bf16_compile": {"cpu_amp": True, "compile": True}}
+# every variant names both switches: the evaluator's automatic choice (evaluate/fastpath.py) must not pick for it
+VARIANTS = {"fp32": {"exact": True}, "bf16": {"cpu_amp": True, "compile": False},
+            "compile": {"cpu_amp": False, "compile": True}, "bf16_compile": {"cpu_amp": True, "compile": True}}
 
 
 def main() -> int:

@@ -102,7 +102,8 @@ def by_verdict(cells: Dict[Key, Cell], methods: Sequence[str], ipc: int, regime:
 def single_run(src: Sources, rel: str) -> str:
     """One `ddkit evaluate` summary as 'acc† (n seeds, file)'; without the fast path 'acc (n seeds, fp32, file)'."""
     r = src.json(rel)["results"][0]
-    fast = r["config"].get("cpu_amp") and r["config"].get("compile")
+    ran = r.get("compute_path")  # what ran (evaluate/fastpath.py); older summaries have only the flags
+    fast = (ran["bf16"] and ran["compile"]) if ran else (r["config"].get("cpu_amp") and r["config"].get("compile"))
     return (f"{100 * r['mean']:.2f}{'†' if fast else ''} ({r['n']} seed{'s' if r['n'] > 1 else ''}, "
             f"{'' if fast else 'fp32, '}`{rel}`)")
 
@@ -146,7 +147,8 @@ def how_to_read(src: Sources, fast: Dict[Key, Cell], check: Tuple[float, float, 
         f"  4. Mean ± std (ddof 0) over student seeds {', '.join(map(str, seeds))}.",
         f"  5. † = the fast path, bf16 autocast + torch.compile (`--eval-opt cpu_amp=true --eval-opt compile=true`), "
         f"which every headline cell ran; checked against fp32 on {n} cells (same set, seed 0): mean {mean:+.2f}, "
-        f"range {lo:+.2f}..{hi:+.2f} points (§ Numeric path). ddkit's CPU default stays fp32; these results are not.",
+        f"range {lo:+.2f}..{hi:+.2f} points (§ Numeric path). These cells asked for it explicitly; ddkit's default now picks it by itself on a CPU with "
+        "native bf16 for full-length runs (evaluate/fastpath.py), and `--exact` is fp32 eager.",
         "- **One rule for every comparison.** A gap (method − random, same regime and IPC) is a **tie** when "
         "|gap| ≤ 2·max(std_method, std_random). A cell with one seed has no std: its gaps are shown in "
         "parentheses and not judged.", ""]

@@ -10,8 +10,10 @@ momentum 0.9 / wd 5e-4, `loss.item()` and a top-1 accuracy every step, the sched
 
 ddkit runs the same work through `StudentTrainer` (what `ddkit evaluate` trains with) under the `dc`
 recipe: DSA single mode over the same six ops, SGD with the same values, batch min(256, N), KL at
-T = 20 under SL+KD. Variants: `ddkit` (library default on CPU: fp32, eager, NCHW), `ddkit_bf16`
-(`--cpu-amp`), `ddkit_bf16_compile` (`--cpu-amp --compile`), and `ddranking`: the real DD-Ranking 0.2.0
+T = 20 under SL+KD. Variants: `ddkit` (`--exact`: fp32, eager, NCHW), `ddkit_bf16` (`--cpu-amp true --compile
+false`), `ddkit_bf16_compile` (`--cpu-amp true --compile true`), `ddkit_default` (what `ddkit evaluate` picks on
+this machine for a full-length run, evaluate/fastpath.py; recorded as `default_path`), and `ddranking`: the
+real DD-Ranking 0.2.0
 `train_one_epoch` + `DSA` + `KLDivergenceLoss` when the package is importable (install it in a separate venv
 for this bench only: it pins numpy < 2). Each round runs --epochs epochs of every
 variant in turn (same images per variant); the report gives images/s (median over rounds) and
@@ -42,6 +44,9 @@ from ddkit.evaluate.student import StudentTrainer, Targets, Views, teacher_forwa
 from ddkit.models import create_model
 from ddkit.teachers import Teacher
 from ddkit.utils import git_revision, machine_info, make_generator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from demo_time import lscpu  # noqa: E402  (one lscpu reader for every bench script)
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 T = 20.0
@@ -212,6 +217,20 @@ def ddkit_epoch_fn(images, labels, tnet, regime: str, bf16: bool, compiled: bool
     return epoch
 
 
+def default_path():
+    """What `ddkit evaluate` runs here for a full-length evaluation (evaluate/fastpath.py, DDKIT_EXACT ignored)."""
+    import os
+
+    from ddkit.evaluate import fastpath
+
+    saved = os.environ.pop(fastpath.EXACT_ENV, None)
+    try:
+        return fastpath.choose(EvalConfig(), torch.device("cpu"), 10 * fastpath.COMPILE_MIN_IMAGES)
+    finally:
+        if saved is not None:
+            os.environ[fastpath.EXACT_ENV] = saved
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--regime", default="hl", choices=("hl", "slkd"))
@@ -229,6 +248,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     tnet = create_model("convnet-d3", num_classes=10).eval()
     names = [v for v in args.variants.split(",") if v]
+    default = default_path()
     fns: Dict[str, Callable[[], int]] = {}
     setup: Dict[str, float] = {}
     for v in names:
@@ -239,8 +259,9 @@ def main(argv=None) -> int:
             fns[v] = ddranking_epoch_fn(images, labels, tnet, args.regime)
         else:
             torch.manual_seed(0)  # the same teacher weights, a fresh copy (a compiled variant converts its layout)
+            bf16, comp = (default.bf16, default.compile) if v == "ddkit_default" else ("bf16" in v, "compile" in v)
             fns[v] = ddkit_epoch_fn(images, labels, create_model("convnet-d3", num_classes=10).eval(), args.regime,
-                                    "bf16" in v, "compile" in v)
+                                    bf16, comp)
         fns[v]()  # warm-up epoch (compiles when asked)
         setup[v] = time.process_time() - c0
     wall: Dict[str, List[float]] = {v: [] for v in names}
@@ -253,7 +274,8 @@ def main(argv=None) -> int:
             wall[v].append(seen / (time.perf_counter() - t0))
             cpu[v].append(seen / max(time.process_time() - c0, 1e-9))
     res = {"command": " ".join(["python", "bench/vs_ddranking.py"] + list(argv if argv is not None else sys.argv[1:])),
-           "git_revision": git_revision(), "machine": machine_info(), "data": "synthetic random pixels (speed only)",
+           "git_revision": git_revision(), "machine": {**machine_info(), "lscpu": lscpu()},
+           "data": "synthetic random pixels (speed only)", "default_path": default.to_dict(),
            "regime": args.regime, "ipc": args.ipc, "threads": args.threads, "epochs_per_round": args.epochs,
            "rounds": args.rounds, "setup_and_warmup_cpu_seconds": setup, "variants": {}}
     for v in names:

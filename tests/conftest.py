@@ -1,7 +1,7 @@
 """Shared fixtures: tiny generated datasets (tests never touch ../shared).
 
-The suite runs on the CPU even on a GPU host: its numbers are calibrated for CPU fp32 (on CUDA the student
-would train in bf16). CUDA_VISIBLE_DEVICES is emptied before anything initialises CUDA. The CUDA group
+The suite runs on the CPU even on a GPU host, on the exact path (DDKIT_EXACT=1, below): its numbers are
+calibrated for CPU fp32 (on CUDA the student would train in bf16). CUDA_VISIBLE_DEVICES is emptied before anything initialises CUDA. The CUDA group
 (tests marked `cuda`) is the other way round: `DDKIT_TEST_CUDA=1 python -m pytest -m cuda tests` keeps the GPUs
 visible and runs only it; without DDKIT_TEST_CUDA those tests are deselected (reported in the summary line).
 """
@@ -14,6 +14,10 @@ import sys
 CUDA_GROUP = os.environ.get("DDKIT_TEST_CUDA") == "1"
 if not CUDA_GROUP:
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch is imported below: no test can reach a GPU
+# Students train on the exact path (fp32 eager) unless a test asks otherwise: the automatic fast path
+# (evaluate/fastpath.py: bf16 where the CPU has it, compile on long runs) would make the suite's numbers depend
+# on the CPU kind (AVX-512/AMX Xeon vs AVX2-only EPYC). tests/test_fastpath.py checks the choice itself.
+os.environ["DDKIT_EXACT"] = "1"
 from pathlib import Path
 from types import ModuleType
 from typing import Iterator, Tuple

@@ -202,6 +202,9 @@ def _build_study(st: argparse.ArgumentParser, argv: Sequence[str]) -> None:
                          "part of the set's cache key)")
     ht.add_argument("--eval-opt", action="append", default=[], metavar="KEY=VALUE",
                     help="an evaluator option for every cell, e.g. num_evals=1 (repeatable; pinned in study.json)")
+    ht.add_argument("--exact", action="store_true", help="fp32 eager students (no bf16 autocast, no compile) "
+                    "instead of the machine's fast default; same as --eval-opt exact=true, recorded in each cell's "
+                    "options.json (cells made before the fast default resume with it)")
     from ddkit.cli_studies import build_study_parsers
 
     build_study_parsers(ssub, _common)  # cross-arch, efficiency, continual
@@ -216,6 +219,8 @@ def _build_dcs(dc: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     dc.add_argument("--subsets", type=int, default=8, help="random class-balanced subsets per IPC")
     dc.add_argument("--seed", type=int, default=0, help="seed of the subsets and students")
     dc.add_argument("--budget-epochs", type=float, default=None, help="student compute in full-data epochs")
+    dc.add_argument("--exact", action="store_true", help="fp32 eager students (no bf16 autocast, no compile) "
+                    "instead of the machine's fast default")
     dc.add_argument("--output", default=None, help="write the markdown result here")
 
 
@@ -261,6 +266,8 @@ def _build_demo(m: argparse.ArgumentParser, argv: Sequence[str]) -> None:
                    "row and exit code 2")
     m.add_argument("--methods", default=None, metavar="A,B", help="these methods instead of the default")
     m.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    m.add_argument("--exact", action="store_true", help="fp32 eager students (no bf16 autocast, no compile) "
+                   "instead of the machine's fast default")
     m.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _log_flags(m)
 

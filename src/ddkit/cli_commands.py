@@ -358,7 +358,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     res = run_study(train, test, _teacher(args, train, device), cfg, device=device,
                     progress=not args.no_progress and main,
                     method_overrides=parse_key_values(args.method_opt, dotted=True),
-                    eval_overrides=parse_key_values(args.eval_opt), data_subset=_subset_record(args, train))
+                    eval_overrides={**parse_key_values(args.eval_opt), **({"exact": True} if args.exact else {})},
+                    data_subset=_subset_record(args, train))
     if main:
         save_record(Path(cfg.output_dir) / "config.yaml", args, cfg)
         print(f"{res.evaluated} cells evaluated, {res.skipped} already done; report: {res.report}")
@@ -373,7 +374,7 @@ def cmd_dcs(args: argparse.Namespace) -> int:
     device = get_device(args.device)
     train, test = _dataset(args, "train"), _dataset(args, "test")
     cfg = EvalConfig(protocol="hard-truths", recipe="hardtruths-hl", regime="hl", seeds=1,
-                     budget_epochs=args.budget_epochs)
+                     budget_epochs=args.budget_epochs, exact=bool(getattr(args, "exact", False)))
     res = dcs_study(train, test, args.loss, ipcs=tuple(int(x) for x in args.ipcs.split(",")), subsets=args.subsets,
                     eval_cfg=cfg, teacher=_teacher(args, train, device), seed=args.seed, device=device,
                     progress=not args.no_progress)
@@ -455,6 +456,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     methods = () if getattr(args, "all", False) else tuple(
         m.strip() for m in (getattr(args, "methods", None) or "").split(",") if m.strip()) or DemoConfig().methods
     cfg = DemoConfig(methods=methods)
+    if getattr(args, "exact", False):  # fp32 eager students (evaluate/fastpath.py)
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, exact=True)
     try:
         run_demo(args.output, device=args.device, progress=not args.no_progress, cfg=cfg)
     except DDKitError:  # a demo with a failed method still wrote its report: its record goes beside it

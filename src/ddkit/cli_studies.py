@@ -25,6 +25,7 @@ def _extras(p: argparse.ArgumentParser, eval_opts: bool = True, test_subset: boo
     if eval_opts:
         p.add_argument("--eval-opt", action="append", default=[], metavar="KEY=VALUE",
                        help="an evaluator option for every student, e.g. cpu_amp=true (repeatable; pinned)")
+        p.add_argument("--exact", action="store_true", help="fp32 eager students (no bf16 autocast, no compile) instead of the machine's fast default; same as --eval-opt exact=true")
     if test_subset:
         p.add_argument("--test-per-class", type=int, default=None, metavar="N",
                        help="CPU-sized runs: score students on N test images per class (class-balanced, seed 0; "
@@ -102,7 +103,7 @@ def cmd_study_more(args: argparse.Namespace, dataset: Callable[[argparse.Namespa
                                                       if failed else "") + f"; report: {Path(cfg.output_dir) / 'report.md'}")
         save_record(Path(cfg.output_dir) / "config.yaml", args, cfg)
         return 0
-    eopts = parse_key_values(args.eval_opt)
+    eopts = {**parse_key_values(args.eval_opt), **({"exact": True} if args.exact else {})}
     train = dataset(args, "train")
     test = class_subset(dataset(args, "test"), args.test_per_class)
     test_facts = {"per_class": args.test_per_class, "seed": 0, "images": len(test)} if args.test_per_class else {}

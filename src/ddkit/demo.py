@@ -16,7 +16,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from tqdm.auto import tqdm
 
@@ -54,6 +54,7 @@ class DemoConfig:
     regimes: tuple = ("hl", "sl", "slkd")
     recipe: str = "cim"
     methods: tuple = REPRESENTATIVE  # empty: every registered method (`ddkit demo --all`)
+    exact: bool = False  # fp32 eager students instead of the machine's fast default (`ddkit demo --exact`)
 
 
 GAPS = ("IOR = method − random (same regime), HLR = full-data HL accuracy − method under HL, both in points; the "
@@ -140,6 +141,7 @@ def run_demo(output: str | Path = "runs/demo", device: str = "auto", progress: b
     per_class: Dict[str, Dict[str, Optional[List[float]]]] = {}
     times: Dict[str, float] = {}
     status: Dict[str, str] = {}
+    paths: Set[str] = set()  # the students' compute path(s) (evaluate/fastpath.py), said in the report
     # One bar over every (method, regime) evaluation that stays on screen (tqdm's ETA); one line per stage.
     bar = tqdm(total=len(methods) * len(cfg.regimes), desc="demo", unit="eval", disable=not progress, leave=True,
                dynamic_ncols=True)
@@ -153,7 +155,8 @@ def run_demo(output: str | Path = "runs/demo", device: str = "auto", progress: b
             continue
         n0 = bar.n
         try:
-            _run_method(name, spec, provider, teacher, train, test, cfg, dev, out, bar, results, per_class, times)
+            _run_method(name, spec, provider, teacher, train, test, cfg, dev, out, bar, results, per_class, times,
+                        paths)
             status[name] = "ok"
         except Exception as e:  # noqa: BLE001 - one broken method must not hide the others; reported below
             first = str(e).splitlines()[0] if str(e) else ""
@@ -179,13 +182,15 @@ def run_demo(output: str | Path = "runs/demo", device: str = "auto", progress: b
              f"32); students {cfg.student} width 32 trained with the `{cfg.recipe}` "
              f"recipe for {cfg.epochs} epochs (the recipe's 1000 cut for the demo), last-epoch test accuracy, mean ± "
              f"std over {cfg.seeds} seeds; each method's registered quick options (CPU presets: "
-             f"{_quick_text(methods)}); device {dev}; total {wall:.0f} s.")
+             f"{_quick_text(methods)}); device {dev}; students' compute: {'; '.join(sorted(paths)) or 'none ran'}; "
+             f"total {wall:.0f} s.")
     body_grids = "\n\n".join(f"**{n}**\n\n![{n}](sets/{n}/preview.png)" for n in results)
     write_markdown(out / "report.md", "ddkit demo", [("Protocol", proto), ("Accuracy (%)", table + "\n\n" + GAPS),
                                                      ("Report", "report.html: the same with plots, training curves "
                                                       "and legible grids"), ("Images", body_grids)])
     doc = {"results": results, "distill_seconds": times, "teacher": tm.get("test_acc"), "config": to_dict(cfg),
            "protocol": proto, "classes": list(test.classes), "per_class": per_class, "status": status,
+           "compute_paths": sorted(paths),
            "git_revision": git_revision(), "machine": machine_info(dev), "wall_seconds": wall}
     (out / "results.json").write_text(json.dumps(doc, indent=2, default=str))
     write_demo_html(out)
@@ -200,7 +205,7 @@ def run_demo(output: str | Path = "runs/demo", device: str = "auto", progress: b
 
 def _run_method(name: str, spec: MethodSpec, provider: _Provider, teacher: Any, train: Any, test: Any,
                 cfg: DemoConfig, dev: Any, out: Path, bar: Any, results: Dict[str, Any], per_class: Dict[str, Any],
-                times: Dict[str, float]) -> None:
+                times: Dict[str, float], paths: Set[str]) -> None:
     """Distil one method (its quick options, what it needs provided) and evaluate it under every regime."""
     bar.set_postfix_str(f"distill {name}")
     given = provider.provide(spec)
@@ -214,10 +219,11 @@ def _run_method(name: str, spec: MethodSpec, provider: _Provider, teacher: Any, 
     for regime in cfg.regimes:
         bar.set_postfix_str(f"{name} {regime}")
         ecfg = EvalConfig(protocol="hard-truths", recipe=cfg.recipe, regime=regime, student=cfg.student,
-                          student_width=32, epochs=cfg.epochs, seeds=cfg.seeds)
+                          student_width=32, epochs=cfg.epochs, seeds=cfg.seeds, exact=cfg.exact)
         res = evaluate(distilled, test, ecfg, teacher, device=dev, progress=False,
                        output=out / "runs" / regime / name, set_name=name)
         results[name][regime] = res.accs
+        paths.add(res.info["compute_path"]["why"])
         pcs = [r.class_accs for r in res.runs]
         per_class[name][regime] = ([sum(v) / len(v) for v in zip(*pcs)] if all(p is not None for p in pcs)
                                    else None)

@@ -218,6 +218,8 @@ def write_eval_html(output_dir: str | Path, distilled_dir: Optional[str | Path] 
              "acc(distilled) − acc(random subset of the same IPC, same protocol), HLR = acc(full data, HL) − "
              "acc(distilled, HL); both in points.")
     _protocol_section(rep, summary)
+    if summary.get("compute_path"):  # which path the students ran (evaluate/fastpath.py)
+        rep.text(f"Compute: {summary['compute_path']['why']}.")
     iors = summary.get("ior") or {}
     hlrs = summary.get("hlr") or {}
     rows = []

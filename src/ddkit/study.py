@@ -143,7 +143,8 @@ def _protocol(cfg: StudyConfig, train: Any, teacher: Any, eval_overrides: Mappin
             "recipes": {r: cfg.recipe_for(r) for r in ("hl", "sl", "slkd")}, "seeds": cfg.seeds, "seed": cfg.seed,
             "epochs": cfg.epochs, "preset": cfg.preset,
             "teacher": teacher_identity(teacher),
-            "eval_overrides": {k: eval_overrides[k] for k in sorted(eval_overrides)}}
+            # --exact is the compute path, not the protocol: each cell's options.json records it (study_keys)
+            "eval_overrides": {k: eval_overrides[k] for k in sorted(eval_overrides) if k != "exact"}}
 
 
 def _set_for(method: str, ipc: int, budget: float, cfg: StudyConfig, train: Any, teacher: Any, out: Path,

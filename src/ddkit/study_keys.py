@@ -137,8 +137,13 @@ def method_options(spec: Any, kw: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def eval_options(ecfg: Any) -> Dict[str, Any]:
-    """The fully resolved EvalConfig of a cell, less the seed fields a top-up moves on."""
-    return as_json({k: v for k, v in to_dict(ecfg).items() if k not in NOT_EVAL_OPTIONS})
+    """The fully resolved EvalConfig of a cell, less the seed fields a top-up moves on. Under --exact the
+    path fields read as the fp32-eager values they force, so cells made before the fast default (when
+    cpu_amp/compile defaulted to false) resume with --exact."""
+    opts = {k: v for k, v in to_dict(ecfg).items() if k not in NOT_EVAL_OPTIONS}
+    if opts.get("exact"):
+        opts.update(cpu_amp=False, compile=False)
+    return as_json(opts)
 
 
 def cell_record(method: str, mopts: Mapping[str, Any], eopts: Mapping[str, Any]) -> Dict[str, Any]:
@@ -239,7 +244,11 @@ def check_cell(out: Path, cell: str, rec: Optional[Mapping[str, Any]], new: Mapp
     diffs = [(f"{m}.{k}", o, n) for k, o, n in differences(rec.get("method_options", {}), new["method_options"])]
     diffs += [(f"eval.{k}", o, n) for k, o, n in differences(rec.get("eval_options", {}), new["eval_options"])]
     if diffs:
-        raise DDKitError(describe(f"{out / 'runs' / cell} (a finished cell)", diffs))
+        hint = ""
+        if any(k in ("eval.cpu_amp", "eval.compile") and o is False and n is None for k, o, n in diffs):
+            hint = (" (or --exact: that cell ran fp32 eager, the default before the automatic fast path of "
+                    "evaluate/fastpath.py)")
+        raise DDKitError(describe(f"{out / 'runs' / cell} (a finished cell)", diffs) + hint)
 
 
 def check_cells(out: Path, rows: Sequence[Mapping[str, Any]], specs: Sequence[Any], cfg: Any,

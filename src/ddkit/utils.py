@@ -103,6 +103,20 @@ def stage(name: str) -> contextlib.AbstractContextManager:
 
 
 _CPU_BF16: Optional[bool] = None
+#: the /proc/cpuinfo flags that mean the CPU computes bf16 in hardware, the faster unit first
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_flags() -> frozenset:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is no such file)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
 
 
 def cpu_bf16_native() -> bool:
@@ -110,17 +124,8 @@ def cpu_bf16_native() -> bool:
     oneDNN has bf16 kernels. Without them bf16 is emulated and slower than fp32 (checked once, cached)."""
     global _CPU_BF16
     if _CPU_BF16 is None:
-        flags = set()
-        try:
-            with open("/proc/cpuinfo") as fh:
-                for line in fh:
-                    if line.startswith("flags"):
-                        flags = set(line.split(":", 1)[1].split())
-                        break
-        except OSError:
-            pass
         mkldnn = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
-        _CPU_BF16 = mkldnn and bool(flags & {"avx512_bf16", "amx_bf16"})
+        _CPU_BF16 = mkldnn and bool(cpu_flags() & set(BF16_FLAGS))
     return _CPU_BF16
 
 

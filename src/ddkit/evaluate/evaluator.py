@@ -20,6 +20,7 @@ from ddkit.config import to_dict
 from ddkit.data.base import ImageDataset
 from ddkit.data.stream import STREAM_CHUNK, iter_chunks
 from ddkit.distilled import DistilledSet
+from ddkit.evaluate import fastpath
 from ddkit.evaluate import parallel as edist
 from ddkit.evaluate.protocol import EvalConfig
 from ddkit.evaluate.losses import LOSSES, make_criterion
@@ -263,6 +264,11 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
                      eval_every=cfg.eval_every)
     ctx.check_plan(plan)
     spec = LOSSES.get(recipe.loss_for(regime))
+    # The machine's fast default or --exact (evaluate/fastpath.py), for what this process trains: its seeds.
+    path = fastpath.choose(cfg, dev, plan.samples * len(ctx.run_indices(cfg.seeds)), image_size=size,
+                           stacked=cfg.stack > 1 and cfg.seeds > 1)
+    amp, cpu_amp, compiled = (path.bf16 if dev.type == "cuda" else cfg.amp), path.bf16 and dev.type == "cpu", \
+        path.compile
 
     # Targets for the regime --------------------------------------------------------------------------
     soft = region = None
@@ -305,10 +311,10 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
     if regime == "slkd" and spec.needs_logits and stored is None:
         if teacher.device != dev:
             teacher.to(dev)
-        if cfg.channels_last and (dev.type == "cuda" or cfg.compile):
+        if cfg.channels_last and (dev.type == "cuda" or compiled):
             teacher.model.to(memory_format=torch.channels_last)
-        teacher_fn = teacher_forward(teacher, distilled.mean, distilled.std, size, dev, cfg.amp, cfg.cpu_amp,
-                                     compile=cfg.compile and dev.type == "cpu")
+        teacher_fn = teacher_forward(teacher, distilled.mean, distilled.std, size, dev, amp, cpu_amp,
+                                     compile=compiled and dev.type == "cpu")
         source = "online teacher"
     targets = Targets(regime, k, spec, recipe.temperature, soft=soft, region=region, teacher_fn=teacher_fn)
     crit = make_criterion(spec.name, temperature=recipe.temperature, t2_scale=recipe.t2_scale,
@@ -343,6 +349,7 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
               f"= {plan.epochs:.2f} epochs, evals at {list(plan.eval_epochs)}, crop {crop_desc}, "
               f"soft labels: {source or 'none'}, protocol {proto.protocol}"
               f"{f' ({proto.native})' if proto.native else ''}" + "".join(f"; {n}" for n in proto.notes))
+        print(f"[evaluate] compute: {path.summary}")
     runs: List[Tuple[int, RunResult]] = []
     t0 = time.perf_counter()
     todo = ctx.run_indices(cfg.seeds)
@@ -363,7 +370,7 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
 
         done = run_stacked(build, [cfg.seed + r for r in todo], cfg.stack, images=images, labels=labels,
                            recipe=recipe, plan=plan, views=views, targets=targets, criterion=crit, device=dev,
-                           amp=cfg.amp, cpu_amp=cfg.cpu_amp, evaluate=test_acc, validate=val_acc, log_path=log_path,
+                           amp=amp, cpu_amp=cpu_amp, evaluate=test_acc, validate=val_acc, log_path=log_path,
                            progress=progress, desc=f"{set_name}/{student}", class_accs=lambda: per_class[0])
         runs += list(zip(todo, done))
         todo = todo[len(done):]
@@ -379,13 +386,13 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
             model.to(dev)
             # One layout per network: channels_last on CUDA, and on CPU for a compiled student (its fused
             # kernels are fastest there); eager CPU students stay NCHW (GroupNorm is slow channels_last).
-            if cfg.channels_last and (dev.type == "cuda" or cfg.compile):
+            if cfg.channels_last and (dev.type == "cuda" or compiled):
                 model.to(memory_format=torch.channels_last)
-            net = torch.compile(model) if cfg.compile else model
+            net = torch.compile(model) if compiled else model
             make = ctx.make_trainer if stored is None else stored.make_trainer
             trainer = make(seed, ctx.wrap(net), images, labels, recipe, plan, views, targets, crit,
-                           amp=cfg.amp, channels_last=cfg.channels_last, cpu_amp=cfg.cpu_amp,
-                           cpu_channels_last=cfg.compile)
+                           amp=amp, channels_last=cfg.channels_last, cpu_amp=cpu_amp,
+                           cpu_channels_last=compiled)
             log = None
             if output is not None:
                 log = edist.run_log_path(Path(output), seed)
@@ -405,6 +412,7 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
                            "config": to_dict(cfg), "student_kwargs": kw,
                            "decoded_mosaic_factor": mosaic if decoded else None, "crop": crop_desc,
                            "set_factor": mosaic, "classes": list(test.classes), "protocol": proto.describe(),
+                           "compute_path": path.to_dict(),
                            **ctx.describe(),
                            **(stored.describe(plan.epochs) if stored is not None else {})})
     if progress:

@@ -111,12 +111,18 @@ class EvalConfig:
     test_batch_size: int = field(500, "batch size for test/validation inference")
     amp: bool = field(True, "bf16 autocast on CUDA (no effect on CPU)")
     channels_last: bool = field(True, "channels_last memory format on CUDA")
-    compile: bool = field(False, "torch.compile the student (on CPU also the online teacher; both then run "
-                                 "channels_last). Off: on CPU it pays only after its compile time, "
-                                 "bench/results/student_speed_*_cpu.json")
-    cpu_amp: bool = field(False, "bf16 autocast on CPU for the student and the online teacher, where the CPU "
-                                 "computes bf16 natively (AVX512-BF16/AMX, checked at run time; else fp32). Off "
-                                 "until equal accuracy is shown (bench/results/bf16_accuracy_cpu.json)")
+    compile: Optional[bool] = field(None, "torch.compile the student (on CPU also the online teacher; both then "
+                                          "run channels_last). None: automatic, on CPU where inductor and a C++ "
+                                          "compiler work and the students see >= 50,000 images (enough to pay "
+                                          "the first compile; evaluate/fastpath.py), off on CUDA")
+    cpu_amp: Optional[bool] = field(None, "bf16 autocast on CPU for the student and the online teacher, where the "
+                                          "CPU computes bf16 natively (AVX512-BF16/AMX, checked at run time; else "
+                                          "fp32). None: automatic, on wherever the CPU has native bf16 and the "
+                                          "images are >= 16 px (equal accuracy: "
+                                          "bench/results/bf16_accuracy_hardtruths_cpu.json)")
+    exact: bool = field(False, "fp32 eager students whatever the machine (no bf16 autocast on CPU or CUDA, no "
+                               "compile; overrides --cpu-amp/--compile/--amp): the path of bit-identity checks. "
+                               "DDKIT_EXACT=1 makes it the automatic choice")
     stack: int = field(1, "train up to N seeds of this evaluation as one stacked model (torch.func vmap; nets "
                           "without BatchNorm or dropout, else one at a time); results equal the one-at-a-time "
                           "runs within float tolerance. 1: one at a time (on CPU stacking measured slower, "

@@ -100,6 +100,7 @@ def results_markdown(results: Sequence[EvalResult], summary: Dict[str, Any]) -> 
         f"headline = last-epoch test accuracy (%), mean ± std (ddof 0) over n seeds. Best-of-test = the best of "
         f"the recorded test evaluations, chosen on the test set: shown beside, never the headline.",
         *([f"", *(f"- {n}" for n in proto.get("notes", []))] if proto.get("notes") else []),
+        *(["", f"Compute: {summary['compute_path']['why']}."] if summary.get("compute_path") else []),
         "",
         "| student | set | acc % (mean ± std) | n | per seed | seeds | best-of-test % (not the headline) | "
         "iterations × batch | img/s |",
@@ -252,6 +253,9 @@ def run_evaluation(distilled_dir: str, cfg: EvalConfig, *, test: ImageDataset, t
             "protocol": proto.describe(), "regime": regime, "recipe": recipe.name, "ipc": set_ipc(distilled),
             "results": [r.to_dict() for r in results],
         }
+        paths = {json.dumps(r.info["compute_path"], sort_keys=True) for r in results if "compute_path" in r.info}
+        if len(paths) == 1:  # every student ran the same path (the usual case); else each result has its own
+            summary["compute_path"] = json.loads(paths.pop())
         if skipped:
             summary["skipped_baselines"] = skipped
         by = {(r.student, r.set_name): r for r in results}

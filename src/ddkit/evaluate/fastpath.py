@@ -1,0 +1,153 @@
+"""Which compute path the students of an evaluation train on: the machine's fast default, or `--exact`.
+
+The default follows what the machine has (issue #30):
+  * bf16 autocast where the hardware computes bf16 natively: on CPU the AVX512-BF16 or AMX-BF16 flags (and
+    oneDNN's bf16 kernels), on CUDA the GPU's bf16 support. Its accuracy equals fp32's on the hard-truths
+    protocol (docs/performance.md, bench/results/bf16_accuracy_hardtruths_cpu.json). Without native bf16,
+    bf16 would be emulated and slower than fp32, so fp32 runs. Nor below `BF16_MIN_SIZE` px: on tiny images
+    (the demo's 8-px digits) the casts cost more than the convolutions save (measured 0.87× the fp32 step);
+  * torch.compile on CPU where inductor works (a C++ compiler on PATH, a Python dynamo supports) and the run
+    is long enough to pay the first compile: `COMPILE_MIN_IMAGES` student images in this process (measured:
+    bench/results/profile_student_*.json, docs/performance.md). On CUDA compile stays opt-in: neither its
+    compile time nor its gain has been measured on a GPU.
+`--exact` (EvalConfig.exact) is fp32 eager whatever else is set: the path of bit-identity checks and of the
+golden tests. An explicit `--cpu-amp` / `--compile` true|false wins over the automatic choice; the environment
+variable DDKIT_EXACT=1 turns the automatic choice (not an explicit flag) into the exact path, which the test
+suite sets so its numbers do not depend on the CPU it runs on.
+
+Bytes already differ between CPU kinds in fp32 (oneDNN picks other kernels), so a capability-dependent
+default breaks no promise that held before; what it changes is recorded in every summary ("compute_path").
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+
+from ddkit.utils import BF16_FLAGS, cpu_bf16_native, cpu_flags
+
+#: environment variable that makes the automatic choice the exact path (tests/conftest.py sets it)
+EXACT_ENV = "DDKIT_EXACT"
+#: compile on CPU only when the students of one evaluation see at least this many images in this process.
+#: A cold first compile of ConvNet-3 (student; SL+KD also its teacher) cost ~60–100 s of CPU on the 2-core
+#: Xeon and the compiled bf16 step saves ~2 ms of CPU per image there (docs/performance.md, issue 30), so it
+#: pays from ~50,000 images: a full-length IPC-10 evaluation (300 epochs × 100 images × 3 seeds = 90,000),
+#: never a test or a demo student.
+COMPILE_MIN_IMAGES = 50_000
+#: bf16 autocast on CPU only for images at least this many px wide: a ConvNet-2 (width 32) step on 8-px images ran
+#: at 0.87× the fp32 step under bf16, a ConvNet-3 (width 128) step on 32-px images at 1.73× (2-core Xeon, AMX)
+BF16_MIN_SIZE = 16
+
+
+@dataclass(frozen=True)
+class ComputePath:
+    """What one evaluation's students run: bf16 autocast or not, compiled or not, and why."""
+
+    bf16: bool          # CPU: cpu_amp (native bf16 autocast); CUDA: amp (bf16 autocast)
+    compile: bool
+    exact: bool         # the fp32-eager path asked for (--exact or DDKIT_EXACT)
+    device: str
+    why: str            # one line: which path and why
+
+    @property
+    def summary(self) -> str:
+        """The line results.md and the console print."""
+        return self.why
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def _truthy(value: Optional[str]) -> bool:
+    return str(value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def bf16_unit(device: torch.device) -> Optional[str]:
+    """The hardware bf16 of `device` in words ('amx_bf16', 'avx512_bf16', 'cuda bf16'), or None without it."""
+    if device.type == "cuda":
+        return "cuda bf16" if torch.cuda.is_bf16_supported() else None
+    if device.type != "cpu" or not cpu_bf16_native():
+        return None
+    return next((f for f in BF16_FLAGS if f in cpu_flags()), None)
+
+
+def compiler() -> Tuple[Optional[str], str]:
+    """('inductor + g++', '') where torch.compile can build CPU kernels here, else (None, why not)."""
+    cxx = os.environ.get("CXX") or next((c for c in ("g++", "c++", "clang++") if shutil.which(c)), None)
+    if cxx is None or shutil.which(cxx) is None:
+        return None, "no C++ compiler on PATH (inductor's CPU kernels need one)"
+    if sys.platform == "win32":
+        return None, "torch.compile's CPU backend is not used on Windows"
+    try:  # imported only here: dynamo costs seconds of startup that a short run never needs
+        import torch._dynamo
+
+        if not torch._dynamo.is_dynamo_supported():
+            return None, f"torch.compile does not support Python {sys.version.split()[0]}"
+    except Exception as e:  # an unusual build: no dynamo at all
+        return None, f"torch.compile unavailable ({type(e).__name__})"
+    return f"inductor + {os.path.basename(cxx)}", ""
+
+
+def choose(cfg: Any, device: torch.device, images: int, image_size: int = 32, stacked: bool = False, *,
+           bf16_probe: Optional[Callable[[torch.device], Optional[str]]] = None,
+           compiler_probe: Optional[Callable[[], Tuple[Optional[str], str]]] = None) -> ComputePath:
+    """The path for `cfg` (an EvalConfig: exact, cpu_amp, compile, amp) on `device`, for students that see
+    `images` images of `image_size` px in this process (`stacked`: trained as one vmapped model, --stack, which is
+    never compiled). Probes default to this machine's (tests pass fakes)."""
+    bf16_probe = bf16_probe or bf16_unit
+    compiler_probe = compiler_probe or compiler
+    dev = device.type
+    if cfg.exact:
+        asked = [f"--{n} true" for n in ("cpu_amp", "compile") if getattr(cfg, n) is True]
+        over = f", overriding {' and '.join(a.replace('_', '-') for a in asked)}" if asked else ""
+        return ComputePath(False, False, True, dev, f"exact: fp32 eager (--exact{over})")
+    auto_off = _truthy(os.environ.get(EXACT_ENV))
+    if auto_off and dev == "cpu" and cfg.cpu_amp is None and cfg.compile is None:
+        return ComputePath(False, False, True, dev, f"exact: fp32 eager ({EXACT_ENV}=1)")
+    why = []
+    # bf16 -------------------------------------------------------------------------------------------------
+    if dev == "cuda":
+        bf16 = bool(cfg.amp) and bf16_probe(device) is not None
+        why.append("bf16 autocast (cuda)" if bf16 else "fp32 (--amp false)" if not cfg.amp else
+                   "fp32 (this GPU has no bf16)")
+    elif cfg.cpu_amp is not None:
+        unit = bf16_probe(device) if dev == "cpu" else None
+        bf16 = bool(cfg.cpu_amp) and unit is not None
+        why.append(f"bf16 autocast ({unit}, --cpu-amp true)" if bf16 else
+                   "fp32 (--cpu-amp false)" if not cfg.cpu_amp else "fp32 (--cpu-amp true, but no native bf16 here)")
+    elif auto_off:
+        bf16 = False
+        why.append(f"fp32 ({EXACT_ENV}=1)")
+    else:
+        unit = bf16_probe(device) if dev == "cpu" else None
+        bf16 = unit is not None and image_size >= BF16_MIN_SIZE
+        cap = torch.backends.cpu.get_cpu_capability() if dev == "cpu" else dev
+        why.append(f"bf16 autocast ({unit})" if bf16 else f"fp32 (no native bf16: {cap})" if unit is None else
+                   f"fp32 ({image_size}-px images < {BF16_MIN_SIZE}: bf16's casts cost more than they save)")
+    # compile ----------------------------------------------------------------------------------------------
+    if cfg.compile is not None:
+        comp = bool(cfg.compile)
+        why.append(f"{'' if comp else 'no '}compile (--compile {str(comp).lower()})")
+    elif auto_off:
+        comp = False
+        why.append("eager")
+    elif stacked:
+        comp = False
+        why.append("eager (--stack: the vmapped students are not compiled)")
+    elif dev != "cpu":
+        comp = False
+        why.append(f"eager (compile is opt-in on {dev}: --compile true)")
+    elif images < COMPILE_MIN_IMAGES:
+        comp = False
+        why.append(f"eager ({images:,} student images < {COMPILE_MIN_IMAGES:,}: too short to pay the first compile)")
+    else:
+        name, reason = compiler_probe()
+        comp = name is not None
+        why.append(f"compile ({name}, {images:,} student images)" if comp else f"eager ({reason})")
+    fast = bf16 or comp
+    line = ("fast path: " if fast else "") + " + ".join(why) + ("; --exact for fp32 eager" if fast else "")
+    return ComputePath(bf16, comp, False, dev, line)
