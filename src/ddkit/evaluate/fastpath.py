@@ -33,10 +33,11 @@ from ddkit.utils import BF16_FLAGS, cpu_bf16_native, cpu_flags
 #: environment variable that makes the automatic choice the exact path (tests/conftest.py sets it)
 EXACT_ENV = "DDKIT_EXACT"
 #: compile on CPU only when the students of one evaluation see at least this many images in this process.
-#: A cold first compile of ConvNet-3 (student; SL+KD also its teacher) cost ~60–100 s of CPU on the 2-core
-#: Xeon and the compiled bf16 step saves ~2 ms of CPU per image there (docs/performance.md, issue 30), so it
-#: pays from ~50,000 images: a full-length IPC-10 evaluation (300 epochs × 100 images × 3 seeds = 90,000),
-#: never a test or a demo student.
+#: A cold first compile of the ConvNet-3 student (HL) cost 31 s of CPU, g++ included, on the 2-core Xeon, and
+#: the compiled bf16 step saves 1.9 ms of CPU per image there, so it pays after ~16,000 images
+#: (bench/results/profile_step_xeon_amx.json); 50,000 leaves a 3x margin (SL+KD also compiles its teacher).
+#: A full-length IPC-10 evaluation (300 epochs x 100 images x 3 seeds = 90,000) compiles; IPC 1, the demo and the
+#: tests do not.
 COMPILE_MIN_IMAGES = 50_000
 #: bf16 autocast on CPU only for images at least this many px wide: a ConvNet-2 (width 32) step on 8-px images ran
 #: at 0.87× the fp32 step under bf16, a ConvNet-3 (width 128) step on 32-px images at 1.73× (2-core Xeon, AMX)
