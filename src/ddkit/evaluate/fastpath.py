@@ -5,7 +5,7 @@ The default follows what the machine has (issue #30):
     oneDNN's bf16 kernels), on CUDA the GPU's bf16 support. Its accuracy equals fp32's on the hard-truths
     protocol (docs/performance.md, bench/results/bf16_accuracy_hardtruths_cpu.json). Without native bf16,
     bf16 would be emulated and slower than fp32, so fp32 runs. Nor below `BF16_MIN_SIZE` px: on tiny images
-    (the demo's 8-px digits) the casts cost more than the convolutions save (measured 0.87× the fp32 step);
+    (the demo's 8-px digits) the casts cost more than the convolutions save (measured 0.86× the fp32 step);
   * torch.compile on CPU where inductor works (a C++ compiler on PATH, a Python dynamo supports) and the run
     is long enough to pay the first compile: `COMPILE_MIN_IMAGES` student images in this process (measured:
     bench/results/profile_student_*.json, docs/performance.md). On CUDA compile stays opt-in: neither its
@@ -39,8 +39,9 @@ EXACT_ENV = "DDKIT_EXACT"
 #: A full-length IPC-10 evaluation (300 epochs x 100 images x 3 seeds = 90,000) compiles; IPC 1, the demo and the
 #: tests do not.
 COMPILE_MIN_IMAGES = 50_000
-#: bf16 autocast on CPU only for images at least this many px wide: a ConvNet-2 (width 32) step on 8-px images ran
-#: at 0.87× the fp32 step under bf16, a ConvNet-3 (width 128) step on 32-px images at 1.73× (2-core Xeon, AMX)
+#: bf16 autocast on CPU only for images at least this many px wide. bf16 / fp32 step rate on the 2-core Xeon (AMX):
+#: ConvNet-2 width 32 at 8 px 0.86x, at 16 px 1.03x; ConvNet-3 width 128 at 16 px 1.55x, at 32 px 1.81x
+#: (bench/results/bf16_small_cpu.json, bench/results/profile_step_xeon_amx.json)
 BF16_MIN_SIZE = 16
 
 
