@@ -22,7 +22,8 @@ Machine: CPU model and flags through bench/demo_time.py's lscpu reader.
 
     OMP_NUM_THREADS=1 nice -n 5 python bench/profile_student.py --regime hl --output /tmp/p_hl.json
     OMP_NUM_THREADS=1 nice -n 5 python bench/profile_student.py --regime slkd --output /tmp/p_slkd.json
-    python bench/profile_student.py --merge /tmp/p_hl.json /tmp/p_slkd.json --output bench/results/profile_step_<cpu>.json
+    python bench/profile_student.py --merge /tmp/p_hl.json /tmp/p_slkd.json \
+        --output bench/results/profile_step_<cpu>.json
 """
 from __future__ import annotations
 

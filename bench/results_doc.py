@@ -147,8 +147,9 @@ def how_to_read(src: Sources, fast: Dict[Key, Cell], check: Tuple[float, float, 
         f"  4. Mean ± std (ddof 0) over student seeds {', '.join(map(str, seeds))}.",
         f"  5. † = the fast path, bf16 autocast + torch.compile (`--eval-opt cpu_amp=true --eval-opt compile=true`), "
         f"which every headline cell ran; checked against fp32 on {n} cells (same set, seed 0): mean {mean:+.2f}, "
-        f"range {lo:+.2f}..{hi:+.2f} points (§ Numeric path). These cells asked for it explicitly; ddkit's default now picks it by itself on a CPU with "
-        "native bf16 for full-length runs (evaluate/fastpath.py), and `--exact` is fp32 eager.",
+        f"range {lo:+.2f}..{hi:+.2f} points (§ Numeric path). These cells asked for it explicitly; ddkit's default "
+        "now picks it by itself on a CPU with native bf16 for full-length runs (evaluate/fastpath.py), and "
+        "`--exact` is fp32 eager.",
         "- **One rule for every comparison.** A gap (method − random, same regime and IPC) is a **tie** when "
         "|gap| ≤ 2·max(std_method, std_random). A cell with one seed has no std: its gaps are shown in "
         "parentheses and not judged.", ""]

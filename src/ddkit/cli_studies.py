@@ -25,7 +25,8 @@ def _extras(p: argparse.ArgumentParser, eval_opts: bool = True, test_subset: boo
     if eval_opts:
         p.add_argument("--eval-opt", action="append", default=[], metavar="KEY=VALUE",
                        help="an evaluator option for every student, e.g. cpu_amp=true (repeatable; pinned)")
-        p.add_argument("--exact", action="store_true", help="fp32 eager students (no bf16 autocast, no compile) instead of the machine's fast default; same as --eval-opt exact=true")
+        p.add_argument("--exact", action="store_true", help="fp32 eager students (no bf16 autocast, no compile) "
+                       "instead of the machine's fast default; same as --eval-opt exact=true")
     if test_subset:
         p.add_argument("--test-per-class", type=int, default=None, metavar="N",
                        help="CPU-sized runs: score students on N test images per class (class-balanced, seed 0; "
