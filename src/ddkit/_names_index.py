@@ -126,6 +126,11 @@ INDEX = {'datasets': [{'name': 'cifar10',
               'description': 'CDA: SRe2L recover with the RandomResizedCrop scale annealed from easy (1.0) to hard '
                              '(0.08).',
               'needs_teacher': True},
+             {'name': 'cvdd',
+              'aliases': ['committee-voting', 'cv-dd'],
+              'description': 'CV-DD: SRe2L recover from median-confidence real images through a prior-weighted '
+                             'committee of two',
+              'needs_teacher': True},
              {'name': 'd4m',
               'aliases': ['d4m', 'd4m-diffusion'],
               'description': 'D4M: SD-v1.5 latent k-means prototypes per class, decoded by guided img2img (needs '
@@ -254,6 +259,10 @@ INDEX = {'datasets': [{'name': 'cifar10',
               'aliases': ['lic'],
               'description': 'CIM/LIC evaluator: MSE to online-teacher logits, quadrant-or-whole crop + per-sample '
                              'DiffAug'},
+             {'name': 'cvdd',
+              'aliases': [],
+              'description': 'CV-DD validation: RRC(0.08..1) + flip + CutMix, KL T=20 (no T^2), AdamW 1e-3 wd 0.01, '
+                             'cosine, 300 ep, bs 16'},
              {'name': 'datm',
               'aliases': [],
               'description': "DATM protocol: soft CE (T=1) on the set's learned labels, SGD 0.01 momentum 0.9 wd "

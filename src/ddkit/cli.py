@@ -110,7 +110,7 @@ def _build_distill(d: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     d.add_argument("--teacher", action=_Repeated, default=None,
                    help="teacher checkpoint (see docs: ours, CIM/RDED .pth, SRe2L, DD-Ranking ckpt_best.pt, "
                         "torchvision:<name>); repeat it (--teacher A --teacher B) for the committee of a method "
-                        "that recovers through several teachers (fadrm+)")
+                        "that recovers through several teachers (fadrm+, cvdd)")
     d.add_argument("--teacher-list", default=None, metavar="FILE",
                    help="the committee from a file: one checkpoint per line, optionally followed by its prior "
                         "accuracy (CV-DD's voter weights)")

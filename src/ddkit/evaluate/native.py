@@ -14,6 +14,7 @@
 | `rded`       | RDED                    | `rded`, SL+KD                     | peers.md §2.2                        |
 | `cim`        | LIC / CIM               | `cim`, SL+KD                      | peers.md §7b                         |
 | `fadrm`      | FADRM, FADRM+, SRe2L++  | `fadrm`, SL+KD (batch 16)         | FADRM validate/train_fkd.py          |
+| `cvdd`       | CV-DD                   | `cvdd`, SL+KD (batch 16)          | CV-DD validate/train_fkd.py          |
 | `hard-truths`| undeclared (random, coresets, imports) | `hardtruths-hl`, HL | hardtruths.md §5.1 (no paper protocol) |
 
 On top of the recipe, `native` applies what the set carries: its ZCA transform (train views AND the test split
@@ -79,6 +80,8 @@ for _n in (
     Native("fadrm", "fadrm", "slkd", "FADRM / FADRM+ / SRe2L++: RRC + flip + CutMix views, KL T=20, AdamW 1e-3, "
                                      "batch 16 (labels as coded: `ddkit relabel --batch-stats --batch-size 16 "
                                      "--recipe fadrm`, then --labels stored)"),
+    Native("cvdd", "cvdd", "slkd", "CV-DD: KL T=20 on CutMix views (its committee's stored labels from `ddkit "
+                                   "relabel`, else the online teacher), AdamW 1e-3, cosine, 300 epochs, batch 16"),
     Native(UNDECLARED, "hardtruths-hl", "hl", "no paper protocol declared: the hard-truths HL recipe"),
 ):
     NATIVE.register(_n.name, obj=_n)

@@ -189,6 +189,19 @@ _add(Recipe(
     batch_rule="fixed", batch_size=16, crop="rrc", rrc_min=0.08, flip=True, mix="cutmix", mix_alpha=1.0,
     hl_loss="ce", sl_loss="kl", slkd_loss="kl", temperature=20.0), aliases=("fadrm+",))
 
+_add(Recipe(
+    # CV-DD validate/train_fkd.py@24097e9 with validate/scripts/cifar10_experiment (constants.sh bs=16, --epochs 300
+    # --mix-type cutmix --cos -T 20): RRC(scale 0.08-1) + flip (:230-233), KLDivLoss batchmean of log_softmax(out/T)
+    # vs softmax(label/T), no T^2 (:381-384), AdamW wd 0.01 on weights of dim > 1 only (utils_validate.py:67-80),
+    # lr 1e-3 and eta 1 for ResNet-18 at 300 epochs on CIFAR-10 (:84-96), so 0.5(1+cos(pi e/E)) per epoch (:289-291);
+    # CutMix alpha 1 (relabel.py:86). ddkit steps once per batch of 16; the official script splits each batch into
+    # gradient-accumulation halves of 8 (--gradient-accumulation-steps 2, :363-385), so its BN sees 8 images.
+    "cvdd", "CV-DD validation: RRC(0.08..1) + flip + CutMix, KL T=20 (no T^2), AdamW 1e-3 wd 0.01, cosine, "
+            "300 ep, bs 16",
+    optimizer="adamw", lr=1e-3, weight_decay=0.01, wd_norm_bias=False, schedule="cosine", epochs=300,
+    batch_rule="fixed", batch_size=16, crop="rrc", rrc_min=0.08, flip=True, mix="cutmix", mix_alpha=1.0,
+    hl_loss="ce", sl_loss="kl", slkd_loss="kl", temperature=20.0, t2_scale=False))
+
 
 def list_recipes() -> List[str]:
     """Names of the registered recipes."""

@@ -39,7 +39,7 @@ from ddkit.utils import DDKitError, get_device, peak_memory_mb, reset_peak_memor
 #: modules of this package that hold no method (helpers); every other module is imported on first use of
 #: the registry and registers itself — so adding a method is adding one file
 HELPER_MODULES = {"base", "lic_ops", "lic_optim", "coresets_scores", "recover", "matching_ops", "mtt_ops",
-                  "patch_init"}
+                  "patch_init", "real_init"}
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,9 @@ class Unit:
 
 @dataclass(frozen=True)
 class UnitResult:
-    """One finished batch unit: images has one row per class of `unit.classes` (same order); soft / extras are
-    per-row tensors; meta: JSON-safe facts of the unit (→ meta["unit_meta"], a list over units); set_meta as
+    """One finished batch unit: images has k rows per class of `unit.classes`, class-major in that order (k = 1
+    for an IPC-index unit; k = ipc for a unit that holds every image of its classes, WMDD/DELT); soft / extras
+    are per-row tensors; meta: JSON-safe facts of the unit (→ meta["unit_meta"], a list over units); set_meta as
     ClassResult's; seconds: measured by the driver when left NaN."""
 
     unit: Unit
@@ -116,13 +117,18 @@ class UnitResult:
     seconds: float = math.nan
 
     @property
+    def rows_per_class(self) -> int:
+        return len(self.images) // max(1, len(self.unit.classes))
+
+    @property
     def labels(self) -> torch.Tensor:
-        return torch.tensor(self.unit.classes, dtype=torch.long)
+        return torch.tensor(self.unit.classes, dtype=torch.long).repeat_interleave(self.rows_per_class)
 
     def on_cpu(self, seconds: float) -> "UnitResult":
         """A copy with CPU tensors (images float32) and `seconds` set when unknown."""
-        if len(self.images) != len(self.unit.classes):
-            raise DDKitError(f"unit {self.unit.name}: {len(self.images)} images for {len(self.unit.classes)} classes")
+        n, k = len(self.images), len(self.unit.classes)
+        if n == 0 or n % k:
+            raise DDKitError(f"unit {self.unit.name}: {n} images for {k} classes (need the same number per class)")
         cpu = lambda d: {k: v.detach().cpu() for k, v in d.items()}  # noqa: E731
         return dataclasses.replace(self, images=self.images.detach().float().cpu(), soft=cpu(self.soft),
                                    extras=cpu(self.extras), seconds=seconds if math.isnan(self.seconds)
@@ -274,9 +280,15 @@ def assemble(results: Sequence[ClassResult], classes: Sequence[str], mean: Seque
                         list(mean), list(std), soft=soft, meta=out, zca=zca)
 
 
+def _class_rows(r: UnitResult, j: int, t: torch.Tensor) -> torch.Tensor:
+    """The rows of the j-th class of unit result `r` in its per-row tensor `t` (class-major, k per class)."""
+    k = r.rows_per_class
+    return t[j * k:(j + 1) * k]
+
+
 def _rows(got: Sequence[Tuple[UnitResult, int]], attr: str) -> Dict[str, torch.Tensor]:
     """One class's rows of the per-row tensors `attr` ("soft" or "extras") of its units, in unit order."""
-    return {k: torch.stack([getattr(r, attr)[k][j] for r, j in got]) for k in getattr(got[0][0], attr)}
+    return {k: torch.cat([_class_rows(r, j, getattr(r, attr)[k]) for r, j in got]) for k in getattr(got[0][0], attr)}
 
 
 def assemble_units(results: Sequence[UnitResult], classes: Sequence[str], mean: Sequence[float],
@@ -298,9 +310,10 @@ def assemble_units(results: Sequence[UnitResult], classes: Sequence[str], mean: 
     for c in sorted(rows):
         got = rows[c]
         secs = [r.seconds / len(r.unit.classes) for r, _ in got if not math.isnan(r.seconds)]
-        per_class.append(ClassResult(c, torch.stack([r.images[j] for r, j in got]), soft=_rows(got, "soft"),
+        imgs = torch.cat([_class_rows(r, j, r.images) for r, j in got])
+        per_class.append(ClassResult(c, imgs, soft=_rows(got, "soft"),
                                      extras=_rows(got, "extras"), set_meta={k: v for r, _ in got for k, v in r.set_meta.items()},
-                                     labels=torch.full((len(got),), c, dtype=torch.long),
+                                     labels=torch.full((len(imgs),), c, dtype=torch.long),
                                      seconds=float(sum(secs)) if secs else math.nan))
     units_meta = [{"index": r.unit.index, "classes": [r.unit.classes[0], r.unit.classes[-1]],
                    "seconds": None if math.isnan(r.seconds) else r.seconds, **r.meta} for r in rs]

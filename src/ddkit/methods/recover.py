@@ -152,6 +152,12 @@ class RecoverSpec:
     rrc_min: float = 0.08
     curriculum: Optional[Tuple[float, str]] = None  # CDA: (milestone, mode) anneals the RRC lower bound
     curve_points: int = 50
+    ce_weight: float = 1.0  # WMDD's r_wb on the CE term (data_synthesis_new.py:154-165); 1 for the others
+    reduce: str = "sum"  # how group losses combine: sum (independent groups) or mean (WMDD: mean over classes)
+
+
+#: One member of a recover committee: (eval-mode network, weight, its BN targets per layer (mean G×C, var G×C)).
+Voter = Tuple[nn.Module, float, Sequence[Tuple[torch.Tensor, torch.Tensor]]]
 
 
 def _draw_views(gens: Sequence[torch.Generator], spec: RecoverSpec, it: int, hw: Tuple[int, int]) -> Dict[str, torch.Tensor]:
@@ -191,30 +197,38 @@ def apply_views(x: torch.Tensor, views: Dict[str, torch.Tensor], groups: int) ->
     return x.gather(3, cols[:, None, None, :].expand(b, c, h, w))
 
 
-#: One member of a recover committee: (eval-mode network, weight, its BN targets per layer (mean G×C, var G×C)).
-Voter = Tuple[nn.Module, float, Sequence[Tuple[torch.Tensor, torch.Tensor]]]
-
-
 def recover(model: Optional[nn.Module], x0: torch.Tensor, y: torch.Tensor, groups: int,
             targets: Sequence[Tuple[torch.Tensor, torch.Tensor]], gens: Sequence[torch.Generator],
             spec: RecoverSpec, bounds: Tuple[torch.Tensor, torch.Tensor], *, progress: bool = False,
             desc: str = "recover", at_start: Optional[Callable[[torch.Tensor], None]] = None,
             voters: Optional[Sequence[Voter]] = None, rotate: bool = False, start: int = 0,
-            total: Optional[int] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+            total: Optional[int] = None,
+            extra: Optional[Callable[[Optional[torch.Tensor]], torch.Tensor]] = None,
+            active: Optional[Callable[[int], Optional[torch.Tensor]]] = None
+            ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Optimise `x0` (B×C×H×W, normalised, rows grouped contiguously into `groups` equal groups) through
-    the frozen eval-mode `model`; returns the last iterate and per-group curves (ce, bn: G×points).
+    the frozen eval-mode `model`; returns the last iterate and per-group curves (ce, bn: G×points; "extra":
+    1×points when `extra` is given).
 
     targets: per BN layer (mean G×C, var G×C); gens: one generator per group; bounds: per-channel
     (low, high) of the valid normalised range (C each). at_start(view): called once with iteration 0's
     (detached) view before its forward — DWA moves the teacher's weights there (distillation_cifar.py:61-66).
+    Hooks of the descendants (each off by default, so SRe2L/CDA/DWA run exactly as before):
     voters: several networks (`model`/`targets` are then unused), each step's loss Σ_k w_k (CE_k + r_bn·BN_k) over
-    the voters that see the view; rotate: they take turns instead, step t forwarding voter t mod K alone
-    (FADRM+'s round robin). A call may be one stage of a longer run (FADRM): `start` is the global step of its
-    first iteration (for the turn and the lr) and `total` the length of the one cosine lr schedule (default
-    spec.iterations); Adam starts afresh at every call.
+    the voters that see the view (CV-DD's committee); the curves hold the weighted sums. rotate: they take turns
+    instead, step t forwarding voter t mod K alone (FADRM+'s round robin). A call may be one stage of a longer run
+    (FADRM): `start` is the global step of its first iteration (for the turn and the lr) and `total` the length of
+    the one cosine lr schedule (default spec.iterations); Adam starts afresh at every call. extra(rows): a scalar
+    added to the step's total loss after the forwards (WMDD's feature term; it reads what its own forward hooks
+    captured). active(it): the rows forwarded at iteration `it` (None: all), with groups = 1 — DELT's early-late
+    rounds; Adam holds the whole tensor, so a row not yet active has zero moments and does not move.
     """
     if len(gens) != groups:
         raise ValueError(f"need one generator per group ({groups}), got {len(gens)}")
+    if active is not None and groups != 1:
+        raise ValueError("active rows need groups = 1 (one set of BN statistics over the active rows)")
+    if spec.reduce not in ("sum", "mean"):
+        raise DDKitError(f"unknown group reduction {spec.reduce!r}; use sum or mean")
     members: List[Voter] = list(voters) if voters is not None else [(model, 1.0, targets)]
     for net, _, _ in members:
         net.eval()
@@ -224,6 +238,7 @@ def recover(model: Optional[nn.Module], x0: torch.Tensor, y: torch.Tensor, group
     every = max(1, spec.iterations // max(1, spec.curve_points))
     curve_ce: List[torch.Tensor] = []
     curve_bn: List[torch.Tensor] = []
+    curve_extra: List[torch.Tensor] = []
     hw = (x.shape[-2], x.shape[-1])
     span = total or spec.iterations
     bar = tqdm(range(spec.iterations), desc=desc, disable=not progress, leave=False, dynamic_ncols=True,
@@ -237,37 +252,52 @@ def recover(model: Optional[nn.Module], x0: torch.Tensor, y: torch.Tensor, group
         for it in bar:
             for pg in opt.param_groups:  # cosine without warm-up, set before the step (SRe2L utils.py:24-34)
                 pg["lr"] = 0.5 * (1.0 + math.cos(math.pi * (start + it) / span)) * spec.lr
-            view = apply_views(x, _draw_views(gens, spec, it, hw), groups)
+            rows = active(it) if active is not None else None
+            xs, ys = (x, y) if rows is None else (x[rows], y[rows])
+            view = apply_views(xs, _draw_views(gens, spec, it, hw), groups)
             if it == 0 and at_start is not None:
                 at_start(view.detach())
             ce = bn = None
             for k in ([(start + it) % len(members)] if rotate else range(len(members))):
                 (net, w, tgt), hooks = members[k], all_hooks[k]
                 out = net(view)
-                ce_k = F.cross_entropy(out.float(), y, reduction="none").reshape(groups, -1).mean(1)
+                ce_k = F.cross_entropy(out.float(), ys, reduction="none").reshape(groups, -1).mean(1)
                 bn_k = bn_loss(hooks.stats, tgt, spec.first_bn_multiplier, spec.r_var)
                 ce = w * ce_k if ce is None else ce + w * ce_k
                 bn = w * bn_k if bn is None else bn + w * bn_k
-            loss_g = ce + spec.r_bn * bn
+            loss_g = spec.ce_weight * ce + spec.r_bn * bn
             if spec.tv_l2:
                 loss_g = loss_g + spec.tv_l2 * tv_l2(view, groups)
             if spec.l2_scale:
                 loss_g = loss_g + spec.l2_scale * view.reshape(groups, -1).norm(dim=1)
+            # a sum, so each group's gradient is its own loss's gradient (mean: WMDD's one batch loss)
+            loss = loss_g.sum() if spec.reduce == "sum" else loss_g.mean()
+            ex = extra(rows) if extra is not None else None
+            if ex is not None:
+                loss = loss + ex
             opt.zero_grad(set_to_none=True)
-            loss_g.sum().backward()  # a sum, so each group's gradient is its own loss's gradient
+            loss.backward()
             opt.step()
             with torch.no_grad():
                 x.copy_(torch.maximum(torch.minimum(x, hi), lo))  # clip to the valid range each step
             if it % every == 0 or it == spec.iterations - 1:
                 curve_ce.append(ce.detach().cpu())
                 curve_bn.append(bn.detach().cpu())
+                if ex is not None:
+                    curve_extra.append(ex.detach().reshape(1).cpu())
                 if progress:
-                    bar.set_postfix(ce=f"{float(ce.mean()):.3f}", bn=f"{float(bn.mean()):.3f}", refresh=False)
+                    post = dict(ce=f"{float(ce.mean()):.3f}", bn=f"{float(bn.mean()):.3f}")
+                    if ex is not None:
+                        post["extra"] = f"{float(ex):.3f}"
+                    bar.set_postfix(post, refresh=False)
     finally:
         for hooks in all_hooks:
             hooks.remove()
     bar.close()
-    return x.detach(), {"ce": torch.stack(curve_ce, 1), "bn": torch.stack(curve_bn, 1)}
+    curves = {"ce": torch.stack(curve_ce, 1), "bn": torch.stack(curve_bn, 1)}
+    if curve_extra:
+        curves["extra"] = torch.stack(curve_extra, 1)
+    return x.detach(), curves
 
 
 @torch.no_grad()

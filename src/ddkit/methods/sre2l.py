@@ -45,8 +45,9 @@ from ddkit.data.facts import working_stats
 from ddkit.methods.base import (ClassResult, MethodConfig, Unit, UnitResult, check_ipc, ipc_units,
                                 register_method)
 from ddkit.methods.matching_ops import NORM_HELP
-from ddkit.methods.recover import (RecoverSpec, WorkingInput, adjust_weights, bn_layers, class_targets, recover,
-                                   require_bn, restore_weights, teacher_in_working_space, valid_bounds)
+from ddkit.methods.real_init import MediumInit
+from ddkit.methods.recover import (RecoverSpec, Voter, WorkingInput, adjust_weights, bn_layers, class_targets,
+                                   recover, require_bn, restore_weights, teacher_in_working_space, valid_bounds)
 from ddkit.teachers.frozen import FrozenTeacher
 from ddkit.utils import DDKitError, make_generator
 
@@ -78,6 +79,8 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
 FAMILIES = ("cifar", "tiny", "imagenet")
 #: (class, ipc index) -> (starting [0,1] image C×H×W, its source dataset indices)
 InitFn = Callable[[int, int], Tuple[torch.Tensor, torch.Tensor]]
+#: (unit, the private networks of the teacher's members) -> (the unit's voters, facts for its meta)
+VotersFn = Callable[[Unit, List[nn.Module]], Tuple[List[Voter], Dict[str, Any]]]
 
 
 def auto_family(image_size: int) -> str:
@@ -111,7 +114,10 @@ class RecoverConfig(MethodConfig):
                                       "(with unit=class, ddkit's variant): the mean statistics of real groups of "
                                       "ipc images of the class")
     stat_images: int = field(256, "real images per class for bn_target=class")
-    init: str = field("noise", "noise: N(0,1) in the working space (SRe2L); real: real images of the class (DWA)")
+    init: str = field("noise", "noise: N(0,1) in the working space (SRe2L); real: real images of the class (DWA); "
+                               "medium: the class's real images nearest the teacher's median p_y (DELT, CV-DD)")
+    select_pool: int = field(0, "init=medium: real images per class the teacher scores, 0 = all of the class "
+                                "(DELT data_selection.py scores every train image)")
     norm: str = field("official", NORM_HELP + "; SRe2L/CDA: recover_cifar.py:22-23@8d00cba (CIFAR), "
                                   "small_dataset/utils.py:12-13 (Tiny), recover/utils.py:63-66 (IN-1K); DWA: "
                                   "distillation/utils.py:14-21@c5b125f. The teacher is fed through the exact "
@@ -151,8 +157,8 @@ def resolve_spec(cfg: RecoverConfig, method: str, image_size: int,
     if cfg.unit == "batch" and cfg.bn_target == "class":
         raise DDKitError("bn_target=class matches per-class statistics, which a mixed-class batch has not: "
                          "use it with unit=class")
-    if cfg.init not in ("noise", "real", "patch"):
-        raise DDKitError(f"unknown init {cfg.init!r}; use noise or real (patch: sre2lpp, fadrm, fadrm+)")
+    if cfg.init not in ("noise", "real", "medium", "patch"):
+        raise DDKitError(f"unknown init {cfg.init!r}; use noise, real or medium (patch: sre2lpp, fadrm, fadrm+)")
     if p["iterations"] < 1 or p["jitter"] < 0 or cfg.classes_per_batch < 0:
         raise DDKitError("iterations must be >= 1, jitter and classes_per_batch >= 0")
     curriculum = None
@@ -209,10 +215,15 @@ class _Setup:
                  device: torch.device) -> None:
         if teacher is None:
             raise DDKitError(f"{name} recovers images through a teacher: pass --teacher CKPT")
-        check_ipc(dataset, cfg.ipc if (cfg.init == "real" or cfg.bn_target == "class") else 1)
+        check_ipc(dataset, cfg.ipc if (cfg.init in ("real", "medium") or cfg.bn_target == "class") else 1)
         self.working = working_stats(dataset, family, cfg.norm)
-        net = teacher_copy(teacher, device, name)
-        self.model = teacher_in_working_space(net, self.working, teacher.mean, teacher.std)
+        # a committee's networks each see the one working space through their own affine map (CV-DD)
+        self.members = list(getattr(teacher, "members", [teacher]))
+        self.nets = [teacher_in_working_space(teacher_copy(t, device, name), self.working, t.mean, t.std)
+                     for t in self.members]
+        self.model = self.nets[0]
+        self.medium = MediumInit(dataset, self.members[0], device, cfg.ipc, cfg.select_pool, cfg.seed, name) \
+            if cfg.init == "medium" else None
         self.bounds = valid_bounds(self.working.mean, self.working.std)
         self.m = torch.tensor(self.working.mean, device=device).view(1, -1, 1, 1)
         self.s = torch.tensor(self.working.std, device=device).view(1, -1, 1, 1)
@@ -244,24 +255,29 @@ def _curve_meta(curves: Dict[str, torch.Tensor], j: int, r_bn: float) -> Dict[st
 
 def run_recover(name: str, dataset: ImageDataset, teacher: Any, cfg: RecoverConfig, work: Sequence[Any],
                 spec: RecoverSpec, facts: Dict[str, Any], *, device: torch.device, progress: bool,
-                perturb: Optional[Perturb] = None, family: str = "sre2l", init_fn: Optional[InitFn] = None
-                ) -> Iterator[Any]:
+                perturb: Optional[Perturb] = None, family: str = "sre2l", init_fn: Optional[InitFn] = None,
+                voters_for: Optional[VotersFn] = None) -> Iterator[Any]:
     """Recover the driver's `work`: batch units (unit=batch, yields UnitResults) or classes (unit=class).
     `family` names the row of data.facts.OFFICIAL_STATS the working space comes from (sre2l or dwa).
     init_fn(class, ipc index) -> ([0,1] image C×H×W, source indices): the starting image of each row of a unit
-    (SRe2L++'s real patches, `methods.patch_init`), in place of cfg.init's noise / real image."""
+    (SRe2L++'s real patches, `methods.patch_init`), in place of cfg.init's noise / real image.
+    voters_for(unit, nets): the committee of a unit (CV-DD), as `recover.Voter`s over the private copies `nets`
+    of the teacher's members (each seen from the working space), with the unit's meta."""
     setup = _Setup(name, family, dataset, teacher, cfg, device)
     if cfg.init == "patch" and init_fn is None:
-        raise DDKitError(f"{name} has no patch initialisation: use --init noise or real")
+        raise DDKitError(f"{name} has no patch initialisation: use --init noise, real or medium")
     if cfg.unit == "batch":
-        yield from _run_units(name, dataset, cfg, list(work), spec, facts, setup, progress, perturb, init_fn)
+        yield from _run_units(name, dataset, cfg, list(work), spec, facts, setup, progress, perturb, init_fn,
+                              voters_for)
     else:
+        if voters_for is not None:
+            raise DDKitError(f"{name} chooses its committee per IPC index: use --unit batch")
         yield from _run_classes(name, dataset, cfg, list(work), spec, facts, setup, progress, perturb)
 
 
 def _run_units(name: str, dataset: ImageDataset, cfg: RecoverConfig, units: List[Unit], spec: RecoverSpec,
                facts: Dict[str, Any], setup: _Setup, progress: bool, perturb: Optional[Perturb],
-               init_fn: Optional[InitFn] = None) -> Iterator[UnitResult]:
+               init_fn: Optional[InitFn] = None, voters_for: Optional[VotersFn] = None) -> Iterator[UnitResult]:
     """One batch per unit: one image of every class of its group, ONE set of BN statistics over the whole mixed
     batch matched to the running statistics, one view per iteration for the batch (SRe2L recover_cifar.py:58-133;
     DWA distillation_cifar.py:28-117 with the weights moved at iteration 0 and restored before the next unit)."""
@@ -286,6 +302,10 @@ def _run_units(name: str, dataset: ImageDataset, cfg: RecoverConfig, units: List
                     for c in u.classes]
             x0 = setup.norm(to_float(torch.stack([imgs[u.index] for imgs, _ in rows])))
             extras["source_index"] = torch.stack([idx[u.index] for _, idx in rows])
+        elif cfg.init == "medium":  # image `index` of each class's median-first order (DELT, CV-DD)
+            rows = [setup.medium(c) for c in u.classes]
+            x0 = setup.norm(torch.stack([imgs[u.index] for imgs, _ in rows]))
+            extras["source_index"] = torch.stack([idx[u.index] for _, idx in rows])
         else:  # official: torch.randn((classes, C, H, W)) in the working space
             x0 = torch.randn(len(u.classes), *setup.shape, generator=g).to(dev)
         y = torch.tensor(u.classes, device=dev)
@@ -294,14 +314,15 @@ def _run_units(name: str, dataset: ImageDataset, cfg: RecoverConfig, units: List
         def at_start(view: torch.Tensor) -> None:  # DWA: K steps on iteration 0's view of the real batch
             saved.append(adjust_weights(model, view, y, perturb.steps, perturb.rho, perturb.direction))
 
+        voters, unit_meta = voters_for(u, setup.nets) if voters_for is not None else (None, {})
         try:
             x, curves = recover(model, x0, y, 1, targets, [g], spec, setup.bounds, progress=progress,
                                 desc=f"{name} ipc {u.index} classes {u.classes[0]}-{u.classes[-1]}",
-                                at_start=at_start if perturb is not None else None)
+                                at_start=at_start if perturb is not None else None, voters=voters)
         finally:
             if saved:
                 restore_weights(model, saved[0])
-        meta = _curve_meta(curves, 0, spec.r_bn)
+        meta = {**_curve_meta(curves, 0, spec.r_bn), **unit_meta}
         yield UnitResult(u, setup.pixels(x), extras=extras, meta=meta, set_meta=dict(set_meta),
                          seconds=time.perf_counter() - t0)
 
@@ -325,6 +346,10 @@ def _run_classes(name: str, dataset: ImageDataset, cfg: RecoverConfig, classes: 
             if cfg.init == "real":
                 imgs, idx = dataset.class_images(c, cfg.ipc, generator=g)
                 x0.append(setup.norm(to_float(imgs)))
+                src.append(idx)
+            elif cfg.init == "medium":
+                imgs01, idx = setup.medium(c)
+                x0.append(setup.norm(imgs01))
                 src.append(idx)
             else:
                 x0.append(torch.randn(cfg.ipc, *setup.shape, generator=g).to(dev))
