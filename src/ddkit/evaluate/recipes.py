@@ -202,6 +202,18 @@ _add(Recipe(
     batch_rule="fixed", batch_size=16, crop="rrc", rrc_min=0.08, flip=True, mix="cutmix", mix_alpha=1.0,
     hl_loss="ce", sl_loss="kl", slkd_loss="kl", temperature=20.0, t2_scale=False))
 
+_add(Recipe(
+    # WMDD train/train_FKD.py@45c2962 with run.sh (--batch-size 100, --epochs 300, --cos, --temperature 20,
+    # --mix-type cutmix): RRC(0.08-1) + flip (:113-116), per-sample KL(T) summed over classes times
+    # weights/mean(weights) then averaged (:255-272; uniform weights under run.sh's --weight-wb false, so batchmean
+    # KL, no T^2), AdamW 1e-3 wd 0.01 on weights of dim > 1 (:62-65, 178), cosine per epoch (:182-184); batch 100
+    # (10·IPC for 10-class sets below IPC 10, run.sh:60-64).
+    "wmdd", "WMDD validation: RRC(0.08..1) + flip + CutMix, KL T=20 (no T^2), AdamW 1e-3 wd 0.01, cosine, 300 ep, "
+            "bs 100",
+    optimizer="adamw", lr=1e-3, weight_decay=0.01, wd_norm_bias=False, schedule="cosine", epochs=300,
+    batch_rule="fixed", batch_size=100, crop="rrc", rrc_min=0.08, flip=True, mix="cutmix", mix_alpha=1.0,
+    hl_loss="ce", sl_loss="kl", slkd_loss="kl", temperature=20.0, t2_scale=False))
+
 
 def list_recipes() -> List[str]:
     """Names of the registered recipes."""

@@ -144,6 +144,14 @@ def ipc_units(num_classes: int, ipc: int, group: int) -> List[Unit]:
             for i in range(ipc) for a in range(0, num_classes, group)]
 
 
+def group_units(num_classes: int, group: int) -> List[Unit]:
+    """Units that each hold every image of a group of `group` consecutive classes (index 0): WMDD's and DELT's
+    batches of ⌊100 / ipc⌋ classes × ipc images (WMDD data_synthesis_new.py:82-91, DELT recover.py:254-287)."""
+    if group < 1:
+        raise DDKitError(f"a class group needs at least one class, got {group}")
+    return [Unit(0, tuple(range(a, min(a + group, num_classes)))) for a in range(0, num_classes, group)]
+
+
 MethodFn = Callable[..., Iterator[Any]]
 #: (dataset, config) -> the run's units, or None when this configuration works class by class
 UnitsFn = Callable[[ImageDataset, "MethodConfig"], Optional[List[Unit]]]

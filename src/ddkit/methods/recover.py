@@ -154,6 +154,7 @@ class RecoverSpec:
     curve_points: int = 50
     ce_weight: float = 1.0  # WMDD's r_wb on the CE term (data_synthesis_new.py:154-165); 1 for the others
     reduce: str = "sum"  # how group losses combine: sum (independent groups) or mean (WMDD: mean over classes)
+    one_view: bool = False  # one view for the whole batch even with several groups (WMDD's per-class BN batch)
 
 
 #: One member of a recover committee: (eval-mode network, weight, its BN targets per layer (mean G×C, var G×C)).
@@ -204,7 +205,7 @@ def recover(model: Optional[nn.Module], x0: torch.Tensor, y: torch.Tensor, group
             voters: Optional[Sequence[Voter]] = None, rotate: bool = False, start: int = 0,
             total: Optional[int] = None,
             extra: Optional[Callable[[Optional[torch.Tensor]], torch.Tensor]] = None,
-            active: Optional[Callable[[int], Optional[torch.Tensor]]] = None
+            active: Optional[Callable[[int], Optional[torch.Tensor]]] = None, extra_name: str = "extra"
             ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Optimise `x0` (B×C×H×W, normalised, rows grouped contiguously into `groups` equal groups) through
     the frozen eval-mode `model`; returns the last iterate and per-group curves (ce, bn: G×points; "extra":
@@ -220,8 +221,10 @@ def recover(model: Optional[nn.Module], x0: torch.Tensor, y: torch.Tensor, group
     (FADRM): `start` is the global step of its first iteration (for the turn and the lr) and `total` the length of
     the one cosine lr schedule (default spec.iterations); Adam starts afresh at every call. extra(rows): a scalar
     added to the step's total loss after the forwards (WMDD's feature term; it reads what its own forward hooks
-    captured). active(it): the rows forwarded at iteration `it` (None: all), with groups = 1 — DELT's early-late
-    rounds; Adam holds the whole tensor, so a row not yet active has zero moments and does not move.
+    captured; its progress-bar name `extra_name`). active(it): the rows forwarded at iteration `it` (None: all),
+    with groups = 1 — DELT's early-late rounds; Adam holds the whole tensor, so a row not yet active has zero
+    moments and does not move. spec.one_view: one view per step for the whole batch, drawn from gens[0], while the
+    BN statistics stay per group (WMDD).
     """
     if len(gens) != groups:
         raise ValueError(f"need one generator per group ({groups}), got {len(gens)}")
@@ -254,7 +257,10 @@ def recover(model: Optional[nn.Module], x0: torch.Tensor, y: torch.Tensor, group
                 pg["lr"] = 0.5 * (1.0 + math.cos(math.pi * (start + it) / span)) * spec.lr
             rows = active(it) if active is not None else None
             xs, ys = (x, y) if rows is None else (x[rows], y[rows])
-            view = apply_views(xs, _draw_views(gens, spec, it, hw), groups)
+            if spec.one_view:
+                view = apply_views(xs, _draw_views(gens[:1], spec, it, hw), 1)
+            else:
+                view = apply_views(xs, _draw_views(gens, spec, it, hw), groups)
             if it == 0 and at_start is not None:
                 at_start(view.detach())
             ce = bn = None
@@ -288,7 +294,7 @@ def recover(model: Optional[nn.Module], x0: torch.Tensor, y: torch.Tensor, group
                 if progress:
                     post = dict(ce=f"{float(ce.mean()):.3f}", bn=f"{float(bn.mean()):.3f}")
                     if ex is not None:
-                        post["extra"] = f"{float(ex):.3f}"
+                        post[extra_name] = f"{float(ex):.3f}"
                     bar.set_postfix(post, refresh=False)
     finally:
         for hooks in all_hooks:
