@@ -145,6 +145,11 @@ INDEX = {'datasets': [{'name': 'cifar10',
               'aliases': ['dataset-condensation', 'gradient-matching'],
               'description': 'DC: gradient matching on fresh random ConvNets (Zhao et al. 2021, official main.py).',
               'needs_teacher': False},
+             {'name': 'delt',
+              'aliases': ['delt', 'early-late'],
+              'description': "DELT: SRe2L recover from median-confidence real images, each class's images joining in "
+                             'early-late rounds.',
+              'needs_teacher': True},
              {'name': 'dm',
               'aliases': ['distribution-matching'],
               'description': 'DM: match mean embeddings of real and synthetic images under fresh random ConvNets '
@@ -254,6 +259,11 @@ INDEX = {'datasets': [{'name': 'cifar10',
               'aliases': ['sre2l++', 'sre2l-plus-plus'],
               'description': "SRe2L++ (CV-DD's single model): SRe2L recover from medium-difficulty real patches with "
                              'RRC + flip views.',
+              'needs_teacher': True},
+             {'name': 'wmdd',
+              'aliases': ['wasserstein-metric', 'wmdd'],
+              'description': "WMDD: noise recovered towards the Wasserstein barycenter of each class's teacher "
+                             'features, with per-class',
               'needs_teacher': True}],
  'recipes': [{'name': 'cim',
               'aliases': ['lic'],
@@ -275,6 +285,10 @@ INDEX = {'datasets': [{'name': 'cifar10',
               'aliases': [],
               'description': 'DC protocol (CIFAR ConvNet): CE, SGD 0.01 momentum 0.9 wd 5e-4, x0.1 at E/2+1, no '
                              'augmentation, 300 ep, bs 256'},
+             {'name': 'delt',
+              'aliases': [],
+              'description': 'DELT validation: RandAugment(m6, n2, mstd1) + RRC(0.25..1) + flip + CutMix, KL T=20 '
+                             '(no T^2), AdamW 1e-3, quarter-cosine, 300 ep, RDED batch rule'},
              {'name': 'fadrm',
               'aliases': ['fadrm+'],
               'description': 'FADRM/FADRM+ validation: RRC(0.08..1) + flip + CutMix, KL T=20 (no T^2), AdamW 1e-3, '
@@ -301,4 +315,8 @@ INDEX = {'datasets': [{'name': 'cifar10',
              {'name': 'sre2l-cifar',
               'aliases': ['cda-cifar', 'dwa-cifar'],
               'description': 'SRe2L/CDA/DWA CIFAR relabel: online teacher on Mixup(0.8) views, KL T=30 (no T^2), '
-                             'AdamW 1e-3 wd 0.01, cosine, RandomCrop(pad 4) + flip, 400 ep, bs 128'}]}
+                             'AdamW 1e-3 wd 0.01, cosine, RandomCrop(pad 4) + flip, 400 ep, bs 128'},
+             {'name': 'wmdd',
+              'aliases': [],
+              'description': 'WMDD validation: RRC(0.08..1) + flip + CutMix, KL T=20 (no T^2), AdamW 1e-3 wd 0.01, '
+                             'cosine, 300 ep, bs 100'}]}

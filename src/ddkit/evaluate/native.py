@@ -16,6 +16,7 @@
 | `fadrm`      | FADRM, FADRM+, SRe2L++  | `fadrm`, SL+KD (batch 16)         | FADRM validate/train_fkd.py          |
 | `cvdd`       | CV-DD                   | `cvdd`, SL+KD (batch 16)          | CV-DD validate/train_fkd.py          |
 | `wmdd`       | WMDD                    | `wmdd`, SL+KD (batch 100)         | WMDD train/train_FKD.py              |
+| `delt`       | DELT                    | `delt`, SL+KD (RandAugment)       | DELT evaluation/validation/main.py   |
 | `hard-truths`| undeclared (random, coresets, imports) | `hardtruths-hl`, HL | hardtruths.md §5.1 (no paper protocol) |
 
 On top of the recipe, `native` applies what the set carries: its ZCA transform (train views AND the test split
@@ -83,6 +84,8 @@ for _n in (
                                      "--recipe fadrm`, then --labels stored)"),
     Native("cvdd", "cvdd", "slkd", "CV-DD: KL T=20 on CutMix views (its committee's stored labels from `ddkit "
                                    "relabel`, else the online teacher), AdamW 1e-3, cosine, 300 epochs, batch 16"),
+    Native("delt", "delt", "slkd", "DELT: timm RandAugment (m6, n2, mstd 1) + RRC(0.25-1) + flip + CutMix, KL T=20 "
+                                   "with the online teacher, AdamW 1e-3, quarter-cosine, 300 epochs, RDED's batch"),
     Native("wmdd", "wmdd", "slkd", "WMDD: KL T=20 on CutMix views (FKD labels of its one teacher), AdamW 1e-3, "
                                    "cosine, 300 epochs, batch 100"),
     Native(UNDECLARED, "hardtruths-hl", "hl", "no paper protocol declared: the hard-truths HL recipe"),

@@ -70,6 +70,7 @@ class Recipe:
     crop: str = "none"
     factor: int = 0                   # 0: 1 at <= 64 px, else 2 (RDED)
     rrc_min: float = 0.08
+    randaug: str = ""                 # timm RandAugment config, applied first on [0,1] images (DELT); "" = none
     pad: int = 4                      # crop "pad": RandomCrop(size, padding=pad), zero (black) fill
     flip: bool = False
     dsa: str = "none"
@@ -213,6 +214,19 @@ _add(Recipe(
     optimizer="adamw", lr=1e-3, weight_decay=0.01, wd_norm_bias=False, schedule="cosine", epochs=300,
     batch_rule="fixed", batch_size=100, crop="rrc", rrc_min=0.08, flip=True, mix="cutmix", mix_alpha=1.0,
     hl_loss="ce", sl_loss="kl", slkd_loss="kl", temperature=20.0, t2_scale=False))
+
+_add(Recipe(
+    # DELT evaluation/validation/main.py@f2f81ca:113-140 with scripts/resnet18_imagenet1k_validation.sh: timm
+    # RandAugment rand-m6-n2-mstd1.0 (fill img_mean 124/116/104) first, random erasing 0, RRC(0.25-1), flip,
+    # ImageNet mean/std; AdamW betas (0.9, 0.999) lr 1e-3 (ResNet-18 and ConvNets, argument.py:258-297) wd 0.01 on
+    # weights of dim > 1 (get_parameters); 0.5(1+cos(pi e/(2E))) per epoch (:96-104); CutMix -> T = 20
+    # (argument.py:252-256), the online teacher on the mixed view (RDED's validation loop); RDED's batch rule
+    # (argument.py:214-246); 300 epochs (--re-epochs).
+    "delt", "DELT validation: RandAugment(m6, n2, mstd1) + RRC(0.25..1) + flip + CutMix, KL T=20 (no T^2), AdamW "
+            "1e-3, quarter-cosine, 300 ep, RDED batch rule",
+    optimizer="adamw", lr=1e-3, weight_decay=0.01, wd_norm_bias=False, schedule="quarter_cosine", epochs=300,
+    batch_rule="rded", crop="rrc", rrc_min=0.25, randaug="rand-m6-n2-mstd1.0", flip=True, mix="cutmix",
+    mix_alpha=1.0, hl_loss="ce", sl_loss="kl", slkd_loss="kl", temperature=20.0, t2_scale=False))
 
 
 def list_recipes() -> List[str]:

@@ -39,6 +39,20 @@ def medium_order(scores: torch.Tensor, k: int) -> torch.Tensor:
     return ranked[torch.tensor(pos)]
 
 
+def select_order(scores: torch.Tensor, k: int, rule: str = "medium") -> torch.Tensor:
+    """DELT's selection rules (data_selection.py:221-262): medium (above), top (highest p_y first) or min (lowest
+    p_y first)."""
+    if rule == "medium":
+        return medium_order(scores, k)
+    if k > len(scores):
+        raise DDKitError(f"the {rule} selection needs more images than {len(scores)} for {k} of them")
+    if rule == "top":
+        return torch.argsort(scores.float(), descending=True, stable=True)[:k]
+    if rule == "min":
+        return torch.argsort(scores.float(), stable=True)[:k]
+    raise DDKitError(f"unknown selection rule {rule!r}; use medium, top or min")
+
+
 @torch.no_grad()
 def class_confidence(scorer: FrozenTeacher, images01: torch.Tensor, cls: int) -> torch.Tensor:
     """The teacher's softmax probability of class `cls` for each [0, 1] image (DELT `rank`, :193-219)."""
@@ -54,10 +68,11 @@ class MediumInit:
     """
 
     def __init__(self, dataset: ImageDataset, teacher: Any, device: torch.device, ipc: int, pool: int,
-                 seed: int, name: str) -> None:
+                 seed: int, name: str, rule: str = "medium") -> None:
         from ddkit.utils import make_generator
 
         self.dataset, self.ipc, self.pool, self.seed, self.name = dataset, int(ipc), int(pool), seed, name
+        self.rule = rule
         member = teacher.members[0] if hasattr(teacher, "members") else teacher  # a committee: its first member
         self.scorer = FrozenTeacher(member, device, amp=False, channels_last=False)
         self._gen = lambda c: make_generator(seed, name, "medium", c)
@@ -71,7 +86,7 @@ class MediumInit:
             imgs, idx = self.dataset.class_images(cls, n, generator=self._gen(cls))
             p = torch.cat([class_confidence(self.scorer, to_float(imgs[a:a + 256]), cls)
                            for a in range(0, len(imgs), 256)])  # in chunks: a whole ImageNet class as floats is big
-            pick = medium_order(p, self.ipc)
+            pick = select_order(p, self.ipc, self.rule)
             self._cache[cls] = (to_float(imgs[pick]), idx[pick], p[pick])
         x, idx, _ = self._cache[cls]
         return x, idx
