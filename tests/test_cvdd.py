@@ -114,6 +114,28 @@ def test_weighted_committee_loss_equals_a_hand_computation():
     assert s.meta["recover"]["prior_source"] == "teacher list" and s.native == "cvdd"
 
 
+def test_teachers_of_other_normalisations_each_see_the_working_space_through_their_own_map():
+    """CV-DD optimises in the dataset's own statistics (norm true, recover.py:254-268); a member trained with
+    other statistics sees each image as its own normalisation would give it: (p − m_t)/s_t."""
+    ds = make_toy(n_per_class=12, num_classes=4, size=8)
+    other = ((0.2, 0.3, 0.4), (0.5, 0.6, 0.7))
+    ts = [Teacher(_net(0), "convnet-d1-bn", ds.classes, ds.mean, ds.std, 8),
+          Teacher(_net(1), "convnet-d1-bn", ds.classes, other[0], other[1], 8)]
+    s = _run(ds, Committee(ts), ipc=1, iterations=1, jitter=0, rrc=False, flip=False, init="noise", seed=3)
+    g = make_generator(3, "cvdd", "ipc", 0, "group", 0)
+    x0 = torch.randn(4, 3, 8, 8, generator=g)  # the working space = the dataset's own statistics
+    m_w, s_w = torch.tensor(ds.mean).view(1, 3, 1, 1), torch.tensor(ds.std).view(1, 3, 1, 1)
+    pix = x0 * s_w + m_w
+    ce = 0.0
+    for t in ts:
+        inp = (pix - torch.tensor(t.mean).view(1, 3, 1, 1)) / torch.tensor(t.std).view(1, 3, 1, 1)
+        with torch.no_grad():
+            ce += 0.5 * float(F.cross_entropy(t.model(inp), torch.arange(4)))
+    got = s.meta["unit_meta"][0]
+    assert got["ce_first"] == pytest.approx(ce, rel=1e-4)
+    assert s.meta["working_stats"]["norm"] == "true" and s.meta["working_stats"]["teacher_map"] is False
+
+
 def test_a_short_recover_lowers_the_committee_loss_from_medium_real_images():
     ds = make_toy(n_per_class=12, num_classes=4, size=8)
     com = _committee(ds, 2)
