@@ -10,9 +10,10 @@ two voters. The recover budget is the one SRe2L / CDA / DWA had in the hard-trut
 per batch, bench/results/synthesis_official_cifar10_cpu/after_ipc10): `--iterations 500` on the CPU preset (CV-DD,
 WMDD, SRe2L++), 480 in DELT's eight rounds (60 each, as the official 4000 / 500), 4 stages × 125 for FADRM/FADRM+
 (their CIFAR preset is 4 × 500). Students: ConvNet-3, 3 seeds, the fast student path (`--cpu-amp --compile`, the
-study's), one thread each. Steps run in the order of `commands` (every set's SL+KD first), each skipped when its
-output exists; the JSON holds what finished. Random, RDED, SRe2L and LIC under the same hard-truths protocol are
-the study's cells (same teacher, student, seeds, epochs and student path), read by the docs renderer.
+study's), one thread each. Steps run in the order of `commands` (SL+KD of every set first, each set distilled
+just before it), each skipped when its output exists; the JSON holds what finished. Random, RDED, SRe2L and LIC
+under the same hard-truths protocol are the study's cells (same teacher, student, seeds, epochs and student path),
+read by the docs renderer.
 """
 from __future__ import annotations
 
@@ -33,13 +34,13 @@ DATA = ["--dataset", "tar:/work/shared/data/cifar10-jpeg75.tar.gz", "--cache-dir
         "--device", "cpu", "--no-progress"]
 T30 = str(ROOT / "bench/teachers/cifar10_jpeg75_convnet3bn_e30")
 T8 = str(ROOT / "bench/teachers/cifar10_jpeg75_convnet3bn_e8")
-#: method -> its distill options (the budget rule of the module docstring)
+#: method -> its distill options (the budget rule of the module docstring), in run order
 METHODS: Dict[str, List[str]] = {
-    "sre2lpp": ["--teacher", T30, "--preset", "cpu", "--iterations", "500"],
     "cvdd": ["--teacher", T30, "--teacher", T8, "--preset", "cpu", "--iterations", "500"],
     "wmdd": ["--teacher", T30, "--preset", "cpu", "--iterations", "500"],
     "delt": ["--teacher", T30, "--preset", "cpu", "--iterations", "480", "--round-iterations", "60"],
     "fadrm": ["--teacher", T30, "--preset", "cifar", "--iterations", "125"],
+    "sre2lpp": ["--teacher", T30, "--preset", "cpu", "--iterations", "500"],
     "fadrm+": ["--teacher", T30, "--teacher", T8, "--preset", "cifar", "--iterations", "125"],
 }
 #: (name, evaluate options) in run order
@@ -54,12 +55,17 @@ def _dir(m: str) -> str:
 
 
 def commands(work: Path) -> List[List[str]]:
-    """The ddkit commands of the measurement, in run order (all sets first, then each judge over the sets)."""
-    cmds = [["ddkit", "distill", "--method", m, "--ipc", "10", *opts, *DATA, "--output", str(work / "sets" / _dir(m)),
-             "--resume"] for m, opts in METHODS.items()]
-    cmds += [["ddkit", "evaluate", str(work / "sets" / _dir(m)), *DATA, *opts, "--teacher", T30, "--seeds", "3",
-              "--cpu-amp", "--compile", "--output", str(work / "eval" / f"{_dir(m)}-{j}"), "--overwrite"]
-             for j, opts in JUDGES for m in METHODS]
+    """The ddkit commands of the measurement, in run order: judge by judge (SL+KD first), method by method, each
+    set distilled just before its first judge, so a cut run has whole judges for the first methods."""
+    cmds: List[List[str]] = []
+    for j, opts in JUDGES:
+        for m, dopts in METHODS.items():
+            if j == JUDGES[0][0]:
+                cmds.append(["ddkit", "distill", "--method", m, "--ipc", "10", *dopts, *DATA, "--output",
+                             str(work / "sets" / _dir(m)), "--resume"])
+            cmds.append(["ddkit", "evaluate", str(work / "sets" / _dir(m)), *DATA, *opts, "--teacher", T30,
+                         "--seeds", "3", "--cpu-amp", "--compile", "--output",
+                         str(work / "eval" / f"{_dir(m)}-{j}"), "--overwrite"])
     return cmds
 
 
