@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from matching_table import ANCHORS, IPC_COL  # noqa: E402  (bench/ is not a package)
 from results_recover import recover_objective_section  # noqa: E402
 from results_protocol import protocol_gap_section  # noqa: E402  (issue #26's MTT / DATM protocols)
+from results_descendants import descendants_section  # noqa: E402  (issue #28's SRe2L descendants)
 from results_table import (REG, Cell, compare, fmt, fmt_gap, fmt_with_gap, is_tie,  # noqa: E402,F401
                            md_table, threshold)
 from results_doc_studies import studies_sections  # noqa: E402  (issue #29's studies)
@@ -375,7 +376,8 @@ def render(root: Path = ROOT) -> Tuple[str, List[str]]:
         families["synthesis"] = {k: v for k, v in families["synthesis"].items() if k[0] not in done}
         families["synthesis-official"] = official
     body = (how_to_read(src, fast, check) + ipc10_section(src, fast) + ipc50_section(src, fast)
-            + claims_section(fast, families) + family + recover + protocol_gap_section(src) + numeric
+            + claims_section(fast, families) + family + recover + protocol_gap_section(src)
+            + descendants_section(src) + numeric
             + studies_sections(src)
             + closing_sections(root))
     head = ["# Results", "",

@@ -124,13 +124,13 @@ def per_iteration_seconds(lines: Sequence[tuple], marker: str, parse: Callable[[
 
 
 def lscpu() -> Dict[str, Any]:
-    """CPU model and flags as lscpu prints them, plus the load when the row was written."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        out = ""
-    facts = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    keep = {k.strip(): v.strip() for k, v in facts.items() if k.strip() in ("Model name", "Flags", "CPU(s)")}
+    """CPU model and flags (bench/demo_time.py's reader, the one every bench script uses), plus the load and the
+    thread setting when the row was written."""
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.append(str(ROOT / "bench"))
+    from demo_time import lscpu as cpu_facts
+
+    keep: Dict[str, Any] = dict(cpu_facts())
     keep["nproc"] = os.cpu_count()
     keep["loadavg"] = os.getloadavg()
     keep["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS")
