@@ -217,6 +217,11 @@ INDEX = {'datasets': [{'name': 'cifar10',
               'aliases': [],
               'description': 'GraNd (Paul et al. 2021): early last-layer gradient norm.',
               'needs_teacher': False},
+             {'name': 'gvbsm',
+              'aliases': ['g-vbsm'],
+              'description': 'G-VBSM: noise recovered through several teachers in turn (BN + convolution statistics, '
+                             "EMA'd) with the",
+              'needs_teacher': True},
              {'name': 'herding',
               'aliases': [],
               'description': 'Herding on teacher features per class: the running mean tracks the class mean '
@@ -293,6 +298,14 @@ INDEX = {'datasets': [{'name': 'cifar10',
               'aliases': ['fadrm+'],
               'description': 'FADRM/FADRM+ validation: RRC(0.08..1) + flip + CutMix, KL T=20 (no T^2), AdamW 1e-3, '
                              '0.5(1+cos(pi e/2E)), batch 16'},
+             {'name': 'gvbsm',
+              'aliases': ['g-vbsm'],
+              'description': 'G-VBSM CIFAR-10 training: RRC(0.08..1) + flip + CutMix, MSE + 0.15 CE, AdamW 1e-3 wd '
+                             '0, cosine, 1000 ep, bs 100'},
+             {'name': 'gvbsm-in1k',
+              'aliases': [],
+              'description': 'G-VBSM ImageNet-1K training: RRC(0.08..1) + flip + CutMix, MSE + 0.1 CE, AdamW 1e-3 wd '
+                             '0.01, cosine, 300 ep, bs 1024'},
              {'name': 'hardtruths-hl',
               'aliases': [],
               'description': 'Hard Truths small-scale HL (Table 4): CE, SGD 0.01 + step x0.1 at E/2+1, DSA, 300 ep, '

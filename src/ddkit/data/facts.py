@@ -104,7 +104,8 @@ def split_dir_candidates(split: str) -> Tuple[str, ...]:
 # and DSA's additive brightness act ~1.22× larger in pixel units under the true statistics. Families:
 # "dc" (DC, DSA, DM: VICO-UoE/DatasetCondensation utils.py@53f63a6), "mtt" (MTT distill/buffer and DATM:
 # mtt-distillation utils.py@50dccea, DATM utils/utils_baseline.py@97ae510), "sre2l" (SRe2L and CDA:
-# VILA-Lab/SRe2L@8d00cba), "dwa" (AngusDujw/Diversity-Driven-Synthesis@c5b125f).
+# VILA-Lab/SRe2L@8d00cba), "dwa" (AngusDujw/Diversity-Driven-Synthesis@c5b125f), "gvbsm"
+# (shaoshitong/G_VBSM_Dataset_Condensation@1ed80b0).
 Stats = Tuple[Tuple[float, ...], Tuple[float, ...]]
 _C10: Stats = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 _IMNET: Stats = (IMAGENET_MEAN, IMAGENET_STD)
@@ -141,6 +142,14 @@ OFFICIAL_STATS: Dict[str, Dict[str, Tuple[Stats, str]]] = {
         "tiny-imagenet": (((0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)),
                           "Diversity-Driven-Synthesis distillation/distillation_tiny.py:25-27@c5b125f"),
         "imagenet": (_IMNET, "Diversity-Driven-Synthesis distillation/utils.py:20-21@c5b125f"),
+    },
+    "gvbsm": {  # CIFAR-10 is normalised with CIFAR-100's numbers (recover, relabel and train alike)
+        "cifar10": (((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+                    "G_VBSM Branch_CIFAR_10/recover/utils.py:74-75@1ed80b0"),
+        "cifar100": (((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+                     "G_VBSM Branch_CIFAR_100/recover/utils.py:74-75@1ed80b0"),
+        "tiny-imagenet": (_IMNET, "G_VBSM Branch_Tiny_ImageNet/recover/utils.py:74-75@1ed80b0"),
+        "imagenet": (_IMNET, "G_VBSM Branch_full_ImageNet_1k/recover/utils.py:75-76@1ed80b0"),
     },
 }
 NORMS = ("official", "true")

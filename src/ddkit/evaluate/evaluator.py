@@ -316,7 +316,8 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
         teacher_fn = teacher_forward(teacher, distilled.mean, distilled.std, size, dev, amp, cpu_amp,
                                      compile=compiled and dev.type == "cpu")
         source = "online teacher"
-    targets = Targets(regime, k, spec, recipe.temperature, soft=soft, region=region, teacher_fn=teacher_fn)
+    targets = Targets(regime, k, spec, recipe.temperature, soft=soft, region=region, teacher_fn=teacher_fn,
+                      ce_unmixed=recipe.ce_unmixed)
     crit = make_criterion(spec.name, temperature=recipe.temperature, t2_scale=recipe.t2_scale,
                           mse_weight=recipe.mse_weight, ce_weight=recipe.ce_weight)
 

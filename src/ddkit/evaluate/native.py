@@ -17,6 +17,7 @@
 | `cvdd`       | CV-DD                   | `cvdd`, SL+KD (batch 16)          | CV-DD validate/train_fkd.py          |
 | `wmdd`       | WMDD                    | `wmdd`, SL+KD (batch 100)         | WMDD train/train_FKD.py              |
 | `delt`       | DELT                    | `delt`, SL+KD (RandAugment)       | DELT evaluation/validation/main.py   |
+| `gvbsm`      | G-VBSM                  | `gvbsm` (`gvbsm-in1k` > 32 px), SL+KD | G-VBSM train/train_FKD.py    |
 | `hard-truths`| undeclared (random, coresets, imports) | `hardtruths-hl`, HL | hardtruths.md §5.1 (no paper protocol) |
 
 On top of the recipe, `native` applies what the set carries: its ZCA transform (train views AND the test split
@@ -88,6 +89,10 @@ for _n in (
                                    "with the online teacher, AdamW 1e-3, quarter-cosine, 300 epochs, RDED's batch"),
     Native("wmdd", "wmdd", "slkd", "WMDD: KL T=20 on CutMix views (FKD labels of its one teacher), AdamW 1e-3, "
                                    "cosine, 300 epochs, batch 100"),
+    Native("gvbsm", "gvbsm", "slkd", "G-VBSM: MSE to the teacher logits + 0.15 CE on CutMix views (its committee's "
+                                     "stored labels from `ddkit relabel --teacher … --vote mean`, IN-1K norm_mean), "
+                                     "AdamW 1e-3, cosine, 1000 epochs, batch 100 (ImageNet-size sets: gvbsm-in1k)",
+           recipe_large="gvbsm-in1k"),
     Native(UNDECLARED, "hardtruths-hl", "hl", "no paper protocol declared: the hard-truths HL recipe"),
 ):
     NATIVE.register(_n.name, obj=_n)

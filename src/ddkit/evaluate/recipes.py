@@ -85,6 +85,7 @@ class Recipe:
     t2_scale: bool = False
     mse_weight: float = 1.0
     ce_weight: float = 0.025
+    ce_unmixed: bool = False          # mse_ce: CE on each image's own label, not the mixed one (G-VBSM)
     sl_labels: str = "image"          # SL targets: image (one per image), region (+ LIC cells) or a soft key
     # reporting -----------------------------------------------------------------------------------
     num_evals: int = 1                # evenly spaced test evaluations, the last at the end
@@ -227,6 +228,28 @@ _add(Recipe(
     optimizer="adamw", lr=1e-3, weight_decay=0.01, wd_norm_bias=False, schedule="quarter_cosine", epochs=300,
     batch_rule="rded", crop="rrc", rrc_min=0.25, randaug="rand-m6-n2-mstd1.0", flip=True, mix="cutmix",
     mix_alpha=1.0, hl_loss="ce", sl_loss="kl", slkd_loss="kl", temperature=20.0, t2_scale=False))
+
+_add(Recipe(
+    # G_VBSM@1ed80b0 Branch_CIFAR_10/train/train_FKD.py with train.sh (--batch-size 100 --cos --loss-type mse_gt
+    # --ce-weight 0.15 --adamw-lr 0.001 --mix-type cutmix): RRC(32, 0.08-1) + flip views of the FKD store (:154-157),
+    # MSE(student, soft label) + 0.15·CE(student, the image's own hard label) (:307-308), AdamW wd 0 (argparse
+    # default :104-105; no decay on 1-d params either way), 0.5(1 + cos(pi e/E)) per epoch (:203-206, 233), 1000
+    # epochs (:78, the relabel's 1000). ce_unmixed: the CE's label is the image's own, not CutMix's mixed one.
+    "gvbsm", "G-VBSM CIFAR-10 training: RRC(0.08..1) + flip + CutMix, MSE + 0.15 CE, AdamW 1e-3 wd 0, cosine, "
+             "1000 ep, bs 100",
+    optimizer="adamw", lr=1e-3, weight_decay=0.0, wd_norm_bias=False, schedule="cosine", epochs=1000,
+    batch_rule="fixed", batch_size=100, crop="rrc", rrc_min=0.08, flip=True, mix="cutmix", mix_alpha=1.0,
+    hl_loss="ce", sl_loss="mse_ce", slkd_loss="mse_ce", mse_weight=1.0, ce_weight=0.15, ce_unmixed=True),
+    aliases=("g-vbsm",))
+_add(Recipe(
+    # G_VBSM@1ed80b0 Branch_full_ImageNet_1k/train/train_FKD_parallel.py with train.sh (--batch-size 1024 --cos
+    # --loss-type mse_gt --ce-weight 0.1 --mix-type cutmix): RRC(224) + flip (:177), AdamW 1e-3 wd 0.01 on weights of
+    # dim > 1 (:105-108), cosine per epoch (:223-227), 300 epochs (:85).
+    "gvbsm-in1k", "G-VBSM ImageNet-1K training: RRC(0.08..1) + flip + CutMix, MSE + 0.1 CE, AdamW 1e-3 wd 0.01, "
+                  "cosine, 300 ep, bs 1024",
+    optimizer="adamw", lr=1e-3, weight_decay=0.01, wd_norm_bias=False, schedule="cosine", epochs=300,
+    batch_rule="fixed", batch_size=1024, crop="rrc", rrc_min=0.08, flip=True, mix="cutmix", mix_alpha=1.0,
+    hl_loss="ce", sl_loss="mse_ce", slkd_loss="mse_ce", mse_weight=1.0, ce_weight=0.1, ce_unmixed=True))
 
 
 def list_recipes() -> List[str]:

@@ -155,7 +155,8 @@ class StoredTargets(Targets):
         y_probs = torch.nn.functional.one_hot(y, self.k).float()
         t = self.current
         if mixer is not None:
-            y_probs = mixer.mix_targets(y_probs, mp)
+            if not self.ce_unmixed:
+                y_probs = mixer.mix_targets(y_probs, mp)
             t = mix_soft_targets(t, mixer, mp, self.spec.prob_space, self.T)
         return t, y_probs
 
@@ -217,7 +218,7 @@ class StoredLabels:
         return StoredViews(views.norm, views.mixer)
 
     def targets(self, base: Targets) -> StoredTargets:
-        return StoredTargets(base.regime, base.k, base.spec, base.T)
+        return StoredTargets(base.regime, base.k, base.spec, base.T, ce_unmixed=base.ce_unmixed)
 
     def make_trainer(self, seed: int, net: torch.nn.Module, *args: Any, **kw: Any) -> StoredTrainer:
         """As EvalDist.make_trainer (single process): order from (seed, "order"), mixing from (seed, "aug")."""

@@ -230,14 +230,16 @@ class Targets:
 
     def __init__(self, regime: str, num_classes: int, spec: LossSpec, temperature: float, *,
                  soft: Optional[torch.Tensor] = None, region: Optional[torch.Tensor] = None,
-                 teacher_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> None:
+                 teacher_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, ce_unmixed: bool = False) -> None:
         self.regime, self.k, self.spec, self.T = regime, num_classes, spec, temperature
+        # G-VBSM's mse_gt: the CE of MSE + w·CE takes the image's own label under CutMix (recipe ce_unmixed)
+        self.ce_unmixed = bool(ce_unmixed) and spec.name == "mse_ce"
         self.soft, self.region, self.teacher_fn = soft, region, teacher_fn
 
     def __call__(self, view: torch.Tensor, idx: torch.Tensor, y: torch.Tensor, cell: Optional[torch.Tensor],
                  mixer, mp) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
         y_probs = F.one_hot(y, self.k).float()
-        if mixer is not None:
+        if mixer is not None and not self.ce_unmixed:
             y_probs = mixer.mix_targets(y_probs, mp)
         if not self.spec.needs_logits:
             return None, y_probs

@@ -155,6 +155,7 @@ class RecoverSpec:
     ce_weight: float = 1.0  # WMDD's r_wb on the CE term (data_synthesis_new.py:154-165); 1 for the others
     reduce: str = "sum"  # how group losses combine: sum (independent groups) or mean (WMDD: mean over classes)
     one_view: bool = False  # one view for the whole batch even with several groups (WMDD's per-class BN batch)
+    pad: int = 0  # > 0: RandomCrop(side, padding=pad), zero fill, in place of the RRC (G-VBSM's CIFAR views)
 
 
 #: One member of a recover committee: (eval-mode network, weight, its BN targets per layer (mean G×C, var G×C)).
@@ -163,7 +164,7 @@ Voter = Tuple[nn.Module, float, Sequence[Tuple[torch.Tensor, torch.Tensor]]]
 
 def _draw_views(gens: Sequence[torch.Generator], spec: RecoverSpec, it: int, hw: Tuple[int, int]) -> Dict[str, torch.Tensor]:
     """One view per group from that group's own generator, in a fixed order: RRC box, flip, roll."""
-    boxes, flips, rolls = [], [], []
+    boxes, flips, rolls, crops = [], [], [], []
     lo = spec.rrc_min
     if spec.curriculum is not None:
         lo = cda_min_scale(it, spec.iterations, spec.curriculum[0], spec.curriculum[1], lo=spec.rrc_min)
@@ -171,24 +172,42 @@ def _draw_views(gens: Sequence[torch.Generator], spec: RecoverSpec, it: int, hw:
     for g in gens:
         if rrc is not None:
             boxes.append(rrc.sample(1, hw, generator=g)["box"][0])
+        elif spec.pad:  # torchvision RandomCrop.get_params: top, left uniform in 0..2·pad
+            crops.append(torch.randint(0, 2 * spec.pad + 1, (2,), generator=g))
         if spec.flip:
             flips.append(bool(torch.rand(1, generator=g) < 0.5))
         rolls.append(torch.randint(0, spec.jitter + 1, (2,), generator=g))  # random.randint(0, jitter): inclusive
-    out = {"roll": torch.stack(rolls)}
+    out = {"roll": torch.stack(rolls), "pad": torch.tensor(spec.pad)}
     if boxes:
         out["box"] = torch.stack(boxes)
+    if crops:
+        out["crop"] = torch.stack(crops)
     if flips:
         out["flip"] = torch.tensor(flips)
     return out
 
 
+def pad_crop(x: torch.Tensor, offsets: torch.Tensor, pad: int) -> torch.Tensor:
+    """RandomCrop(side, padding=pad) with zero fill, per row: `offsets` (B×2) are each row's top and left in the
+    padded image (0..2·pad)."""
+    b, c, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad))
+    off = offsets.to(x.device)
+    rows = off[:, :1] + torch.arange(h, device=x.device)[None]
+    cols = off[:, 1:] + torch.arange(w, device=x.device)[None]
+    xp = xp.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * pad))
+    return xp.gather(3, cols[:, None, None, :].expand(b, c, h, w))
+
+
 def apply_views(x: torch.Tensor, views: Dict[str, torch.Tensor], groups: int) -> torch.Tensor:
-    """Apply per-group views (crop+resize, flip, torch.roll semantics) to contiguous row groups."""
+    """Apply per-group views (crop+resize or padded crop, flip, torch.roll semantics) to contiguous row groups."""
     b, c, h, w = x.shape
     m = b // groups
     rep = lambda t: t.to(x.device).repeat_interleave(m, 0)  # noqa: E731 - one value per group -> per row
     if "box" in views:
         x = resized_crop(x, rep(views["box"]), (h, w), antialias=False)
+    if "crop" in views:
+        x = pad_crop(x, rep(views["crop"]), int(views["pad"]))
     if "flip" in views:
         x = torch.where(rep(views["flip"])[:, None, None, None], x.flip(3), x)
     roll = rep(views["roll"])
@@ -205,7 +224,8 @@ def recover(model: Optional[nn.Module], x0: torch.Tensor, y: torch.Tensor, group
             voters: Optional[Sequence[Voter]] = None, rotate: bool = False, start: int = 0,
             total: Optional[int] = None,
             extra: Optional[Callable[[Optional[torch.Tensor]], torch.Tensor]] = None,
-            active: Optional[Callable[[int], Optional[torch.Tensor]]] = None, extra_name: str = "extra"
+            active: Optional[Callable[[int], Optional[torch.Tensor]]] = None, extra_name: str = "extra",
+            stat_loss: Optional[Callable[[int], torch.Tensor]] = None
             ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Optimise `x0` (B×C×H×W, normalised, rows grouped contiguously into `groups` equal groups) through
     the frozen eval-mode `model`; returns the last iterate and per-group curves (ce, bn: G×points; "extra":
@@ -224,7 +244,8 @@ def recover(model: Optional[nn.Module], x0: torch.Tensor, y: torch.Tensor, group
     captured; its progress-bar name `extra_name`). active(it): the rows forwarded at iteration `it` (None: all),
     with groups = 1 — DELT's early-late rounds; Adam holds the whole tensor, so a row not yet active has zero
     moments and does not move. spec.one_view: one view per step for the whole batch, drawn from gens[0], while the
-    BN statistics stay per group (WMDD).
+    BN statistics stay per group (WMDD). stat_loss(k): the statistic term (G,) of member k's forward just run, in
+    place of the BN term (G-VBSM's BN + Conv-input statistics through its own hooks; the curves' "bn" holds it).
     """
     if len(gens) != groups:
         raise ValueError(f"need one generator per group ({groups}), got {len(gens)}")
@@ -268,7 +289,8 @@ def recover(model: Optional[nn.Module], x0: torch.Tensor, y: torch.Tensor, group
                 (net, w, tgt), hooks = members[k], all_hooks[k]
                 out = net(view)
                 ce_k = F.cross_entropy(out.float(), ys, reduction="none").reshape(groups, -1).mean(1)
-                bn_k = bn_loss(hooks.stats, tgt, spec.first_bn_multiplier, spec.r_var)
+                bn_k = stat_loss(k) if stat_loss is not None else bn_loss(hooks.stats, tgt, spec.first_bn_multiplier,
+                                                                            spec.r_var)
                 ce = w * ce_k if ce is None else ce + w * ce_k
                 bn = w * bn_k if bn is None else bn + w * bn_k
             loss_g = spec.ce_weight * ce + spec.r_bn * bn
