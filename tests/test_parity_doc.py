@@ -17,12 +17,20 @@ def test_committed_page_matches_renderer():
     assert render.main(["--check"]) == 0, "docs/parity.md differs from `python bench/parity/render.py`: rerun it"
 
 
+def _loop_methods() -> list:
+    plan = json.loads((render.ROOT / render.PLAN).read_text())
+    return [m for m in plan["methods"] if m.get("kind") == "recover loop"]
+
+
 def _copy_inputs(tmp: Path) -> None:
     (tmp / "bench" / "parity").mkdir(parents=True)
     shutil.copy(render.ROOT / render.PLAN, tmp / render.PLAN)
     (tmp / "bench" / "results").mkdir()
     for f in (render.ROOT / "bench" / "results").glob("parity_*.json"):
         shutil.copy(f, tmp / "bench" / "results" / f.name)
+    for m in _loop_methods():  # the recover-loop results plan.json names
+        if (render.ROOT / m["result"]).is_file():
+            shutil.copy(render.ROOT / m["result"], tmp / m["result"])
     (tmp / "docs").mkdir()
     shutil.copy(render.ROOT / render.DOC, tmp / render.DOC)
 
@@ -48,13 +56,79 @@ def test_check_fails_when_a_number_changes(tmp_path: Path):
 
 def test_every_planned_method_has_a_row(tmp_path: Path):
     _copy_inputs(tmp_path)
-    for f in (tmp_path / "bench" / "results").glob("parity_*.json"):
+    for f in (tmp_path / "bench" / "results").glob("*.json"):
         f.unlink()  # nothing measured: every row must still be there, saying why not
     text = render.render(tmp_path)
     plan = json.loads((tmp_path / render.PLAN).read_text())
     for m in plan["methods"]:
+        if m.get("kind") == "recover loop":
+            assert f"| {m['name']} | {m['repo']}@{m['commit']} | recover loop | not run (" in text
+            continue
         for ipc in m["ipcs"]:
             assert f"| {m['name']} | {m['repo']}@{m['commit']} | IPC {ipc} | not run (" in text
+
+
+def _loop_row(text: str, name: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
+
+
+def _edit_loop_result(tmp: Path, name: str, edit) -> str:
+    """Copy the inputs, apply `edit` to the recover-loop JSON of method `name`, return its rendered row."""
+    _copy_inputs(tmp)
+    m = next(m for m in _loop_methods() if m["name"] == name)
+    path = tmp / m["result"]
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+    return _loop_row(render.render(tmp), name)
+
+
+def test_recover_loop_rows_render_their_committed_verdicts(tmp_path: Path):
+    _copy_inputs(tmp_path)
+    text = render.render(tmp_path)
+    measured = [m for m in _loop_methods() if (tmp_path / m["result"]).is_file()]
+    assert measured, "no recover-loop result committed"
+    for m in measured:
+        doc = json.loads((tmp_path / m["result"]).read_text())
+        row = _loop_row(text, m["name"])
+        word = "recover loop pass" if render.loop_verdict(doc)["pass"] else "recover loop **fail**"
+        assert word in row and "accuracy not run (" in row
+        assert f"{doc['run'][render.RUN]['mean']:.2e}" in row and f"{doc['run'][render.FLOOR]['mean']:.2e}" in row
+
+
+def test_recover_loop_row_fails_when_the_control_passed(tmp_path: Path):
+    def control_passes(doc):
+        doc["control"]["pass"] = True  # by its flag alone: the numbers still say it is far away
+
+    row = _edit_loop_result(tmp_path, "CV-DD", control_passes)
+    assert "recover loop **fail** — the control passed too" in row
+
+
+def test_recover_loop_row_fails_when_the_control_is_within_the_floor(tmp_path: Path):
+    def control_close(doc):  # the flag says fail, the numbers say the control is as close as the run
+        doc["control"][render.RUN]["mean"] = doc["run"][render.FLOOR]["mean"]
+
+    assert "recover loop **fail** — the control passed too" in _edit_loop_result(tmp_path, "CV-DD", control_close)
+
+
+def test_recover_loop_row_fails_when_ddkit_is_outside_the_floor(tmp_path: Path):
+    def far(doc):  # the flag still says pass: the renderer re-derives it from the numbers
+        doc["run"][render.RUN]["mean"] = 1.6 * doc["run"][render.FLOOR]["mean"]
+
+    assert "recover loop **fail** — ddkit is further" in _edit_loop_result(tmp_path, "CV-DD", far)
+
+
+def test_loop_verdict_rule():
+    def res(run_mean, ctl_mean, run_flag=True, ctl_flag=False):
+        floor = {"mean": 1.0, "max": 1.0}
+        return {"run": {"pass": run_flag, render.RUN: {"mean": run_mean}, render.FLOOR: floor},
+                "control": {"pass": ctl_flag, render.RUN: {"mean": ctl_mean}, render.FLOOR: floor}}
+
+    assert render.loop_verdict(res(1.5, 3.0))["pass"]  # at the 1.5x limit
+    assert not render.loop_verdict(res(1.51, 3.0))["pass"]
+    assert not render.loop_verdict(res(1.0, 1.4))["pass"]  # the control within the floor voids the check
+    assert not render.loop_verdict(res(1.0, 3.0, run_flag=False))["pass"]
+    assert not render.loop_verdict(res(1.0, 3.0, ctl_flag=True))["pass"]
 
 
 def test_pass_rule():
