@@ -109,3 +109,5 @@ def test_cli_continual_end_to_end(tmp_path):
     assert main(args) == 0
     text = (tmp_path / "c" / "report.md").read_text()
     assert "step 5 (10 cl.)" in text and (tmp_path / "c" / "curve.png").is_file()
+    ran = [x for x in text.splitlines() if "protocol **hard-truths**" in x]  # what the students ran, with its cells
+    assert len(ran) == 1 and "recipe `hardtruths-hl`, regime hl" in ran[0] and "random-step5" in ran[0]

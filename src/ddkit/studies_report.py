@@ -28,6 +28,21 @@ def _protocol(out: Path) -> Dict[str, Any]:
     return json.loads(p.read_text()).get("protocol", {}) if p.is_file() else {}
 
 
+def _ran(out: Path) -> List[str]:
+    """One line per distinct protocol the cells' students ran (runs/<cell>/protocol.json), with its cells."""
+    from ddkit.evaluate.native import protocol_line
+    from ddkit.study_rows import folder_protocols
+
+    return [protocol_line(d) + (f"; notes: {'; '.join(d['notes'])}" if d.get("notes") else "")
+            + f" — {len(cells)} cell{'s' if len(cells) > 1 else ''}: {', '.join(cells)}"
+            for d, cells in folder_protocols(out / "runs")]
+
+
+def _protocol_items(out: Path) -> List[str]:
+    """The study's settings (study.json) and what its students ran, as the report's protocol list."""
+    return [f"{k}: {v}" for k, v in _protocol(out).items()] + _ran(out)
+
+
 def _median(values: Sequence[float]) -> float:
     """The median of the finite values (NaN when none): robust to the first repetition's one-time costs."""
     vals = sorted(v for v in values if isinstance(v, float) and math.isfinite(v))
@@ -110,9 +125,9 @@ def write_crossarch_report(out: Path) -> Path:
             cells = [by.get((m, o, v)) for v in verifiers]
             w.writerow([m, o] + [f"{c['mean']:.6f}" if c else "" for c in cells]
                        + [f"{c['std']:.6f}" if c else "" for c in cells] + [c["n"] if c else "" for c in cells])
-    proto = _protocol(out)
+    items = _protocol_items(out)
     table = [[m, o] + [_pct(by[(m, o, v)]) if (m, o, v) in by else "–" for v in verifiers] for m, o in pairs]
-    sections = [("Protocol", "\n".join(f"- {k}: {v}" for k, v in proto.items()) +
+    sections = [("Protocol", "\n".join(f"- {x}" for x in items) +
                  "\n- headline: last-epoch test accuracy (%), mean ± std (ddof 0) over student seeds"),
                 ("Matrix (rows: method / observer; columns: verifier)",
                  markdown_table(["method", "observer"] + verifiers, table) if rows else "no finished cells yet")]
@@ -123,7 +138,7 @@ def write_crossarch_report(out: Path) -> Path:
         fig.savefig(out / "matrix.png", dpi=110, bbox_inches="tight")
         sections.append(("Heatmap", "![matrix](matrix.png)"))
     rep = HtmlReport("Cross-architecture study")
-    rep.items([f"{k}: {v}" for k, v in proto.items()])
+    rep.items(items)
     rep.heading("Matrix")
     rep.table(["method", "observer"] + verifiers, table)
     rep.figure(fig, "test accuracy %, mean over seeds; rows: method / observer, columns: verifier", "heatmap")
@@ -210,13 +225,14 @@ def write_continual_report(out: Path) -> Path:
     head = ["method"] + [f"step {k} ({by[next(iter(m for m in methods if (m, k) in by)), k]['classes_seen']} cl.)"
                          for k in steps]
     fig = curves(rows)
-    sections = [("Protocol", "\n".join(f"- {k}: {v}" for k, v in _protocol(out).items())),
+    items = _protocol_items(out)
+    sections = [("Protocol", "\n".join(f"- {x}" for x in items)),
                 ("Accuracy on the classes seen after each step", markdown_table(head, table) if rows else "none")]
     if fig is not None:
         fig.savefig(out / "curve.png", dpi=110, bbox_inches="tight")
         sections.append(("Curve", "![curve](curve.png)"))
     rep = HtmlReport("Continual-learning study")
-    rep.items([f"{k}: {v}" for k, v in _protocol(out).items()])
+    rep.items(items)
     rep.table(head, table)
     rep.figure(fig, "test accuracy on the classes seen so far; error bars: std over seeds", "curve")
     rep.write(out / "report.html")

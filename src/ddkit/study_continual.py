@@ -36,6 +36,7 @@ from ddkit.evaluate import EvalConfig, evaluate, get_recipe, resolve_regime
 from ddkit.methods import create_method, method_spec
 from ddkit.study_cells import (CellTable, cached_set, log_invocation, missing_seeds, pin, seeds_row, set_name,
                                teacher_tag)
+from ddkit.study_rows import write_cell_protocol
 from ddkit.teachers import Teacher
 from ddkit.teachers.frozen import teacher_identity
 from ddkit.utils import DDKitError, get_device, make_generator
@@ -227,6 +228,7 @@ def run_continual(train: Any, test: Any, teacher: Any = None, config: Optional[C
                            progress=progress, output=cell, set_name=f"{spec.name}/step{k}",
                            on_student=keep if cfg.mode == "finetune" else None,
                            init_student=init if cfg.mode == "finetune" else None)
+            write_cell_protocol(cell, res.to_dict().get("protocol"))  # the report's protocol lines
             table.append({"method": spec.name, "step": k, "classes_seen": len(seen), "ipc": cfg.ipc,
                           "regime": cfg.regime, "recipe": res.recipe.name, "mode": cfg.mode, "student": res.student,
                           **seeds_row(prev, res.accs, res.seeds),

@@ -35,6 +35,7 @@ from ddkit.evaluate import EvalConfig, evaluate, get_recipe, resolve_regime
 from ddkit.methods import create_method, method_spec
 from ddkit.study_cells import (CellTable, cached_set, check_verifier, log_invocation, missing_seeds, pin,
                                seeds_row, set_name, teacher_tag)
+from ddkit.study_rows import write_cell_protocol
 from ddkit.teachers.frozen import teacher_identity
 from ddkit.utils import DDKitError, get_device
 
@@ -164,6 +165,7 @@ def run_crossarch(train: Any, test: Any, observers: Mapping[str, Any], config: O
             cell = out / "runs" / f"{spec.name}-{cell_obs}-{verifier}".replace("/", "_")
             res = evaluate(s, test, ecfg, labeller, device=dev, progress=progress, output=cell,
                            set_name=f"{spec.name}/{cell_obs}/{verifier}")
+            write_cell_protocol(cell, res.to_dict().get("protocol"))  # the report's protocol lines
             table.append({"method": spec.name, "observer": cell_obs, "verifier": verifier, "ipc": cfg.ipc,
                           "regime": cfg.regime, "recipe": res.recipe.name, "teacher": teacher_identity(labeller) or "",
                           **seeds_row(prev, res.accs, res.seeds),

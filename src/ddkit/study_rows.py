@@ -120,6 +120,19 @@ def write_cell_protocol(cell: Path, protocol: Optional[Mapping[str, Any]]) -> No
         atomic_write_bytes(cell / PROTOCOL_FILE, json.dumps(dict(protocol), default=str).encode())
 
 
+def folder_protocols(runs: Path) -> List[Tuple[Dict[str, Any], List[str]]]:
+    """[(protocol, cell folders that ran it)] over every runs/<cell>/protocol.json, one entry per distinct protocol
+    (cross-arch and continual studies: their cell folders are named by method / observer / verifier or step)."""
+    groups: Dict[str, Tuple[Dict[str, Any], List[str]]] = {}
+    for path in sorted(runs.glob(f"*/{PROTOCOL_FILE}")):
+        try:
+            d = json.loads(path.read_text())
+        except ValueError:
+            continue  # a damaged file only loses its line in the report
+        groups.setdefault(json.dumps(d, sort_keys=True), (d, []))[1].append(path.parent.name)
+    return list(groups.values())
+
+
 def cell_protocols(runs: Path, rows: Sequence[Mapping[str, Any]]) -> List[Tuple[Dict[str, Any], List[str]]]:
     """[(protocol, cells that ran it)] over the finished `rows` whose runs/<cell>/protocol.json exists, one entry per
     distinct protocol in the order first met (a cell finished before the file existed is left out)."""
