@@ -28,7 +28,7 @@ import os
 import platform
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from tqdm.auto import tqdm
@@ -134,16 +134,8 @@ def _distill_parts(method: Method, dataset: ImageDataset, teacher: Any, parts_di
         # The same command after the set was deleted (#25): the parts are exactly what it would compute,
         # so they are reused (and merged again) without --resume; a partial run still needs --resume.
         return []
-    for c, h in sorted(scan_parts(parts_dir).items()):
-        stale = h is not None and h["fingerprint"] != fp
-        if overwrite and (c in mine or stale):
-            part_path(parts_dir, c).unlink(missing_ok=True)
-        elif stale:
-            raise DDKitError(f"{parts_dir} holds parts of a different run ({h['method']}, fingerprint "
-                             f"{h['fingerprint']} ≠ {fp}): use another --output, or --overwrite to discard them")
-        elif h is not None and c in mine and not resume:
-            raise DDKitError(f"{parts_dir} already holds finished classes of this run: pass --resume to keep "
-                             f"them or --overwrite to start over")
+    _check_existing(parts_dir, scan_parts(parts_dir), mine, lambda c: part_path(parts_dir, c), fp, resume,
+                    overwrite, "classes")
     _other_kind(parts_dir, scan_unit_parts(parts_dir), overwrite,
                 lambda k: unit_part_path(parts_dir, Unit(k[0], (k[1],))), "batch-unit")
     done = {c for c, h in scan_parts(parts_dir).items() if h is not None and h["fingerprint"] == fp}
@@ -161,6 +153,23 @@ def _distill_parts(method: Method, dataset: ImageDataset, teacher: Any, parts_di
     return todo
 
 
+def _check_existing(parts_dir: Path, found: Dict[Any, Optional[Dict[str, Any]]], mine: Any,
+                    path_of: Callable[[Any], Path], fp: str, resume: bool, overwrite: bool, what: str) -> None:
+    """The parts already on disk against this run (key -> header, None for an unreadable part): --overwrite
+    removes ours and any stale ones; otherwise a part of another run (other fingerprint) or, without --resume,
+    a finished part of ours is refused in one line."""
+    for key, h in sorted(found.items()):
+        stale = h is not None and h["fingerprint"] != fp
+        if overwrite and (key in mine or stale):
+            path_of(key).unlink(missing_ok=True)
+        elif stale:
+            raise DDKitError(f"{parts_dir} holds parts of a different run ({h['method']}, fingerprint "
+                             f"{h['fingerprint']} ≠ {fp}): use another --output, or --overwrite to discard them")
+        elif h is not None and key in mine and not resume:
+            raise DDKitError(f"{parts_dir} already holds finished {what} of this run: pass --resume to keep "
+                             f"them or --overwrite to start over")
+
+
 def _distill_unit_parts(method: Method, dataset: ImageDataset, teacher: Any, parts_dir: Path, every: List[Unit],
                         units: Optional[Sequence[Unit]], resume: bool, overwrite: bool, dev: torch.device,
                         progress: bool, shard: str, extra_meta: Optional[Dict[str, Any]]) -> List[Unit]:
@@ -173,16 +182,8 @@ def _distill_unit_parts(method: Method, dataset: ImageDataset, teacher: Any, par
     keys = {u.key for u in mine}
     if not overwrite and _units_finished(scan_unit_parts(parts_dir), fp, len(every)):
         return []  # a finished run's parts are reused as they are (#25), as for class parts
-    for key, h in sorted(scan_unit_parts(parts_dir).items()):
-        stale = h is not None and h["fingerprint"] != fp
-        if overwrite and (key in keys or stale):
-            unit_part_path(parts_dir, Unit(key[0], (key[1],))).unlink(missing_ok=True)
-        elif stale:
-            raise DDKitError(f"{parts_dir} holds parts of a different run ({h['method']}, fingerprint "
-                             f"{h['fingerprint']} ≠ {fp}): use another --output, or --overwrite to discard them")
-        elif h is not None and key in keys and not resume:
-            raise DDKitError(f"{parts_dir} already holds finished units of this run: pass --resume to keep "
-                             f"them or --overwrite to start over")
+    _check_existing(parts_dir, scan_unit_parts(parts_dir), keys,
+                    lambda k: unit_part_path(parts_dir, Unit(k[0], (k[1],))), fp, resume, overwrite, "units")
     _other_kind(parts_dir, scan_parts(parts_dir), overwrite, lambda c: part_path(parts_dir, c), "per-class")
     done = {k for k, h in scan_unit_parts(parts_dir).items() if h is not None and h["fingerprint"] == fp}
     todo = [u for u in mine if u.key not in done]
