@@ -69,7 +69,7 @@ def test_copies_of_named_sets_are_recognised_and_unknown_sets_keep_their_own_sta
     assert official_name(toy) is None
     ws = working_stats(toy, "dc")
     assert ws.kind == "true" and ws.std == toy.std and "no statistics" in ws.source
-    assert set(OFFICIAL_STATS) == {"dc", "mtt", "sre2l", "dwa", "gvbsm"}
+    assert set(OFFICIAL_STATS) == {"dc", "mtt", "sre2l", "dwa", "gvbsm", "edc"}
     assert working_stats(c10, "gvbsm").std == (0.2675, 0.2565, 0.2761)  # G-VBSM: CIFAR-100's numbers on CIFAR-10
     with pytest.raises(DDKitError, match="unknown norm 'raw'"):
         working_stats(toy, "dc", "raw")

@@ -169,6 +169,11 @@ INDEX = {'datasets': [{'name': 'cifar10',
               'aliases': ['dynamic-uncertainty', 'dynunc'],
               'description': 'Dynamic Uncertainty (He et al. 2024): mean windowed std of p_y; hard = most uncertain.',
               'needs_teacher': False},
+             {'name': 'edc',
+              'aliases': ['edc'],
+              'description': 'EDC: real images recovered through several teachers in turn, matching BN and '
+                             'convolution statistics',
+              'needs_teacher': True},
              {'name': 'el2n',
               'aliases': [],
               'description': 'EL2N (Paul et al. 2021): ‖softmax − onehot‖ early in training.',
@@ -294,6 +299,15 @@ INDEX = {'datasets': [{'name': 'cifar10',
               'aliases': [],
               'description': 'DELT validation: RandAugment(m6, n2, mstd1) + RRC(0.25..1) + flip + CutMix, KL T=20 '
                              '(no T^2), AdamW 1e-3, quarter-cosine, 300 ep, RDED batch rule'},
+             {'name': 'edc',
+              'aliases': [],
+              'description': 'EDC CIFAR-10 training: RRC(0.08..1) + flip + CutMix, MSE + 0.025 CE (own label), AdamW '
+                             '1e-3 wd 0.01, x0.5 at epochs 800/900/950, 1000 ep, bs 10 (no RandAugment, no student '
+                             'EMA)'},
+             {'name': 'edc-in1k',
+              'aliases': [],
+              'description': 'EDC ImageNet-1K training: RRC(0.5..1) + flip + CutMix, MSE + 0.025 CE (own label), '
+                             'AdamW 1e-3 wd 0.01, half-cosine (ends at 0.5x), 300 ep, bs 100 (no student EMA)'},
              {'name': 'fadrm',
               'aliases': ['fadrm+'],
               'description': 'FADRM/FADRM+ validation: RRC(0.08..1) + flip + CutMix, KL T=20 (no T^2), AdamW 1e-3, '

@@ -105,7 +105,7 @@ def split_dir_candidates(split: str) -> Tuple[str, ...]:
 # "dc" (DC, DSA, DM: VICO-UoE/DatasetCondensation utils.py@53f63a6), "mtt" (MTT distill/buffer and DATM:
 # mtt-distillation utils.py@50dccea, DATM utils/utils_baseline.py@97ae510), "sre2l" (SRe2L and CDA:
 # VILA-Lab/SRe2L@8d00cba), "dwa" (AngusDujw/Diversity-Driven-Synthesis@c5b125f), "gvbsm"
-# (shaoshitong/G_VBSM_Dataset_Condensation@1ed80b0).
+# (shaoshitong/G_VBSM_Dataset_Condensation@1ed80b0), "edc" (shaoshitong/EDC@80116a7).
 Stats = Tuple[Tuple[float, ...], Tuple[float, ...]]
 _C10: Stats = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 _IMNET: Stats = (IMAGENET_MEAN, IMAGENET_STD)
@@ -150,6 +150,11 @@ OFFICIAL_STATS: Dict[str, Dict[str, Tuple[Stats, str]]] = {
                      "G_VBSM Branch_CIFAR_100/recover/utils.py:74-75@1ed80b0"),
         "tiny-imagenet": (_IMNET, "G_VBSM Branch_Tiny_ImageNet/recover/utils.py:74-75@1ed80b0"),
         "imagenet": (_IMNET, "G_VBSM Branch_full_ImageNet_1k/recover/utils.py:75-76@1ed80b0"),
+    },
+    "edc": {  # as G-VBSM: CIFAR-10 is normalised with CIFAR-100's numbers
+        "cifar10": (((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+                    "EDC Branch_CIFAR_10/recover/utils.py:77-78, recover.py:142-143@80116a7"),
+        "imagenet": (_IMNET, "EDC Branch_full_ImageNet_1k/recover/recover.py:122-123@80116a7"),
     },
 }
 NORMS = ("official", "true")

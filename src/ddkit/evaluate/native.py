@@ -18,6 +18,7 @@
 | `wmdd`       | WMDD                    | `wmdd`, SL+KD (batch 100)         | WMDD train/train_FKD.py              |
 | `delt`       | DELT                    | `delt`, SL+KD (RandAugment)       | DELT evaluation/validation/main.py   |
 | `gvbsm`      | G-VBSM                  | `gvbsm` (`gvbsm-in1k` > 32 px), SL+KD | G-VBSM train/train_FKD.py    |
+| `edc`        | EDC                     | `edc` (`edc-in1k` > 32 px), SL+KD | EDC train/direct_train.py            |
 | `hard-truths`| undeclared (random, coresets, imports) | `hardtruths-hl`, HL | hardtruths.md §5.1 (no paper protocol) |
 
 On top of the recipe, `native` applies what the set carries: its ZCA transform (train views AND the test split
@@ -93,6 +94,10 @@ for _n in (
                                      "stored labels from `ddkit relabel --teacher … --vote mean`, IN-1K norm_mean), "
                                      "AdamW 1e-3, cosine, 1000 epochs, batch 100 (ImageNet-size sets: gvbsm-in1k)",
            recipe_large="gvbsm-in1k"),
+    Native("edc", "edc", "slkd", "EDC: MSE to the teachers' mean logits + 0.025 CE of the own label on CutMix views "
+                                 "(labels from `ddkit relabel --teacher … --vote mean`, else the online teacher), "
+                                 "AdamW 1e-3, x0.5 at 80/90/95 %, 1000 epochs, batch 10 (ImageNet-size sets: "
+                                 "edc-in1k); no RandAugment and no student EMA", recipe_large="edc-in1k"),
     Native(UNDECLARED, "hardtruths-hl", "hl", "no paper protocol declared: the hard-truths HL recipe"),
 ):
     NATIVE.register(_n.name, obj=_n)

@@ -251,6 +251,30 @@ _add(Recipe(
     batch_rule="fixed", batch_size=1024, crop="rrc", rrc_min=0.08, flip=True, mix="cutmix", mix_alpha=1.0,
     hl_loss="ce", sl_loss="mse_ce", slkd_loss="mse_ce", mse_weight=1.0, ce_weight=0.1, ce_unmixed=True))
 
+_add(Recipe(
+    # EDC@80116a7 Branch_CIFAR_10/train/direct_train.py with train.sh (--batch-size 10 --epochs 1000 --ls-type
+    # multisteplr --loss-type mse_gt --ce-weight 0.025, AdamW 1e-3 wd 0.01, --mix-type cutmix): RRC(32, 0.08-1) + flip
+    # (:232-236), MSE(student, mean of the teachers' logits) + 0.025·CE(student, the image's own label) (:421-422),
+    # AdamW on get_parameters (no decay on 1-d params, :312-315), MultiStepLR [800, 900, 950] x0.5 (:330-332).
+    # Not here: torchvision RandAugment() before the crop (:230) and the EMA of the student's weights (decay 0.99,
+    # :437-438) that the official code validates with.
+    "edc", "EDC CIFAR-10 training: RRC(0.08..1) + flip + CutMix, MSE + 0.025 CE (own label), AdamW 1e-3 wd 0.01, "
+           "x0.5 at epochs 800/900/950, 1000 ep, bs 10 (no RandAugment, no student EMA)",
+    optimizer="adamw", lr=1e-3, weight_decay=0.01, wd_norm_bias=False, schedule="multistep",
+    milestones=(0.8, 0.9, 0.95), gamma=0.5, epochs=1000, batch_rule="fixed", batch_size=10, crop="rrc",
+    rrc_min=0.08, flip=True, mix="cutmix", mix_alpha=1.0, hl_loss="ce", sl_loss="mse_ce", slkd_loss="mse_ce",
+    mse_weight=1.0, ce_weight=0.025, ce_unmixed=True))
+_add(Recipe(
+    # EDC@80116a7 Branch_full_ImageNet_1k/train/train_FKD_parallel.py with train.sh (--batch-size 100 --ls-type cos
+    # --st 2 --loss-type mse_gt --ce-weight 0.025 --mix-type cutmix): ShufflePatches(2) (the identity as coded, see
+    # methods/edc.py) + RRC(224, 0.5-1) + flip (:225-233), MSE + 0.025·CE on the own label (:400-401), AdamW 1e-3 wd
+    # 0.01 (:154-157, 270), 0.5(1 + cos(pi e/(2E))) (:274-278), 300 epochs (:127). Not here: the student EMA (0.99).
+    "edc-in1k", "EDC ImageNet-1K training: RRC(0.5..1) + flip + CutMix, MSE + 0.025 CE (own label), AdamW 1e-3 wd "
+                "0.01, half-cosine (ends at 0.5x), 300 ep, bs 100 (no student EMA)",
+    optimizer="adamw", lr=1e-3, weight_decay=0.01, wd_norm_bias=False, schedule="quarter_cosine", epochs=300,
+    batch_rule="fixed", batch_size=100, crop="rrc", rrc_min=0.5, flip=True, mix="cutmix", mix_alpha=1.0,
+    hl_loss="ce", sl_loss="mse_ce", slkd_loss="mse_ce", mse_weight=1.0, ce_weight=0.025, ce_unmixed=True))
+
 
 def list_recipes() -> List[str]:
     """Names of the registered recipes."""

@@ -1,4 +1,5 @@
-"""G-VBSM's statistic matching ("GSM") and data densification, as hooks on a frozen teacher (helper of `gvbsm`).
+"""G-VBSM's statistic matching ("GSM") and data densification, as hooks on a frozen teacher (helper of `gvbsm`;
+`edc` adds its class-aware targets, `ClassStatHooks`, documented at the end of this file).
 
 Read in shaoshitong/G_VBSM_Dataset_Condensation@1ed80b0, `Branch_<DS>/recover/utils.py` ("U", CIFAR-10 line
 numbers; the other branches differ only where said) and `data_synthesis_with_svd_with_db_with_all_statistic.py`
@@ -25,7 +26,7 @@ numbers; the other branches differ only where said) and `data_synthesis_with_svd
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -59,6 +60,11 @@ def ema_straight_through(ema: Optional[torch.Tensor], stat: torch.Tensor, alpha:
     cur = stat.detach()
     new = cur if ema is None else alpha * ema + (1.0 - alpha) * cur
     return new, new + stat - cur
+
+
+def distance(targets: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Σ_i ‖target_i − value_i‖₂, unsquared (U:124-125, 229-232)."""
+    return sum((t.to(v) - v).norm() for t, v in zip(targets, values))
 
 
 class _Hook:
@@ -116,9 +122,13 @@ class StatHooks:
         return self._ema(h, (var, mean, pm, pv), (tv, tm, tpm, tpv))
 
     def _ema(self, h: _Hook, stats: Tuple[torch.Tensor, ...], targets: Tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return distance(targets, self._advance(h, stats))
+
+    def _advance(self, h: _Hook, stats: Tuple[torch.Tensor, ...]) -> List[torch.Tensor]:
+        """Step the hook's EMAs with this forward's statistics; the values the loss sees (straight-through)."""
         pairs = [ema_straight_through(None if h.ema is None else h.ema[i], s, self.alpha) for i, s in enumerate(stats)]
         h.ema = [p[0] for p in pairs]
-        return sum((t.to(v) - v).norm() for t, (_, v) in zip(targets, pairs))
+        return [p[1] for p in pairs]
 
     def finish_targets(self) -> None:
         """End of the target pass: conv targets = the batch-size-weighted means; switch to matching."""
@@ -173,3 +183,85 @@ def densify_loss(view: torch.Tensor, y: torch.Tensor, tau: float, pool: int = 32
         tea = torch.softmax(lam / tau, dim=0).detach()
         total = total + F.kl_div(torch.log_softmax(lam, dim=0), tea, reduction="sum")
     return total
+
+
+# -- EDC's "soft category-aware matching" (shaoshitong/EDC@80116a7, Branch_CIFAR_10/recover/utils.py "E") ----------
+def image_stats(x: torch.Tensor, cell: Optional[int] = None) -> Tuple[torch.Tensor, ...]:
+    """Per image: the channel variance and mean within the image (B×C each, biased, E:196-201, 403-404) and, with
+    `cell`, each cell's mean and variance over channels × the cell's pixels of the map resized as `patch_stats`
+    (B×cells, E:391-393, 405-406). Order (var, mean[, patch mean, patch var]): the order of the hooks' terms."""
+    b, c, h, w = x.shape
+    v = x.float().reshape(b, c, -1)
+    out: Tuple[torch.Tensor, ...] = (v.var(2, unbiased=False), v.mean(2))
+    if cell is not None:
+        nh, nw = cell * math.ceil(h / cell), cell * math.ceil(w / cell)
+        y = F.interpolate(x.float(), size=(nh, nw), mode="bilinear", align_corners=False)
+        u, q = nh // cell, nw // cell
+        cells = y.reshape(b, c, u, cell, q, cell).permute(0, 2, 4, 1, 3, 5).reshape(b, u * q, -1)
+        out = out + (cells.mean(2), cells.var(2, unbiased=False))
+    return out
+
+
+class ClassStatHooks(StatHooks):
+    """EDC's hooks: G-VBSM's, plus per-class targets. The statistics pass also accumulates, per class, the sums of
+    `image_stats` of every image (E:194-206, 402-414); the targets are their per-class means (E:184-187, 361-365).
+    At a step, `labels` holds the batch's classes and the class target is the mean of the per-class targets over
+    the batch's rows (a class present twice counts twice, E:226-227, 506-509); each hook's term is
+    0.5·(G-VBSM's global term) + 0.5·(the same distances to the class target), both from the one EMA'd,
+    straight-through value (E:224-230, 501-514). `swap_patch`: the class targets' patch mean and variance trade
+    places, as the official files store them (E:370-373) and a run that loads them uses them."""
+
+    def __init__(self, net: nn.Module, cell: int, alpha: float, drop_rate: float, num_classes: int,
+                 drop_gen: Optional[torch.Generator] = None, swap_patch: bool = False) -> None:
+        self.num_classes, self.swap_patch = int(num_classes), bool(swap_patch)
+        self.labels: Optional[torch.Tensor] = None
+        self.counts = torch.zeros(self.num_classes, dtype=torch.float64)
+        super().__init__(net, cell, alpha, drop_rate, drop_gen)
+        for h in self.hooks:
+            h.cls_acc, h.cls_target = None, None  # type: ignore[attr-defined]
+
+    def _fn(self, h: _Hook) -> Callable[..., None]:
+        base = super()._fn(h)
+
+        def fn(module: nn.Module, inputs: Tuple[torch.Tensor, ...], output: Any) -> None:
+            if self.mode == "collect":
+                with torch.no_grad():
+                    x, y = inputs[0], self.labels.to(inputs[0].device)
+                    part = [torch.zeros(self.num_classes, s.shape[1], dtype=torch.float64, device=x.device)
+                            .index_add_(0, y, s.double()) for s in image_stats(x, self.cell if h.kind == "conv"
+                                                                                else None)]
+                h.cls_acc = part if h.cls_acc is None else [a + p for a, p in zip(h.cls_acc, part)]
+            base(module, inputs, output)
+        return fn
+
+    def finish_targets(self) -> None:
+        empty = (self.counts == 0).nonzero().flatten().tolist()
+        if empty:
+            raise DDKitError(f"edc: class {empty[0]} had no image in the statistics pass (its class target "
+                             "would be 0/0)")
+        for h in self.hooks:
+            n = self.counts.to(h.cls_acc[0].device)[:, None]
+            t = [(a / n).float() for a in h.cls_acc]
+            if self.swap_patch and h.kind == "conv":
+                t = [t[0], t[1], t[3], t[2]]
+            h.cls_target, h.cls_acc = t, None
+        super().finish_targets()
+
+    def _ema(self, h: _Hook, stats: Tuple[torch.Tensor, ...], targets: Tuple[torch.Tensor, ...]) -> torch.Tensor:
+        values = self._advance(h, stats)
+        rows = self.labels.to(h.cls_target[0].device)
+        return 0.5 * distance(targets, values) + 0.5 * distance([t[rows].mean(0) for t in h.cls_target], values)
+
+
+@torch.no_grad()
+def collect_class_targets(hooks: ClassStatHooks, net: nn.Module,
+                          batches: Iterable[Tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """`collect_targets` with labels: forward every (images, labels) batch and finish the global and class targets."""
+    hooks.mode, hooks.seen = "collect", 0
+    hooks.counts.zero_()
+    for xb, yb in batches:
+        hooks.labels = yb
+        net(xb)
+        hooks.seen += len(xb)
+        hooks.counts += torch.bincount(yb.cpu(), minlength=hooks.num_classes).double()
+    hooks.finish_targets()

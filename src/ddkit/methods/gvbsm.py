@@ -131,17 +131,19 @@ def gvbsm_units(dataset: ImageDataset, cfg: GVBSMConfig) -> List[Unit]:
     return group_units(dataset.num_classes, min(dataset.num_classes, max(1, p["batch_size"] // cfg.ipc)))
 
 
-def real_views(dataset: ImageDataset, p: Dict[str, Any], gen: torch.Generator, device: torch.device
-               ) -> Iterator[torch.Tensor]:
+def real_views(dataset: ImageDataset, p: Dict[str, Any], gen: torch.Generator, device: torch.device,
+               labels: bool = False) -> Iterator[Any]:
     """The statistics pass's [0, 1] batches: the train set (or stat_images per class) shuffled, each image with its
-    own RandomCrop(pad) or RandomResizedCrop, then flip (the official DataLoader's per-sample transforms)."""
+    own RandomCrop(pad) or RandomResizedCrop, then flip (the official DataLoader's per-sample transforms);
+    with `labels`, (batch, its class indices) pairs (EDC's class statistics)."""
     n = p["stat_images"]
-    idx = []
+    idx, lab = [], []
     for c in range(dataset.num_classes):
         ci = dataset.class_indices(c)
         idx.append(ci if n == 0 or n >= len(ci) else ci[torch.randperm(len(ci), generator=gen)[:n]])
-    order = torch.cat(idx)
-    order = order[torch.randperm(len(order), generator=gen)]
+        lab.append(torch.full((len(idx[-1]),), c, dtype=torch.long))
+    perm = torch.randperm(sum(len(i) for i in idx), generator=gen)
+    order, classes = torch.cat(idx)[perm], torch.cat(lab)[perm]
     hw = (dataset.image_size, dataset.image_size)
     rrc = RandomResizedCrop(hw)
     for a in range(0, len(order), p["stat_batch"]):
@@ -151,7 +153,8 @@ def real_views(dataset: ImageDataset, p: Dict[str, Any], gen: torch.Generator, d
         else:
             x = resized_crop(x, rrc.sample(len(x), hw, generator=gen)["box"].to(device), hw, antialias=True)
         flip = (torch.rand(len(x), generator=gen) < 0.5).to(device)
-        yield torch.where(flip[:, None, None, None], x.flip(3), x)
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        yield (x, classes[a:a + p["stat_batch"]].to(device)) if labels else x
 
 
 @register_method("gvbsm", config=GVBSMConfig, aliases=("G-VBSM", "g-vbsm"), needs_teacher=True,
