@@ -17,10 +17,12 @@ DESC = "bench/results/descendants_cifar10_cpu.json"
 BEFORE = "bench/results/synthesis_official_cifar10_cpu/before_ipc10/results.csv"
 AFTER = "bench/results/synthesis_official_cifar10_cpu/after_ipc10/results.csv"
 NAMES = {"sre2lpp": "SRe2L++", "cvdd": "CV-DD", "wmdd": "WMDD", "delt": "DELT", "fadrm": "FADRM",
-         "fadrm+": "FADRM+"}
+         "fadrm+": "FADRM+", "gvbsm": "G-VBSM", "edc": "EDC"}
 #: published ImageNet-1K ResNet-18 IPC 10, another dataset, an anchor only (../shared/reference/largescale-methods.md:
-#: FADRM/FADRM+ README §8, CV-DD / SRe2L++ README §7, DELT README §3, WMDD as in CIM's table §6)
-ANCHORS = {"fadrm+": "50.0", "fadrm": "47.7", "cvdd": "46.0", "delt": "45.8", "wmdd": "38.2", "sre2lpp": "43.1"}
+#: FADRM/FADRM+ README §8, CV-DD / SRe2L++ README §7, DELT README §3, WMDD as in CIM's table §6, G-VBSM README §1,
+#: EDC as in FADRM's table §2)
+ANCHORS = {"fadrm+": "50.0", "fadrm": "47.7", "cvdd": "46.0", "delt": "45.8", "wmdd": "38.2", "sre2lpp": "43.1",
+           "gvbsm": "31.4", "edc": "48.6"}
 
 
 def _cell(d: Optional[Dict[str, Any]]) -> Optional[Cell]:
@@ -39,7 +41,7 @@ def _budget(row: Dict[str, Any]) -> str:
 
 def descendants_section(src: Any) -> List[str]:
     """The table of the descendants under hard-truths SL+KD / HL and natively, with the references beside."""
-    lines = ["## SRe2L descendants: CV-DD, WMDD, DELT, FADRM, FADRM+, SRe2L++ (issue #28)", ""]
+    lines = ["## SRe2L descendants: CV-DD, WMDD, DELT, FADRM, FADRM+, SRe2L++, G-VBSM, EDC (issue #28)", ""]
     try:
         d = src.json(DESC)
     except FileNotFoundError:
@@ -61,7 +63,9 @@ def descendants_section(src: Any) -> List[str]:
         got = {j: by.get((m, j)) for j in ("ht-slkd", "ht-hl", "native")}
         any_row = next((r for r in got.values() if r), None)
         if any_row is None:
-            rows.append([name, "not finished", "–", "–", "–", ANCHORS.get(m, "–")])
+            planned = any(f"--method {m} " in c for c in d.get("commands", []))
+            state = "not finished" if planned else "not in this run"
+            rows.append([name, state, "–", "–", "–", ANCHORS.get(m, "–")])
             continue
         nat = got["native"]
         if nat:
