@@ -97,6 +97,21 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(n)
 
 
+def cli_teachers(root: Path, n: int = 2, data: Tuple[str, ...] = ("--dataset", "digits", "--device", "cpu",
+                                                                    "--no-progress")) -> list:
+    """`--teacher P` arguments of n one-epoch ConvNet-1-BN teachers trained through the CLI (seeds 0..n-1) under
+    root/t<i>: the committee the multi-teacher methods' CLI tests distil through."""
+    from ddkit.cli import main
+
+    args: list = []
+    for i in range(n):
+        p = root / f"t{i}"
+        assert main(["teacher", "train", *data, "--model", "convnet-d1-bn", "--epochs", "1", "--seed", str(i),
+                     "--output", str(p)]) == 0
+        args += ["--teacher", str(p)]
+    return args
+
+
 #: three ImageNet wnids: the class folders of a generated ImageNet-layout tree
 WNIDS = ("n01440764", "n02102040", "n02979186")
 

@@ -18,6 +18,7 @@ from ddkit.methods.gsm import ClassStatHooks, collect_class_targets, image_stats
 from ddkit.teachers import Teacher
 from ddkit.teachers.committee import Committee
 from ddkit.utils import DDKitError
+from tests.conftest import cli_teachers
 from tests.test_gvbsm import _Net, _cells_by_hand, _stats
 from tests.test_sre2l import _bn_teacher, _toy_teacher
 
@@ -176,12 +177,7 @@ def test_presets_and_refusals():
 
 def test_cli_distills_with_two_teachers_and_the_native_protocol_is_edc(tmp_path):
     data = ["--dataset", "digits", "--device", "cpu", "--no-progress"]
-    paths = []
-    for i in range(2):
-        p = tmp_path / f"t{i}"
-        assert main(["teacher", "train", *data, "--model", "convnet-d1-bn", "--epochs", "1", "--seed", str(i),
-                     "--output", str(p)]) == 0
-        paths += ["--teacher", str(p)]
+    paths = cli_teachers(tmp_path)
     out = tmp_path / "set"
     assert main(["distill", *data, "--method", "EDC", *paths, "--preset", "cpu", "--iterations", "4",
                  "--stat-images", "5", "--ipc", "1", "--skip-teacher-check", "--output", str(out)]) == 0

@@ -18,6 +18,7 @@ from ddkit.methods.recover import BNHooks, RecoverSpec, bn_loss, recover
 from ddkit.teachers import Teacher, save_teacher
 from ddkit.teachers.committee import Committee
 from ddkit.utils import DDKitError
+from tests.conftest import cli_teachers
 from tests.test_sre2l import _bn_teacher, _tiny, _toy_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -157,12 +158,7 @@ def test_fadrm_refusals():
 
 def test_distill_cli_takes_repeated_teachers_in_order(tmp_path, capsys):
     data = ["--dataset", "digits", "--device", "cpu", "--no-progress"]
-    paths = []
-    for i in range(2):
-        p = tmp_path / f"t{i}"
-        assert main(["teacher", "train", *data, "--model", "convnet-d1-bn", "--epochs", "1", "--seed", str(i),
-                     "--output", str(p)]) == 0
-        paths += ["--teacher", str(p)]
+    paths = cli_teachers(tmp_path)
     out = tmp_path / "set"
     assert main(["distill", *data, "--method", "FADRM+", *paths, "--preset", "cpu", "--iterations", "3",
                  "--pool-size", "10", "--ipc", "1", "--skip-teacher-check", "--output", str(out)]) == 0

@@ -19,6 +19,7 @@ from ddkit.methods.recover import pad_crop
 from ddkit.teachers import Teacher
 from ddkit.teachers.committee import Committee
 from ddkit.utils import DDKitError
+from tests.conftest import cli_teachers
 from tests.test_sre2l import _bn_teacher, _toy_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -216,12 +217,7 @@ def test_presets_and_refusals():
 
 def test_cli_distills_with_two_teachers_and_the_native_protocol_is_mse_ce(tmp_path):
     data = ["--dataset", "digits", "--device", "cpu", "--no-progress"]
-    paths = []
-    for i in range(2):
-        p = tmp_path / f"t{i}"
-        assert main(["teacher", "train", *data, "--model", "convnet-d1-bn", "--epochs", "1", "--seed", str(i),
-                     "--output", str(p)]) == 0
-        paths += ["--teacher", str(p)]
+    paths = cli_teachers(tmp_path)
     out = tmp_path / "set"
     assert main(["distill", *data, "--method", "G-VBSM", *paths, "--preset", "cpu", "--iterations", "4",
                  "--stat-images", "5", "--ipc", "1", "--skip-teacher-check", "--output", str(out)]) == 0
