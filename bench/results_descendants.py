@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from results_table import Cell, fmt, fmt_gap, md_table
+from results_table import Cell, compare, fmt, fmt_gap, md_table
 
 DESC = "bench/results/descendants_cifar10_cpu.json"
 BEFORE = "bench/results/synthesis_official_cifar10_cpu/before_ipc10/results.csv"
@@ -56,6 +56,12 @@ def descendants_section(src: Any) -> List[str]:
         return f"{fmt(c)} ({fmt_gap(c, rnd[g])})" if rnd[g] and c is not rnd[g] else fmt(c)
 
     rows = []
+    verdicts: Dict[str, Dict[str, List[str]]] = {}  # judge -> verdict against random -> methods
+
+    def judged(judge: str, name: str, c: Optional[Cell], ref: Optional[Cell]) -> None:
+        if c is not None and ref is not None:
+            verdicts.setdefault(judge, {}).setdefault(compare(c, ref), []).append(name)
+
     for m, name in (("random", "random"), ("rded", "RDED"), ("lic", "LIC"), ("sre2l", "SRe2L")):
         rows.append([name, "study cell", ht(ref.get((m, 10, "slkd")), "slkd"), ht(ref.get((m, 10, "hl")), "hl"),
                      "–", "–"])
@@ -68,8 +74,12 @@ def descendants_section(src: Any) -> List[str]:
             rows.append([name, state, "–", "–", "–", ANCHORS.get(m, "–")])
             continue
         nat = got["native"]
+        for j, g in (("ht-slkd", "slkd"), ("ht-hl", "hl")):
+            if got[j]:
+                judged(f"hard-truths {g.upper().replace('SLKD', 'SL+KD')}", name, _cell(got[j]["distilled"]), rnd[g])
         if nat:
             a, ra = _cell(nat["distilled"]), _cell(nat.get("random"))
+            judged("native", name, a, ra)
             native = f"`{nat['recipe']}`: {fmt(a)}" + (f" vs random {fmt(ra)} ({fmt_gap(a, ra)})" if ra else "")
         else:
             native = "not finished"
@@ -87,4 +97,7 @@ def descendants_section(src: Any) -> List[str]:
               "column is the published ImageNet-1K ResNet-18 IPC 10 accuracy — another dataset, an anchor only.", ""]
     lines += md_table(["method", "recover", "hard-truths SL+KD", "hard-truths HL", "native protocol",
                        "IN-1K R18 IPC 10 (published)"], rows)
+    lines += [""] + [f"- Against random, {j} (the 2σ rule): "
+                     + "; ".join(f"{v} {', '.join(ns)}" for v, ns in sorted(by_v.items())) + "."
+                     for j, by_v in verdicts.items()]
     return lines + [""]
