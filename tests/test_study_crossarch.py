@@ -65,7 +65,7 @@ def test_crossarch_matrix_random_beside_resume_and_top_up(data, tmp_path):
     md = (tmp_path / "ca" / "report.md").read_text()
     line = next(x for x in md.splitlines() if "protocol **hard-truths**" in x)
     assert "recipe `cim`, regime hl" in line and "6 cells" in line and "sre2l-o-mlp" in line
-    assert "6 cells: random---convnet-d1" in html
+    assert "Protocol per cell" in html and "6: random---convnet-d1" in html and "**" not in html
     sets = sorted(p.name for p in (tmp_path / "ca" / "sets").iterdir())
     assert len(sets) == 3 and any(s.startswith("sre2l-convnet-d1-bn-") for s in sets)
     n_lines = len((tmp_path / "ca" / "results.csv").read_text().splitlines())

@@ -323,6 +323,22 @@ def study_rows_with_gaps(rows: Sequence[Mapping[str, Any]], full_acc: Optional[f
     return out
 
 
+def protocol_table(rep: HtmlReport, ran: Sequence[Tuple[Mapping[str, Any], Sequence[str]]]) -> None:
+    """The "Protocol per cell" table of a study page: one row per distinct protocol its students ran
+    ([(SetProtocol.describe(), cell names)], study_rows.cell_protocols / folder_protocols); nothing when empty."""
+    if not ran:
+        return
+    from ddkit.evaluate.native import protocol_fields
+
+    rep.heading("Protocol per cell")
+    table = []
+    for d, cells in ran:
+        f = protocol_fields(d)
+        table.append([f["protocol"], f["recipe"], f["regime"], f["inputs"], f["lr"], f["labels"], f["notes"],
+                      f"{len(cells)}: " + ", ".join(cells[:6]) + (" …" if len(cells) > 6 else "")])
+    rep.table(["protocol", "recipe", "regime", "inputs", "lr", "SL labels", "notes", "cells"], table)
+
+
 def write_study_html(output_dir: str | Path, rows: Sequence[Mapping[str, Any]], protocol: Mapping[str, Any],
                      max_grids: int = 24, ran: Sequence[Tuple[Mapping[str, Any], Sequence[str]]] = ()) -> Path:
     """report.html of a study folder: the long results table with IOR/HLR, the plots, curves, grids; `ran`: the
@@ -334,16 +350,7 @@ def write_study_html(output_dir: str | Path, rows: Sequence[Mapping[str, Any]], 
              "sees budget × |train| samples; best-of-test (chosen on the test set) is shown beside it, never as "
              "the headline. IOR = method − random in the same cell (points); HLR = full-data HL accuracy − method "
              "under HL (points, needs `--eval-opt full_acc=…`).")
-    if ran:
-        from ddkit.evaluate.native import protocol_fields
-
-        rep.heading("Protocol per cell")
-        table = []
-        for d, cells in ran:
-            f = protocol_fields(d)
-            table.append([f["protocol"], f["recipe"], f["regime"], f["inputs"], f["lr"], f["labels"], f["notes"],
-                          f"{len(cells)}: " + ", ".join(cells[:6]) + (" …" if len(cells) > 6 else "")])
-        rep.table(["protocol", "recipe", "regime", "inputs", "lr", "SL labels", "notes", "cells"], table)
+    protocol_table(rep, ran)
     full = (protocol.get("eval_overrides") or {}).get("full_acc")
     gapped = study_rows_with_gaps(rows, full)
     order = sorted(gapped, key=lambda t: (t[0]["regime"], t[0]["ipc"], float(t[0]["budget"]), t[0]["method"]))

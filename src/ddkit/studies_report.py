@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence
 
 from ddkit import plots
-from ddkit.html_report import HtmlReport
+from ddkit.html_report import HtmlReport, protocol_table
 from ddkit.report import markdown_table, write_markdown
 
 
@@ -28,8 +28,8 @@ def _protocol(out: Path) -> Dict[str, Any]:
     return json.loads(p.read_text()).get("protocol", {}) if p.is_file() else {}
 
 
-def _ran(out: Path) -> List[str]:
-    """One line per distinct protocol the cells' students ran (runs/<cell>/protocol.json), with its cells."""
+def _ran_lines(out: Path) -> List[str]:
+    """One markdown line per distinct protocol the cells' students ran (runs/<cell>/protocol.json), with its cells."""
     from ddkit.evaluate.native import protocol_line
     from ddkit.study_rows import folder_protocols
 
@@ -39,8 +39,16 @@ def _ran(out: Path) -> List[str]:
 
 
 def _protocol_items(out: Path) -> List[str]:
-    """The study's settings (study.json) and what its students ran, as the report's protocol list."""
-    return [f"{k}: {v}" for k, v in _protocol(out).items()] + _ran(out)
+    """The study's settings (study.json) and what its students ran, as report.md's protocol list."""
+    return [f"{k}: {v}" for k, v in _protocol(out).items()] + _ran_lines(out)
+
+
+def _html_protocol(rep: HtmlReport, out: Path) -> None:
+    """report.html's protocol: the study's settings, then the table of what its cells' students ran."""
+    from ddkit.study_rows import folder_protocols
+
+    rep.items([f"{k}: {v}" for k, v in _protocol(out).items()])
+    protocol_table(rep, folder_protocols(out / "runs"))
 
 
 def _median(values: Sequence[float]) -> float:
@@ -138,7 +146,7 @@ def write_crossarch_report(out: Path) -> Path:
         fig.savefig(out / "matrix.png", dpi=110, bbox_inches="tight")
         sections.append(("Heatmap", "![matrix](matrix.png)"))
     rep = HtmlReport("Cross-architecture study")
-    rep.items(items)
+    _html_protocol(rep, out)
     rep.heading("Matrix")
     rep.table(["method", "observer"] + verifiers, table)
     rep.figure(fig, "test accuracy %, mean over seeds; rows: method / observer, columns: verifier", "heatmap")
@@ -232,7 +240,7 @@ def write_continual_report(out: Path) -> Path:
         fig.savefig(out / "curve.png", dpi=110, bbox_inches="tight")
         sections.append(("Curve", "![curve](curve.png)"))
     rep = HtmlReport("Continual-learning study")
-    rep.items(items)
+    _html_protocol(rep, out)
     rep.table(head, table)
     rep.figure(fig, "test accuracy on the classes seen so far; error bars: std over seeds", "curve")
     rep.write(out / "report.html")
