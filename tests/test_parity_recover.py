@@ -20,7 +20,7 @@ render = load_bench_script("parity/render.py")
 
 
 def test_device_strings_are_mapped_to_the_cpu():
-    with rf._on_cpu():
+    with rf.on_cpu():
         x = torch.randn((2, 3), requires_grad=True, device="cuda")
         y = torch.LongTensor([1, 2]).to("cuda")
         z = torch.zeros(2, device=torch.device("cuda", 0))

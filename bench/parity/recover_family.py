@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (CACHE, DATA, RESULTS, ROOT, lscpu, mean_std, official_repo, read_json,  # noqa: E402
                     revision, verdict, write_json)
+from recover_loop import on_cpu  # noqa: E402  (the one cuda -> cpu torch function mode of the parity drivers)
 
 REPO, COMMIT = "VILA-Lab/SRe2L", "8d00cba364bfa34aa1f5a8107dc041ae1be8ebe6"
 PEER = "SRe2L/SRe2L/*small_dataset"  # the official folder name has a literal '*'
@@ -75,24 +76,6 @@ def official_argv(a: argparse.Namespace) -> List[str]:
             "--batch-size", str(s["batch_size"]), "--lr", str(s["lr"]), "--iteration", str(a.iterations),
             "--r-bn", str(s["r_bn"]), "--jitter", str(s["jitter"]), "--first-bn-multiplier",
             str(s["first_bn_multiplier"]), "--store-best-images", "--ipc-start", "0", "--ipc-end", str(a.ipc)]
-
-
-def _on_cpu():
-    """A torch function mode that turns every 'cuda' device argument into 'cpu' (edit (2) of EDITS)."""
-    import torch
-    from torch.overrides import TorchFunctionMode
-
-    def cpu(d: Any) -> Any:
-        if (isinstance(d, str) and d.startswith("cuda")) or (isinstance(d, torch.device) and d.type == "cuda"):
-            return "cpu"
-        return d
-
-    class OnCpu(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            kwargs = {k: (cpu(v) if k == "device" else v) for k, v in (kwargs or {}).items()}
-            return func(*(cpu(x) for x in args), **kwargs)
-
-    return OnCpu()
 
 
 class _ClassCount:
@@ -161,7 +144,7 @@ def official(a: argparse.Namespace) -> None:
         os.makedirs(args.syn_data_path, exist_ok=True)  # what main_syn does first (main_syn is not called)
         torch.manual_seed(a.seed)
         random.seed(a.seed)
-        with _on_cpu():
+        with on_cpu():
             for ipc_id in range(args.ipc_start, args.ipc_end):
                 # a fresh teacher per call, as main_syn builds one per IPC index: get_images registers BN
                 # hooks it never removes, so one shared model would run every earlier call's hooks too
