@@ -112,6 +112,24 @@ def cli_teachers(root: Path, n: int = 2, data: Tuple[str, ...] = ("--dataset", "
     return args
 
 
+def bn_loss_by_hand(net: nn.Module, x: torch.Tensor, first: float = 10.0) -> Tuple[torch.Tensor, float]:
+    """(logits, SRe2L's BN term) of one no-grad forward of `net` on x, computed by hand: Σ_l m_l (‖μ_l − running
+    mean_l‖₂ + ‖σ²_l − running var_l‖₂) over every BatchNorm2d input (biased variance), m_1 = `first`, else 1."""
+    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    ins: list = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: ins.append(i[0])) for m in bns]
+    with torch.no_grad():
+        logits = net(x)
+    for h in hooks:
+        h.remove()
+    bn = 0.0
+    for k, (a, m) in enumerate(zip(ins, bns)):
+        v = a.permute(1, 0, 2, 3).reshape(a.shape[1], -1)
+        bn += (first if k == 0 else 1.0) * (float((v.mean(1) - m.running_mean).norm())
+                                            + float((v.var(1, unbiased=False) - m.running_var).norm()))
+    return logits, bn
+
+
 #: three ImageNet wnids: the class folders of a generated ImageNet-layout tree
 WNIDS = ("n01440764", "n02102040", "n02979186")
 

@@ -19,7 +19,7 @@ from ddkit.models import create_model
 from ddkit.teachers import Teacher, save_teacher
 from ddkit.teachers.committee import Committee
 from ddkit.utils import DDKitError, make_generator
-from tests.conftest import make_toy
+from tests.conftest import bn_loss_by_hand, make_toy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -91,20 +91,7 @@ def test_weighted_committee_loss_equals_a_hand_computation():
         w = [e[j] / sum(e[i] for i in pair) for j in pair]
         ce_hand = bn_hand = 0.0
         for j, wj in zip(pair, w):
-            net = com.members[j].model
-            bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
-            ins = []
-            hooks = [m.register_forward_hook(lambda mod, i, o: ins.append(i[0])) for m in bns]
-            with torch.no_grad():
-                logits = net(x0)
-            for h in hooks:
-                h.remove()
-            bn = 0.0
-            for k, (a, m) in enumerate(zip(ins, bns)):
-                v = a.permute(1, 0, 2, 3).reshape(a.shape[1], -1)
-                term = float((v.mean(1) - m.running_mean).norm()) + float((v.var(1, unbiased=False)
-                                                                            - m.running_var).norm())
-                bn += (10.0 if k == 0 else 1.0) * term
+            logits, bn = bn_loss_by_hand(com.members[j].model, x0)
             ce_hand += wj * float(F.cross_entropy(logits, torch.arange(4)))
             bn_hand += wj * bn
         got = s.meta["unit_meta"][index]

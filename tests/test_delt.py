@@ -6,7 +6,6 @@ import warnings
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from ddkit.evaluate import EvalConfig
@@ -16,6 +15,7 @@ from ddkit.evaluate.student import Views
 from ddkit.methods import create_method
 from ddkit.methods.delt import start_rounds
 from ddkit.methods.real_init import medium_order
+from tests.conftest import bn_loss_by_hand
 from tests.test_sre2l import _toy_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,19 +42,7 @@ def test_first_step_loss_is_over_the_first_rounds_rows_only():
     assert s.meta["recover"]["join_round"] == [0, 1] and s.meta["recover"]["rounds"] == 2
     idx = torch.tensor(s.meta["source_indices"]).view(4, 2)
     x0 = (ds.images[idx[:, 0]].float() / 255 - 0.5) / 0.25  # round 0: image 0 (nearest the median) of each class
-    net = t.model.eval()
-    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
-    ins = []
-    hooks = [m.register_forward_hook(lambda mod, i, o: ins.append(i[0])) for m in bns]
-    with torch.no_grad():
-        logits = net(x0)
-    for h in hooks:
-        h.remove()
-    bn = 0.0
-    for k, (a, m) in enumerate(zip(ins, bns)):
-        v = a.permute(1, 0, 2, 3).reshape(a.shape[1], -1)
-        bn += (10.0 if k == 0 else 1.0) * (float((v.mean(1) - m.running_mean).norm())
-                                           + float((v.var(1, unbiased=False) - m.running_var).norm()))
+    logits, bn = bn_loss_by_hand(t.model.eval(), x0)
     got = s.meta["unit_meta"][0]
     assert got["ce_first"] == pytest.approx(float(F.cross_entropy(logits, torch.arange(4))), rel=1e-5)
     assert got["bn_first"] == pytest.approx(bn, rel=1e-5)
