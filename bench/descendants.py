@@ -1,15 +1,16 @@
-"""The SRe2L descendants of issue #28 on CIFAR-10 (JPEG q75), IPC 10: CV-DD, WMDD, DELT, FADRM, FADRM+ and SRe2L++
-judged under the hard-truths protocol (SL+KD, then HL) and under each set's native protocol.
+"""The SRe2L descendants of issue #28 on CIFAR-10 (JPEG q75), IPC 10: CV-DD, WMDD, DELT, FADRM, FADRM+, SRe2L++,
+G-VBSM and EDC judged under the hard-truths protocol (SL+KD, then HL) and under each set's native protocol.
 
     python bench/descendants.py --work /work/runs/s4/descendants            # distil + evaluate (resumable)
     python bench/descendants.py --work /work/runs/s4/descendants --collect  # write the results JSON only
 
 Every set is recovered through the committed ConvNet-3-BN teacher bench/teachers/cifar10_jpeg75_convnet3bn_e30
 (83.89 %); the committee methods (CV-DD, FADRM+) take it and the 8-epoch ConvNet-3-BN of the same recipe as their
-two voters. The recover budget is the one SRe2L / CDA / DWA had in the hard-truths study beside them (500 Adam steps
+two voters, and so do G-VBSM and EDC (their teachers take turns). The recover budget is the one SRe2L / CDA / DWA had in the hard-truths study beside them (500 Adam steps
 per batch, bench/results/synthesis_official_cifar10_cpu/after_ipc10): `--iterations 500` on the CPU preset (CV-DD,
 WMDD, SRe2L++), 480 in DELT's eight rounds (60 each, as the official 4000 / 500), 4 stages × 125 for FADRM/FADRM+
-(their CIFAR preset is 4 × 500). Students: ConvNet-3, 3 seeds, the fast student path (`--cpu-amp --compile`, the
+(their CIFAR preset is 4 × 500), 500 for G-VBSM (recover.sh: 4000) and EDC's own CIFAR-10 budget of 75 (recover.sh
+--iteration 75, below the study's 500, so EDC keeps it). Students: ConvNet-3, 3 seeds, the fast student path (`--cpu-amp --compile`, the
 study's), one thread each. Steps run in the order of `commands` (SL+KD of every set first, each set distilled
 just before it), each skipped when its output exists; the JSON holds what finished. Random, RDED, SRe2L and LIC
 under the same hard-truths protocol are the study's cells (same teacher, student, seeds, epochs and student path),
@@ -42,12 +43,16 @@ METHODS: Dict[str, List[str]] = {
     "fadrm": ["--teacher", T30, "--preset", "cifar", "--iterations", "125"],
     "sre2lpp": ["--teacher", T30, "--preset", "cpu", "--iterations", "500"],
     "fadrm+": ["--teacher", T30, "--teacher", T8, "--preset", "cifar", "--iterations", "125"],
+    "gvbsm": ["--teacher", T30, "--teacher", T8, "--preset", "cpu", "--iterations", "500"],
+    "edc": ["--teacher", T30, "--teacher", T8, "--preset", "cpu"],
 }
 #: (name, evaluate options) in run order
 JUDGES = (("ht-slkd", ["--protocol", "hard-truths", "--regime", "slkd", "--no-random"]),
           ("native", ["--protocol", "native"]),
           ("ht-hl", ["--protocol", "hard-truths", "--regime", "hl", "--no-random"]))
-NOTE = "2 cores shared with the session's other jobs (tests, parity judges); one thread per process"
+NOTE = ("2 cores shared with the session's other jobs (tests, parity judges); one thread per process. The first six "
+        "methods' sets and judges ran at e5afd46 (session 4); G-VBSM, EDC and the HL judges of SRe2L++ / FADRM+ were "
+        "added later at code_revision (each row's set.git_revision says where its set was made)")
 
 
 def _dir(m: str) -> str:
@@ -91,6 +96,7 @@ def collect(work: Path, code_rev: str) -> Dict[str, Any]:
                          "random": {k: by["random"][k] for k in keep if k in by["random"]} if "random" in by else None,
                          "best_of_test": d.get("best_of_test"),
                          "set": {"native": meta.get("native"), "wall_seconds": meta.get("wall_seconds"),
+                                 "git_revision": (meta.get("git_revision") or "")[:7],
                                  "recover": {k: v for k, v in (meta.get("recover") or {}).items()
                                              if k in ("iterations", "total_iterations", "lr", "r_bn", "preset",
                                                       "teachers", "priors", "prior_source", "committee",
