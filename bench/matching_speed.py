@@ -11,7 +11,11 @@ all classes (the same work: `batch_real` real and `ipc` synthetic images per cla
 Per interval: wall seconds and the process's user and system CPU seconds (os.times). Under load, wall
 mostly measures the machine's queue; user+sys is the work done.
 
-"before" is ddkit at `--old-rev`, checked out as a detached git worktree under --work-dir. The official
+"before" is ddkit at `--old-rev`, checked out as a detached git worktree under --work-dir. `--variant-opts
+NAME:key=value,...` (repeatable) adds variants of this revision with method options, e.g. `exact:exact=true`
+and `compiled:compile=true` (DM's compute path, methods/fast_embed.py); without it there is one, "after".
+`--profile` adds, after the timed rounds, one torch.profiler child per ddkit variant (iteration 2 to the end):
+the top ops by self CPU time, kept apart from the timing. The official
 code (`--official`, a DatasetCondensation checkout) is run unmodified with runpy; only two things are
 swapped in: torchvision's CIFAR10 class is replaced by the same CIFAR-10 (JPEG q75) tensors ddkit reads
 (normalised by the official transform's own Normalize), and utils.get_network is wrapped to take the
@@ -34,21 +38,24 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 class Stamps:
-    """Timestamps (wall, user, sys) at each call of a wrapped function."""
+    """Timestamps (wall, user, sys) at each call of a wrapped function (and an optional hook per call)."""
 
-    def __init__(self) -> None:
+    def __init__(self, hook: Callable[[], None] | None = None) -> None:
         self.t: List[tuple] = []
+        self.hook = hook
 
     def wrap(self, fn: Callable) -> Callable:
         def inner(*a: Any, **k: Any) -> Any:
             tm = os.times()
             self.t.append((time.perf_counter(), tm.user, tm.system))
+            if self.hook is not None:
+                self.hook()
             return fn(*a, **k)
         return inner
 
@@ -68,7 +75,17 @@ def child_ddkit(a: argparse.Namespace) -> Dict[str, Any]:
     from ddkit.methods import create_method
     method = "dsa" if a.method == "dc" else a.method  # DC with DSA: DSA's siamese matching augmentation
     mod = __import__(f"ddkit.methods.{a.method}", fromlist=["fresh_net"])
-    st = Stamps()
+    prof = None
+    if a.profile:  # from iteration 2 on: past the warm-up and any compile
+        from torch.profiler import ProfilerActivity, profile
+        prof = profile(activities=[ProfilerActivity.CPU])
+        calls = [0]
+
+        def start_at_2() -> None:
+            calls[0] += 1
+            if calls[0] == 3:
+                prof.start()
+    st = Stamps(start_at_2 if prof is not None else None)
     mod.fresh_net = st.wrap(mod.fresh_net)
     data = create_dataset(a.dataset, split="train", cache_dir=a.cache_dir)
     scale = 1
@@ -78,8 +95,14 @@ def child_ddkit(a: argparse.Namespace) -> Dict[str, Any]:
         data = data.subset(torch.nonzero(data.labels == 0).flatten())
         data.classes = classes[:1]
     ipc = a.ipc if a.method == "dm" else a.dc_ipc
-    opts = {"ipc": ipc, "iterations": a.iterations, "batch_real": a.batch_real}
+    opts = {"ipc": ipc, "iterations": a.iterations, "batch_real": a.batch_real, **json.loads(a.opts or "{}")}
     create_method(method, **opts)(data, None, device=torch.device("cpu"), progress=False)
+    if prof is not None:
+        prof.stop()
+        ev = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        tot = sum(e.self_cpu_time_total for e in ev) or 1.0
+        top = [{"op": e.key, "self_cpu_share": round(e.self_cpu_time_total / tot, 4), "calls": e.count} for e in ev[:8]]
+        return {"variant": a.variant, "method": a.method, "profile_top_ops": top}
     return {"variant": a.variant, "method": a.method, "ipc": ipc, **st.intervals(scale)}
 
 
@@ -125,10 +148,22 @@ def child_official(a: argparse.Namespace) -> Dict[str, Any]:
     return {"variant": a.variant, "method": "dm", **st.intervals()}
 
 
-def run_child(variant: str, method: str, src: str, a: argparse.Namespace) -> Dict[str, Any]:
+def parse_variant(text: str) -> Tuple[str, Dict[str, Any]]:
+    """'compiled:compile=true,cpu_amp=false' -> ('compiled', {'compile': True, 'cpu_amp': False})."""
+    name, _, rest = text.partition(":")
+    opts: Dict[str, Any] = {}
+    for kv in filter(None, rest.split(",")):
+        k, _, v = kv.partition("=")
+        opts[k] = {"true": True, "false": False}.get(v.lower(), v)
+    return name, opts
+
+
+def run_child(variant: str, method: str, src: str, a: argparse.Namespace, opts: Dict[str, Any] | None = None,
+              profile: bool = False) -> Dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=src)
-    cmd = [sys.executable, __file__, "--child", "official" if variant == "official" else "ddkit",
-           "--variant", variant, "--method", method, "--dataset", a.dataset,
+    cmd = [sys.executable, __file__, "--child", "official" if variant == "official" else "ddkit"] + \
+          (["--profile"] if profile else []) + [
+           "--variant", variant, "--opts", json.dumps(opts or {}), "--method", method, "--dataset", a.dataset,
            "--cache-dir", a.cache_dir, "--ipc", str(a.ipc), "--dc-ipc", str(a.dc_ipc), "--iterations", str(a.iterations),
            "--batch-real", str(a.batch_real), "--official", a.official or ""]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -164,35 +199,48 @@ def main() -> int:
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
     p.add_argument("--method", default="dm", help=argparse.SUPPRESS)
     p.add_argument("--variant", default="", help=argparse.SUPPRESS)
+    p.add_argument("--opts", default="", help=argparse.SUPPRESS)
+    p.add_argument("--profile", action="store_true",
+                   help="after the timed rounds, one torch.profiler run per ddkit variant: top ops by self CPU")
+    p.add_argument("--variant-opts", action="append", default=[],
+                   help="NAME:key=value,... a variant of this revision with method options (repeatable)")
     a = p.parse_args()
     if a.child:
         res = child_official(a) if a.child == "official" else child_ddkit(a)
         print(json.dumps(res))
         return 0
-    variants = [("after", str(ROOT / "src"))]
+    mine = [parse_variant(v) for v in a.variant_opts] or [("after", {})]
+    variants = [(name, str(ROOT / "src"), opts) for name, opts in mine]
     if a.old_rev:
         old = Path(a.work_dir) / f"ddkit-{a.old_rev}"
         if not old.exists():
             subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), a.old_rev], check=True)
-        variants.insert(0, ("before", str(old / "src")))
+        variants.insert(0, ("before", str(old / "src"), {}))
     rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                          text=True).stdout.strip()
     state: Dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name] + sys.argv), "git_revision": rev, "old_rev": a.old_rev,
-        "official": a.official, "settings": {"ipc": a.ipc, "dc_ipc": a.dc_ipc, "iterations": a.iterations, "batch_real": a.batch_real,
+        "official": a.official, "variants": {n: o for n, _, o in variants}, "settings": {"ipc": a.ipc, "dc_ipc": a.dc_ipc, "iterations": a.iterations, "batch_real": a.batch_real,
                                              "dsa": "color_crop_cutout_flip_scale_rotate"},
         "data": "CIFAR-10 (JPEG q75): " + a.dataset, "machine": machine(), "runs": []}
     for r in range(a.rounds):
         for method in a.methods.split(","):
-            todo = list(variants) + ([("official", str(ROOT / "src"))] if a.official and method == "dm" else [])
-            for variant, src in todo:
+            todo = list(variants) + ([("official", str(ROOT / "src"), {})] if a.official and method == "dm" else [])
+            for variant, src, opts in todo:
+                if method != "dm" and opts:
+                    continue  # the compute-path options are DM's
                 load = os.getloadavg()
-                res = run_child(variant, method, src, a)
+                res = run_child(variant, method, src, a, opts)
                 res.update(round=r, loadavg_1_5_15=[round(x, 1) for x in load])
                 state["runs"].append(res)
                 print(json.dumps(res), flush=True)
                 if a.output:
                     Path(a.output).write_text(json.dumps(summarise(state), indent=1) + "\n")
+    if a.profile:  # separate children: the profiler's overhead never enters the timed rounds
+        state["profiles"] = [run_child(v, m, src, a, opts, profile=True) for m in a.methods.split(",")
+                             for v, src, opts in variants if m == "dm" or not opts]
+        if a.output:
+            Path(a.output).write_text(json.dumps(summarise(state), indent=1) + "\n")
     print(json.dumps(summarise(state)["summary"], indent=1))
     return 0
 
@@ -201,15 +249,15 @@ def summarise(state: Dict[str, Any]) -> Dict[str, Any]:
     """Median per (method, variant) over rounds and the ratios of CPU seconds per iteration."""
     out: Dict[str, Any] = {}
     for m in {r["method"] for r in state["runs"]}:
-        by = {v: [r for r in state["runs"] if r["method"] == m and r["variant"] == v]
-              for v in ("before", "after", "official")}
+        names = list(dict.fromkeys(r["variant"] for r in state["runs"]))
+        by = {v: [r for r in state["runs"] if r["method"] == m and r["variant"] == v] for v in names}
         med = {v: {k: statistics.median(r[k] for r in rs) for k in ("wall_s", "user_s", "sys_s", "cpu_s")}
                for v, rs in by.items() if rs}
         ratios = {}
-        if "before" in med and "after" in med:
-            ratios["before_over_after_cpu"] = med["before"]["cpu_s"] / med["after"]["cpu_s"]
-        if "official" in med and "after" in med:
-            ratios["official_over_after_cpu"] = med["official"]["cpu_s"] / med["after"]["cpu_s"]
+        for v in med:
+            for base in ("before", "official"):
+                if base in med and v not in ("before", "official"):
+                    ratios[f"{base}_over_{v}_cpu"] = med[base]["cpu_s"] / med[v]["cpu_s"]
         out[m] = {"per_iteration_median": med, "speedup": ratios}
     state["summary"] = out
     return state

@@ -6,6 +6,7 @@ EPYC. torch.compile is replaced by a spy where a test needs the compile branch: 
 from __future__ import annotations
 
 import dataclasses
+import os
 import json
 
 import pytest
@@ -195,3 +196,19 @@ def test_study_cells_made_fp32_resume_under_exact() -> None:
     assert differences(old, eval_options(cfg(exact=True))) == []
     assert differences(old, eval_options(cfg())) != []  # the automatic path is not what those cells ran
     assert dataclasses.replace(cfg(), exact=True).cpu_amp is None
+
+
+def test_inductor_cache_is_kept_per_cpu_kind(monkeypatch):
+    """Kernels compiled for one CPU kind are never loaded on another (inductor's cache does not key on it)."""
+    from ddkit.utils import inductor_cache_dir
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    native = inductor_cache_dir()
+    assert torch.backends.cpu.get_cpu_capability() in os.path.basename(native)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == native  # what inductor reads
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert inductor_cache_dir() != native
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/mine")
+    assert inductor_cache_dir() == "/somewhere/mine"  # the user's choice is kept

@@ -7,9 +7,10 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -127,6 +128,65 @@ def cpu_bf16_native() -> bool:
         mkldnn = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
         _CPU_BF16 = mkldnn and bool(cpu_flags() & set(BF16_FLAGS))
     return _CPU_BF16
+
+
+def bf16_unit(device: torch.device) -> Optional[str]:
+    """The hardware bf16 of `device` in words ('amx_bf16', 'avx512_bf16', 'cuda bf16'), or None without it."""
+    if device.type == "cuda":
+        return "cuda bf16" if torch.cuda.is_bf16_supported() else None
+    if device.type != "cpu" or not cpu_bf16_native():
+        return None
+    return next((f for f in BF16_FLAGS if f in cpu_flags()), None)
+
+
+def compiler() -> Tuple[Optional[str], str]:
+    """('inductor + g++', '') where torch.compile can build CPU kernels here, else (None, why not)."""
+    cxx = os.environ.get("CXX") or next((c for c in ("g++", "c++", "clang++") if shutil.which(c)), None)
+    if cxx is None or shutil.which(cxx) is None:
+        return None, "no C++ compiler on PATH (inductor's CPU kernels need one)"
+    if sys.platform == "win32":
+        return None, "torch.compile's CPU backend is not used on Windows"
+    try:  # imported only here: dynamo costs seconds of startup that a short run never needs
+        import torch._dynamo  # noqa: F401
+
+        if not torch._dynamo.is_dynamo_supported():
+            return None, f"torch.compile does not support Python {sys.version.split()[0]}"
+    except Exception as e:  # an unusual build: no dynamo at all
+        return None, f"torch.compile unavailable ({type(e).__name__})"
+    return f"inductor + {os.path.basename(cxx)}", ""
+
+
+def inductor_cache_dir() -> str:
+    """Where torch.compile keeps its kernels for this CPU: `TORCHINDUCTOR_CACHE_DIR` when the user set it, else
+    inductor's default folder with one subfolder per CPU kind (ATen's capability, ONEDNN_MAX_CPU_ISA, a hash of
+    the CPU flags), set in the environment on first use.
+
+    Why: inductor's on-disk cache does not key its CPU kernels on ATen's capability. Measured on the AVX-512 Xeon
+    (torch 2.14.1): a ConvNet-3 compiled once natively and then under ATEN_CPU_CAPABILITY=avx2 reused the AVX-512
+    kernel and returned outputs off by 0.79 (NaN for a functional_call graph); the reverse order crashed the
+    native process (`malloc(): unaligned tcache chunk detected`). A cache shared between unlike CPUs (a cluster's
+    shared /tmp, an image moved to another VM) would do the same.
+    """
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    import getpass
+
+    kind = [torch.backends.cpu.get_cpu_capability(), os.environ.get("ONEDNN_MAX_CPU_ISA", "")]
+    kind.append(hashlib.sha256(" ".join(sorted(cpu_flags())).encode()).hexdigest()[:8])
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name (some containers): inductor's own fallback is similar
+        user = str(os.getuid()) if hasattr(os, "getuid") else "user"
+    path = os.path.join(tempfile.gettempdir(), f"torchinductor_{user}", "ddkit-" + "-".join(k for k in kind if k))
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
+    return path
+
+
+def compiled(fn: Any, **kwargs: Any) -> Any:
+    """torch.compile(fn, **kwargs) with the kernel cache kept per CPU kind (`inductor_cache_dir`): every compile
+    in ddkit goes through here."""
+    inductor_cache_dir()
+    return torch.compile(fn, **kwargs)
 
 
 def autocast(device: torch.device, enabled: bool = True, cpu: bool = False) -> contextlib.AbstractContextManager:

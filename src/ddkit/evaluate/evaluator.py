@@ -31,6 +31,7 @@ from ddkit.evaluate.stacked import run_stacked
 from ddkit.evaluate.student import Plan, RunResult, Targets, Views, make_plan, teacher_forward, train_run
 from ddkit.models import create_model
 from ddkit.utils import DDKitError, derive_seed
+from ddkit.utils import compiled as compiled_fn
 
 DEFAULT_STUDENT = "convnet-d3"
 _STAGE_LIMIT_BYTES = 8 << 30  # keep a set on the GPU as float32 up to 8 GiB, else a lossless/fp16 copy
@@ -389,7 +390,7 @@ def evaluate(distilled: DistilledSet, test: ImageDataset, cfg: EvalConfig, teach
             # kernels are fastest there); eager CPU students stay NCHW (GroupNorm is slow channels_last).
             if cfg.channels_last and (dev.type == "cuda" or compiled):
                 model.to(memory_format=torch.channels_last)
-            net = torch.compile(model) if compiled else model
+            net = compiled_fn(model) if compiled else model
             make = ctx.make_trainer if stored is None else stored.make_trainer
             trainer = make(seed, ctx.wrap(net), images, labels, recipe, plan, views, targets, crit,
                            amp=amp, channels_last=cfg.channels_last, cpu_amp=cpu_amp,

@@ -21,14 +21,12 @@ default breaks no promise that held before; what it changes is recorded in every
 from __future__ import annotations
 
 import os
-import shutil
-import sys
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
-from ddkit.utils import BF16_FLAGS, cpu_bf16_native, cpu_flags
+from ddkit.utils import bf16_unit, compiler  # noqa: F401  (the probes; methods use them too)
 
 #: environment variable that makes the automatic choice the exact path (tests/conftest.py sets it)
 EXACT_ENV = "DDKIT_EXACT"
@@ -66,32 +64,6 @@ class ComputePath:
 
 def _truthy(value: Optional[str]) -> bool:
     return str(value or "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def bf16_unit(device: torch.device) -> Optional[str]:
-    """The hardware bf16 of `device` in words ('amx_bf16', 'avx512_bf16', 'cuda bf16'), or None without it."""
-    if device.type == "cuda":
-        return "cuda bf16" if torch.cuda.is_bf16_supported() else None
-    if device.type != "cpu" or not cpu_bf16_native():
-        return None
-    return next((f for f in BF16_FLAGS if f in cpu_flags()), None)
-
-
-def compiler() -> Tuple[Optional[str], str]:
-    """('inductor + g++', '') where torch.compile can build CPU kernels here, else (None, why not)."""
-    cxx = os.environ.get("CXX") or next((c for c in ("g++", "c++", "clang++") if shutil.which(c)), None)
-    if cxx is None or shutil.which(cxx) is None:
-        return None, "no C++ compiler on PATH (inductor's CPU kernels need one)"
-    if sys.platform == "win32":
-        return None, "torch.compile's CPU backend is not used on Windows"
-    try:  # imported only here: dynamo costs seconds of startup that a short run never needs
-        import torch._dynamo
-
-        if not torch._dynamo.is_dynamo_supported():
-            return None, f"torch.compile does not support Python {sys.version.split()[0]}"
-    except Exception as e:  # an unusual build: no dynamo at all
-        return None, f"torch.compile unavailable ({type(e).__name__})"
-    return f"inductor + {os.path.basename(cxx)}", ""
 
 
 def choose(cfg: Any, device: torch.device, images: int, image_size: int = 32, stacked: bool = False, *,

@@ -16,6 +16,9 @@ Each class draws its own networks from (seed, class, iteration), so a class's re
 which other classes run beside it. BN networks: the official code forwards all classes in one batch
 (main_DM.py:165-187); here every class is embedded alone (a documented difference; the default ConvNet
 uses instancenorm, where the two agree).
+
+Compute path (not an algorithm setting): the real batch's embedding is compiled on CPU for long runs, bf16 on
+request, fp32 eager with `exact` (methods/fast_embed.py); the path taken is in the set's meta.
 """
 from __future__ import annotations
 
@@ -30,8 +33,10 @@ from ddkit.augment import DEFAULT_STRATEGY, Augment, dsa
 from ddkit.config import field
 from ddkit.data.base import ImageDataset
 from ddkit.methods.base import ClassResult, MethodConfig, register_method
-from ddkit.methods.matching_ops import (NORM_HELP, LossLog, RealPool, check_real_init, fresh_net, init_images,
-                                        net_seed, resolve_settings, working_space)
+from ddkit.methods.fast_embed import RealEmbedder, choose
+from ddkit.methods.matching_ops import (NORM_HELP, LossLog, RealPool, check_real_init, fresh_net, has_batchnorm,
+                                        init_images, net_seed, resolve_settings, working_space)
+from ddkit.models import create_model
 from ddkit.models.features import penultimate
 from ddkit.utils import DDKitError, make_generator
 
@@ -57,6 +62,12 @@ class DMConfig(MethodConfig):
                                                 "main_DM.py:30)")
     model: str = field("convnet-d3", "embedding network: ConvNet-3 with instancenorm (utils.py:118-120)")
     norm: str = field("official", NORM_HELP + "; DM uses DC's utils.py:46-73")
+    # compute path, not algorithm (methods/fast_embed.py)
+    compile: Optional[bool] = field(None, "torch.compile the real batch's embedding (default: on CPU when the run "
+                                          "embeds >= 100,000 real images; not for BatchNorm networks)")
+    cpu_amp: Optional[bool] = field(None, "bf16 autocast of the embeddings where the CPU has native bf16 (default "
+                                          "off)")
+    exact: bool = field(False, "fp32 eager whatever else is set (bit-identity checks)")
 
     def __post_init__(self) -> None:
         if self.init not in ("noise", "real"):
@@ -75,18 +86,25 @@ def embed(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return penultimate(net, x)
 
 
-def dm_loss(net: nn.Module, real: torch.Tensor, syn: torch.Tensor, aug: Augment, g: torch.Generator
-            ) -> torch.Tensor:
-    """‖mean embedding of A(real) − mean embedding of A(syn)‖² with one shared draw A."""
+def dm_loss(net: nn.Module, real: torch.Tensor, syn: torch.Tensor, aug: Augment, g: torch.Generator,
+            embed_real: Optional[RealEmbedder] = None) -> torch.Tensor:
+    """‖mean embedding of A(real) − mean embedding of A(syn)‖² with one shared draw A (`embed_real`: the real
+    batch's path; default fp32 eager)."""
     p = aug.sample(1, real.shape, generator=g)
-    with torch.no_grad():
-        f_real = embed(net, aug.apply(real, p))
-    f_syn = embed(net, aug.apply(syn, p))
+    if embed_real is None:
+        with torch.no_grad():
+            f_real = embed(net, aug.apply(real, p))
+    else:
+        f_real = embed_real(net, aug.apply(real, p))
+    bf16 = embed_real is not None and embed_real.path.bf16
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # both sides at one precision
+        f_syn = embed(net, aug.apply(syn, p)).float()
     return ((f_real.mean(0) - f_syn.mean(0)) ** 2).sum()
 
 
 def distribution_matching(pool: RealPool, c: int, syn: torch.Tensor, cfg: DMConfig, s: Dict[str, Any],
-                          g: torch.Generator, log: LossLog) -> torch.Tensor:
+                          g: torch.Generator, log: LossLog, embed_real: Optional[RealEmbedder] = None
+                          ) -> torch.Tensor:
     """Optimise class `c`'s encoded synthetic images `syn` (ipc×C×H×W); returns them detached."""
     syn = syn.clone().requires_grad_(True)
     opt = torch.optim.SGD([syn], lr=s["lr_img"], momentum=cfg.momentum_img)
@@ -95,7 +113,7 @@ def distribution_matching(pool: RealPool, c: int, syn: torch.Tensor, cfg: DMConf
         net = fresh_net(cfg.model, pool.dataset, net_seed(cfg.seed, "dm", c, it), syn.device)
         net.train().requires_grad_(False)
         real, _ = pool.batch(c, s["batch_real"], g)
-        loss = dm_loss(net, real, syn, aug, g)
+        loss = dm_loss(net, real, syn, aug, g, embed_real)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -115,11 +133,18 @@ def dm(dataset: ImageDataset, teacher: Any, cfg: DMConfig, classes: Sequence[int
         check_real_init(dataset, classes, cfg.ipc)
     space, ws = working_space(dataset, "dc", cfg.norm, device)
     pool = RealPool(dataset, space, device)
+    has_bn = has_batchnorm(create_model(cfg.model, num_classes=dataset.num_classes, image_size=dataset.image_size,
+                                        channels=dataset.channels))  # not fresh_net: one draw per iteration there
+    path = choose(cfg.exact, cfg.compile, cfg.cpu_amp, device, (s["iterations"] + 1) * s["batch_real"] * len(classes),
+                  has_bn)
+    embed_real = RealEmbedder(path)
     set_meta = {"preset": cfg.preset, "settings": s, "space": "meanstd", "working_stats": ws.meta()}
     for c in classes:
         g = make_generator(cfg.seed, "dm", c)
         syn, src = init_images(pool, c, cfg.ipc, cfg.init, g)
         log = LossLog(s["iterations"] + 1, f"dm class {c}", progress, "dm")
-        syn = distribution_matching(pool, c, syn, cfg, s, g, log)
-        yield ClassResult(c, pool.space.decode(syn), extras={"source_index": src}, meta=log.meta(),
+        syn = distribution_matching(pool, c, syn, cfg, s, g, log, embed_real)
+        # the path is per process (shards may differ), so it is a per-class fact
+        yield ClassResult(c, pool.space.decode(syn), extras={"source_index": src},
+                          meta={**log.meta(), "compute_path": path.why},
                           set_meta=set_meta)

@@ -34,7 +34,7 @@ from ddkit.methods.coresets import EarlyScoreConfig, load_dynamics
 from ddkit.methods.coresets_scores import compute_score, early_score, select_by_difficulty
 from ddkit.methods.dynamics import dynamics_for
 from ddkit.models import create_model
-from ddkit.utils import DDKitError, autocast, derive_seed, make_generator
+from ddkit.utils import DDKitError, autocast, compiled, derive_seed, make_generator
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def train_candidate(images01: torch.Tensor, labels: torch.Tensor, dataset: Image
     cl = cfg.search_compile and device.type == "cpu"
     if cl:
         model.to(memory_format=torch.channels_last)
-    net = torch.compile(model) if cfg.search_compile else model
+    net = compiled(model) if cfg.search_compile else model
     n = len(y_all)
     bs = min(cfg.search_batch_size, n)
     iters = math.ceil(cfg.search_epochs * n / bs)

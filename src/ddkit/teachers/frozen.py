@@ -24,7 +24,7 @@ from ddkit.augment import Normalize
 from ddkit.data.base import to_float
 from ddkit.models import feature_extractor
 from ddkit.teachers.shared import shared_forward, tensor_rows
-from ddkit.utils import autocast
+from ddkit.utils import autocast, compiled
 
 
 def teacher_identity(teacher: Any) -> Optional[str]:
@@ -56,7 +56,7 @@ class FrozenTeacher:
         net = net.eval().requires_grad_(False)
         self.net = net.to(memory_format=torch.channels_last) if self.channels_last else net
         # compiled only for whole-net forwards; extractors truncate the plain net (see `extractor`)
-        self._forward = torch.compile(self.net) if compile else self.net
+        self._forward = compiled(self.net) if compile else self.net
         self.norm = Normalize(teacher.mean, teacher.std)
         self.identity = teacher_identity(teacher)
         self._extractors: Dict[str, nn.Module] = {}

@@ -32,7 +32,7 @@ from ddkit.models import create_model, resolve_model_name
 from ddkit.optim import make_optimizer
 from ddkit.teachers.core import Teacher, accuracy
 from ddkit.trackers import record
-from ddkit.utils import DDKitError, atomic_write_bytes, autocast, derive_seed, make_generator
+from ddkit.utils import DDKitError, atomic_write_bytes, autocast, compiled, derive_seed, make_generator
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,7 @@ def train_teacher(train: ImageDataset, test: Optional[ImageDataset], cfg: Teache
         model.to(memory_format=torch.channels_last)
     # The compiled wrapper shares the parameters with `model`: the optimizer, the test passes and the saved
     # weights all use `model` itself.
-    net = torch.compile(model) if cfg.compile else model
+    net = compiled(model) if cfg.compile else model
 
     # uint8 stays compact on the device; a file-backed split (ImageNet) is never held whole: each batch is
     # decoded from disk (the next one in a thread while this one trains), the same batches in the same order.
