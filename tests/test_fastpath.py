@@ -212,3 +212,14 @@ def test_inductor_cache_is_kept_per_cpu_kind(monkeypatch):
     assert inductor_cache_dir() != native
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/mine")
     assert inductor_cache_dir() == "/somewhere/mine"  # the user's choice is kept
+
+
+def test_onednn_isa_cap_below_bf16_means_no_native_bf16(monkeypatch):
+    """An AVX2 emulation run (ONEDNN_MAX_CPU_ISA=AVX2) must not take the bf16 default even on a bf16 CPU."""
+    monkeypatch.setattr(utils, "cpu_flags", lambda: frozenset({"avx2", "amx_bf16", "avx512_bf16"}))
+    monkeypatch.setattr(utils, "_CPU_BF16", None)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert utils.cpu_bf16_native() is False
+    monkeypatch.setattr(utils, "_CPU_BF16", None)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+    assert utils.cpu_bf16_native() is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

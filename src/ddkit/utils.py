@@ -120,13 +120,20 @@ def cpu_flags() -> frozenset:
     return frozenset()
 
 
+#: ONEDNN_MAX_CPU_ISA values below oneDNN's bf16 kernels (avx512_core_bf16 and up): with one of them set, bf16
+#: would run emulated even on a CPU that has the flags
+_ONEDNN_NO_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
 def cpu_bf16_native() -> bool:
-    """True when this CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo) and
-    oneDNN has bf16 kernels. Without them bf16 is emulated and slower than fp32 (checked once, cached)."""
+    """True when this CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo), oneDNN has bf16
+    kernels and ONEDNN_MAX_CPU_ISA does not cap oneDNN below them (as an AVX2 emulation run sets it). Without
+    them bf16 is emulated and slower than fp32 (checked once, cached)."""
     global _CPU_BF16
     if _CPU_BF16 is None:
         mkldnn = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
-        _CPU_BF16 = mkldnn and bool(cpu_flags() & set(BF16_FLAGS))
+        capped = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() in _ONEDNN_NO_BF16
+        _CPU_BF16 = mkldnn and not capped and bool(cpu_flags() & set(BF16_FLAGS))
     return _CPU_BF16
 
 
