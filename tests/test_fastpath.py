@@ -212,6 +212,11 @@ def test_inductor_cache_is_kept_per_cpu_kind(monkeypatch):
     assert inductor_cache_dir() != native
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/mine")
     assert inductor_cache_dir() == "/somewhere/mine"  # the user's choice is kept
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what importing torch._dynamo writes
+    assert inductor_cache_dir() == os.path.join(default_cache_dir(), os.path.basename(inductor_cache_dir()))
+    assert os.path.basename(inductor_cache_dir()).startswith("ddkit-") and "-AVX2-" in inductor_cache_dir()
 
 
 def test_onednn_isa_cap_below_bf16_means_no_native_bf16(monkeypatch):

@@ -164,9 +164,11 @@ def compiler() -> Tuple[Optional[str], str]:
 
 
 def inductor_cache_dir() -> str:
-    """Where torch.compile keeps its kernels for this CPU: `TORCHINDUCTOR_CACHE_DIR` when the user set it, else
-    inductor's default folder with one subfolder per CPU kind (ATen's capability, ONEDNN_MAX_CPU_ISA, a hash of
-    the CPU flags), set in the environment on first use.
+    """Where torch.compile keeps its kernels for this CPU: `TORCHINDUCTOR_CACHE_DIR` when the user set it to a
+    folder of their own, else inductor's default folder with one subfolder per CPU kind (ATen's capability,
+    ONEDNN_MAX_CPU_ISA, a hash of the CPU flags), written into the environment, where inductor reads it at each
+    compile. (Importing torch._dynamo writes inductor's default folder into the environment: that value is not
+    taken for the user's choice.)
 
     Why: inductor's on-disk cache does not key its CPU kernels on ATen's capability. Measured on the AVX-512 Xeon
     (torch 2.14.1): a ConvNet-3 compiled once natively and then under ATEN_CPU_CAPABILITY=avx2 reused the AVX-512
@@ -174,19 +176,31 @@ def inductor_cache_dir() -> str:
     native process (`malloc(): unaligned tcache chunk detected`). A cache shared between unlike CPUs (a cluster's
     shared /tmp, an image moved to another VM) would do the same.
     """
-    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
-        return os.environ["TORCHINDUCTOR_CACHE_DIR"]
     import getpass
 
-    kind = [torch.backends.cpu.get_cpu_capability(), os.environ.get("ONEDNN_MAX_CPU_ISA", "")]
-    kind.append(hashlib.sha256(" ".join(sorted(cpu_flags())).encode()).hexdigest()[:8])
     try:
         user = getpass.getuser()
     except Exception:  # no user name (some containers): inductor's own fallback is similar
         user = str(os.getuid()) if hasattr(os, "getuid") else "user"
-    path = os.path.join(tempfile.gettempdir(), f"torchinductor_{user}", "ddkit-" + "-".join(k for k in kind if k))
+    base = os.path.join(tempfile.gettempdir(), f"torchinductor_{user}")
+    try:  # inductor's own default (importing torch._dynamo writes it into the environment)
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+        base = default_cache_dir()
+    except Exception:
+        pass
+    set_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if set_dir and os.path.abspath(set_dir) != os.path.abspath(base) and not _is_ours(set_dir, base):
+        return set_dir  # the user's choice
+    kind = [torch.backends.cpu.get_cpu_capability(), os.environ.get("ONEDNN_MAX_CPU_ISA", "")]
+    kind.append(hashlib.sha256(" ".join(sorted(cpu_flags())).encode()).hexdigest()[:8])
+    path = os.path.join(base, "ddkit-" + "-".join(k for k in kind if k))
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
     return path
+
+
+def _is_ours(path: str, base: str) -> bool:
+    """A folder `inductor_cache_dir` chose earlier in this process (recomputed, never trusted as the user's)."""
+    return os.path.dirname(os.path.abspath(path)) == os.path.abspath(base) and os.path.basename(path).startswith("ddkit-")
 
 
 def compiled(fn: Any, **kwargs: Any) -> Any:
