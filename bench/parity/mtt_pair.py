@@ -1,7 +1,6 @@
 """Parity pair for MTT (GeorgeCazenavette/mtt-distillation @ 50dccea) against ddkit's `mtt` (issue #27).
 
-    python bench/parity/mtt_pair.py all --iterations 3 --expert-batch 16 --experts 3 --expert-epochs-trained 12 \
-        --max-start-epoch 10 --seeds 3 --eval-epochs 60
+    python bench/parity/mtt_pair.py all --buffer BUF --runs RUNS  # defaults: the committed row's settings
 
 One expert buffer for both sides (ddkit's `experts train`, ZCA, 100 images per class; `convert` writes it as the
 official replay_buffer_0.pt and checks both ConvNets give equal logits on it) and one ZCA space (the official
@@ -33,14 +32,17 @@ REPO, COMMIT = "GeorgeCazenavette/mtt-distillation", "50dccea47ba48b9cfb3b9c5937
 PEER = "mtt-distillation"
 PYDEPS = PEERS / "pydeps"  # kornia 0.9.0 + kornia-rs (pip install --target), the official code's one extra need
 STRATEGY = "color_crop_cutout_flip_scale_rotate"
-#: MTT's CIFAR-10 IPC-10 row (ddkit's MTT_ROWS, the paper appendix table; the README's table is an image)
-ROW = {"syn_steps": 30, "expert_epochs": 2, "max_start_epoch": 20, "lr_img": 1e5, "lr_lr": 1e-5, "lr_teacher": 0.01}
+#: MTT's CIFAR-10 rows (ddkit's MTT_ROWS, the paper appendix table; the README's table is an image)
+ROWS = {10: {"syn_steps": 30, "expert_epochs": 2, "max_start_epoch": 20, "lr_img": 1e5, "lr_lr": 1e-5, "lr_teacher": 0.01},
+        1: {"syn_steps": 50, "expert_epochs": 2, "max_start_epoch": 2, "lr_img": 1000.0, "lr_lr": 1e-7, "lr_teacher": 0.01}}
+ROW: Dict[str, Any] = dict(ROWS[10])  # the row of this run (main sets it from --ipc)
 PY = sys.executable
 sys.path.append(str(PYDEPS))
 
 
 def workdir(a: argparse.Namespace) -> Path:
-    return Path(a.runs) / f"mtt_ipc{a.ipc}_it{a.iterations}"
+    return Path(a.runs) / f"mtt_ipc{a.ipc}_it{a.iterations}" if not a.batch_syn else \
+        Path(a.runs) / f"mtt_ipc{a.ipc}_it{a.iterations}_bs{a.batch_syn}"
 
 
 def experts_argv(a: argparse.Namespace) -> List[str]:
@@ -121,6 +123,7 @@ def official_argv(a: argparse.Namespace) -> List[str]:
             "--syn_steps", str(ROW["syn_steps"]), "--expert_epochs", str(ROW["expert_epochs"]),
             "--max_start_epoch", str(ROW["max_start_epoch"]), "--zca", "--lr_img", str(ROW["lr_img"]),
             "--lr_lr", str(ROW["lr_lr"]), "--lr_teacher", str(ROW["lr_teacher"]), "--Iteration", str(a.iterations),
+            *(["--batch_syn", str(a.batch_syn)] if a.batch_syn else []),
             "--num_eval", "0", "--buffer_path", str(official_buffer(a)), "--data_path", "data"]
 
 
@@ -196,7 +199,7 @@ def ddkit_argv(a: argparse.Namespace) -> List[str]:
             "--buffer", a.buffer, "--ipc", str(a.ipc), "--iterations", str(a.iterations), "--seed", "0",
             "--syn-steps", str(ROW["syn_steps"]), "--expert-epochs", str(ROW["expert_epochs"]),
             "--max-start-epoch", str(ROW["max_start_epoch"]), "--zca", "true", "--lr-img", str(ROW["lr_img"]),
-            "--lr-lr", str(ROW["lr_lr"]), "--lr-teacher", str(ROW["lr_teacher"]),
+            "--lr-lr", str(ROW["lr_lr"]), "--lr-teacher", str(ROW["lr_teacher"]), "--batch-syn", str(a.batch_syn),
             "--output", str(workdir(a) / "ddkit_set"), "--overwrite"]
 
 
@@ -235,6 +238,25 @@ def to_ddkit(a: argparse.Namespace) -> None:
             "parity": {"repo": f"{REPO}@{COMMIT[:7]}", "argv": official_argv(a)}}
     DistilledSet(images, final["label_syn"].long(), list(test.classes), test.mean, test.std, {}, meta,
                  zca=zca).save(workdir(a) / "official_set", overwrite=True, pngs=False)
+
+
+def init_sets(a: argparse.Namespace) -> None:
+    """Each side's STARTING images as a set (official: its iteration-0 save, ZCA space; ddkit: the real images of
+    its meta source_indices), learned lr = the official set's, to judge what the initial draw alone gives."""
+    import torch
+
+    from ddkit.distilled import DistilledSet
+
+    _, zca = expert_subset()
+    test, train = load_split("test"), load_split("train")
+    start = torch.load(workdir(a) / "official" / "logged_files" / "CIFAR10" / "parity" / "images_0.pt",
+                       weights_only=True)
+    src = json.loads((workdir(a) / "ddkit_set" / "meta.json").read_text())["source_indices"]
+    lr = read_json(workdir(a) / "official" / "timing.json")["final_syn_lr"]
+    labels = torch.arange(10).repeat_interleave(a.ipc)
+    for side, images in (("official", zca.invert(start.float())), ("ddkit", train.get(torch.tensor(src)).float() / 255)):
+        DistilledSet(images, labels, list(test.classes), test.mean, test.std, {}, {"native": "mtt", "learned_lr": lr},
+                     zca=zca).save(workdir(a) / f"{side}_init_set", overwrite=True, pngs=False)
 
 
 def judge_ddkit(a: argparse.Namespace, side: str, seed: int) -> None:
@@ -290,6 +312,19 @@ def accs(a: argparse.Namespace, judge: str, side: str) -> List[float]:
     return got
 
 
+def same_lr(w: Path) -> Dict[str, Any]:
+    """ddkit-judge runs (seed 0) of each set at the OTHER set's learned lr (diag_<side>_lr<lr>/, made by hand with
+    `ddkit evaluate ... --lr`, README): how much of the gap between the sets the learned lr explains."""
+    out = {}
+    for d in sorted(w.glob("diag_*_lr*")):
+        summ = d / "summary.json"
+        if summ.is_file():
+            r = [x for x in json.loads(summ.read_text())["results"] if x.get("set") == "distilled"][0]
+            out[d.name] = {"set": d.name.split("_")[1], "lr": float(d.name.split("_lr")[1]),
+                           "acc_seed0": round(100 * float(r["accs"][0]), 2)}
+    return out
+
+
 def write_row(a: argparse.Namespace) -> None:
     w = workdir(a)
     judges: Dict[str, Dict[str, Any]] = {}
@@ -303,11 +338,12 @@ def write_row(a: argparse.Namespace) -> None:
     t_off, t_dd = read_json(w / "official" / "timing.json"), read_json(w / "ddkit_timing.json")
     s_off, s_dd = t_off.get("s_per_iteration"), t_dd.get("s_per_iteration")
     ev = read_json(w / "eval_official_ddkit" / "seed0.json") or read_json(w / "eval_official_official" / "seed0.json")
-    row = {"settings": {"ipc": a.ipc, "iterations": a.iterations, **ROW, "batch_syn": "all", "zca": True,
+    row = {"settings": {"ipc": a.ipc, "iterations": a.iterations, **ROW, "batch_syn": a.batch_syn or "all", "zca": True,
                         "dsa": STRATEGY, "experts": a.experts, "expert_epochs_trained": a.expert_epochs_trained,
                         "expert_images_per_class": 100, "expert_batch": a.expert_batch, "seeds": a.seeds, "eval_epochs": a.eval_epochs,
                         "text": f"IPC {a.ipc}, {a.iterations} it (+1: inclusive range), N {ROW['syn_steps']}, M "
-                                f"{ROW['expert_epochs']}, T+ {ROW['max_start_epoch']}, ZCA, lr_img {ROW['lr_img']:g}, "
+                                f"{ROW['expert_epochs']}, T+ {ROW['max_start_epoch']}, batch_syn {a.batch_syn or 'all'}, ZCA, "
+                                f"lr_img {ROW['lr_img']:g}, "
                                 f"{a.experts} shared experts x {a.expert_epochs_trained} ep on 100 img/class (batch "
                                 f"{a.expert_batch}), "
                                 f"judges {a.eval_epochs} ep, {a.seeds} seeds"},
@@ -320,14 +356,14 @@ def write_row(a: argparse.Namespace) -> None:
            "peak_memory_mb": {"official": t_off.get("peak_rss_mb"), "ddkit": t_dd.get("peak_rss_mb")},
            "official_syn_lr_per_iteration": t_off.get("Synthetic_LR"),
            "kornia_vs_ddkit_zca_max_abs": ev.get("kornia_vs_ddkit_zca_max_abs"),
-           "judges": judges,
+           "judges": judges, "same_lr_check": same_lr(w),
            "speed": {"official_s_per_iteration": s_off, "ddkit_s_per_iteration": s_dd,
                      "ddkit_over_official": round(s_dd / s_off, 3) if s_off and s_dd else None,
                      "official_loadavg_at_end": (t_off.get("machine") or {}).get("loadavg"),
                      "ddkit_loadavg_at_end": (t_dd.get("machine") or {}).get("loadavg"),
-                     "how": "the two distillations one after the other, one thread each (a 30-step unroll of 100 "
-                            "images holds ~12 GB on either side, two did not fit the 23 GB machine beside the other "
-                            "jobs); seconds between the time stamps of iteration 1 and the end, per iteration "
+                     "how": ("both distillations at the same time, one thread each" if a.together else
+                             "the two distillations one after the other, one thread each (~10 GB each at batch_syn "
+                             "50: two did not fit the 23 GB machine beside the other jobs)") + "; seconds between the time stamps of iteration 1 and the end, per iteration "
                             "(official: its wandb.log('Progress') calls; ddkit: LossLog.step)",
                      "timed_iterations": t_off.get("timed_iterations")},
            "machine": t_off.get("machine") or lscpu(), "ddkit_revision": revision(),
@@ -379,7 +415,8 @@ def run_all(a: argparse.Namespace) -> None:
         subprocess.run(base + ["convert"], check=True)
     todo = [t for t, f in (("official-distill", w / "official" / "timing.json"),
                            ("ddkit-distill", w / "ddkit_timing.json")) if not f.is_file()]
-    pool(base, [[t] for t in todo], 1)  # one after the other: a 30-step unroll holds ~12 GB on either side
+    # one after the other unless --together: an IPC-10 unroll holds ~10 GB on either side (batch_syn 50)
+    pool(base, [[t] for t in todo], 2 if a.together else 1)
     if not (w / "official_set" / "meta.json").is_file():
         subprocess.run(base + ["to-ddkit"], check=True)
     pool(base, [[f"judge-{j}", side, "--seed", str(s)] for s in range(a.seeds) for j in ("ddkit", "official")
@@ -391,7 +428,8 @@ def opts(a: argparse.Namespace) -> List[str]:
     """The options of a pair, as the steps and the recorded command pass them."""
     return [f"--{k.replace('_', '-')}={getattr(a, k)}" for k in ("ipc", "iterations", "seeds", "eval_epochs", "experts",
                                                                  "expert_epochs_trained", "expert_batch",
-                                                                 "max_start_epoch", "buffer", "runs")]
+                                                                 "max_start_epoch", "batch_syn", "buffer", "runs")] + \
+        (["--together"] if a.together else [])
 
 
 def pool(base: List[str], tasks: List[List[str]], workers: int) -> None:
@@ -416,24 +454,29 @@ def main(argv: List[str] | None = None) -> None:
     global ARGS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("step", choices=("all", "experts", "convert", "official-distill", "ddkit-distill", "to-ddkit",
-                                     "judge-ddkit", "judge-official", "row"))
+                                     "judge-ddkit", "judge-official", "init-sets", "row"))
     ap.add_argument("sides", nargs="*", help="judge steps: official and/or ddkit")
-    ap.add_argument("--ipc", type=int, default=10)
-    ap.add_argument("--iterations", type=int, default=5, help="both sides: N (inclusive range, N + 1 updates)")
+    ap.add_argument("--ipc", type=int, default=10, choices=sorted(ROWS))
+    ap.add_argument("--iterations", type=int, default=3, help="both sides: N (inclusive range, N + 1 updates)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0, help="judge steps: the student seed")
     ap.add_argument("--eval-epochs", type=int, default=60, help="both judges (MTT's native: 1000)")
-    ap.add_argument("--experts", type=int, default=4)
-    ap.add_argument("--expert-epochs-trained", type=int, default=22, help="max_start_epoch + expert_epochs")
-    ap.add_argument("--expert-batch", type=int, default=256, help="expert SGD batch (buffer.py: 256)")
-    ap.add_argument("--max-start-epoch", type=int, default=20, help="both sides (the CIFAR-10 IPC-10 row: 20)")
+    ap.add_argument("--experts", type=int, default=3)
+    ap.add_argument("--expert-epochs-trained", type=int, default=12, help="max_start_epoch + expert_epochs")
+    ap.add_argument("--expert-batch", type=int, default=16, help="expert SGD batch (buffer.py: 256; README)")
+    ap.add_argument("--max-start-epoch", type=int, default=10, help="both sides (0: the row's, IPC 10: 20, IPC 1: 2)")
+    ap.add_argument("--batch-syn", type=int, default=50, help="synthetic images per student step, both sides (0: all, "
+                                                              "the row's)")
+    ap.add_argument("--together", action="store_true", help="both distillations at the same time")
     ap.add_argument("--buffer", default="/work/runs/parity/mtt_buffer")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--runs", default="/work/runs/parity")
     a = ARGS = ap.parse_args(argv)
-    ROW["max_start_epoch"] = a.max_start_epoch
+    ROW.update(ROWS[a.ipc])
+    if a.max_start_epoch:
+        ROW["max_start_epoch"] = a.max_start_epoch
     steps = {"all": run_all, "experts": experts, "convert": convert, "official-distill": official_distill,
-             "ddkit-distill": ddkit_distill, "to-ddkit": to_ddkit, "row": write_row}
+             "ddkit-distill": ddkit_distill, "to-ddkit": to_ddkit, "init-sets": init_sets, "row": write_row}
     if a.step in steps:
         steps[a.step](a)
     else:
