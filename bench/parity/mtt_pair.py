@@ -325,6 +325,18 @@ def same_lr(w: Path) -> Dict[str, Any]:
     return out
 
 
+def init_check(w: Path) -> Dict[str, Any]:
+    """ddkit-judge runs (seed 0, the official set's learned lr) of each side's starting images (init-sets; init_<side>/,
+    made by hand, README): what the two starting draws alone give."""
+    out = {}
+    for side in ("official", "ddkit"):
+        summ = w / f"init_{side}" / "summary.json"
+        if summ.is_file():
+            r = [x for x in json.loads(summ.read_text())["results"] if x.get("set") == "distilled"][0]
+            out[side] = {"acc_seed0": round(100 * float(r["accs"][0]), 2), "lr": r["protocol"]["lr"]}
+    return out
+
+
 def write_row(a: argparse.Namespace) -> None:
     w = workdir(a)
     judges: Dict[str, Dict[str, Any]] = {}
@@ -356,7 +368,7 @@ def write_row(a: argparse.Namespace) -> None:
            "peak_memory_mb": {"official": t_off.get("peak_rss_mb"), "ddkit": t_dd.get("peak_rss_mb")},
            "official_syn_lr_per_iteration": t_off.get("Synthetic_LR"),
            "kornia_vs_ddkit_zca_max_abs": ev.get("kornia_vs_ddkit_zca_max_abs"),
-           "judges": judges, "same_lr_check": same_lr(w),
+           "judges": judges, "same_lr_check": same_lr(w), "init_check": init_check(w),
            "speed": {"official_s_per_iteration": s_off, "ddkit_s_per_iteration": s_dd,
                      "ddkit_over_official": round(s_dd / s_off, 3) if s_off and s_dd else None,
                      "official_loadavg_at_end": (t_off.get("machine") or {}).get("loadavg"),
