@@ -170,3 +170,32 @@ def write_json(path: Path, doc: Dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
     tmp.replace(path)
+
+
+def siamese_copy():
+    """A torch function mode that lets the official DiffAugment's Siamese broadcast run on a one-image batch.
+
+    Each augmentation of the official utils.py (VICO-UoE/DatasetCondensation@53f63a6) makes its random draw
+    shared across the batch with `r[:] = r[0]`. With one image per class (IPC 1), `r` is 1×1×1×1 (colour, flip)
+    or 1×1×1 (crop, cutout) and torch ≥ 2 refuses that copy because source and destination are the same memory
+    ("some elements of the input tensor and the written-to tensor refer to a single memory location"). This
+    mode gives `Tensor.__setitem__` a clone of a value that shares storage with the tensor written to — the
+    clone torch's message asks for — and leaves every other call alone. The values written are the same as
+    without it (row 0 is read before anything changes), so it is a no-op wherever the official line runs.
+    `.calls` counts the assignments it cloned.
+    """
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    class SiameseCopy(TorchFunctionMode):
+        calls = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is torch.Tensor.__setitem__ and len(args) == 3 and isinstance(args[2], torch.Tensor) \
+                    and isinstance(args[0], torch.Tensor) \
+                    and args[2].untyped_storage().data_ptr() == args[0].untyped_storage().data_ptr():
+                self.calls += 1
+                args = (args[0], args[1], args[2].clone())
+            return func(*args, **(kwargs or {}))
+
+    return SiameseCopy()

@@ -15,6 +15,7 @@ below, which call its own evaluate_synset on the final set), --Iteration/--batch
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -26,7 +27,7 @@ from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (CACHE, DATA, RESULTS, ROOT, StampedTee, lscpu, mean_std, official_repo,  # noqa: E402
-                    per_iteration_seconds, read_json, revision, verdict, write_json)
+                    per_iteration_seconds, read_json, revision, siamese_copy, verdict, write_json)
 
 REPO, COMMIT = "VICO-UoE/DatasetCondensation", "53f63a672eab9ade02aabe6432706ef56f317d64"
 PEER = "DatasetCondensation"
@@ -67,7 +68,9 @@ def official_distill(a: argparse.Namespace) -> None:
     os.chdir(out)
     argv = official_argv(a)
     tee = StampedTee(out / "stdout.log", sys.__stdout__)
-    with official_repo(PEER):
+    # IPC 1 only: the official Siamese broadcast needs torch's clone on a one-image batch (common.siamese_copy)
+    mode = siamese_copy() if a.ipc == 1 else contextlib.nullcontext()
+    with official_repo(PEER), mode:
         import importlib
 
         mod = importlib.import_module(METHODS[a.method]["entry"])
@@ -79,7 +82,8 @@ def official_distill(a: argparse.Namespace) -> None:
             sys.stdout = sys.__stdout__
     wall = time.monotonic() - t0
     speed = per_iteration_seconds(tee.lines, "iter = ", lambda s: int(s.split("iter = ")[1].split(",")[0]))
-    write_json(out / "timing.json", {"argv": argv, "wall_s": round(wall, 1), **speed, "machine": lscpu()})
+    write_json(out / "timing.json", {"argv": argv, "wall_s": round(wall, 1), **speed, "machine": lscpu(),
+                                     "siamese_copies": getattr(mode, "calls", None)})
 
 
 def official_set_file(a: argparse.Namespace) -> Path:
@@ -340,7 +344,14 @@ EDITS = ("None to the official files. The driver imports the official main.py / 
          "ddkit's uint8 decode of CIFAR-10 (JPEG q75) with the same item contract, so the official "
          "ToTensor+Normalize(its mean/std) runs on identical pixels; (2) passes --num_exp 1 --num_eval 0 and a "
          "reduced --Iteration/--batch_real, so its in-loop evaluation is skipped; the judges call its own "
-         "utils.evaluate_synset on the saved final set instead. Device: cpu (its own cuda check finds none).")
+         "utils.evaluate_synset on the saved final set instead; (3) IPC 1 rows only: the distillation runs inside "
+         "a torch function mode (common.siamese_copy) that gives Tensor.__setitem__ a clone of a value sharing "
+         "the written tensor's memory, because torch 2.14 refuses the Siamese broadcast `r[:] = r[0]` of the "
+         "official DiffAugment on a one-image batch (colour, crop, cutout, flip); the values written are the "
+         "ones the official line writes (row 0 of its draw): with the mode, DiffAugment on 10 images is bitwise "
+         "identical to without it (each augmentation x 40 seeds), and on one image equals row 0 of the same "
+         "seeded draw on two. utils.py stays the pinned commit's (sha256 3a9b65b4...). Device: cpu (its own "
+         "cuda check finds none).")
 JUDGES = {
     m: {"ddkit": "ddkit evaluate --protocol native (both sets declare the native protocol "
                  f"{METHODS[m]['native']['name']!r}: recipe "
@@ -370,24 +381,14 @@ def main(argv: List[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=4, help="judge runs side by side")
     ap.add_argument("--runs", default="/work/runs/parity")
     a = ap.parse_args(argv)
-    if a.step == "pair":
-        pair(a)
-    elif a.step == "official-distill":
-        official_distill(a)
-    elif a.step == "ddkit-distill":
-        ddkit_distill(a)
-    elif a.step == "to-ddkit":
-        to_ddkit(a)
+    if a.step in ("judge-ddkit", "judge-official"):
+        for s in a.sides:
+            (judge_ddkit if a.step == "judge-ddkit" else judge_official)(a, s, a.seed)
     elif a.step == "judges":
         judges(a, a.sides)
-    elif a.step == "judge-ddkit":
-        for s in a.sides:
-            judge_ddkit(a, s, a.seed)
-    elif a.step == "judge-official":
-        for s in a.sides:
-            judge_official(a, s, a.seed)
     else:
-        write_row(a)
+        {"pair": pair, "official-distill": official_distill, "ddkit-distill": ddkit_distill, "to-ddkit": to_ddkit,
+         "row": write_row}[a.step](a)
 
 
 if __name__ == "__main__":
