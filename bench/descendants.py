@@ -6,15 +6,17 @@ G-VBSM and EDC judged under the hard-truths protocol (SL+KD, then HL) and under 
 
 Every set is recovered through the committed ConvNet-3-BN teacher bench/teachers/cifar10_jpeg75_convnet3bn_e30
 (83.89 %); the committee methods (CV-DD, FADRM+) take it and the 8-epoch ConvNet-3-BN of the same recipe as their
-two voters, and so do G-VBSM and EDC (their teachers take turns). The recover budget is the one SRe2L / CDA / DWA had in the hard-truths study beside them (500 Adam steps
-per batch, bench/results/synthesis_official_cifar10_cpu/after_ipc10): `--iterations 500` on the CPU preset (CV-DD,
-WMDD, SRe2L++), 480 in DELT's eight rounds (60 each, as the official 4000 / 500), 4 stages × 125 for FADRM/FADRM+
-(their CIFAR preset is 4 × 500), 500 for G-VBSM (recover.sh: 4000) and EDC's own CIFAR-10 budget of 75 (recover.sh
---iteration 75, below the study's 500, so EDC keeps it). Students: ConvNet-3, 3 seeds, the fast student path (`--cpu-amp --compile`, the
-study's), one thread each. Steps run in the order of `commands` (SL+KD of every set first, each set distilled
-just before it), each skipped when its output exists; the JSON holds what finished. Random, RDED, SRe2L and LIC
-under the same hard-truths protocol are the study's cells (same teacher, student, seeds, epochs and student path),
-read by the docs renderer.
+two voters, and so do G-VBSM and EDC (their teachers take turns). The recover budget is the one SRe2L / CDA / DWA
+had in the hard-truths study beside them (500 Adam steps per batch,
+bench/results/synthesis_official_cifar10_cpu/after_ipc10): `--iterations 500` on the CPU preset (CV-DD, WMDD,
+SRe2L++, G-VBSM; G-VBSM's recover.sh: 4000), 480 in DELT's eight rounds (60 each, as the official 4000 / 500),
+4 stages × 125 for FADRM/FADRM+ (their CIFAR preset is 4 × 500), and EDC's own CIFAR-10 budget of 75 (recover.sh
+--iteration 75, below the study's 500, so EDC keeps it). Students: ConvNet-3-BN (the teacher's architecture, the
+evaluator's default), 3 seeds, the fast student path (`--cpu-amp --compile`, the study's), one thread each.
+Steps run in the order of `commands` (SL+KD of every set first, each set distilled just before it), each skipped
+when its output exists; the JSON holds what finished.
+Random, RDED, SRe2L and LIC under the same hard-truths protocol are the study's cells (same teacher, student,
+seeds, epochs and student path), read by the docs renderer.
 """
 from __future__ import annotations
 

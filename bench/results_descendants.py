@@ -90,8 +90,9 @@ def descendants_section(src: Any) -> List[str]:
     lines += [f"`{DESC}` (`bench/descendants.py`; commands, code revision {d.get('code_revision', '?')} and machine "
               "there): CIFAR-10 (JPEG q75), IPC 10, every set recovered through the committed ConvNet-3-BN teacher "
               "(83.89 %; CV-DD and FADRM+ take it and its 8-epoch checkpoint as their two voters, equal weights: no "
-              "prior accuracies exist for these teachers), at SRe2L's study budget (500 Adam steps per batch; "
-              "FADRM 4 stages × 125; DELT 8 rounds of 60). ConvNet-3 students, 3 seeds, last-epoch test accuracy % "
+              "prior accuracies exist for these teachers; G-VBSM and EDC take the same two in turn), at SRe2L's "
+              "study budget (500 Adam steps per batch; FADRM 4 stages × 125; DELT 8 rounds of 60; EDC its own "
+              "CIFAR-10 75). ConvNet-3-BN students (the teacher's architecture), 3 seeds, last-epoch test accuracy % "
               "(mean ± std), the fast student path; the gap to random in parentheses (hard-truths: the study's "
               "random cell of the same regime; native: random trained under the same native recipe). The last "
               "column is the published ImageNet-1K ResNet-18 IPC 10 accuracy — another dataset, an anchor only.", ""]

@@ -133,8 +133,11 @@ def dm(dataset: ImageDataset, teacher: Any, cfg: DMConfig, classes: Sequence[int
         check_real_init(dataset, classes, cfg.ipc)
     space, ws = working_space(dataset, "dc", cfg.norm, device)
     pool = RealPool(dataset, space, device)
-    has_bn = has_batchnorm(create_model(cfg.model, num_classes=dataset.num_classes, image_size=dataset.image_size,
-                                        channels=dataset.channels))  # not fresh_net: one draw per iteration there
+    # a throw-away network (not fresh_net: bench/matching_speed.py times one fresh_net call per iteration), drawn
+    # without touching the caller's RNG
+    with torch.random.fork_rng(devices=[]):
+        has_bn = has_batchnorm(create_model(cfg.model, num_classes=dataset.num_classes,
+                                            image_size=dataset.image_size, channels=dataset.channels))
     path = choose(cfg.exact, cfg.compile, cfg.cpu_amp, device, (s["iterations"] + 1) * s["batch_real"] * len(classes),
                   has_bn)
     embed_real = RealEmbedder(path)
