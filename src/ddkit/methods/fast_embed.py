@@ -34,9 +34,10 @@ from ddkit.utils import bf16_unit, compiled, compiler
 #: environment variable that makes the automatic choice the exact path (the evaluator's too; tests set it)
 EXACT_ENV = "DDKIT_EXACT"
 #: compile only when this process embeds at least this many real images. The cold compile of the ConvNet-3
-#: embedding cost 10-18 s on the 2-core Xeon and saves 0.8-1.1 ms of CPU per 32-px image (a 256-image batch: 0.51
-#: -> 0.32 s), so it pays after ~20,000 images; 100,000 leaves a 5x margin. DM's paper setting (20,001 iterations
-#: x 256 images per class) compiles; its CPU preset (101 x 32) and the tests do not.
+#: embedding cost 10-18 s on the 2-core Xeon, and a compiled DM iteration (2,560 real images) took 2.95 CPU s against
+#: 3.75 eager (bench/results/matching_speed_dm_compile_cpu.json): ~0.3 ms saved per 32-px image, so it pays after
+#: ~35,000-60,000 images; 100,000 leaves about a 2x margin. DM's paper setting (20,001 iterations x 256 images per
+#: class) compiles; its CPU preset (101 x 32) and the tests do not.
 COMPILE_MIN_IMAGES = 100_000
 
 
@@ -108,8 +109,7 @@ class RealEmbedder:
             # used (were they the first call's tensors, dynamo would guard on that identity and compile twice)
             self._template = _Embedding(copy.deepcopy(net))
             template = self._template
-            self._fn = compiled(lambda state, x: torch.func.functional_call(template, state, (x,)),
-                                     dynamic=False)
+            self._fn = compiled(lambda state, x: torch.func.functional_call(template, state, (x,)), dynamic=False)
         return self._fn
 
     def __call__(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
