@@ -162,6 +162,81 @@ def verdict(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:
     return {"delta": round(delta, 2), "tolerance": round(tol, 2), "pass": bool(abs(delta) <= tol)}
 
 
+def judge_file(w: Path, judge: str, side: str, seed: int) -> Path:
+    """Where one judge run of a pair (the layout dc_family.py and mtt_pair.py share) leaves its result: ddkit's
+    `evaluate` summary under <w>/eval_ddkit_<side>/seed<k>/, the official judge's JSON <w>/eval_official_<side>/."""
+    if judge == "ddkit":
+        return w / f"eval_ddkit_{side}" / f"seed{seed}" / "summary.json"
+    return w / f"eval_official_{side}" / f"seed{seed}.json"
+
+
+def seed_accs(summary: Dict[str, Any]) -> List[float]:
+    """Per-seed last-epoch test accuracies (points) of the judged set from an evaluate summary.json."""
+    for r in summary.get("results", []):
+        if r.get("set") == "distilled":
+            return [100 * float(x) for x in r["accs"]]
+    raise SystemExit(f"no 'distilled' result in summary.json (keys {sorted(summary)})")
+
+
+def judge_accs(w: Path, judge: str, side: str, seeds: int) -> List[float]:
+    """Finished per-seed accuracies (points) of one judge on one set, in seed order (unfinished seeds left out)."""
+    accs: List[float] = []
+    for seed in range(seeds):
+        r = read_json(judge_file(w, judge, side, seed))
+        if r:
+            accs += seed_accs(r) if judge == "ddkit" else [r["acc"]]
+    return accs
+
+
+def fold_judges(w: Path, seeds: int) -> Dict[str, Dict[str, Any]]:
+    """Both judges on both sets: mean ± std per finished cell, and the pass rule where a judge has both sets."""
+    judges: Dict[str, Dict[str, Any]] = {}
+    for judge in ("official", "ddkit"):
+        for side in ("official", "ddkit"):
+            accs = judge_accs(w, judge, side, seeds)
+            if accs:
+                judges.setdefault(judge, {})[side] = mean_std(accs)
+    for j in judges.values():
+        if "official" in j and "ddkit" in j:
+            j["verdict"] = verdict(j["ddkit"], j["official"])
+    return judges
+
+
+def save_row(method: str, official: Dict[str, str], edits: str, judges: Dict[str, str], key: str,
+             row: Dict[str, Any]) -> Path:
+    """Put one row (key ipc<k>[-variant]) into bench/results/parity_<method>.json, keeping the file's other rows;
+    the method's edits to the official code and its judges' descriptions are rewritten with it."""
+    path = RESULTS / f"parity_{method}.json"
+    doc = read_json(path) or {"method": method, "official": dict(official), "rows": {}}
+    doc["official"]["edits"] = edits
+    doc["judges"] = judges
+    doc["rows"][key] = row
+    write_json(path, doc)
+    print(f"wrote {path}")
+    return path
+
+
+def written() -> Dict[str, str]:
+    """The revision and time a row is written at (its last two keys)."""
+    return {"ddkit_revision": revision(), "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def run_pool(base: List[str], tasks: List[List[str]], workers: int) -> None:
+    """Run `base + task` for every task as subprocesses, at most `workers` at a time; exit naming the failures."""
+    running: List[subprocess.Popen] = []
+    failed = []
+    for t in tasks:
+        while len(running) >= max(1, workers):
+            time.sleep(5)
+            for p in [p for p in running if p.poll() is not None]:
+                running.remove(p)
+                failed += [p.args] if p.returncode else []
+        running.append(subprocess.Popen(base + t))
+    failed += [p.args for p in running if p.wait()]
+    if failed:
+        raise SystemExit(f"failed: {failed}")
+
+
 def read_json(path: Path) -> Dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (CACHE, DATA, RESULTS, ROOT, StampedTee, lscpu, mean_std, official_repo,  # noqa: E402
-                    per_iteration_seconds, read_json, revision, siamese_copy, verdict, write_json)
+from common import (CACHE, DATA, ROOT, StampedTee, fold_judges, judge_file, lscpu, official_repo,  # noqa: E402
+                    per_iteration_seconds, read_json, run_pool as pool, save_row, siamese_copy, write_json, written)
 
 REPO, COMMIT = "VICO-UoE/DatasetCondensation", "53f63a672eab9ade02aabe6432706ef56f317d64"
 PEER = "DatasetCondensation"
@@ -177,21 +177,6 @@ def judge_official(a: argparse.Namespace, side: str, seed: int) -> None:
                      "epochs": args.epoch_eval_train, "seconds": round(time.monotonic() - t0, 1)})
 
 
-def judge_accs(a: argparse.Namespace, judge: str, side: str) -> List[float]:
-    """Finished per-seed accuracies (points) of one judge on one set, in seed order."""
-    accs = []
-    for seed in range(a.seeds):
-        if judge == "ddkit":
-            summ = workdir(a) / f"eval_ddkit_{side}" / f"seed{seed}" / "summary.json"
-            if summ.is_file():
-                accs += seed_accs(json.loads(summ.read_text()))
-        else:
-            r = read_json(workdir(a) / f"eval_official_{side}" / f"seed{seed}.json")
-            if r:
-                accs.append(r["acc"])
-    return accs
-
-
 def row(a: argparse.Namespace) -> Dict[str, Any]:
     """Fold the finished steps of this pair into bench/results/parity_<method>.json (key ipc<k>)."""
     w = workdir(a)
@@ -199,16 +184,7 @@ def row(a: argparse.Namespace) -> Dict[str, Any]:
                                       "seeds": a.seeds, "eval_epochs": a.eval_epochs or
                                       METHODS[a.method]["native"]["epochs"]},
                          "official_argv": official_argv(a)}
-    judges: Dict[str, Dict[str, Any]] = {}
-    for judge in ("official", "ddkit"):
-        for side in ("official", "ddkit"):
-            accs = judge_accs(a, judge, side)
-            if accs:
-                judges.setdefault(judge, {})[side] = mean_std(accs)
-    for j in judges.values():
-        if "official" in j and "ddkit" in j:
-            j["verdict"] = verdict(j["ddkit"], j["official"])
-    r["judges"] = judges
+    r["judges"] = fold_judges(w, a.seeds)
     t_off, t_dd = read_json(w / "official" / "timing.json") or running_official(a), \
         read_json(w / "ddkit_timing.json") or running_ddkit(a)
     r["speed"] = speed(t_off, t_dd, a.iterations)
@@ -240,14 +216,6 @@ def running_ddkit(a: argparse.Namespace) -> Dict[str, Any]:
         return {}
     return {"argv": ddkit_argv(a), "class_seconds": secs, "speed_classes": list(range(len(secs))),
             "partial": f"ddkit distillation still running; {len(secs)} of 10 classes finished and timed"}
-
-
-def seed_accs(summary: Dict[str, Any]) -> List[float]:
-    """Per-seed last-epoch test accuracies (points) of the judged set from an evaluate summary.json."""
-    for r in summary.get("results", []):
-        if r.get("set") == "distilled":
-            return [100 * float(x) for x in r["accs"]]
-    raise SystemExit(f"no 'distilled' result in summary.json (keys {sorted(summary)})")
 
 
 def speed(t_off: Dict[str, Any], t_dd: Dict[str, Any], iterations: int) -> Dict[str, Any]:
@@ -300,43 +268,21 @@ def run_pool(a: argparse.Namespace, tasks: List[List[str]], workers: int) -> Non
             "--batch-real", str(a.batch_real), "--seeds", str(a.seeds), "--runs", a.runs,
             "--shards", str(a.shards)] + (["--eval-epochs", str(a.eval_epochs)] if a.eval_epochs else []) + \
         (["--speed-classes", ",".join(map(str, a.speed_classes))] if a.speed_classes else [])
-    running: List[subprocess.Popen] = []
-    failed = []
-    for t in tasks:
-        while len(running) >= max(1, workers):
-            time.sleep(5)
-            for p in [p for p in running if p.poll() is not None]:
-                running.remove(p)
-                failed += [p.args] if p.returncode else []
-        running.append(subprocess.Popen(base + t))
-    for p in running:
-        if p.wait():
-            failed.append(p.args)
-    if failed:
-        raise SystemExit(f"failed: {failed}")
+    pool(base, tasks, workers)
 
 
 def judge_done(a: argparse.Namespace, judge: str, side: str, seed: int) -> bool:
-    if judge == "ddkit":
-        return (workdir(a) / f"eval_ddkit_{side}" / f"seed{seed}" / "summary.json").is_file()
-    return (workdir(a) / f"eval_official_{side}" / f"seed{seed}.json").is_file()
+    return judge_file(workdir(a), judge, side, seed).is_file()
 
 
 def write_row(a: argparse.Namespace) -> None:
-    path = RESULTS / f"parity_{a.method}.json"
-    doc = read_json(path) or {"method": a.method, "official": {"repo": REPO, "commit": COMMIT}, "rows": {}}
-    doc["official"]["edits"] = EDITS
-    doc["judges"] = JUDGES[a.method]
     r = row(a)
     r["command"] = " ".join(["python", "bench/parity/dc_family.py", "pair", "--method", a.method, "--ipc",
                              str(a.ipc), "--iterations", str(a.iterations), "--batch-real", str(a.batch_real),
                              "--seeds", str(a.seeds)] + (["--eval-epochs", str(a.eval_epochs)]
                                                          if a.eval_epochs else []) + ["--workers", str(a.workers)])
-    r["ddkit_revision"] = revision()
-    r["written"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    doc["rows"][f"ipc{a.ipc}"] = r
-    write_json(path, doc)
-    print(f"wrote {path}")
+    r.update(written())
+    save_row(a.method, {"repo": REPO, "commit": COMMIT}, EDITS, JUDGES[a.method], f"ipc{a.ipc}", r)
 
 
 EDITS = ("None to the official files. The driver imports the official main.py / main_DM.py / utils.py from "

@@ -8,6 +8,7 @@ get_dataset is handed the experts' 1000 images as its train split, so its kornia
 buffer's was). Steps, each skipped when its output exists (bench/parity/README.md says them in full):
 experts, convert, official-distill then ddkit-distill (one thread each), to-ddkit, the judge runs (ddkit
 `evaluate --protocol native`; the official utils.evaluate_synset), row (bench/results/parity_mtt.json).
+Settings, argvs, the data hand-over and the row: mtt_setup.py.
 Nothing of the official code is here: it runs from /work/peers/mtt-distillation, changed only from outside (EDITS).
 """
 from __future__ import annotations
@@ -25,30 +26,11 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (CACHE, DATA, PEERS, RESULTS, ROOT, HandedCIFAR10, StampedTee, load_split, lscpu,  # noqa: E402
-                    mean_std, official_repo, read_json, revision, verdict, write_json)
-
-REPO, COMMIT = "GeorgeCazenavette/mtt-distillation", "50dccea47ba48b9cfb3b9c59375d7da92e4e603b"
-PEER = "mtt-distillation"
-PYDEPS = PEERS / "pydeps"  # kornia 0.9.0 + kornia-rs (pip install --target), the official code's one extra need
-STRATEGY = "color_crop_cutout_flip_scale_rotate"
-#: MTT's CIFAR-10 rows (ddkit's MTT_ROWS, the paper appendix table; the README's table is an image)
-ROWS = {10: {"syn_steps": 30, "expert_epochs": 2, "max_start_epoch": 20, "lr_img": 1e5, "lr_lr": 1e-5, "lr_teacher": 0.01},
-        1: {"syn_steps": 50, "expert_epochs": 2, "max_start_epoch": 2, "lr_img": 1000.0, "lr_lr": 1e-7, "lr_teacher": 0.01}}
-ROW: Dict[str, Any] = dict(ROWS[10])  # the row of this run (main sets it from --ipc)
-PY = sys.executable
-sys.path.append(str(PYDEPS))
-
-
-def workdir(a: argparse.Namespace) -> Path:
-    return Path(a.runs) / f"mtt_ipc{a.ipc}_it{a.iterations}" if not a.batch_syn else \
-        Path(a.runs) / f"mtt_ipc{a.ipc}_it{a.iterations}_bs{a.batch_syn}"
-
-
-def experts_argv(a: argparse.Namespace) -> List[str]:
-    return ["ddkit", "experts", "train", "--dataset", DATA, "--cache-dir", CACHE, "--device", "cpu", "--no-progress",
-            "--output", a.buffer, "--preset", "cpu", "--zca", "--epochs", str(a.expert_epochs_trained),
-            "--num-experts", str(a.experts), "--batch-size", str(a.expert_batch)]
+from common import (CACHE, DATA, ROOT, StampedTee, judge_file, load_split, lscpu, official_repo,  # noqa: E402
+                    read_json, run_pool, write_json)
+from mtt_setup import (COMMIT, PEER, PY, REPO, ROWS, STRATEGY, SubsetCIFAR10, configure,  # noqa: E402
+                       ddkit_argv, expert_subset, experts_argv, official_argv, official_buffer, opts, peak_mb,
+                       per_it, workdir, write_row)
 
 
 def experts(a: argparse.Namespace) -> None:
@@ -57,31 +39,6 @@ def experts(a: argparse.Namespace) -> None:
     procs = [subprocess.Popen([PY, "-m"] + experts_argv(a) + ["--shard", f"{i}/2"], env=env) for i in range(2)]
     if any(p.wait() for p in procs):
         raise SystemExit("expert training failed")
-
-
-def expert_subset():
-    """The experts' training split (ddkit's class-balanced 100-per-class draw) and its ZCA from the buffer."""
-    from ddkit.teachers.expert_buffer import read_zca
-    from ddkit.teachers.experts import _subset
-
-    header = json.loads((Path(ARGS.buffer) / "buffer.json").read_text())
-    cfg = header["config"]
-    return _subset(load_split("train"), cfg["subset_per_class"], cfg["seed"]), read_zca(Path(ARGS.buffer) / "zca.safetensors")
-
-
-class SubsetCIFAR10(HandedCIFAR10):
-    """common.HandedCIFAR10 whose train split is the experts' subset (so the official ZCA is fitted on it)."""
-
-    def __init__(self, root: Any = None, train: bool = True, **kw: Any) -> None:
-        super().__init__(root, train, **kw)
-        if train:
-            sub, _ = expert_subset()
-            self.data = sub.images.permute(0, 2, 3, 1).contiguous().numpy()
-            self.targets = [int(v) for v in sub.labels.tolist()]
-
-
-def official_buffer(a: argparse.Namespace) -> Path:
-    return Path(a.runs) / f"mtt_official_{Path(a.buffer).name}"  # one per ddkit buffer, for every iteration count
 
 
 def convert(a: argparse.Namespace) -> None:
@@ -116,15 +73,6 @@ def convert(a: argparse.Namespace) -> None:
     torch.save(trajs, out / "replay_buffer_0.pt")
     write_json(official_buffer(a) / "convert.json", {"from": a.buffer, "experts": buf.num_experts, "snapshots": len(trajs[0]),
                                              "max_logit_difference": diff, "file": str(out / "replay_buffer_0.pt")})
-
-
-def official_argv(a: argparse.Namespace) -> List[str]:
-    return ["distill.py", "--dataset", "CIFAR10", "--model", "ConvNet", "--ipc", str(a.ipc),
-            "--syn_steps", str(ROW["syn_steps"]), "--expert_epochs", str(ROW["expert_epochs"]),
-            "--max_start_epoch", str(ROW["max_start_epoch"]), "--zca", "--lr_img", str(ROW["lr_img"]),
-            "--lr_lr", str(ROW["lr_lr"]), "--lr_teacher", str(ROW["lr_teacher"]), "--Iteration", str(a.iterations),
-            *(["--batch_syn", str(a.batch_syn)] if a.batch_syn else []),
-            "--num_eval", "0", "--buffer_path", str(official_buffer(a)), "--data_path", "data"]
 
 
 def wandb_stub(record: Dict[str, Any]) -> types.ModuleType:
@@ -180,27 +128,6 @@ def official_distill(a: argparse.Namespace) -> None:
     write_json(out / "timing.json", {"argv": official_argv(a), "stamps": st, **record, **per_it(st),
                                      "final_syn_lr": final["syn_lr"], "peak_rss_mb": peak_mb(),
                                      "machine": lscpu()})
-
-
-def peak_mb() -> int:
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-
-
-def per_it(stamps: List[List[float]]) -> Dict[str, Any]:
-    """Seconds/iteration from [iteration, time] stamps, iteration 0 (set-up, the official it-0 save) left out."""
-    (i0, t0), (i1, t1) = stamps[1], stamps[-1]
-    return {"s_per_iteration": round((t1 - t0) / (i1 - i0), 3), "timed_iterations": [int(i0), int(i1)]}
-
-
-def ddkit_argv(a: argparse.Namespace) -> List[str]:
-    return ["distill", "--dataset", DATA, "--cache-dir", CACHE, "--device", "cpu", "--no-progress", "--method", "mtt",
-            "--buffer", a.buffer, "--ipc", str(a.ipc), "--iterations", str(a.iterations), "--seed", "0",
-            "--syn-steps", str(ROW["syn_steps"]), "--expert-epochs", str(ROW["expert_epochs"]),
-            "--max-start-epoch", str(ROW["max_start_epoch"]), "--zca", "true", "--lr-img", str(ROW["lr_img"]),
-            "--lr-lr", str(ROW["lr_lr"]), "--lr-teacher", str(ROW["lr_teacher"]), "--batch-syn", str(a.batch_syn),
-            "--output", str(workdir(a) / "ddkit_set"), "--overwrite"]
 
 
 def ddkit_distill(a: argparse.Namespace) -> None:
@@ -299,123 +226,6 @@ def judge_official(a: argparse.Namespace, side: str, seed: int) -> None:
                      "kornia_vs_ddkit_zca_max_abs": zca_diff, "seconds": round(time.monotonic() - t0, 1)})
 
 
-def accs(a: argparse.Namespace, judge: str, side: str) -> List[float]:
-    got = []
-    for s in range(a.seeds):
-        if judge == "ddkit":
-            p = workdir(a) / f"eval_ddkit_{side}" / f"seed{s}" / "summary.json"
-            if p.is_file():
-                got += [100 * float(x) for r in json.loads(p.read_text())["results"] if r.get("set") == "distilled"
-                        for x in r["accs"]]
-        elif (workdir(a) / f"eval_official_{side}" / f"seed{s}.json").is_file():
-            got.append(read_json(workdir(a) / f"eval_official_{side}" / f"seed{s}.json")["acc"])
-    return got
-
-
-def same_lr(w: Path) -> Dict[str, Any]:
-    """ddkit-judge runs (seed 0) of each set at the OTHER set's learned lr (diag_<side>_lr<lr>/, made by hand with
-    `ddkit evaluate ... --lr`, README): how much of the gap between the sets the learned lr explains."""
-    out = {}
-    for d in sorted(w.glob("diag_*_lr*")):
-        summ = d / "summary.json"
-        if summ.is_file():
-            r = [x for x in json.loads(summ.read_text())["results"] if x.get("set") == "distilled"][0]
-            out[d.name] = {"set": d.name.split("_")[1], "lr": float(d.name.split("_lr")[1]),
-                           "acc_seed0": round(100 * float(r["accs"][0]), 2)}
-    return out
-
-
-def init_check(w: Path) -> Dict[str, Any]:
-    """ddkit-judge runs (seed 0, the official set's learned lr) of each side's starting images (init-sets; init_<side>/,
-    made by hand, README): what the two starting draws alone give."""
-    out = {}
-    for side in ("official", "ddkit"):
-        summ = w / f"init_{side}" / "summary.json"
-        if summ.is_file():
-            r = [x for x in json.loads(summ.read_text())["results"] if x.get("set") == "distilled"][0]
-            out[side] = {"acc_seed0": round(100 * float(r["accs"][0]), 2), "lr": r["protocol"]["lr"]}
-    return out
-
-
-def write_row(a: argparse.Namespace) -> None:
-    w = workdir(a)
-    judges: Dict[str, Dict[str, Any]] = {}
-    for judge in ("official", "ddkit"):
-        for side in ("official", "ddkit"):
-            got = accs(a, judge, side)
-            if got:
-                judges.setdefault(judge, {})[side] = mean_std(got)
-        if len(judges.get(judge, {})) == 2:
-            judges[judge]["verdict"] = verdict(judges[judge]["ddkit"], judges[judge]["official"])
-    t_off, t_dd = read_json(w / "official" / "timing.json"), read_json(w / "ddkit_timing.json")
-    s_off, s_dd = t_off.get("s_per_iteration"), t_dd.get("s_per_iteration")
-    ev = read_json(w / "eval_official_ddkit" / "seed0.json") or read_json(w / "eval_official_official" / "seed0.json")
-    row = {"settings": {"ipc": a.ipc, "iterations": a.iterations, **ROW, "batch_syn": a.batch_syn or "all", "zca": True,
-                        "dsa": STRATEGY, "experts": a.experts, "expert_epochs_trained": a.expert_epochs_trained,
-                        "expert_images_per_class": 100, "expert_batch": a.expert_batch, "seeds": a.seeds, "eval_epochs": a.eval_epochs,
-                        "text": f"IPC {a.ipc}, {a.iterations} it (+1: inclusive range), N {ROW['syn_steps']}, M "
-                                f"{ROW['expert_epochs']}, T+ {ROW['max_start_epoch']}, batch_syn {a.batch_syn or 'all'}, ZCA, "
-                                f"lr_img {ROW['lr_img']:g}, "
-                                f"{a.experts} shared experts x {a.expert_epochs_trained} ep on 100 img/class (batch "
-                                f"{a.expert_batch}), "
-                                f"judges {a.eval_epochs} ep, {a.seeds} seeds"},
-           "command": " ".join(["python", "bench/parity/mtt_pair.py", "all"] + opts(a)),
-           "official_argv": official_argv(a), "ddkit_command": " ".join(["ddkit"] + ddkit_argv(a)),
-           "experts_command": " ".join(experts_argv(a)), "buffer_conversion": read_json(official_buffer(a) / "convert.json"),
-           "learned_syn_lr": {"official": t_off.get("final_syn_lr"), "ddkit": t_dd.get("syn_lr")},
-           "loss_per_iteration": {"official": t_off.get("Grand_Loss"), "ddkit": [v for _, v in read_json(
-               w / "ddkit_set" / "meta.json").get("loss_curve", [])]},
-           "peak_memory_mb": {"official": t_off.get("peak_rss_mb"), "ddkit": t_dd.get("peak_rss_mb")},
-           "official_syn_lr_per_iteration": t_off.get("Synthetic_LR"),
-           "kornia_vs_ddkit_zca_max_abs": ev.get("kornia_vs_ddkit_zca_max_abs"),
-           "judges": judges, "same_lr_check": same_lr(w), "init_check": init_check(w),
-           "speed": {"official_s_per_iteration": s_off, "ddkit_s_per_iteration": s_dd,
-                     "ddkit_over_official": round(s_dd / s_off, 3) if s_off and s_dd else None,
-                     "official_loadavg_at_end": (t_off.get("machine") or {}).get("loadavg"),
-                     "ddkit_loadavg_at_end": (t_dd.get("machine") or {}).get("loadavg"),
-                     "how": ("both distillations at the same time, one thread each" if a.together else
-                             "the two distillations one after the other, one thread each (~10 GB each at batch_syn "
-                             "50: two did not fit the 23 GB machine beside the other jobs)") + "; seconds between the time stamps of iteration 1 and the end, per iteration "
-                            "(official: its wandb.log('Progress') calls; ddkit: LossLog.step)",
-                     "timed_iterations": t_off.get("timed_iterations")},
-           "machine": t_off.get("machine") or lscpu(), "ddkit_revision": revision(),
-           "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    path = RESULTS / "parity_mtt.json"
-    doc = read_json(path) or {"method": "mtt", "official": {"repo": REPO, "commit": COMMIT}, "rows": {}}
-    doc["official"]["edits"] = EDITS
-    doc["judges"] = JUDGES
-    doc["rows"][f"ipc{a.ipc}"] = row
-    write_json(path, doc)
-    print(f"wrote {path}")
-
-
-EDITS = ("None to the official files. The driver runs distill.py as __main__ (runpy) with its own argparse and "
-         "changes from outside: (1) `wandb` is a stub module (distill.py imports it and rebuilds its args from "
-         "wandb.config): init keeps the args, log records the per-iteration time stamps, Grand_Loss and "
-         "Synthetic_LR, finish reads the final image_syn and syn_lr from distill.main's frame (the official code "
-         "saves its set only at evaluation iterations; with --num_eval 0 its in-loop evaluation is skipped and the "
-         "judges below evaluate the final set); (2) torch.Tensor.cuda is the identity during the run (its "
-         "iteration-0 save calls image_syn.cuda() unconditionally); (3) torchvision.datasets.CIFAR10 serves ddkit's "
-         "uint8 decode of CIFAR-10 (JPEG q75) with its train split cut to the experts' 100-per-class subset, so its "
-         "kornia ZCAWhitening(eps=0.1) is fitted on the images the shared expert buffer was trained and whitened "
-         "with, and its real-image init draws from those 1000 images (ddkit's from the whole split); (4) kornia "
-         "0.9.0 (pip --target /work/peers/pydeps) is on the path; (5) Python's random, numpy and torch are seeded "
-         "with 0 before the run (it seeds none; its get_network reseeds torch from the clock every iteration). "
-         "Expert buffer: ddkit's, converted to replay_buffer_0.pt (same parameter order; logits checked equal).")
-JUDGES = {"ddkit": "ddkit evaluate --protocol native (both sets declare 'mtt': recipe dc (DSA), HL, the set's "
-                   "learned lr, inputs and test split whitened with the set's ZCA; --epochs as the row says)",
-          "official": f"utils.evaluate_synset of {REPO}@{COMMIT[:7]} as distill.py calls it: lr_net = the set's "
-                      "learned syn_lr, SGD momentum 0.9 wd 5e-4, x0.1 at epoch E//2+1, batch 256, per-sample DSA, "
-                      "test split whitened by its get_dataset (kornia ZCA fitted on the experts' subset); network "
-                      "init from the clock (its get_network), shuffling/DSA seeded by the driver"}
-
-
-def done(a: argparse.Namespace, judge: str, side: str, seed: int) -> bool:
-    if judge == "ddkit":
-        return (workdir(a) / f"eval_ddkit_{side}" / f"seed{seed}" / "summary.json").is_file()
-    return (workdir(a) / f"eval_official_{side}" / f"seed{seed}.json").is_file()
-
-
 def run_all(a: argparse.Namespace) -> None:
     """Every step not done yet; the distillations side by side, the judge runs two at a time."""
     w = workdir(a)
@@ -428,42 +238,15 @@ def run_all(a: argparse.Namespace) -> None:
     todo = [t for t, f in (("official-distill", w / "official" / "timing.json"),
                            ("ddkit-distill", w / "ddkit_timing.json")) if not f.is_file()]
     # one after the other unless --together: an IPC-10 unroll holds ~10 GB on either side (batch_syn 50)
-    pool(base, [[t] for t in todo], 2 if a.together else 1)
+    run_pool(base, [[t] for t in todo], 2 if a.together else 1)
     if not (w / "official_set" / "meta.json").is_file():
         subprocess.run(base + ["to-ddkit"], check=True)
-    pool(base, [[f"judge-{j}", side, "--seed", str(s)] for s in range(a.seeds) for j in ("ddkit", "official")
-                for side in ("official", "ddkit") if not done(a, j, side, s)], a.workers)
+    run_pool(base, [[f"judge-{j}", side, "--seed", str(s)] for s in range(a.seeds) for j in ("ddkit", "official")
+                    for side in ("official", "ddkit") if not judge_file(w, j, side, s).is_file()], a.workers)
     write_row(a)
 
 
-def opts(a: argparse.Namespace) -> List[str]:
-    """The options of a pair, as the steps and the recorded command pass them."""
-    return [f"--{k.replace('_', '-')}={getattr(a, k)}" for k in ("ipc", "iterations", "seeds", "eval_epochs", "experts",
-                                                                 "expert_epochs_trained", "expert_batch",
-                                                                 "max_start_epoch", "batch_syn", "buffer", "runs")] + \
-        (["--together"] if a.together else [])
-
-
-def pool(base: List[str], tasks: List[List[str]], workers: int) -> None:
-    running: List[subprocess.Popen] = []
-    failed = []
-    for t in tasks:
-        while len(running) >= workers:
-            time.sleep(5)
-            for p in [p for p in running if p.poll() is not None]:
-                running.remove(p)
-                failed += [p.args] if p.returncode else []
-        running.append(subprocess.Popen(base + t))
-    failed += [p.args for p in running if p.wait()]
-    if failed:
-        raise SystemExit(f"failed: {failed}")
-
-
-ARGS = argparse.Namespace(buffer="/work/runs/parity/mtt_buffer")
-
-
 def main(argv: List[str] | None = None) -> None:
-    global ARGS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("step", choices=("all", "experts", "convert", "official-distill", "ddkit-distill", "to-ddkit",
                                      "judge-ddkit", "judge-official", "init-sets", "row"))
@@ -483,10 +266,8 @@ def main(argv: List[str] | None = None) -> None:
     ap.add_argument("--buffer", default="/work/runs/parity/mtt_buffer")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--runs", default="/work/runs/parity")
-    a = ARGS = ap.parse_args(argv)
-    ROW.update(ROWS[a.ipc])
-    if a.max_start_epoch:
-        ROW["max_start_epoch"] = a.max_start_epoch
+    a = ap.parse_args(argv)
+    configure(a)
     steps = {"all": run_all, "experts": experts, "convert": convert, "official-distill": official_distill,
              "ddkit-distill": ddkit_distill, "to-ddkit": to_ddkit, "init-sets": init_sets, "row": write_row}
     if a.step in steps:
