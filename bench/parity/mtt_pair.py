@@ -149,7 +149,15 @@ def ddkit_distill(a: argparse.Namespace) -> None:
     write_json(workdir(a) / "ddkit_timing.json", {"argv": ["ddkit"] + ddkit_argv(a), "stamps": stamps, **per_it(stamps),
                                                   "wall_s": round(time.monotonic() - t0, 1),
                                                   "syn_lr": meta.get("learned_lr"), "peak_rss_mb": peak_mb(),
-                                                  "machine": lscpu()})
+                                                  "allocator": allocator(), "machine": lscpu()})
+
+
+def allocator() -> Dict[str, Any]:
+    """ddkit's allocator setting in this process (ddkit.allocator: on unless DDKIT_KEEP_FREED_MEMORY=0), since it
+    moves the peak memory of an MTT unroll (bench/results/mtt_allocator_memory_cpu.json)."""
+    from ddkit import allocator as alloc
+
+    return {"DDKIT_KEEP_FREED_MEMORY": os.environ.get("DDKIT_KEEP_FREED_MEMORY"), "keep_freed_memory": alloc.active()}
 
 
 def to_ddkit(a: argparse.Namespace) -> None:
@@ -262,6 +270,8 @@ def main(argv: List[str] | None = None) -> None:
     ap.add_argument("--max-start-epoch", type=int, default=10, help="both sides (0: the row's, IPC 10: 20, IPC 1: 2)")
     ap.add_argument("--batch-syn", type=int, default=50, help="synthetic images per student step, both sides (0: all, "
                                                               "the row's)")
+    ap.add_argument("--lr-img", type=float, default=0, help="both sides' lr_img instead of the row's (0: the row's); "
+                                                             "the row is then written as ipc<k>-lrimg<v>")
     ap.add_argument("--together", action="store_true", help="both distillations at the same time")
     ap.add_argument("--buffer", default="/work/runs/parity/mtt_buffer")
     ap.add_argument("--workers", type=int, default=2)

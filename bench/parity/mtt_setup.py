@@ -42,11 +42,18 @@ def configure(a: argparse.Namespace) -> None:
     ROW.update(ROWS[a.ipc])
     if a.max_start_epoch:
         ROW["max_start_epoch"] = a.max_start_epoch
+    if getattr(a, "lr_img", 0):
+        ROW["lr_img"] = a.lr_img
+
+
+def variant(a: argparse.Namespace) -> str:
+    """'' for the row's own settings; '-lrimg<v>' when --lr-img replaces its lr_img (a second row, same IPC)."""
+    return f"-lrimg{a.lr_img:g}" if getattr(a, "lr_img", 0) else ""
 
 
 def workdir(a: argparse.Namespace) -> Path:
-    return Path(a.runs) / f"mtt_ipc{a.ipc}_it{a.iterations}" if not a.batch_syn else \
-        Path(a.runs) / f"mtt_ipc{a.ipc}_it{a.iterations}_bs{a.batch_syn}"
+    name = f"mtt_ipc{a.ipc}_it{a.iterations}" + (f"_bs{a.batch_syn}" if a.batch_syn else "")
+    return Path(a.runs) / (name + variant(a).replace("-", "_"))
 
 
 def experts_argv(a: argparse.Namespace) -> List[str]:
@@ -82,7 +89,7 @@ def opts(a: argparse.Namespace) -> List[str]:
     return [f"--{k.replace('_', '-')}={getattr(a, k)}" for k in ("ipc", "iterations", "seeds", "eval_epochs", "experts",
                                                                  "expert_epochs_trained", "expert_batch",
                                                                  "max_start_epoch", "batch_syn", "buffer", "runs")] + \
-        (["--together"] if a.together else [])
+        ([f"--lr-img={a.lr_img:g}"] if getattr(a, "lr_img", 0) else []) + (["--together"] if a.together else [])
 
 
 def expert_subset():
@@ -165,6 +172,7 @@ def write_row(a: argparse.Namespace) -> None:
            "loss_per_iteration": {"official": t_off.get("Grand_Loss"), "ddkit": [v for _, v in read_json(
                w / "ddkit_set" / "meta.json").get("loss_curve", [])]},
            "peak_memory_mb": {"official": t_off.get("peak_rss_mb"), "ddkit": t_dd.get("peak_rss_mb")},
+           **({"ddkit_allocator": t_dd["allocator"]} if t_dd.get("allocator") else {}),
            "official_syn_lr_per_iteration": t_off.get("Synthetic_LR"),
            "kornia_vs_ddkit_zca_max_abs": ev.get("kornia_vs_ddkit_zca_max_abs"),
            "judges": fold_judges(w, a.seeds), "same_lr_check": same_lr(w), "init_check": init_check(w),
@@ -178,7 +186,7 @@ def write_row(a: argparse.Namespace) -> None:
                             "(official: its wandb.log('Progress') calls; ddkit: LossLog.step)",
                      "timed_iterations": t_off.get("timed_iterations")},
            "machine": t_off.get("machine") or lscpu(), **written()}
-    save_row("mtt", {"repo": REPO, "commit": COMMIT}, EDITS, JUDGES, f"ipc{a.ipc}", row)
+    save_row("mtt", {"repo": REPO, "commit": COMMIT}, EDITS, JUDGES, f"ipc{a.ipc}{variant(a)}", row)
 
 
 EDITS = ("None to the official files. The driver runs distill.py as __main__ (runpy) with its own argparse and "
