@@ -143,3 +143,33 @@ def test_pass_rule():
 def test_mean_std_is_ddof0():
     s = common.mean_std([30.0, 32.0])
     assert (s["mean"], s["std"], s["n"]) == (31.0, 1.0, 2)
+
+
+def _coreset_row(text: str, label: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(f"| DeepCore coresets: {label} |"))
+
+
+def test_coreset_rows_rederive_their_criteria(tmp_path: Path):
+    _copy_inputs(tmp_path)
+    path = tmp_path / "bench" / "results" / "parity_deepcore.json"
+    assert path.is_file(), "no DeepCore coreset result committed"
+    doc = json.loads(path.read_text())
+    text = render.render(tmp_path)
+    for key, r in doc["methods"].items():
+        word = {True: "pass", False: "**fail**", None: "pending"}[render.coreset_check(key, r)["pass"]]
+        assert f"| {word}: " in _coreset_row(text, render.CORESET_NAMES[key])
+    doc["methods"]["grand"]["spearman"] = 0.89  # a weaker correlation / one differing pick flips the row
+    doc["methods"]["herding"]["jaccard_deepcore_argmin"] = 0.9
+    path.write_text(json.dumps(doc))
+    text = render.render(tmp_path)
+    assert "| **fail**: Spearman 0.8900" in _coreset_row(text, "GraNd")
+    assert "| **fail**: Jaccard 0.90 with" in _coreset_row(text, "Herding")
+
+
+def test_coreset_forgetting_rule():
+    r = {"spearman_learned_only": 0.50, "floor_spearman": 0.55}
+    assert render.coreset_check("forgetting", r)["pass"]  # within 0.05 of the floor
+    assert not render.coreset_check("forgetting", {**r, "spearman_learned_only": 0.49})["pass"]
+    assert render.coreset_check("forgetting", {"spearman_learned_only": 0.5})["pass"] is None  # no floor yet
+    assert render.coreset_check("kcenter", {"jaccard_deepcore_start": 1.0})["pass"]
+    assert not render.coreset_check("entropy", {"spearman": 0.899})["pass"]

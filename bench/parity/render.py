@@ -229,6 +229,81 @@ def loop_details(m: Dict[str, Any], res: Dict[str, Any]) -> List[str]:
     return out + [""]
 
 
+#: the coreset rows' score criteria (bench/parity/deepcore_pair.py), re-derived here from the numbers
+SPEARMAN_MIN, FLOOR_SLACK = 0.9, 0.05
+#: what the accuracy cell of a coreset row compares where the two sides' default picks differ by design
+CORESET_VS = {"herding": "DeepCore's default picks: its argmax (note (3))",
+              "kcenter": "DeepCore's own first centres (note (4))", "forgetting": "different runs (note (5))"}
+CORESET_NAMES = {"grand": "GraNd", "entropy": "Entropy (uncertainty)", "herding": "Herding",
+                 "kcenter": "k-center greedy", "forgetting": "Forgetting"}
+
+
+def coreset_check(key: str, r: Dict[str, Any]) -> Dict[str, Any]:
+    """The score/selection criterion of one coreset row: passed (True/False/None = pending) and its text."""
+    if key in ("grand", "entropy"):
+        ok = r["spearman"] >= SPEARMAN_MIN
+        return {"pass": ok, "text": f"Spearman {r['spearman']:.4f} (≥ {SPEARMAN_MIN} on the same network)"}
+    if key in ("herding", "kcenter"):
+        extra = "argmin" if key == "herding" else "start"
+        j = r.get(f"jaccard_deepcore_{extra}")
+        how = ("DeepCore's loop with the nearest-point metric" if key == "herding"
+               else "DeepCore started at ddkit's first centre")
+        if j is None:
+            return {"pass": None, "text": f"{how}: not run"}
+        return {"pass": j == 1.0, "text": f"Jaccard {j:.2f} with {how} (= 1 required)"}
+    sp, fl = r.get("spearman_learned_only"), r.get("floor_spearman")
+    if fl is None:
+        return {"pass": None, "text": f"Spearman {sp:.3f} (learned samples); floor not run yet"}
+    return {"pass": sp >= fl - FLOOR_SLACK,
+            "text": f"Spearman {sp:.3f} (samples ddkit saw learned) vs floor {fl:.3f} (DeepCore vs DeepCore, "
+                    f"another batch order; ≥ floor − {FLOOR_SLACK} required)"}
+
+
+def coreset_rows(m: Dict[str, Any], res: Dict[str, Any]) -> List[str]:
+    """One row per coreset method of a DeepCore pair: score criterion, selection overlap, accuracy of both picks."""
+    repo = f"{m['repo']}@{m['commit']}"
+    if not res.get("methods"):
+        return [f"| {m['name']} | {repo} | IPC {ipc} | not run ({m['not_run']}) | | | | | | | |" for ipc in m["ipcs"]]
+    out = []
+    for key, r in res["methods"].items():
+        c, acc_ = coreset_check(key, r), r.get("accuracy", {})
+        same = r["jaccard"] == 1.0
+        dd, dc = acc_.get("ddkit"), acc_.get("deepcore")
+        v = acc_.get("verdict")
+        word = {True: "pass", False: "**fail**", None: "pending"}[c["pass"]]
+        judged = ("same set (Jaccard 1.00)" if same and dd else pf(v, {"official": dc, "ddkit": dd}, res["seeds"])
+                  if v else "not judged yet")
+        vs = f" vs {CORESET_VS[key]}" if key in CORESET_VS and not same and v else ""
+        cell = f"{word}: {c['text']}; accuracy{vs} {judged}"
+        secs = r["seconds"]
+        out.append(" | ".join([f"| {m['name']}: {CORESET_NAMES.get(key, key)}", repo, res["settings"][key],
+                               "— (no evaluator for a given subset)", acc(dc if not same else dd), acc(dd), "—",
+                               f"{delta(v)}; Jaccard of the picks {r['jaccard']:.2f}", "—", cell,
+                               f"whole selection {secs['deepcore']:.1f} s vs {secs['ddkit']:.1f} s (one run each on shared cores; "
+                               "not a speed measurement)"]) + " |")
+    return out
+
+
+def coreset_details(m: Dict[str, Any], res: Dict[str, Any]) -> List[str]:
+    if not res.get("methods"):
+        return []
+    mach = res["machine"]
+    out = [f"### {m['name']}", "", f"- Official: {res['official']}; edits: {res['edits']}",
+           f"- Run: `{res['command']}` (ddkit {res['revision']}, written {res['written']}; "
+           f"{_machine(mach)}; torch {res['torch']}).", f"- Data: {res['data']}.", f"- Network: {res['network']}.",
+           f"- Judge: {res['judge']}."]
+    for key, r in res["methods"].items():
+        facts = ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("accuracy", "seconds", "pass", "train_acc_ddkit"))
+        out.append(f"- {CORESET_NAMES.get(key, key)}: {facts}.")
+        for side in ("ddkit", "deepcore"):
+            cell = r.get("accuracy", {}).get(side)
+            if cell:
+                out.append(f"  - {side} picks, ddkit judge, per seed: " + ", ".join(f"{x:.2f}" for x in cell["per_seed"]))
+    for note in m.get("notes", []):
+        out.append(f"- Note: {note}")
+    return out + [""]
+
+
 def render(root: Path = ROOT) -> str:
     plan = json.loads((root / PLAN).read_text())
     lines = [INTRO, HEADER, "|" + "---|" * HEADER.count(" | ") + "---|"]
@@ -237,11 +312,14 @@ def render(root: Path = ROOT) -> str:
         loop = m.get("kind") == "recover loop"
         p = root / (m["result"] if loop else f"bench/results/parity_{m['key']}.json")
         res = json.loads(p.read_text()) if p.is_file() else {}
-        lines += loop_rows(m, res) if loop else method_rows(m, res)
+        lines += (loop_rows(m, res) if loop else coreset_rows(m, res) if m.get("kind") == "coresets"
+                  else method_rows(m, res))
         found.append((m, res))
     lines += ["", "## Details of the measured rows", ""]
     for m, res in found:
-        lines += loop_details(m, res) if m.get("kind") == "recover loop" else details(m, res)
+        kind = m.get("kind")
+        lines += (loop_details(m, res) if kind == "recover loop" else coreset_details(m, res) if kind == "coresets"
+                  else details(m, res))
     return "\n".join(lines).rstrip() + "\n"
 
 

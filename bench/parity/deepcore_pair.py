@@ -1,0 +1,397 @@
+"""ddkit's coresets beside DeepCore's (PatrickZH/DeepCore@74ec709, issue #27): per-sample scores, selections, accuracy.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/parity/deepcore_pair.py all --per-class 500 --ipc 10 \
+        --seeds 3 --eval-epochs 60 --forget-epochs 6 --runs /work/runs/h27k/pair
+
+Both sides score the same images (CIFAR-10 (JPEG q75), `--per-class` images per class drawn as ddkit's
+`--max-per-class` does, decoded once by ddkit's loader; DeepCore reads them through its own `datasets.CIFAR10`
+with `common.HandedCIFAR10` in place of torchvision's) with the same network, so the comparison isolates the scoring:
+
+* GraNd, Entropy, Herding, k-center greedy: ddkit's committed ConvNet-3 teacher (bench/teachers/
+  cifar10_jpeg75_convnet3_e30). ddkit scores with its own recorder / feature code; DeepCore's method classes run
+  unmodified with `epochs=0` (no pre-training: its `finish_run` scores the network it is handed). The network
+  reaches DeepCore as `deepcore.nets.DDKitConvNet` (set from here; `HandedConvNet` gives ddkit's ConvNet the
+  contract of DeepCore's nets: `embedding_recorder` on the classifier input, `get_last_layer`, `no_grad`, and a
+  fixed converter from DeepCore's CIFAR normalisation to the teacher's).
+* Forgetting: a training run on each side from the SAME initial weights (ddkit's dynamics run 0 init), same
+  optimiser settings (SGD lr 0.01, momentum 0.9, no Nesterov, wd 5e-4, batch 125, no augmentation, constant lr);
+  the batch order differs (each side's own RNG). The floor: DeepCore against itself with another batch order.
+
+Steps (each skips what exists under --runs; `all` runs them in order): `score` → `sets` → `judge` → `row`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Dict, List
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (CACHE, DATA, PEERS, RESULTS, ROOT, lscpu, mean_std, official_repo, read_json,  # noqa: E402
+                    revision, verdict, write_json)
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+TEACHER = ROOT / "bench" / "teachers" / "cifar10_jpeg75_convnet3_e30"
+COMMIT = "74ec709f5ccba3b1e921b06c6e312d57741de3f8"
+PY = sys.executable
+#: (method, ddkit name, pass rule). Score methods: Spearman >= 0.9 on the same network; geometry: identical picks
+#: once both sides start alike; forgetting: Spearman >= the DeepCore-vs-DeepCore floor - 0.05.
+METHODS = ("grand", "entropy", "herding", "kcenter", "forgetting")
+STATE: Dict[str, Any] = {}  # what HandedConvNet loads when DeepCore builds it (set before each DeepCore run)
+
+
+def subset(a: argparse.Namespace):
+    from ddkit.data import class_balanced_subset, create_dataset
+
+    full = create_dataset(DATA, split="train", cache_dir=CACHE, progress=False)
+    keep = []
+    from ddkit.utils import make_generator
+    for c in range(full.num_classes):  # the rule of class_balanced_subset, kept to name the full-split indices
+        idx = full.class_indices(c)
+        keep.append(idx[torch.randperm(len(idx), generator=make_generator(0, "max-per-class", c))[:a.per_class]])
+    order = torch.sort(torch.cat(keep)).values
+    ds = class_balanced_subset(full, a.per_class, seed=0)
+    assert torch.equal(ds.labels, full.labels[order])
+    return ds, order
+
+
+class HandedConvNet(nn.Module):
+    """ddkit's ConvNet behind DeepCore's network contract (constructor and attributes of deepcore/nets/*.py)."""
+
+    def __init__(self, channel: int, num_classes: int, im_size: Any, record_embedding: bool = False,
+                 no_grad: bool = False, pretrained: bool = False) -> None:
+        super().__init__()
+        from deepcore.nets.nets_utils import EmbeddingRecorder
+        from ddkit.models import create_model
+
+        self.net = create_model(STATE["arch"], num_classes, im_size[0], channel)
+        self.net.load_state_dict(STATE["weights"])
+        self.embedding_recorder = EmbeddingRecorder(record_embedding)
+        self.no_grad = no_grad
+        # DeepCore normalises with its CIFAR-10 mean/std; the network expects ddkit's (the same pixels).
+        m_in, s_in = (torch.tensor(v).view(1, -1, 1, 1) for v in STATE["deepcore_norm"])
+        m_out, s_out = (torch.tensor(v).view(1, -1, 1, 1) for v in STATE["ddkit_norm"])
+        self.register_buffer("scale", s_in / s_out)
+        self.register_buffer("shift", (m_in - m_out) / s_out)
+
+    def get_last_layer(self) -> nn.Linear:
+        return self.net.classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(not self.no_grad):
+            h = self.embedding_recorder(self.net.embed(x * self.scale + self.shift))
+            return self.net.classifier(h)
+
+
+def deepcore_data(ds, order: torch.Tensor, runs: str):
+    """DeepCore's own CIFAR10() (its transform and mean/std) on the handed pixels, cut to the same subset."""
+    from deepcore.datasets import CIFAR10
+
+    channel, im_size, k, classes, mean, std, train, _ = CIFAR10(str(Path(runs) / "data"))  # the root is unused: the pixels are handed
+    train.data, train.targets = train.data[order.numpy()], train.targets[order]
+    assert torch.equal(train.targets, ds.labels)
+    args = SimpleNamespace(device="cpu", gpu=None, workers=0, print_freq=10_000, num_classes=k, channel=channel,
+                           im_size=im_size, model="DDKitConvNet", selection_batch=125, selection_optimizer="SGD",
+                           selection_lr=0.01, selection_momentum=0.9, selection_weight_decay=5e-4,
+                           selection_nesterov=False, selection_test_interval=0, selection_test_fraction=1.0)
+    return train, args, (mean, std)
+
+
+def score(a: argparse.Namespace) -> None:
+    """Both sides' scores and selections, one JSON per (method, side) under runs/score/."""
+    from ddkit.methods import create_method
+    from ddkit.methods.coresets_scores import compute_score
+    from ddkit.methods.dynamics import Dynamics, DynamicsConfig, _Recorder, record_dynamics
+    from ddkit.models import create_model, resolve_model_name
+    from ddkit.teachers.io import load_teacher
+    from ddkit.utils import derive_seed
+
+    out = Path(a.runs) / "score"
+    out.mkdir(parents=True, exist_ok=True)
+    ds, order = subset(a)
+    teacher = load_teacher(str(TEACHER), dataset=ds)
+    frac = a.ipc / a.per_class
+
+    def save(name: str, idx: Any, scores: Any, seconds: float, **extra: Any) -> None:
+        doc = {"indices": [int(i) for i in np.asarray(idx)], "seconds": round(seconds, 3), **extra}
+        if scores is not None:
+            doc["scores"] = [float(v) for v in np.asarray(scores, dtype=np.float64)]
+        write_json(out / f"{name}.json", doc)
+        print(f"[deepcore_pair] {name}: {seconds:.1f} s", flush=True)
+
+    def todo(name: str) -> bool:
+        return name.split("-")[0] in a.methods.split(",") and not (out / f"{name}.json").is_file()
+
+    def ddkit_set(method: str, **kw: Any):
+        t = time.perf_counter()
+        s = create_method(method, ipc=a.ipc, seed=0, **kw)(ds, teacher, device="cpu", progress=False)
+        s.save(Path(a.runs) / "sets" / f"{method}-ddkit", overwrite=True, pngs=False)
+        return s, time.perf_counter() - t
+
+    # ddkit: the teacher as one record point (R = 1); GraNd/Entropy then go through the registered methods.
+    dyn_dir = Path(a.runs) / "teacher_dynamics"
+    if todo("grand-ddkit") or todo("entropy-ddkit"):
+        t = time.perf_counter()
+        m = teacher.model.eval()
+        pt = _Recorder(m, ds.images, ds.labels, torch.tensor(teacher.mean).view(1, -1, 1, 1),
+                       torch.tensor(teacher.std).view(1, -1, 1, 1), torch.device("cpu"), False, batch_size=500)()
+        rec_s = time.perf_counter() - t
+        one = torch.ones(1)
+        Dynamics(pt["p_true"][None], pt["margin"][None], pt["correct"][None], pt["entropy"], pt["el2n"][None, None],
+                 pt["grand"][None, None], ds.labels.clone(), one, one.clone(), dataset=f"{ds.name}/{ds.split}",
+                 classes=list(ds.classes)).save(dyn_dir)
+        for method in ("grand", "entropy"):
+            s, sec = ddkit_set(method, dynamics_path=str(dyn_dir))
+            save(f"{method}-ddkit", s.meta["source_indices"], pt[method], rec_s + sec, recorder_seconds=rec_s)
+    if todo("herding-ddkit"):
+        s, sec = ddkit_set("herding")
+        save("herding-ddkit", s.meta["source_indices"], None, sec)
+    if todo("kcenter-ddkit"):
+        s, sec = ddkit_set("kcenter")
+        save("kcenter-ddkit", s.meta["source_indices"], None, sec)
+    arch = resolve_model_name(teacher.arch)
+    if todo("forgetting-ddkit"):
+        cfg = DynamicsConfig(arch=arch, epochs=a.forget_epochs, batch_size=125, lr=0.01, momentum=0.9,
+                             weight_decay=5e-4, schedule="none", augment="none", seed=0, amp=False)
+        t = time.perf_counter()
+        dyn = record_dynamics(ds, cfg, "cpu", progress=True)
+        rec_s = time.perf_counter() - t
+        fdir = Path(a.runs) / "forgetting_dynamics"
+        dyn.save(fdir)
+        s, sec = ddkit_set("forgetting", dynamics_path=str(fdir))
+        save("forgetting-ddkit", s.meta["source_indices"], compute_score("forgetting", dyn), rec_s + sec,
+             recorder_seconds=rec_s, train_acc=dyn.meta["train_acc"])
+
+    # DeepCore: its method classes, unmodified, on its own dataset object and its own selection code.
+    with official_repo("DeepCore"):
+        import deepcore.nets
+        from deepcore import methods as dc
+        from deepcore.methods.methods_utils import euclidean_dist
+
+        dc_train, args, dc_norm = deepcore_data(ds, order, a.runs)
+        deepcore.nets.DDKitConvNet = HandedConvNet  # the registry DeepCore builds `args.model` from
+        # numpy 2 removed np.in1d (kcentergreedy.py calls it); np.isin is numpy's documented replacement (same
+        # result on 1-D arrays). Set only for DeepCore's run.
+        had_in1d = hasattr(np, "in1d")
+        if not had_in1d:
+            np.in1d = lambda ar1, ar2, **kw: np.isin(ar1, ar2, **kw).ravel()
+        STATE.update(arch=arch, deepcore_norm=dc_norm, ddkit_norm=(teacher.mean, teacher.std),
+                     weights=teacher.model.state_dict())
+
+        def run(name: str, cls: Any, fraction: float, seed: int = 0, **kw: Any) -> None:
+            if not todo(name):
+                return
+            t = time.perf_counter()
+            res = cls(dc_train, args, fraction, seed, specific_model="DDKitConvNet", **kw).select()
+            sc = res.get("scores")
+            if isinstance(sc, list):  # Uncertainty with balance: one array per class, back to dataset order
+                full = np.zeros(len(dc_train.targets))
+                for c, v in enumerate(sc):
+                    full[(dc_train.targets == c).numpy()] = v
+                sc = full
+            elif isinstance(sc, torch.Tensor):
+                sc = sc.cpu().numpy()
+            save(name, res["indices"], sc, time.perf_counter() - t)
+
+        run("grand-deepcore", dc.GraNd, frac, epochs=0, repeat=1, balance=True)
+        run("entropy-deepcore", dc.Uncertainty, frac, epochs=0, selection_method="Entropy", balance=True)
+        run("herding-deepcore", dc.Herding, frac, epochs=0, balance=True)
+        # Textbook herding through DeepCore's own loop: its argmax over the NEGATED distance is an argmin.
+        run("herding-deepcore-argmin", dc.Herding, frac, epochs=0, balance=True,
+            metric=lambda x, y: -euclidean_dist(x, y))
+        run("kcenter-deepcore", dc.kCenterGreedy, frac, epochs=0, balance=True, torchvision_pretrain=False)
+        if todo("kcenter-deepcore-start"):  # the same first centre as ddkit's (its pick 0 of each class)
+            first = np.asarray(read_json(out / "kcenter-ddkit.json")["indices"]).reshape(ds.num_classes, a.ipc)[:, 0]
+            run("kcenter-deepcore-start", dc.kCenterGreedy, (a.ipc - 1) / a.per_class, epochs=0, balance=True,
+                torchvision_pretrain=False, already_selected=[int(i) for i in first])
+        with torch.random.fork_rng(devices=[]):  # ddkit's dynamics run-0 initial weights, for both sides
+            torch.manual_seed(derive_seed(0, "dynamics-init", 0))
+            init = create_model(arch, ds.num_classes, ds.image_size, ds.channels).state_dict()
+        STATE.update(weights=init, ddkit_norm=(ds.mean, ds.std))
+        run("forgetting-deepcore", dc.Forgetting, frac, epochs=a.forget_epochs, balance=True)
+        if a.floor:
+            run("forgetting-deepcore-s5", dc.Forgetting, frac, seed=5, epochs=a.forget_epochs, balance=True)
+        if not had_in1d:
+            del np.in1d
+
+
+def spearman(x: List[float], y: List[float]) -> float:
+    from scipy.stats import spearmanr
+
+    return round(float(spearmanr(x, y).statistic), 4)
+
+
+def jaccard(x: List[int], y: List[int]) -> float:
+    a, b = set(x), set(y)
+    return round(len(a & b) / len(a | b), 4)
+
+
+def sets(a: argparse.Namespace) -> None:
+    """A ddkit set folder for every DeepCore selection that is judged (real images, hard labels)."""
+    from ddkit.data.base import to_float
+    from ddkit.distilled import DistilledSet
+
+    ds, order = subset(a)
+    for m in a.methods.split(","):
+        f = Path(a.runs) / "score" / f"{m}-deepcore.json"
+        dst = Path(a.runs) / "sets" / f"{m}-deepcore"
+        if not f.is_file() or (dst / "meta.json").is_file():
+            continue
+        idx = torch.tensor(sorted(read_json(f)["indices"]))
+        idx = idx[torch.argsort(ds.labels[idx], stable=True)]
+        meta = {"method": f"deepcore:{m}", "ipc": a.ipc, "source_indices": idx.tolist(),
+                "source_indices_full_split": order[idx].tolist(), "dataset": ds.name, "split": ds.split,
+                "parity": f"PatrickZH/DeepCore@{COMMIT[:7]} selection, bench/parity/deepcore_pair.py"}
+        DistilledSet(to_float(ds.get(idx)), ds.labels[idx].clone(), list(ds.classes), ds.mean, ds.std, {},
+                     meta).save(dst, overwrite=True, pngs=False)
+
+
+def judged(a: argparse.Namespace) -> List[str]:
+    """Set folders to judge: each side of each method, the DeepCore side only where its picks differ."""
+    names = []
+    for m in METHODS:
+        d, o = (read_json(Path(a.runs) / "score" / f"{m}-{s}.json") for s in ("ddkit", "deepcore"))
+        if d:
+            names.append(f"{m}-ddkit")
+        if o and (not d or set(o["indices"]) != set(d["indices"])):
+            names.append(f"{m}-deepcore")
+    return names
+
+
+def judge(a: argparse.Namespace) -> None:
+    for seed in range(a.seeds):  # seed-major: every set has its first student before any has its third
+        for name in [n for n in judged(a) if n.split("-")[0] in a.methods.split(",")]:
+            out = Path(a.runs) / "eval" / name / f"seed{seed}"
+            if (out / "summary.json").is_file():
+                continue
+            argv = [PY, "-m", "ddkit", "evaluate", str(Path(a.runs) / "sets" / name), "--dataset", DATA,
+                    "--cache-dir", CACHE, "--device", "cpu", "--no-progress", "--no-random", "--protocol",
+                    "hard-truths", "--regime", "hl", "--epochs", str(a.eval_epochs), "--seeds", "1", "--seed",
+                    str(seed), "--output", str(out), "--overwrite"]
+            subprocess.run(argv, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+            row(a)
+
+
+def accs(a: argparse.Namespace, name: str) -> List[float]:
+    got = []
+    for seed in range(a.seeds):
+        f = Path(a.runs) / "eval" / name / f"seed{seed}" / "summary.json"
+        if f.is_file():
+            res = [r for r in json.loads(f.read_text())["results"] if r.get("set") == "distilled"]
+            got += [100 * float(v) for v in res[0]["accs"]]
+    return got
+
+
+def row(a: argparse.Namespace) -> None:
+    """Fold every finished piece into bench/results/parity_deepcore.json (`methods.<name>`)."""
+    sc = {p.stem: read_json(p) for p in sorted((Path(a.runs) / "score").glob("*.json"))}
+    doc: Dict[str, Any] = {
+        "command": "OMP_NUM_THREADS=1 PYTHONPATH=src python bench/parity/deepcore_pair.py all " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in sorted(vars(a).items()) if k not in ("step", "floor", "runs", "methods")),
+        "revision": revision(), "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": lscpu(),
+        "torch": torch.__version__, "official": f"PatrickZH/DeepCore@{COMMIT}",
+        "data": f"CIFAR-10 (JPEG q75) train split, {a.per_class} images per class drawn as ddkit --max-per-class "
+                f"{a.per_class} (seed 0), {10 * a.per_class} images; IPC {a.ipc} per class",
+        "network": "ddkit's committed ConvNet-3 teacher bench/teachers/cifar10_jpeg75_convnet3_e30 (GraNd, Entropy, "
+                   "Herding, k-center: both sides score this one network); forgetting: a ConvNet-3 trained on each "
+                   "side from ddkit's dynamics run-0 initial weights",
+        "edits": "None to DeepCore's files. The driver imports deepcore.methods and deepcore.datasets from the pinned "
+                 "checkout and calls the method classes' select() as its main.py does, with an args namespace "
+                 "(device 'cpu', gpu None, workers 0, selection_batch 125, SGD lr 0.01 momentum 0.9 wd 5e-4 "
+                 "nesterov False). From outside: (1) torchvision.datasets.CIFAR10 is common.HandedCIFAR10 while it "
+                 "runs (ddkit's decoded pixels; its own transform ToTensor + Normalize(its mean/std) is applied), "
+                 "and the returned train set's data/targets are cut to the same subset; (2) "
+                 "deepcore.nets.DDKitConvNet is set to the driver's HandedConvNet (ddkit's ConvNet-3 with "
+                 "DeepCore's embedding_recorder / get_last_layer / no_grad contract and a fixed affine converter "
+                 "from DeepCore's normalisation to ddkit's), loading the teacher weights (epochs=0 methods) or "
+                 "ddkit's dynamics init (Forgetting); (3) herding-deepcore-argmin passes DeepCore's Herding a "
+                 "metric callable, the negated euclidean_dist of its own methods_utils (its argmax then takes the "
+                 "nearest point); (4) kcenter-deepcore-start passes already_selected = ddkit's first centre per "
+                 "class (fraction (ipc-1)/n so each class gets ipc points); (5) numpy 2 (this environment) has no "
+                 "np.in1d, which kcentergreedy.py calls: while DeepCore runs, np.in1d is numpy's documented "
+                 "replacement np.isin(...).ravel() (identical on the 1-D arrays it is called with).",
+        "judge": f"ddkit evaluate SET --protocol hard-truths --regime hl --epochs {a.eval_epochs} --seeds 1 --seed S "
+                 f"--no-random (ConvNet-3 student, the HL recipe: SGD 0.01 momentum 0.9, DSA, x0.1 at E/2+1, "
+                 f"batch 256) on {a.seeds} student seeds; DeepCore has no separate evaluator for a given subset "
+                 f"(its main.py trains its own ResNet on the selection), so ddkit's judge is the only one",
+        "seeds": a.seeds, "methods": {}}
+    pool = f"IPC {a.ipc} of {a.per_class}/class"
+    judge_s = f"judge HL {a.eval_epochs} ep, {a.seeds} seeds"
+    doc["settings"] = {
+        "grand": f"{pool}; last-layer gradient norm through the teacher (one network, 1 repeat); {judge_s}",
+        "entropy": f"{pool}; entropy of the teacher's softmax, most uncertain kept; {judge_s}",
+        "herding": f"{pool}; per-class herding on the teacher's penultimate features; {judge_s}",
+        "kcenter": f"{pool}; per-class k-center greedy on the teacher's penultimate features, seed 0; {judge_s}",
+        "forgetting": f"{pool}; forgetting events over {a.forget_epochs} epochs of one ConvNet-3 run per side from the "
+                      f"same init (SGD 0.01, batch 125, no augmentation); {judge_s}"}
+    for m in METHODS:
+        d, o = sc.get(f"{m}-ddkit"), sc.get(f"{m}-deepcore")
+        if not d or not o:
+            continue
+        r: Dict[str, Any] = {"seconds": {"ddkit": d["seconds"], "deepcore": o["seconds"]},
+                             "jaccard": jaccard(d["indices"], o["indices"])}
+        if d.get("scores") and o.get("scores"):
+            sign = -1.0 if m == "entropy" else 1.0  # DeepCore's Entropy score is sum p log p (= -entropy)
+            r["spearman"] = spearman(d["scores"], [sign * v for v in o["scores"]])
+        if m == "grand":  # DeepCore's mean-reduced loss: its norm = ddkit's / batch size (a constant per batch)
+            ratio = np.asarray(d["scores"]) / np.asarray(o["scores"])
+            r["ratio_ddkit_over_deepcore"] = [round(float(ratio.min()), 3), round(float(ratio.max()), 3)]
+        if m == "forgetting":
+            never = [i for i, v in enumerate(d["scores"]) if v >= a.forget_epochs]
+            keep = [i for i in range(len(d["scores"])) if i not in set(never)]
+            r["never_learned_ddkit"] = len(never)
+            r["spearman_learned_only"] = spearman([d["scores"][i] for i in keep], [o["scores"][i] for i in keep])
+            r["train_acc_ddkit"] = d.get("train_acc")
+            fl = sc.get("forgetting-deepcore-s5")
+            if fl:
+                r["floor_spearman"] = spearman(o["scores"], fl["scores"])
+                r["floor_jaccard"] = jaccard(o["indices"], fl["indices"])
+                r["pass"] = r["spearman_learned_only"] >= r["floor_spearman"] - 0.05
+        elif m in ("grand", "entropy"):
+            r["pass"] = r["spearman"] >= 0.9
+        for extra in ("argmin", "start"):
+            e = sc.get(f"{m}-deepcore-{extra}")
+            if e:
+                r[f"jaccard_deepcore_{extra}"] = jaccard(d["indices"], e["indices"])
+                r["pass"] = r[f"jaccard_deepcore_{extra}"] == 1.0
+        j: Dict[str, Any] = {}
+        for side in ("ddkit", "deepcore"):
+            v = accs(a, f"{m}-{side}") or (accs(a, f"{m}-ddkit") if side == "deepcore" and r["jaccard"] == 1.0 else [])
+            if v:
+                j[side] = mean_std(v)
+        if "ddkit" in j and "deepcore" in j:
+            j["verdict"] = verdict(j["ddkit"], j["deepcore"])
+        r["accuracy"] = j
+        doc["methods"][m] = r
+    write_json(RESULTS / "parity_deepcore.json", doc)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("step", choices=("score", "sets", "judge", "row", "all"))
+    p.add_argument("--per-class", type=int, default=500)
+    p.add_argument("--ipc", type=int, default=10)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--eval-epochs", type=int, default=60)
+    p.add_argument("--forget-epochs", type=int, default=6)
+    p.add_argument("--floor", type=int, default=1, help="1: also DeepCore's Forgetting with another batch order")
+    p.add_argument("--runs", default="/work/runs/h27k/pair")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods to score/judge")
+    a = p.parse_args()
+    if not (PEERS / "DeepCore" / "deepcore").is_dir():
+        raise SystemExit(f"{PEERS / 'DeepCore'} missing: bring the official code there (bench/parity/README.md)")
+    for step in ("score", "sets", "judge", "row") if a.step == "all" else (a.step,):
+        {"score": score, "sets": sets, "judge": judge, "row": row}[step](a)
+
+
+if __name__ == "__main__":
+    main()
