@@ -96,7 +96,8 @@ def deepcore_data(ds, order: torch.Tensor, runs: str):
     """DeepCore's own CIFAR10() (its transform and mean/std) on the handed pixels, cut to the same subset."""
     from deepcore.datasets import CIFAR10
 
-    channel, im_size, k, classes, mean, std, train, _ = CIFAR10(str(Path(runs) / "data"))  # the root is unused: the pixels are handed
+    # the root is unused: the pixels are handed over
+    channel, im_size, k, classes, mean, std, train, _ = CIFAR10(str(Path(runs) / "data"))
     train.data, train.targets = train.data[order.numpy()], train.targets[order]
     assert torch.equal(train.targets, ds.labels)
     args = SimpleNamespace(device="cpu", gpu=None, workers=0, print_freq=10_000, num_classes=k, channel=channel,
@@ -240,6 +241,8 @@ def sets(a: argparse.Namespace) -> None:
     from ddkit.data.base import to_float
     from ddkit.distilled import DistilledSet
 
+    if "forgetting" in a.methods.split(","):
+        never_learned_zero(a)
     ds, order = subset(a)
     for m in a.methods.split(","):
         f = Path(a.runs) / "score" / f"{m}-deepcore.json"
@@ -255,6 +258,27 @@ def sets(a: argparse.Namespace) -> None:
                      meta).save(dst, overwrite=True, pngs=False)
 
 
+def never_learned_zero(a: argparse.Namespace) -> None:
+    """A control set: ddkit's forgetting scores with DeepCore's convention for never-learned samples (0 events,
+    not R), selected by ddkit's own per-class rule. It tells how much of the accuracy gap that convention is."""
+    from ddkit.data.base import to_float
+    from ddkit.distilled import DistilledSet
+    from ddkit.methods.coresets_scores import select_by_difficulty
+
+    f, dst = Path(a.runs) / "score" / "forgetting-ddkit.json", Path(a.runs) / "sets" / "forgetting-ddkit-nl0"
+    if not f.is_file() or (dst / "meta.json").is_file():
+        return
+    ds, order = subset(a)
+    sc = torch.tensor(read_json(f)["scores"])
+    sc = torch.where(sc >= a.forget_epochs, torch.zeros_like(sc), sc)
+    idx = torch.cat([ds.class_indices(c)[select_by_difficulty(sc[ds.class_indices(c)], a.ipc, "hard")]
+                     for c in range(ds.num_classes)])
+    meta = {"method": "forgetting (never-learned = 0)", "ipc": a.ipc, "source_indices": idx.tolist(),
+            "source_indices_full_split": order[idx].tolist(), "dataset": ds.name, "split": ds.split}
+    DistilledSet(to_float(ds.get(idx)), ds.labels[idx].clone(), list(ds.classes), ds.mean, ds.std, {},
+                 meta).save(dst, overwrite=True, pngs=False)
+
+
 def judged(a: argparse.Namespace) -> List[str]:
     """Set folders to judge: each side of each method, the DeepCore side only where its picks differ."""
     names = []
@@ -264,6 +288,8 @@ def judged(a: argparse.Namespace) -> List[str]:
             names.append(f"{m}-ddkit")
         if o and (not d or set(o["indices"]) != set(d["indices"])):
             names.append(f"{m}-deepcore")
+        if (Path(a.runs) / "sets" / f"{m}-ddkit-nl0" / "meta.json").is_file():
+            names.append(f"{m}-ddkit-nl0")
     return names
 
 
@@ -296,7 +322,8 @@ def row(a: argparse.Namespace) -> None:
     sc = {p.stem: read_json(p) for p in sorted((Path(a.runs) / "score").glob("*.json"))}
     doc: Dict[str, Any] = {
         "command": "OMP_NUM_THREADS=1 PYTHONPATH=src python bench/parity/deepcore_pair.py all " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in sorted(vars(a).items()) if k not in ("step", "floor", "runs", "methods")),
+            f"--{k.replace('_', '-')} {v}" for k, v in sorted(vars(a).items())
+            if k not in ("step", "floor", "runs", "methods")),
         "revision": revision(), "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": lscpu(),
         "torch": torch.__version__, "official": f"PatrickZH/DeepCore@{COMMIT}",
         "data": f"CIFAR-10 (JPEG q75) train split, {a.per_class} images per class drawn as ddkit --max-per-class "
@@ -320,9 +347,10 @@ def row(a: argparse.Namespace) -> None:
                  "np.in1d, which kcentergreedy.py calls: while DeepCore runs, np.in1d is numpy's documented "
                  "replacement np.isin(...).ravel() (identical on the 1-D arrays it is called with).",
         "judge": f"ddkit evaluate SET --protocol hard-truths --regime hl --epochs {a.eval_epochs} --seeds 1 --seed S "
-                 f"--no-random (ConvNet-3 student, the HL recipe: SGD 0.01 momentum 0.9, DSA, x0.1 at E/2+1, "
-                 f"batch 256) on {a.seeds} student seeds; DeepCore has no separate evaluator for a given subset "
-                 f"(its main.py trains its own ResNet on the selection), so ddkit's judge is the only one",
+                 f"--no-random (ConvNet-3 student, recipe hardtruths-hl: CE, SGD 0.01 momentum 0.9 wd 5e-4, DSA, "
+                 f"x0.1 at E/2+1, batch 256, i.e. the 100 images in one batch; 300 epochs natively) on {a.seeds} "
+                 f"student seeds; DeepCore has no separate evaluator for a given subset (its main.py trains its own "
+                 f"ResNet on the selection), so ddkit's judge is the only one",
         "seeds": a.seeds, "methods": {}}
     pool = f"IPC {a.ipc} of {a.per_class}/class"
     judge_s = f"judge HL {a.eval_epochs} ep, {a.seeds} seeds"
@@ -370,6 +398,10 @@ def row(a: argparse.Namespace) -> None:
                 j[side] = mean_std(v)
         if "ddkit" in j and "deepcore" in j:
             j["verdict"] = verdict(j["ddkit"], j["deepcore"])
+        if accs(a, f"{m}-ddkit-nl0"):  # the never-learned control (forgetting)
+            j["ddkit_never_learned_zero"] = mean_std(accs(a, f"{m}-ddkit-nl0"))
+            if "deepcore" in j:
+                j["verdict_never_learned_zero"] = verdict(j["ddkit_never_learned_zero"], j["deepcore"])
         r["accuracy"] = j
         doc["methods"][m] = r
     write_json(RESULTS / "parity_deepcore.json", doc)

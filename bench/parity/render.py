@@ -275,12 +275,17 @@ def coreset_rows(m: Dict[str, Any], res: Dict[str, Any]) -> List[str]:
                   if v else "not judged yet")
         vs = f" vs {CORESET_VS[key]}" if key in CORESET_VS and not same and v else ""
         cell = f"{word}: {c['text']}; accuracy{vs} {judged}"
+        if acc_.get("ddkit_never_learned_zero"):  # the forgetting control: DeepCore's never-learned convention
+            nl, vn = acc_["ddkit_never_learned_zero"], acc_.get("verdict_never_learned_zero")
+            cell += (f"; control, ddkit's scores with never-learned = 0 (DeepCore's convention): {acc(nl)}"
+                     + (f", Δ to DeepCore {delta(vn)} {pf(vn, {'official': dc, 'ddkit': nl}, res['seeds'])}"
+                        if vn else ""))
         secs = r["seconds"]
         out.append(" | ".join([f"| {m['name']}: {CORESET_NAMES.get(key, key)}", repo, res["settings"][key],
                                "— (no evaluator for a given subset)", acc(dc if not same else dd), acc(dd), "—",
                                f"{delta(v)}; Jaccard of the picks {r['jaccard']:.2f}", "—", cell,
-                               f"whole selection {secs['deepcore']:.1f} s vs {secs['ddkit']:.1f} s (one run each on shared cores; "
-                               "not a speed measurement)"]) + " |")
+                               f"whole selection {secs['deepcore']:.1f} s vs {secs['ddkit']:.1f} s (one run each "
+                               "on shared cores; not a speed measurement)"]) + " |")
     return out
 
 
@@ -293,12 +298,14 @@ def coreset_details(m: Dict[str, Any], res: Dict[str, Any]) -> List[str]:
            f"{_machine(mach)}; torch {res['torch']}).", f"- Data: {res['data']}.", f"- Network: {res['network']}.",
            f"- Judge: {res['judge']}."]
     for key, r in res["methods"].items():
-        facts = ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("accuracy", "seconds", "pass", "train_acc_ddkit"))
+        skip = ("accuracy", "seconds", "pass", "train_acc_ddkit")
+        facts = ", ".join(f"{k} {v}" for k, v in r.items() if k not in skip)
         out.append(f"- {CORESET_NAMES.get(key, key)}: {facts}.")
-        for side in ("ddkit", "deepcore"):
+        for side in ("ddkit", "deepcore", "ddkit_never_learned_zero"):
             cell = r.get("accuracy", {}).get(side)
             if cell:
-                out.append(f"  - {side} picks, ddkit judge, per seed: " + ", ".join(f"{x:.2f}" for x in cell["per_seed"]))
+                out.append(f"  - {side} picks, ddkit judge, per seed: "
+                           + ", ".join(f"{x:.2f}" for x in cell["per_seed"]))
     for note in m.get("notes", []):
         out.append(f"- Note: {note}")
     return out + [""]
