@@ -39,7 +39,7 @@ from ddkit.utils import DDKitError, get_device, peak_memory_mb, reset_peak_memor
 #: modules of this package that hold no method (helpers); every other module is imported on first use of
 #: the registry and registers itself — so adding a method is adding one file
 HELPER_MODULES = {"base", "lic_ops", "lic_optim", "coresets_scores", "recover", "matching_ops", "mtt_ops",
-                  "patch_init", "real_init", "gsm"}
+                  "patch_init", "real_init", "gsm", "fast_embed", "edc_mosaic"}
 
 
 @dataclass(frozen=True)

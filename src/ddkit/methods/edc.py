@@ -33,13 +33,16 @@ a run computing the files cannot use them in the same process, so every official
 `--swap-class-patch` restores it); the conv-term drop and the real draws use generators of (seed, unit); images
 are stored as exact floats, not 8-bit JPEG.
 
-Left (not implemented): the ImageNet-1K start from ensemble-scored RandomResizedCrop crops tiled 2×2 into
-mosaics (`data_synthesis_without_optim.py`; refused with one line, `--init real` or `noise` instead); the
-category-aware "local" mode (no script uses it). The official ShufflePatches (U:653-679, and the relabel/train
+6. ImageNet-1K start (`--init mosaic`, the imagenet preset's): real crops scored by the teachers' ensemble and
+   tiled 2×2 (`methods.edc_mosaic`, data_synthesis_without_optim.py), one mosaic of the class per slot drawn
+   with replacement and flipped at random.
+
+Left (not implemented): the category-aware "local" mode (no script uses it). The official ShufflePatches (U:653-679, and the relabel/train
 copies) concatenates the unshuffled strips, so it is the identity and ddkit applies none.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -50,6 +53,7 @@ from ddkit.config import field
 from ddkit.data.base import ImageDataset, to_float
 from ddkit.data.facts import working_stats
 from ddkit.methods.base import MethodConfig, Unit, UnitResult, check_ipc, group_units, register_method
+from ddkit.methods.edc_mosaic import BATCH, POOL, ensemble_ce, mosaic_start
 from ddkit.methods.gsm import ClassStatHooks, collect_class_targets
 from ddkit.methods.gvbsm import real_views
 from ddkit.methods.matching_ops import NORM_HELP
@@ -104,8 +108,11 @@ class EDCConfig(MethodConfig):
                                              "preset 50)")
     stat_batch: Optional[int] = field(None, "batch of the statistics pass (64 CIFAR, 256 IN-1K)")
     init: str = field("auto", "start: real (a random train image of the class per slot, with replacement, random "
-                              "flip: CIFAR, R:210-211), noise (N(0, 1), R:213-215), mosaic (IN-1K's scored 2×2 "
-                              "mosaics: not implemented, refused) or auto (the preset's)")
+                              "flip: CIFAR, R:210-211), noise (N(0, 1), R:213-215), mosaic (IN-1K: crops scored by "
+                              "the teachers' ensemble, tiled 2×2, data_synthesis_without_optim.py) or auto (the "
+                              "preset's)")
+    mosaic_pool: int = field(POOL, "--init mosaic: the lowest-loss images kept per class (S:100: 300)")
+    mosaic_batch: int = field(BATCH, "--init mosaic: images per crop box; only full batches are cropped (S:124: 64)")
     swap_class_patch: bool = field(False, "use the class targets' patch mean and variance swapped, as the official "
                                           "statistic files store them (U:370-373)")
     norm: str = field("official", NORM_HELP + "; EDC: CIFAR-100's mean/std for CIFAR-10 too (U:77-78). The "
@@ -130,9 +137,8 @@ def resolve(cfg: EDCConfig, image_size: int) -> Tuple[str, Dict[str, Any]]:
         raise DDKitError(f"unknown --init {cfg.init!r}; choose {', '.join(INITS)}")
     if cfg.init != "auto":
         p["init"] = cfg.init
-    if p["init"] == "mosaic":
-        raise DDKitError("edc: ddkit does not build EDC's ImageNet-1K start (4-teacher ensemble-scored RRC crops "
-                         "tiled 2×2, data_synthesis_without_optim.py); pass --init real or --init noise")
+    if cfg.mosaic_pool < 1 or cfg.mosaic_batch < 1:
+        raise DDKitError("--mosaic-pool and --mosaic-batch must be >= 1")
     if p["iterations"] < 1 or p["batch_size"] < 1 or p["cell"] < 1 or p["stat_batch"] < 1 or p["stat_images"] < 0:
         raise DDKitError("iterations, batch_size, cell and stat_batch must be >= 1; stat_images >= 0")
     if not (0.0 <= p["alpha"] <= 1.0 and 0.0 <= p["drop_rate"] < 1.0 and 0.0 < p["rrc_min"] <= 1.0):
@@ -197,6 +203,8 @@ def edc(dataset: ImageDataset, teacher: Any, cfg: EDCConfig, work: Sequence[Unit
                  "cell": p["cell"], "stat_images": p["stat_images"], "stat_batch": p["stat_batch"],
                  "init": p["init"], "swap_class_patch": cfg.swap_class_patch, "class_weight": 0.5,
                  "teachers": [t.arch for t in teachers]}
+        if p["init"] == "mosaic":
+            facts.update(mosaic_pool=cfg.mosaic_pool, mosaic_batch=cfg.mosaic_batch)
         set_meta = {"recover": facts, "teacher_arch": getattr(teacher, "arch", None), "working_stats": working.meta(),
                     "classes_per_batch": min(dataset.num_classes, max(1, p["batch_size"] // cfg.ipc))}
         bounds = valid_bounds(working.mean, working.std)
@@ -211,7 +219,16 @@ def edc(dataset: ImageDataset, teacher: Any, cfg: EDCConfig, work: Sequence[Unit
                 h.reset()
                 h.drop_gen, h.labels = drop, y
             extras: Dict[str, torch.Tensor] = {}
-            if p["init"] == "real":
+            if p["init"] == "mosaic":  # the hooks paused: the ensemble's scoring forwards leave their EMAs be
+                with contextlib.ExitStack() as quiet:
+                    for h in hooks:
+                        quiet.enter_context(h.paused())
+                    x01, index = mosaic_start(dataset, u.classes, cfg.ipc, ensemble_ce(nets, m, s), device,
+                                              make_generator(cfg.seed, "edc", "mosaic", u.classes[0]),
+                                              cfg.mosaic_pool, cfg.mosaic_batch)
+                x0 = (x01.to(device) - m) / s
+                extras["source_index"] = index
+            elif p["init"] == "real":
                 x01, index = real_start(dataset, u.classes, cfg.ipc, make_generator(cfg.seed, "edc", "real",
                                                                                     u.classes[0]))
                 x0 = (x01.to(device) - m) / s

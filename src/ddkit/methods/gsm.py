@@ -25,8 +25,9 @@ numbers; the other branches differ only where said) and `data_synthesis_with_svd
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -99,6 +100,8 @@ class StatHooks:
     def _fn(self, h: _Hook) -> Callable[..., None]:
         def fn(module: nn.Module, inputs: Tuple[torch.Tensor, ...], output: Any) -> None:
             x = inputs[0]
+            if self.mode == "off":
+                return
             if self.mode == "collect":
                 if h.kind == "conv":
                     with torch.no_grad():
@@ -139,6 +142,15 @@ class StatHooks:
                 h.target = [(a / self.seen).float() for a in h.acc]
                 h.acc = None
         self.mode = "match"
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Forwards inside leave the hooks untouched (EDC scores its mosaic crops through the hooked teachers)."""
+        mode, self.mode = self.mode, "off"
+        try:
+            yield
+        finally:
+            self.mode = mode
 
     def reset(self) -> None:
         """Forget the EMAs (a new unit starts from its own first batch statistics)."""
