@@ -55,7 +55,7 @@ def test_default_follows_the_machine(auto) -> None:
     assert p.why.startswith("fast path: bf16 autocast (amx_bf16) + compile (inductor + g++")
     assert p.why.endswith("; --exact for fp32 eager")
     short = pick(cfg, SHORT)  # a test or demo student: not worth the first compile
-    assert (short.bf16, short.compile) == (True, False) and "too short to pay the first compile" in short.why
+    assert (short.bf16, short.compile) == (True, False) and "too few to pay the first compile" in short.why
     avx2 = pick(cfg, LONG, bf16=epyc)  # AVX2-only: fp32, compiled (no emulated bf16)
     assert (avx2.bf16, avx2.compile) == (False, True) and "fp32 (no native bf16" in avx2.why
     plain = pick(cfg, SHORT, bf16=epyc)

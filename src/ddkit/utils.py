@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -161,6 +161,30 @@ def compiler() -> Tuple[Optional[str], str]:
     except Exception as e:  # an unusual build: no dynamo at all
         return None, f"torch.compile unavailable ({type(e).__name__})"
     return f"inductor + {os.path.basename(cxx)}", ""
+
+
+#: environment variable that makes every automatic compute-path choice (the evaluator's students, DM's real batch)
+#: the exact one: fp32 eager. tests/conftest.py sets it so the suite's numbers do not depend on the CPU.
+EXACT_ENV = "DDKIT_EXACT"
+
+
+def exact_requested() -> bool:
+    """Whether DDKIT_EXACT asks the automatic compute-path choices for fp32 eager."""
+    return os.environ.get(EXACT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def auto_compile(device: torch.device, images: int, threshold: int, what: str,
+                 probe: Optional[Callable[[], Tuple[Optional[str], str]]] = None) -> Tuple[bool, str]:
+    """The automatic compile rule shared by the evaluator and the matching methods: on CPU only (unmeasured on a
+    GPU), only when the run pushes at least `threshold` images (`what`: their name in the reason) through the
+    compiled graph so that the first compile pays for itself, and only where inductor can build kernels
+    (`probe`, default `compiler`). Returns (compile?, the reason in words)."""
+    if device.type != "cpu":
+        return False, f"eager (compile is opt-in on {device.type}: --compile true)"
+    if images < threshold:
+        return False, f"eager ({images:,} {what} < {threshold:,}: too few to pay the first compile)"
+    name, reason = (probe or compiler)()
+    return (True, f"compile ({name}, {images:,} {what})") if name is not None else (False, f"eager ({reason})")
 
 
 def inductor_cache_dir() -> str:

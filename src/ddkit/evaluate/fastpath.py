@@ -20,16 +20,12 @@ default breaks no promise that held before; what it changes is recorded in every
 """
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
-from ddkit.utils import bf16_unit, compiler  # noqa: F401  (the probes; methods use them too)
-
-#: environment variable that makes the automatic choice the exact path (tests/conftest.py sets it)
-EXACT_ENV = "DDKIT_EXACT"
+from ddkit.utils import EXACT_ENV, auto_compile, bf16_unit, compiler, exact_requested  # noqa: F401 (re-exported)
 #: compile on CPU only when the students of one evaluation see at least this many images in this process.
 #: A cold first compile of the ConvNet-3 student (HL) cost 31 s of CPU, g++ included, on the 2-core Xeon, and
 #: the compiled bf16 step saves 1.9 ms of CPU per image there, so it pays after ~16,000 images
@@ -62,10 +58,6 @@ class ComputePath:
         return asdict(self)
 
 
-def _truthy(value: Optional[str]) -> bool:
-    return str(value or "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def choose(cfg: Any, device: torch.device, images: int, image_size: int = 32, stacked: bool = False, *,
            bf16_probe: Optional[Callable[[torch.device], Optional[str]]] = None,
            compiler_probe: Optional[Callable[[], Tuple[Optional[str], str]]] = None) -> ComputePath:
@@ -79,7 +71,7 @@ def choose(cfg: Any, device: torch.device, images: int, image_size: int = 32, st
         asked = [f"--{n} true" for n in ("cpu_amp", "compile") if getattr(cfg, n) is True]
         over = f", overriding {' and '.join(a.replace('_', '-') for a in asked)}" if asked else ""
         return ComputePath(False, False, True, dev, f"exact: fp32 eager (--exact{over})")
-    auto_off = _truthy(os.environ.get(EXACT_ENV))
+    auto_off = exact_requested()
     if auto_off and dev == "cpu" and cfg.cpu_amp is None and cfg.compile is None:
         return ComputePath(False, False, True, dev, f"exact: fp32 eager ({EXACT_ENV}=1)")
     why = []
@@ -112,16 +104,9 @@ def choose(cfg: Any, device: torch.device, images: int, image_size: int = 32, st
     elif stacked:
         comp = False
         why.append("eager (--stack: the vmapped students are not compiled)")
-    elif dev != "cpu":
-        comp = False
-        why.append(f"eager (compile is opt-in on {dev}: --compile true)")
-    elif images < COMPILE_MIN_IMAGES:
-        comp = False
-        why.append(f"eager ({images:,} student images < {COMPILE_MIN_IMAGES:,}: too short to pay the first compile)")
     else:
-        name, reason = compiler_probe()
-        comp = name is not None
-        why.append(f"compile ({name}, {images:,} student images)" if comp else f"eager ({reason})")
+        comp, reason = auto_compile(device, images, COMPILE_MIN_IMAGES, "student images", compiler_probe)
+        why.append(reason)
     fast = bf16 or comp
     line = ("fast path: " if fast else "") + " + ".join(why) + ("; --exact for fp32 eager" if fast else "")
     return ComputePath(bf16, comp, False, dev, line)

@@ -33,7 +33,7 @@ from ddkit.augment import DEFAULT_STRATEGY, Augment, dsa
 from ddkit.config import field
 from ddkit.data.base import ImageDataset
 from ddkit.methods.base import ClassResult, MethodConfig, register_method
-from ddkit.methods.fast_embed import RealEmbedder, choose
+from ddkit.methods.fast_embed import EXACT_EMBED, RealEmbedder, choose
 from ddkit.methods.matching_ops import (NORM_HELP, LossLog, RealPool, check_real_init, fresh_net, has_batchnorm,
                                         init_images, net_seed, resolve_settings, working_space)
 from ddkit.models import create_model
@@ -90,14 +90,10 @@ def dm_loss(net: nn.Module, real: torch.Tensor, syn: torch.Tensor, aug: Augment,
             embed_real: Optional[RealEmbedder] = None) -> torch.Tensor:
     """‖mean embedding of A(real) − mean embedding of A(syn)‖² with one shared draw A (`embed_real`: the real
     batch's path; default fp32 eager)."""
+    embed_real = embed_real or RealEmbedder(EXACT_EMBED)
     p = aug.sample(1, real.shape, generator=g)
-    if embed_real is None:
-        with torch.no_grad():
-            f_real = embed(net, aug.apply(real, p))
-    else:
-        f_real = embed_real(net, aug.apply(real, p))
-    bf16 = embed_real is not None and embed_real.path.bf16
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # both sides at one precision
+    f_real = embed_real(net, aug.apply(real, p))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=embed_real.path.bf16):  # both sides at one precision
         f_syn = embed(net, aug.apply(syn, p)).float()
     return ((f_real.mean(0) - f_syn.mean(0)) ** 2).sum()
 

@@ -7,7 +7,7 @@ bench/results/dm_fast_embed_cpu.json). torch.compile fuses those passes. The net
 embedding is compiled once as a function of (parameters, images) of one template network
 (`torch.func.functional_call`) and every fresh network's parameters go through the same compiled graph.
 
-The path is chosen like the evaluator's students (evaluate/fastpath.py, whose rules this mirrors but does not import:
+The path is chosen like the evaluator's students (evaluate/fastpath.py; the shared rules live in ddkit.utils, since
 a method never reads evaluation code):
   * `exact` (or DDKIT_EXACT=1 for the automatic choice) is fp32 eager, the code as it was: bit-identity checks and
     the golden tests;
@@ -21,7 +21,6 @@ The synthetic side (ipc images, with gradient) always runs eager: it is a few pe
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -29,10 +28,7 @@ import torch
 import torch.nn as nn
 
 from ddkit.models.features import penultimate
-from ddkit.utils import bf16_unit, compiled, compiler
-
-#: environment variable that makes the automatic choice the exact path (the evaluator's too; tests set it)
-EXACT_ENV = "DDKIT_EXACT"
+from ddkit.utils import EXACT_ENV, auto_compile, bf16_unit, compiled, compiler, exact_requested  # noqa: F401
 #: compile only when this process embeds at least this many real images. The cold compile of the ConvNet-3
 #: embedding cost 10-18 s on the 2-core Xeon, and a compiled DM iteration (2,560 real images) took 2.95 CPU s against
 #: 3.75 eager (bench/results/matching_speed_dm_compile_cpu.json): ~0.3 ms saved per 32-px image, so it pays after
@@ -50,6 +46,10 @@ class EmbedPath:
     why: str
 
 
+#: fp32 eager, the code as it was: what a caller that chose nothing gets
+EXACT_EMBED = EmbedPath(False, False, "exact: fp32 eager")
+
+
 def choose(exact: bool, compile_opt: Optional[bool], cpu_amp: Optional[bool], device: torch.device, images: int,
            has_bn: bool, *, bf16_probe: Optional[Callable[[torch.device], Optional[str]]] = None,
            compiler_probe: Optional[Callable[[], Tuple[Optional[str], str]]] = None) -> EmbedPath:
@@ -58,7 +58,7 @@ def choose(exact: bool, compile_opt: Optional[bool], cpu_amp: Optional[bool], de
     compiler_probe = compiler_probe or compiler
     if exact:
         return EmbedPath(False, False, "exact: fp32 eager (--exact)")
-    auto_off = os.environ.get(EXACT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    auto_off = exact_requested()
     unit = bf16_probe(device) if device.type == "cpu" else None
     bf16 = bool(cpu_amp) and unit is not None
     amp_why = (f"bf16 autocast ({unit}, --cpu-amp true)" if bf16 else
@@ -69,16 +69,10 @@ def choose(exact: bool, compile_opt: Optional[bool], cpu_amp: Optional[bool], de
                "eager (a BatchNorm network: --compile is not used)")
     elif auto_off:
         comp, why = False, f"eager ({EXACT_ENV}=1)"
-    elif device.type != "cpu":
-        comp, why = False, f"eager (compile is opt-in on {device.type}: --compile true)"
-    elif has_bn:
+    elif has_bn and device.type == "cpu":
         comp, why = False, "eager (a BatchNorm network: running statistics stay module state)"
-    elif images < COMPILE_MIN_IMAGES:
-        comp, why = False, f"eager ({images:,} real images < {COMPILE_MIN_IMAGES:,}: too few to pay the first compile)"
     else:
-        name, reason = compiler_probe()
-        comp = name is not None
-        why = f"compile ({name}, {images:,} real images)" if comp else f"eager ({reason})"
+        comp, why = auto_compile(device, images, COMPILE_MIN_IMAGES, "real images", compiler_probe)
     fast = comp or bf16
     return EmbedPath(comp, bf16, ("fast path: " if fast else "") + f"{amp_why} + {why}" +
                      ("; --exact for fp32 eager" if fast else ""))
