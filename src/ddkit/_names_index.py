@@ -302,12 +302,13 @@ INDEX = {'datasets': [{'name': 'cifar10',
              {'name': 'edc',
               'aliases': [],
               'description': 'EDC CIFAR-10 training: RRC(0.08..1) + flip + CutMix, MSE + 0.025 CE (own label), AdamW '
-                             '1e-3 wd 0.01, x0.5 at epochs 800/900/950, 1000 ep, bs 10 (no RandAugment, no student '
-                             'EMA)'},
+                             "1e-3 wd 0.01, x0.5 at epochs 800/900/950, 1000 ep, bs 10, tested with the parameters' "
+                             'EMA 0.99 (no RandAugment)'},
              {'name': 'edc-in1k',
               'aliases': [],
               'description': 'EDC ImageNet-1K training: RRC(0.5..1) + flip + CutMix, MSE + 0.025 CE (own label), '
-                             'AdamW 1e-3 wd 0.01, half-cosine (ends at 0.5x), 300 ep, bs 100 (no student EMA)'},
+                             'AdamW 1e-3 wd 0.01, half-cosine (ends at 0.5x), 300 ep, bs 100, tested with the '
+                             "parameters' EMA 0.99"},
              {'name': 'fadrm',
               'aliases': ['fadrm+'],
               'description': 'FADRM/FADRM+ validation: RRC(0.08..1) + flip + CutMix, KL T=20 (no T^2), AdamW 1e-3, '

@@ -95,6 +95,8 @@ class EvalConfig:
     ce_weight: Optional[float] = field(None, "weight of the CE term of mse_ce (EDC: 0.025)")
     ce_unmixed: Optional[bool] = field(None, "mse_ce: the CE term takes each image's own label, not the "
                                              "CutMix/Mixup-mixed one (G-VBSM train_FKD.py:307-308)")
+    ema_decay: Optional[float] = field(None, "> 0: test the student with an EMA of its parameters (decay per step; "
+                                             "its BatchNorm statistics stay live), as EDC does with 0.99; 0 = off")
     crop_factor_from_set: bool = field(True, "the factor crop (cim) uses the set's own mosaic factor (meta 'factor'; "
                                              "1 = no crop: random/RDED f=1/coresets); false = the recipe's f=2 for "
                                              "every set (issue #16: handicaps non-mosaic sets)")

@@ -75,8 +75,8 @@ def run_stacked(build: Callable[[int], nn.Module], seeds: Sequence[int], stack: 
     for g0 in range(0, len(seeds), stack):
         group = list(seeds[g0:g0 + stack])
         models = [build(s) for s in group]
-        if not stackable(models[0]) or type(views) is not Views:
-            return []  # batch statistics, or a data path of its own (stored views): one at a time
+        if not stackable(models[0]) or type(views) is not Views or recipe.ema_decay > 0:
+            return []  # batch statistics, a data path of its own (stored views) or an EMA: one at a time
         tr = StackedTrainer(models, group, images, labels, recipe, plan, views, targets, criterion, device=device,
                             amp=amp, cpu_amp=cpu_amp)
         res = train_stacked(tr, evaluate=evaluate, validate=validate, log_paths=[log_path(s) for s in group],

@@ -9,6 +9,7 @@ draws the same augmentations on any device.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -26,6 +27,7 @@ from ddkit.augment import (Augment, Compose, CutMix, FactorCrop, Flip, Identity,
 from ddkit.augment.ahead import DrawAhead
 from ddkit.augment.base import Params
 from ddkit.augment.randaug import RandAugment
+from ddkit.evaluate.ema import ParamEMA
 from ddkit.evaluate.losses import LossSpec, make_criterion
 from ddkit.evaluate.recipes import Recipe
 from ddkit.optim import make_optimizer
@@ -312,6 +314,7 @@ class StudentTrainer:
             self.opt, lambda it: lr_factor(recipe, plan.epoch_of(it), plan.epochs))
         self.it = 0
         self.last_lr = recipe.lr
+        self.ema = ParamEMA(model, recipe.ema_decay) if recipe.ema_decay > 0 else None  # EDC: tested with it
         # Draw-ahead (the default data path): the batch indices and the views' params of `draw_ahead` steps are
         # drawn at once, in the order the steps would draw them, and reach the device in one copy. A subclass
         # with its own batches (stored views) keeps the step-by-step path, as does draw_ahead=0.
@@ -361,6 +364,8 @@ class StudentTrainer:
             loss.backward()
         with stage("eval.optimizer"):
             self.opt.step()
+            if self.ema is not None:
+                self.ema.step(self.model)
         self.last_lr = float(self.opt.param_groups[0]["lr"])  # the lr this step used (logged)
         self.sched.step()
         self.it += 1
@@ -369,6 +374,10 @@ class StudentTrainer:
     def lr(self) -> float:
         """The learning rate of the most recent step."""
         return self.last_lr
+
+    def tested_weights(self) -> Any:
+        """Context in which `self.model` holds the weights the recipe tests: the EMA's (ema_decay > 0) or its own."""
+        return self.ema.swapped(self.model) if self.ema is not None else contextlib.nullcontext()
 
 
 def epoch_lines(plan: Plan, step: Callable[[], torch.Tensor], loss_sum: torch.Tensor,
@@ -442,10 +451,12 @@ def train_run(trainer: StudentTrainer, seed: int, *, evaluate: Callable[[nn.Modu
             waiting.append((rec, loss_sum / n_it))  # a new device tensor: loss_sum is cleared for the next line
             since_read += n_it
             if evaluated:
-                rec["test_acc"] = evaluate(trainer.model)
+                with trainer.tested_weights():
+                    rec["test_acc"] = evaluate(trainer.model)
+                    if validate is not None:
+                        rec["val_acc"] = validate(trainer.model)
                 res.test_history.append((epoch, rec["test_acc"]))
                 if validate is not None:
-                    rec["val_acc"] = validate(trainer.model)
                     res.val_history.append((epoch, rec["val_acc"]))
             if evaluated or since_read >= READ_EVERY or iteration == plan.iterations:
                 flush()
