@@ -85,3 +85,39 @@ def test_config_draws_and_replay():
     assert torch.equal(ra.apply(x, q), ra.apply(x, q))  # a draw replays
     off = {**q, "on": torch.zeros_like(q["on"])}
     assert torch.equal(ra.apply(x, off), x)  # nothing on: the image itself (already on the 8-bit grid)
+
+
+def test_torchvision_randaugment_is_torchvisions_own_draw_replayed_per_image():
+    from torchvision.transforms import RandAugment as TV
+    from torchvision.transforms.functional import pil_to_tensor, to_pil_image
+
+    from ddkit.augment.randaug import TorchvisionRandAugment, make_randaug
+
+    x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    ra = make_randaug("torchvision")
+    assert isinstance(ra, TorchvisionRandAugment) and (ra.num_ops, ra.magnitude) == (2, 9)
+    p = ra.sample(6, (16, 16), generator=torch.Generator().manual_seed(1))
+    before = torch.get_rng_state()
+    out = ra.apply(x, p)
+    assert torch.equal(torch.get_rng_state(), before)  # the global generator is not consumed
+    assert torch.equal(out, ra.apply(x, p))  # replay
+    for i in (0, 3):  # each row is torchvision's RandAugment() on the 8-bit PIL image under that row's seed
+        torch.manual_seed(int(p["seed"][i]))
+        want = pil_to_tensor(TV()(to_pil_image((x[i] * 255).round().to(torch.uint8)))).float() / 255
+        assert torch.equal(out[i], want)
+    assert not torch.equal(out, (x * 255).round() / 255)  # 2 ops of magnitude 9 change something
+    assert (make_randaug("torchvision-n1-m3").num_ops, make_randaug("torchvision-n1-m3").magnitude) == (1, 3)
+    with pytest.raises(ValueError, match="0..30"):
+        make_randaug("torchvision-m31")
+    assert type(make_randaug("rand-m6-n2-mstd1.0")).__name__ == "RandAugment"
+
+
+def test_edc_recipe_starts_with_torchvision_randaugment_and_bad_configs_refuse():
+    from ddkit.evaluate import EvalConfig, get_recipe
+    from ddkit.evaluate.recipes import resolve_recipe
+    from ddkit.utils import DDKitError
+
+    assert get_recipe("edc").randaug == "torchvision" and get_recipe("edc-in1k").randaug == ""
+    with pytest.raises(DDKitError, match="--randaug: unsupported section"):
+        resolve_recipe(EvalConfig(recipe="edc", regime="hl", randaug="torchvision-x2"), n_images=10, num_classes=2,
+                       ipc=5, image_size=8)

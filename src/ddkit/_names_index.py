@@ -301,9 +301,9 @@ INDEX = {'datasets': [{'name': 'cifar10',
                              '(no T^2), AdamW 1e-3, quarter-cosine, 300 ep, RDED batch rule'},
              {'name': 'edc',
               'aliases': [],
-              'description': 'EDC CIFAR-10 training: RRC(0.08..1) + flip + CutMix, MSE + 0.025 CE (own label), AdamW '
-                             "1e-3 wd 0.01, x0.5 at epochs 800/900/950, 1000 ep, bs 10, tested with the parameters' "
-                             'EMA 0.99 (no RandAugment)'},
+              'description': 'EDC CIFAR-10 training: torchvision RandAugment + RRC(0.08..1) + flip + CutMix, MSE + '
+                             '0.025 CE (own label), AdamW 1e-3 wd 0.01, x0.5 at epochs 800/900/950, 1000 ep, bs 10, '
+                             "tested with the parameters' EMA 0.99"},
              {'name': 'edc-in1k',
               'aliases': [],
               'description': 'EDC ImageNet-1K training: RRC(0.5..1) + flip + CutMix, MSE + 0.025 CE (own label), '

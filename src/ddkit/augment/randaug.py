@@ -1,4 +1,5 @@
-"""timm's RandAugment (`rand-m6-n2-mstd1.0`, DELT's evaluation) as a replayable, batched augmentation.
+"""timm's RandAugment (`rand-m6-n2-mstd1.0`, DELT's evaluation) as a replayable, batched augmentation; and
+torchvision's (EDC's CIFAR training), run by torchvision itself per image (`TorchvisionRandAugment`).
 
 DELT (VILA-Lab/DELT@f2f81ca `evaluation/validation/main.py:119-123`) puts timm's `rand_augment_transform` first in
 its student's view chain, with hparams `img_mean` (124, 116, 104) as the fill. The rule, read in timm's
@@ -225,4 +226,53 @@ class RandAugment(Augment):
         return (torch.floor(g + 0.5) / 255).view(-1, 1, 1, 1).expand_as(x)
 
 
-__all__: List[str] = ["RandAugment", "OPS", "parse_config"]
+class TorchvisionRandAugment(Augment):
+    """torchvision's `RandAugment(num_ops, magnitude)` (defaults 2 and 9 of 31 bins, nearest, fill 0) on each image
+    as an 8-bit PIL image, the way EDC's CIFAR training puts `transforms.RandAugment()` before ToTensor
+    (shaoshitong/EDC@80116a7 Branch_CIFAR_10/train/direct_train.py:230). The library itself runs (its 14 ops and
+    magnitude table); ddkit only makes it replayable: param ``seed`` (n,) seeds torchvision's draw for each image,
+    inside a fork of the global generator, so nothing outside sees it. Images are quantised to 8 bits first, as the
+    official reads them from JPEG files."""
+
+    def __init__(self, num_ops: int = 2, magnitude: int = 9) -> None:
+        from torchvision.transforms import RandAugment as TV  # torchvision only when a recipe asks for it
+
+        self.num_ops, self.magnitude = int(num_ops), int(magnitude)
+        self.op = TV(num_ops=self.num_ops, magnitude=self.magnitude)
+
+    def sample(self, n, image_size, *, generator=None, device=None) -> Params:
+        gdev = generator.device if generator is not None else "cpu"
+        return {"seed": torch.randint(0, 2 ** 62, (n,), generator=generator, device=gdev).to(device or "cpu")}
+
+    def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        from torchvision.transforms.functional import pil_to_tensor, to_pil_image
+
+        u8 = (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+        out = []
+        for img, seed in zip(u8, params["seed"].tolist()):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(seed))
+                out.append(pil_to_tensor(self.op(to_pil_image(img))))
+        return torch.stack(out).to(device=x.device, dtype=x.dtype) / 255
+
+
+def make_randaug(config: str) -> Augment:
+    """The RandAugment a recipe names: 'torchvision' (optionally 'torchvision-n2-m9': torchvision's, EDC) or a timm
+    config such as 'rand-m6-n2-mstd1.0' (DELT)."""
+    parts = config.split("-")
+    if parts[0] != "torchvision":
+        return RandAugment(config)
+    n, m = 2, 9
+    for p in parts[1:]:
+        if re.fullmatch(r"n\d+", p):
+            n = int(p[1:])
+        elif re.fullmatch(r"m\d+", p):
+            m = int(p[1:])
+        else:
+            raise ValueError(f"unsupported section {p!r} in {config!r}: torchvision RandAugment takes n<ops>, m<0..30>")
+    if not 0 <= m < 31:
+        raise ValueError(f"torchvision RandAugment magnitude must be in 0..30 (31 bins), got {m}")
+    return TorchvisionRandAugment(n, m)
+
+
+__all__: List[str] = ["RandAugment", "TorchvisionRandAugment", "OPS", "make_randaug", "parse_config"]

@@ -81,8 +81,9 @@ class EvalConfig:
     pad: Optional[int] = field(None, "zero padding of crop=pad (RandomCrop(size, padding=pad))")
     factor: Optional[int] = field(None, "crop factor f (0: 1 at <= 64 px, else 2)")
     rrc_min: Optional[float] = field(None, "smallest RandomResizedCrop area fraction for crop=rrc")
-    randaug: Optional[str] = field(None, "timm RandAugment config applied first, on [0, 1] images (DELT: "
-                                         "rand-m6-n2-mstd1.0); '' = none")
+    randaug: Optional[str] = field(None, "RandAugment applied first, on [0, 1] images: a timm config (DELT: "
+                                         "rand-m6-n2-mstd1.0) or torchvision[-n2-m9] (torchvision's, per image as "
+                                         "8-bit PIL: EDC's CIFAR training); '' = none")
     flip: Optional[bool] = field(None, "random horizontal flip before normalisation")
     dsa: Optional[str] = field(None, "DSA strategy applied per sample after normalisation ('none' to disable)")
     dsa_mode: Optional[str] = field(None, "chain (CIM DiffAug) or single (DC/DSA: one op per batch)")

@@ -32,6 +32,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, List, Tuple
 
+from ddkit.augment.randaug import make_randaug
 from ddkit.evaluate.protocol import EvalConfig, resolve_regime
 from ddkit.evaluate.losses import LOSSES
 from ddkit.geometry import auto_factor
@@ -257,13 +258,14 @@ _add(Recipe(
     # multisteplr --loss-type mse_gt --ce-weight 0.025, AdamW 1e-3 wd 0.01, --mix-type cutmix): RRC(32, 0.08-1) + flip
     # (:232-236), MSE(student, mean of the teachers' logits) + 0.025·CE(student, the image's own label) (:421-422),
     # AdamW on get_parameters (no decay on 1-d params, :312-315), MultiStepLR [800, 900, 950] x0.5 (:330-332).
-    # The official code tests the EMA of the student's parameters (--ema-dr 0.99, :79-98, 351-354, 437-438).
-    # Not here: torchvision RandAugment() before the crop (:230).
-    "edc", "EDC CIFAR-10 training: RRC(0.08..1) + flip + CutMix, MSE + 0.025 CE (own label), AdamW 1e-3 wd 0.01, "
-           "x0.5 at epochs 800/900/950, 1000 ep, bs 10, tested with the parameters' EMA 0.99 (no RandAugment)",
+    # torchvision's RandAugment() first, on the PIL image (:230); the official code tests the EMA of the student's
+    # parameters (--ema-dr 0.99, :79-98, 351-354, 437-438).
+    "edc", "EDC CIFAR-10 training: torchvision RandAugment + RRC(0.08..1) + flip + CutMix, MSE + 0.025 CE (own "
+           "label), AdamW 1e-3 wd 0.01, x0.5 at epochs 800/900/950, 1000 ep, bs 10, tested with the parameters' EMA "
+           "0.99",
     optimizer="adamw", lr=1e-3, weight_decay=0.01, wd_norm_bias=False, schedule="multistep",
     milestones=(0.8, 0.9, 0.95), gamma=0.5, epochs=1000, batch_rule="fixed", batch_size=10, crop="rrc",
-    rrc_min=0.08, flip=True, mix="cutmix", mix_alpha=1.0, hl_loss="ce", sl_loss="mse_ce", slkd_loss="mse_ce",
+    rrc_min=0.08, randaug="torchvision", flip=True, mix="cutmix", mix_alpha=1.0, hl_loss="ce", sl_loss="mse_ce", slkd_loss="mse_ce",
     mse_weight=1.0, ce_weight=0.025, ce_unmixed=True, ema_decay=0.99))
 _add(Recipe(
     # EDC@80116a7 Branch_full_ImageNet_1k/train/train_FKD_parallel.py with train.sh (--batch-size 100 --ls-type cos
@@ -366,6 +368,11 @@ def resolve_recipe(cfg: EvalConfig, *, n_images: int, num_classes: int, ipc: int
         bs = r.batch_size
     if r.crop == "pad" and not 0 <= r.pad < image_size:
         raise DDKitError(f"crop pad {r.pad} must be in [0, {image_size}) for {image_size} px images")
+    if r.randaug:
+        try:
+            make_randaug(r.randaug)
+        except ValueError as e:
+            raise DDKitError(f"--randaug: {e}") from None
     if not 0.0 <= r.ema_decay < 1.0:
         raise DDKitError(f"--ema-decay must be in [0, 1) (0 = no EMA), got {r.ema_decay}")
     if bs < 1 or r.epochs < 1:

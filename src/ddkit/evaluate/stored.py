@@ -25,7 +25,7 @@ import torch
 
 from ddkit.augment import (Augment, Compose, FactorCrop, Flip, Identity, Normalize, Params, RandomResizedCrop,
                            ShufflePatches, Translate, dsa)
-from ddkit.augment.randaug import RandAugment
+from ddkit.augment.randaug import make_randaug
 from ddkit.config import dump, field
 from ddkit.distilled import DistilledSet
 from ddkit.evaluate.protocol import EvalConfig
@@ -55,7 +55,7 @@ class InNormalised(Augment):
 
 def view_aug(recipe: Recipe, image_size: int, mean, std) -> Augment:
     """The recipe's per-sample view chain on [0,1] images, in `train.Views` order (no batch mixing)."""
-    ops: List[Augment] = [RandAugment(recipe.randaug)] if recipe.randaug else []
+    ops: List[Augment] = [make_randaug(recipe.randaug)] if recipe.randaug else []
     if recipe.crop == "factor":
         ops.append(FactorCrop(recipe.factor))
     elif recipe.crop == "rded":

@@ -26,7 +26,7 @@ from ddkit.augment import (Augment, Compose, CutMix, FactorCrop, Flip, Identity,
                            RandomResizedCrop, ShufflePatches, Translate, dsa)
 from ddkit.augment.ahead import DrawAhead
 from ddkit.augment.base import Params
-from ddkit.augment.randaug import RandAugment
+from ddkit.augment.randaug import make_randaug
 from ddkit.evaluate.ema import ParamEMA
 from ddkit.evaluate.losses import LossSpec, make_criterion
 from ddkit.evaluate.recipes import Recipe
@@ -132,7 +132,7 @@ class Views:
     `norm` replaces the mean/std normalisation (a set's ZCA whitening, evaluate/native.py)."""
 
     def __init__(self, recipe: Recipe, image_size: int, mean, std, norm: Optional[Augment] = None) -> None:
-        ops: List[Augment] = [RandAugment(recipe.randaug)] if recipe.randaug else []  # DELT: first, on pixels
+        ops: List[Augment] = [make_randaug(recipe.randaug)] if recipe.randaug else []  # DELT: first, on pixels
         self.factor_crop: Optional[FactorCrop] = None
         if recipe.crop == "factor":
             self.factor_crop = FactorCrop(recipe.factor)
