@@ -56,3 +56,41 @@ print(keep, faults() - f0)
     assert on[0] == "True" and off[0] == "False"
     # 5 × 64 MB of 4 KB pages = 81920 faults with glibc's defaults; a few hundred at most when reused
     assert int(off[1]) > 10000 and int(on[1]) < 2000, (on, off)
+
+
+RETURN_CODE = """
+import resource, torch
+from ddkit.allocator import keep_freed_memory, return_freed_memory, active
+keep = keep_freed_memory()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def step():
+    x = torch.empty(16 * 1024 * 1024)  # 64 MB: above the 32 MiB threshold of glibc's settled state
+    x.fill_(1.0)
+    del x
+def settled_faults():
+    for _ in range(12):
+        step()
+    f0 = faults()
+    for _ in range(5):
+        step()
+    return faults() - f0
+before = settled_faults()
+with return_freed_memory() as returning:
+    inside = settled_faults()
+after = settled_faults()
+print(keep, returning, active(), before, inside, after)
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="mallopt tuning exists on glibc only")
+def test_return_freed_memory_maps_big_blocks_inside_and_restores_after():
+    keep, returning, still, before, inside, after = _child(RETURN_CODE, DDKIT_KEEP_FREED_MEMORY="1").split()
+    assert (keep, returning, still) == ("True", "True", "True")
+    # inside, every 64 MB block is mapped and handed back (5 × 16384 pages faulted); outside it is reused
+    assert int(inside) > 10000 and int(before) < 2000 and int(after) < 2000, (before, inside, after)
+
+
+def test_return_freed_memory_touches_nothing_when_not_kept():
+    keep, returning, still, *_ = _child(RETURN_CODE, DDKIT_KEEP_FREED_MEMORY="0").split()
+    assert (keep, returning, still) == ("False", "False", "False")
