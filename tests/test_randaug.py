@@ -87,25 +87,35 @@ def test_config_draws_and_replay():
     assert torch.equal(ra.apply(x, off), x)  # nothing on: the image itself (already on the 8-bit grid)
 
 
-def test_torchvision_randaugment_is_torchvisions_own_draw_replayed_per_image():
+def test_torchvision_randaugment_is_torchvisions_own_ops_under_ddkits_draws():
     from torchvision.transforms import RandAugment as TV
     from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
     from ddkit.augment.randaug import TorchvisionRandAugment, make_randaug
 
-    x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     ra = make_randaug("torchvision")
-    assert isinstance(ra, TorchvisionRandAugment) and (ra.num_ops, ra.magnitude) == (2, 9)
-    p = ra.sample(6, (16, 16), generator=torch.Generator().manual_seed(1))
+    assert isinstance(ra, TorchvisionRandAugment) and (ra.num_ops, ra.magnitude) == (2, 9) and len(ra.names) == 14
+    p = ra.sample(8, (16, 16), generator=torch.Generator().manual_seed(1))
     before = torch.get_rng_state()
     out = ra.apply(x, p)
     assert torch.equal(torch.get_rng_state(), before)  # the global generator is not consumed
     assert torch.equal(out, ra.apply(x, p))  # replay
-    for i in (0, 3):  # each row is torchvision's RandAugment() on the 8-bit PIL image under that row's seed
-        torch.manual_seed(int(p["seed"][i]))
-        want = pil_to_tensor(TV()(to_pil_image((x[i] * 255).round().to(torch.uint8)))).float() / 255
-        assert torch.equal(out[i], want)
-    assert not torch.equal(out, (x * 255).round() / 255)  # 2 ops of magnitude 9 change something
+    assert not torch.equal(out, (x * 255).round() / 255)
+    # torchvision's RandAugment() with a global seed equals ddkit's apply given the choices that seed makes
+    space = TV()._augmentation_space(31, (16, 16))
+    for i, seed in enumerate(range(20, 28)):
+        torch.manual_seed(seed)
+        ops, negs = [], []
+        for _ in range(2):  # torchvision's draw order: an op index, then a sign only for a signed op
+            k = int(torch.randint(14, (1,)).item())
+            ops.append(k)
+            negs.append(bool(torch.randint(2, (1,))) if space[ra.names[k]][1] else False)
+        torch.manual_seed(seed)
+        img = (x[i] * 255).round().to(torch.uint8)
+        want = pil_to_tensor(TV()(to_pil_image(img))).float() / 255
+        got = ra.apply(x[i:i + 1], {"op": torch.tensor([ops]), "neg": torch.tensor([negs])})
+        assert torch.equal(got[0], want), (seed, [ra.names[k] for k in ops])
     assert (make_randaug("torchvision-n1-m3").num_ops, make_randaug("torchvision-n1-m3").magnitude) == (1, 3)
     with pytest.raises(ValueError, match="0..30"):
         make_randaug("torchvision-m31")

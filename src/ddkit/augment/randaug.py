@@ -229,30 +229,44 @@ class RandAugment(Augment):
 class TorchvisionRandAugment(Augment):
     """torchvision's `RandAugment(num_ops, magnitude)` (defaults 2 and 9 of 31 bins, nearest, fill 0) on each image
     as an 8-bit PIL image, the way EDC's CIFAR training puts `transforms.RandAugment()` before ToTensor
-    (shaoshitong/EDC@80116a7 Branch_CIFAR_10/train/direct_train.py:230). The library itself runs (its 14 ops and
-    magnitude table); ddkit only makes it replayable: param ``seed`` (n,) seeds torchvision's draw for each image,
-    inside a fork of the global generator, so nothing outside sees it. Images are quantised to 8 bits first, as the
-    official reads them from JPEG files."""
+    (shaoshitong/EDC@80116a7 Branch_CIFAR_10/train/direct_train.py:230). torchvision's own op table
+    (`RandAugment._augmentation_space`) and op dispatch (`autoaugment._apply_op`) run; ddkit only draws the choices
+    from its generator instead of the global one, so a view replays: params ``op`` (n, num_ops) index into the
+    table, ``neg`` (n, num_ops) the sign of the signed ops (torchvision: `torch.randint(2)` per signed op). Images
+    are quantised to 8 bits first, as the official reads them from JPEG files."""
 
-    def __init__(self, num_ops: int = 2, magnitude: int = 9) -> None:
+    def __init__(self, num_ops: int = 2, magnitude: int = 9, num_bins: int = 31) -> None:
         from torchvision.transforms import RandAugment as TV  # torchvision only when a recipe asks for it
+        from torchvision.transforms import autoaugment
 
-        self.num_ops, self.magnitude = int(num_ops), int(magnitude)
-        self.op = TV(num_ops=self.num_ops, magnitude=self.magnitude)
+        self.num_ops, self.magnitude, self.num_bins = int(num_ops), int(magnitude), int(num_bins)
+        self.tv = TV(num_ops=self.num_ops, magnitude=self.magnitude, num_magnitude_bins=self.num_bins)
+        self.apply_op = autoaugment._apply_op
+        self.names = list(self.tv._augmentation_space(self.num_bins, (32, 32)))  # the order torchvision draws from
 
     def sample(self, n, image_size, *, generator=None, device=None) -> Params:
         gdev = generator.device if generator is not None else "cpu"
-        return {"seed": torch.randint(0, 2 ** 62, (n,), generator=generator, device=gdev).to(device or "cpu")}
+        shape = (n, self.num_ops)
+        op = torch.randint(0, len(self.names), shape, generator=generator, device=gdev)
+        neg = torch.randint(0, 2, shape, generator=generator, device=gdev).bool()
+        return {"op": op.to(device or "cpu"), "neg": neg.to(device or "cpu")}
 
     def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
         from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
         u8 = (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+        space = self.tv._augmentation_space(self.num_bins, tuple(x.shape[-2:]))
+        ops, negs = params["op"].tolist(), params["neg"].tolist()
         out = []
-        for img, seed in zip(u8, params["seed"].tolist()):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(seed))
-                out.append(pil_to_tensor(self.op(to_pil_image(img))))
+        for img, row_ops, row_neg in zip(u8, ops, negs):
+            pil = to_pil_image(img)
+            for k, neg in zip(row_ops, row_neg):
+                name = self.names[k]
+                mags, signed = space[name]
+                m = float(mags[self.magnitude].item()) if mags.ndim > 0 else 0.0
+                pil = self.apply_op(pil, name, -m if (signed and neg) else m, interpolation=self.tv.interpolation,
+                                    fill=self.tv.fill)
+            out.append(pil_to_tensor(pil))
         return torch.stack(out).to(device=x.device, dtype=x.dtype) / 255
 
 
