@@ -65,6 +65,7 @@ def descendants_section(src: Any) -> List[str]:
     for m, name in (("random", "random"), ("rded", "RDED"), ("lic", "LIC"), ("sre2l", "SRe2L")):
         rows.append([name, "study cell", ht(ref.get((m, 10, "slkd")), "slkd"), ht(ref.get((m, 10, "hl")), "hl"),
                      "–", "–"])
+    notes: List[str] = []  # what a row's protocol was when it ran, where the recipe has changed since
     for m, name in NAMES.items():
         got = {j: by.get((m, j)) for j in ("ht-slkd", "ht-hl", "native")}
         any_row = next((r for r in got.values() if r), None)
@@ -77,6 +78,8 @@ def descendants_section(src: Any) -> List[str]:
         for j, g in (("ht-slkd", "slkd"), ("ht-hl", "hl")):
             if got[j]:
                 judged(f"hard-truths {g.upper().replace('SLKD', 'SL+KD')}", name, _cell(got[j]["distilled"]), rnd[g])
+        if nat and nat.get("protocol_note"):
+            notes.append(f"- {name}, native protocol: {nat['protocol_note']}")
         if nat:
             a, ra = _cell(nat["distilled"]), _cell(nat.get("random"))
             judged("native", name, a, ra)
@@ -100,5 +103,5 @@ def descendants_section(src: Any) -> List[str]:
                        "IN-1K R18 IPC 10 (published)"], rows)
     lines += [""] + [f"- Against random, {j} (the 2σ rule): "
                      + "; ".join(f"{v} {', '.join(ns)}" for v, ns in sorted(by_v.items())) + "."
-                     for j, by_v in verdicts.items()]
+                     for j, by_v in verdicts.items()] + notes
     return lines + [""]
