@@ -37,8 +37,9 @@ are stored as exact floats, not 8-bit JPEG.
    tiled 2×2 (`methods.edc_mosaic`, data_synthesis_without_optim.py), one mosaic of the class per slot drawn
    with replacement and flipped at random.
 
-Left (not implemented): the category-aware "local" mode (no script uses it). The official ShufflePatches (U:653-679, and the relabel/train
-copies) concatenates the unshuffled strips, so it is the identity and ddkit applies none.
+Left (not implemented): the category-aware "local" mode (no script uses it). The official ShufflePatches
+(U:653-679, and the relabel/train copies) concatenates the unshuffled strips, so it is the identity and ddkit
+applies none.
 """
 from __future__ import annotations
 
