@@ -171,3 +171,16 @@ def test_expert_records_and_cpu_preset(tmp_path):
     assert eff["num_experts"] < 100 and eff["subset_per_class"] > 0 and eff["epochs"] >= 6
     assert resolve_expert_config(ExpertConfig())["num_experts"] == 100
     assert dataclasses.replace(ExpertConfig(), epochs=7).epochs == 7
+
+
+def test_cifar10_ipc10_lr_img_typo_is_told_unless_chosen():
+    # mtt-distillation issue #31: the author called the table's 1e5 a typo and gave no corrected value
+    with pytest.warns(UserWarning, match="issue #31"):
+        assert settings(MTTConfig(ipc=10), "cifar10")["lr_img"] == 1e5
+    import warnings as w
+
+    with w.catch_warnings():
+        w.simplefilter("error")
+        assert settings(MTTConfig(ipc=10, lr_img=1000.0), "cifar10")["lr_img"] == 1000.0
+        settings(MTTConfig(ipc=1), "cifar10")
+        settings(DATMConfig(ipc=10), "cifar10")
