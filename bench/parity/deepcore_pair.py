@@ -375,13 +375,17 @@ def row(a: argparse.Namespace) -> None:
             r["ratio_ddkit_over_deepcore"] = [round(float(ratio.min()), 3), round(float(ratio.max()), 3)]
         if m == "forgetting":
             never = [i for i, v in enumerate(d["scores"]) if v >= a.forget_epochs]
-            keep = [i for i in range(len(d["scores"])) if i not in set(never)]
+            nev = set(never)
+            keep = [i for i in range(len(d["scores"])) if i not in nev]
             r["never_learned_ddkit"] = len(never)
             r["spearman_learned_only"] = spearman([d["scores"][i] for i in keep], [o["scores"][i] for i in keep])
             r["train_acc_ddkit"] = d.get("train_acc")
             fl = sc.get("forgetting-deepcore-s5")
-            if fl:
-                r["floor_spearman"] = spearman(o["scores"], fl["scores"])
+            if fl:  # on the same samples as the criterion's Spearman; over all samples beside it
+                r["floor_spearman"] = spearman([o["scores"][i] for i in keep], [fl["scores"][i] for i in keep])
+                r["floor_spearman_all"] = spearman(o["scores"], fl["scores"])
+                r["spearman_ddkit_vs_floor_run"] = spearman([d["scores"][i] for i in keep],
+                                                            [fl["scores"][i] for i in keep])
                 r["floor_jaccard"] = jaccard(o["indices"], fl["indices"])
                 r["pass"] = r["spearman_learned_only"] >= r["floor_spearman"] - 0.05
         elif m in ("grand", "entropy"):
