@@ -9,11 +9,13 @@ same thing for all of them:
 | el2n       | ‖softmax − onehot‖₂ at the early point(s), mean over runs (Paul et al.)   | harder   |
 | grand      | last-layer gradient norm at the early point(s), mean over runs            | harder   |
 | forgetting | # correct→incorrect transitions between consecutive record points;        | harder   |
-|            | never-learned samples get R (> any reachable count; Toneva/DeepCore "∞")  |          |
+|            | never-learned samples get R (> any reachable count; Toneva et al.'s "∞")  |          |
 | aum        | mean over record points of logit_y − max_{j≠y} logit_j (Pleiss et al.)    | EASIER   |
 | entropy    | entropy of the final-point softmax                                         | harder   |
 | dyn-unc    | mean over all sliding windows of span J of std(p_y) (He et al., J = 10)   | harder   |
 
+DeepCore's forgetting.py leaves never-learned samples at 0 instead: at IPC 10 on a 6-epoch proxy that convention
+alone moved the selection's accuracy by about 10 points (bench/results/parity_deepcore.json, docs/parity.md).
 Forgetting is counted between record points (epochs by default), not per minibatch presentation as in
 Toneva et al.: each sample is presented once per epoch, so the two agree up to the evaluation view.
 """
