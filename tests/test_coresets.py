@@ -30,6 +30,9 @@ def hand_dynamics(labels: torch.Tensor, r: int = 4, **given) -> Dynamics:
 def test_forgetting_aum_dynunc_el2n_exact_values():
     correct = torch.tensor([[1, 1, 0, 0, 0], [0, 1, 0, 1, 0], [1, 1, 0, 1, 0], [0, 1, 0, 0, 1]]).bool()
     assert forgetting_counts(correct).tolist() == [2.0, 0.0, 4.0, 1.0, 0.0]  # never-learned (col 2) gets R = 4
+    assert forgetting_counts(correct, "zero").tolist() == [2.0, 0.0, 0.0, 1.0, 0.0]  # DeepCore: never counted
+    with pytest.raises(DDKitError, match="unknown --unlearned"):
+        forgetting_counts(correct, "inf")
     margin = torch.tensor([[1.0, -2.0], [3.0, -2.0], [2.0, 1.0], [2.0, 3.0]])
     p = torch.tensor([[0.1, 0.5], [0.3, 0.5], [0.5, 0.5], [0.7, 0.9]])
     el2n = torch.tensor([[[0.2, 0.4], [0.6, 0.8]], [[0.4, 0.2], [1.0, 0.0]]])  # runs=2, E=2, N=2
@@ -159,3 +162,17 @@ def test_every_method_end_to_end(tmp_path):
     ccs = create_method("ccs", ipc=3, dynamics_cache=str(tmp_path), seed=1, strata=4, **PROXY)
     a, b = ccs(ds, device="cpu", progress=False), ccs(ds, device="cpu", progress=False)
     assert a.meta["source_indices"] == b.meta["source_indices"]  # seeded stratum sampling
+
+
+def test_forgetting_unlearned_convention_reaches_the_selection(tmp_path):
+    # class 0: images 0-4; image 1 is never learned, image 3 forgotten twice, image 0 once (4 record points)
+    ds = make_toy(n_per_class=5, num_classes=2, size=8)
+    correct = torch.ones(4, 10, dtype=torch.bool)
+    correct[:, 1] = False
+    correct[1, 3] = correct[3, 3] = False
+    correct[2, 0] = False
+    hand_dynamics(ds.labels, correct=correct).save(tmp_path / "dyn")
+    kw = dict(ipc=1, dynamics_path=str(tmp_path / "dyn"))
+    top = create_method("forgetting", **kw)(ds, device="cpu", progress=False)
+    zero = create_method("forgetting", unlearned="zero", **kw)(ds, device="cpu", progress=False)
+    assert top.meta["source_indices"][0] == 1 and zero.meta["source_indices"][0] == 3

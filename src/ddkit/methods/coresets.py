@@ -117,7 +117,13 @@ class El2nEasyConfig(EarlyScoreConfig):
 
 
 @dataclass(frozen=True)
-class ForgettingEasyConfig(ScoreConfig):
+class ForgettingConfig(ScoreConfig):
+    unlearned: str = field("top", "never-learned samples: top (count R, above any reachable count: Toneva et al.'s "
+                                  "'infinitely forgotten') or zero (DeepCore's forgetting.py never counts them)")
+
+
+@dataclass(frozen=True)
+class ForgettingEasyConfig(ForgettingConfig):
     mode: str = field("easy", "Forgetting-easy (hard truths): keep the least-forgotten samples per class")
 
 
@@ -132,7 +138,7 @@ def _score_method(score_name: str, doc: str) -> Callable[..., Iterator[ClassResu
         check_ipc(dataset, cfg.ipc)
         dyn = load_dynamics(dataset, cfg, device, progress)
         score = compute_score(score_name, dyn, early_reduce=getattr(cfg, "early_reduce", "last"),
-                              span=getattr(cfg, "span", 10))
+                              span=getattr(cfg, "span", 10), unlearned=getattr(cfg, "unlearned", "top"))
         diff = difficulty(score_name, score)
 
         def picks(c: int, g: torch.Generator) -> torch.Tensor:
@@ -140,6 +146,7 @@ def _score_method(score_name: str, doc: str) -> Callable[..., Iterator[ClassResu
             return idx[select_by_difficulty(diff[idx], cfg.ipc, cfg.mode, cfg.window_offset, cfg.window_unit)]
 
         info = {"score": score_name, "higher_is_harder": HIGHER_IS_HARDER[score_name], "mode": cfg.mode,
+                **({"unlearned": cfg.unlearned} if hasattr(cfg, "unlearned") else {}),
                 "dynamics": cfg.dynamics_path or config_hash(cfg.proxy),
                 "proxy_train_acc": (dyn.meta.get("train_acc") or [None])[-1]}
         yield from _results(dataset, picks, cfg, classes, score, info)
@@ -154,7 +161,7 @@ _SCORES: Sequence[Tuple[str, type, Tuple[str, ...], str, str]] = (
     ("el2n-easy", El2nEasyConfig, (), "el2n", "EL2N-easy: the lowest-EL2N samples per class."),
     ("el2n-hard", EarlyScoreConfig, (), "el2n", "EL2N-hard: the highest-EL2N samples per class."),
     ("grand", EarlyScoreConfig, (), "grand", "GraNd (Paul et al. 2021): early last-layer gradient norm."),
-    ("forgetting", ScoreConfig, (), "forgetting", "Forgetting (Toneva et al. 2019): correct→wrong transitions."),
+    ("forgetting", ForgettingConfig, (), "forgetting", "Forgetting (Toneva et al. 2019): correct→wrong transitions."),
     ("forgetting-easy", ForgettingEasyConfig, (), "forgetting", "Forgetting-easy: the least-forgotten samples."),
     ("aum", ScoreConfig, (), "aum", "AUM (Pleiss et al. 2020): mean logit margin; hard = lowest AUM."),
     ("entropy", ScoreConfig, (), "entropy", "Entropy of the final proxy softmax; hard = highest."),

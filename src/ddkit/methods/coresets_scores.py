@@ -14,8 +14,8 @@ same thing for all of them:
 | entropy    | entropy of the final-point softmax                                         | harder   |
 | dyn-unc    | mean over all sliding windows of span J of std(p_y) (He et al., J = 10)   | harder   |
 
-DeepCore's forgetting.py leaves never-learned samples at 0 instead: at IPC 10 on a 6-epoch proxy that convention
-alone moved the selection's accuracy by about 10 points (bench/results/parity_deepcore.json, docs/parity.md).
+DeepCore's forgetting.py leaves never-learned samples at 0 instead (`--unlearned zero`): at IPC 10 on a 6-epoch
+proxy that convention alone moved the selection's accuracy by about 10 points (bench/results/parity_deepcore.json).
 Forgetting is counted between record points (epochs by default), not per minibatch presentation as in
 Toneva et al.: each sample is presented once per epoch, so the two agree up to the evaluation view.
 """
@@ -47,12 +47,18 @@ def early_score(t: torch.Tensor, reduce: str = "last") -> torch.Tensor:
     raise DDKitError(f"unknown early_reduce {reduce!r}; use last or mean")
 
 
-def forgetting_counts(correct: torch.Tensor) -> torch.Tensor:
-    """R×N correctness -> N forgetting events (correct at t, wrong at t+1); never-learned get R."""
+UNLEARNED = ("top", "zero")
+
+
+def forgetting_counts(correct: torch.Tensor, unlearned: str = "top") -> torch.Tensor:
+    """R×N correctness -> N forgetting events (correct at t, wrong at t+1); never-learned samples get R ("top":
+    Toneva et al.'s infinitely forgotten) or 0 ("zero": DeepCore's forgetting.py, which never counts them)."""
+    if unlearned not in UNLEARNED:
+        raise DDKitError(f"unknown --unlearned {unlearned!r}; choose {', '.join(UNLEARNED)}")
     c = correct.bool()
     events = (c[:-1] & ~c[1:]).sum(0).float()
     never = ~c.any(0)
-    return torch.where(never, torch.full_like(events, float(c.shape[0])), events)
+    return torch.where(never, torch.full_like(events, float(c.shape[0]) if unlearned == "top" else 0.0), events)
 
 
 def aum(margin: torch.Tensor) -> torch.Tensor:
@@ -65,14 +71,15 @@ def dynamic_uncertainty(p_true: torch.Tensor, span: int = 10) -> torch.Tensor:
     return window_std(p_true, span).mean(0)
 
 
-def compute_score(name: str, dyn: Dynamics, early_reduce: str = "last", span: int = 10) -> torch.Tensor:
+def compute_score(name: str, dyn: Dynamics, early_reduce: str = "last", span: int = 10,
+                  unlearned: str = "top") -> torch.Tensor:
     """The N-vector of score `name` (a key of HIGHER_IS_HARDER) from recorded dynamics."""
     if name == "el2n":
         return early_score(dyn.el2n, early_reduce)
     if name == "grand":
         return early_score(dyn.grand, early_reduce)
     if name == "forgetting":
-        return forgetting_counts(dyn.correct)
+        return forgetting_counts(dyn.correct, unlearned)
     if name == "aum":
         return aum(dyn.margin)
     if name == "entropy":
