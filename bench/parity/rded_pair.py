@@ -70,10 +70,13 @@ def step_data(w: Path) -> None:
         (root / ".done").write_text(f"{len(arr)} images\n")
 
 
-def official_env(w: Path, argv: List[str]):
+def official_env(w: Path, argv: List[str], folder: str = "official"):
     """cwd = the official work folder, the checkout on sys.path, sys.argv = the official script's flags; returns
     the imported `argument.args` (its parser runs at import, as in main.py)."""
-    os.chdir(w / "official")
+    if not (w / folder / "data").exists():  # a second official work folder (diagnostics) shares data + teacher
+        (w / folder).mkdir(parents=True, exist_ok=True)
+        (w / folder / "data").symlink_to(w / "official" / "data")
+    os.chdir(w / folder)
     sys.path.insert(0, str(PEER))
     sys.argv = ["main.py"] + argv
     import argument
@@ -148,10 +151,10 @@ def step_official_distill(w: Path) -> None:
                      "loadavg_at_end": os.getloadavg(), "machine": lscpu()})
 
 
-def ddkit_argv(w: Path) -> List[str]:
+def ddkit_argv(w: Path, seed: int = 0, name: str = "ddkit_set") -> List[str]:
     return ["ddkit", "distill", "--dataset", DATA, "--cache-dir", CACHE, "--device", "cpu", "--no-progress",
-            "--method", "rded", "--teacher", str(TEACHER), "--ipc", "10", "--seed", "0", "--pool-size", "300",
-            "--num-crop", "5", "--factor", "1", "--output", str(w / "ddkit_set")]
+            "--method", "rded", "--teacher", str(TEACHER), "--ipc", "10", "--seed", str(seed), "--pool-size", "300",
+            "--num-crop", "5", "--factor", "1", "--output", str(w / name)]
 
 
 def step_ddkit_distill(w: Path) -> None:
@@ -259,6 +262,8 @@ def judge_accs(w: Path, judge: str, side: str, seeds: int) -> List[float]:
 
 
 def step_row(a: argparse.Namespace, w: Path) -> None:
+    import rded_diag  # imports this module back: loaded lazily
+
     judges: Dict[str, Dict[str, Any]] = {}
     for judge in ("official", "ddkit"):
         for side in ("official", "ddkit"):
@@ -295,6 +300,7 @@ def step_row(a: argparse.Namespace, w: Path) -> None:
                          "each"},
         "official_seconds": {"wall_s": t_off.get("wall_s")}, "ddkit_seconds": {"wall_s": t_dd.get("wall_s")},
         "machine": t_off.get("machine") or lscpu(), "ddkit_revision": revision(),
+        "diagnostics": rded_diag.diagnostics(w),
         "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     write_json(path, doc)
     print(f"wrote {path}")
@@ -330,7 +336,7 @@ JUDGES = {"ddkit": "ddkit evaluate --protocol native (both sets declare 'rded': 
 def main(argv: List[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("step", choices=("all", "data", "teacher", "official-distill", "ddkit-distill", "sets",
-                                     "judge-ddkit", "judge-official", "row"))
+                                     "judge-ddkit", "judge-official", "row", "diag", "diag-official"))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--eval-epochs", type=int, default=300)
     ap.add_argument("--side", default="official")
@@ -338,6 +344,8 @@ def main(argv: List[str] | None = None) -> None:
     ap.add_argument("--runs", default="/work/runs/h27s")
     a = ap.parse_args(argv)
     a.runs = str(Path(a.runs).resolve())
+    import rded_diag  # noqa: F401  (the diagnostics steps; it imports this module back)
+
     w = Path(a.runs) / "rded_ipc10"
     w.mkdir(parents=True, exist_ok=True)
     if a.step == "all":
@@ -351,6 +359,10 @@ def main(argv: List[str] | None = None) -> None:
         return
     if a.step == "row":
         step_row(a, w)
+    elif a.step == "diag":
+        rded_diag.step_diag(w, a.eval_epochs)
+    elif a.step == "diag-official":
+        rded_diag.step_diag_official(w, a.seed, a.eval_epochs)
     elif a.step.startswith("judge-"):
         (judge_ddkit if a.step == "judge-ddkit" else judge_official)(w, a.side, a.seed, a.eval_epochs)
     else:
