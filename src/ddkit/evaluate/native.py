@@ -97,7 +97,8 @@ for _n in (
     Native("edc", "edc", "slkd", "EDC: MSE to the teachers' mean logits + 0.025 CE of the own label on CutMix views "
                                  "(labels from `ddkit relabel --teacher … --vote mean`, else the online teacher), "
                                  "AdamW 1e-3, x0.5 at 80/90/95 %, 1000 epochs, batch 10 (ImageNet-size sets: "
-                                 "edc-in1k), torchvision RandAugment first (CIFAR), tested with the parameters' EMA 0.99",
+                                 "edc-in1k), torchvision RandAugment first (CIFAR), tested with the parameters' "
+                                 "EMA 0.99",
            recipe_large="edc-in1k"),
     Native(UNDECLARED, "hardtruths-hl", "hl", "no paper protocol declared: the hard-truths HL recipe"),
 ):

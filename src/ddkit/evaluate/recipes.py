@@ -265,8 +265,8 @@ _add(Recipe(
            "0.99",
     optimizer="adamw", lr=1e-3, weight_decay=0.01, wd_norm_bias=False, schedule="multistep",
     milestones=(0.8, 0.9, 0.95), gamma=0.5, epochs=1000, batch_rule="fixed", batch_size=10, crop="rrc",
-    rrc_min=0.08, randaug="torchvision", flip=True, mix="cutmix", mix_alpha=1.0, hl_loss="ce", sl_loss="mse_ce", slkd_loss="mse_ce",
-    mse_weight=1.0, ce_weight=0.025, ce_unmixed=True, ema_decay=0.99))
+    rrc_min=0.08, randaug="torchvision", flip=True, mix="cutmix", mix_alpha=1.0, hl_loss="ce", sl_loss="mse_ce",
+    slkd_loss="mse_ce", mse_weight=1.0, ce_weight=0.025, ce_unmixed=True, ema_decay=0.99))
 _add(Recipe(
     # EDC@80116a7 Branch_full_ImageNet_1k/train/train_FKD_parallel.py with train.sh (--batch-size 100 --ls-type cos
     # --st 2 --loss-type mse_gt --ce-weight 0.025 --mix-type cutmix): ShufflePatches(2) (the identity as coded, see
