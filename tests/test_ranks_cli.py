@@ -138,6 +138,26 @@ def test_together_a_failing_rank_fails_every_rank_at_once(tmp_path):
     assert all("ok [0, 10]" in log for log in logs)
 
 
+def test_ranks_leave_the_group_together(tmp_path):
+    """A rank done early waits in `process_group` until the slowest one leaves too (rank 0 writing its record
+    after the last collective): a peer that exits first closes its sockets under a live gloo group, which
+    once aborted rank 0 in CI ('terminate called without an active exception')."""
+    code = ("import time, torch.distributed as dist; import ddkit.ranks as R\n"
+            "with R.process_group():\n"
+            "    r = dist.get_rank(); R.together(lambda: None)\n"
+            "    if r == 0:\n"
+            "        time.sleep(1.5); print('WORKED', time.time(), flush=True)\n"
+            "print('LEFT', time.time(), dist.is_initialized(), flush=True)")
+    logs = run_ranks([sys.executable, "-c", code], tmp_path, timeout=120)
+    assert all(log.startswith("rc=0") for log in logs), logs
+
+    def stamp(log: str, key: str) -> float:
+        return float(next(line.split()[1] for line in log.splitlines() if line.startswith(key)))
+
+    assert all(" False" in log for log in logs)  # both left (destroyed) the group
+    assert stamp(logs[1], "LEFT") >= stamp(logs[0], "WORKED"), logs  # rank 1 waited for rank 0's work
+
+
 def test_together_and_broadcast_in_one_process():
     from ddkit.ranks import RankFailed, acting_world, broadcast, solo, together
 

@@ -66,9 +66,17 @@ def is_main() -> bool:
     return dist.get_rank() == 0 if _initialised() else dist_env().rank == 0
 
 
-def cleanup_distributed() -> None:
-    """Leave the process group if one was initialised."""
+def cleanup_distributed(wait: bool = False) -> None:
+    """Leave the process group if one was initialised. With `wait`, first wait until every rank leaves too.
+
+    Why wait: a rank that exits closes its gloo sockets while a slower rank (rank 0 writing a record after the
+    last collective) still holds the group; gloo's receive thread on the slower rank can then abort the whole
+    process ("terminate called without an active exception", seen once in CI on `relabel` under torchrun).
+    Leaving together after a barrier keeps every peer alive until each has stopped using the group. Never
+    wait on an error path: a failed rank must not block on peers that may be stuck elsewhere."""
     if _initialised():
+        if wait:
+            barrier()
         dist.destroy_process_group()
 
 
@@ -85,9 +93,12 @@ def process_group(backend: Optional[str] = None) -> Iterator[DistInfo]:
     info = init_distributed(backend)
     try:
         yield info
-    finally:
+    except BaseException:
         if owned:
             cleanup_distributed()
+        raise
+    if owned:
+        cleanup_distributed(wait=True)  # a normal exit: every rank leaves the group together
 
 
 # -- work shared out over ranks (the study's cells, relabel's epochs) ---------------------------------
