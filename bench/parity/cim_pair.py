@@ -22,26 +22,23 @@ Steps (each skipped when its output exists; `row` rewrites the results JSON from
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (CACHE, DATA, RESULTS, load_split, lscpu, mean_std, read_json, revision,  # noqa: E402
-                    verdict, write_json)
+from common import CACHE, DATA, read_json, write_json  # noqa: E402
 from recover_loop import on_cpu, stub_modules  # noqa: E402
 from selection_common import cuda_as_cpu, module_to_cpu, renormalise_first_conv  # noqa: E402
+from selection_pair import (TEACHER, check_teacher, ddkit_distill, enter_official, judge_ddkit as judge,  # noqa: E402
+                            pair_args, pair_row, patch_teacher_loader as patch_loader, run_all, write_row,
+                            write_timing)
 
-ROOT = Path(__file__).resolve().parents[2]
-PY = sys.executable
 PEER = Path(os.environ.get("PARITY_PEERS", "/work/peers")) / "CIM"
 REPO, COMMIT = "LINs-lab/CIM", "ea71377"
-TEACHER = ROOT / "bench" / "teachers" / "cifar10_jpeg75_convnet3bn_e30"
 CIFAR = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))  # its load_normalize("cifar10")
 STUBS = ("lmdb", "cv2", "pyarrow")  # its serialize.py asserts pyarrow or msgpack; neither is used on CIFAR
 SCRIPT = ["-d", "cifar10", "-m", "conv3", "--depth", "2", "--ipc", "10"]  # scripts/cifar10/ipc10_conv.sh
@@ -52,8 +49,8 @@ def work(a: argparse.Namespace) -> Path:
 
 
 def official_env(w: Path, argv: List[str]):
-    """cwd = the official work folder (data/ linked to the RDED pair's PNG folders and teacher), the checkout on
-    sys.path, sys.argv = its script's flags; returns `argument.args`."""
+    """The official work folder (data/ linked to the RDED pair's PNG folders and teacher) entered
+    (selection_pair.enter_official); returns `argument.args`."""
     d = w / "official"
     d.mkdir(parents=True, exist_ok=True)
     rded = Path(os.environ.get("RDED_WORK", str(w.parent / "rded_ipc10"))) / "official" / "data"
@@ -61,58 +58,33 @@ def official_env(w: Path, argv: List[str]):
         if not (rded / "pretrain_models" / "cifar10_conv3.pth").is_file():
             raise SystemExit(f"{rded} missing: run `rded_pair.py data` and `rded_pair.py teacher` first")
         (d / "data").symlink_to(rded)
-    os.chdir(d)
-    sys.path.insert(0, str(PEER))
-    sys.argv = ["main.py"] + argv
     stub_modules(*STUBS)  # imported by data/utils/load_dataset.py for its LMDB branch only
-    import argument
+    return enter_official(d, PEER, argv)
 
-    argument.args.workers = 0  # its default is 4 loader processes; one process at a time here
-    return argument.args
+
+def to_teacher_units(net, mean, std):
+    """CIM's teacher with the converter CIFAR normalisation -> the teacher's own as a pre-hook on its first conv
+    (the network stays its ConvNet class, which its get_features branches on)."""
+    return renormalise_first_conv(net, net.layers["conv"][0], *CIFAR, mean, std)
 
 
 def patch_teacher_loader(module) -> None:
     """Its load_model as it is; a pretrained net (the teacher) gets the input converter on its first conv."""
-    t = json.loads(TEACHER.with_suffix(".json").read_text())
-    orig = module.load_model
-
-    def load_model(*args, **kw):
-        net = orig(*args, **kw)
-        if kw.get("pretrained", True):
-            renormalise_first_conv(net, net.layers["conv"][0], *CIFAR, t["mean"], t["std"])
-        return net
-
-    module.load_model = load_model
+    patch_loader(module, to_teacher_units)
 
 
 def step_teacher_check(w: Path) -> Dict[str, Any]:
     """The official CIM loader on the converted file (rded_pair.py wrote it) gives ddkit's logits."""
-    import torch
-
-    from ddkit.teachers.io import load_teacher
-
     out = w / "official" / "teacher_check.json"
     if out.is_file():
-        return json.loads(out.read_text())
+        return read_json(out)
     official_env(w, SCRIPT)
     import data.utils.load_model as lm
 
-    test = load_split("test")
-    ours = load_teacher(str(TEACHER), dataset=test)
     off = lm.load_model(model_name="conv3", dataset="cifar10", pretrained=True).eval()
-    x = test.images[:256].float() / 255
-    m, s = (torch.tensor(v).view(1, -1, 1, 1) for v in (ours.mean, ours.std))
-    cm, cs = (torch.tensor(v).view(1, -1, 1, 1) for v in CIFAR)
-    with torch.no_grad():
-        a, b = off((x - m) / s), ours.model((x - m) / s)
-        patch_teacher_loader(lm)
-        c = lm.load_model(model_name="conv3", dataset="cifar10", pretrained=True).eval()((x - cm) / cs)
-    diff, diff_conv = float((a - b).abs().max()), float((c - b).abs().max())
-    assert diff < 1e-4 and diff_conv < 1e-4, f"converted teacher differs from ddkit's: {diff:.3g} / {diff_conv:.3g}"
-    doc = {"teacher": str(TEACHER.relative_to(ROOT)), "loader": "data/utils/load_model.py load_model", "images": 256,
-           "max_abs_logit_diff": diff, "max_abs_logit_diff_through_converter": diff_conv}
-    write_json(out, doc)
-    return doc
+    patch_teacher_loader(lm)
+    conv = lm.load_model(model_name="conv3", dataset="cifar10", pretrained=True).eval()
+    return check_teacher(out, off, conv, CIFAR, {"loader": "data/utils/load_model.py load_model"})
 
 
 def step_official_distill(a: argparse.Namespace, w: Path) -> None:
@@ -140,10 +112,7 @@ def step_official_distill(a: argparse.Namespace, w: Path) -> None:
     t0 = time.monotonic()
     with cuda_as_cpu():
         cc.condense(args, logger, device="cpu")
-    wall = time.monotonic() - t0
-    write_json(out, {"argv": SCRIPT + ["-i", str(a.niter)], "wall_s": round(wall, 2),
-                     "class_seconds_mean": round(wall / 10, 3), "loadavg_at_end": os.getloadavg(),
-                     "machine": lscpu()})
+    write_timing(out, SCRIPT + ["-i", str(a.niter)], time.monotonic() - t0)
 
 
 def ddkit_argv(a: argparse.Namespace, w: Path) -> List[str]:
@@ -153,16 +122,7 @@ def ddkit_argv(a: argparse.Namespace, w: Path) -> List[str]:
 
 
 def step_ddkit_distill(a: argparse.Namespace, w: Path) -> None:
-    out = w / "ddkit_timing.json"
-    if out.is_file():
-        return
-    t0 = time.monotonic()
-    subprocess.run([PY, "-m"] + ddkit_argv(a, w) + ["--overwrite"], check=True,
-                   env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    meta = json.loads((w / "ddkit_set" / "meta.json").read_text())
-    write_json(out, {"argv": ddkit_argv(a, w), "wall_s": round(time.monotonic() - t0, 2),
-                     "class_seconds": meta.get("class_seconds"), "loadavg_at_end": os.getloadavg(),
-                     "machine": lscpu()})
+    ddkit_distill(w, ddkit_argv(a, w))
 
 
 def step_sets(a: argparse.Namespace, w: Path) -> None:
@@ -184,13 +144,7 @@ def step_sets(a: argparse.Namespace, w: Path) -> None:
 
 
 def judge_ddkit(a: argparse.Namespace, w: Path, side: str, seed: int) -> None:
-    out = w / f"eval_ddkit_{side}" / f"seed{seed}"
-    if (out / "summary.json").is_file():
-        return
-    subprocess.run([PY, "-m", "ddkit", "evaluate", str(w / f"{side}_set"), "--dataset", DATA, "--cache-dir", CACHE,
-                    "--device", "cpu", "--no-progress", "--no-random", "--protocol", "native", "--teacher",
-                    str(TEACHER), "--seeds", "1", "--seed", str(seed), "--epochs", str(a.eval_epochs), "--output",
-                    str(out), "--overwrite"], check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    judge(w, side, seed, a.eval_epochs)
 
 
 def judge_official(a: argparse.Namespace, w: Path, side: str, seed: int) -> None:
@@ -235,53 +189,19 @@ def judge_official(a: argparse.Namespace, w: Path, side: str, seed: int) -> None
                      "epochs": a.eval_epochs, "seconds": round(time.monotonic() - t0, 1)})
 
 
-def judge_accs(w: Path, judge: str, side: str, seeds: int) -> List[float]:
-    accs = []
-    for s in range(seeds):
-        if judge == "ddkit":
-            f = w / f"eval_ddkit_{side}" / f"seed{s}" / "summary.json"
-            if f.is_file():
-                accs += [100 * float(x) for r in json.loads(f.read_text())["results"] if r.get("set") == "distilled"
-                         for x in r["accs"]]
-        elif (r := read_json(w / f"eval_official_{side}" / f"seed{s}.json")):
-            accs.append(r["acc"])
-    return accs
-
-
 def step_row(a: argparse.Namespace, w: Path) -> None:
-    judges: Dict[str, Dict[str, Any]] = {}
-    for judge in ("official", "ddkit"):
-        for side in ("official", "ddkit"):
-            if (accs := judge_accs(w, judge, side, a.seeds)):
-                judges.setdefault(judge, {})[side] = mean_std(accs)
-    for j in judges.values():
-        if "official" in j and "ddkit" in j:
-            j["verdict"] = verdict(j["ddkit"], j["official"])
-    t_off, t_dd = read_json(w / "official" / "timing.json"), read_json(w / "ddkit_timing.json")
-    s_dd = round(sum(t_dd["class_seconds"]) / len(t_dd["class_seconds"]), 3) if t_dd.get("class_seconds") else None
-    path = RESULTS / "parity_lic.json"
-    doc = read_json(path) or {"method": "lic", "official": {"repo": REPO, "commit": COMMIT}, "rows": {}}
-    doc["official"]["edits"] = EDITS
-    doc["judges"] = JUDGES
-    doc["rows"]["ipc10"] = {
-        "settings": {"ipc": 10, "iterations": a.niter, "seeds": a.seeds, "eval_epochs": a.eval_epochs,
-                     "text": f"IPC 10, pool 300, factor 2, {a.niter} it (official 200), ConvNet-3-BN teacher "
-                             f"(83.89 %), judges {a.eval_epochs} ep (native 1000), {a.seeds} seeds"},
-        "official_argv": ["condense(args, logger, device='cpu')"] + SCRIPT + ["-i", str(a.niter)],
-        "ddkit_command": " ".join(t_dd.get("argv", ddkit_argv(a, w))).replace(f"{ROOT}/", ""),
-        "command": f"python bench/parity/cim_pair.py all --niter {a.niter} --seeds {a.seeds} "
-                   f"--eval-epochs {a.eval_epochs}",
-        "judges": judges, "teacher_check": read_json(w / "official" / "teacher_check.json"),
-        "speed": {"official_s_per_iteration": t_off.get("class_seconds_mean"), "ddkit_s_per_iteration": s_dd,
-                  "official_loadavg_at_end": t_off.get("loadavg_at_end"),
-                  "ddkit_loadavg_at_end": t_dd.get("loadavg_at_end"),
-                  "how": f"seconds per class (selection + {a.niter} compensation steps + stitching): official = "
-                         "the wall time of its condense() (teacher load and the PNG reads included) / 10; ddkit = "
-                         "the mean of the set's class_seconds; one after the other, one thread each"},
-        "machine": t_off.get("machine") or lscpu(), "ddkit_revision": revision(),
-        "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    write_json(path, doc)
-    print(f"wrote {path}")
+    row = pair_row(
+        a, w, settings={"ipc": 10, "iterations": a.niter, "seeds": a.seeds, "eval_epochs": a.eval_epochs,
+                        "text": f"IPC 10, pool 300, factor 2, {a.niter} it (official 200), ConvNet-3-BN teacher "
+                                f"(83.89 %), judges {a.eval_epochs} ep (native 1000), {a.seeds} seeds"},
+        official_argv=["condense(args, logger, device='cpu')"] + SCRIPT + ["-i", str(a.niter)],
+        ddkit_argv=ddkit_argv(a, w),
+        command=f"python bench/parity/cim_pair.py all --niter {a.niter} --seeds {a.seeds} "
+                f"--eval-epochs {a.eval_epochs}",
+        how=f"seconds per class (selection + {a.niter} compensation steps + stitching): official = "
+            "the wall time of its condense() (teacher load and the PNG reads included) / 10; ddkit = "
+            "the mean of the set's class_seconds; one after the other, one thread each")
+    write_row("lic", REPO, COMMIT, EDITS, JUDGES, row)
 
 
 EDITS = ("None to the official files. bench/parity/cim_pair.py calls its condense.condense.condense(args, logger, "
@@ -311,36 +231,18 @@ JUDGES = {"ddkit": "ddkit evaluate --protocol native (both sets declare 'cim': t
                       "num_val 4); last evaluation's test accuracy on the 10,000 test images"}
 
 
-def run_step(a: argparse.Namespace, step: str, side: str = "", seed: int = 0) -> None:
-    cmd = [PY, __file__, step, "--runs", a.runs, "--niter", str(a.niter), "--seeds", str(a.seeds),
-           "--eval-epochs", str(a.eval_epochs)] + (["--side", side, "--seed", str(seed)] if side else [])
-    subprocess.run(cmd, check=True)
-
-
 def main(argv: List[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("step", choices=("all", "teacher", "official-distill", "ddkit-distill", "sets", "judge-ddkit",
-                                     "judge-official", "row"))
-    ap.add_argument("--niter", type=int, default=200, help="compensation steps on both sides (official 200)")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--eval-epochs", type=int, default=1000)
-    ap.add_argument("--side", default="official")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--runs", default="/work/runs/h27s")
-    a = ap.parse_args(argv)
-    a.runs = str(Path(a.runs).resolve())
+    def niter(ap: argparse.ArgumentParser) -> None:
+        ap.add_argument("--niter", type=int, default=200, help="compensation steps on both sides (official 200)")
+
+    a = pair_args(argv, __doc__, ("all", "teacher", "official-distill", "ddkit-distill", "sets", "judge-ddkit",
+                                  "judge-official", "row"), eval_epochs=1000, add=niter)
     w = work(a)
     w.mkdir(parents=True, exist_ok=True)
     if a.step == "all":
-        for s in ("teacher", "official-distill", "ddkit-distill", "sets"):
-            run_step(a, s)
-        for seed in range(a.seeds):
-            for side in ("official", "ddkit"):
-                for judge in ("ddkit", "official"):
-                    run_step(a, f"judge-{judge}", side, seed)
-                    step_row(a, w)
-        return
-    if a.step == "row":
+        run_all(__file__, a, w, ("teacher", "official-distill", "ddkit-distill", "sets"), ["--niter", str(a.niter)],
+                step_row)
+    elif a.step == "row":
         step_row(a, w)
     elif a.step == "judge-ddkit":
         judge_ddkit(a, w, a.side, a.seed)

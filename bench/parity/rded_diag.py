@@ -14,8 +14,10 @@ import subprocess
 from pathlib import Path
 from typing import Any, Dict
 
-from rded_pair import (EXP, PY, ROOT, SCRIPT, cuda_as_cpu, ddkit_argv, judge_accs, judge_ddkit, official_env,
-                       patch_teacher_loader)
+from common import judge_accs
+from rded_pair import EXP, SCRIPT, ddkit_argv, official_env, patch_teacher_loader
+from selection_common import cuda_as_cpu
+from selection_pair import PY, ROOT, judge_ddkit
 
 
 def step_diag(w: Path, epochs: int) -> None:

@@ -27,30 +27,24 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (CACHE, DATA, RESULTS, load_split, lscpu, mean_std, read_json, revision,  # noqa: E402
-                    verdict, write_json)
+from common import CACHE, DATA, load_split  # noqa: E402
 from selection_common import Renormalise, cuda_as_cpu, to_official_state  # noqa: E402
+from selection_pair import (TEACHER, check_teacher, ddkit_distill, enter_official, judge_ddkit,  # noqa: E402
+                            pair_args, pair_row, patch_teacher_loader as patch_loader, run_all, teacher_facts,
+                            write_row, write_timing)
 
-ROOT = Path(__file__).resolve().parents[2]
-PY = sys.executable
 PEER = Path(os.environ.get("PARITY_PEERS", "/work/peers")) / "RDED"
 REPO, COMMIT = "LINs-lab/RDED", "3f6453d"
-TEACHER = ROOT / "bench" / "teachers" / "cifar10_jpeg75_convnet3bn_e30"
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # synthesize/utils.py:77, validation/main.py:110
 SCRIPT = ["--subset", "cifar10", "--arch-name", "conv3", "--factor", "1", "--num-crop", "5", "--mipc", "300",
           "--ipc", "10", "--stud-name", "conv3"]  # scripts/cifar10_10ipc_conv3_to_conv3_cr5.sh (+ --re-epochs)
 EXP = "exp/cifar10_conv3_f1_mipc300_ipc10_cr5"  # argument.py's exp_name for these flags
-
-
-def teacher_facts() -> Dict[str, Any]:
-    return json.loads(TEACHER.with_suffix(".json").read_text())
 
 
 def step_data(w: Path) -> None:
@@ -71,38 +65,27 @@ def step_data(w: Path) -> None:
 
 
 def official_env(w: Path, argv: List[str], folder: str = "official"):
-    """cwd = the official work folder, the checkout on sys.path, sys.argv = the official script's flags; returns
-    the imported `argument.args` (its parser runs at import, as in main.py)."""
+    """The official work folder <w>/<folder> entered (selection_pair.enter_official); returns `argument.args`."""
     if not (w / folder / "data").exists():  # a second official work folder (diagnostics) shares data + teacher
         (w / folder).mkdir(parents=True, exist_ok=True)
         (w / folder / "data").symlink_to(w / "official" / "data")
-    os.chdir(w / folder)
-    sys.path.insert(0, str(PEER))
-    sys.argv = ["main.py"] + argv
-    import argument
+    return enter_official(w / folder, PEER, argv)
 
-    argument.args.workers = 0  # its IPC-10 setting is 4 loader processes; one process at a time here
-    return argument.args
+
+def to_teacher_units(net, mean, std):
+    """RDED's teacher behind the converter from its ImageNet normalisation to the teacher's own (a wrapper)."""
+    return Renormalise(net, *IMAGENET, mean, std)
 
 
 def patch_teacher_loader(module) -> None:
     """The official load_model as it is, the teacher (pretrained=True) put behind the input converter."""
-    t = teacher_facts()
-    orig = module.load_model
-
-    def load_model(*args, **kw):
-        net = orig(*args, **kw)
-        return Renormalise(net, *IMAGENET, t["mean"], t["std"]) if kw.get("pretrained", True) else net
-
-    module.load_model = load_model
+    patch_loader(module, to_teacher_units)
 
 
 def step_teacher(w: Path) -> Dict[str, Any]:
     """Convert the teacher, build it with the official loader, assert equal logits; writes teacher_check.json."""
     import torch
     from safetensors.torch import load_file
-
-    from ddkit.teachers.io import load_teacher
 
     out = w / "official" / "teacher_check.json"
     if out.is_file():
@@ -114,21 +97,9 @@ def step_teacher(w: Path) -> Dict[str, Any]:
     from synthesize.utils import load_model
 
     off = load_model(model_name="conv3", dataset="cifar10", pretrained=True, classes=range(10)).eval()
-    test = load_split("test")
-    ours = load_teacher(str(TEACHER), dataset=test)
-    x = test.images[:256].float() / 255
-    m, s = (torch.tensor(v).view(1, -1, 1, 1) for v in (ours.mean, ours.std))
-    with torch.no_grad():
-        a, b = off((x - m) / s), ours.model((x - m) / s)
-        im, ist = (torch.tensor(v).view(1, -1, 1, 1) for v in IMAGENET)
-        c = Renormalise(off, *IMAGENET, ours.mean, ours.std)((x - im) / ist)
-    diff, diff_conv = float((a - b).abs().max()), float((c - b).abs().max())
-    assert diff < 1e-4 and diff_conv < 1e-4, f"converted teacher differs from ddkit's: {diff:.3g} / {diff_conv:.3g}"
-    doc = {"teacher": str(TEACHER.relative_to(ROOT)), "official_file": str(pth), "images": 256,
-           "max_abs_logit_diff": diff, "max_abs_logit_diff_through_converter": diff_conv,
-           "argmax_agree": float((a.argmax(1) == b.argmax(1)).float().mean())}
-    write_json(out, doc)
-    return doc
+    t = teacher_facts()
+    return check_teacher(out, off, to_teacher_units(off, t["mean"], t["std"]), IMAGENET, {"official_file": str(pth)},
+                         argmax=True)
 
 
 def step_official_distill(w: Path) -> None:
@@ -146,9 +117,7 @@ def step_official_distill(w: Path) -> None:
     t0 = time.monotonic()
     with cuda_as_cpu():
         sm.main(args)
-    wall = time.monotonic() - t0
-    write_json(out, {"argv": SCRIPT, "wall_s": round(wall, 2), "class_seconds_mean": round(wall / 10, 3),
-                     "loadavg_at_end": os.getloadavg(), "machine": lscpu()})
+    write_timing(out, SCRIPT, time.monotonic() - t0)
 
 
 def ddkit_argv(w: Path, seed: int = 0, name: str = "ddkit_set") -> List[str]:
@@ -158,16 +127,7 @@ def ddkit_argv(w: Path, seed: int = 0, name: str = "ddkit_set") -> List[str]:
 
 
 def step_ddkit_distill(w: Path) -> None:
-    out = w / "ddkit_timing.json"
-    if out.is_file():
-        return
-    t0 = time.monotonic()
-    subprocess.run([PY, "-m"] + ddkit_argv(w) + ["--overwrite"], check=True,
-                   env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    meta = json.loads((w / "ddkit_set" / "meta.json").read_text())
-    write_json(out, {"argv": ddkit_argv(w), "wall_s": round(time.monotonic() - t0, 2),
-                     "class_seconds": meta.get("class_seconds"), "loadavg_at_end": os.getloadavg(),
-                     "machine": lscpu()})
+    ddkit_distill(w, ddkit_argv(w))
 
 
 def step_sets(w: Path) -> None:
@@ -197,16 +157,6 @@ def step_sets(w: Path) -> None:
             d.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img).save(d / f"class{int(y):05d}_id{i:05d}.png")
         (syn / ".done").write_text("png, lossless\n")
-
-
-def judge_ddkit(w: Path, side: str, seed: int, epochs: int) -> None:
-    out = w / f"eval_ddkit_{side}" / f"seed{seed}"
-    if (out / "summary.json").is_file():
-        return
-    subprocess.run([PY, "-m", "ddkit", "evaluate", str(w / f"{side}_set"), "--dataset", DATA, "--cache-dir", CACHE,
-                    "--device", "cpu", "--no-progress", "--no-random", "--protocol", "native", "--teacher",
-                    str(TEACHER), "--seeds", "1", "--seed", str(seed), "--epochs", str(epochs), "--output", str(out),
-                    "--overwrite"], check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
 
 
 def judge_official(w: Path, side: str, seed: int, epochs: int) -> None:
@@ -240,70 +190,23 @@ def judge_official(w: Path, side: str, seed: int, epochs: int) -> None:
                      "seconds": round(time.monotonic() - t0, 1)})
 
 
-def run_step(a: argparse.Namespace, step: str, side: str = "", seed: int = 0) -> None:
-    """Every step runs in its own process (the official modules read sys.argv at import and chdir)."""
-    cmd = [PY, __file__, step, "--runs", a.runs, "--seeds", str(a.seeds), "--eval-epochs", str(a.eval_epochs)]
-    if side:
-        cmd += ["--side", side, "--seed", str(seed)]
-    subprocess.run(cmd, check=True)
-
-
-def judge_accs(w: Path, judge: str, side: str, seeds: int) -> List[float]:
-    accs = []
-    for s in range(seeds):
-        if judge == "ddkit":
-            f = w / f"eval_ddkit_{side}" / f"seed{s}" / "summary.json"
-            if f.is_file():
-                accs += [100 * float(x) for r in json.loads(f.read_text())["results"] if r.get("set") == "distilled"
-                         for x in r["accs"]]
-        elif (r := read_json(w / f"eval_official_{side}" / f"seed{s}.json")):
-            accs.append(r["acc"])
-    return accs
-
-
 def step_row(a: argparse.Namespace, w: Path) -> None:
     import rded_diag  # imports this module back: loaded lazily
 
-    judges: Dict[str, Dict[str, Any]] = {}
-    for judge in ("official", "ddkit"):
-        for side in ("official", "ddkit"):
-            if (accs := judge_accs(w, judge, side, a.seeds)):
-                judges.setdefault(judge, {})[side] = mean_std(accs)
-    for j in judges.values():
-        if "official" in j and "ddkit" in j:
-            j["verdict"] = verdict(j["ddkit"], j["official"])
-    t_off, t_dd = read_json(w / "official" / "timing.json"), read_json(w / "ddkit_timing.json")
-    s_off, s_dd = t_off.get("class_seconds_mean"), None
-    if t_dd.get("class_seconds"):
-        s_dd = round(sum(t_dd["class_seconds"]) / len(t_dd["class_seconds"]), 3)
-    path = RESULTS / "parity_rded.json"
-    doc = read_json(path) or {"method": "rded", "official": {"repo": REPO, "commit": COMMIT}, "rows": {}}
-    doc["official"]["edits"] = EDITS
-    doc["judges"] = JUDGES
-    doc["rows"]["ipc10"] = {
-        "settings": {"ipc": 10, "seeds": a.seeds, "eval_epochs": a.eval_epochs,
-                     "text": f"IPC 10, pool 300 × 5 crops, factor 1, ConvNet-3-BN teacher (83.89 %), judges "
-                             f"{a.eval_epochs} ep (native 300), {a.seeds} seeds"},
-        "official_argv": ["main.py"] + SCRIPT + ["--re-epochs", str(a.eval_epochs)],
-        "ddkit_command": " ".join(t_dd.get("argv", ddkit_argv(w))).replace(f"{ROOT}/", ""),
-        "command": f"python bench/parity/rded_pair.py all --seeds {a.seeds} --eval-epochs {a.eval_epochs}",
-        "judges": judges,
-        "teacher_check": read_json(w / "official" / "teacher_check.json"),
-        "speed": {"official_s_per_iteration": s_off, "ddkit_s_per_iteration": s_dd,
-                  "official_loadavg_at_end": t_off.get("loadavg_at_end"),
-                  "ddkit_loadavg_at_end": t_dd.get("loadavg_at_end"),
-                  "how": "seconds per class (an 'iteration' of RDED is one class: 300 images x 5 crops scored, "
-                         "ranked, the 10 best kept): official = the wall time of its synthesize main() / 10 "
-                         "(teacher load, its per-image PIL decode of 300 PNG files + ToTensor/crops/Normalize per "
-                         "class, scoring, JPEG saving); ddkit = the mean of the set's class_seconds (its pools come "
-                         "from the decoded cache, its crops batched); the two ran one after the other, one thread "
-                         "each"},
-        "official_seconds": {"wall_s": t_off.get("wall_s")}, "ddkit_seconds": {"wall_s": t_dd.get("wall_s")},
-        "machine": t_off.get("machine") or lscpu(), "ddkit_revision": revision(),
-        "diagnostics": rded_diag.diagnostics(w),
-        "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    write_json(path, doc)
-    print(f"wrote {path}")
+    row = pair_row(
+        a, w, settings={"ipc": 10, "seeds": a.seeds, "eval_epochs": a.eval_epochs,
+                        "text": f"IPC 10, pool 300 × 5 crops, factor 1, ConvNet-3-BN teacher (83.89 %), judges "
+                                f"{a.eval_epochs} ep (native 300), {a.seeds} seeds"},
+        official_argv=["main.py"] + SCRIPT + ["--re-epochs", str(a.eval_epochs)], ddkit_argv=ddkit_argv(w),
+        command=f"python bench/parity/rded_pair.py all --seeds {a.seeds} --eval-epochs {a.eval_epochs}",
+        how="seconds per class (an 'iteration' of RDED is one class: 300 images x 5 crops scored, "
+            "ranked, the 10 best kept): official = the wall time of its synthesize main() / 10 "
+            "(teacher load, its per-image PIL decode of 300 PNG files + ToTensor/crops/Normalize per "
+            "class, scoring, JPEG saving); ddkit = the mean of the set's class_seconds (its pools come "
+            "from the decoded cache, its crops batched); the two ran one after the other, one thread "
+            "each",
+        walls=True, extra={"diagnostics": rded_diag.diagnostics(w)})
+    write_row("rded", REPO, COMMIT, EDITS, JUDGES, row)
 
 
 EDITS = ("None to the official files. bench/parity/rded_pair.py runs its synthesize.main.main(args) and "
@@ -334,30 +237,15 @@ JUDGES = {"ddkit": "ddkit evaluate --protocol native (both sets declare 'rded': 
 
 
 def main(argv: List[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("step", choices=("all", "data", "teacher", "official-distill", "ddkit-distill", "sets",
-                                     "judge-ddkit", "judge-official", "row", "diag", "diag-official"))
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--eval-epochs", type=int, default=300)
-    ap.add_argument("--side", default="official")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--runs", default="/work/runs/h27s")
-    a = ap.parse_args(argv)
-    a.runs = str(Path(a.runs).resolve())
+    a = pair_args(argv, __doc__, ("all", "data", "teacher", "official-distill", "ddkit-distill", "sets", "judge-ddkit",
+                                  "judge-official", "row", "diag", "diag-official"), eval_epochs=300)
     import rded_diag  # noqa: F401  (the diagnostics steps; it imports this module back)
 
     w = Path(a.runs) / "rded_ipc10"
     w.mkdir(parents=True, exist_ok=True)
     if a.step == "all":
-        for s in ("data", "teacher", "official-distill", "ddkit-distill", "sets"):
-            run_step(a, s)
-        for seed in range(a.seeds):
-            for side in ("official", "ddkit"):
-                for judge in ("ddkit", "official"):
-                    run_step(a, f"judge-{judge}", side, seed)
-                    step_row(a, w)
-        return
-    if a.step == "row":
+        run_all(__file__, a, w, ("data", "teacher", "official-distill", "ddkit-distill", "sets"), [], step_row)
+    elif a.step == "row":
         step_row(a, w)
     elif a.step == "diag":
         rded_diag.step_diag(w, a.eval_epochs)

@@ -1,4 +1,5 @@
-"""Pieces shared by the RDED and CIM/LIC parity drivers (issue #27): the teacher converter and the run-time shims.
+"""Pieces shared by the RDED and CIM/LIC parity drivers (issue #27): the teacher converter and the run-time shims
+(the steps they share are in selection_pair.py).
 
 Both official repositories (LINs-lab/RDED, LINs-lab/CIM) build their ConvNet-3 observer with the same ConvNet
 class layout: `layers.conv.<d>` (Conv2d), `layers.norm.<d>` (BatchNorm2d), `classifier` (Linear), and load
