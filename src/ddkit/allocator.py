@@ -83,7 +83,9 @@ def _mallopt(libc: ctypes.CDLL, param: int, value: int) -> bool:
 
 @contextmanager
 def return_freed_memory() -> Iterator[bool]:
-    """Inside: blocks of 32 MiB and more are mapped and handed back when freed, the heap is trimmed; True if so.
+    """Inside: blocks of 32 MiB and more that the heap's free chunks cannot serve are mapped and handed back
+    when freed (glibc serves a request from a fitting free chunk first, as in its own settled state), and the
+    heap is trimmed at entry; True if so.
 
     For work whose live set is large and freed out of order (an unrolled MTT graph), where a heap that is never
     returned fragments into a peak far above the live size. Only undoes `keep_freed_memory` where it took
