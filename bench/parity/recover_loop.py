@@ -1,11 +1,14 @@
-"""Shared parts of the recover-loop parity drivers (issue #27/#28): cvdd_recover.py, wmdd_recover.py, delt_recover.py.
+"""Shared parts of the recover-loop parity drivers (issue #27/#28): cvdd_recover.py, wmdd_recover.py, delt_recover.py,
+cda_recover.py, dwa_recover.py.
 
 A recover-loop check runs a method's official `get_images` in-process beside ddkit's method on one small batch
 and compares the final images pixel by pixel (fadrm_recover.py was the first; it keeps its own copy of these
 pieces so that its committed result stays exactly reproducible). What this module holds is ours only: tiny
 random-weight BatchNorm networks with non-trivial running statistics, a toy image set, the pass rule, the
 objective of the final images, a stand-in for a module's `torch.load`, a torch function mode that maps the
-official "cuda" device strings to the CPU, and the JSON writer. Nothing of the official repositories is here.
+official "cuda" device strings to the CPU (and may answer its torch.randn), the JSON writer, and views drawn by
+the driver and handed to both sides (`SharedViews`: CDA's curriculum is a view schedule, so its check cannot run
+with the views off). Nothing of the official repositories is here.
 
 The pass rule (as fadrm_recover.py): no two implementations agree bit for bit after a few Adam steps, because
 Adam's first steps are lr·g/(|g| + 1e-8) and a pixel whose gradient is ~0 moves by up to ±lr on rounding noise;
@@ -20,7 +23,7 @@ import sys
 import types
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -123,9 +126,10 @@ def stub_modules(*names: str) -> List[str]:
     return missing
 
 
-def on_cpu():
+def on_cpu(randn: Optional[Callable[[], torch.Tensor]] = None):
     """A torch function mode turning every 'cuda' device argument of a torch call into 'cpu' (the official code's
-    hard-coded `device='cuda'` / `.to('cuda')`)."""
+    hard-coded `device='cuda'` / `.to('cuda')`); with `randn`, every torch.randn call is answered by randn()
+    (an official start drawn inside its function, handed the shared start instead)."""
     from torch.overrides import TorchFunctionMode
 
     def cpu(d: Any) -> Any:
@@ -135,6 +139,8 @@ def on_cpu():
 
     class OnCpu(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
+            if randn is not None and func is torch.randn:
+                return randn()
             kwargs = {k: (cpu(v) if k == "device" else v) for k, v in (kwargs or {}).items()}
             return func(*(cpu(x) for x in args), **kwargs)
 
@@ -191,3 +197,119 @@ def write(path: Optional[str], doc: Dict[str, Any]) -> None:
     if path:
         common.write_json(Path(path), doc)
         print(f"wrote {path}")
+
+
+class SharedViews:
+    """Views handed to both sides (cda_recover.py, dwa_recover.py): the n-th view of a run (one per Adam step, the
+    same order on both sides) is a RandomResizedCrop box, a flip and a roll drawn by the driver from seeds of
+    (seed, n) — not from either side's generator. The box is torchvision's own `RandomResizedCrop.get_params` run
+    on a fork of torch's RNG seeded for n, with the lower scale bound the ASKING side computed at that step: so
+    each side's own crop-scale schedule (CDA's curriculum) decides its boxes, and two sides with the same schedule
+    get the same boxes. `scales` records the bound each side asked with (the schedule check)."""
+
+    RATIO = (3 / 4, 4 / 3)
+
+    def __init__(self, size: int, jitter: int, seed: int = 11) -> None:
+        self.size, self.jitter, self.seed = size, jitter, seed
+        self.scales: Dict[str, List[float]] = {"ddkit": [], "official": []}
+
+    def _gen(self, n: int, what: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + 4 * n + what)
+
+    def box(self, n: int, lo: float, side: str) -> Sequence[int]:
+        """(top, left, height, width) of the n-th view at lower scale bound `lo`."""
+        import torchvision.transforms as T
+
+        self.scales[side].append(float(lo))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(0, 2 ** 62, (1,), generator=self._gen(n, 0))))
+            return [int(v) for v in T.RandomResizedCrop.get_params(torch.empty(1, self.size, self.size),
+                                                                    [float(lo), 1.0], list(self.RATIO))]
+
+    def flip(self, n: int) -> bool:
+        return bool(torch.rand(1, generator=self._gen(n, 1)) < 0.5)
+
+    def roll(self, n: int) -> Sequence[int]:
+        """(rows, columns) shift, each uniform in 0..jitter (random.randint's inclusive range)."""
+        return [int(v) for v in torch.randint(0, self.jitter + 1, (2,), generator=self._gen(n, 2))]
+
+
+@contextmanager
+def ddkit_views(views: SharedViews) -> Iterator[None]:
+    """ddkit's recover engine takes its views from `views`: `recover._draw_views` still runs (ddkit's own
+    schedule computes the crop bound and builds its RandomResizedCrop), but that class is a stand-in whose box is
+    views.box(n, its bound), and the drawn flip and roll are replaced by views.flip(n) / views.roll(n)."""
+    import ddkit.methods.recover as R
+
+    real_draw, real_rrc = R._draw_views, R.RandomResizedCrop
+    n = [0]
+
+    class Box:  # stands in for ddkit.augment.RandomResizedCrop inside _draw_views
+        def __init__(self, size: Any, scale: Sequence[float] = (0.08, 1.0), **kw: Any) -> None:
+            self.lo = scale[0]
+
+        def sample(self, k: int, hw: Any, generator: Any = None, device: Any = None) -> Dict[str, torch.Tensor]:
+            return {"box": torch.tensor([views.box(n[0], self.lo, "ddkit")], dtype=torch.float32)}
+
+    def draw(gens: Sequence[torch.Generator], spec: Any, it: int, hw: Any) -> Dict[str, torch.Tensor]:
+        if len(gens) != 1 or spec.one_view:
+            raise ValueError("shared views are for one group per step")
+        out = real_draw(gens, spec, it, hw)
+        out["roll"] = torch.tensor([views.roll(n[0])])
+        if "flip" in out:
+            out["flip"] = torch.tensor([views.flip(n[0])])
+        n[0] += 1
+        return out
+
+    R._draw_views, R.RandomResizedCrop = draw, Box
+    try:
+        yield
+    finally:
+        R._draw_views, R.RandomResizedCrop = real_draw, real_rrc
+
+
+def official_views(views: SharedViews) -> Tuple[types.SimpleNamespace, types.SimpleNamespace]:
+    """Stand-ins for an official module's `transforms` and `random` names taking their views from `views`:
+    torchvision's RandomResizedCrop whose get_params returns views.box(n, the scale it was built with) (its own
+    resized_crop then runs), a RandomHorizontalFlip flipping when views.flip(n), and a `random` whose randint(0,
+    jitter) answers views.roll(n) in two calls; n counts the constructions (one per step) and the randint pairs."""
+    import torchvision.transforms as T
+    import torchvision.transforms.functional as TF
+
+    made = {"crop": 0, "flip": 0, "randint": 0}
+
+    class Crop(T.RandomResizedCrop):
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            super().__init__(*a, **kw)
+            self.n, made["crop"] = made["crop"], made["crop"] + 1
+
+        def get_params(self, img: Any, scale: Sequence[float], ratio: Sequence[float]):  # type: ignore[override]
+            return views.box(self.n, scale[0], "official")
+
+    class Flip(T.RandomHorizontalFlip):
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            super().__init__(*a, **kw)
+            self.n, made["flip"] = made["flip"], made["flip"] + 1
+
+        def forward(self, img: torch.Tensor) -> torch.Tensor:
+            return TF.hflip(img) if views.flip(self.n) else img
+
+    def randint(a: int, b: int) -> int:
+        if (a, b) != (0, views.jitter):
+            raise ValueError(f"randint({a}, {b}) is not the roll 0..{views.jitter}")
+        k, made["randint"] = made["randint"], made["randint"] + 1
+        return views.roll(k // 2)[k % 2]
+
+    transforms = types.SimpleNamespace(Compose=T.Compose, Normalize=T.Normalize, RandomResizedCrop=Crop,
+                                       RandomHorizontalFlip=Flip)
+    return transforms, types.SimpleNamespace(randint=randint)
+
+
+def schedule_check(views: SharedViews) -> Dict[str, Any]:
+    """The crop bounds the two sides asked with, step by step (CDA's curriculum on each side)."""
+    a, b = views.scales["ddkit"], views.scales["official"]
+    if not a and not b:
+        return {"steps": 0}
+    diff = max(abs(x - y) for x, y in zip(a, b)) if len(a) == len(b) else float("inf")
+    return {"steps": [len(a), len(b)], "max_abs_difference": diff, "ddkit_first_last": [a[0], a[-1]],
+            "official_first_last": [b[0], b[-1]]}
