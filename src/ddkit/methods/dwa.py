@@ -12,7 +12,8 @@ are restored before the next IPC index (the official code reloads the checkpoint
 each of a class's images is recovered through a differently perturbed teacher: the method's diversity mechanism.
 
 Deliberate differences from the code: the K adjustment backward passes do not leak into the images' first Adam
-step (the official first step sums K + 1 CE gradients, matching-synthesis.md §6d).
+step (the official first step sums K + 1 CE gradients, matching-synthesis.md §6d); `first_step=official` adds
+them as the code does (bench/parity/dwa_recover.py sizes the difference).
 Working space: DWA's own statistics (`norm=official`, distillation/utils.py:14-21@c5b125f: CIFAR-10 std
 (0.2023, 0.1994, 0.2010), CIFAR-100 (0.2675, 0.2565, 0.2761)) or the dataset's (`norm=true`); the teacher is fed
 through the exact affine map into its own statistics (sre2l.WorkingInput).
@@ -59,6 +60,10 @@ class DWAConfig(RecoverConfig):
     rho: Optional[float] = field(None, "total adjustment size ρ, in steps of ρ/K (preset: 0.015; argparse 0.05)")
     direction: str = field("ascent", "ascent: +ρ·g/‖g‖, up the CE of the real batch (perterb.py first_step); "
                                      "descent: down it (ddkit's earlier variant, with unit=class)")
+    first_step: str = field("clean", "clean: the K adjustment passes leave the images' first Adam step alone "
+                                     "(ddkit); official: their K CE gradients w.r.t. the view are added to it, as "
+                                     "distillation_cifar.py:60-66 does (its optimizer.zero_grad() at :60 comes "
+                                     "before them)")
 
 
 @register_method("dwa", config=DWAConfig, aliases=("DWA", "directed-weight-adjustment"),
@@ -76,7 +81,9 @@ def dwa(dataset: ImageDataset, teacher: Any, cfg: DWAConfig, work: Sequence[Any]
         raise DDKitError(f"unknown direction {cfg.direction!r}; use ascent or descent")
     if cfg.init != "real":
         raise DDKitError("dwa moves the teacher on a batch of real images: use --init real")
-    perturb = Perturb(steps, rho, cfg.direction)
+    if cfg.first_step not in ("clean", "official"):
+        raise DDKitError(f"unknown first_step {cfg.first_step!r}; use clean or official")
+    perturb = Perturb(steps, rho, cfg.direction, leak=cfg.first_step == "official")
     facts.update(perturb.facts())
     yield from run_recover("dwa", dataset, teacher, cfg, work, spec, facts, device=device, progress=progress,
                            perturb=perturb, family="dwa")

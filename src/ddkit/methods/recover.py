@@ -220,7 +220,7 @@ def apply_views(x: torch.Tensor, views: Dict[str, torch.Tensor], groups: int) ->
 def recover(model: Optional[nn.Module], x0: torch.Tensor, y: torch.Tensor, groups: int,
             targets: Sequence[Tuple[torch.Tensor, torch.Tensor]], gens: Sequence[torch.Generator],
             spec: RecoverSpec, bounds: Tuple[torch.Tensor, torch.Tensor], *, progress: bool = False,
-            desc: str = "recover", at_start: Optional[Callable[[torch.Tensor], None]] = None,
+            desc: str = "recover", at_start: Optional[Callable[[torch.Tensor], Optional[torch.Tensor]]] = None,
             voters: Optional[Sequence[Voter]] = None, rotate: bool = False, start: int = 0,
             total: Optional[int] = None,
             extra: Optional[Callable[[Optional[torch.Tensor]], torch.Tensor]] = None,
@@ -233,7 +233,9 @@ def recover(model: Optional[nn.Module], x0: torch.Tensor, y: torch.Tensor, group
 
     targets: per BN layer (mean G×C, var G×C); gens: one generator per group; bounds: per-channel
     (low, high) of the valid normalised range (C each). at_start(view): called once with iteration 0's
-    (detached) view before its forward — DWA moves the teacher's weights there (distillation_cifar.py:61-66).
+    (detached) view before its forward — DWA moves the teacher's weights there (distillation_cifar.py:61-66); a
+    tensor it returns is a gradient w.r.t. that view added to iteration 0's image gradient (DWA's
+    first_step=official: the adjustment passes' CE gradients, which the official code lets reach the images).
     Hooks of the descendants (each off by default, so SRe2L/CDA/DWA run exactly as before):
     voters: several networks (`model`/`targets` are then unused), each step's loss Σ_k w_k (CE_k + r_bn·BN_k) over
     the voters that see the view (CV-DD's committee); the curves hold the weighted sums. rotate: they take turns
@@ -282,8 +284,7 @@ def recover(model: Optional[nn.Module], x0: torch.Tensor, y: torch.Tensor, group
                 view = apply_views(xs, _draw_views(gens[:1], spec, it, hw), 1)
             else:
                 view = apply_views(xs, _draw_views(gens, spec, it, hw), groups)
-            if it == 0 and at_start is not None:
-                at_start(view.detach())
+            leak = at_start(view.detach()) if it == 0 and at_start is not None else None
             ce = bn = None
             for k in ([(start + it) % len(members)] if rotate else range(len(members))):
                 (net, w, tgt), hooks = members[k], all_hooks[k]
@@ -303,6 +304,8 @@ def recover(model: Optional[nn.Module], x0: torch.Tensor, y: torch.Tensor, group
             ex = extra(rows) if extra is not None else None
             if ex is not None:
                 loss = loss + ex
+            if leak is not None:  # d/dx of (view · leak) is the view's vector-Jacobian product with `leak`
+                loss = loss + (view * leak.to(view)).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -387,28 +390,38 @@ def valid_bounds(mean: Sequence[float], std: Sequence[float]) -> Tuple[torch.Ten
 
 
 def adjust_weights(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, rho: float,
-                   direction: str = "descent") -> List[torch.Tensor]:
+                   direction: str = "descent", input_grad: Optional[List[torch.Tensor]] = None) -> List[torch.Tensor]:
     """Move every parameter of `model` K = `steps` times by ∓(ρ/K)·g/‖g‖₂ (g: grad of CE(model(x), y),
-    one global norm); returns the original weights for `restore_weights`. Eval mode: BN stats untouched."""
+    one global norm); returns the original weights for `restore_weights`. Eval mode: BN stats untouched.
+    input_grad: a list that receives Σ_k ∂CE_k/∂x, the K passes' gradients w.r.t. `x` at the weights of each pass
+    (what the official DWA's adjustment backward passes add to the images' gradient)."""
     if direction not in ("descent", "ascent"):
         raise DDKitError(f"unknown direction {direction!r}; use descent or ascent")
     sign = -1.0 if direction == "descent" else 1.0
     params = [p for p in model.parameters()]
     saved = [p.detach().clone() for p in params]
     model.eval()
+    wrt_x = input_grad is not None
+    xs = x.detach().requires_grad_(True) if wrt_x else x
+    acc: Optional[torch.Tensor] = None
     for _ in range(steps):
         with torch.enable_grad():
             for p in params:
                 p.requires_grad_(True)
-            loss = F.cross_entropy(model(x).float(), y)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            loss = F.cross_entropy(model(xs).float(), y)
+            grads = torch.autograd.grad(loss, params + ([xs] if wrt_x else []), allow_unused=True)
             for p in params:
                 p.requires_grad_(False)
+        if wrt_x:
+            acc = grads[-1] if acc is None else acc + grads[-1]
+            grads = grads[:-1]
         live = [(p, g) for p, g in zip(params, grads) if g is not None]
         norm = torch.sqrt(sum(g.pow(2).sum() for _, g in live))
         with torch.no_grad():
             for p, g in live:
                 p.add_(g, alpha=sign * (rho / steps) / (float(norm) + 1e-12))
+    if wrt_x:
+        input_grad.append(acc if acc is not None else torch.zeros_like(x))
     return saved
 
 

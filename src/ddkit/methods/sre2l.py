@@ -185,14 +185,19 @@ def teacher_copy(teacher: Any, device: torch.device, what: str) -> nn.Module:
 
 @dataclass(frozen=True)
 class Perturb:
-    """DWA's weight move: K = steps moves of ρ/K·g/‖g‖ (ascent: up the CE loss, as perterb.py first_step)."""
+    """DWA's weight move: K = steps moves of ρ/K·g/‖g‖ (ascent: up the CE loss, as perterb.py first_step).
+    leak: the K passes' CE gradients w.r.t. the view are added to the images' first step (first_step=official)."""
 
     steps: int
     rho: float
     direction: str = "ascent"
+    leak: bool = False
 
     def facts(self) -> Dict[str, Any]:
-        return {"steps": self.steps, "rho": self.rho, "direction": self.direction}
+        out: Dict[str, Any] = {"steps": self.steps, "rho": self.rho, "direction": self.direction}
+        if self.leak:  # only when set, so the meta of sets made before the option is unchanged
+            out["first_step"] = "official"
+        return out
 
 
 def group_size(cfg: RecoverConfig, num_classes: int) -> int:
@@ -311,8 +316,14 @@ def _run_units(name: str, dataset: ImageDataset, cfg: RecoverConfig, units: List
         y = torch.tensor(u.classes, device=dev)
         saved: List[List[torch.Tensor]] = []
 
-        def at_start(view: torch.Tensor) -> None:  # DWA: K steps on iteration 0's view of the real batch
-            saved.append(adjust_weights(model, view, y, perturb.steps, perturb.rho, perturb.direction))
+        def at_start(view: torch.Tensor) -> Optional[torch.Tensor]:  # DWA: K steps on iteration 0's view
+            if not perturb.leak:
+                saved.append(adjust_weights(model, view, y, perturb.steps, perturb.rho, perturb.direction))
+                return None
+            grads: List[torch.Tensor] = []
+            saved.append(adjust_weights(model, view, y, perturb.steps, perturb.rho, perturb.direction,
+                                        input_grad=grads))
+            return grads[0]
 
         voters, unit_meta = voters_for(u, setup.nets) if voters_for is not None else (None, {})
         try:
@@ -370,6 +381,9 @@ def _run_classes(name: str, dataset: ImageDataset, cfg: RecoverConfig, classes: 
         desc = f"{name} class {batch[0]}" + (f"-{batch[-1]}" if len(batch) > 1 else "")
         saved = None
         if perturb is not None:  # the variant: moved on the class's own (un-augmented) real images
+            if perturb.leak:
+                raise DDKitError("--first-step official adds the adjustment's gradients to a batch unit's first "
+                                 "step: use it with --unit batch")
             if cfg.init != "real":
                 raise DDKitError("dwa adjusts the teacher on real images of the class: use --init real")
             saved = adjust_weights(model, x0t, y, perturb.steps, perturb.rho, perturb.direction)
