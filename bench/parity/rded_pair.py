@@ -238,7 +238,9 @@ JUDGES = {"ddkit": "ddkit evaluate --protocol native (both sets declare 'rded': 
 
 def main(argv: List[str] | None = None) -> None:
     a = pair_args(argv, __doc__, ("all", "data", "teacher", "official-distill", "ddkit-distill", "sets", "judge-ddkit",
-                                  "judge-official", "row", "diag", "diag-official"), eval_epochs=300)
+                                  "judge-official", "row", "diag", "diag-official"), eval_epochs=300,
+                  add=lambda ap: ap.add_argument("--draws", type=int, default=3,
+                                                 help="diag: ddkit's synthesis draws in all (seeds 1 .. N-1 added)"))
     import rded_diag  # noqa: F401  (the diagnostics steps; it imports this module back)
 
     w = Path(a.runs) / "rded_ipc10"
@@ -248,7 +250,7 @@ def main(argv: List[str] | None = None) -> None:
     elif a.step == "row":
         step_row(a, w)
     elif a.step == "diag":
-        rded_diag.step_diag(w, a.eval_epochs)
+        rded_diag.step_diag(w, a.eval_epochs, a.draws)
     elif a.step == "diag-official":
         rded_diag.step_diag_official(w, a.seed, a.eval_epochs)
     elif a.step.startswith("judge-"):
