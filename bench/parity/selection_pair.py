@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -129,14 +130,19 @@ def pair_row(a: argparse.Namespace, w: Path, *, settings: Dict[str, Any], offici
     t_off, t_dd = read_json(w / "official" / "timing.json"), read_json(w / "ddkit_timing.json")
     s_dd = round(sum(t_dd["class_seconds"]) / len(t_dd["class_seconds"]), 3) if t_dd.get("class_seconds") else None
     row = {"settings": settings, "official_argv": official_argv,
-           "ddkit_command": " ".join(t_dd.get("argv", ddkit_argv)).replace(f"{ROOT}/", ""), "command": command,
+           # repository-relative, whichever checkout ran the distillation (its teacher path is in the argv)
+           "ddkit_command": re.sub(r"\S*/(bench/teachers/)", r"\1", " ".join(t_dd.get("argv", ddkit_argv))),
+           "command": command,
            "judges": fold_judges(w, a.seeds), "teacher_check": read_json(w / "official" / "teacher_check.json"),
            "speed": {"official_s_per_iteration": t_off.get("class_seconds_mean"), "ddkit_s_per_iteration": s_dd,
                      "official_loadavg_at_end": t_off.get("loadavg_at_end"),
                      "ddkit_loadavg_at_end": t_dd.get("loadavg_at_end"), "how": how}}
     if walls:
         row.update(official_seconds={"wall_s": t_off.get("wall_s")}, ddkit_seconds={"wall_s": t_dd.get("wall_s")})
-    row.update(machine=t_off.get("machine") or lscpu(), ddkit_revision=revision(), **(extra or {}))
+    # the revision that made ddkit's set (its meta), and the one that wrote this row (they differ on a rewrite)
+    made = read_json(w / "ddkit_set" / "meta.json").get("git_revision")
+    row.update(machine=t_off.get("machine") or lscpu(), ddkit_revision=made[:7] if made else revision(),
+               row_revision=revision(), **(extra or {}))
     row["written"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return row
 
