@@ -184,3 +184,31 @@ def test_cifar10_ipc10_lr_img_typo_is_told_unless_chosen():
         assert settings(MTTConfig(ipc=10, lr_img=1000.0), "cifar10")["lr_img"] == 1000.0
         settings(MTTConfig(ipc=1), "cifar10")
         settings(DATMConfig(ipc=10), "cifar10")
+
+
+@pytest.mark.parametrize("method", ["mtt", "datm"])
+def test_each_iteration_draws_its_minibatches_from_a_fresh_permutation(tmp_path, monkeypatch, method):
+    # distill.py / DATM.py start every iteration with an empty chunk list (a fresh permutation of the set), so
+    # a chunk left over from one unroll never opens the next (found by bench/parity/mtt_grad.py, batch_syn 4 of 10)
+    from ddkit.methods import mtt as M
+    from ddkit.methods import mtt_ops
+
+    train, out, _ = tiny_experts(tmp_path)
+    left: list = []
+    nxt = mtt_ops.Batches.next
+
+    def spy(self):
+        left.append(len(self.chunks))
+        return nxt(self)
+
+    monkeypatch.setattr(mtt_ops.Batches, "next", spy)
+    common = dict(ipc=2, buffer=str(out), model="mlp", iterations=2, syn_steps=1, expert_epochs=1,
+                  max_start_epoch=2, batch_syn=3, zca=False, lr_img=1.0, lr_lr=1e-7, init="real",
+                  dsa_strategy="none")
+    if method == "mtt":
+        cfg = MTTConfig(**common)
+    else:
+        cfg = DATMConfig(**common, lr_y=1.0, threshold=1e9, min_start_epoch=0, current_max_start_epoch=2,
+                         expansion_end_epoch=10, sequential_generation=False)
+    list(getattr(M, method)(train, None, cfg, range(4), device=CPU, progress=False))
+    assert left == [0, 0, 0]  # 8 images in chunks of 3, 3, 2: one step per iteration, each from a new permutation

@@ -270,7 +270,6 @@ def _run(name: str, dataset: ImageDataset, teacher: Any, cfg: MTTConfig, classes
     if label_logits is not None:
         opts.append(torch.optim.SGD([label_logits], lr=s["lr_y"], momentum=cfg.momentum_y))
     aug: Augment = dsa(cfg.dsa_strategy, mode="single")
-    batches = Batches(len(syn), s["batch_syn"] or None, g)
     order: list = []
     skipped = 0
     log = LossLog(s["iterations"] + 1, f"{name} ipc{ipc}", progress, name)
@@ -290,6 +289,9 @@ def _run(name: str, dataset: ImageDataset, teacher: Any, cfg: MTTConfig, classes
             t = int(torch.randint(low, upper, (1,), generator=g))  # upper bound exclusive, as np.random.randint
             start, target = traj[t].to(device), traj[t + s["expert_epochs"]].to(device)
             targets = label_logits if label_logits is not None else hard
+            # a fresh chunk list every iteration (distill.py's per-iteration indices_chunks = []): a chunk left
+            # over from the last unroll never opens this one
+            batches = Batches(len(syn), s["batch_syn"] or None, g)
             student = unroll(fnet, start, syn, targets, syn_lr, s["syn_steps"], batches, aug, g)
             loss = param_loss(student, start, target)
             for o in opts:

@@ -45,7 +45,8 @@ def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor) -> tor
 
 
 class Batches:
-    """MTT's `indices_chunks`: pop chunks of batch_syn from a fresh random permutation when empty."""
+    """MTT's `indices_chunks` (a new one every iteration): pop chunks of batch_syn from a fresh random permutation
+    when empty."""
 
     def __init__(self, n: int, batch: Optional[int], g: torch.Generator) -> None:
         self.n, self.batch, self.g = n, batch or n, g
