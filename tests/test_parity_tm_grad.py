@@ -83,6 +83,12 @@ def test_compare_runs_and_verdict():
     # one quantity outside the floor is enough to fail
     one = dict(same, loss=[1.0])
     assert not mg.grad_verdict(one, floor, far)["ddkit_within_floor"]
+    # the verdict is the first iteration's (one state); later ones are a drift measure, judged apart
+    later = {q: v + [1.0] for q, v in same.items()}
+    floor2 = {q: v + [1e-3] for q, v in floor.items()}
+    v2 = mg.grad_verdict(later, floor2, far)
+    assert v2["pass"] and not v2["later_iterations_within_floor"]
+    assert mg.grad_verdict(same, floor, far)["later_iterations_within_floor"]
 
 
 def test_dsa_draws_hand_the_official_draws_to_ddkits_sampler():
@@ -118,3 +124,12 @@ def test_dsa_draws_hand_the_official_draws_to_ddkits_sampler():
     d.draws = [torch.tensor([0]), torch.rand(3)]  # a draw of the wrong size
     with pytest.raises(ValueError, match="does not fit"), d.ddkit():
         aug.sample(4, (8, 8), generator=torch.Generator().manual_seed(0))
+
+
+def test_start_randint_serves_only_the_start_epoch_call():
+    r = mg.Replay(3, [], [4])
+    wrapped = r.start_randint(caller="start_caller.py")
+    here = torch.randint(0, 3, (2,), generator=torch.Generator().manual_seed(1))  # any other caller: torch's own
+    assert torch.equal(wrapped(0, 3, (2,), generator=torch.Generator().manual_seed(1)), here)
+    call = compile("wrapped(2, 6, (1,), generator=None)", "start_caller.py", "eval")
+    assert eval(call).tolist() == [4] and r.bounds == [[2, 6]]
