@@ -1,6 +1,7 @@
 """DWA's first Adam step (#27, the DWA recover-loop parity row): the official distillation_cifar.py zeroes the
 image gradient before its K adjustment passes, so their CE gradients w.r.t. the images reach the first step;
-`first_step=official` reproduces that, the default (`clean`) leaves them out. Both are checked against a hand-run
+`first_step=official` (the default with the official batch unit) reproduces that, `clean` leaves them out (the
+class-unit variant's default). Both are checked against a hand-run
 of the loop written here: K passes of CE backward (moving the weights up by ρ/K · g/‖g‖ after each), the step's
 own loss backward, Adam(0.5, 0.9) with the cosine lr."""
 from __future__ import annotations
@@ -76,3 +77,15 @@ def test_first_step_official_needs_batch_units_and_a_known_name():
         _ddkit(ds, t, first_step="official", unit="class")
     with pytest.raises(DDKitError, match="first_step"):
         _ddkit(ds, t, first_step="sometimes")
+
+
+def test_the_default_first_step_is_the_official_codes():
+    ds, t = _toy_teacher()
+    default, official = _ddkit(ds, t), _ddkit(ds, t, first_step="official")
+    assert torch.equal(default.images, official.images)  # batch unit: the official loop's first step
+    assert default.meta["recover"].get("first_step") == "official"
+    clean = _ddkit(ds, t, first_step="clean")
+    assert not torch.equal(default.images, clean.images)
+    # the class-unit variant has no official first step: it runs clean unless told otherwise (then refuses)
+    variant = _ddkit(ds, t, unit="class", bn_target="class", direction="descent")
+    assert variant.meta["recover"].get("first_step") is None

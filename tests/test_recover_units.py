@@ -78,12 +78,12 @@ def test_dwa_moves_up_the_loss_of_a_class_balanced_real_batch_once_per_ipc_index
     calls = []
     real_adjust = sre2l_mod.adjust_weights
 
-    def spy(model, x, y, steps, rho, direction):
+    def spy(model, x, y, steps, rho, direction, **kw):  # kw: the official first step's input_grad (the default)
         unchanged = all(torch.equal(p, original[k]) for k, p in model.state_dict().items())  # restored before
-        before = float(F.cross_entropy(model(x), y))
-        saved = real_adjust(model, x, y, steps, rho, direction)
+        before = float(F.cross_entropy(model(x.detach()), y))
+        saved = real_adjust(model, x, y, steps, rho, direction, **kw)
         calls.append(dict(unchanged=unchanged, before=before, after=float(F.cross_entropy(model(x), y)),
-                          y=y.tolist(), direction=direction, steps=steps, rho=rho))
+                          y=y.tolist(), direction=direction, steps=steps, rho=rho, kw=sorted(kw)))
         return saved
 
     monkeypatch.setattr(sre2l_mod, "adjust_weights", spy)
@@ -92,6 +92,7 @@ def test_dwa_moves_up_the_loss_of_a_class_balanced_real_batch_once_per_ipc_index
     for c in calls:
         assert c["unchanged"] and c["after"] > c["before"]  # ascent on that batch; the previous index's undone
         assert c["y"] == [0, 1, 2, 3] and c["direction"] == "ascent" and (c["steps"], c["rho"]) == (12, 0.015)
+        assert c["kw"] == ["input_grad"]  # the default is the official first step: the K passes' image gradients
     assert all(torch.equal(p, original[k]) for k, p in t.model.state_dict().items())  # the caller's teacher too
     # the init is one real image of every class per batch, never the same image twice within a class
     src = torch.tensor(s.meta["source_indices"]).view(4, 3)

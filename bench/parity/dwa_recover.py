@@ -8,9 +8,10 @@ statistics moved off 0/1) that DWA first moves K = 12 times up the CE loss of th
 (`recover_loop.SharedViews`), so the views stay on.
 
 The official first Adam step also sums the K adjustment passes' CE gradients w.r.t. the images (its
-optimizer.zero_grad() comes before them), which ddkit leaves out by default (dwa.py says so) and adds with
-`first_step=official`. The verdict compares ddkit with `first_step=official` against the official code as written;
-ddkit's default is sized against it (`run.ddkit_default`), and against the official code with that leak removed
+optimizer.zero_grad() comes before them), which ddkit's `first_step=official` (the default since this row found
+it) adds and `first_step=clean` (the default before) leaves out. The verdict compares ddkit with
+`first_step=official` against the official code as written; `clean` is sized against it (`run.ddkit_clean`),
+and against the official code with that leak removed
 from outside (a Perterb whose first_step also clears the image optimiser's gradient: `run.official_without_leak`),
 which shows the leak is the whole difference. Control: ddkit (first_step=official) with ρ = 0 (no weight move:
 plain SRe2L from the same real start, the K passes' gradients still added) must fail.
@@ -52,7 +53,7 @@ EDITS = ("None to the official files. The driver imports distillation/distillati
          "imported at module level and used only by its __main__ and the verifier branch, is stubbed when not "
          "installed. For the diagnostic run official_without_leak only: (6) the module's Perterb, by a subclass whose "
          "first_step also clears the gradient of the image optimiser it wraps (base_optimizer.zero_grad()), so the "
-         "K adjustment backward passes no longer add to the images' first step (ddkit's default rule).")
+         "K adjustment backward passes no longer add to the images' first step (ddkit's first_step=clean rule).")
 
 
 def official(net: torch.nn.Module, starts: torch.Tensor, iterations: int, views: L.SharedViews,
@@ -64,7 +65,7 @@ def official(net: torch.nn.Module, starts: torch.Tensor, iterations: int, views:
         import distillation_cifar as R  # noqa: E402  (the official modules)
         import perterb as P  # noqa: E402
 
-        class NoLeak(P.Perterb):  # the diagnostic run: the adjustment's image gradients cleared (ddkit's default)
+        class NoLeak(P.Perterb):  # the diagnostic run: the adjustment's image gradients cleared (first_step=clean)
             def first_step(self, zero_grad: bool = False) -> None:
                 super().first_step(zero_grad)
                 self.base_optimizer.zero_grad()
@@ -110,7 +111,7 @@ def main() -> None:
         return out, time.perf_counter() - t0
 
     ours, t_ours = ddkit_run(first_step="official")
-    default, t_default = ddkit_run()
+    default, t_default = ddkit_run(first_step="clean")
     start01 = ds.images[torch.tensor(ours.meta["source_indices"])].float() / 255  # class-major: row c·ipc + i
     starts = start01.view(K, a.ipc, 3, SIZE, SIZE).transpose(0, 1)
     runs: Dict[str, Any] = {}
@@ -129,11 +130,11 @@ def main() -> None:
     run = {**L.compare(ours.images, ref, ref_floor, start01),
            "final_objective_unperturbed_net": {"start": obj(start01), "ddkit": obj(ours.images),
                                                "official": obj(ref), "official_nudged": obj(ref_floor)}}
-    run["ddkit_default"] = {
-        "what": "ddkit's default (first_step=clean) against the official code as written: the deliberate difference",
+    run["ddkit_clean"] = {
+        "what": "ddkit with first_step=clean (its default before this row) against the official code as written",
         **L.compare(default.images, ref, ref_floor, start01), "final_objective_unperturbed_net": obj(default.images)}
     run["official_without_leak"] = {
-        "what": "ddkit's default against the official code with the leak removed from outside (edit 6), with that "
+        "what": "ddkit with first_step=clean against the official code with the leak removed from outside (edit 6), with that "
                 "run's own floor",
         **L.compare(default.images, clean, clean_floor, start01),
         "official_as_written_vs_without_leak": {"max": float((ref - clean).abs().max()),
@@ -144,16 +145,16 @@ def main() -> None:
     settings = {"classes": K, "ipc": a.ipc, "iterations": a.iterations, "arch": a.arch, "image_size": SIZE,
                 **SETTINGS, "jitter": JITTER, "init": "real (ddkit's draw, shared)", "ddkit_first_step": "official",
                 "views": "roll only (DWA's CIFAR view), shared", "stubbed_modules": runs["as_written"]["stubbed"]}
-    d = run["ddkit_default"]
+    d = run["ddkit_clean"]
     text = (f"recover loop: {K} classes × IPC {a.ipc} (one batch per IPC index), {a.iterations} it, one random-weight "
             f"ConvNet-3-BN moved K {SETTINGS['steps']} × rho {SETTINGS['rho']} per IPC index, r_var "
-            f"{SETTINGS['r_var']:g}, real start, rolls shared; ddkit --first-step official (ddkit's default "
-            f"first_step clean: {d['pixels_ddkit_vs_official']['mean']:.1e} vs floor "
+            f"{SETTINGS['r_var']:g}, real start, rolls shared; ddkit --first-step official (the default; "
+            f"--first-step clean: {d['pixels_ddkit_vs_official']['mean']:.1e} vs floor "
             f"{d['pixels_official_vs_official_nudged_1e-6']['mean']:.1e}, the official first step's adjustment "
             "gradients)")
     doc = L.document("DWA recover loop, ddkit dwa --first-step official vs the official get_images as written",
                      OFFICIAL, EDITS, settings, text, run, ctl,
-                     {"ddkit": t_ours, "official": runs["as_written"]["seconds"], "ddkit_default": t_default,
+                     {"ddkit": t_ours, "official": runs["as_written"]["seconds"], "ddkit_clean": t_default,
                       "official_without_leak": runs["without_leak"]["seconds"], "ddkit_control": t_ctrl}, sys.argv)
     L.write(a.output, doc)
 

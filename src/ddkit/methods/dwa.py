@@ -11,9 +11,12 @@ every parameter, BN affine included, one global L2 norm; running statistics unto
 are restored before the next IPC index (the official code reloads the checkpoint per IPC index, :129-154). So
 each of a class's images is recovered through a differently perturbed teacher: the method's diversity mechanism.
 
-Deliberate differences from the code: the K adjustment backward passes do not leak into the images' first Adam
-step (the official first step sums K + 1 CE gradients, matching-synthesis.md §6d); `first_step=official` adds
-them as the code does (bench/parity/dwa_recover.py sizes the difference).
+The images' first Adam step, as the code runs it: the official loop zeroes the image gradient BEFORE its K
+adjustment passes, so their CE gradients w.r.t. the view land in that step too (it sums K + 1 CE gradients,
+matching-synthesis.md §6d). That is the default (`first_step=official`, with the official batch unit), since the
+published numbers were made with it; `first_step=clean` leaves them out (ddkit's earlier default; at the
+recover-loop parity settings 0.037 mean |pixel| from the official images, ~30 % of the images' whole move:
+bench/parity/dwa_recover.py). The class-unit variant below has no such step and runs `clean`.
 Working space: DWA's own statistics (`norm=official`, distillation/utils.py:14-21@c5b125f: CIFAR-10 std
 (0.2023, 0.1994, 0.2010), CIFAR-100 (0.2675, 0.2565, 0.2761)) or the dataset's (`norm=true`); the teacher is fed
 through the exact affine map into its own statistics (sre2l.WorkingInput).
@@ -60,10 +63,10 @@ class DWAConfig(RecoverConfig):
     rho: Optional[float] = field(None, "total adjustment size ρ, in steps of ρ/K (preset: 0.015; argparse 0.05)")
     direction: str = field("ascent", "ascent: +ρ·g/‖g‖, up the CE of the real batch (perterb.py first_step); "
                                      "descent: down it (ddkit's earlier variant, with unit=class)")
-    first_step: str = field("clean", "clean: the K adjustment passes leave the images' first Adam step alone "
-                                     "(ddkit); official: their K CE gradients w.r.t. the view are added to it, as "
-                                     "distillation_cifar.py:60-66 does (its optimizer.zero_grad() at :60 comes "
-                                     "before them)")
+    first_step: Optional[str] = field(None, "official: the K adjustment passes' CE gradients w.r.t. the view are "
+                                            "added to the images' first Adam step, as distillation_cifar.py:60-66 "
+                                            "does (its optimizer.zero_grad() at :60 comes before them); clean: "
+                                            "left out. Default: official with --unit batch, clean with --unit class")
 
 
 @register_method("dwa", config=DWAConfig, aliases=("DWA", "directed-weight-adjustment"),
@@ -81,9 +84,10 @@ def dwa(dataset: ImageDataset, teacher: Any, cfg: DWAConfig, work: Sequence[Any]
         raise DDKitError(f"unknown direction {cfg.direction!r}; use ascent or descent")
     if cfg.init != "real":
         raise DDKitError("dwa moves the teacher on a batch of real images: use --init real")
-    if cfg.first_step not in ("clean", "official"):
-        raise DDKitError(f"unknown first_step {cfg.first_step!r}; use clean or official")
-    perturb = Perturb(steps, rho, cfg.direction, leak=cfg.first_step == "official")
+    first = cfg.first_step or ("official" if cfg.unit == "batch" else "clean")  # the code's, where it exists
+    if first not in ("clean", "official"):
+        raise DDKitError(f"unknown first_step {first!r}; use clean or official")
+    perturb = Perturb(steps, rho, cfg.direction, leak=first == "official")
     facts.update(perturb.facts())
     yield from run_recover("dwa", dataset, teacher, cfg, work, spec, facts, device=device, progress=progress,
                            perturb=perturb, family="dwa")
