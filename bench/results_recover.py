@@ -70,6 +70,9 @@ def recover_objective_section(src: Any, root: Path) -> Tuple[List[str], Dict[Key
               "batch. Both runs optimise the pixels in the teacher's own mean/std space (today's `--norm true`); "
               "the default since 9d57394 is the official code's statistics (0.2023, 0.1994, 0.2010), in which the "
               "N(0,1) init and each Adam step are about 1.2× smaller in pixel units — these rows predate it. "
+              "DWA's *official* rows also predate its default first Adam step (the K adjustment passes' image "
+              "gradients added, as the code does, since issue #27's DWA parity row): they ran today's "
+              "`--first-step clean`. "
               "In parentheses: the gap to random (the before run's; byte-identical in both), by the rule.", ""]
     lines += md_table(head, rows) + [""]
     effects = []
