@@ -134,8 +134,8 @@ def main() -> None:
         "what": "ddkit with first_step=clean (its default before this row) against the official code as written",
         **L.compare(default.images, ref, ref_floor, start01), "final_objective_unperturbed_net": obj(default.images)}
     run["official_without_leak"] = {
-        "what": "ddkit with first_step=clean against the official code with the leak removed from outside (edit 6), with that "
-                "run's own floor",
+        "what": "ddkit with first_step=clean against the official code with the leak removed from outside "
+                "(edit 6), with that run's own floor",
         **L.compare(default.images, clean, clean_floor, start01),
         "official_as_written_vs_without_leak": {"max": float((ref - clean).abs().max()),
                                                 "mean": float((ref - clean).abs().mean())}}

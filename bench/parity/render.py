@@ -43,7 +43,8 @@ Rows marked **recover loop** are a different, smaller check (the SRe2L descendan
 validation code needs a GPU): the official recover function runs in-process beside ddkit's method on one small
 batch (tiny random-weight BatchNorm teachers, the same start, the views off on both sides because the two draw
 them from different generators; CDA and DWA instead take every step's view from one draw of the driver's, handed
-to both sides, since CDA's ingredient is a view schedule) and the final images are compared pixel by pixel. No two implementations agree
+to both sides, since CDA's ingredient is a view schedule) and the final images are compared pixel by pixel.
+No two implementations agree
 bit for bit after a few Adam steps (a pixel whose gradient is ~0 moves by up to ±lr on rounding noise), so the
 floor is the official code against itself from a start nudged by 1e-6: **pass** when ddkit's mean |pixel
 difference| to the official images is ≤ 1.5 × that floor's AND a control run — ddkit with the method's own
