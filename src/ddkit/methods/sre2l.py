@@ -317,13 +317,10 @@ def _run_units(name: str, dataset: ImageDataset, cfg: RecoverConfig, units: List
         saved: List[List[torch.Tensor]] = []
 
         def at_start(view: torch.Tensor) -> Optional[torch.Tensor]:  # DWA: K steps on iteration 0's view
-            if not perturb.leak:
-                saved.append(adjust_weights(model, view, y, perturb.steps, perturb.rho, perturb.direction))
-                return None
-            grads: List[torch.Tensor] = []
+            grads: Optional[List[torch.Tensor]] = [] if perturb.leak else None  # first_step=official: kept
             saved.append(adjust_weights(model, view, y, perturb.steps, perturb.rho, perturb.direction,
                                         input_grad=grads))
-            return grads[0]
+            return grads[0] if grads else None
 
         voters, unit_meta = voters_for(u, setup.nets) if voters_for is not None else (None, {})
         try:
