@@ -1,6 +1,7 @@
-"""bench/parity/rded_diag.py (issue #27): the RDED pair's draw-level verdict folds one accuracy per synthesis draw
-(the row's own set first, then every extra seed judged) per side and applies the pass rule to those, so the
-set-level spread a single pair cannot see is inside the tolerance. Built on a fake run folder: no official code."""
+"""The parity pairs' draw-level verdicts (issue #27): bench/parity/common.draw_fold folds one accuracy per
+distillation draw (the row's own set first, then every extra seed judged) per side and applies the pass rule to
+those, so the set-level spread a single pair cannot see is inside the tolerance; RDED (rded_diag.py) and MTT
+(mtt_pair.py draws) use it. Built on fake run folders: no official code."""
 from __future__ import annotations
 
 import json
@@ -51,3 +52,71 @@ def test_no_verdict_from_one_draw_a_side(diag, tmp_path):
     _judged(tmp_path, "official", 47.0, with_set=False)
     _judged(tmp_path, "ddkit_seed1", 45.0)
     assert "draws" not in diag.diagnostics(tmp_path)  # the official side has one draw: no spread to judge by
+
+
+@pytest.fixture()
+def mtt(monkeypatch):
+    monkeypatch.syspath_prepend(str(PARITY))
+    for name in ("mtt_pair", "mtt_setup", "common"):
+        sys.modules.pop(name, None)
+    import mtt_pair
+    return mtt_pair
+
+
+def _mtt_args(tmp_path):
+    """The MTT lr_img-1000 pair's options (mtt_setup.opts), pointing at a scratch runs folder."""
+    import argparse
+    return argparse.Namespace(ipc=10, iterations=6, batch_syn=50, lr_img=1000.0, runs=str(tmp_path), buffer="b",
+                              seeds=3, eval_epochs=60, experts=3, expert_epochs_trained=12, expert_batch=16,
+                              max_start_epoch=10, together=False, draw=0)
+
+
+def test_mtt_draws_name_their_sets_and_seeds(mtt, tmp_path):
+    import mtt_setup
+    a = _mtt_args(tmp_path)
+    assert mtt_setup.draw_name(a, "ddkit") == "ddkit" and mtt_setup.official_dir(a).name == "official"
+    argv = mtt_setup.ddkit_argv(a)
+    assert argv[argv.index("--seed") + 1] == "0" and argv[argv.index("--output") + 1].endswith("/ddkit_set")
+    a.draw = 3
+    assert mtt_setup.draw_name(a, "official") == "official_seed3"
+    assert mtt_setup.official_dir(a).name == "official_seed3_run"  # not a *_set: never counted as a draw
+    argv = mtt_setup.ddkit_argv(a)
+    assert argv[argv.index("--seed") + 1] == "3" and argv[argv.index("--output") + 1].endswith("/ddkit_seed3_set")
+
+
+def test_mtt_draws_go_into_the_existing_row_only(mtt, tmp_path, monkeypatch):
+    import common
+    a = _mtt_args(tmp_path)
+    w = mtt.workdir(a)
+    w.mkdir(parents=True)
+    (w / "official_seed1_run").mkdir()
+    for side, acc in (("ddkit", 32.0), ("official", 34.0), ("ddkit_seed1", 34.0), ("official_seed1", 33.0)):
+        _judged(w, side, acc, with_set=side.endswith("seed1"))
+    results = tmp_path / "results"
+    results.mkdir()
+    row = {"command": "by hand", "speed": {"how": "a note written by hand"}, "ddkit_revision": "abc"}
+    (results / "parity_mtt.json").write_text(json.dumps({"rows": {"ipc10-lrimg1000": row, "ipc1": {"x": 1}}}))
+    monkeypatch.setattr(mtt, "RESULTS", results)
+    mtt.add_draws(a)
+    doc = json.loads((results / "parity_mtt.json").read_text())
+    got = doc["rows"]["ipc10-lrimg1000"]
+    assert {k: got[k] for k in row} == row and doc["rows"]["ipc1"] == {"x": 1}  # the rest untouched
+    d = got["diagnostics"]["draws"]
+    assert d["ddkit"]["per_draw"] == [32.0, 34.0] and d["official"]["per_draw"] == [34.0, 33.0]
+    assert d["verdict"] == {"delta": -0.5, "tolerance": 2.0, "pass": True}
+    assert common.draw_seeds(w, "official_seed") == [1]
+
+
+def test_exclusive_lock_serialises_holders(tmp_path):
+    sys.path.insert(0, str(PARITY))
+    import fcntl
+    import common
+    lock = tmp_path / "mem.lock"
+    with common.exclusive(str(lock)):
+        with open(lock) as other:  # a second holder cannot take it while the block runs
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(lock) as other:  # released after the block
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with common.exclusive(None):  # no lock asked: a plain block
+        pass

@@ -202,6 +202,31 @@ def fold_judges(w: Path, seeds: int) -> Dict[str, Dict[str, Any]]:
     return judges
 
 
+
+def draw_seeds(w: Path, prefix: str) -> List[int]:
+    """The extra distillation seeds of one side whose set exists (<prefix><k>_set, e.g. ddkit_seed3_set)."""
+    return sorted(int(p.name[len(prefix):-len("_set")]) for p in w.glob(f"{prefix}*_set")
+                  if p.name[len(prefix):-len("_set")].isdigit())
+
+
+def draw_fold(w: Path, what: str) -> Dict[str, Any]:
+    """One accuracy per distillation draw and side (ddkit judge, student seed 0): the pair's own set first, then
+    each judged <side>_seed<k>_set; mean ± std over the draws and issue #27's rule on them, where both sides have
+    two draws or more. A pair compares ONE draw of each side (start images, crops, experts...): a spread the
+    student seeds do not contain, which this verdict puts inside the tolerance. {} before anything is judged."""
+    draws: Dict[str, Any] = {}
+    for name in ("ddkit", "official"):
+        first = judge_accs(w, "ddkit", name, 1)
+        extra = [a for k in draw_seeds(w, f"{name}_seed") for a in judge_accs(w, "ddkit", f"{name}_seed{k}", 1)]
+        if first:
+            draws[name] = mean_std([first[0]] + extra)
+            draws[name]["per_draw"] = draws[name].pop("per_seed")
+    if len(draws) == 2 and min(draws[n]["n"] for n in draws) >= 2:
+        draws["verdict"] = verdict(draws["ddkit"], draws["official"])
+        draws["what"] = what
+    return draws
+
+
 def save_row(method: str, official: Dict[str, str], edits: str, judges: Dict[str, str], key: str,
              row: Dict[str, Any]) -> Path:
     """Put one row (key ipc<k>[-variant]) into bench/results/parity_<method>.json, keeping the file's other rows;
@@ -235,6 +260,23 @@ def run_pool(base: List[str], tasks: List[List[str]], workers: int) -> None:
     failed += [p.args for p in running if p.wait()]
     if failed:
         raise SystemExit(f"failed: {failed}")
+
+
+@contextlib.contextmanager
+def exclusive(path: Optional[str]) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created if missing) for the block, or nothing when path is None: two
+    drivers sharing a machine take turns at their ~10 GB distillations instead of running out of memory."""
+    if path is None:
+        yield
+        return
+    import fcntl
+
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def read_json(path: Path) -> Dict[str, Any]:

@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (CACHE, DATA, ROOT, StampedTee, judge_file, load_split, lscpu, official_repo,  # noqa: E402
-                    read_json, run_pool, write_json)
+from common import (CACHE, DATA, RESULTS, ROOT, StampedTee, exclusive, judge_file, load_split, lscpu,  # noqa: E402
+                    official_repo, read_json, run_pool, write_json, written)
 from mtt_setup import (COMMIT, PEER, PY, REPO, ROWS, STRATEGY, SubsetCIFAR10, configure,  # noqa: E402
-                       ddkit_argv, expert_subset, experts_argv, official_argv, official_buffer, opts, peak_mb,
-                       per_it, workdir, write_row)
+                       ddkit_argv, draw_name, draws, expert_subset, experts_argv, official_argv,
+                       official_buffer, official_dir, opts, peak_mb, per_it, variant, workdir, write_row)
 
 
 def experts(a: argparse.Namespace) -> None:
@@ -107,14 +107,14 @@ def official_distill(a: argparse.Namespace) -> None:
     import torch
     import torchvision.datasets
 
-    out = workdir(a) / "official"
+    out = official_dir(a)
     out.mkdir(parents=True, exist_ok=True)
     os.chdir(out)
     record: Dict[str, Any] = {"stamps": []}
     sys.modules["wandb"] = wandb_stub(record)
     tee = StampedTee(out / "stdout.log", sys.__stdout__)
     cuda, torch.Tensor.cuda = torch.Tensor.cuda, lambda self, *x, **k: self
-    random.seed(0), np.random.seed(0), torch.manual_seed(0)  # the official code seeds nothing
+    random.seed(a.draw), np.random.seed(a.draw), torch.manual_seed(a.draw)  # the official code seeds nothing
     with official_repo(PEER) as repo:
         torchvision.datasets.CIFAR10 = SubsetCIFAR10
         sys.argv, sys.stdout = official_argv(a), tee
@@ -145,8 +145,8 @@ def ddkit_distill(a: argparse.Namespace) -> None:
     t0 = time.monotonic()
     if cli(ddkit_argv(a)):
         raise SystemExit("ddkit distill failed")
-    meta = json.loads((workdir(a) / "ddkit_set" / "meta.json").read_text())
-    write_json(workdir(a) / "ddkit_timing.json", {"argv": ["ddkit"] + ddkit_argv(a), "stamps": stamps, **per_it(stamps),
+    meta = json.loads((workdir(a) / f"{draw_name(a, 'ddkit')}_set" / "meta.json").read_text())
+    write_json(workdir(a) / f"{draw_name(a, 'ddkit')}_timing.json", {"argv": ["ddkit"] + ddkit_argv(a), "stamps": stamps, **per_it(stamps),
                                                   "wall_s": round(time.monotonic() - t0, 1),
                                                   "syn_lr": meta.get("learned_lr"), "peak_rss_mb": peak_mb(),
                                                   "allocator": allocator(), "machine": lscpu()})
@@ -165,14 +165,14 @@ def to_ddkit(a: argparse.Namespace) -> None:
 
     from ddkit.distilled import DistilledSet
 
-    final = torch.load(workdir(a) / "official" / "final.pt", weights_only=True)
+    final = torch.load(official_dir(a) / "final.pt", weights_only=True)
     sub, zca = expert_subset()
     test = load_split("test")
     images = zca.invert(final["image_syn"].float())
     meta = {"method": "official-mtt", "ipc": a.ipc, "native": "mtt", "learned_lr": final["syn_lr"],
             "parity": {"repo": f"{REPO}@{COMMIT[:7]}", "argv": official_argv(a)}}
     DistilledSet(images, final["label_syn"].long(), list(test.classes), test.mean, test.std, {}, meta,
-                 zca=zca).save(workdir(a) / "official_set", overwrite=True, pngs=False)
+                 zca=zca).save(workdir(a) / f"{draw_name(a, 'official')}_set", overwrite=True, pngs=False)
 
 
 def init_sets(a: argparse.Namespace) -> None:
@@ -254,10 +254,42 @@ def run_all(a: argparse.Namespace) -> None:
     write_row(a)
 
 
+def run_draws(a: argparse.Namespace) -> None:
+    """Distillation draws 1 .. --draws-1 of both sides (the pair's own is draw 0), each judged by ddkit (student
+    seed 0), then the row: its diagnostics.draws holds the draw-level verdict. One distillation at a time (~10 GB
+    each at IPC 10), under --lock where the machine is shared; every finished step is kept."""
+    w = workdir(a)
+    base = [PY, __file__] + opts(a)
+    for k in range(1, a.draws):
+        a.draw = k
+        for step, done in (("official-distill", official_dir(a) / "timing.json"),
+                           ("to-ddkit", w / f"{draw_name(a, 'official')}_set" / "meta.json"),
+                           ("ddkit-distill", w / f"{draw_name(a, 'ddkit')}_timing.json")):
+            if not done.is_file():
+                with exclusive(a.lock if step != "to-ddkit" else None):
+                    subprocess.run(base + [step, f"--draw={k}"], check=True)
+        for side in ("official", "ddkit"):
+            if not judge_file(w, "ddkit", draw_name(a, side), 0).is_file():
+                subprocess.run(base + ["judge-ddkit", draw_name(a, side), "--seed=0"], check=True)
+    a.draw = 0
+    add_draws(a)
+
+
+def add_draws(a: argparse.Namespace) -> None:
+    """Put the draw-level verdict into the pair's existing row of bench/results/parity_mtt.json, the rest of the
+    row (its commands, revision and notes) untouched."""
+    path = RESULTS / "parity_mtt.json"
+    doc = read_json(path)
+    row = doc["rows"][f"ipc{a.ipc}{variant(a)}"]
+    row.setdefault("diagnostics", {}).update(draws(workdir(a)).get("diagnostics", {}))
+    row["diagnostics_revision"] = written()
+    write_json(path, doc)
+
+
 def main(argv: List[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("step", choices=("all", "experts", "convert", "official-distill", "ddkit-distill", "to-ddkit",
-                                     "judge-ddkit", "judge-official", "init-sets", "row"))
+                                     "judge-ddkit", "judge-official", "init-sets", "draws", "row"))
     ap.add_argument("sides", nargs="*", help="judge steps: official and/or ddkit")
     ap.add_argument("--ipc", type=int, default=10, choices=sorted(ROWS))
     ap.add_argument("--iterations", type=int, default=3, help="both sides: N (inclusive range, N + 1 updates)")
@@ -276,10 +308,14 @@ def main(argv: List[str] | None = None) -> None:
     ap.add_argument("--buffer", default="/work/runs/parity/mtt_buffer")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--runs", default="/work/runs/parity")
+    ap.add_argument("--draw", type=int, default=0, help="distill steps: the draw (0: the pair's own sets)")
+    ap.add_argument("--draws", type=int, default=5, help="draws: draws per side in all, the pair's own included")
+    ap.add_argument("--lock", default=None, help="draws: a file locked (flock) around each distillation")
     a = ap.parse_args(argv)
     configure(a)
     steps = {"all": run_all, "experts": experts, "convert": convert, "official-distill": official_distill,
-             "ddkit-distill": ddkit_distill, "to-ddkit": to_ddkit, "init-sets": init_sets, "row": write_row}
+             "ddkit-distill": ddkit_distill, "to-ddkit": to_ddkit, "init-sets": init_sets, "draws": run_draws,
+             "row": write_row}
     if a.step in steps:
         steps[a.step](a)
     else:

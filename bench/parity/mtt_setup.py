@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (CACHE, DATA, PEERS, HandedCIFAR10, fold_judges, load_split, lscpu,  # noqa: E402
+from common import (CACHE, DATA, PEERS, HandedCIFAR10, draw_fold, fold_judges, load_split, lscpu,  # noqa: E402
                     read_json, save_row, written)
 
 REPO, COMMIT = "GeorgeCazenavette/mtt-distillation", "50dccea47ba48b9cfb3b9c59375d7da92e4e603b"
@@ -56,6 +56,17 @@ def workdir(a: argparse.Namespace) -> Path:
     return Path(a.runs) / (name + variant(a).replace("-", "_"))
 
 
+def draw_name(a: argparse.Namespace, side: str) -> str:
+    """A side's set name for distillation draw --draw K: the pair's own (K = 0) is `<side>`, another `<side>_seedK`
+    (common.draw_fold reads them so). Draw K seeds the official run's Python/numpy/torch RNGs and ddkit's --seed."""
+    return side if not getattr(a, "draw", 0) else f"{side}_seed{a.draw}"
+
+
+def official_dir(a: argparse.Namespace) -> Path:
+    """The official run's work folder of this draw (its logged_files, stdout, final.pt, timing.json)."""
+    return workdir(a) / ("official" if not getattr(a, "draw", 0) else f"official_seed{a.draw}_run")
+
+
 def experts_argv(a: argparse.Namespace) -> List[str]:
     return ["ddkit", "experts", "train", "--dataset", DATA, "--cache-dir", CACHE, "--device", "cpu", "--no-progress",
             "--output", a.buffer, "--preset", "cpu", "--zca", "--epochs", str(a.expert_epochs_trained),
@@ -77,11 +88,11 @@ def official_argv(a: argparse.Namespace) -> List[str]:
 
 def ddkit_argv(a: argparse.Namespace) -> List[str]:
     return ["distill", "--dataset", DATA, "--cache-dir", CACHE, "--device", "cpu", "--no-progress", "--method", "mtt",
-            "--buffer", a.buffer, "--ipc", str(a.ipc), "--iterations", str(a.iterations), "--seed", "0",
+            "--buffer", a.buffer, "--ipc", str(a.ipc), "--iterations", str(a.iterations), "--seed", str(getattr(a, "draw", 0)),
             "--syn-steps", str(ROW["syn_steps"]), "--expert-epochs", str(ROW["expert_epochs"]),
             "--max-start-epoch", str(ROW["max_start_epoch"]), "--zca", "true", "--lr-img", str(ROW["lr_img"]),
             "--lr-lr", str(ROW["lr_lr"]), "--lr-teacher", str(ROW["lr_teacher"]), "--batch-syn", str(a.batch_syn),
-            "--output", str(workdir(a) / "ddkit_set"), "--overwrite"]
+            "--output", str(workdir(a) / f"{draw_name(a, 'ddkit')}_set"), "--overwrite"]
 
 
 def opts(a: argparse.Namespace) -> List[str]:
@@ -150,6 +161,15 @@ def init_check(w: Path) -> Dict[str, Any]:
     return out
 
 
+def draws(w: Path) -> Dict[str, Any]:
+    """`diagnostics.draws` where extra distillation draws were judged (`mtt_pair.py draws`), else nothing."""
+    d = draw_fold(w, "ddkit judge, student seed 0, one accuracy per distillation draw (the row's set first; draw K "
+                     "seeds the official run's Python/numpy/torch RNGs with K and runs ddkit with --seed K: other "
+                     "start images, experts, start epochs, minibatches and DSA draws); the pass rule of issue #27 "
+                     "on these: the set-level spread is inside the tolerance")
+    return {"diagnostics": {"draws": d}} if "verdict" in d else {}
+
+
 def write_row(a: argparse.Namespace) -> None:
     """Fold the finished steps of the pair into bench/results/parity_mtt.json (key ipc<k>)."""
     w = workdir(a)
@@ -176,6 +196,7 @@ def write_row(a: argparse.Namespace) -> None:
            "official_syn_lr_per_iteration": t_off.get("Synthetic_LR"),
            "kornia_vs_ddkit_zca_max_abs": ev.get("kornia_vs_ddkit_zca_max_abs"),
            "judges": fold_judges(w, a.seeds), "same_lr_check": same_lr(w), "init_check": init_check(w),
+           **draws(w),
            "speed": {"official_s_per_iteration": s_off, "ddkit_s_per_iteration": s_dd,
                      "ddkit_over_official": round(s_dd / s_off, 3) if s_off and s_dd else None,
                      "official_loadavg_at_end": (t_off.get("machine") or {}).get("loadavg"),

@@ -14,9 +14,9 @@ import os
 import random
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict
 
-from common import judge_accs, mean_std, verdict
+from common import draw_fold, draw_seeds, judge_accs
 from rded_pair import EXP, SCRIPT, ddkit_argv, official_env, patch_teacher_loader
 from selection_common import cuda_as_cpu
 from selection_pair import PY, ROOT, judge_ddkit
@@ -79,12 +79,6 @@ def step_diag_official(w: Path, seed: int, epochs: int) -> None:
     judge_ddkit(w, name, 0, epochs)
 
 
-def _draw_seeds(w: Path, prefix: str) -> List[int]:
-    """The extra synthesis seeds of one side whose set exists (ddkit_seed<k>_set / official_seed<k>_set)."""
-    return sorted(int(p.name[len(prefix):-len("_set")]) for p in w.glob(f"{prefix}*_set")
-                  if p.name[len(prefix):-len("_set")].isdigit())
-
-
 def diagnostics(w: Path) -> Dict[str, Any]:
     """Every judged extra set, and `draws`: per side the student-seed-0 accuracy of each synthesis draw (the row's
     set first), mean ± std over the draws, and issue #27's rule on them."""
@@ -92,23 +86,14 @@ def diagnostics(w: Path) -> Dict[str, Any]:
     rows = [("ddkit_jpeg", "ddkit's set saved as the official save_images does (uint8 truncation, JPEG q75) and "
                            "read back")]
     rows += [(f"ddkit_seed{k}", f"ddkit's synthesis with --seed {k} (other pools and crops)")
-             for k in _draw_seeds(w, "ddkit_seed")]
+             for k in draw_seeds(w, "ddkit_seed")]
     rows += [(f"official_seed{k}", f"the official synthesis with its RNGs seeded {k} (the row's: 0)")
-             for k in _draw_seeds(w, "official_seed")]
+             for k in draw_seeds(w, "official_seed")]
     for side, what in rows:
         if (accs := judge_accs(w, "ddkit", side, 1)):
             out[side] = {"what": what, "ddkit_judge_student_seed0": round(accs[0], 2)}
-    draws: Dict[str, Any] = {}
-    for name in ("ddkit", "official"):
-        first = judge_accs(w, "ddkit", name, 1)  # the row's own set, student seed 0
-        extra = [out[f"{name}_seed{k}"]["ddkit_judge_student_seed0"] for k in _draw_seeds(w, f"{name}_seed")
-                 if f"{name}_seed{k}" in out]
-        if first:
-            draws[name] = mean_std([first[0]] + extra)
-            draws[name]["per_draw"] = draws[name].pop("per_seed")
-    if len(draws) == 2 and min(draws[n]["n"] for n in draws) >= 2:
-        draws["verdict"] = verdict(draws["ddkit"], draws["official"])
-        draws["what"] = ("ddkit judge, student seed 0, one accuracy per synthesis draw (the row's set first); the "
+    draws = draw_fold(w, "ddkit judge, student seed 0, one accuracy per synthesis draw (the row's set first); the "
                          "pass rule of issue #27 on these: the set-level spread is inside the tolerance")
+    if "verdict" in draws:
         out["draws"] = draws
     return out

@@ -126,14 +126,14 @@ def _measured(m: Dict[str, Any], repo: str, r: Dict[str, Any]) -> List[str]:
 
 
 def draws(r: Dict[str, Any]) -> str:
-    """The same rule over several synthesis draws per side (a row's diagnostics.draws), where a driver has them:
+    """The same rule over several distillation draws per side (a row's diagnostics.draws), where a driver has them:
     one pair is one draw of each set, a spread the student seeds do not contain."""
     d = r.get("diagnostics", {}).get("draws")
     if not d or "verdict" not in d:
         return ""
     v, n = d["verdict"], min(d["ddkit"]["n"], d["official"]["n"])
     word = "pass" if v["pass"] else "**fail**"
-    return (f"; over synthesis draws (ddkit judge, student seed 0, {n}+ per side): {word}, "
+    return (f"; over distillation draws (ddkit judge, student seed 0, {n}+ per side): {word}, "
             f"{d['ddkit']['mean']:.2f} ± {d['ddkit']['std']:.2f} vs {d['official']['mean']:.2f} ± "
             f"{d['official']['std']:.2f}, Δ {v['delta']:+.2f} (tol {v['tolerance']:.2f})")
 
