@@ -70,11 +70,33 @@ def test_compiled_embedding_matches_eager_for_every_fresh_network_with_one_graph
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - before == 1
 
 
-def test_dm_records_its_path_and_the_default_short_run_is_the_exact_run(auto):
+def test_channels_last_only_on_the_eager_cpu_path_a_user_did_not_pin(auto, monkeypatch):
+    short = choose(False, None, None, CPU, 10, False, **HAS)
+    assert short.channels_last and not short.compile and "channels-last input" in short.why
+    assert short.why.startswith("fast path:") and "--exact" in short.why
+    assert choose(False, False, None, CPU, 10**9, False, **HAS).channels_last  # --compile false: still eager NHWC
+    assert not choose(False, None, None, CPU, COMPILE_MIN_IMAGES, False, **HAS).channels_last  # compiled
+    assert not choose(True, None, None, CPU, 10, False, **HAS).channels_last  # --exact
+    assert not choose(False, None, None, torch.device("cuda"), 10, False, **HAS).channels_last
+    monkeypatch.setenv(EXACT_ENV, "1")
+    assert not choose(False, None, None, CPU, 10, False, **HAS).channels_last
+
+
+def test_channels_last_embedding_is_the_plain_one_up_to_rounding(auto):
+    net = fresh_net("convnet-d3", separable(2, 0, size=32), 7, CPU).train().requires_grad_(False)
+    x = torch.randn(16, 3, 32, 32)
+    path = choose(False, None, None, CPU, 10, False, **HAS)
+    got = RealEmbedder(path)(net, x)
+    torch.testing.assert_close(got, penultimate(net, x), rtol=1e-5, atol=1e-5)
+    assert x.is_contiguous()  # the caller's batch is not changed
+
+
+def test_dm_records_its_path_and_the_default_short_run_is_the_exact_run_up_to_rounding(auto):
     ds = separable(6, 0)
     kw = {"ipc": 1, "iterations": 2, "batch_real": 4, "dsa_strategy": "none"}
     default = create_method("dm", **kw)(ds, None, device=CPU, progress=False)
     exact = create_method("dm", exact=True, **kw)(ds, None, device=CPU, progress=False)
-    assert torch.equal(default.images, exact.images)
-    assert default.meta["compute_path"][0].startswith("fp32 + eager (")
+    torch.testing.assert_close(default.images, exact.images, rtol=0, atol=1e-4)
+    assert default.meta["compute_path"][0].startswith("fast path: fp32 + eager (")
+    assert "channels-last input" in default.meta["compute_path"][0]
     assert exact.meta["compute_path"] == ["exact: fp32 eager (--exact)"] * ds.num_classes

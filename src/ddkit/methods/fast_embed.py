@@ -11,6 +11,8 @@ The path is chosen like the evaluator's students (evaluate/fastpath.py; the shar
 a method never reads evaluation code):
   * `exact` (or DDKIT_EXACT=1 for the automatic choice) is fp32 eager, the code as it was: bit-identity checks and
     the golden tests;
+  * otherwise an eager CPU run feeds the real batch channels-last (NHWC), which oneDNN convolves without layout
+    reorders (EmbedPath.channels_last);
   * compile by default on CPU where inductor works and the run embeds at least `COMPILE_MIN_IMAGES` real images in
     this process (the first compile must pay for itself); networks with BatchNorm stay eager (their running
     statistics are module state the functional form would have to thread through);
@@ -44,6 +46,11 @@ class EmbedPath:
     compile: bool
     bf16: bool
     why: str
+    #: eager only: the real batch goes in channels-last (NHWC). oneDNN's convolutions and the pooling between them
+    #: take NHWC without the layout reorders NCHW costs: ~1.25x on a no-grad ConvNet-3 embedding of 256 images on
+    #: the Xeon, natively and with AVX2 kernels forced (bench/results/dm_channels_last_cpu.json). Equal up to fp32
+    #: rounding (the sums run in another order), so not on the exact path. A compiled graph picks its own layout.
+    channels_last: bool = False
 
 
 #: fp32 eager, the code as it was: what a caller that chose nothing gets
@@ -73,9 +80,12 @@ def choose(exact: bool, compile_opt: Optional[bool], cpu_amp: Optional[bool], de
         comp, why = False, "eager (a BatchNorm network: running statistics stay module state)"
     else:
         comp, why = auto_compile(device, images, COMPILE_MIN_IMAGES, "real images", compiler_probe)
-    fast = comp or bf16
+    # channels-last input for an eager CPU run the user did not pin to the exact path (DDKIT_EXACT=1 pins it too)
+    nhwc = not comp and device.type == "cpu" and not auto_off
+    fast = comp or bf16 or nhwc
     return EmbedPath(comp, bf16, ("fast path: " if fast else "") + f"{amp_why} + {why}" +
-                     ("; --exact for fp32 eager" if fast else ""))
+                     (" + channels-last input" if nhwc else "") + ("; --exact for fp32 eager" if fast else ""),
+                     channels_last=nhwc)
 
 
 class _Embedding(nn.Module):
@@ -110,6 +120,8 @@ class RealEmbedder:
         """fp32 features of `x` (no gradient)."""
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.path.bf16):
             if not self.path.compile:
+                if self.path.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 return penultimate(net, x).float()
             state: Dict[str, Any] = {f"net.{k}": v for k, v in net.named_parameters()}
             state.update({f"net.{k}": v for k, v in net.named_buffers()})
