@@ -37,8 +37,9 @@ from mtt_setup import SubsetCIFAR10, load_split  # noqa: E402
 REPO, COMMIT, PEER = "NUS-HPC-AI-Lab/DATM", "97ae5109d98e749e897bd1af29bccd0515f8137e", "DATM"
 
 
-def config(a: argparse.Namespace, off_buffer: str) -> Dict[str, Any]:
-    """The YAML handed to DATM.py --cfg (types as its utils/cfg.py defaults, which yacs enforces)."""
+def config(a: argparse.Namespace, off_buffer: str, no_aug: bool = True) -> Dict[str, Any]:
+    """The YAML handed to DATM.py --cfg (types as its utils/cfg.py defaults, which yacs enforces); `no_aug`
+    False keeps its DSA in the unroll (the accuracy pair, datm_pair.py)."""
     return {"dataset": "CIFAR10", "model": "ConvNet", "ipc": a.ipc, "syn_steps": a.syn_steps,
             "expert_epochs": a.expert_epochs, "lr_img": int(a.lr_img), "lr_teacher": 0.01, "lr_lr": float(a.lr_lr),
             "lr_y": float(a.lr_y), "Momentum_y": 0.9, "threshold": float(a.threshold), "batch_syn": a.batch_syn,
@@ -46,7 +47,7 @@ def config(a: argparse.Namespace, off_buffer: str) -> Dict[str, Any]:
             "max_start_epoch": a.max_start_epoch, "expansion_end_epoch": a.expansion_end_epoch,
             "Sequential_Generation": True, "zca": True, "pix_init": "samples_predicted_correctly",
             "parall_eva": True, "Iteration": a.iterations, "num_eval": 0, "eval_it": 10 ** 6, "skip_first_eva": True,
-            "no_aug": True, "buffer_path": off_buffer, "data_path": "data", "project": "parity"}
+            "no_aug": no_aug, "buffer_path": off_buffer, "data_path": "data", "project": "parity"}
 
 
 def run_official(a: argparse.Namespace, replay: Replay, nudge: float = 0.0) -> Dict[str, Any]:

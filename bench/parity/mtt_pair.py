@@ -23,7 +23,7 @@ import sys
 import time
 import types
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (CACHE, DATA, RESULTS, ROOT, StampedTee, exclusive, judge_file, load_split, lscpu,  # noqa: E402
@@ -75,8 +75,10 @@ def convert(a: argparse.Namespace) -> None:
                                              "max_logit_difference": diff, "file": str(out / "replay_buffer_0.pt")})
 
 
-def wandb_stub(record: Dict[str, Any]) -> types.ModuleType:
-    """What distill.py uses of wandb, recording instead of logging; finish() keeps the final set."""
+def wandb_stub(record: Dict[str, Any],
+               keep: Sequence[str] = ("Grand_Loss", "Synthetic_LR")) -> types.ModuleType:
+    """What distill.py (and DATM's DATM.py) use of wandb, recording instead of logging: the logged scalars named
+    in `keep`, one list each; finish() keeps the final set (DATM's label_syn: its learned label logits)."""
     w = types.ModuleType("wandb")
     w.config = types.SimpleNamespace(_items={})
     w.run = types.SimpleNamespace(name="parity")
@@ -87,7 +89,7 @@ def wandb_stub(record: Dict[str, Any]) -> types.ModuleType:
     def log(d: Dict[str, Any], step: Any = None) -> None:
         if "Progress" in d:
             record["stamps"].append([int(d["Progress"]), time.monotonic()])
-        for k in ("Grand_Loss", "Synthetic_LR"):
+        for k in keep:
             if k in d:
                 record.setdefault(k, []).append(float(d[k]))
 
@@ -95,7 +97,7 @@ def wandb_stub(record: Dict[str, Any]) -> types.ModuleType:
         f = sys._getframe(1).f_locals  # distill.main's locals at its end
         record["stamps"].append([len(record["stamps"]), time.monotonic()])
         record["final"] = {"image_syn": f["image_syn"].detach().cpu().clone(), "syn_lr": float(f["syn_lr"]),
-                           "label_syn": f["label_syn"].cpu().clone()}
+                           "label_syn": f["label_syn"].detach().cpu().clone()}
 
     w.init, w.log, w.finish = init, log, finish
     w.Histogram = w.Image = lambda *x, **k: None
@@ -103,34 +105,47 @@ def wandb_stub(record: Dict[str, Any]) -> types.ModuleType:
 
 
 def official_distill(a: argparse.Namespace) -> None:
+    run_official(official_dir(a), "distill.py", official_argv(a), seed=a.draw)
+
+
+def run_official(out: Path, script: str, argv: List[str], peer: str = PEER,
+                 keep: Sequence[str] = ("Grand_Loss", "Synthetic_LR"), seed: int = 0) -> None:
+    """Run the official `script` (a path in the checkout /work/peers/`peer`) as __main__ with `argv`, in `out`,
+    changed from outside as EDITS says; write its final set (final.pt) and timing.json (stamps, the logged
+    scalars named in `keep`, seconds/iteration, peak RSS, machine). Python/numpy/torch are seeded with `seed`."""
     import numpy as np
     import torch
     import torchvision.datasets
 
-    out = official_dir(a)
     out.mkdir(parents=True, exist_ok=True)
     os.chdir(out)
     record: Dict[str, Any] = {"stamps": []}
-    sys.modules["wandb"] = wandb_stub(record)
+    sys.modules["wandb"] = wandb_stub(record, keep)
     tee = StampedTee(out / "stdout.log", sys.__stdout__)
     cuda, torch.Tensor.cuda = torch.Tensor.cuda, lambda self, *x, **k: self
-    random.seed(a.draw), np.random.seed(a.draw), torch.manual_seed(a.draw)  # the official code seeds nothing
-    with official_repo(PEER) as repo:
+    random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)  # MTT's distill.py seeds nothing (DATM.py: 0)
+    with official_repo(peer) as repo:
         torchvision.datasets.CIFAR10 = SubsetCIFAR10
-        sys.argv, sys.stdout = official_argv(a), tee
+        sys.argv, sys.stdout = list(argv), tee
         try:
-            runpy.run_path(str(repo / "distill.py"), run_name="__main__")
+            runpy.run_path(str(repo / script), run_name="__main__")
         finally:
             sys.stdout, torch.Tensor.cuda = sys.__stdout__, cuda
     final = record.pop("final")
     torch.save(final, out / "final.pt")
     st = record.pop("stamps")
-    write_json(out / "timing.json", {"argv": official_argv(a), "stamps": st, **record, **per_it(st),
+    write_json(out / "timing.json", {"argv": list(argv), "stamps": st, **record, **per_it(st),
                                      "final_syn_lr": final["syn_lr"], "peak_rss_mb": peak_mb(),
                                      "machine": lscpu()})
 
 
 def ddkit_distill(a: argparse.Namespace) -> None:
+    run_ddkit(ddkit_argv(a), workdir(a), draw_name(a, "ddkit"))
+
+
+def run_ddkit(argv: List[str], w: Path, name: str = "ddkit") -> None:
+    """`ddkit` + `argv` (a distill writing <w>/<name>_set) in-process, LossLog.step time-stamped; write
+    <w>/<name>_timing.json (stamps, seconds/iteration, wall time, learned lr, peak RSS, allocator, machine)."""
     from ddkit.cli import main as cli
     from ddkit.methods import matching_ops
 
@@ -143,13 +158,13 @@ def ddkit_distill(a: argparse.Namespace) -> None:
 
     matching_ops.LossLog.step = stamped
     t0 = time.monotonic()
-    if cli(ddkit_argv(a)):
+    if cli(argv):
         raise SystemExit("ddkit distill failed")
-    meta = json.loads((workdir(a) / f"{draw_name(a, 'ddkit')}_set" / "meta.json").read_text())
-    write_json(workdir(a) / f"{draw_name(a, 'ddkit')}_timing.json", {"argv": ["ddkit"] + ddkit_argv(a), "stamps": stamps, **per_it(stamps),
-                                                  "wall_s": round(time.monotonic() - t0, 1),
-                                                  "syn_lr": meta.get("learned_lr"), "peak_rss_mb": peak_mb(),
-                                                  "allocator": allocator(), "machine": lscpu()})
+    meta = json.loads((w / f"{name}_set" / "meta.json").read_text())
+    write_json(w / f"{name}_timing.json", {"argv": ["ddkit"] + argv, "stamps": stamps, **per_it(stamps),
+                                         "wall_s": round(time.monotonic() - t0, 1),
+                                         "syn_lr": meta.get("learned_lr"), "peak_rss_mb": peak_mb(),
+                                         "allocator": allocator(), "machine": lscpu()})
 
 
 def allocator() -> Dict[str, Any]:
@@ -194,9 +209,11 @@ def init_sets(a: argparse.Namespace) -> None:
                      zca=zca).save(workdir(a) / f"{side}_init_set", overwrite=True, pngs=False)
 
 
-def judge_ddkit(a: argparse.Namespace, side: str, seed: int) -> None:
-    out = workdir(a) / f"eval_ddkit_{side}" / f"seed{seed}"
-    argv = [PY, "-m", "ddkit", "evaluate", str(workdir(a) / f"{side}_set"), "--dataset", DATA, "--cache-dir", CACHE,
+def judge_ddkit(a: argparse.Namespace, side: str, seed: int, w: Optional[Path] = None) -> None:
+    """`ddkit evaluate <w>/<side>_set --protocol native` for one student seed (w: the pair's work folder)."""
+    w = w or workdir(a)
+    out = w / f"eval_ddkit_{side}" / f"seed{seed}"
+    argv = [PY, "-m", "ddkit", "evaluate", str(w / f"{side}_set"), "--dataset", DATA, "--cache-dir", CACHE,
             "--device", "cpu", "--no-progress", "--no-random", "--seeds", "1", "--seed", str(seed), "--output",
             str(out), "--overwrite", "--protocol", "native", "--epochs", str(a.eval_epochs)]
     subprocess.run(argv, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
