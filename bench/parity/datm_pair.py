@@ -239,6 +239,47 @@ def learned_label_facts(w: Path, side: str) -> Dict[str, Any]:
             "mean_max_softmax": round(float(p.max(1).values.mean()), 4)}
 
 
+def speed_dir(a: argparse.Namespace) -> Path:
+    """Work folder of the `speed` step: the same settings, --speed-iterations iterations, under <pair>/speed."""
+    return workdir(argparse.Namespace(**{**vars(a), "iterations": a.speed_iterations, "runs": workdir(a) / "speed"}))
+
+
+def speed_check(a: argparse.Namespace) -> None:
+    """Both distillations AT THE SAME TIME (same machine, same load, one thread each), --speed-iterations of the
+    pair's settings, for seconds/iteration only (the sets are not judged). Run it under the memory lock."""
+    b = argparse.Namespace(**{**vars(a), "iterations": a.speed_iterations, "runs": str(workdir(a) / "speed")})
+    base = [PY, __file__] + opts(b)
+    if not (official_buffer(b) / "convert.json").is_file():
+        subprocess.run(base + ["convert"], check=True)
+    w = speed_dir(a)
+    run_pool(base, [[t] for t, f in (("official-distill", w / "official" / "timing.json"),
+                                     ("ddkit-distill", w / "ddkit_timing.json")) if not f.is_file()], 2)
+
+
+def speed_facts(a: argparse.Namespace, t_off: Dict[str, Any], t_dd: Dict[str, Any],
+                missing: List[str]) -> Dict[str, Any]:
+    """Seconds/iteration of both sides: from the `speed` step (both at once) where it ran, else the pair's own
+    distillations (one after the other, under whatever load each met), which are kept under `sequential`."""
+    def facts(o: Dict[str, Any], d: Dict[str, Any]) -> Dict[str, Any]:
+        so, sd = o.get("s_per_iteration"), d.get("s_per_iteration")
+        return {"official_s_per_iteration": so, "ddkit_s_per_iteration": sd,
+                "ddkit_over_official": round(sd / so, 3) if so and sd else None,
+                "official_loadavg_at_end": (o.get("machine") or {}).get("loadavg"),
+                "ddkit_loadavg_at_end": (d.get("machine") or {}).get("loadavg")}
+
+    how = ("seconds between the time stamps of iteration 1 and the end, per iteration (official: its "
+           "wandb.log('Progress') calls; ddkit: LossLog.step), one thread each")
+    seq = {**facts(t_off, t_dd), "how": "the pair's two distillations one after the other, each under the shared "
+                                        "memory lock, under the load each met; " + how}
+    o, d = read_json(speed_dir(a) / "official" / "timing.json"), read_json(speed_dir(a) / "ddkit_timing.json")
+    out = seq
+    if o.get("s_per_iteration") and d.get("s_per_iteration"):
+        out = {**facts(o, d), "how": f"`datm_pair.py speed`: both distillations at the same time (same load), "
+                                     f"{a.speed_iterations} iterations of the pair's settings, sets not judged; " + how,
+               "sequential": seq}
+    return {**out, **({"partial": "; ".join(missing)} if missing else {})}
+
+
 def write_row(a: argparse.Namespace) -> None:
     """Fold the finished steps into bench/results/parity_datm.json (key ipc<k>); a partial row says what is missing."""
     from ddkit.distilled import load_distilled
@@ -284,14 +325,7 @@ def write_row(a: argparse.Namespace) -> None:
            "official_judge_facts": {k: ev.get(k) for k in ("lr_net", "batch_train", "dsa", "train_criterion",
                                                             "soft_labels")},
            "judges": judges, **({"missing": missing} if missing else {}),
-           "speed": {"official_s_per_iteration": s_off, "ddkit_s_per_iteration": s_dd,
-                     "ddkit_over_official": round(s_dd / s_off, 3) if s_off and s_dd else None,
-                     "official_loadavg_at_end": (t_off.get("machine") or {}).get("loadavg"),
-                     "ddkit_loadavg_at_end": (t_dd.get("machine") or {}).get("loadavg"),
-                     "how": "the two distillations one after the other, one thread each, each under the shared "
-                            "memory lock; seconds between the time stamps of iteration 1 and the end, per iteration "
-                            "(official: its wandb.log('Progress') calls; ddkit: LossLog.step)",
-                     **({} if judges else {"partial": "; ".join(missing)})},
+           "speed": speed_facts(a, t_off, t_dd, missing if not judges else []),
            "machine": t_off.get("machine") or lscpu(), **written()}
     save_row("datm", {"repo": REPO, "commit": COMMIT}, EDITS, JUDGES, f"ipc{a.ipc}", row)
 
@@ -331,7 +365,7 @@ JUDGES = {"ddkit": "ddkit evaluate --protocol native (both sets declare 'datm': 
 def main(argv: Optional[List[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("step", choices=("all", "convert", "official-distill", "ddkit-distill", "to-ddkit",
-                                     "judge-ddkit", "judge-official", "row"))
+                                     "judge-ddkit", "judge-official", "row", "speed"))
     ap.add_argument("sides", nargs="*", help="judge steps: official and/or ddkit")
     ap.add_argument("--ipc", type=int, default=10)
     ap.add_argument("--iterations", type=int, default=6, help="both sides (YAML 10000); inclusive range, N + 1")
@@ -347,6 +381,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--runs", default="/work/runs/parity")
     ap.add_argument("--lock", default="", help="run each distillation under `flock LOCK` (shared-memory machines)")
     ap.add_argument("--workers", type=int, default=2, help="judge runs at a time")
+    ap.add_argument("--speed-iterations", type=int, default=3, help="the speed step's iterations (both sides at once)")
     a = ap.parse_args(argv)
     a.reduced = settings(a)
     mtt_setup.ARGS = a  # the data hand-over (SubsetCIFAR10, expert_subset) reads the buffer from it
@@ -356,7 +391,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         convert(a)
         return
     steps = {"all": run_all, "official-distill": official_distill, "ddkit-distill": ddkit_distill,
-             "to-ddkit": to_ddkit, "row": write_row}
+             "to-ddkit": to_ddkit, "row": write_row, "speed": speed_check}
     if a.step in steps:
         steps[a.step](a)
     else:
