@@ -12,6 +12,7 @@ import torch
 from tests.conftest import load_bench_script
 
 dp = load_bench_script("parity/datm_pair.py")
+dr = load_bench_script("parity/datm_row.py")
 
 YAML = """dataset: CIFAR10
 ipc: 10
@@ -107,10 +108,23 @@ def test_official_inputs_hand_over_learned_labels_in_the_sets_zca_space(tmp_path
     images, labels, lr = dp.official_inputs(tmp_path, "ddkit")
     assert torch.allclose(images, z, atol=1e-4) and torch.equal(labels, logits)  # logits, not the hard labels
     assert float(lr) == pytest.approx(0.0123)
-    facts = dp.learned_label_facts(tmp_path, "ddkit")
+    facts = dr.learned_label_facts(tmp_path, "ddkit")
     assert facts["argmax_is_class"] == pytest.approx(float((logits.argmax(1) == torch.tensor([0, 0, 1, 1])).float()
                                                            .mean()), abs=1e-4)
     DistilledSet(zca.invert(z), torch.tensor([0, 0, 1, 1]), ["a", "b"], [0.5] * 3, [0.25] * 3, {},
                  {"native": "mtt", "learned_lr": 0.01}, zca=zca).save(tmp_path / "plain_set", pngs=False)
     with pytest.raises(SystemExit, match="not a DATM set"):
         dp.official_inputs(tmp_path, "plain")
+
+
+def test_both_running_counts_only_the_iterations_inside_the_shared_window():
+    # official: stamps at iteration starts and the finish; ddkit: at iteration ends (its first after set-up)
+    off = [[0, 100.0], [1, 110.0], [2, 130.0], [3, 150.0], [4, 155.0]]  # its last iteration ran alone: 5 s
+    dd = [[0, 95.0], [1, 112.0], [2, 132.0], [3, 152.0]]
+    got = dr.both_running(off, dd)
+    assert got["window_s"] == 52.0  # [100, 152]: the later first stamp, the earlier last one
+    assert got["official"] == {"s_per_iteration": round(50 / 3, 3), "iterations": 3}  # 150-155 ran alone
+    assert got["ddkit"] == {"s_per_iteration": 20.0, "iterations": 2}  # 95-112 began before the window
+    plain = (off[-1][1] - off[1][1]) / 3  # per_it's average counts the alone iteration
+    assert plain < got["official"]["s_per_iteration"]
+    assert dr.both_running([[0, 0.0], [1, 10.0]], [[0, 20.0], [1, 30.0]]) is None  # never both running
