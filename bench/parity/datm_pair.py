@@ -25,8 +25,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mtt_setup  # noqa: E402
-from common import (CACHE, DATA, PEERS, fold_judges, judge_file, load_split, lscpu, official_repo,  # noqa: E402
-                    read_json, run_pool, save_row, write_json, written)
+from common import (CACHE, DATA, PEERS, judge_file, load_split, official_repo, run_pool,  # noqa: E402
+                    write_json)
 from datm_grad import COMMIT, PEER, REPO, config  # noqa: E402
 from mtt_setup import PY, STRATEGY, SubsetCIFAR10, expert_subset, official_buffer  # noqa: E402
 
