@@ -48,7 +48,8 @@ class EmbedPath:
     why: str
     #: eager only: the real batch goes in channels-last (NHWC). oneDNN's convolutions and the pooling between them
     #: take NHWC without the layout reorders NCHW costs: ~1.25x on a no-grad ConvNet-3 embedding of 256 images on
-    #: the Xeon, natively and with AVX2 kernels forced (bench/results/dm_channels_last_cpu.json). Equal up to fp32
+    #: the Xeon, natively and with AVX2 kernels forced (a one-off check, docs/performance.md); a whole DM iteration
+    #: at 64 real images per class ~8 % (bench/results/matching_speed_dm_b64_nhwc_cpu.json). Equal up to fp32
     #: rounding (the sums run in another order), so not on the exact path. A compiled graph picks its own layout.
     channels_last: bool = False
 
