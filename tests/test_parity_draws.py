@@ -120,3 +120,31 @@ def test_exclusive_lock_serialises_holders(tmp_path):
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
     with common.exclusive(None):  # no lock asked: a plain block
         pass
+
+
+def test_mtt_experts_start_draws_fold_apart_from_the_row(mtt, tmp_path, monkeypatch):
+    """--ddkit-start experts names ddkit's sets ddkit_xs[_seedK] (same --seed K), so they never count as the row's
+    ddkit draws, and fold against the official draws into diagnostics.experts_start."""
+    import mtt_setup
+    a = _mtt_args(tmp_path)
+    a.ddkit_start = "experts"
+    assert mtt_setup.draw_name(a, "ddkit") == "ddkit_xs" and mtt_setup.draw_name(a, "official") == "official"
+    a.draw = 2
+    argv = mtt_setup.ddkit_argv(a)
+    assert argv[argv.index("--seed") + 1] == "2" and argv[argv.index("--output") + 1].endswith("/ddkit_xs_seed2_set")
+    a.draw, a.ddkit_start = 0, "all"
+    w = mtt.workdir(a)
+    w.mkdir(parents=True)
+    for side, acc in (("ddkit", 32.0), ("official", 34.0), ("official_seed1", 33.0), ("ddkit_xs", 34.5),
+                      ("ddkit_xs_seed1", 33.5)):
+        _judged(w, side, acc, with_set=side.endswith("seed1"))
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "parity_mtt.json").write_text(json.dumps({"rows": {"ipc10-lrimg1000": {"command": "x"}}}))
+    monkeypatch.setattr(mtt, "RESULTS", results)
+    mtt.add_draws(a)
+    diag = json.loads((results / "parity_mtt.json").read_text())["rows"]["ipc10-lrimg1000"]["diagnostics"]
+    assert "draws" not in diag  # the row's ddkit side has one draw: the xs sets are not its draws
+    x = diag["experts_start"]
+    assert x["ddkit"]["per_draw"] == [34.5, 33.5] and x["official"]["per_draw"] == [34.0, 33.0]
+    assert x["verdict"] == {"delta": 0.5, "tolerance": 1.0, "pass": True}

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -209,18 +209,20 @@ def draw_seeds(w: Path, prefix: str) -> List[int]:
                   if p.name[len(prefix):-len("_set")].isdigit())
 
 
-def draw_fold(w: Path, what: str) -> Dict[str, Any]:
+def draw_fold(w: Path, what: str, sets: Tuple[str, str] = ("ddkit", "official")) -> Dict[str, Any]:
     """One accuracy per distillation draw and side (ddkit judge, student seed 0): the pair's own set first, then
     each judged <side>_seed<k>_set; mean ± std over the draws and issue #27's rule on them, where both sides have
     two draws or more. A pair compares ONE draw of each side (start images, crops, experts...): a spread the
-    student seeds do not contain, which this verdict puts inside the tolerance. {} before anything is judged."""
+    student seeds do not contain, which this verdict puts inside the tolerance. {} before anything is judged.
+    `sets` names the ddkit and the official side's sets (a diagnostic variant of a side has its own name); the
+    result's keys stay "ddkit" and "official"."""
     draws: Dict[str, Any] = {}
-    for name in ("ddkit", "official"):
+    for key, name in zip(("ddkit", "official"), sets):
         first = judge_accs(w, "ddkit", name, 1)
         extra = [a for k in draw_seeds(w, f"{name}_seed") for a in judge_accs(w, "ddkit", f"{name}_seed{k}", 1)]
         if first:
-            draws[name] = mean_std([first[0]] + extra)
-            draws[name]["per_draw"] = draws[name].pop("per_seed")
+            draws[key] = mean_std([first[0]] + extra)
+            draws[key]["per_draw"] = draws[key].pop("per_seed")
     if len(draws) == 2 and min(draws[n]["n"] for n in draws) >= 2:
         draws["verdict"] = verdict(draws["ddkit"], draws["official"])
         draws["what"] = what

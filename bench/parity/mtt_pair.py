@@ -140,6 +140,14 @@ def run_official(out: Path, script: str, argv: List[str], peer: str = PEER,
 
 
 def ddkit_distill(a: argparse.Namespace) -> None:
+    """ddkit's side of a draw; with --ddkit-start experts its train split is the experts' 1000 images (the
+    official side's through the hand-over), so its real start is drawn from them: expert_subset keeps the
+    split's name and classes, which is all the buffer check asks of it."""
+    if a.ddkit_start == "experts":
+        from ddkit import cli_commands
+
+        whole = cli_commands._dataset
+        cli_commands._dataset = lambda args, split: expert_subset()[0] if split == "train" else whole(args, split)
     run_ddkit(ddkit_argv(a), workdir(a), draw_name(a, "ddkit"))
 
 
@@ -292,6 +300,24 @@ def run_draws(a: argparse.Namespace) -> None:
     add_draws(a)
 
 
+def experts_start(a: argparse.Namespace) -> None:
+    """Diagnostic: ddkit draws 0 .. --draws-1 with the real start drawn from the experts' 1000 images (as the
+    official side's is), each judged by ddkit (student seed 0), folded against the official draws already judged
+    (`draws`) into the row's diagnostics.experts_start. Separates the start pool from the method."""
+    w = workdir(a)
+    base = [PY, __file__] + opts(a) + ["--ddkit-start=experts"]
+    a.ddkit_start = "experts"
+    for k in range(a.draws):
+        a.draw = k
+        if not (w / f"{draw_name(a, 'ddkit')}_timing.json").is_file():
+            with exclusive(a.lock):
+                subprocess.run(base + ["ddkit-distill", f"--draw={k}"], check=True)
+        if not judge_file(w, "ddkit", draw_name(a, "ddkit"), 0).is_file():
+            subprocess.run(base + ["judge-ddkit", draw_name(a, "ddkit"), "--seed=0"], check=True)
+    a.draw, a.ddkit_start = 0, "all"
+    add_draws(a)
+
+
 def add_draws(a: argparse.Namespace) -> None:
     """Put the draw-level verdict into the pair's existing row of bench/results/parity_mtt.json, the rest of the
     row (its commands, revision and notes) untouched."""
@@ -306,7 +332,8 @@ def add_draws(a: argparse.Namespace) -> None:
 def main(argv: List[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("step", choices=("all", "experts", "convert", "official-distill", "ddkit-distill", "to-ddkit",
-                                     "judge-ddkit", "judge-official", "init-sets", "draws", "row"))
+                                     "judge-ddkit", "judge-official", "init-sets", "draws", "experts-start",
+                                     "row"))
     ap.add_argument("sides", nargs="*", help="judge steps: official and/or ddkit")
     ap.add_argument("--ipc", type=int, default=10, choices=sorted(ROWS))
     ap.add_argument("--iterations", type=int, default=3, help="both sides: N (inclusive range, N + 1 updates)")
@@ -328,10 +355,14 @@ def main(argv: List[str] | None = None) -> None:
     ap.add_argument("--draw", type=int, default=0, help="distill steps: the draw (0: the pair's own sets)")
     ap.add_argument("--draws", type=int, default=5, help="draws: draws per side in all, the pair's own included")
     ap.add_argument("--lock", default=None, help="draws: a file locked (flock) around each distillation")
+    ap.add_argument("--ddkit-start", default="all", choices=("all", "experts"),
+                    help="ddkit-distill: draw the real start from the whole train split (the row) or from the "
+                         "experts' 1000 images, as the official side does (the experts-start diagnostic)")
     a = ap.parse_args(argv)
     configure(a)
     steps = {"all": run_all, "experts": experts, "convert": convert, "official-distill": official_distill,
              "ddkit-distill": ddkit_distill, "to-ddkit": to_ddkit, "init-sets": init_sets, "draws": run_draws,
+             "experts-start": experts_start,
              "row": write_row}
     if a.step in steps:
         steps[a.step](a)

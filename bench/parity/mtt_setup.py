@@ -33,6 +33,9 @@ sys.path.append(str(PYDEPS))
 #: the parsed command line of this process (configure); the data hand-over reads the buffer path from it, since
 #: torchvision-style dataset classes are built by the official code with its own arguments
 ARGS = argparse.Namespace(buffer="/work/runs/parity/mtt_buffer")
+#: the ddkit side's sets when its real start is drawn from the experts' 1000 training images (--ddkit-start
+#: experts), as the official side's is through the hand-over: the diagnostic `mtt_pair.py experts-start`
+XS = "ddkit_xs"
 
 
 def configure(a: argparse.Namespace) -> None:
@@ -59,6 +62,8 @@ def workdir(a: argparse.Namespace) -> Path:
 def draw_name(a: argparse.Namespace, side: str) -> str:
     """A side's set name for distillation draw --draw K: the pair's own (K = 0) is `<side>`, another `<side>_seedK`
     (common.draw_fold reads them so). Draw K seeds the official run's Python/numpy/torch RNGs and ddkit's --seed."""
+    if side == "ddkit" and getattr(a, "ddkit_start", "all") == "experts":
+        side = XS
     return side if not getattr(a, "draw", 0) else f"{side}_seed{a.draw}"
 
 
@@ -162,12 +167,18 @@ def init_check(w: Path) -> Dict[str, Any]:
 
 
 def draws(w: Path) -> Dict[str, Any]:
-    """`diagnostics.draws` where extra distillation draws were judged (`mtt_pair.py draws`), else nothing."""
+    """`diagnostics.draws` where extra distillation draws were judged (`mtt_pair.py draws`), and
+    `diagnostics.experts_start` where the ddkit side's experts'-start draws were (`mtt_pair.py experts-start`)."""
     d = draw_fold(w, "ddkit judge, student seed 0, one accuracy per distillation draw (the row's set first; draw K "
                      "seeds the official run's Python/numpy/torch RNGs with K and runs ddkit with --seed K: other "
                      "start images, experts, start epochs, minibatches and DSA draws); the pass rule of issue #27 "
                      "on these: the set-level spread is inside the tolerance")
-    return {"diagnostics": {"draws": d}} if "verdict" in d else {}
+    x = draw_fold(w, "ddkit judge, student seed 0, one accuracy per distillation draw; the ddkit side's real start "
+                     "drawn from the experts' 1000 training images (as the official side's is, through the data "
+                     "hand-over) instead of the whole train split, with the same --seed K per draw as the row's "
+                     "ddkit draws; the official side's draws as in `draws`", (XS, "official"))
+    diag = {k: v for k, v in (("draws", d), ("experts_start", x)) if "verdict" in v}
+    return {"diagnostics": diag} if diag else {}
 
 
 def write_row(a: argparse.Namespace) -> None:
