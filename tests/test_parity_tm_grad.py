@@ -133,3 +133,38 @@ def test_start_randint_serves_only_the_start_epoch_call():
     assert torch.equal(wrapped(0, 3, (2,), generator=torch.Generator().manual_seed(1)), here)
     call = compile("wrapped(2, 6, (1,), generator=None)", "start_caller.py", "eval")
     assert eval(call).tolist() == [4] and r.bounds == [[2, 6]]
+
+
+def test_run_ddkit_replayed_serves_records_and_restores():
+    """ddkit's side of a gradient check: the start stand-in and the replayed permutations are in place while the
+    method runs, each logged loss and SGD step is recorded, and everything is put back after, also on an error."""
+    import types
+
+    from ddkit.methods import matching_ops
+    owner = types.SimpleNamespace(start="the method's own")
+    step, randperm, randint = matching_ops.LossLog.step, torch.randperm, torch.randint
+    seen = {}
+
+    def run():
+        seen["start"], seen["perm"] = owner.start, torch.randperm(3).tolist()
+        log = matching_ops.LossLog(2, "x", False, "mtt")
+        p = torch.ones(2, 1, 1, 1, requires_grad=True)
+        opt = torch.optim.SGD([p], lr=0.5)
+        for it, loss in enumerate((2.0, 1.5)):
+            p.grad = torch.ones_like(p)
+            opt.step()
+            log.step(it, loss, {})
+
+    rec = mg.run_ddkit_replayed(run, mg.Replay(3, [torch.tensor([2, 0, 1])], [5]), (owner, "start", "stand-in"))
+    assert seen == {"start": "stand-in", "perm": [2, 0, 1]}
+    assert [float(v) for v in rec["loss"]] == [2.0, 1.5] and len(rec["grad_images"]) == 2
+    assert rec["served"] == {"randperm": 1, "start_epoch": 0} and rec["seconds"] >= 0
+    assert owner.start == "the method's own" and matching_ops.LossLog.step is step
+    assert torch.randperm is randperm and torch.randint is randint
+
+    def failing():
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        mg.run_ddkit_replayed(failing, mg.Replay(3, [], []), (owner, "start", "stand-in"))
+    assert owner.start == "the method's own" and matching_ops.LossLog.step is step and torch.randint is randint

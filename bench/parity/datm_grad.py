@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mtt_setup  # noqa: E402
 from common import RESULTS, lscpu, official_repo, write_json, written  # noqa: E402
 from tm_grad import (NUDGE, RULE, Replay, _read, capture_steps, compare_runs, grad_verdict,  # noqa: E402
-                     refresh_verdicts, rel_diff, summarise)
+                     refresh_verdicts, rel_diff, run_ddkit_replayed, summarise)
 from mtt_setup import SubsetCIFAR10, load_split  # noqa: E402
 
 REPO, COMMIT, PEER = "NUS-HPC-AI-Lab/DATM", "97ae5109d98e749e897bd1af29bccd0515f8137e", "DATM"
@@ -86,15 +86,7 @@ def run_official(a: argparse.Namespace, replay: Replay, nudge: float = 0.0) -> D
 
 def run_ddkit(a: argparse.Namespace, start: torch.Tensor, replay: Replay, syn_steps: int) -> Dict[str, Any]:
     """ddkit's registered `datm`, every draw served by `replay`, its correct-sample init = `start`."""
-    from ddkit.methods import matching_ops
     from ddkit.methods import mtt as M
-
-    rec: Dict[str, Any] = {"loss": []}
-    log_step, init, randint = matching_ops.LossLog.step, M.correct_init, torch.randint
-
-    def logged(self: Any, it: int, loss: float, *x: Any, **k: Any) -> None:
-        rec["loss"].append(torch.tensor(loss))
-        log_step(self, it, loss, *x, **k)
 
     def same_start(*x: Any, **k: Any) -> Any:
         return start.clone(), torch.arange(len(start))
@@ -106,16 +98,9 @@ def run_ddkit(a: argparse.Namespace, start: torch.Tensor, replay: Replay, syn_st
                        current_max_start_epoch=a.current_max_start_epoch,
                        expansion_end_epoch=a.expansion_end_epoch, sequential_generation=True)
     dataset = load_split("train")
-    matching_ops.LossLog.step, M.correct_init, torch.randint = logged, same_start, replay.start_randint()
-    t0 = time.monotonic()
-    try:
-        with replay.active(), capture_steps(rec):
-            list(M.datm(dataset, None, cfg, list(range(10)), device=torch.device("cpu"), progress=False))
-    finally:
-        matching_ops.LossLog.step, M.correct_init, torch.randint = log_step, init, randint
-    rec["seconds"] = round(time.monotonic() - t0, 1)
-    rec["served"], rec["start_bounds"] = dict(replay.served), list(replay.bounds)
-    return rec
+    return run_ddkit_replayed(
+        lambda: list(M.datm(dataset, None, cfg, list(range(10)), device=torch.device("cpu"), progress=False)),
+        replay, (M, "correct_init", same_start))
 
 
 EDITS = ("None to the official files. distill/DATM.py runs as __main__ (runpy) from the pinned checkout with a "

@@ -27,7 +27,7 @@ import runpy
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ import mtt_setup  # noqa: E402
 from common import RESULTS, lscpu, official_repo, write_json, written  # noqa: E402
 from mtt_setup import COMMIT, PEER, REPO, STRATEGY, SubsetCIFAR10  # noqa: E402
 from tm_grad import (NUDGE, RULE, DSADraws, Replay, _read, capture_steps, compare_runs,  # noqa: E402
-                     grad_verdict, refresh_verdicts, summarise)
+                     grad_verdict, refresh_verdicts, run_ddkit_replayed, summarise)
 
 def official_argv(a: argparse.Namespace, off_buffer: str) -> List[str]:
     return ["distill.py", "--dataset", "CIFAR10", "--model", "ConvNet", "--ipc", str(a.ipc), "--syn_steps",
@@ -85,11 +85,9 @@ def run_official(a: argparse.Namespace, replay: Replay, dsa: Optional[DSADraws],
 def run_ddkit(a: argparse.Namespace, start: torch.Tensor, replay: Replay, dsa: Optional[DSADraws],
               syn_steps: int) -> Dict[str, Any]:
     """ddkit's registered `mtt` method, every draw it makes served by `replay`, its real-image start = `start`."""
-    from ddkit.methods import matching_ops
     from ddkit.methods import mtt as M
     from mtt_setup import load_split
 
-    rec: Dict[str, Any] = {"loss": []}
     ipc = a.ipc
 
     class SameStart:  # stands in for matching_ops.RealPool: class c's rows of the official start
@@ -99,28 +97,15 @@ def run_ddkit(a: argparse.Namespace, start: torch.Tensor, replay: Replay, dsa: O
         def batch(self, c: int, n: int, g: Any) -> Any:
             return start[c * ipc:(c + 1) * ipc].clone(), torch.arange(c * ipc, (c + 1) * ipc)
 
-    log_step, pool, randint = matching_ops.LossLog.step, M.RealPool, torch.randint
-
-    def logged(self: Any, it: int, loss: float, *x: Any, **k: Any) -> None:
-        rec["loss"].append(torch.tensor(loss))
-        log_step(self, it, loss, *x, **k)
-
     cfg = M.MTTConfig(ipc=ipc, seed=0, buffer=a.buffer, iterations=a.iterations, syn_steps=syn_steps,
                       expert_epochs=a.expert_epochs, max_start_epoch=a.max_start_epoch, batch_syn=a.batch_syn,
                       zca=True, lr_img=a.lr_img, lr_lr=a.lr_lr, lr_teacher=0.01, init="real",
                       dsa_strategy=STRATEGY if dsa else "none",
                       max_experts=1)
     dataset = load_split("train")
-    matching_ops.LossLog.step, M.RealPool, torch.randint = logged, SameStart, replay.start_randint()
-    t0 = time.monotonic()
-    try:
-        with replay.active(), capture_steps(rec), dsa.ddkit() if dsa else contextlib.nullcontext():
-            list(M.mtt(dataset, None, cfg, list(range(10)), device=torch.device("cpu"), progress=False))
-    finally:
-        matching_ops.LossLog.step, M.RealPool, torch.randint = log_step, pool, randint
-    rec["seconds"] = round(time.monotonic() - t0, 1)
-    rec["served"], rec["start_bounds"] = dict(replay.served), list(replay.bounds)
-    return rec
+    return run_ddkit_replayed(
+        lambda: list(M.mtt(dataset, None, cfg, list(range(10)), device=torch.device("cpu"), progress=False)),
+        replay, (M, "RealPool", SameStart), dsa.ddkit() if dsa else None)
 
 
 

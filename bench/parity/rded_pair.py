@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CACHE, DATA, load_split  # noqa: E402
+from common import CACHE, DATA, load_split, write_json  # noqa: E402
 from selection_common import Renormalise, cuda_as_cpu, to_official_state  # noqa: E402
 from selection_pair import (TEACHER, check_teacher, ddkit_distill, enter_official, judge_ddkit,  # noqa: E402
                             pair_args, pair_row, patch_teacher_loader as patch_loader, run_all, teacher_facts,
@@ -162,7 +162,6 @@ def step_sets(w: Path) -> None:
 def judge_official(w: Path, side: str, seed: int, epochs: int) -> None:
     """The official relabel + train + validate (validation.main.main) on one set, seed = its --seed."""
     import numpy as np
-    import torch
 
     out = w / f"eval_official_{side}" / f"seed{seed}.json"
     if out.is_file():

@@ -13,7 +13,7 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -155,6 +155,38 @@ def capture_steps(record: Dict[str, List[torch.Tensor]], nudge: float = 0.0) -> 
         yield
     finally:
         torch.optim.SGD.step, torch.optim.SGD.__init__ = sgd_step, sgd_init
+
+
+def run_ddkit_replayed(run: Callable[[], Any], replay: "Replay", start: Tuple[Any, str, Any],
+                       extra: Any = None) -> Dict[str, Any]:
+    """ddkit's side of a gradient check: `run()` (the registered method, in-process) with every draw it makes
+    served by `replay`, the start stand-in `start` = (owner, attribute, stand-in) in place (mtt's RealPool,
+    datm's correct_init), LossLog.step recording each iteration's loss, and `extra` (a context) around it; all
+    restored after. The record holds the captured steps (capture_steps), seconds, the draws served."""
+    import time
+
+    from ddkit.methods import matching_ops
+
+    rec: Dict[str, Any] = {"loss": []}
+    owner, name, stand_in = start
+    log_step, before, randint = matching_ops.LossLog.step, getattr(owner, name), torch.randint
+
+    def logged(self: Any, it: int, loss: float, *x: Any, **k: Any) -> None:
+        rec["loss"].append(torch.tensor(loss))
+        log_step(self, it, loss, *x, **k)
+
+    matching_ops.LossLog.step, torch.randint = logged, replay.start_randint()
+    setattr(owner, name, stand_in)
+    t0 = time.monotonic()
+    try:
+        with replay.active(), capture_steps(rec), extra if extra is not None else contextlib.nullcontext():
+            run()
+    finally:
+        matching_ops.LossLog.step, torch.randint = log_step, randint
+        setattr(owner, name, before)
+    rec["seconds"] = round(time.monotonic() - t0, 1)
+    rec["served"], rec["start_bounds"] = dict(replay.served), list(replay.bounds)
+    return rec
 
 
 def summarise(rec: Dict[str, Any]) -> Dict[str, Any]:
