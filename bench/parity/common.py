@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -201,6 +201,60 @@ def fold_judges(w: Path, seeds: int) -> Dict[str, Dict[str, Any]]:
             j["verdict"] = verdict(j["ddkit"], j["official"])
     return judges
 
+
+
+def draw_set(side: str, k: int) -> str:
+    """A side's set name for distillation draw K: the pair's own (K = 0) is `<side>`, another `<side>_seed<K>`
+    (what draw_seeds and draw_fold read). Draw K seeds the official run's Python/numpy/torch RNGs and ddkit's --seed."""
+    return side if not k else f"{side}_seed{k}"
+
+
+def official_run_dir(w: Path, k: int) -> Path:
+    """The official run's work folder of draw K (its stdout, final.pt, timing.json); not a *_set, so never a draw."""
+    return w / ("official" if not k else f"official_seed{k}_run")
+
+
+def run_draw_steps(base: List[str], w: Path, draws: Iterable[int],
+                   steps: Callable[[int], Sequence[Tuple[str, Path, bool]]], judged: Callable[[int], Sequence[str]],
+                   lock: Optional[str]) -> None:
+    """The draws loop the pair drivers share (mtt_pair.py draws / experts-start, datm_pair.py draws): for each draw
+    K, every (step, file it leaves, heavy) of steps(K) whose file is missing runs as `base + [step, --draw=K]`, a
+    heavy one (a distillation: ~6-10 GB at IPC 10) under exclusive(lock); then each set named by judged(K) not
+    judged yet gets ddkit's judge at student seed 0 (`judge-ddkit NAME --seed=0`). Finished steps are skipped, so a
+    rerun resumes."""
+    for k in draws:
+        for step, done, heavy in steps(k):
+            if not done.is_file():
+                with exclusive(lock if heavy else None):
+                    subprocess.run(base + [step, f"--draw={k}"], check=True)
+        for name in judged(k):
+            if not judge_file(w, "ddkit", name, 0).is_file():
+                subprocess.run(base + ["judge-ddkit", name, "--seed=0"], check=True)
+
+
+def add_diagnostics(path: Path, key: str, diag: Dict[str, Any], edits: Optional[str] = None) -> None:
+    """Put `diag` into the existing row `key` of the results file `path` (its diagnostics, plus the revision and
+    time they were written at), the rest of the row (its commands, revision and notes) and the other rows untouched;
+    `edits`, where given, replaces the file's description of the changes to the official code (a draws step may
+    change it from outside in one more way, which the file must then say)."""
+    doc = read_json(path)
+    row = doc["rows"][key]
+    row.setdefault("diagnostics", {}).update(diag)
+    row["diagnostics_revision"] = written()
+    if edits is not None:
+        doc["official"]["edits"] = edits
+    write_json(path, doc)
+
+
+def dispatch(a: Any, steps: Dict[str, Callable[[Any], None]],
+             judges: Dict[str, Callable[[Any, str, int], None]]) -> None:
+    """Run a pair driver's step `a.step`: a whole step from `steps`, or a judge step (`judges`: judge-ddkit,
+    judge-official) once per set named in `a.sides`, at student seed `a.seed`."""
+    if a.step in steps:
+        steps[a.step](a)
+    else:
+        for side in a.sides:
+            judges[a.step](a, side, a.seed)
 
 
 def draw_seeds(w: Path, prefix: str) -> List[int]:

@@ -7,10 +7,11 @@ buffer for both sides (ddkit's, converted to the official replay_buffer_0.pt by 
 space (the official get_dataset is handed the experts' 1000 images as its train split), the official settings
 read from DATM's own configs/CIFAR-10/ConvIN/IPC<k>.yaml with the reductions of the command line (settings()),
 and both sides' settings built from ONE official config dict (official_cfg -> ddkit_argv). Steps, each skipped
-when its output exists: convert, official-distill and ddkit-distill (under `flock LOCK` with --lock), to-ddkit,
-the judge runs (one student seed each: ddkit `evaluate --protocol native`; the official distill/evaluation.py
-on the set's learned labels and learned lr), row (bench/results/parity_datm.json). bench/parity/README.md says
-them in full. Nothing of the official code is here: it runs from /work/peers/DATM, changed only from outside
+when its output exists: convert, official-distill and ddkit-distill (under common.exclusive(LOCK) with --lock),
+to-ddkit, the judge runs (one student seed each: ddkit `evaluate --protocol native`; the official
+distill/evaluation.py on the set's learned labels and learned lr), row (bench/results/parity_datm.json); `draws`
+adds distillation draws 1 .. --draws-1 of both sides and their draw-level verdict (diagnostics.draws).
+bench/parity/README.md says them in full. Nothing of the official code is here: it runs from /work/peers/DATM, changed only from outside
 (EDITS).
 """
 from __future__ import annotations
@@ -25,8 +26,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mtt_setup  # noqa: E402
-from common import (CACHE, DATA, PEERS, judge_file, load_split, official_repo, run_pool,  # noqa: E402
-                    write_json)
+from common import (CACHE, DATA, PEERS, RESULTS, add_diagnostics, dispatch, draw_set, exclusive,  # noqa: E402
+                    judge_file, load_split, official_repo, official_run_dir, run_draw_steps, run_pool, write_json)
 from datm_grad import COMMIT, PEER, REPO, config  # noqa: E402
 from mtt_setup import PY, STRATEGY, SubsetCIFAR10, expert_subset, official_buffer  # noqa: E402
 
@@ -87,14 +88,20 @@ def official_cfg(a: argparse.Namespace) -> Dict[str, Any]:
 
 
 def ddkit_argv(a: argparse.Namespace) -> List[str]:
-    """`ddkit distill --method datm` with every value of the official config (TO_DDKIT), nothing else chosen."""
+    """`ddkit distill --method datm` with every value of the official config (TO_DDKIT), nothing else chosen;
+    draw K (--draw) runs with --seed K into <workdir>/ddkit_seedK_set (the pair's own: --seed 0, ddkit_set)."""
     cfg = official_cfg(a)
     flags = [x for k, f in TO_DDKIT.items()
              for x in (f"--{f}", str(cfg[k]).lower() if isinstance(cfg[k], bool) else str(cfg[k]))]
     init = {"samples_predicted_correctly": "correct", "real": "real"}[cfg["pix_init"]]
     return ["distill", "--dataset", DATA, "--cache-dir", CACHE, "--device", "cpu", "--no-progress", "--method",
-            "datm", "--buffer", a.buffer, "--ipc", str(a.ipc), "--seed", "0", "--init", init, *flags,
-            "--output", str(workdir(a) / "ddkit_set"), "--overwrite"]
+            "datm", "--buffer", a.buffer, "--ipc", str(a.ipc), "--seed", str(draw(a)), "--init", init, *flags,
+            "--output", str(workdir(a) / f"{draw_set('ddkit', draw(a))}_set"), "--overwrite"]
+
+
+def draw(a: argparse.Namespace) -> int:
+    """The distillation draw of this step (--draw; 0: the pair's own sets)."""
+    return getattr(a, "draw", 0)
 
 
 def opts(a: argparse.Namespace) -> List[str]:
@@ -104,20 +111,23 @@ def opts(a: argparse.Namespace) -> List[str]:
 
 
 def official_distill(a: argparse.Namespace) -> None:
+    """DATM.py on the official config, draw K (--draw) seeded K: from outside before the run, and DATM.py's own
+    manual_seed called again with K at its wandb.init, since its main seeds 0 itself first (EDITS (5))."""
     import yaml
 
     from mtt_pair import run_official
 
-    out = workdir(a) / "official"
+    out = official_run_dir(workdir(a), draw(a))
     out.mkdir(parents=True, exist_ok=True)
     (out / "cfg.yaml").write_text(yaml.safe_dump(official_cfg(a)))
-    run_official(out, "distill/DATM.py", ["DATM.py", "--cfg", str((out / "cfg.yaml").resolve())], PEER, KEEP)
+    run_official(out, "distill/DATM.py", ["DATM.py", "--cfg", str((out / "cfg.yaml").resolve())], PEER, KEEP,
+                 seed=draw(a), reseed=True)
 
 
 def ddkit_distill(a: argparse.Namespace) -> None:
     from mtt_pair import run_ddkit
 
-    run_ddkit(ddkit_argv(a), workdir(a))
+    run_ddkit(ddkit_argv(a), workdir(a), draw_set("ddkit", draw(a)))
 
 
 def to_ddkit(a: argparse.Namespace) -> None:
@@ -127,15 +137,15 @@ def to_ddkit(a: argparse.Namespace) -> None:
 
     from ddkit.distilled import DistilledSet
 
-    final = torch.load(workdir(a) / "official" / "final.pt", weights_only=True)
+    final = torch.load(official_run_dir(workdir(a), draw(a)) / "final.pt", weights_only=True)
     _, zca = expert_subset()
     test = load_split("test")
     hard = torch.arange(10).repeat_interleave(a.ipc)  # DATM.py's label_syn before it becomes logits
     meta = {"method": "official-datm", "ipc": a.ipc, "native": "datm", "learned_lr": final["syn_lr"],
             "learned_labels": "learned", "parity": {"repo": f"{REPO}@{COMMIT[:7]}", "cfg": official_cfg(a)}}
     DistilledSet(zca.invert(final["image_syn"].float()), hard, list(test.classes), test.mean, test.std,
-                 {"learned": final["label_syn"].float()}, meta, zca=zca).save(workdir(a) / "official_set",
-                                                                              overwrite=True, pngs=False)
+                 {"learned": final["label_syn"].float()}, meta, zca=zca).save(
+        workdir(a) / f"{draw_set('official', draw(a))}_set", overwrite=True, pngs=False)
 
 
 def official_inputs(w: Path, side: str) -> Tuple[Any, Any, Any]:
@@ -209,22 +219,46 @@ def judge_ddkit(a: argparse.Namespace, side: str, seed: int) -> None:
 
 
 def run_all(a: argparse.Namespace) -> None:
-    """Every step not done yet: the distillations one after the other (under `flock --lock`), judges as --workers."""
+    """Every step not done yet: the distillations one after the other (under exclusive(--lock)), judges as --workers."""
     w = workdir(a)
     w.mkdir(parents=True, exist_ok=True)
     base = [PY, __file__] + opts(a)
     if not (official_buffer(a) / "convert.json").is_file():
         subprocess.run(base + ["convert"], check=True)
-    locked = (["flock", a.lock] if a.lock else []) + base
     for step, done in (("official-distill", w / "official" / "timing.json"),
                        ("ddkit-distill", w / "ddkit_timing.json")):
         if not done.is_file():
-            subprocess.run(locked + [step], check=True)
+            with exclusive(a.lock):
+                subprocess.run(base + [step], check=True)
     if not (w / "official_set" / "meta.json").is_file():
         subprocess.run(base + ["to-ddkit"], check=True)
     run_pool(base, [[f"judge-{j}", side, "--seed", str(s)] for s in range(a.seeds) for j in ("ddkit", "official")
                     for side in ("official", "ddkit") if not judge_file(w, j, side, s).is_file()], a.workers)
     write_row(a)
+
+
+def run_draws(a: argparse.Namespace) -> None:
+    """Distillation draws 1 .. --draws-1 of both sides (the pair's own sets are draw 0): official-distill,
+    to-ddkit and ddkit-distill of draw K (each distillation alone under --lock), each set judged by ddkit at student
+    seed 0, then add_draws. Every finished step is kept (common.run_draw_steps), so a rerun resumes."""
+    w = workdir(a)
+
+    def steps(k: int) -> List[Tuple[str, Path, bool]]:
+        return [("official-distill", official_run_dir(w, k) / "timing.json", True),
+                ("to-ddkit", w / f"{draw_set('official', k)}_set" / "meta.json", False),
+                ("ddkit-distill", w / f"{draw_set('ddkit', k)}_timing.json", True)]
+
+    run_draw_steps([PY, __file__] + opts(a), w, range(1, a.draws), steps,
+                   lambda k: [draw_set(s, k) for s in ("official", "ddkit")], a.lock)
+    add_draws(a)
+
+
+def add_draws(a: argparse.Namespace) -> None:
+    """The draw-level verdict (datm_row.draws) into the existing row ipc<k> of bench/results/parity_datm.json,
+    the rest of the row untouched; the file's edits text becomes EDITS (which says how draw K is seeded)."""
+    from datm_row import EDITS, draws
+
+    add_diagnostics(RESULTS / "parity_datm.json", f"ipc{a.ipc}", draws(workdir(a)).get("diagnostics", {}), EDITS)
 
 
 def write_row(a: argparse.Namespace) -> None:
@@ -253,7 +287,7 @@ def speed_check(a: argparse.Namespace) -> None:
 def main(argv: Optional[List[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("step", choices=("all", "convert", "official-distill", "ddkit-distill", "to-ddkit",
-                                     "judge-ddkit", "judge-official", "row", "speed"))
+                                     "judge-ddkit", "judge-official", "row", "speed", "draws"))
     ap.add_argument("sides", nargs="*", help="judge steps: official and/or ddkit")
     ap.add_argument("--ipc", type=int, default=10)
     ap.add_argument("--iterations", type=int, default=6, help="both sides (YAML 10000); inclusive range, N + 1")
@@ -267,7 +301,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--eval-epochs", type=int, default=60, help="both judges (DATM's: 1000)")
     ap.add_argument("--buffer", default="/work/runs/h27m/buffer_b16", help="ddkit expert buffer (mtt_pair.py's)")
     ap.add_argument("--runs", default="/work/runs/parity")
-    ap.add_argument("--lock", default="", help="run each distillation under `flock LOCK` (shared-memory machines)")
+    ap.add_argument("--lock", default=None, help="a file locked (flock) around each distillation (shared memory)")
+    ap.add_argument("--draw", type=int, default=0, help="distill steps: the draw (0: the pair's own sets)")
+    ap.add_argument("--draws", type=int, default=3, help="draws: draws per side in all, the pair's own included")
     ap.add_argument("--workers", type=int, default=2, help="judge runs at a time")
     ap.add_argument("--speed-iterations", type=int, default=3, help="the speed step's iterations (both sides at once)")
     a = ap.parse_args(argv)
@@ -279,12 +315,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         convert(a)
         return
     steps = {"all": run_all, "official-distill": official_distill, "ddkit-distill": ddkit_distill,
-             "to-ddkit": to_ddkit, "row": write_row, "speed": speed_check}
-    if a.step in steps:
-        steps[a.step](a)
-    else:
-        for side in a.sides:
-            (judge_ddkit if a.step == "judge-ddkit" else judge_official)(a, side, a.seed)
+             "to-ddkit": to_ddkit, "row": write_row, "speed": speed_check, "draws": run_draws}
+    dispatch(a, steps, {"judge-ddkit": judge_ddkit, "judge-official": judge_official})
 
 
 if __name__ == "__main__":

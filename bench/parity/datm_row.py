@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PEERS, fold_judges, judge_file, lscpu, read_json, save_row, written  # noqa: E402
+from common import PEERS, draw_fold, fold_judges, judge_file, lscpu, read_json, save_row, written  # noqa: E402
 from datm_grad import COMMIT, PEER, REPO  # noqa: E402
 from datm_pair import (TO_DDKIT, ddkit_argv, official_cfg, official_inputs, opts, speed_dir,  # noqa: E402
                        workdir, yaml_path)
@@ -79,6 +79,16 @@ def speed_facts(a: argparse.Namespace, t_off: Dict[str, Any], t_dd: Dict[str, An
     return {**out, **({"partial": "; ".join(missing)} if missing else {})}
 
 
+def draws(w: Path) -> Dict[str, Any]:
+    """`diagnostics.draws` where the extra distillation draws were judged (`datm_pair.py draws`), else {}."""
+    d = draw_fold(w, "ddkit judge, student seed 0, one accuracy per distillation draw (the row's set first; draw K "
+                     "runs the official DATM.py seeded K (Python/numpy/torch before the run, and its own "
+                     "manual_seed(K) at its wandb.init, since its main seeds 0 itself: EDITS (5)) and ddkit with "
+                     "--seed K: other start images, experts, start epochs, minibatches and DSA draws); the pass rule "
+                     "of issue #27 on these: the set-level spread is inside the tolerance")
+    return {"diagnostics": {"draws": d}} if "verdict" in d else {}
+
+
 def write_row(a: argparse.Namespace) -> None:
     """Fold the finished steps into bench/results/parity_datm.json (key ipc<k>); a partial row says what is missing."""
     from ddkit.distilled import load_distilled
@@ -123,7 +133,7 @@ def write_row(a: argparse.Namespace) -> None:
            "kornia_vs_ddkit_zca_max_abs": ev.get("kornia_vs_ddkit_zca_max_abs"),
            "official_judge_facts": {k: ev.get(k) for k in ("lr_net", "batch_train", "dsa", "train_criterion",
                                                             "soft_labels")},
-           "judges": judges, **({"missing": missing} if missing else {}),
+           "judges": judges, **({"missing": missing} if missing else {}), **draws(w),
            "speed": speed_facts(a, t_off, t_dd, missing if not judges else []),
            "machine": t_off.get("machine") or lscpu(), **written()}
     save_row("datm", {"repo": REPO, "commit": COMMIT}, EDITS, JUDGES, f"ipc{a.ipc}", row)
@@ -142,8 +152,13 @@ EDITS = ("None to the official files. The driver runs distill/DATM.py as __main_
          "train split cut to the experts' 100-per-class subset, so its kornia ZCAWhitening(eps=0.1) is fitted on "
          "the images the shared expert buffer was trained and whitened with, and its correct-sample init draws "
          "from those 1000 images (ddkit's from the whole split); (4) kornia 0.9.0 and yacs 0.1.8 (pip --target "
-         "/work/peers/pydeps) on the path; (5) Python's random, numpy and torch seeded with 0 before the run "
-         "(DATM.py seeds 0 itself too; its get_network reseeds torch from the clock every iteration). Expert "
+         "/work/peers/pydeps) on the path; (5) Python's random, numpy and torch seeded with the draw K before the run "
+         "(0: the row's sets; `datm_pair.py draws` runs K = 1, 2, ...). DATM.py's main calls its own manual_seed() "
+         "first, with its default 0, so seeding from outside alone would not vary a draw: the wandb stub's init "
+         "(which main calls after that with only get_dataset between, which draws nothing) calls DATM.py's own "
+         "manual_seed(K) again, so the run's random/numpy/torch streams start as if main's "
+         "call had used K instead of 0 (for the row's draw 0 the same seed 0 again, a no-op); its get_network "
+         "still reseeds torch from the clock at every network it builds. Expert "
          "buffer: ddkit's, converted to replay_buffer_0.pt by mtt_pair.py convert (same parameter order; logits "
          "checked equal). Official judge: distill/evaluation.py as __main__ with its own argparse (--zca "
          "--parall_eva True --epoch_eval_train E and the set's images/labels/lr files), CIFAR-10 handed over as "

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (CACHE, DATA, RESULTS, ROOT, StampedTee, exclusive, judge_file, load_split, lscpu,  # noqa: E402
-                    official_repo, read_json, run_pool, write_json, written)
+from common import (CACHE, DATA, RESULTS, ROOT, StampedTee, add_diagnostics, dispatch, judge_file,  # noqa: E402
+                    load_split, lscpu, official_repo, read_json, run_draw_steps, run_pool, write_json)
 from mtt_setup import (COMMIT, PEER, PY, REPO, ROWS, STRATEGY, SubsetCIFAR10, configure,  # noqa: E402
                        ddkit_argv, draw_name, draws, expert_subset, experts_argv, official_argv,
                        official_buffer, official_dir, opts, peak_mb, per_it, variant, workdir, write_row)
@@ -75,15 +75,24 @@ def convert(a: argparse.Namespace) -> None:
                                              "max_logit_difference": diff, "file": str(out / "replay_buffer_0.pt")})
 
 
-def wandb_stub(record: Dict[str, Any],
-               keep: Sequence[str] = ("Grand_Loss", "Synthetic_LR")) -> types.ModuleType:
+def wandb_stub(record: Dict[str, Any], keep: Sequence[str] = ("Grand_Loss", "Synthetic_LR"),
+               reseed: Optional[int] = None) -> types.ModuleType:
     """What distill.py (and DATM's DATM.py) use of wandb, recording instead of logging: the logged scalars named
-    in `keep`, one list each; finish() keeps the final set (DATM's label_syn: its learned label logits)."""
+    in `keep`, one list each; finish() keeps the final set (DATM's label_syn: its learned label logits). With
+    `reseed`, init() first calls the script's own manual_seed(reseed): DATM.py's main seeds 0 itself before
+    anything draws, and its wandb.init is the first call back into the driver after that (only get_dataset,
+    which draws nothing, runs between), so the run's streams start as if main had seeded `reseed`."""
     w = types.ModuleType("wandb")
     w.config = types.SimpleNamespace(_items={})
     w.run = types.SimpleNamespace(name="parity")
 
     def init(config: Any = None, **_: Any) -> None:
+        if reseed is not None:
+            seeder = sys._getframe(1).f_globals.get("manual_seed")  # the script's module namespace
+            if seeder is None:
+                raise SystemExit("wandb.init: the official script defines no manual_seed to reseed with")
+            seeder(reseed)
+            record["reseeded"] = reseed
         w.config._items = dict(vars(config))
 
     def log(d: Dict[str, Any], step: Any = None) -> None:
@@ -109,10 +118,11 @@ def official_distill(a: argparse.Namespace) -> None:
 
 
 def run_official(out: Path, script: str, argv: List[str], peer: str = PEER,
-                 keep: Sequence[str] = ("Grand_Loss", "Synthetic_LR"), seed: int = 0) -> None:
+                 keep: Sequence[str] = ("Grand_Loss", "Synthetic_LR"), seed: int = 0, reseed: bool = False) -> None:
     """Run the official `script` (a path in the checkout /work/peers/`peer`) as __main__ with `argv`, in `out`,
     changed from outside as EDITS says; write its final set (final.pt) and timing.json (stamps, the logged
-    scalars named in `keep`, seconds/iteration, peak RSS, machine). Python/numpy/torch are seeded with `seed`."""
+    scalars named in `keep`, seconds/iteration, peak RSS, machine). Python/numpy/torch are seeded with `seed`;
+    `reseed`: the script's own manual_seed is called with `seed` again at its wandb.init (wandb_stub)."""
     import numpy as np
     import torch
     import torchvision.datasets
@@ -120,7 +130,7 @@ def run_official(out: Path, script: str, argv: List[str], peer: str = PEER,
     out.mkdir(parents=True, exist_ok=True)
     os.chdir(out)
     record: Dict[str, Any] = {"stamps": []}
-    sys.modules["wandb"] = wandb_stub(record, keep)
+    sys.modules["wandb"] = wandb_stub(record, keep, seed if reseed else None)
     tee = StampedTee(out / "stdout.log", sys.__stdout__)
     cuda, torch.Tensor.cuda = torch.Tensor.cuda, lambda self, *x, **k: self
     random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)  # MTT's distill.py seeds nothing (DATM.py: 0)
@@ -279,24 +289,25 @@ def run_all(a: argparse.Namespace) -> None:
     write_row(a)
 
 
+def at_draw(a: argparse.Namespace, k: int, **kw: Any) -> argparse.Namespace:
+    """A copy of the run's options at draw K (and any other option given), `a` left as it is."""
+    return argparse.Namespace(**{**vars(a), "draw": k, **kw})
+
+
 def run_draws(a: argparse.Namespace) -> None:
     """Distillation draws 1 .. --draws-1 of both sides (the pair's own is draw 0), each judged by ddkit (student
     seed 0), then the row: its diagnostics.draws holds the draw-level verdict. One distillation at a time (~10 GB
-    each at IPC 10), under --lock where the machine is shared; every finished step is kept."""
+    each at IPC 10), under --lock where the machine is shared; every finished step is kept (common.run_draw_steps)."""
     w = workdir(a)
-    base = [PY, __file__] + opts(a)
-    for k in range(1, a.draws):
-        a.draw = k
-        for step, done in (("official-distill", official_dir(a) / "timing.json"),
-                           ("to-ddkit", w / f"{draw_name(a, 'official')}_set" / "meta.json"),
-                           ("ddkit-distill", w / f"{draw_name(a, 'ddkit')}_timing.json")):
-            if not done.is_file():
-                with exclusive(a.lock if step != "to-ddkit" else None):
-                    subprocess.run(base + [step, f"--draw={k}"], check=True)
-        for side in ("official", "ddkit"):
-            if not judge_file(w, "ddkit", draw_name(a, side), 0).is_file():
-                subprocess.run(base + ["judge-ddkit", draw_name(a, side), "--seed=0"], check=True)
-    a.draw = 0
+
+    def steps(k: int) -> List[Any]:
+        b = at_draw(a, k)
+        return [("official-distill", official_dir(b) / "timing.json", True),
+                ("to-ddkit", w / f"{draw_name(b, 'official')}_set" / "meta.json", False),
+                ("ddkit-distill", w / f"{draw_name(b, 'ddkit')}_timing.json", True)]
+
+    run_draw_steps([PY, __file__] + opts(a), w, range(1, a.draws), steps,
+                   lambda k: [draw_name(at_draw(a, k), s) for s in ("official", "ddkit")], a.lock)
     add_draws(a)
 
 
@@ -305,28 +316,19 @@ def experts_start(a: argparse.Namespace) -> None:
     official side's is), each judged by ddkit (student seed 0), folded against the official draws already judged
     (`draws`) into the row's diagnostics.experts_start. Separates the start pool from the method."""
     w = workdir(a)
-    base = [PY, __file__] + opts(a) + ["--ddkit-start=experts"]
-    a.ddkit_start = "experts"
-    for k in range(a.draws):
-        a.draw = k
-        if not (w / f"{draw_name(a, 'ddkit')}_timing.json").is_file():
-            with exclusive(a.lock):
-                subprocess.run(base + ["ddkit-distill", f"--draw={k}"], check=True)
-        if not judge_file(w, "ddkit", draw_name(a, "ddkit"), 0).is_file():
-            subprocess.run(base + ["judge-ddkit", draw_name(a, "ddkit"), "--seed=0"], check=True)
-    a.draw, a.ddkit_start = 0, "all"
+
+    def name(k: int) -> str:
+        return draw_name(at_draw(a, k, ddkit_start="experts"), "ddkit")
+
+    run_draw_steps([PY, __file__] + opts(a) + ["--ddkit-start=experts"], w, range(a.draws),
+                   lambda k: [("ddkit-distill", w / f"{name(k)}_timing.json", True)], lambda k: [name(k)], a.lock)
     add_draws(a)
 
 
 def add_draws(a: argparse.Namespace) -> None:
-    """Put the draw-level verdict into the pair's existing row of bench/results/parity_mtt.json, the rest of the
+    """Put the draw-level verdicts into the pair's existing row of bench/results/parity_mtt.json, the rest of the
     row (its commands, revision and notes) untouched."""
-    path = RESULTS / "parity_mtt.json"
-    doc = read_json(path)
-    row = doc["rows"][f"ipc{a.ipc}{variant(a)}"]
-    row.setdefault("diagnostics", {}).update(draws(workdir(a)).get("diagnostics", {}))
-    row["diagnostics_revision"] = written()
-    write_json(path, doc)
+    add_diagnostics(RESULTS / "parity_mtt.json", f"ipc{a.ipc}{variant(a)}", draws(workdir(a)).get("diagnostics", {}))
 
 
 def main(argv: List[str] | None = None) -> None:
@@ -364,11 +366,7 @@ def main(argv: List[str] | None = None) -> None:
              "ddkit-distill": ddkit_distill, "to-ddkit": to_ddkit, "init-sets": init_sets, "draws": run_draws,
              "experts-start": experts_start,
              "row": write_row}
-    if a.step in steps:
-        steps[a.step](a)
-    else:
-        for side in a.sides:
-            (judge_ddkit if a.step == "judge-ddkit" else judge_official)(a, side, a.seed)
+    dispatch(a, steps, {"judge-ddkit": judge_ddkit, "judge-official": judge_official})
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (CACHE, DATA, PEERS, HandedCIFAR10, draw_fold, fold_judges, load_split, lscpu,  # noqa: E402
-                    read_json, save_row, written)
+from common import (CACHE, DATA, PEERS, HandedCIFAR10, draw_fold, draw_set, fold_judges, load_split,  # noqa: E402
+                    lscpu, official_run_dir, read_json, save_row, written)
 
 REPO, COMMIT = "GeorgeCazenavette/mtt-distillation", "50dccea47ba48b9cfb3b9c59375d7da92e4e603b"
 PEER = "mtt-distillation"
@@ -64,12 +64,12 @@ def draw_name(a: argparse.Namespace, side: str) -> str:
     (common.draw_fold reads them so). Draw K seeds the official run's Python/numpy/torch RNGs and ddkit's --seed."""
     if side == "ddkit" and getattr(a, "ddkit_start", "all") == "experts":
         side = XS
-    return side if not getattr(a, "draw", 0) else f"{side}_seed{a.draw}"
+    return draw_set(side, getattr(a, "draw", 0))
 
 
 def official_dir(a: argparse.Namespace) -> Path:
     """The official run's work folder of this draw (its logged_files, stdout, final.pt, timing.json)."""
-    return workdir(a) / ("official" if not getattr(a, "draw", 0) else f"official_seed{a.draw}_run")
+    return official_run_dir(workdir(a), getattr(a, "draw", 0))
 
 
 def experts_argv(a: argparse.Namespace) -> List[str]:
