@@ -1,7 +1,8 @@
 """The parity pairs' draw-level verdicts (issue #27): bench/parity/common.draw_fold folds one accuracy per
 distillation draw (the row's own set first, then every extra seed judged) per side and applies the pass rule to
-those, so the set-level spread a single pair cannot see is inside the tolerance; RDED (rded_diag.py) and MTT
-(mtt_pair.py draws) use it. Built on fake run folders: no official code."""
+those, so the set-level spread a single pair cannot see is inside the tolerance; RDED (rded_diag.py), MTT
+(mtt_pair.py draws) and DATM (datm_pair.py draws: tests/test_parity_datm_pair.py) use it. Built on fake run folders:
+no official code."""
 from __future__ import annotations
 
 import json
