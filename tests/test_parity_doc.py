@@ -173,3 +173,15 @@ def test_coreset_forgetting_rule():
     assert render.coreset_check("forgetting", {"spearman_learned_only": 0.5})["pass"] is None  # no floor yet
     assert render.coreset_check("kcenter", {"jaccard_deepcore_start": 1.0})["pass"]
     assert not render.coreset_check("entropy", {"spearman": 0.899})["pass"]
+
+
+def test_draw_diagnostics_render_per_draw_with_their_verdict():
+    """Each draw-level diagnostic of a row (common.draw_fold's output) is one details line with its per-draw
+    accuracies and verdict; a fold without a verdict (one draw a side) and unknown keys are not rendered."""
+    fold = {"ddkit": {"per_draw": [32.04, 33.36]}, "official": {"per_draw": [34.32, 33.48]},
+            "verdict": {"delta": -1.2, "tolerance": 1.0, "pass": False}}
+    lines = render.draw_lines({"diagnostics": {"experts_start": fold, "draws": {"ddkit": {"per_draw": [1.0]}},
+                                               "ddkit_jpeg": {"verdict": {}}}})
+    assert len(lines) == 1 and "experts' 1000 training images" in lines[0]
+    assert lines[0].endswith("ddkit 32.04, 33.36; official 34.32, 33.48; Δ -1.20 (tol 1.00): fail")
+    assert render.draw_lines({}) == []

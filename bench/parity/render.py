@@ -138,6 +138,27 @@ def draws(r: Dict[str, Any]) -> str:
             f"{d['official']['std']:.2f}, Δ {v['delta']:+.2f} (tol {v['tolerance']:.2f})")
 
 
+#: the draw-level diagnostics a row may hold (common.draw_fold's output under these keys), as the details name them
+DRAW_DIAGNOSTICS = {"draws": "distillation draws",
+                    "experts_start": "distillation draws with ddkit's real start drawn from the experts' 1000 "
+                                     "training images (the official side's pool through the hand-over)"}
+
+
+def draw_lines(r: Dict[str, Any]) -> List[str]:
+    """The per-draw accuracies and the verdict of each draw-level diagnostic of a row (common.draw_fold)."""
+    out = []
+    for key, what in DRAW_DIAGNOSTICS.items():
+        d = r.get("diagnostics", {}).get(key)
+        if not d or "verdict" not in d:
+            continue
+        v = d["verdict"]
+        out.append(f"  - {what} (ddkit judge, student seed 0): ddkit "
+                   + ", ".join(f"{x:.2f}" for x in d["ddkit"]["per_draw"]) + "; official "
+                   + ", ".join(f"{x:.2f}" for x in d["official"]["per_draw"])
+                   + f"; Δ {v['delta']:+.2f} (tol {v['tolerance']:.2f}): {'pass' if v['pass'] else 'fail'}")
+    return out
+
+
 def details(m: Dict[str, Any], res: Dict[str, Any]) -> List[str]:
     """Per measured method: commands, judges, edits to the official code, machine, notes."""
     if not res.get("rows"):
@@ -161,6 +182,7 @@ def details(m: Dict[str, Any], res: Dict[str, Any]) -> List[str]:
                     out.append(f"  - {SIDES[side]}, {judge} judge, per seed: "
                                + ", ".join(f"{v:.2f}" for v in cell["per_seed"])
                                + ("" if side in ("official", "ddkit") else f" (mean {acc(cell)})"))
+        out += draw_lines(r)
         if r["speed"].get("how"):
             out.append(f"  - speed: {r['speed']['how']}")
         if r["speed"].get("official_note"):
