@@ -95,7 +95,6 @@ def write_row(a: argparse.Namespace) -> None:
 
     w = workdir(a)
     t_off, t_dd = read_json(w / "official" / "timing.json"), read_json(w / "ddkit_timing.json")
-    s_off, s_dd = t_off.get("s_per_iteration"), t_dd.get("s_per_iteration")
     cfg = official_cfg(a)
     sides = [s for s in ("official", "ddkit") if (w / f"{s}_set" / "meta.json").is_file()]
     meta = {s: load_distilled(w / f"{s}_set").meta for s in sides}
