@@ -185,3 +185,15 @@ def test_draw_diagnostics_render_per_draw_with_their_verdict():
     assert len(lines) == 1 and "experts' 1000 training images" in lines[0]
     assert lines[0].endswith("ddkit 32.04, 33.36; official 34.32, 33.48; Δ -1.20 (tol 1.00): fail")
     assert render.draw_lines({}) == []
+
+
+def test_draw_verdict_says_when_every_draw_falls_on_one_side():
+    """The pass rule can pass a gap that a wide std hides; the table then says that ddkit's draws all fall below
+    (or above) the official's."""
+    def row(dd, off, ok):
+        return {"diagnostics": {"draws": {"ddkit": {"n": len(dd), "mean": 0, "std": 0, "per_draw": dd},
+                                          "official": {"n": len(off), "mean": 0, "std": 0, "per_draw": off},
+                                          "verdict": {"delta": 0, "tolerance": 1, "pass": ok}}}}
+    assert "lower than the official in every draw" in render.draws(row([30.4, 32.0], [33.5, 34.4], True))
+    assert "higher than the official in every draw" in render.draws(row([35.0, 36.0], [33.5, 34.4], True))
+    assert "every draw" not in render.draws(row([33.0, 35.0], [33.5, 34.4], True))

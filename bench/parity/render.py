@@ -133,6 +133,9 @@ def draws(r: Dict[str, Any]) -> str:
         return ""
     v, n = d["verdict"], min(d["ddkit"]["n"], d["official"]["n"])
     word = "pass" if v["pass"] else "**fail**"
+    dd, off = d["ddkit"].get("per_draw", []), d["official"].get("per_draw", [])
+    if dd and off and (max(dd) < min(off) or min(dd) > max(off)):  # the rule cannot see a one-sided split
+        word += f" (but ddkit {'lower' if max(dd) < min(off) else 'higher'} than the official in every draw)"
     return (f"; over distillation draws (ddkit judge, student seed 0, {n}+ per side): {word}, "
             f"{d['ddkit']['mean']:.2f} ± {d['ddkit']['std']:.2f} vs {d['official']['mean']:.2f} ± "
             f"{d['official']['std']:.2f}, Δ {v['delta']:+.2f} (tol {v['tolerance']:.2f})")
