@@ -149,3 +149,15 @@ def test_mtt_experts_start_draws_fold_apart_from_the_row(mtt, tmp_path, monkeypa
     x = diag["experts_start"]
     assert x["ddkit"]["per_draw"] == [34.5, 33.5] and x["official"]["per_draw"] == [34.0, 33.0]
     assert x["verdict"] == {"delta": 0.5, "tolerance": 1.0, "pass": True}
+
+
+@pytest.mark.parametrize("step", ["draws", "all", "official-distill"])
+def test_mtt_ddkit_start_is_refused_outside_the_ddkit_distill_step(mtt, step, capsys, monkeypatch):
+    """`draws --ddkit-start experts` would look for ddkit_xs sets its subprocesses never write: one line, exit 2,
+    before anything runs (configure, the first thing a step does, is never reached)."""
+    def reached(a):
+        raise AssertionError(f"{step} went on with --ddkit-start experts")
+    monkeypatch.setattr(mtt, "configure", reached)
+    with pytest.raises(SystemExit) as e:
+        mtt.main([step, "--ddkit-start", "experts"])
+    assert e.value.code == 2 and "experts-start" in capsys.readouterr().err

@@ -361,6 +361,11 @@ def main(argv: List[str] | None = None) -> None:
                     help="ddkit-distill: draw the real start from the whole train split (the row) or from the "
                          "experts' 1000 images, as the official side does (the experts-start diagnostic)")
     a = ap.parse_args(argv)
+    if a.ddkit_start != "all" and a.step not in ("ddkit-distill", "judge-ddkit"):
+        # the row's steps and `draws` name and hand over ddkit's sets from the whole split; `experts-start` passes
+        # the option to its own ddkit-distill steps
+        ap.error(f"--ddkit-start {a.ddkit_start} is for the ddkit-distill step (run it through `experts-start`), "
+                 f"not for {a.step}")
     configure(a)
     steps = {"all": run_all, "experts": experts, "convert": convert, "official-distill": official_distill,
              "ddkit-distill": ddkit_distill, "to-ddkit": to_ddkit, "init-sets": init_sets, "draws": run_draws,
